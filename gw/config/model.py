@@ -1,0 +1,151 @@
+"""The compiled configuration a worker serves: an immutable snapshot of ports, routes and backends.
+
+The proxy only ever sees these types. They are built by `gw.config.compile` and swapped by
+reference when a new config version arrives (Envoy's thread-local snapshot, in one process).
+The only mutable state inside is balancer position and passive endpoint health, which are
+per-snapshot by design: a reload starts them afresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gw.balancing.swrr import SmoothWeightedRoundRobin
+
+
+@dataclass(slots=True, eq=False)
+class Endpoint:
+    """One address:port of a backend. `key` names its connection pool, shared across snapshots."""
+
+    address: str
+    port: int
+    weight: int = 1
+    # Passive health: the proxy sets this when a connect is refused; pick() skips it until then.
+    down_until: float = 0.0
+    key: tuple[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = (self.address, self.port)
+
+
+class Backend:
+    """A Service port or a gw Backend: the endpoints a request to it is balanced over."""
+
+    __slots__ = ("_balancer", "endpoints", "name")
+
+    def __init__(self, name: str, endpoints: Sequence[Endpoint]) -> None:
+        self.name = name
+        self.endpoints = tuple(endpoints)
+        self._balancer = SmoothWeightedRoundRobin(self.endpoints, [e.weight for e in self.endpoints])
+
+    def pick(self, now: float) -> Endpoint | None:
+        """Next endpoint by smooth weighted round robin, skipping ejected ones; None if none is up."""
+        balancer = self._balancer
+        for _ in range(len(balancer) or 1):
+            endpoint = balancer.next()
+            if endpoint is None or endpoint.down_until <= now:
+                return endpoint
+        return None
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r}, {len(self.endpoints)} endpoints)"
+
+
+@dataclass(slots=True, eq=False)
+class BackendRef:
+    """A weighted reference from a rule to a backend. `backend` is None when the ref is unresolved."""
+
+    name: str
+    weight: int
+    backend: Backend | None
+
+
+class Rule:
+    """One HTTPRoute rule, compiled: where matching requests go and the limits that apply."""
+
+    __slots__ = (
+        "_refs",
+        "backend_refs",
+        "backend_timeout",
+        "index",
+        "invalid_reason",
+        "label",
+        "max_body_size",
+        "name",
+        "request_timeout",
+        "route",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        route: str,
+        index: int,
+        backend_refs: Sequence[BackendRef],
+        *,
+        name: str | None = None,
+        max_body_size: int = 0,
+        request_timeout: float | None = None,
+        backend_timeout: float | None = None,
+        invalid_reason: str | None = None,
+    ) -> None:
+        self.route = route  # "namespace/name" of the HTTPRoute
+        self.index = index
+        self.name = name
+        self.label = route  # metrics label and access-log field: the route, the same word everywhere
+        self.backend_refs = tuple(backend_refs)
+        self.max_body_size = max_body_size  # 0 = unlimited
+        self.request_timeout = request_timeout
+        self.backend_timeout = backend_timeout
+        # Set when a reference could not be resolved: requests matching this rule get a 500.
+        self.invalid_reason = invalid_reason
+        self.stats: Any = None  # assigned by the worker when the snapshot is installed
+        usable = [r for r in self.backend_refs if r.weight > 0]
+        self._refs = SmoothWeightedRoundRobin(usable, [r.weight for r in usable]) if usable else None
+
+    def pick_backend(self) -> BackendRef | None:
+        """Next backendRef by weight (weight 0 excluded); None when the rule has no usable backend."""
+        refs = self._refs
+        return refs.next() if refs is not None else None
+
+    def __repr__(self) -> str:
+        return f"Rule({self.route!r}#{self.index})"
+
+
+class RouteTable(Protocol):
+    """Finds the rule for a request on one bound port (host dispatch across that port's listeners)."""
+
+    def match(
+        self, host: str, path: str, method: bytes, headers: list[tuple[bytes, bytes]], query: bytes
+    ) -> Rule | None:
+        """host: lower-case, without port; path: the request path without query, as sent."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PortConfig:
+    """Everything served on one listening port: declared (for status, redirects) and bound port."""
+
+    declared_port: int
+    bind_port: int
+    protocol: str
+    table: RouteTable
+    listeners: tuple[str, ...]  # "gwns/gwname/listenername" served on this port
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledConfig:
+    """A whole snapshot. `rules` lists every rule once (for metrics and `gw routes`)."""
+
+    ports: tuple[PortConfig, ...]
+    rules: tuple[Rule, ...]
+    source: str = ""
+    checksum: str = ""
+
+    def port(self, bind_port: int) -> PortConfig | None:
+        for p in self.ports:
+            if p.bind_port == bind_port:
+                return p
+        return None

@@ -1,0 +1,140 @@
+"""Process-wide tuning read from GW_* environment variables, validated once at start-up."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A GW_* variable has a value gw cannot use; the message names the variable."""
+
+
+_SIZE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
+
+
+def parse_size(text: str) -> int:
+    """'64Ki', '10M', '1048576' → bytes (Kubernetes quantity suffixes)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]i?)?\s*", text)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (use e.g. 1048576, 64Ki, 10Mi, 1G)")
+    return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()]
+
+
+def parse_duration(text: str) -> float:
+    """'250ms', '5s', '2m', '1.5' (seconds) → seconds, as Gateway API durations are written."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
+    if not m:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 500ms, 5s, 2m)")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2) or ""]
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"not host:port: {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true/false)")
+
+
+def parse_fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"not between 0 and 1: {text!r}")
+    return value
+
+
+def parse_positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"must be a positive integer: {text!r}")
+    return value
+
+
+def parse_non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be zero or a positive integer: {text!r}")
+    return value
+
+
+def _var(default: Any, parse: Callable[[str], Any], doc: str) -> Any:
+    from dataclasses import field
+
+    return field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every GW_* variable, its default and meaning. The README table is generated from this."""
+
+    config: str = _var("", str, "Gateway API YAML file or directory to serve.")
+    admin_addr: tuple[str, int] = _var(
+        ("127.0.0.1", 9901), parse_addr, "Admin endpoint address (/healthz, /readyz, /metrics)."
+    )
+    listener_port_offset: int = _var(
+        0, int, "Added to every listener port when binding (10000 maps 80 to 10080)."
+    )
+    access_log: str = _var("stdout", str, "Access log destination: stdout, stderr, off, or a file path.")
+    access_log_sample: float = _var(1.0, parse_fraction, "Fraction of requests written to the access log.")
+    max_connections: int = _var(10000, parse_positive_int, "Open client connections per worker.")
+    max_request_line: int = _var(8192, parse_size, "Longest request line (method, target, version): 414.")
+    max_header_size: int = _var(32768, parse_size, "Largest request header block: 431.")
+    max_body_size: int = _var(
+        0, parse_size, "Default request body limit (0 = none); HTTPRoutes may set their own: 413."
+    )
+    header_timeout: float = _var(10.0, parse_duration, "Time to receive a request's headers: 408.")
+    keepalive_timeout: float = _var(75.0, parse_duration, "Idle client keep-alive connection lifetime.")
+    upstream_connect_timeout: float = _var(5.0, parse_duration, "Upstream connect timeout: 504.")
+    upstream_response_timeout: float = _var(
+        60.0, parse_duration, "Time from request sent to response headers received: 504."
+    )
+    upstream_max_idle: int = _var(64, parse_non_negative_int, "Idle connections kept per endpoint.")
+    upstream_idle_timeout: float = _var(60.0, parse_duration, "Idle upstream connection lifetime.")
+    upstream_max_requests: int = _var(
+        10000, parse_positive_int, "Requests per upstream connection before it is retired."
+    )
+    tunnel_idle_timeout: float = _var(
+        3600.0, parse_duration, "Idle timeout of upgraded (WebSocket) connections."
+    )
+    endpoint_eject_time: float = _var(
+        5.0, parse_duration, "How long an endpoint that refused a connection is skipped."
+    )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = "GW_" + f.name.upper()
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](raw)
+            except ValueError as exc:
+                raise SettingsError(f"{name}={raw!r}: {exc}") from None
+        return cls(**values)
+
+    @classmethod
+    def table(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) rows for documentation."""
+        rows = []
+        for f in fields(cls):
+            default = f.default
+            if isinstance(default, tuple):
+                default = f"{default[0]}:{default[1]}"
+            rows.append(("GW_" + f.name.upper(), str(default), f.metadata["doc"]))
+        return rows
