@@ -1,0 +1,193 @@
+"""The proxies under test: how each is started, checked and measured."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import configs, wrk
+from .procs import CLK_TCK, BenchError, Process, cpu_ticks, free_port, http_get, wait_http
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def core_busy_ticks(core: int) -> tuple[int, int]:
+    """(busy, total) jiffies of one CPU from /proc/stat: tells whether the proxy's core was saturated."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            vals = [int(v) for v in line.split()[1:]]
+            idle = vals[3] + vals[4]  # idle + iowait
+            return sum(vals[:8]) - idle, sum(vals[:8])
+    raise BenchError(f"cpu{core} not in /proc/stat")
+
+
+@dataclass
+class RunResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_req: float
+    requests: int
+    errors: int
+    proxy_core_busy: float  # 0..1
+    load_core_busy: float
+
+
+@dataclass
+class Subject:
+    """One proxy (or the upstream itself as a baseline) that wrk is pointed at."""
+
+    name: str
+    url: str
+    host: str | None
+    proc: Process | None  # None: nothing of ours on the proxy core (direct baseline)
+    admin: str | None = None  # gw's admin base URL
+    access_log: Path | None = None  # gw's access log file
+    runs: list[RunResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        """One request by hand: a proxy that answers fast with an error would look like a winner."""
+        headers = {"Host": self.host} if self.host else None
+        status, body = http_get(self.url, timeout=10.0, headers=headers)
+        if status != 200 or body != configs.UPSTREAM_BODY.encode():
+            raise BenchError(f"{self.name}: GET {self.url} gave {status} {body[:200]!r}, "
+                             f"expected 200 {configs.UPSTREAM_BODY!r}")
+
+    def measure(self, duration: float, warmup: float, proxy_core: int, load_core: int) -> RunResult:
+        if warmup > 0:
+            wrk.run(self.url, warmup, load_core, host=self.host)
+        pid = self.proc.pid if self.proc else None
+        cpu0 = cpu_ticks(pid) if pid else 0
+        pbusy0, ptotal0 = core_busy_ticks(proxy_core)
+        lbusy0, ltotal0 = core_busy_ticks(load_core)
+        res = wrk.run(self.url, duration, load_core, host=self.host)
+        cpu1 = cpu_ticks(pid) if pid else 0
+        pbusy1, ptotal1 = core_busy_ticks(proxy_core)
+        lbusy1, ltotal1 = core_busy_ticks(load_core)
+        if self.proc and not self.proc.alive():
+            raise BenchError(f"{self.name} died during the run; output:\n{self.proc.log_tail()}")
+        cpu_us = (cpu1 - cpu0) / CLK_TCK * 1e6
+        run = RunResult(
+            rps=res.rps, p50_ms=res.p50_ms, p99_ms=res.p99_ms,
+            cpu_us_per_req=cpu_us / res.requests if res.requests else float("nan"),
+            requests=res.requests, errors=res.errors,
+            proxy_core_busy=(pbusy1 - pbusy0) / max(1, ptotal1 - ptotal0),
+            load_core_busy=(lbusy1 - lbusy0) / max(1, ltotal1 - ltotal0),
+        )
+        self.runs.append(run)
+        return run
+
+    def median(self) -> dict[str, float]:
+        keys = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "proxy_core_busy", "load_core_busy")
+        out = {k: statistics.median(getattr(r, k) for r in self.runs) for k in keys}
+        out["errors"] = sum(r.errors for r in self.runs)
+        out["requests"] = sum(r.requests for r in self.runs)
+        return out
+
+
+def _nginx_argv(tmp: Path, conf_name: str, conf: str, core: int) -> list[str]:
+    path = tmp / conf_name
+    path.write_text(conf)
+    # -e: the error log before the config is read, else nginx opens /var/log/nginx/error.log first.
+    return ["taskset", "-c", str(core), "nginx", "-p", str(tmp), "-c", str(path),
+            "-e", str(tmp / f"{conf_name}.early-error.log"), "-g", "daemon off;"]
+
+
+def start_upstream(tmp: Path, core: int) -> tuple[Process, int]:
+    port = free_port()
+    proc = Process("upstream nginx", _nginx_argv(tmp, "upstream.conf", configs.nginx_upstream_conf(tmp, port),
+                                                  core), tmp / "upstream.out")
+    wait_http(proc, f"http://127.0.0.1:{port}/", timeout=10)
+    return proc, port
+
+
+def start_nginx_proxy(tmp: Path, core: int, upstream_port: int, access_log: bool) -> Subject:
+    port = free_port()
+    conf = configs.nginx_proxy_conf(tmp, port, upstream_port, access_log)
+    proc = Process("nginx proxy", _nginx_argv(tmp, "proxy.conf", conf, core), tmp / "proxy.out")
+    url = f"http://127.0.0.1:{port}/"
+    wait_http(proc, url, timeout=10)
+    subject = Subject("nginx", url, None, proc)
+    subject.notes.append("nginx: proxy_pass, upstream keepalive 64, access_log "
+                         + ("on" if access_log else "off"))
+    return subject
+
+
+def start_gw(tmp: Path, core: int, upstream_port: int, routes: int, python: str,
+             ready_timeout: float) -> Subject:
+    port, admin_port = free_port(), free_port()
+    yaml_text, target = configs.gw_config(port, upstream_port, routes)
+    cfg = tmp / f"gw-{routes}.yaml"
+    cfg.write_text(yaml_text)
+    access_log = tmp / f"gw-{routes}-access.log"
+    env = dict(os.environ)
+    env.update({
+        "GW_CONFIG": str(cfg),
+        "GW_ACCESS_LOG": str(access_log),
+        "GW_ADMIN_ADDR": f"127.0.0.1:{admin_port}",
+        # One worker: the reference nginx has one too (harmless before the supervisor reads it).
+        "GW_WORKERS": "1",
+        # The checkout first, so the bench measures this tree even when another gw is installed.
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
+    })
+    name = "gw" if routes == 1 else f"gw ({routes} routes)"
+    proc = Process(name, ["taskset", "-c", str(core), python, "-m", "gw", "run"],
+                   tmp / f"gw-{routes}.out", env=env, cwd=REPO)
+    wait_http(proc, f"http://127.0.0.1:{admin_port}/readyz", timeout=ready_timeout)
+    return Subject(name, f"http://127.0.0.1:{port}{target.path}", target.host, proc,
+                   admin=f"http://127.0.0.1:{admin_port}", access_log=access_log)
+
+
+def gw_observability_notes(subject: Subject) -> None:
+    """Confirm the access log and metrics were really on, since the bar is measured with them."""
+    log, admin = subject.access_log, subject.admin
+    assert log is not None and admin is not None
+    total = sum(r.requests for r in subject.runs)
+    lines = 0
+    if log.exists():
+        with open(log, "rb") as f:
+            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    subject.notes.append(f"{subject.name}: access log {lines} lines for {total} measured requests "
+                         "(warm-ups included)" if lines else f"{subject.name}: WARNING access log empty")
+    try:
+        status, body = http_get(admin + "/metrics", timeout=5)
+        subject.notes.append(f"{subject.name}: /metrics {status}, {len(body)} bytes")
+    except OSError as exc:
+        subject.notes.append(f"{subject.name}: WARNING /metrics failed: {exc}")
+
+
+def machine_info() -> dict[str, str]:
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+
+    def version(argv: list[str]) -> str:
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except OSError:
+            return "?"
+        lines = ((p.stdout or "") + (p.stderr or "")).strip().splitlines()
+        return lines[0] if lines else "?"
+
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "kernel": os.uname().release,
+        "python": sys.version.split()[0],
+        "nginx": version(["nginx", "-v"]),
+        "wrk": version(["wrk", "--version"]).split(" Copyright")[0],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def missing_tools() -> list[str]:
+    return [t for t in ("nginx", "wrk", "taskset") if shutil.which(t) is None]
