@@ -41,13 +41,20 @@ class Backend:
         self._balancer = SmoothWeightedRoundRobin(self.endpoints, [e.weight for e in self.endpoints])
 
     def pick(self, now: float) -> Endpoint | None:
-        """Next endpoint by smooth weighted round robin, skipping ejected ones; None if none is up."""
+        """Next endpoint by smooth weighted round robin, skipping ejected ones; None if there are none.
+
+        When every endpoint is ejected, the next one is tried anyway (Envoy's panic mode): a
+        backend that may have recovered beats answering 503 without trying.
+        """
         balancer = self._balancer
-        for _ in range(len(balancer) or 1):
+        first = balancer.next()
+        if first is None or first.down_until <= now:
+            return first
+        for _ in range(len(balancer) - 1):
             endpoint = balancer.next()
-            if endpoint is None or endpoint.down_until <= now:
+            if endpoint is not None and endpoint.down_until <= now:
                 return endpoint
-        return None
+        return first
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, {len(self.endpoints)} endpoints)"

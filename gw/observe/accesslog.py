@@ -1,0 +1,64 @@
+"""JSON access log: one orjson line per request, buffered, sampled, switchable off."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import IO, Any
+
+import orjson
+
+FLUSH_BYTES = 64 * 1024  # write once this much is buffered (and at least every sweep)
+
+
+class AccessLog:
+    """Buffers lines and writes them in large blocks; `enabled` is checked before building a record."""
+
+    def __init__(self, destination: str, sample: float = 1.0) -> None:
+        self.sample = sample
+        self.enabled = destination != "off" and sample > 0.0
+        self._buffer: list[bytes] = []
+        self._size = 0
+        self._stream: IO[bytes] | None = None
+        self._fd = -1
+        if not self.enabled:
+            return
+        if destination == "stdout":
+            self._fd = sys.stdout.fileno()
+        elif destination == "stderr":
+            self._fd = sys.stderr.fileno()
+        else:
+            self._stream = open(destination, "ab")  # noqa: SIM115 - lives as long as the worker
+            self._fd = self._stream.fileno()
+
+    def sampled(self) -> bool:
+        """Whether this request is logged; only then is its record built."""
+        return self.sample >= 1.0 or random.random() < self.sample
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        self._buffer.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._size = 0
+        try:
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+        except BlockingIOError:
+            pass  # a stalled log reader must not stall the data plane: the rest is dropped
+        except OSError as exc:
+            print(f"gw: access log write failed: {exc}", file=sys.stderr)
+
+    def close(self) -> None:
+        self.flush()
+        if self._stream is not None:
+            self._stream.close()

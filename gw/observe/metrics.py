@@ -1,0 +1,108 @@
+"""Per-route request counters and latency histograms, cheap to record, rendered for Prometheus.
+
+prometheus_client's per-call label lookup and locking cost several µs per request; the data
+plane instead bumps plain integers in a preallocated RouteStats and renders the exposition text
+only when scraped (DESIGN.md §2: every hot-path step must earn its microseconds).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+
+# Latency bucket upper bounds in seconds (Prometheus `le`), +Inf implied.
+BOUNDS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+class RouteStats:
+    """Counters for one route label: per status class, count, duration sum and histogram."""
+
+    __slots__ = ("buckets", "counts", "label", "sums")
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.counts = [0] * 6  # index = status // 100 (0 unused)
+        self.sums = [0.0] * 6
+        self.buckets = [[0] * (len(BOUNDS) + 1) for _ in range(6)]
+
+    def record(self, status: int, seconds: float) -> None:
+        c = status // 100
+        if not 1 <= c <= 5:
+            c = 5
+        self.counts[c] += 1
+        self.sums[c] += seconds
+        self.buckets[c][bisect_left(BOUNDS, seconds)] += 1
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Registry:
+    """All RouteStats of a worker, kept across config versions so counters never reset on reload."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, RouteStats] = {}
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
+        self.gauges: dict[str, Callable[[], float]] = {}
+
+    def route(self, label: str) -> RouteStats:
+        stats = self.routes.get(label)
+        if stats is None:
+            stats = self.routes[label] = RouteStats(label)
+        return stats
+
+    def inc(self, name: str, amount: int = 1, **labels: str) -> None:
+        """A counter off the hot path (errors, reloads): keyed by name and sorted labels."""
+        key = (name, tuple(sorted(labels.items())))
+        self.counters[key] = self.counters.get(key, 0) + amount
+
+    def gauge(self, name: str, read: Callable[[], float]) -> None:
+        self.gauges[name] = read
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition format (version 0.0.4)."""
+        out: list[str] = []
+        out += _render_routes(self.routes.values())
+        by_name: dict[str, list[tuple[tuple[tuple[str, str], ...], int]]] = {}
+        for (name, labels), value in sorted(self.counters.items()):
+            by_name.setdefault(name, []).append((labels, value))
+        for name, series in by_name.items():
+            out.append(f"# TYPE {name} counter")
+            for labels, value in series:
+                text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+                out.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
+        for name, read in sorted(self.gauges.items()):
+            out.append(f"# TYPE {name} gauge")
+            out.append(f"{name} {read()}")
+        out.append("")
+        return "\n".join(out).encode()
+
+
+def _render_routes(routes: Iterable[RouteStats]) -> list[str]:
+    out = [
+        "# HELP gw_http_requests_total Requests answered, by route and status class.",
+        "# TYPE gw_http_requests_total counter",
+    ]
+    hist = [
+        "# HELP gw_http_request_duration_seconds Time from request start to response end.",
+        "# TYPE gw_http_request_duration_seconds histogram",
+    ]
+    for stats in sorted(routes, key=lambda s: s.label):
+        route = _escape(stats.label)
+        for c in range(1, 6):
+            count = stats.counts[c]
+            if not count:
+                continue
+            cls = CLASSES[c - 1]
+            labels = f'route="{route}",status_class="{cls}"'
+            out.append(f"gw_http_requests_total{{{labels}}} {count}")
+            cumulative = 0
+            for bound, n in zip((*BOUNDS, float("inf")), stats.buckets[c], strict=True):
+                cumulative += n
+                le = "+Inf" if bound == float("inf") else repr(bound)
+                hist.append(f'gw_http_request_duration_seconds_bucket{{{labels},le="{le}"}} {cumulative}')
+            hist.append(f"gw_http_request_duration_seconds_sum{{{labels}}} {stats.sums[c]}")
+            hist.append(f"gw_http_request_duration_seconds_count{{{labels}}} {count}")
+    return out + hist

@@ -1,0 +1,715 @@
+"""Client side of the proxy: one asyncio.Protocol per client connection drives every exchange.
+
+No task or future per request (DESIGN.md §2): httptools callbacks record the request, the
+exchange moves on from protocol callbacks of both sides, and timeouts are deadlines that the
+worker's sweeper checks, not a timer per request. One request is in flight per connection;
+pipelined ones queue behind it and are answered in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from time import monotonic
+from typing import TYPE_CHECKING
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from gw.proxy import errors
+from gw.proxy.errors import ProxyError, problem_response
+from gw.proxy.request import CRLF, Request, prepare, split_target
+from gw.proxy.response import CHUNKED, NO_BODY, build_response_head, status_line
+from gw.proxy.upstream import (
+    PAUSE_BODY_WAIT,
+    PAUSE_PIPELINE,
+    PAUSE_TUNNEL,
+    EndpointPool,
+    UpstreamConnection,
+)
+
+if TYPE_CHECKING:
+    from gw.config.model import Backend, Endpoint
+    from gw.proxy.gateway import Gateway
+
+# What the connection is waiting for; decides what an expired deadline means.
+IDLE = 0  # keep-alive, between requests: close quietly
+HEAD = 1  # reading a request head: 408
+CONNECT = 2  # opening an upstream connection: 504
+BODY = 3  # reading the request body from the client: 408
+WAIT = 4  # request sent, waiting for the response head: 504
+RESPONSE = 5  # streaming the response body: abort
+TUNNEL = 6  # upgraded connection idle: close
+
+PENDING_BODY_LIMIT = 256 * 1024  # body bytes buffered while the upstream connection opens
+REPLAY_LIMIT = 64 * 1024  # idempotent request bodies up to this size can be retried
+MAX_CONNECT_ATTEMPTS = 3  # endpoints tried when connects are refused (nothing was sent yet)
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection and the exchange it currently has in flight."""
+
+    def __init__(self, gateway: Gateway, bind_port: int, declared_port: int, scheme: bytes = b"http") -> None:
+        self.gw = gateway
+        self.loop = gateway.loop
+        self.settings = gateway.settings
+        self.bind_port = bind_port
+        self.port_bytes = str(declared_port).encode()
+        self.scheme = scheme
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = HttpRequestParser(self)
+        self.client_host = b""
+        self.phase = IDLE
+        self.deadline = 0.0
+        self.request_deadline = 0.0  # rule's timeouts.request for the exchange in flight (0: none)
+        self.paused = 0  # PAUSE_* bits
+        self.closed = False
+        self.head_bytes = 0
+        self.req: Request | None = None  # the request being parsed
+        self.active: Request | None = None  # the request in flight
+        self.queue: deque[Request] = deque()
+        self.upstream: UpstreamConnection | None = None
+        self.connecting: asyncio.Task[UpstreamConnection] | None = None
+        self.endpoint: Endpoint | None = None
+        self.backend: Backend | None = None
+        self.resp_head = None
+        self.framing = NO_BODY
+        self.close_after = False
+        self.out: list[bytes] = []
+        self.bytes_out = 0
+        self.status = 0
+        self.early_data = b""  # bytes after an upgrade request, held until the upstream answers
+        self.fatal: ProxyError | None = None
+        self.writing_paused = False
+
+    # -- asyncio.Protocol: client transport -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client_host = (peer[0] if isinstance(peer, tuple) else "unix").encode()
+        gw = self.gw
+        gw.connections.add(self)
+        self.deadline = monotonic() + self.settings.header_timeout
+        if len(gw.connections) > self.settings.max_connections or gw.draining:
+            self.closed = True
+            transport.write(problem_response(errors.Overloaded("too many connections"), b"", close=True))
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.gw.connections.discard(self)
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            if self.phase == TUNNEL:
+                upstream.close()  # let the last bytes the client sent reach the upstream
+            else:
+                upstream.abort()
+        req = self.active
+        if req is not None and self.phase != TUNNEL:
+            # nginx's 499: the client went away before its response was complete.
+            self.active = None
+            self._record(req, 499)
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase == TUNNEL:
+            self.tunnel_from_client(data)
+            return
+        if self.req is None or self.phase == HEAD:
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as upgrade:
+            self._client_upgrade(data[upgrade.args[0] :])
+        except HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, ProxyError):
+                self._reject(cause)
+            elif cause is not None:
+                self.crash(cause)
+            else:
+                self._reject(errors.BadRequest(str(exc)))
+            return
+        except HttpParserError as exc:
+            self._reject(errors.BadRequest(str(exc)))
+            return
+        except ProxyError as exc:
+            self._reject(exc)
+            return
+        except Exception as exc:
+            self.crash(exc)
+            return
+        # httptools holds a header until its end arrives: bound the unparsed head by bytes read.
+        settings = self.settings
+        if (
+            self.req is not None
+            and self.head_bytes > settings.max_header_size + settings.max_request_line
+            and (self.phase == HEAD or self.active is None)
+        ):
+            self._reject(errors.HeadersTooLarge("request header block too large"))
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes after its request still gets its response.
+        if self.active is not None:
+            self.close_after = True
+            return True
+        return None
+
+    def pause_writing(self) -> None:
+        # The client cannot take the response as fast as the upstream sends it.
+        self.writing_paused = True
+        upstream = self.upstream
+        if upstream is not None and not upstream.closed:
+            upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        upstream = self.upstream
+        if upstream is not None and not upstream.closed:
+            upstream.transport.resume_reading()
+
+    def pause_reading(self, reason: int) -> None:
+        if not self.paused and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and not self.closed:
+                self.transport.resume_reading()
+
+    # -- httptools callbacks: the request --------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        now = monotonic()
+        self.req = Request(now)
+        if self.active is None:
+            self.phase = HEAD
+            self.deadline = now + self.settings.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        req = self.req
+        req.url = req.url + url if req.url else url  # type: ignore[union-attr]
+        if len(req.url) > self.settings.max_request_line:  # type: ignore[union-attr]
+            raise errors.UriTooLong("request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.req.headers.append((name, value))  # type: ignore[union-attr]
+
+    def on_headers_complete(self) -> None:
+        req: Request = self.req  # type: ignore[assignment]
+        settings = self.settings
+        if self.head_bytes > settings.max_header_size:
+            size = sum(len(n) + len(v) + 4 for n, v in req.headers)
+            if size > settings.max_header_size:
+                raise errors.HeadersTooLarge(f"request header block of {size} bytes is too large")
+        self.head_bytes = 0
+        parser = self.parser
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise errors.MethodNotImplemented("CONNECT is not supported")
+        prepare(
+            req,
+            method,
+            parser.get_http_version().encode(),
+            parser.should_keep_alive(),
+            parser.should_upgrade(),
+            self.client_host,
+            self.scheme,
+            self.port_bytes,
+            self.gw.next_request_id(),
+        )
+        split_target(req, req.url)
+        port = self.gw.ports.get(self.bind_port)
+        rule = port.table.match(req.host, req.path, method, req.headers, req.query) if port else None
+        req.rule = rule
+        if rule is not None:
+            limit = rule.max_body_size or settings.max_body_size
+            if 0 < limit < req.content_length:
+                raise errors.BodyTooLarge(f"request body of {req.content_length} bytes exceeds {limit}")
+        if req.idempotent and (req.chunked or 0 < req.content_length <= REPLAY_LIMIT):
+            req.replay = []
+        if self.active is None:
+            self._start(req)
+        else:
+            self.queue.append(req)
+            self.pause_reading(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        req: Request = self.req  # type: ignore[assignment]
+        received = req.body_received = req.body_received + len(body)
+        rule = req.rule
+        limit = (rule.max_body_size if rule is not None else 0) or self.settings.max_body_size
+        if 0 < limit < received:
+            raise errors.BodyTooLarge(f"request body exceeds {limit} bytes")
+        replay = req.replay
+        if replay is not None:
+            if received <= REPLAY_LIMIT:
+                replay.append(body)
+            else:
+                req.replay = None
+        upstream = self.upstream
+        if req is self.active and upstream is not None:
+            if self.phase == BODY:
+                self.deadline = monotonic() + self.settings.keepalive_timeout
+            if req.chunked:
+                upstream.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+            else:
+                upstream.transport.write(body)
+            req.body_sent += len(body)
+        else:
+            req.pending_body.append(body)
+            req.body_buffered += len(body)
+            if req.body_buffered > PENDING_BODY_LIMIT:
+                self.pause_reading(PAUSE_BODY_WAIT)
+
+    def on_message_complete(self) -> None:
+        req: Request = self.req  # type: ignore[assignment]
+        self.req = None
+        req.complete = True
+        if req is self.active and self.upstream is not None:
+            if req.chunked:
+                self.upstream.transport.write(LAST_CHUNK)
+            if self.phase == BODY:
+                self._await_response(req)
+
+    # -- the exchange ------------------------------------------------------------------------
+
+    def _start(self, req: Request) -> None:
+        """Begin proxying `req`: choose backend and endpoint, then lend or open a connection."""
+        self.active = req
+        self.status = 0
+        self.bytes_out = 0
+        self.resp_head = None
+        rule = req.rule
+        if rule is None:
+            self._fail(errors.NoRoute(f"no route for {req.host or '(no host)'}{req.path}"))
+            return
+        if rule.invalid_reason:
+            self._fail(errors.RouteMisconfigured(rule.invalid_reason))
+            return
+        timeout = rule.request_timeout
+        self.request_deadline = req.started + timeout if timeout else 0.0
+        ref = rule.pick_backend()
+        if ref is None or ref.backend is None:
+            self._fail(errors.RouteMisconfigured("the route has no usable backend"))
+            return
+        self.backend = ref.backend
+        self._pick_and_go(req)
+
+    def _pick_and_go(self, req: Request) -> None:
+        endpoint = self.backend.pick(monotonic())  # type: ignore[union-attr]
+        if endpoint is None:
+            self._fail(errors.NoEndpoint(f"backend {self.backend.name} has no endpoints"))  # type: ignore[union-attr]
+            return
+        self.endpoint = endpoint
+        pool = self.gw.pool(endpoint)
+        conn = pool.acquire()
+        if conn is not None:
+            conn.reused = True
+            self._send(req, conn)
+        else:
+            self._connect(req, pool)
+
+    def _connect(self, req: Request, pool: EndpointPool) -> None:
+        self.phase = CONNECT
+        self.deadline = monotonic() + self.settings.upstream_connect_timeout
+        task = self.connecting = self.loop.create_task(pool.open())
+        task.add_done_callback(lambda t: self._connected(t, req, pool))
+
+    def _connected(self, task: asyncio.Task[UpstreamConnection], req: Request, pool: EndpointPool) -> None:
+        if task.cancelled():
+            return
+        if self.connecting is task:
+            self.connecting = None
+        exc = task.exception()
+        if exc is not None:
+            if self.active is not req or self.closed:
+                return
+            req.attempts += 1
+            endpoint = self.endpoint
+            self.gw.metrics.inc("gw_upstream_connect_errors_total", endpoint=f"{pool.address}:{pool.port}")
+            if endpoint is not None:
+                endpoint.down_until = monotonic() + self.settings.endpoint_eject_time
+            if req.attempts < MAX_CONNECT_ATTEMPTS and len(self.backend.endpoints) > req.attempts:  # type: ignore[union-attr]
+                self._pick_and_go(req)  # nothing was sent: any method may try another endpoint
+                return
+            self._fail(errors.UpstreamRefused(f"cannot connect to {pool.address}:{pool.port}: {exc}"))
+            return
+        conn = task.result()
+        if self.active is not req or self.closed:
+            pool.release(conn, monotonic())  # the client left; the connection is still good
+            return
+        conn.reused = False
+        self._send(req, conn)
+
+    def _send(self, req: Request, conn: UpstreamConnection) -> None:
+        """Write the request head and whatever body has arrived, in one write when possible."""
+        self.upstream = conn
+        conn.lend(self, req.method == b"HEAD")
+        if self.writing_paused:
+            conn.transport.pause_reading()
+        parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n", *req.head]
+        if not req.host_header:
+            parts.append(b"Host: %s:%d\r\n" % (conn.pool.address.encode(), conn.pool.port))
+        parts.append(CRLF)
+        pending = req.pending_body
+        if pending:
+            req.pending_body = []
+            req.body_sent += req.body_buffered
+            req.body_buffered = 0
+            if req.chunked:
+                for chunk in pending:
+                    parts.append(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            else:
+                parts.extend(pending)
+            self.resume_reading(PAUSE_BODY_WAIT)
+        if req.complete and req.chunked:
+            parts.append(LAST_CHUNK)
+        conn.transport.write(b"".join(parts))
+        if req.expect_continue and not req.complete and req.body_received == 0:
+            req.expect_continue = False  # sent once, when the body can start flowing upstream
+            self.transport.write(CONTINUE)
+        if req.complete:
+            self._await_response(req)
+        else:
+            self.phase = BODY
+            self.deadline = monotonic() + self.settings.keepalive_timeout
+
+    def _await_response(self, req: Request) -> None:
+        self.phase = WAIT
+        rule = req.rule
+        timeout = (rule.backend_timeout if rule is not None else None) or self.settings.upstream_response_timeout
+        self.deadline = monotonic() + timeout
+
+    # -- upstream events (called by UpstreamConnection) ------------------------------------------
+
+    def upstream_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """A 1xx before the final response: 100 is ours to send (Expect), others pass on."""
+        req = self.active
+        if status != 100 and req is not None and req.version == b"1.1":
+            parts = [status_line(status)]
+            for name, value in headers:
+                parts += (name, b": ", value, CRLF)
+            parts.append(CRLF)
+            self.out.append(b"".join(parts))
+
+    def upstream_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        req: Request = self.active  # type: ignore[assignment]
+        # An upstream that answers before the whole body arrived (an early 413, say): the rest of
+        # the body cannot be told apart from a next request, so the connection closes afterwards.
+        early = not req.complete and status != 101 and req.has_body
+        head = build_response_head(status, headers, req, self.gw.draining or early or self.close_after)
+        self.resp_head = head
+        self.status = status
+        self.framing = head.framing
+        self.close_after = head.close
+        self.out.extend(head.parts)
+        self.phase = RESPONSE
+        self.deadline = monotonic() + self.settings.upstream_response_timeout
+
+    def upstream_body(self, body: bytes) -> None:
+        self.bytes_out += len(body)
+        if self.framing == CHUNKED:
+            self.out.append(b"%x\r\n%b\r\n" % (len(body), body))
+        elif self.framing != NO_BODY:
+            self.out.append(body)
+
+    def upstream_complete(self, conn: UpstreamConnection) -> None:
+        if self.framing == CHUNKED:
+            self.out.append(LAST_CHUNK)
+        self.flush()
+        req: Request = self.active  # type: ignore[assignment]
+        reusable = conn.keep_alive and req.complete and not conn.closed
+        self.upstream = None
+        if self.writing_paused and reusable:
+            conn.transport.resume_reading()
+        if reusable:
+            conn.pool.release(conn, monotonic())
+        else:
+            conn.close()
+        self._finish(req, self.status)
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+        if self.phase == RESPONSE:
+            self.deadline = monotonic() + self.settings.upstream_response_timeout
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
+        """The upstream connection closed while lent to us."""
+        if self.upstream is not conn:
+            return
+        self.upstream = None
+        req = self.active
+        if req is None:
+            return
+        if self.phase == TUNNEL:
+            self.transport.close()
+            return
+        if self.resp_head is None:
+            if conn.reused and not conn.got_bytes and req.idempotent and _replayable(req):
+                # A keep-alive connection the upstream had closed just as we reused it: the
+                # request never reached it, so one retry on a fresh connection is safe.
+                self.gw.metrics.inc("gw_upstream_retries_total", reason="stale-connection")
+                req.pending_body = list(req.replay or ())
+                req.body_buffered = sum(map(len, req.pending_body))
+                req.body_sent = 0
+                req.replay = None
+                req.attempts += 1
+                self._connect(req, conn.pool)
+                return
+            self._fail(errors.UpstreamProtocolError("upstream closed the connection without a response"))
+            return
+        if self.resp_head.until_close and not conn.message_done:
+            self.upstream_complete(conn)  # a close-delimited body ends with the connection
+            return
+        self._abort(req, "upstream connection lost mid-response")
+
+    def upstream_broken(self, conn: UpstreamConnection, detail: str) -> None:
+        """The upstream sent something that is not HTTP/1.1: drop it, answer 502 if we still can."""
+        if self.upstream is conn:
+            self.upstream = None
+        conn.abort()
+        self.gw.metrics.inc("gw_upstream_protocol_errors_total")
+        req = self.active
+        if req is None:
+            return
+        if self.resp_head is None:
+            self._fail(errors.UpstreamProtocolError(detail))
+        else:
+            self._abort(req, detail)
+
+    # -- upgrades (WebSocket) --------------------------------------------------------------------
+
+    def _client_upgrade(self, rest: bytes) -> None:
+        """The parser stopped after an upgrade request; hold what follows until the upstream answers."""
+        req = self.active if self.active is not None else (self.queue[-1] if self.queue else None)
+        if req is not None and req.upgrade:
+            self.early_data += rest
+            self.pause_reading(PAUSE_TUNNEL)
+        else:
+            # An upgrade we do not proxy (h2c, …): served as plain HTTP; keep parsing.
+            self.parser = HttpRequestParser(self)
+            if rest:
+                self.data_received(rest)
+
+    def upstream_upgraded(self, rest: bytes) -> None:
+        """The upstream switched protocols (101): from now on bytes are piped both ways."""
+        req = self.active
+        upstream = self.upstream
+        if req is None or upstream is None or not req.upgrade or self.status != 101:
+            if upstream is not None:
+                self.upstream_broken(upstream, "unexpected protocol switch from upstream")
+            return
+        self.flush()
+        self.phase = TUNNEL
+        self.deadline = monotonic() + self.settings.tunnel_idle_timeout
+        self._record(req, 101)
+        if rest:
+            self.transport.write(rest)
+        if self.early_data:
+            upstream.transport.write(self.early_data)
+            self.early_data = b""
+        self.resume_reading(PAUSE_TUNNEL | PAUSE_PIPELINE)
+
+    def tunnel_from_client(self, data: bytes) -> None:
+        upstream = self.upstream
+        if upstream is None:
+            return
+        upstream.transport.write(data)
+        self.deadline = monotonic() + self.settings.tunnel_idle_timeout
+
+    def tunnel_from_upstream(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.deadline = monotonic() + self.settings.tunnel_idle_timeout
+
+    # -- endings -----------------------------------------------------------------------------------
+
+    def _finish(self, req: Request, status: int) -> None:
+        """The response is complete: log it, then serve the next pipelined request or wait."""
+        self._record(req, status)
+        self.active = None
+        self.request_deadline = 0.0
+        if self.close_after or self.closed or not req.keep_alive:
+            self._close()
+            return
+        if req.upgrade:
+            # The upstream refused the upgrade; the client may go on with plain HTTP.
+            self.parser = HttpRequestParser(self)
+            early, self.early_data = self.early_data, b""
+            self.resume_reading(PAUSE_TUNNEL)
+            if early:
+                self.data_received(early)
+                return
+        if self.fatal is not None:
+            fatal, self.fatal = self.fatal, None
+            self._reject(fatal)
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            if not self.queue:
+                self.resume_reading(PAUSE_PIPELINE)
+            self._start(nxt)
+            return
+        now = monotonic()
+        parsing = self.req
+        if parsing is not None and parsing is not req:
+            self.phase = HEAD
+            self.deadline = parsing.started + self.settings.header_timeout
+        else:
+            self.phase = IDLE
+            self.deadline = now + self.settings.keepalive_timeout
+
+    def _fail(self, error: ProxyError) -> None:
+        """Answer the request in flight with a problem response (nothing was sent to the client yet)."""
+        req: Request = self.active  # type: ignore[assignment]
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            upstream.abort()
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        if self.resp_head is not None:
+            self._abort(req, error.detail)
+            return
+        if error.status >= 500:
+            self.gw.metrics.inc("gw_proxy_errors_total", kind=error.kind)
+        close = error.close or (req.has_body and not req.complete) or not req.keep_alive or self.gw.draining
+        self.close_after = close
+        self.framing = NO_BODY
+        self.out.clear()
+        self.transport.write(
+            problem_response(error, req.request_id, close=close, head_only=req.method == b"HEAD", version=req.version)
+        )
+        self._finish(req, error.status)
+
+    def _reject(self, error: ProxyError) -> None:
+        """Malformed or over-limit input: answer it (in order, after any exchange in flight) and close."""
+        if self.closed:
+            return
+        self.pause_reading(PAUSE_PIPELINE)
+        req = self.req
+        if self.active is not None and req is not self.active:
+            self.fatal = error  # answered when the response in flight is complete
+            return
+        if self.active is not None:
+            self._fail(error)
+            return
+        request_id = self.gw.next_request_id()
+        self.transport.write(problem_response(error, request_id, close=True))
+        if req is not None:
+            req.request_id = request_id
+            self._record(req, error.status)
+        else:
+            self.gw.no_route_stats.record(error.status, 0.0)
+        self._close()
+
+    def _abort(self, req: Request, detail: str) -> None:
+        """The response was already under way and cannot be completed: reset the client connection,
+        so a truncated body is never presented as complete."""
+        self.gw.metrics.inc("gw_upstream_resets_total")
+        self._record(req, 502 if self.status < 500 else self.status, detail)
+        self.active = None
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            upstream.abort()
+        self.closed = True
+        self.out.clear()
+        self.transport.abort()
+
+    def _close(self) -> None:
+        self.closed = True
+        self.phase = IDLE
+        upstream = self.upstream
+        if upstream is not None:
+            self.upstream = None
+            upstream.abort()
+        self.transport.close()
+
+    def expire(self, now: float) -> None:
+        """A deadline passed (called by the sweeper)."""
+        phase = self.phase
+        if 0.0 < self.request_deadline <= now and self.active is not None and phase != TUNNEL:
+            self.gw.metrics.inc("gw_timeouts_total", kind="request")
+            self._fail(errors.UpstreamTimeout("route request timeout exceeded"))
+            return
+        if self.deadline > now:
+            return
+        if phase == IDLE:
+            self._close()
+        elif phase == HEAD:
+            self.gw.metrics.inc("gw_timeouts_total", kind="header")
+            if self.active is None:
+                self._reject(errors.RequestTimeout("request head not received in time"))
+        elif phase == BODY:
+            self.gw.metrics.inc("gw_timeouts_total", kind="body")
+            self._fail(errors.RequestTimeout("request body not received in time"))
+        elif phase == CONNECT:
+            self.gw.metrics.inc("gw_timeouts_total", kind="connect")
+            self._fail(errors.UpstreamTimeout("upstream connect timeout"))
+        elif phase == WAIT:
+            self.gw.metrics.inc("gw_timeouts_total", kind="response")
+            self._fail(errors.UpstreamTimeout("upstream response timeout"))
+        elif phase == RESPONSE:
+            self.gw.metrics.inc("gw_timeouts_total", kind="response-body")
+            self._abort(self.active, "upstream stalled mid-response")  # type: ignore[arg-type]
+        elif phase == TUNNEL:
+            self._close()
+
+    def crash(self, exc: BaseException) -> None:
+        """Last resort for a bug: drop this connection only, say why, keep the worker serving."""
+        import traceback
+
+        traceback.print_exception(exc)
+        self.gw.metrics.inc("gw_internal_errors_total")
+        self.closed = True
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+        self.transport.abort()
+
+    # -- telemetry --------------------------------------------------------------------------------
+
+    def _record(self, req: Request, status: int, error: str | None = None) -> None:
+        duration = monotonic() - req.started
+        rule = req.rule
+        (rule.stats if rule is not None and rule.stats is not None else self.gw.no_route_stats).record(
+            status, duration
+        )
+        log = self.gw.access_log
+        if log.enabled and log.sampled():
+            endpoint = self.endpoint
+            record = {
+                "time": time.time(),
+                "request_id": req.request_id.decode("latin-1"),
+                "client": req.client_host.decode("latin-1"),
+                "method": req.method.decode("latin-1"),
+                "host": req.host,
+                "path": req.url.decode("latin-1"),
+                "protocol": req.version.decode("latin-1"),
+                "status": status,
+                "bytes_in": req.body_received,
+                "bytes_out": self.bytes_out,
+                "duration_ms": round(duration * 1000.0, 3),
+                "route": rule.label if rule is not None else None,
+                "upstream": f"{endpoint.address}:{endpoint.port}" if endpoint is not None and rule else None,
+            }
+            if error:
+                record["error"] = error
+            log.write(record)
+
+
+def _replayable(req: Request) -> bool:
+    return not req.has_body or (req.replay is not None and req.complete)

@@ -1,0 +1,121 @@
+"""gw's error hierarchy: each error is one HTTP status, answered as RFC 9457 problem+json."""
+
+from __future__ import annotations
+
+import orjson
+
+_REASONS = {
+    400: b"Bad Request",
+    404: b"Not Found",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    417: b"Expectation Failed",
+    421: b"Misdirected Request",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+def reason(status: int) -> bytes:
+    return _REASONS.get(status, b"Unknown")
+
+
+class ProxyError(Exception):
+    """An error the gateway answers itself. Subclasses fix the status and the problem type."""
+
+    status = 500
+    kind = "internal-error"
+    close = False  # the connection cannot be trusted after this error: answer and close it
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadRequest(ProxyError):
+    status, kind, close = 400, "bad-request", True
+
+
+class RequestTimeout(ProxyError):
+    status, kind, close = 408, "request-timeout", True
+
+
+class BodyTooLarge(ProxyError):
+    status, kind, close = 413, "body-too-large", True
+
+
+class UriTooLong(ProxyError):
+    status, kind, close = 414, "uri-too-long", True
+
+
+class ExpectationFailed(ProxyError):
+    status, kind, close = 417, "expectation-failed", True
+
+
+class HeadersTooLarge(ProxyError):
+    status, kind, close = 431, "headers-too-large", True
+
+
+class NoRoute(ProxyError):
+    status, kind = 404, "no-route"
+
+
+class RouteMisconfigured(ProxyError):
+    status, kind = 500, "route-misconfigured"
+
+
+class MethodNotImplemented(ProxyError):
+    status, kind, close = 501, "not-implemented", True
+
+
+class UpstreamRefused(ProxyError):
+    status, kind = 502, "upstream-connect-failed"
+
+
+class UpstreamProtocolError(ProxyError):
+    status, kind = 502, "upstream-protocol-error"
+
+
+class NoEndpoint(ProxyError):
+    status, kind = 503, "no-healthy-endpoint"
+
+
+class Overloaded(ProxyError):
+    status, kind, close = 503, "overloaded", True
+
+
+class UpstreamTimeout(ProxyError):
+    status, kind = 504, "upstream-timeout"
+
+
+def problem_response(
+    error: ProxyError, request_id: bytes, *, close: bool, head_only: bool = False, version: bytes = b"1.1"
+) -> bytes:
+    """A complete HTTP response carrying an RFC 9457 problem document for `error`."""
+    status = error.status
+    body = orjson.dumps(
+        {
+            "type": "urn:gw:problem:" + error.kind,
+            "title": reason(status).decode(),
+            "status": status,
+            "detail": error.detail,
+            "request_id": request_id.decode("latin-1"),
+        }
+    )
+    head = [
+        b"HTTP/1.1 %d %s\r\n" % (status, reason(status)),
+        b"content-type: application/problem+json\r\n",
+        b"content-length: %d\r\n" % len(body),
+        b"x-request-id: " + request_id + b"\r\n" if request_id else b"",
+        b"connection: close\r\n" if close else (b"connection: keep-alive\r\n" if version == b"1.0" else b""),
+        b"\r\n",
+    ]
+    if not head_only:
+        head.append(body)
+    return b"".join(head)

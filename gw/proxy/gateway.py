@@ -1,0 +1,97 @@
+"""The state one worker's data plane shares across connections: config snapshot, pools, telemetry."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from time import monotonic
+from typing import TYPE_CHECKING
+
+from gw.config.model import CompiledConfig, Endpoint, PortConfig
+from gw.observe.accesslog import AccessLog
+from gw.observe.metrics import Registry
+from gw.proxy.upstream import EndpointPool
+from gw.settings import Settings
+
+if TYPE_CHECKING:
+    from gw.proxy.downstream import ClientConnection
+
+SWEEP_INTERVAL = 0.25  # seconds between deadline checks; timeouts fire within this of their time
+
+
+class Gateway:
+    """One worker's proxy state. The config is an immutable snapshot swapped by `install`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, settings: Settings) -> None:
+        self.loop = loop
+        self.settings = settings
+        self.config: CompiledConfig | None = None
+        self.ports: dict[int, PortConfig] = {}
+        self.pools: dict[tuple[str, int], EndpointPool] = {}
+        self.connections: set[ClientConnection] = set()
+        self.metrics = Registry()
+        self.no_route_stats = self.metrics.route("")  # requests answered before a route matched
+        self.access_log = AccessLog(settings.access_log, settings.access_log_sample)
+        self.draining = False
+        self._request_ids = itertools.count(1)
+        # A per-process random prefix plus a counter: unique across workers and replicas, and
+        # far cheaper than uuid4() per request.
+        self._request_id_prefix = os.urandom(6).hex().encode()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.metrics.gauge("gw_client_connections", lambda: len(self.connections))
+        self.metrics.gauge(
+            "gw_upstream_connections", lambda: sum(p.connections for p in self.pools.values())
+        )
+        self.metrics.gauge(
+            "gw_upstream_connections_idle", lambda: sum(len(p.idle) for p in self.pools.values())
+        )
+
+    def install(self, config: CompiledConfig) -> None:
+        """Serve `config` from the next request on; requests in flight finish on the old one."""
+        for rule in config.rules:
+            rule.stats = self.metrics.route(rule.label)
+        self.ports = {p.bind_port: p for p in config.ports}
+        self.config = config
+
+    def pool(self, endpoint: Endpoint) -> EndpointPool:
+        pool = self.pools.get(endpoint.key)
+        if pool is None:
+            s = self.settings
+            pool = self.pools[endpoint.key] = EndpointPool(
+                self.loop,
+                endpoint.address,
+                endpoint.port,
+                max_idle=s.upstream_max_idle,
+                idle_timeout=s.upstream_idle_timeout,
+                max_requests=s.upstream_max_requests,
+            )
+        return pool
+
+    def next_request_id(self) -> bytes:
+        return b"%s%08x" % (self._request_id_prefix, next(self._request_ids))
+
+    # -- periodic work ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        """Fire expired deadlines (timeouts without a timer per request), age pools, flush logs."""
+        now = monotonic()  # the clock of every deadline (uvloop's loop.time() ticks in ms)
+        for conn in [c for c in self.connections if c.deadline <= now or 0.0 < c.request_deadline <= now]:
+            try:
+                conn.expire(now)
+            except Exception as exc:  # one connection's bug must not stop the sweeper
+                conn.crash(exc)
+        for pool in self.pools.values():
+            pool.expire_idle(now)
+        self.access_log.flush()
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for pool in self.pools.values():
+            pool.close_all()
+        self.access_log.close()

@@ -1,0 +1,273 @@
+"""One client request as the proxy carries it: its parsed head, validation and the upstream head.
+
+Headers stay bytes end to end (DESIGN.md §2: no regex, no str round trips on the hot path).
+"""
+
+from __future__ import annotations
+
+from gw.proxy.errors import BadRequest, ExpectationFailed
+
+# RFC 9110 §7.6.1 hop-by-hop fields, plus the legacy ones RFC 2616 listed. A gateway is not a
+# forward proxy, so Proxy-Authorization meant for one must not leak to a backend.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+# Request fields the head pass acts on; everything else is copied as it came.
+_SPECIAL = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-forwarded-port",
+    b"x-request-id",
+}
+_CONNECTION_TOKENS_HANDLED = frozenset({b"close", b"keep-alive", b"upgrade", b""})
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+_MAX_REQUEST_ID = 200
+_TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ=:/@")
+CRLF = b"\r\n"
+COLON = b": "
+
+
+class Request:
+    """A request from its first byte to the end of its response. Plain slots, no behaviour on reads."""
+
+    __slots__ = (
+        "attempts",
+        "body_buffered",
+        "body_received",
+        "body_sent",
+        "chunked",
+        "client_host",
+        "complete",
+        "content_length",
+        "expect_continue",
+        "head",
+        "headers",
+        "host",
+        "host_header",
+        "idempotent",
+        "keep_alive",
+        "method",
+        "path",
+        "pending_body",
+        "query",
+        "replay",
+        "request_id",
+        "rule",
+        "started",
+        "upgrade",
+        "url",
+        "version",
+    )
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b""
+        self.version = b"1.1"
+        self.host = ""
+        self.path = ""
+        self.query = b""
+        self.keep_alive = True
+        self.upgrade = False
+        self.chunked = False
+        self.content_length = -1  # -1: no Content-Length header
+        self.expect_continue = False
+        self.complete = False
+        self.body_received = 0
+        self.body_sent = 0
+        self.pending_body: list[bytes] = []  # body bytes read but not yet written upstream
+        self.body_buffered = 0
+        self.replay: list[bytes] | None = None  # a small body kept for a retry on a fresh connection
+        self.request_id = b""
+        self.head: list[bytes] = []  # upstream header lines after the request line, built once
+        self.host_header = b""
+        self.rule = None
+        self.attempts = 0
+        self.idempotent = False
+        self.client_host = b""
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or self.content_length > 0
+
+
+def prepare(
+    req: Request,
+    method: bytes,
+    version: bytes,
+    keep_alive: bool,
+    upgrade: bool,
+    client_host: bytes,
+    scheme: bytes,
+    port: bytes,
+    new_request_id: bytes,
+) -> None:
+    """Validate the head of `req` and build the head that goes upstream (RFC 9110/9112).
+
+    Raises BadRequest for anything that could smuggle or confuse: framing conflicts the parser
+    lets through, a Transfer-Encoding other than plain chunked, duplicate Host, a missing Host.
+    """
+    req.method = method
+    req.version = version
+    req.keep_alive = keep_alive
+    req.idempotent = method in _IDEMPOTENT
+    req.client_host = client_host
+    host = b""
+    host_seen = False
+    xff = b""
+    request_id = b""
+    connection_tokens: list[bytes] | None = None
+    upgrade_value = b""
+    parts: list[bytes] = []
+    add = parts.extend
+    special = _SPECIAL
+    for name, value in req.headers:
+        lname = name.lower()
+        if lname not in special:
+            add((name, COLON, value, CRLF))
+            continue
+        if lname == b"host":
+            if host_seen:
+                raise BadRequest("more than one Host header")
+            host_seen = True
+            host = value
+            add((name, COLON, value, CRLF))
+        elif lname == b"content-length":
+            req.content_length = int(value)  # the parser has already checked the digits
+            add((name, COLON, value, CRLF))
+        elif lname == b"transfer-encoding":
+            # llhttp accepts codings before the final "chunked" (e.g. "gzip, chunked"); a
+            # gateway re-frames bodies, so anything but plain chunked is refused outright.
+            if value.strip().lower() != b"chunked" or req.chunked:
+                raise BadRequest("unsupported Transfer-Encoding")
+            if version == b"1.0":
+                raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+            req.chunked = True
+        elif lname == b"connection":
+            tokens = [t.strip().lower() for t in value.split(b",")]
+            connection_tokens = tokens if connection_tokens is None else connection_tokens + tokens
+        elif lname == b"upgrade":
+            upgrade_value = value
+        elif lname == b"expect":
+            if value.strip().lower() != b"100-continue":
+                raise ExpectationFailed("only Expect: 100-continue is supported")
+            req.expect_continue = True
+        elif lname == b"x-forwarded-for":
+            xff = xff + b", " + value if xff else value
+        elif lname == b"x-request-id":
+            request_id = value
+        # other hop-by-hop fields and X-Forwarded-Proto/Host/Port from the client are dropped:
+        # the gateway sets them itself below.
+
+    if connection_tokens is not None:
+        extra = {t for t in connection_tokens if t not in _CONNECTION_TOKENS_HANDLED}
+        if extra:
+            # Fields named in Connection are hop-by-hop too (RFC 9110 §7.6.1): a second pass
+            # drops them; rare, so the common case pays nothing for it.
+            parts = [
+                p
+                for n, v in req.headers
+                if n.lower() not in special or n.lower() in (b"host", b"content-length")
+                if n.lower() not in extra
+                for p in (n, COLON, v, CRLF)
+            ]
+            add = parts.extend
+    if not host_seen and version != b"1.0":
+        raise BadRequest("missing Host header")
+    if request_id and (len(request_id) > _MAX_REQUEST_ID or not _TOKEN_BYTES.issuperset(request_id)):
+        request_id = b""  # not something we want to echo into logs and responses
+    if not request_id:
+        request_id = new_request_id
+    req.request_id = request_id
+
+    hostname = host
+    if hostname.startswith(b"["):  # IPv6 literal
+        end = hostname.find(b"]")
+        hostname = hostname[: end + 1]
+    else:
+        colon = hostname.find(b":")
+        if colon >= 0:
+            hostname = hostname[:colon]
+    req.host = hostname.lower().decode("latin-1")
+
+    if upgrade and upgrade_value:
+        # Only WebSocket is proxied as an upgrade; h2c and friends are served as plain HTTP/1.1.
+        req.upgrade = upgrade_value.strip().lower() == b"websocket"
+        if req.upgrade:
+            add((b"Connection: Upgrade\r\nUpgrade: ", upgrade_value, CRLF))
+
+    client = client_host
+    add(
+        (
+            b"X-Forwarded-For: ",
+            xff + b", " + client if xff else client,
+            b"\r\nX-Forwarded-Proto: ",
+            scheme,
+            b"\r\nX-Forwarded-Host: ",
+            host,
+            b"\r\nX-Forwarded-Port: ",
+            port,
+            b"\r\nX-Request-ID: ",
+            request_id,
+            CRLF,
+        )
+    )
+    if req.chunked:
+        add((b"Transfer-Encoding: chunked\r\n",))
+    req.host_header = host  # empty for HTTP/1.0 without Host: the sender fills in the endpoint
+    req.head = parts
+
+
+def split_target(req: Request, url: bytes) -> None:
+    """Fill path and query from the request target (origin-form or absolute-form)."""
+    if url[:1] != b"/":
+        if url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
+            rest = url.split(b"//", 1)[1]
+            slash = rest.find(b"/")
+            url = rest[slash:] if slash >= 0 else b"/"
+        elif url == b"*":
+            req.path, req.query, req.url = "*", b"", url
+            return
+        else:
+            raise BadRequest("malformed request target")
+    q = url.find(b"?")
+    if q >= 0:
+        req.query = url[q + 1 :]
+        path = url[:q]
+    else:
+        path = url
+    if b"/." in path or b"//" in path:
+        path = normalize_path(path)
+    req.path = path.decode("latin-1")
+    req.url = path + b"?" + req.query if q >= 0 else path
+
+
+def normalize_path(path: bytes) -> bytes:
+    """Resolve dot segments and merge slashes (RFC 3986 §5.2.4), so /a/../admin routes as /admin."""
+    out: list[bytes] = []
+    for seg in path.split(b"/")[1:]:
+        if seg == b"..":
+            if out:
+                out.pop()
+        elif seg != b"." and seg != b"":
+            out.append(seg)
+    trailing = path.endswith((b"/", b"/.", b"/.."))
+    result = b"/" + b"/".join(out)
+    if trailing and out:
+        result += b"/"
+    return result

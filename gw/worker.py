@@ -1,0 +1,182 @@
+"""A proxy worker process: one uvloop event loop serving the data plane on its listening sockets.
+
+Until the supervisor lands, `gw run` runs one worker in-process; it binds its own sockets
+(SO_REUSEPORT, so a supervisor can later hand them over unchanged) and serves the admin app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import uvloop
+
+from gw.admin import AdminApp, admin_server
+from gw.config import ConfigError, LoadResult, load_config
+from gw.config.model import CompiledConfig
+from gw.proxy.downstream import ClientConnection
+from gw.proxy.gateway import Gateway
+from gw.settings import Settings
+
+LISTEN_BACKLOG = 4096
+
+
+def bind_listener(host: str, port: int, *, reuse_port: bool = True) -> socket.socket:
+    """A listening TCP socket (SO_REUSEPORT for the data plane), non-blocking, ready to serve."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def load(settings: Settings) -> LoadResult:
+    return load_config(
+        settings.config,
+        port_offset=settings.listener_port_offset,
+        default_max_body_size=settings.max_body_size,
+    )
+
+
+def report(result: LoadResult) -> None:
+    for error in result.errors:
+        print(f"gw: config: {error}", file=sys.stderr)
+
+
+class Worker:
+    """Owns the loop-level pieces: gateway state, servers per port, admin, signals."""
+
+    def __init__(self, settings: Settings, listen_host: str = "0.0.0.0") -> None:
+        self.settings = settings
+        self.listen_host = listen_host
+        self.loop = asyncio.get_running_loop()
+        self.gateway = Gateway(self.loop, settings)
+        self.servers: dict[int, asyncio.base_events.Server] = {}
+        self.ready = False
+        self.started = time.time()
+        self.stopping = asyncio.Event()
+        self.reloads = 0
+
+    async def serve(self, config: CompiledConfig) -> None:
+        self.gateway.install(config)
+        self.gateway.start()
+        await self._bind(config)
+        host, port = self.settings.admin_addr
+        admin_sock = bind_listener(host, port, reuse_port=False)  # fails loudly if taken
+        admin = admin_server(AdminApp(self._ready, self.gateway.metrics.render, self._status), host, port)
+        admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.stopping.set)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.ready = True
+        print(
+            f"gw: serving {', '.join(str(p) for p in self.servers)} (admin {host}:{port}, pid {os.getpid()})",
+            file=sys.stderr,
+            flush=True,
+        )
+        await self.stopping.wait()
+        self.ready = False
+        await self._drain()
+        admin.should_exit = True
+        await admin_task
+
+    async def _bind(self, config: CompiledConfig) -> None:
+        for port in config.ports:
+            if port.bind_port in self.servers:
+                continue
+            sock = bind_listener(self.listen_host, port.bind_port)
+            bind_port, declared = port.bind_port, port.declared_port
+            self.servers[bind_port] = await self.loop.create_server(
+                lambda b=bind_port, d=declared: ClientConnection(self.gateway, b, d),  # type: ignore[misc]
+                sock=sock,
+                backlog=LISTEN_BACKLOG,
+            )
+
+    def reload(self) -> None:
+        """SIGHUP: load the config again; a failure keeps the running config and says why."""
+        try:
+            result = load(self.settings)
+        except ConfigError as exc:
+            print(f"gw: reload rejected, keeping the running config: {exc}", file=sys.stderr, flush=True)
+            self.gateway.metrics.inc("gw_config_reloads_total", result="rejected")
+            return
+        report(result)
+        self.gateway.install(result.config)
+        self.loop.create_task(self._bind(result.config))
+        self.reloads += 1
+        self.gateway.metrics.inc("gw_config_reloads_total", result="applied")
+        print(f"gw: config reloaded ({len(result.config.rules)} rules)", file=sys.stderr, flush=True)
+
+    async def _drain(self) -> None:
+        """Stop accepting, let in-flight exchanges finish, close idle keep-alive connections."""
+        gw = self.gateway
+        gw.draining = True
+        for server in self.servers.values():
+            server.close()
+        deadline = self.loop.time() + 10.0
+        while self.loop.time() < deadline:
+            busy = False
+            for conn in list(gw.connections):
+                if conn.active is None:
+                    conn.transport.close()
+                else:
+                    busy = True
+            if not busy:
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(gw.connections):
+            conn.transport.abort()
+        gw.stop()
+
+    def _ready(self) -> tuple[bool, str]:
+        if not self.ready:
+            return False, "starting" if self.gateway.config is None else "draining"
+        return True, "ready"
+
+    def _status(self) -> dict[str, Any]:
+        config = self.gateway.config
+        return {
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "config": {
+                "source": config.source if config else None,
+                "checksum": config.checksum if config else None,
+                "reloads": self.reloads,
+            },
+            "listeners": [
+                {"declared_port": p.declared_port, "bind_port": p.bind_port, "listeners": list(p.listeners)}
+                for p in (config.ports if config else ())
+            ],
+            "connections": len(self.gateway.connections),
+        }
+
+
+def run(settings: Settings) -> int:
+    """Load the config, then serve until SIGTERM/SIGINT. Returns the process exit code."""
+    if not settings.config:
+        print("gw: GW_CONFIG is not set: point it at a Gateway API YAML file or directory", file=sys.stderr)
+        return 2
+    try:
+        result = load(settings)
+    except ConfigError as exc:
+        print(f"gw: config: {exc}", file=sys.stderr)
+        return 1
+    report(result)
+
+    async def main() -> None:
+        await Worker(settings).serve(result.config)
+
+    try:
+        uvloop.run(main())
+    except OSError as exc:
+        print(f"gw: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
