@@ -1,0 +1,20 @@
+"""Configuration pipeline: Gateway API YAML → typed resources → validation → compiled route tables."""
+
+from gw.config.compile import DEFAULT_CONTROLLER_NAME, LoadResult, compile_resources
+from gw.config.describe import describe
+from gw.config.errors import Condition, ConfigError
+from gw.config.loader import load_config, load_text, read_documents
+from gw.config.parse import parse_documents
+
+__all__ = [
+    "DEFAULT_CONTROLLER_NAME",
+    "Condition",
+    "ConfigError",
+    "LoadResult",
+    "compile_resources",
+    "describe",
+    "load_config",
+    "load_text",
+    "parse_documents",
+    "read_documents",
+]

@@ -1,0 +1,45 @@
+"""Render a compiled config as text, one line per match in lookup order (`gw routes`)."""
+
+from __future__ import annotations
+
+from gw.config.model import CompiledConfig, Rule
+from gw.routing.table import HostTable
+
+
+def describe_rule(rule: Rule) -> str:
+    name = f"{rule.route}#{rule.index}" + (f" ({rule.name})" if rule.name else "")
+    if rule.invalid_reason:
+        return f"{name} → 500: {rule.invalid_reason}"
+    targets = []
+    for ref in rule.backend_refs:
+        if ref.backend is None:
+            targets.append(f"{ref.name} w={ref.weight} [unresolved → 500]")
+        else:
+            targets.append(f"{ref.name} w={ref.weight} [{len(ref.backend.endpoints)} endpoints]")
+    limits = []
+    if rule.request_timeout is not None:
+        limits.append(f"timeout={rule.request_timeout:g}s")
+    if rule.backend_timeout is not None:
+        limits.append(f"backend-timeout={rule.backend_timeout:g}s")
+    if rule.max_body_size:
+        limits.append(f"max-body={rule.max_body_size}")
+    suffix = f" ({', '.join(limits)})" if limits else ""
+    return f"{name} → {', '.join(targets)}{suffix}"
+
+
+def describe(config: CompiledConfig) -> list[str]:
+    """Every port, host and match of the config in the order a lookup tries them."""
+    lines: list[str] = []
+    for port in config.ports:
+        bound = f" (bound to {port.bind_port})" if port.bind_port != port.declared_port else ""
+        lines.append(f"port {port.declared_port}{bound} {port.protocol}: listeners {', '.join(port.listeners)}")
+        table = port.table
+        if not isinstance(table, HostTable):
+            lines.append(f"  {table!r}")
+            continue
+        for key, hostname, entries in table.describe():
+            via = "" if hostname == key else f" (via {hostname})"
+            lines.append(f"  host {key}{via}")
+            for entry in entries:
+                lines.append(f"    {entry.match.describe()} → {describe_rule(entry.rule)}")
+    return lines

@@ -1,0 +1,251 @@
+"""Typed forms of the Kubernetes objects gw reads: Gateway API kinds, Service, EndpointSlice, Backend."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from gw.routing.match import RouteMatch
+
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+GW_GROUP = "gw.dev"
+CORE_GROUP = ""
+DISCOVERY_GROUP = "discovery.k8s.io"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+MAX_BODY_SIZE_ANNOTATION = "gw.dev/max-body-size"
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """Identity and provenance of one object: which file, and which document in it."""
+
+    kind: str
+    name: str
+    namespace: str
+    file: str = ""
+    labels: dict[str, str] = field(default_factory=dict, compare=False)
+    annotations: dict[str, str] = field(default_factory=dict, compare=False)
+    # Seconds since the epoch; objects without one rank after those with one.
+    created: float = math.inf
+
+    @property
+    def key(self) -> str:
+        """ "namespace/name", the form the spec sorts routes by."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def label(self) -> str:
+        """ "Kind namespace/name", the form every error message uses."""
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayClass:
+    meta: Meta
+    controller_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteGroupKind:
+    group: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSelector:
+    """metav1.LabelSelector: matchLabels and matchExpressions (In, NotIn, Exists, DoesNotExist)."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        for key, value in self.match_labels:
+            if labels.get(key) != value:
+                return False
+        for key, op, values in self.match_expressions:
+            present = key in labels
+            if op == "In" and not (present and labels[key] in values):
+                return False
+            if op == "NotIn" and present and labels[key] in values:
+                return False
+            if op == "Exists" and not present:
+                return False
+            if op == "DoesNotExist" and present:
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str
+    port: int
+    protocol: str
+    hostname: str | None = None
+    allowed_from: str = "Same"  # All | Same | Selector
+    allowed_selector: LabelSelector | None = None
+    allowed_kinds: tuple[RouteGroupKind, ...] = ()  # empty = the protocol's default (HTTPRoute)
+    index: int = 0  # position in spec.listeners, for error fields
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    meta: Meta
+    class_name: str
+    listeners: tuple[Listener, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ParentRef:
+    name: str
+    namespace: str
+    group: str = GATEWAY_GROUP
+    kind: str = "Gateway"
+    section_name: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendRefSpec:
+    name: str
+    namespace: str
+    group: str = CORE_GROUP
+    kind: str = "Service"
+    port: int | None = None
+    weight: int = 1
+    index: int = 0  # position in the rule's backendRefs, for error fields
+
+    @property
+    def label(self) -> str:
+        port = f":{self.port}" if self.port is not None else ""
+        return f"{self.kind} {self.namespace}/{self.name}{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    index: int  # position in spec.rules (rules whose matches are invalid are left out)
+    matches: tuple[RouteMatch, ...]
+    backend_refs: tuple[BackendRefSpec, ...]
+    name: str | None = None
+    request_timeout: float | None = None  # seconds; 0.0 = disabled ("0s"), None = not set
+    backend_timeout: float | None = None
+    # Set when the rule is routable but cannot be served (unsupported field, bad timeout):
+    # requests matching it get a 500 rather than falling through to another route.
+    invalid_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPRoute:
+    meta: Meta
+    parent_refs: tuple[ParentRef, ...]
+    hostnames: tuple[str, ...]
+    rules: tuple[RouteRule, ...]
+    max_body_size: int | None = None  # from the gw.dev/max-body-size annotation
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    port: int
+    name: str = ""
+    target_port: int | str | None = None
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    meta: Meta
+    ports: tuple[ServicePort, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SliceEndpoint:
+    addresses: tuple[str, ...]
+    ready: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SlicePort:
+    port: int | None
+    name: str = ""
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSlice:
+    meta: Meta
+    service_name: str  # the kubernetes.io/service-name label
+    ports: tuple[SlicePort, ...]
+    endpoints: tuple[SliceEndpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StaticEndpoint:
+    address: str
+    port: int
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """gw.dev/v1alpha1 Backend: static addresses (IPs or DNS names) for use outside Kubernetes."""
+
+    meta: Meta
+    endpoints: tuple[StaticEndpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GrantFrom:
+    group: str
+    kind: str
+    namespace: str
+
+
+@dataclass(frozen=True, slots=True)
+class GrantTo:
+    group: str
+    kind: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceGrant:
+    meta: Meta
+    from_: tuple[GrantFrom, ...]
+    to: tuple[GrantTo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    meta: Meta
+
+
+Resource = GatewayClass | Gateway | HTTPRoute | Service | EndpointSlice | Backend | ReferenceGrant | Namespace
+
+
+@dataclass(slots=True)
+class Resources:
+    """Everything parsed from a config source, by kind, in source order."""
+
+    gateway_classes: list[GatewayClass] = field(default_factory=list)
+    gateways: list[Gateway] = field(default_factory=list)
+    http_routes: list[HTTPRoute] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)
+    endpoint_slices: list[EndpointSlice] = field(default_factory=list)
+    backends: list[Backend] = field(default_factory=list)
+    reference_grants: list[ReferenceGrant] = field(default_factory=list)
+    namespaces: list[Namespace] = field(default_factory=list)
+    # Kinds gw does not read (Deployments in the same manifests, ...): "Kind ns/name" per object.
+    ignored: list[str] = field(default_factory=list)
+
+    def add(self, obj: Resource) -> None:
+        bucket = {
+            GatewayClass: self.gateway_classes,
+            Gateway: self.gateways,
+            HTTPRoute: self.http_routes,
+            Service: self.services,
+            EndpointSlice: self.endpoint_slices,
+            Backend: self.backends,
+            ReferenceGrant: self.reference_grants,
+            Namespace: self.namespaces,
+        }[type(obj)]
+        bucket.append(obj)  # type: ignore[arg-type]

@@ -1,0 +1,181 @@
+"""Validation beyond shape: the spec's value rules (the CRDs' patterns and CEL) and cross-object checks.
+
+Value checks return an error message or None, so the parser can name the field; cross-object
+checks (duplicates, listener conflicts) return ConfigErrors for the objects they reject.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+
+from gw.config.errors import ConfigError
+from gw.config.resources import Gateway, Listener, Resources
+
+# RFC 1123 hostname, lower case, optionally with a leading "*." wildcard label (CRD pattern).
+_HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
+_FORBIDDEN_IN_PATH = ("//", "/./", "/../", "%2f", "%2F", "#")
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+SUPPORTED_PROTOCOLS = frozenset({"HTTP"})
+
+
+def check_hostname(value: str) -> str | None:
+    if len(value) > 253:
+        return "hostname longer than 253 characters"
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        return f"{value!r} is an IP address; hostnames must be DNS names"
+    if value == "*":
+        return "'*' alone is not a hostname; omit the hostname to match every host"
+    if not _HOSTNAME.match(value):
+        return (
+            f"{value!r} is not a valid hostname (lower-case RFC 1123 name, "
+            "optionally starting with a '*.' wildcard label)"
+        )
+    return None
+
+
+def check_object_name(value: str) -> str | None:
+    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+        return f"{value!r} is not a valid name (lower-case RFC 1123 subdomain)"
+    return None
+
+
+def check_section_name(value: str) -> str | None:
+    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+        return f"{value!r} is not a valid section name (lower-case RFC 1123 subdomain)"
+    return None
+
+
+def check_rule_name(value: str) -> str | None:
+    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+        return f"{value!r} is not a valid rule name (lower-case RFC 1123 subdomain)"
+    return None
+
+
+def check_path(path_type: str, value: str) -> str | None:
+    """The CRD's rules for path values; regular expressions must compile."""
+    if len(value) > 1024:
+        return "path longer than 1024 characters"
+    if path_type == "RegularExpression":
+        try:
+            re.compile(value)
+        except re.error as exc:
+            return f"invalid regular expression {value!r}: {exc}"
+        return None
+    if not value.startswith("/"):
+        return f"path {value!r} must start with '/'"
+    for bad in _FORBIDDEN_IN_PATH:
+        if bad in value:
+            return f"path {value!r} must not contain {bad!r}"
+    if value.endswith(("/..", "/.")):
+        return f"path {value!r} must not end with '/..' or '/.'"
+    return None
+
+
+def check_header_name(value: str) -> str | None:
+    if not _HEADER_NAME.match(value) or len(value) > 256:
+        return f"{value!r} is not a valid HTTP header name"
+    return None
+
+
+def check_regex(value: str) -> str | None:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"invalid regular expression {value!r}: {exc}"
+    return None
+
+
+def check_address(value: str) -> str | None:
+    """An endpoint address: an IP address or a DNS name."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        return None
+    if len(value) > 253 or not all(_DNS_LABEL.match(label) for label in value.lower().split(".")):
+        return f"{value!r} is neither an IP address nor a DNS name"
+    return None
+
+
+def check_listeners(gateway: Gateway) -> tuple[tuple[Listener, ...], list[ConfigError]]:
+    """Listeners that can be served, and errors for those that cannot (each rejected alone)."""
+    errors: list[ConfigError] = []
+    kept: list[Listener] = []
+    names: set[str] = set()
+    # (port, hostname) pairs already taken: two listeners may share a port only with distinct hostnames.
+    taken: dict[tuple[int, str | None], str] = {}
+    protocols: dict[int, str] = {}
+    for listener in gateway.listeners:
+        field = f"spec.listeners[{listener.index}]"
+
+        def reject(sub: str, message: str, field: str = field) -> None:
+            errors.append(ConfigError(gateway.meta.file, gateway.meta.label, f"{field}{sub}", message))
+
+        if listener.name in names:
+            reject(".name", f"duplicate listener name {listener.name!r}")
+            continue
+        names.add(listener.name)
+        if listener.protocol not in SUPPORTED_PROTOCOLS:
+            reject(
+                ".protocol",
+                f"protocol {listener.protocol!r} is not supported (supported: "
+                f"{', '.join(sorted(SUPPORTED_PROTOCOLS))}); listener {listener.name!r} is not served",
+            )
+            continue
+        if protocols.get(listener.port, listener.protocol) != listener.protocol:
+            reject(
+                ".protocol",
+                f"port {listener.port} is already used with protocol {protocols[listener.port]!r}",
+            )
+            continue
+        other = taken.get((listener.port, listener.hostname))
+        if other is not None:
+            hostname = listener.hostname or "(any)"
+            reject(
+                ".hostname",
+                f"listener {other!r} already serves hostname {hostname} on port {listener.port}",
+            )
+            continue
+        protocols[listener.port] = listener.protocol
+        taken[(listener.port, listener.hostname)] = listener.name
+        kept.append(listener)
+    return tuple(kept), errors
+
+
+def check_duplicates(resources: Resources) -> list[ConfigError]:
+    """The same kind/namespace/name twice: the later copy is reported (and ignored by compile)."""
+    errors: list[ConfigError] = []
+    seen: set[str] = set()
+    groups: Iterable[list] = (
+        resources.gateway_classes,
+        resources.gateways,
+        resources.http_routes,
+        resources.services,
+        resources.endpoint_slices,
+        resources.backends,
+        resources.reference_grants,
+        resources.namespaces,
+    )
+    for group in groups:
+        unique = []
+        for obj in group:
+            label = obj.meta.label
+            if label in seen:
+                errors.append(
+                    ConfigError(obj.meta.file, label, "metadata.name", "defined more than once; copy ignored")
+                )
+                continue
+            seen.add(label)
+            unique.append(obj)
+        group[:] = unique
+    return errors
