@@ -1,0 +1,59 @@
+"""Fixtures: real upstream servers and real gateway processes, started per test or module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.gateway import GatewayProcess, config_yaml, free_port
+from tests.support.upstream import Upstream
+
+StartGateway = Callable[..., GatewayProcess]
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    up = Upstream("up").start()
+    yield up
+    up.stop()
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
+    """start_gateway(backends, routes, env={}) → a running gateway; all are stopped at teardown."""
+    started: list[GatewayProcess] = []
+
+    def start(
+        backends: dict[str, list[tuple[str, int]]],
+        routes: list[dict[str, object]],
+        env: dict[str, str] | None = None,
+        yaml_text: str | None = None,
+    ) -> GatewayProcess:
+        port = free_port()
+        index = len(started)
+        path = tmp_path / f"gateway-{index}.yaml"
+        path.write_text(yaml_text if yaml_text is not None else config_yaml(port, backends, routes))
+        gw = GatewayProcess(
+            config_path=path,
+            port=port,
+            admin=free_port(),
+            env=dict(env or {}),
+            access_log=tmp_path / f"access-{index}.log",
+        )
+        started.append(gw)
+        return gw.start()
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture
+def gateway(upstream: Upstream, start_gateway: StartGateway) -> GatewayProcess:
+    """A gateway routing every path to `upstream`."""
+    return start_gateway(
+        {"up": [("127.0.0.1", upstream.port)]},
+        [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}],
+    )

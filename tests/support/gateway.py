@@ -1,0 +1,270 @@
+"""Run the real gateway (`python -m gw run`) as a child process, and talk to it over raw sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httptools
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def config_yaml(
+    port: int,
+    backends: dict[str, list[tuple[str, int]]],
+    routes: list[dict[str, object]],
+) -> str:
+    """A GatewayClass, a Gateway with one HTTP listener on `port`, static Backends and HTTPRoutes.
+
+    routes: dicts with name, rules (Gateway API rules, backendRefs may name a Backend as
+    {"backend": "name"}), optional hostnames and annotations.
+    """
+    import yaml
+
+    docs: list[dict[str, object]] = [
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "GatewayClass",
+            "metadata": {"name": "gw"},
+            "spec": {"controllerName": "gw.dev/gateway-controller"},
+        },
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": "test", "namespace": "default"},
+            "spec": {"gatewayClassName": "gw", "listeners": [{"name": "http", "port": port, "protocol": "HTTP"}]},
+        },
+    ]
+    for name, endpoints in backends.items():
+        docs.append(
+            {
+                "apiVersion": "gw.dev/v1alpha1",
+                "kind": "Backend",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"endpoints": [{"address": a, "port": p} for a, p in endpoints]},
+            }
+        )
+    for route in routes:
+        rules = []
+        for rule in route["rules"]:  # type: ignore[attr-defined]
+            rule = dict(rule)
+            rule["backendRefs"] = [
+                {"group": "gw.dev", "kind": "Backend", "name": ref["backend"], **({"weight": ref["weight"]} if "weight" in ref else {})}
+                if "backend" in ref
+                else ref
+                for ref in rule.get("backendRefs", [])
+            ]
+            rules.append(rule)
+        spec: dict[str, object] = {"parentRefs": [{"name": "test"}], "rules": rules}
+        if route.get("hostnames"):
+            spec["hostnames"] = route["hostnames"]
+        meta: dict[str, object] = {"name": route["name"], "namespace": "default"}
+        if route.get("annotations"):
+            meta["annotations"] = route["annotations"]
+        docs.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": meta, "spec": spec})
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+@dataclass
+class GatewayProcess:
+    """A running gateway. `port` serves HTTP, `admin` the admin endpoints; stderr is kept in `log`."""
+
+    config_path: Path
+    port: int
+    admin: int
+    env: dict[str, str]
+    access_log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    log: list[str] = field(default_factory=list)
+    _serving: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> GatewayProcess:
+        env = {**os.environ, **self.env}
+        env.setdefault("GW_CONFIG", str(self.config_path))
+        env.setdefault("GW_ADMIN_ADDR", f"127.0.0.1:{self.admin}")
+        env.setdefault("GW_ACCESS_LOG", str(self.access_log))
+        env["PYTHONPATH"] = str(REPO)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gw", "run"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+        )
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        # The worker prints "gw: serving" once its listeners are bound and the admin app is up.
+        if not self._serving.wait(20) or self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError("gateway did not start:\n" + "\n".join(self.log))
+        return self
+
+    def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.log.append(line)
+            if line.startswith("gw: serving"):
+                self._serving.set()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def connect(self, timeout: float = 10.0) -> Client:
+        return Client(socket.create_connection(("127.0.0.1", self.port), timeout=timeout))
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    version: str = "1.1"
+
+    def header(self, name: str) -> str | None:
+        values = [v for n, v in self.headers if n.lower() == name.lower()]
+        return ", ".join(values) if values else None
+
+
+class _ResponseReader:
+    def __init__(self, head_request: bool = False) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: list[tuple[str, str]] = []
+        self.body: list[bytes] = []
+        self.done = False
+        self.head_request = head_request
+        self.headers_done = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        if self.head_request or 100 <= self.parser.get_status_code() < 200:
+            self.done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
+class Client:
+    """A raw HTTP/1.1 client connection: send exact bytes, read responses one at a time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def request(self, method: str = "GET", path: str = "/", headers: dict[str, str] | None = None, body: bytes = b"") -> Response:
+        fields = {"Host": "example.test", **(headers or {})}
+        if body and "Content-Length" not in fields and "Transfer-Encoding" not in fields:
+            fields["Content-Length"] = str(len(body))
+        head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
+        self.send(head.encode() + body)
+        return self.read_response(head_request=method == "HEAD")
+
+    def read_response(self, head_request: bool = False) -> Response:
+        """Read exactly one response (interim 1xx responses count as one)."""
+        reader = _ResponseReader(head_request)
+        data = self.buffer
+        self.buffer = b""
+        while True:
+            if data:
+                try:
+                    reader.parser.feed_data(data)
+                except httptools.HttpParserUpgrade as upgrade:
+                    self.buffer = data[upgrade.args[0] :]
+                    break
+                if reader.done:
+                    # what the parser did not consume is not knowable from httptools; tests
+                    # that pipeline read responses off one buffer through `read_all`.
+                    break
+            data = self.sock.recv(1 << 20)
+            if not data:
+                try:
+                    reader.parser.feed_data(b"")
+                except httptools.HttpParserError:
+                    pass
+                if not reader.done:
+                    if reader.headers_done:
+                        raise ConnectionError("connection closed mid-body: " + repr(b"".join(reader.body)[:80]))
+                    raise ConnectionError("connection closed before a response")
+                break
+        return Response(reader.parser.get_status_code(), reader.headers, b"".join(reader.body))
+
+    def read_until_close(self) -> bytes:
+        chunks = [self.buffer]
+        self.buffer = b""
+        while True:
+            try:
+                data = self.sock.recv(1 << 20)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return b"".join(chunks)
+
+    def closed_by_peer(self) -> bool:
+        """True when the peer closed (EOF or reset) — waits up to the socket timeout."""
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def parse_responses(data: bytes) -> list[Response]:
+    """Split a byte stream holding several responses (pipelining) into responses."""
+    out: list[Response] = []
+    current: dict[str, object] = {}
+
+    class P:
+        def on_message_begin(self) -> None:
+            current.clear()
+            current["headers"] = []
+            current["body"] = []
+
+        def on_header(self, n: bytes, v: bytes) -> None:
+            current["headers"].append((n.decode(), v.decode()))  # type: ignore[union-attr]
+
+        def on_body(self, b: bytes) -> None:
+            current["body"].append(b)  # type: ignore[union-attr]
+
+        def on_message_complete(self) -> None:
+            out.append(Response(parser.get_status_code(), list(current["headers"]), b"".join(current["body"])))  # type: ignore[arg-type]
+
+    parser = httptools.HttpResponseParser(P())
+    parser.feed_data(data)
+    return out
