@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -63,7 +64,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _fmt_row(name: str, m: dict[str, float]) -> str:
-    return (f"{name:<22} {m['rps']:>10,.0f} {m['p99_ms']:>9.2f} {m['cpu_us_per_req']:>10.1f}"
+    split = f"{m['user_us_per_req']:.1f}+{m['sys_us_per_req']:.1f}"
+    return (f"{name:<22} {m['rps']:>10,.0f} {m['p99_ms']:>9.2f} {m['cpu_us_per_req']:>10.1f} {split:>11}"
             f" {m['proxy_core_busy'] * 100:>9.0f}% {m['load_core_busy'] * 100:>8.0f}% {int(m['errors']):>7}")
 
 
@@ -78,7 +80,7 @@ def report(
           f"proxy on core {args.proxy_core}; median of {args.runs} x {args.duration:g}s runs, "
           f"{args.warmup:g}s warm-up each")
     print()
-    print(f"{'proxy':<22} {'req/s':>10} {'p99 ms':>9} {'CPU µs/req':>10} {'proxy-core':>10}"
+    print(f"{'proxy':<22} {'req/s':>10} {'p99 ms':>9} {'CPU µs/req':>10} {'user+sys':>11} {'proxy-core':>10}"
           f" {'load-core':>9} {'errors':>7}")
     medians = {s.name: s.median() for s in subs}
     for s in subs:
@@ -157,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _on_term)
     info = subjects.machine_info()
-    tmpobj = tempfile.TemporaryDirectory(prefix="gw-bench-")
-    tmp = Path(tmpobj.name)
+    # mkdtemp, not TemporaryDirectory: the latter's finalizer would delete it even with --keep.
+    tmp = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     os.chmod(tmp, 0o755)  # nginx workers run as an unprivileged user and open files below it
     try:
         _, up_port = subjects.start_upstream(tmp, args.load_core)
@@ -199,4 +201,4 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             print(f"kept {tmp}", file=sys.stderr)
         else:
-            tmpobj.cleanup()
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -56,21 +56,24 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def cpu_ticks(root: int) -> int:
-    """CPU clock ticks (user + system) of root's live process tree plus its reaped children.
+def cpu_ticks(root: int) -> tuple[int, int]:
+    """(user, system) CPU clock ticks of root's live process tree plus its reaped children.
 
     Counting the root's cutime/cstime keeps a worker that exited mid-run from vanishing from the total.
+    The split matters: system time is mostly loopback TCP work that no Python change can remove.
     """
-    total = 0
+    user = system = 0
     for pid in descendants(root):
         fields = _stat_fields(pid)
         if fields is None:
             continue
         # After the ')' split, utime is index 11, stime 12, cutime 13, cstime 14 (fields 14-17 of stat).
-        total += int(fields[11]) + int(fields[12])
+        user += int(fields[11])
+        system += int(fields[12])
         if pid == root:
-            total += int(fields[13]) + int(fields[14])
-    return total
+            user += int(fields[13])
+            system += int(fields[14])
+    return user, system
 
 
 class Process:

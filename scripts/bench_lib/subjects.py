@@ -33,6 +33,8 @@ class RunResult:
     p50_ms: float
     p99_ms: float
     cpu_us_per_req: float
+    user_us_per_req: float
+    sys_us_per_req: float
     requests: int
     errors: int
     proxy_core_busy: float  # 0..1
@@ -64,19 +66,21 @@ class Subject:
         if warmup > 0:
             wrk.run(self.url, warmup, load_core, host=self.host)
         pid = self.proc.pid if self.proc else None
-        cpu0 = cpu_ticks(pid) if pid else 0
+        cpu0 = cpu_ticks(pid) if pid else (0, 0)
         pbusy0, ptotal0 = core_busy_ticks(proxy_core)
         lbusy0, ltotal0 = core_busy_ticks(load_core)
         res = wrk.run(self.url, duration, load_core, host=self.host)
-        cpu1 = cpu_ticks(pid) if pid else 0
+        cpu1 = cpu_ticks(pid) if pid else (0, 0)
         pbusy1, ptotal1 = core_busy_ticks(proxy_core)
         lbusy1, ltotal1 = core_busy_ticks(load_core)
         if self.proc and not self.proc.alive():
             raise BenchError(f"{self.name} died during the run; output:\n{self.proc.log_tail()}")
-        cpu_us = (cpu1 - cpu0) / CLK_TCK * 1e6
+        n = res.requests or 1
+        user_us = (cpu1[0] - cpu0[0]) / CLK_TCK * 1e6 / n
+        sys_us = (cpu1[1] - cpu0[1]) / CLK_TCK * 1e6 / n
         run = RunResult(
             rps=res.rps, p50_ms=res.p50_ms, p99_ms=res.p99_ms,
-            cpu_us_per_req=cpu_us / res.requests if res.requests else float("nan"),
+            cpu_us_per_req=user_us + sys_us, user_us_per_req=user_us, sys_us_per_req=sys_us,
             requests=res.requests, errors=res.errors,
             proxy_core_busy=(pbusy1 - pbusy0) / max(1, ptotal1 - ptotal0),
             load_core_busy=(lbusy1 - lbusy0) / max(1, ltotal1 - ltotal0),
@@ -85,7 +89,8 @@ class Subject:
         return run
 
     def median(self) -> dict[str, float]:
-        keys = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "proxy_core_busy", "load_core_busy")
+        keys = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "user_us_per_req", "sys_us_per_req",
+                "proxy_core_busy", "load_core_busy")
         out = {k: statistics.median(getattr(r, k) for r in self.runs) for k in keys}
         out["errors"] = sum(r.errors for r in self.runs)
         out["requests"] = sum(r.requests for r in self.runs)
@@ -154,8 +159,9 @@ def gw_observability_notes(subject: Subject) -> None:
     if log.exists():
         with open(log, "rb") as f:
             lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
-    subject.notes.append(f"{subject.name}: access log {lines} lines for {total} measured requests "
-                         "(warm-ups included)" if lines else f"{subject.name}: WARNING access log empty")
+    # The log also holds the warm-up and check requests, so it has more lines than `total`.
+    subject.notes.append(f"{subject.name}: access log on, {lines} lines ({total} requests in measured runs)"
+                         if lines else f"{subject.name}: WARNING access log empty")
     try:
         status, body = http_get(admin + "/metrics", timeout=5)
         subject.notes.append(f"{subject.name}: /metrics {status}, {len(body)} bytes")
