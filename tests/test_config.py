@@ -89,6 +89,13 @@ class TestReading:
         assert [p.declared_port for p in result.config.ports] == [8080]
         assert match(result, "/echo/x").route == "default/api"
 
+    def test_loads_the_k8s_manifests_without_errors(self):
+        result = load_config(str(Path(__file__).parent.parent / "k8s"))
+        assert result.errors == []
+        assert result.attached_routes == {"gw-system/public/http": 2}
+        canary = match(result, "/api/x", port=80)
+        assert [len(ref.backend.endpoints) for ref in canary.backend_refs] == [2, 1]  # not-ready excluded
+
     def test_directory_is_read_recursively_in_sorted_order(self, tmp_path):
         (tmp_path / "sub").mkdir()
         (tmp_path / "a.yaml").write_text(HEAD)
@@ -660,6 +667,15 @@ rules:
         assert lines[0].startswith("port 8080 HTTP: listeners default/gw/http")
         paths = [line.split("→")[0].strip() for line in lines[2:]]
         assert paths == ["Exact /x", "PathPrefix /a/b", "PathPrefix /"]
+
+
+class TestDescribe:
+    def test_listener_without_routes_is_shown_as_404(self):
+        g = gateway(
+            "- {name: a, port: 8080, protocol: HTTP}\n- {name: b, port: 8080, protocol: HTTP, hostname: b.com}\n"
+        )
+        lines = describe(config(route(body="parentRefs: [{name: gw, sectionName: a}]\n"), gateway=g).config)
+        assert "  host b.com: no routes (404)" in lines
 
 
 class TestCompileFromMemory:

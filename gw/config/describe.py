@@ -39,7 +39,7 @@ def describe(config: CompiledConfig) -> list[str]:
             continue
         for key, hostname, entries in table.describe():
             via = "" if hostname == key else f" (via {hostname})"
-            lines.append(f"  host {key}{via}")
+            lines.append(f"  host {key}{via}" + ("" if entries else ": no routes (404)"))
             for entry in entries:
                 lines.append(f"    {entry.match.describe()} → {describe_rule(entry.rule)}")
     return lines

@@ -172,6 +172,8 @@ class HostTable:
         if default is not None:
             keyed.append(("*", default))
         for key, chain in keyed:
+            if not chain:
+                rows.append((key, key, ()))  # a listener claims the host but no route attached
             for hostname, index in chain:
                 rows.append((key, hostname, index.ordered))
         return rows
