@@ -57,3 +57,53 @@ def gateway(upstream: Upstream, start_gateway: StartGateway) -> GatewayProcess:
         {"up": [("127.0.0.1", upstream.port)]},
         [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}],
     )
+
+
+# -- module-scoped variants: one upstream and gateway shared by a module's tests (start-up ~1.5 s) --
+
+
+@pytest.fixture(scope="module")
+def module_upstream() -> Iterator[Upstream]:
+    up = Upstream("up").start()
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="module")
+def module_start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartGateway]:
+    """Like `start_gateway`, but the gateways live until the module's tests are done."""
+    tmp_path = tmp_path_factory.mktemp("gateways")
+    started: list[GatewayProcess] = []
+
+    def start(
+        backends: dict[str, list[tuple[str, int]]],
+        routes: list[dict[str, object]],
+        env: dict[str, str] | None = None,
+        yaml_text: str | None = None,
+    ) -> GatewayProcess:
+        port = free_port()
+        index = len(started)
+        path = tmp_path / f"gateway-{index}.yaml"
+        path.write_text(yaml_text if yaml_text is not None else config_yaml(port, backends, routes))
+        gw = GatewayProcess(
+            config_path=path,
+            port=port,
+            admin=free_port(),
+            env=dict(env or {}),
+            access_log=tmp_path / f"access-{index}.log",
+        )
+        started.append(gw)
+        return gw.start()
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture(scope="module")
+def module_gateway(module_upstream: Upstream, module_start_gateway: StartGateway) -> GatewayProcess:
+    """A gateway routing every path to `module_upstream`, shared by a module's tests."""
+    return module_start_gateway(
+        {"up": [("127.0.0.1", module_upstream.port)]},
+        [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}],
+    )

@@ -268,3 +268,124 @@ def parse_responses(data: bytes) -> list[Response]:
     parser = httptools.HttpResponseParser(P())
     parser.feed_data(data)
     return out
+
+
+class Wire:
+    """A client connection read byte-exactly: framing per RFC 9112 §6.3, whatever follows a
+    response stays buffered for the next read. Catches stray bytes (a body after HEAD or 204)
+    that `Client.read_response` cannot see."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        try:
+            data = self.sock.recv(1 << 20)
+        except ConnectionResetError:
+            data = b""
+        self.buffer += data
+        return bool(data)
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            if not self._fill():
+                raise ConnectionError("connection closed mid-line: " + repr(self.buffer[:80]))
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def _exactly(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            if not self._fill():
+                raise ConnectionError(f"connection closed with {len(self.buffer)} of {n} bytes")
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    def read_head(self) -> Response:
+        """The next response head (status line and fields); the body is left unread."""
+        while not self.buffer:
+            if not self._fill():
+                raise ConnectionError("connection closed before a response")
+        version, status, *_ = self._line().split(b" ", 2)
+        headers: list[tuple[str, str]] = []
+        while line := self._line():
+            name, _, value = line.partition(b":")
+            headers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
+        return Response(int(status), headers, b"", version.decode().removeprefix("HTTP/"))
+
+    def read_response(self, method: str = "GET") -> Response:
+        """One complete response (a 1xx counts as one), body decoded from its framing."""
+        resp = self.read_head()
+        if method == "HEAD" or resp.status < 200 or resp.status in (204, 304):
+            return resp
+        if (resp.header("transfer-encoding") or "").lower() == "chunked":
+            parts = []
+            while size := int(self._line().split(b";")[0], 16):
+                parts.append(self._exactly(size))
+                if self._exactly(2) != b"\r\n":
+                    raise ValueError("chunk data not followed by CRLF")
+            while self._line():
+                pass  # trailer fields
+            resp.body = b"".join(parts)
+        elif resp.header("content-length") is not None:
+            resp.body = self._exactly(int(resp.header("content-length") or 0))
+        else:
+            resp.body = self.read_until_close()
+        return resp
+
+    def read_final(self, method: str = "GET") -> tuple[list[Response], Response]:
+        """Interim (1xx) responses, then the final one."""
+        interim = []
+        while (resp := self.read_response(method)).status < 200:
+            interim.append(resp)
+        return interim, resp
+
+    def read_until_close(self) -> bytes:
+        while self._fill():
+            pass
+        data, self.buffer = self.buffer, b""
+        return data
+
+    def closed_by_peer(self) -> bool:
+        """True when the peer closed (EOF or reset) and sent nothing more — waits up to the socket timeout."""
+        if self.buffer:
+            return False
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wire(gateway: GatewayProcess, timeout: float = 10.0) -> Wire:
+    """A fresh byte-exact connection to `gateway`."""
+    return Wire(socket.create_connection(("127.0.0.1", gateway.port), timeout=timeout))
+
+
+def http_request(
+    method: str = "GET",
+    path: str = "/",
+    headers: dict[str, str] | list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    version: str = "1.1",
+    host: str | None = "example.test",
+) -> bytes:
+    """The bytes of one request; Content-Length is added for a body unless a framing field is given."""
+    fields = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+    names = {n.lower() for n, _ in fields}
+    if host is not None and "host" not in names:
+        fields.insert(0, ("Host", host))
+    if body and not names & {"content-length", "transfer-encoding"}:
+        fields.append(("Content-Length", str(len(body))))
+    head = f"{method} {path} HTTP/{version}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields) + "\r\n"
+    return head.encode("latin-1") + body
+
+
+def chunked(*pieces: bytes) -> bytes:
+    """A chunked body of `pieces`, ended by the last chunk."""
+    return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in pieces if p) + b"0\r\n\r\n"

@@ -30,6 +30,8 @@ class Seen:
     headers: list[tuple[str, str]]
     body_bytes: int = 0
     body_sha256: str = ""
+    connection: int = 0  # which upstream connection carried it (1, 2, … in accept order)
+    nth: int = 0  # its position on that connection (1 = the connection's first request)
 
     def header(self, name: str) -> str | None:
         values = [v for n, v in self.headers if n.lower() == name.lower()]
@@ -109,6 +111,8 @@ class Upstream:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        connection = self.connections
+        nth = 0
         self._writers.add(writer)
         try:
             while True:
@@ -119,7 +123,8 @@ class Upstream:
                 lines = head[:-4].decode("latin-1").split("\r\n")
                 method, target, version = lines[0].split(" ", 2)
                 headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:]]
-                seen = Seen(method, target, version, headers)  # type: ignore[arg-type]
+                nth += 1
+                seen = Seen(method, target, version, headers, connection=connection, nth=nth)  # type: ignore[arg-type]
                 self.seen.append(seen)
                 digest = hashlib.sha256()
                 te = (seen.header("transfer-encoding") or "").lower()
@@ -199,6 +204,11 @@ class Upstream:
             return False
         elif kind == "hangup":  # close without answering
             return False
+        elif kind == "hangup-reused" and req.nth > 1:
+            # A keep-alive connection the server closes as the next request arrives (what an idle
+            # timeout racing a reuse looks like to the client); a connection's first request is
+            # answered by the echo below.
+            return False
         elif kind == "status":
             status = int(arg)
             fields = [("X-Upstream", self.name)]
@@ -243,6 +253,26 @@ class Upstream:
                         ("X-Secret", "1"),
                         ("Keep-Alive", "timeout=5"),
                         ("X-Kept", "yes"),
+                    ],
+                )
+                + b"ok"
+            )
+        elif kind == "hop-all":  # every hop-by-hop response field, plus fields named in Connection
+            writer.write(
+                head(
+                    200,
+                    [
+                        ("Content-Length", "2"),
+                        ("Connection", "X-Named-A, x-named-b"),
+                        ("X-Named-A", "1"),
+                        ("X-Named-B", "2"),
+                        ("Keep-Alive", "timeout=5"),
+                        ("Proxy-Connection", "keep-alive"),
+                        ("Proxy-Authenticate", "Basic realm=x"),
+                        ("TE", "trailers"),
+                        ("Trailer", "X-Checksum"),
+                        ("Upgrade", "h2c"),
+                        ("X-End-To-End", "kept"),
                     ],
                 )
                 + b"ok"
