@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gw.config import ConfigError, compile_resources, describe, load_config, load_text, parse_documents
 from gw.config.units import parse_duration, parse_quantity
@@ -713,3 +716,51 @@ class TestUnits:
     def test_invalid_quantities(self, text):
         with pytest.raises(ValueError):
             parse_quantity(text)
+
+
+# --- robustness ----------------------------------------------------------------------------------
+
+_KINDS = ["Gateway", "HTTPRoute", "Service", "EndpointSlice", "Backend", "ReferenceGrant", "GatewayClass", "List"]
+_FIELDS = [
+    "listeners", "name", "port", "protocol", "hostname", "hostnames", "rules", "matches", "path", "type",
+    "value", "backendRefs", "weight", "parentRefs", "endpoints", "address", "ports", "allowedRoutes",
+    "namespaces", "from", "selector", "headers", "queryParams", "method", "timeouts", "request", "items",
+    "controllerName", "gatewayClassName", "to", "kind", "group", "conditions", "addresses", "ready",
+]  # fmt: skip
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.sampled_from(["", "/", "x", "*.a.com", "HTTP", "gw"]),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(_FIELDS), children, max_size=4),
+    max_leaves=12,
+)
+
+
+_BASE = [
+    {"kind": "GatewayClass", "metadata": {"name": "gw"}, "spec": {"controllerName": "gw.dev/gateway-controller"}},
+    {"kind": "Gateway", "metadata": {"name": "gw"},
+     "spec": {"gatewayClassName": "gw", "listeners": [{"name": "h", "port": 80, "protocol": "HTTP"}]}},
+]  # fmt: skip
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_KINDS),
+            st.sampled_from(["x", "gw"]),
+            _json,
+            st.dictionaries(st.sampled_from(_FIELDS), _json, max_size=3),
+        ),
+        max_size=5,
+    )
+)
+def test_arbitrary_documents_never_crash_the_pipeline(docs):
+    documents = [*_BASE]
+    for kind, name, spec, top in docs:
+        documents.append({**top, "kind": kind, "metadata": {"name": name}, "spec": spec})
+    resources, errors = parse_documents(documents)
+    # Nothing to serve is the one error the pipeline may raise; anything else is a bug.
+    with contextlib.suppress(ConfigError):
+        result = compile_resources(resources, errors=errors)
+        for port in result.config.ports:
+            port.table.match("x.a.com", "/x/y", b"GET", [(b"h", b"v")], b"a=b")
+        describe(result.config)
