@@ -1,0 +1,312 @@
+"""HTTP/1.1 message semantics through the gateway (RFC 9110, RFC 9112), against a real upstream.
+
+Keep-alive on both sides, HTTP/1.0 clients, HEAD, bodiless statuses, pipelining, Expect:
+100-continue, request and response body framing, interim responses, and the one safe retry
+of an idempotent request on a stale upstream connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import StartGateway
+from tests.support.gateway import GatewayProcess, Wire, chunked, http_request, parse_responses, wire
+from tests.support.upstream import PATTERN, Seen, Upstream, pattern_sha256
+
+
+@pytest.fixture(scope="module")
+def gw(module_gateway: GatewayProcess) -> GatewayProcess:
+    return module_gateway
+
+
+@pytest.fixture
+def conn(gw: GatewayProcess) -> Iterator[Wire]:
+    c = wire(gw)
+    yield c
+    c.close()
+
+
+def echoed(body: bytes) -> dict[str, object]:
+    return json.loads(body)
+
+
+def seen_for(upstream: Upstream, target: str) -> list[Seen]:
+    return [s for s in upstream.seen if s.target == target]
+
+
+# -- keep-alive ------------------------------------------------------------------------------------
+
+
+def test_client_connection_is_kept_alive_across_requests(conn: Wire) -> None:
+    """RFC 9112 §9.3: HTTP/1.1 connections persist unless either side says close."""
+    for i in range(3):
+        conn.send(http_request("GET", f"/echo?keepalive={i}"))
+        resp = conn.read_response()
+        assert resp.status == 200
+        assert echoed(resp.body)["target"] == f"/echo?keepalive={i}"
+        assert (resp.header("connection") or "").lower() != "close"
+
+
+def test_upstream_connections_are_reused(conn: Wire, module_upstream: Upstream) -> None:
+    """The pool keeps upstream connections alive: many requests, fewer upstream connections."""
+    before = module_upstream.connections
+    for i in range(6):
+        conn.send(http_request("GET", f"/echo?reuse={i}"))
+        assert conn.read_response().status == 200
+    served = [s for s in module_upstream.seen if s.target.startswith("/echo?reuse=")]
+    assert len(served) == 6
+    assert module_upstream.connections - before <= 1
+    assert len({s.connection for s in served}) == 1
+
+
+def test_upstream_max_requests_retires_a_connection(upstream: Upstream, start_gateway: StartGateway) -> None:
+    """GW_UPSTREAM_MAX_REQUESTS=2: each upstream connection carries two requests, then a new one opens."""
+    gw = start_gateway(
+        {"up": [("127.0.0.1", upstream.port)]},
+        [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}],
+        env={"GW_UPSTREAM_MAX_REQUESTS": "2"},
+    )
+    c = wire(gw)
+    for i in range(6):
+        c.send(http_request("GET", f"/echo?n={i}"))
+        assert c.read_response().status == 200
+    assert [(s.connection, s.nth) for s in upstream.seen] == [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2)]
+
+
+def test_connection_close_from_client_is_honoured(conn: Wire) -> None:
+    """RFC 9112 §9.6: after a response to a request with Connection: close, the server closes."""
+    conn.send(http_request("GET", "/echo", {"Connection": "close"}))
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert (resp.header("connection") or "").lower() == "close"
+    assert conn.closed_by_peer()
+
+
+# -- HTTP/1.0 clients ------------------------------------------------------------------------------
+
+
+def test_http10_request_without_keepalive_is_answered_then_closed(conn: Wire) -> None:
+    """RFC 9112 §9.3: an HTTP/1.0 connection is not persistent unless keep-alive is asked for."""
+    conn.send(b"GET /echo HTTP/1.0\r\n\r\n")
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert echoed(resp.body)["method"] == "GET"
+    assert conn.closed_by_peer()
+
+
+def test_http10_request_reaches_the_upstream_with_a_host(conn: Wire, module_upstream: Upstream) -> None:
+    """An HTTP/1.0 request without Host goes upstream as HTTP/1.1, which requires Host (RFC 9112 §3.2)."""
+    conn.send(b"GET /echo?http10host HTTP/1.0\r\n\r\n")
+    assert conn.read_response().status == 200
+    (seen,) = seen_for(module_upstream, "/echo?http10host")
+    assert seen.version == "HTTP/1.1"
+    assert seen.header("host")
+
+
+def test_http10_keepalive_connection_persists(conn: Wire) -> None:
+    """RFC 9112 Appendix C.2.2: an HTTP/1.0 client asking for keep-alive keeps its connection."""
+    conn.send(b"GET /echo?a HTTP/1.0\r\nHost: example.test\r\nConnection: keep-alive\r\n\r\n")
+    first = conn.read_response()
+    assert first.status == 200
+    assert (first.header("connection") or "").lower() == "keep-alive"
+    conn.send(b"GET /echo?b HTTP/1.0\r\nHost: example.test\r\nConnection: keep-alive\r\n\r\n")
+    second = conn.read_response()
+    assert echoed(second.body)["target"] == "/echo?b"
+
+
+def test_http10_client_gets_close_delimited_body_when_upstream_chunks(conn: Wire) -> None:
+    """RFC 9112 §6.1: no chunked to an HTTP/1.0 client; without a length the body ends with the close."""
+    conn.send(b"GET /chunked/100000 HTTP/1.0\r\nHost: example.test\r\nConnection: keep-alive\r\n\r\n")
+    resp = conn.read_head()
+    assert resp.status == 200
+    assert resp.header("transfer-encoding") is None
+    assert resp.header("content-length") is None
+    body = conn.read_until_close()
+    assert hashlib.sha256(body).hexdigest() == pattern_sha256(100000)
+
+
+# -- HEAD, 204, 304 --------------------------------------------------------------------------------
+
+
+def test_head_response_has_no_body_even_with_content_length(conn: Wire) -> None:
+    """RFC 9110 §9.3.2: a HEAD response carries the GET's Content-Length but no body; the connection
+    goes on with the next response right after the head."""
+    conn.send(http_request("HEAD", "/head-with-length"))
+    head = conn.read_response("HEAD")
+    assert head.status == 200
+    assert head.header("content-length") == "1000"
+    conn.send(http_request("GET", "/echo?after-head"))
+    nxt = conn.read_response()  # would start with stray body bytes if any had followed the head
+    assert nxt.status == 200
+    assert echoed(nxt.body)["target"] == "/echo?after-head"
+
+
+def test_head_is_forwarded_as_head(conn: Wire, module_upstream: Upstream) -> None:
+    conn.send(http_request("HEAD", "/echo?head-method"))
+    assert conn.read_response("HEAD").status == 200
+    (seen,) = seen_for(module_upstream, "/echo?head-method")
+    assert seen.method == "HEAD"
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_bodiless_status_has_no_body_and_connection_goes_on(conn: Wire, status: int) -> None:
+    """RFC 9110 §15.3.5, §15.4.5: 204 and 304 end at their head; the next response follows it."""
+    conn.send(http_request("GET", f"/status/{status}"))
+    resp = conn.read_response()
+    assert resp.status == status
+    assert resp.header("transfer-encoding") is None  # RFC 9112 §6.1: never on 204/304
+    conn.send(http_request("GET", f"/echo?after-{status}"))
+    nxt = conn.read_response()
+    assert echoed(nxt.body)["target"] == f"/echo?after-{status}"
+
+
+# -- pipelining ------------------------------------------------------------------------------------
+
+
+def test_pipelined_requests_are_answered_in_order(conn: Wire) -> None:
+    """RFC 9112 §9.3.2: responses to pipelined requests come in the order the requests were sent."""
+    batch = b"".join(
+        [
+            http_request("GET", "/echo?p=1"),
+            http_request("POST", "/echo?p=2", body=b"second"),
+            http_request("GET", "/echo?p=3&delay=0.05"),
+            http_request("GET", "/status/204?p=4"),
+            http_request("GET", "/echo?p=5", {"Connection": "close"}),
+        ]
+    )
+    conn.send(batch)
+    responses = parse_responses(conn.read_until_close())
+    assert [r.status for r in responses] == [200, 200, 200, 204, 200]
+    targets = [echoed(r.body)["target"] for r in responses if r.status == 200]
+    assert targets == ["/echo?p=1", "/echo?p=2", "/echo?p=3&delay=0.05", "/echo?p=5"]
+    assert echoed(responses[1].body)["body_sha256"] == hashlib.sha256(b"second").hexdigest()
+
+
+# -- Expect: 100-continue --------------------------------------------------------------------------
+
+
+def test_expect_100_continue_gets_interim_then_final(conn: Wire) -> None:
+    """RFC 9110 §10.1.1: the client waits for 100 Continue before sending the body."""
+    body = b"x" * 5000
+    conn.send(http_request("POST", "/echo", {"Expect": "100-continue", "Content-Length": str(len(body))}))
+    interim = conn.read_response()
+    assert interim.status == 100
+    conn.send(body)
+    final = conn.read_response()
+    assert final.status == 200
+    assert echoed(final.body)["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_expect_is_not_forwarded_upstream(conn: Wire, module_upstream: Upstream) -> None:
+    """The gateway answers the expectation itself; the upstream gets the body without waiting."""
+    conn.send(http_request("POST", "/echo?expect", {"Expect": "100-continue", "Content-Length": "3"}))
+    assert conn.read_response().status == 100
+    conn.send(b"abc")
+    assert conn.read_response().status == 200
+    (seen,) = seen_for(module_upstream, "/echo?expect")
+    assert seen.header("expect") is None
+
+
+# -- bodies: Content-Length and chunked, both ways -------------------------------------------------
+
+
+def test_content_length_request_body_arrives_intact(conn: Wire, module_upstream: Upstream) -> None:
+    body = PATTERN[:300_000]
+    conn.send(http_request("POST", "/echo?cl-body", body=body))
+    resp = conn.read_response()
+    assert echoed(resp.body)["body_sha256"] == hashlib.sha256(body).hexdigest()
+    (seen,) = seen_for(module_upstream, "/echo?cl-body")
+    assert seen.header("content-length") == str(len(body))
+
+
+def test_chunked_request_body_arrives_intact(conn: Wire, module_upstream: Upstream) -> None:
+    """RFC 9112 §7.1: a chunked body (with a chunk extension and a trailer) is decoded and re-framed."""
+    pieces = [b"hello ", PATTERN[:70_000], b"world"]
+    framed = b"6;ext=1\r\nhello \r\n" + chunked(*pieces[1:])[:-2] + b"X-Trailer: t\r\n\r\n"
+    conn.send(http_request("POST", "/echo?chunked-body", {"Transfer-Encoding": "chunked"}) + framed)
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert echoed(resp.body)["body_sha256"] == hashlib.sha256(b"".join(pieces)).hexdigest()
+    (seen,) = seen_for(module_upstream, "/echo?chunked-body")
+    assert seen.header("transfer-encoding") == "chunked"
+    assert seen.body_bytes == sum(map(len, pieces))
+
+
+def test_content_length_response_body_is_passed_with_its_length(conn: Wire) -> None:
+    conn.send(http_request("GET", "/bytes/250000"))
+    resp = conn.read_response()
+    assert resp.header("content-length") == "250000"
+    assert hashlib.sha256(resp.body).hexdigest() == pattern_sha256(250000)
+
+
+def test_chunked_response_body_is_passed_chunked(conn: Wire) -> None:
+    conn.send(http_request("GET", "/chunked/250000"))
+    resp = conn.read_response()
+    assert (resp.header("transfer-encoding") or "").lower() == "chunked"
+    assert hashlib.sha256(resp.body).hexdigest() == pattern_sha256(250000)
+
+
+def test_close_delimited_response_is_rechunked_for_http11_client(conn: Wire) -> None:
+    """RFC 9112 §6.3 rule 8: the upstream's close-delimited body is re-framed, so the client's
+    connection survives it."""
+    conn.send(http_request("GET", "/close-delimited/5000"))
+    resp = conn.read_response()
+    assert hashlib.sha256(resp.body).hexdigest() == pattern_sha256(5000)
+    conn.send(http_request("GET", "/echo?after-close-delimited"))
+    assert conn.read_response().status == 200
+
+
+# -- interim responses -----------------------------------------------------------------------------
+
+
+def test_early_hints_are_passed_on(conn: Wire) -> None:
+    """RFC 8297: a 103 from the upstream reaches the client before the final response."""
+    conn.send(http_request("GET", "/early-hints"))
+    interim, final = conn.read_final()
+    assert [r.status for r in interim] == [103]
+    assert interim[0].header("link") == "</style.css>; rel=preload"
+    assert final.status == 200
+    assert final.body == b"ok"
+
+
+# -- the retry on a stale keep-alive connection ----------------------------------------------------
+
+
+def test_idempotent_request_is_retried_once_on_a_fresh_connection(conn: Wire, module_upstream: Upstream) -> None:
+    """A reused upstream connection closed before any response byte: GET is safe to retry
+    (RFC 9110 §9.2.2), once, on a new connection."""
+    conn.send(http_request("GET", "/echo?warm-pool"))
+    assert conn.read_response().status == 200  # leaves an idle pooled connection behind
+    conn.send(http_request("GET", "/hangup-reused?get"))
+    resp = conn.read_response()
+    assert resp.status == 200
+    attempts = seen_for(module_upstream, "/hangup-reused?get")
+    assert [s.nth > 1 for s in attempts] == [True, False]
+    assert attempts[0].connection != attempts[1].connection
+
+
+def test_idempotent_request_with_small_body_is_retried_with_its_body(
+    conn: Wire, module_upstream: Upstream
+) -> None:
+    conn.send(http_request("GET", "/echo?warm-pool-put"))
+    assert conn.read_response().status == 200
+    conn.send(http_request("PUT", "/hangup-reused?put", body=b"replayed body"))
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert echoed(resp.body)["body_sha256"] == hashlib.sha256(b"replayed body").hexdigest()
+    assert len(seen_for(module_upstream, "/hangup-reused?put")) == 2
+
+
+def test_non_idempotent_request_is_not_retried(conn: Wire, module_upstream: Upstream) -> None:
+    """POST may have had effects: a stale connection gives 502, never a second POST."""
+    conn.send(http_request("GET", "/echo?warm-pool-post"))
+    assert conn.read_response().status == 200
+    conn.send(http_request("POST", "/hangup-reused?post", body=b"once"))
+    resp = conn.read_response()
+    assert resp.status == 502
+    assert resp.header("content-type") == "application/problem+json"
+    assert len(seen_for(module_upstream, "/hangup-reused?post")) == 1
