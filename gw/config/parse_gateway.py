@@ -1,0 +1,275 @@
+"""Parsers for the Gateway API kinds: GatewayClass, Gateway, HTTPRoute, ReferenceGrant."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gw.config import validate as v
+from gw.config.reader import Reader, string_map
+from gw.config.resources import (
+    CORE_GROUP,
+    GATEWAY_GROUP,
+    MAX_BODY_SIZE_ANNOTATION,
+    BackendRefSpec,
+    Gateway,
+    GatewayClass,
+    GrantFrom,
+    GrantTo,
+    HTTPRoute,
+    LabelSelector,
+    Listener,
+    Meta,
+    ParentRef,
+    ReferenceGrant,
+    RouteGroupKind,
+    RouteRule,
+)
+from gw.config.units import parse_duration, parse_quantity
+from gw.routing.match import PATH_EXACT, PATH_PREFIX, PATH_REGEX, RouteMatch, ValueMatch
+
+# Rule and listener fields of the spec that gw does not implement yet: refusing them loudly
+# beats silently ignoring, say, a redirect.
+_UNSUPPORTED_RULE_FIELDS = ("filters", "retry", "sessionPersistence")
+_UNSUPPORTED_REF_FIELDS = ("filters",)
+
+
+def parse_gateway_class(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: str) -> GatewayClass | None:
+    name = r.str(spec, "controllerName", field, required=True)
+    return GatewayClass(meta, name) if name is not None else None
+
+
+def parse_gateway(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: str) -> Gateway | None:
+    before = r.count
+    class_name = r.str(spec, "gatewayClassName", field, required=True)
+    raw_listeners = r.list(spec.get("listeners"), f"{field}.listeners")
+    if not raw_listeners and r.count == before:
+        r.error(f"{field}.listeners", "at least one listener is required")
+    listeners = []
+    for i, raw in enumerate(raw_listeners):
+        listener = _listener(r, raw, f"{field}.listeners[{i}]", i)
+        if listener is not None:
+            listeners.append(listener)
+    if class_name is None:
+        return None
+    return Gateway(meta, class_name, tuple(listeners))
+
+
+def _listener(r: Reader, raw: Any, field: str, index: int) -> Listener | None:
+    before = r.count
+    raw = r.map(raw, field)
+    name = r.str(raw, "name", field, required=True, check=v.check_section_name)
+    port = r.int(raw, "port", field, required=True, lo=1, hi=65535)
+    protocol = r.str(raw, "protocol", field, required=True)
+    hostname = r.str(raw, "hostname", field, check=v.check_hostname)
+    allowed = r.map(raw.get("allowedRoutes"), f"{field}.allowedRoutes")
+    namespaces = r.map(allowed.get("namespaces"), f"{field}.allowedRoutes.namespaces")
+    ns_field = f"{field}.allowedRoutes.namespaces"
+    allowed_from = r.str(namespaces, "from", ns_field, default="Same", choices=("All", "Same", "Selector"))
+    selector = None
+    if allowed_from == "Selector":
+        if namespaces.get("selector") is None:
+            r.error(f"{ns_field}.selector", "is required when from is Selector")
+        else:
+            selector = _selector(r, namespaces.get("selector"), f"{ns_field}.selector")
+    kinds = []
+    for i, k in enumerate(r.list(allowed.get("kinds"), f"{field}.allowedRoutes.kinds")):
+        k_field = f"{field}.allowedRoutes.kinds[{i}]"
+        k = r.map(k, k_field)
+        kind = r.str(k, "kind", k_field, required=True)
+        group = r.str(k, "group", k_field, default=GATEWAY_GROUP)
+        if kind is not None and group is not None:
+            kinds.append(RouteGroupKind(group, kind))
+    if r.count != before or name is None or port is None or protocol is None:
+        return None
+    return Listener(name, port, protocol, hostname, allowed_from or "Same", selector, tuple(kinds), index)
+
+
+def _selector(r: Reader, raw: Any, field: str) -> LabelSelector:
+    raw = r.map(raw, field)
+    labels = tuple(sorted(string_map(r, raw.get("matchLabels"), f"{field}.matchLabels").items()))
+    expressions = []
+    for i, e in enumerate(r.list(raw.get("matchExpressions"), f"{field}.matchExpressions")):
+        e_field = f"{field}.matchExpressions[{i}]"
+        e = r.map(e, e_field)
+        key = r.str(e, "key", e_field, required=True)
+        op = r.str(e, "operator", e_field, required=True, choices=("In", "NotIn", "Exists", "DoesNotExist"))
+        values = tuple(str(x) for x in r.list(e.get("values"), f"{e_field}.values"))
+        if key is not None and op is not None:
+            expressions.append((key, op, values))
+    return LabelSelector(labels, tuple(expressions))
+
+
+def parse_http_route(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: str) -> HTTPRoute | None:
+    before = r.count
+    parents = []
+    for i, raw in enumerate(r.list(spec.get("parentRefs"), f"{field}.parentRefs")):
+        p_field = f"{field}.parentRefs[{i}]"
+        raw = r.map(raw, p_field)
+        name = r.str(raw, "name", p_field, required=True)
+        parents.append(
+            ParentRef(
+                name=name or "",
+                namespace=r.str(raw, "namespace", p_field, default=meta.namespace) or meta.namespace,
+                group=r.str(raw, "group", p_field, default=GATEWAY_GROUP) or GATEWAY_GROUP,
+                kind=r.str(raw, "kind", p_field, default="Gateway") or "Gateway",
+                section_name=r.str(raw, "sectionName", p_field),
+                port=r.int(raw, "port", p_field, lo=1, hi=65535),
+            )
+        )
+    hostnames = []
+    for i, h in enumerate(r.list(spec.get("hostnames"), f"{field}.hostnames")):
+        h_field = f"{field}.hostnames[{i}]"
+        if not isinstance(h, str):
+            r.error(h_field, "must be a string")
+            continue
+        problem = v.check_hostname(h)
+        if problem:
+            r.error(h_field, problem)
+        else:
+            hostnames.append(h)
+    max_body = None
+    if MAX_BODY_SIZE_ANNOTATION in meta.annotations:
+        try:
+            max_body = parse_quantity(meta.annotations[MAX_BODY_SIZE_ANNOTATION])
+        except ValueError as exc:
+            root = field.removesuffix("spec")
+            r.error(f"{root}metadata.annotations[{MAX_BODY_SIZE_ANNOTATION}]", str(exc))
+    if r.count != before:
+        return None  # route-level problems: which hosts and gateways it means is unknown
+    raw_rules = spec.get("rules")
+    if raw_rules is None:
+        raw_rules = [{}]  # the spec's default: one rule matching PathPrefix "/"
+    rules = []
+    for i, raw in enumerate(r.list(raw_rules, f"{field}.rules")):
+        rule = _rule(r, meta, raw, f"{field}.rules[{i}]", i)
+        if rule is not None:
+            rules.append(rule)
+    return HTTPRoute(meta, tuple(parents), tuple(hostnames), tuple(rules), max_body)
+
+
+def _rule(r: Reader, meta: Meta, raw: Any, field: str, index: int) -> RouteRule | None:
+    before = r.count
+    raw = r.map(raw, field)
+    raw_matches = raw.get("matches")
+    matches = []
+    for i, m in enumerate(r.list(raw_matches, f"{field}.matches") if raw_matches is not None else [{}]):
+        match = _match(r, m, f"{field}.matches[{i}]")
+        if match is not None:
+            matches.append(match)
+    if r.count != before:
+        return None  # cannot place a rule whose matches are unusable
+    problems = []
+    name = r.str(raw, "name", field, check=v.check_rule_name)
+    refs = []
+    for i, ref in enumerate(r.list(raw.get("backendRefs"), f"{field}.backendRefs")):
+        parsed = _backend_ref(r, meta, ref, f"{field}.backendRefs[{i}]", i)
+        if parsed is not None:
+            refs.append(parsed)
+    timeouts = r.map(raw.get("timeouts"), f"{field}.timeouts")
+    request = _duration(r, timeouts, "request", f"{field}.timeouts")
+    backend = _duration(r, timeouts, "backendRequest", f"{field}.timeouts")
+    if request and backend and backend > request:
+        r.error(f"{field}.timeouts.backendRequest", "must not be longer than timeouts.request")
+    for key in _UNSUPPORTED_RULE_FIELDS:
+        if raw.get(key):
+            r.error(f"{field}.{key}", f"{key} are not supported yet; the rule answers 500")
+    if r.count != before:
+        problems.append(f"rule {index} of {meta.label} is invalid: {r.errors[-1].field}: {r.errors[-1].message}")
+    return RouteRule(
+        index=index,
+        matches=tuple(matches),
+        backend_refs=tuple(refs),
+        name=name,
+        request_timeout=request,
+        backend_timeout=backend,
+        invalid_reason=problems[0] if problems else None,
+    )
+
+
+def _duration(r: Reader, obj: dict[str, Any], key: str, field: str) -> float | None:
+    raw = obj.get(key)
+    if raw is None:
+        return None
+    try:
+        return parse_duration(raw)
+    except ValueError as exc:
+        r.error(f"{field}.{key}", str(exc))
+        return None
+
+
+def _match(r: Reader, raw: Any, field: str) -> RouteMatch | None:
+    before = r.count
+    raw = r.map(raw, field)
+    path = r.map(raw.get("path"), f"{field}.path")
+    path_type = r.str(path, "type", f"{field}.path", default=PATH_PREFIX, choices=(PATH_EXACT, PATH_PREFIX, PATH_REGEX))
+    value = r.str(path, "value", f"{field}.path", default="/")
+    if path_type is not None and value is not None:
+        problem = v.check_path(path_type, value)
+        if problem:
+            r.error(f"{field}.path.value", problem)
+    headers = _value_matches(r, raw.get("headers"), f"{field}.headers", v.check_header_name)
+    query = _value_matches(r, raw.get("queryParams"), f"{field}.queryParams", None)
+    method = r.str(raw, "method", field, choices=v.METHODS)
+    if r.count != before or path_type is None or value is None:
+        return None
+    return RouteMatch(path_type, value, method, headers, query)
+
+
+def _value_matches(
+    r: Reader, raw: Any, field: str, check_name: Callable[[str], str | None] | None
+) -> tuple[ValueMatch, ...]:
+    result = []
+    for i, m in enumerate(r.list(raw, field)):
+        m_field = f"{field}[{i}]"
+        m = r.map(m, m_field)
+        kind = r.str(m, "type", m_field, default="Exact", choices=("Exact", "RegularExpression"))
+        name = r.str(m, "name", m_field, required=True, check=check_name)
+        value = r.str(m, "value", m_field, required=True)
+        if kind == "RegularExpression" and value is not None:
+            problem = v.check_regex(value)
+            if problem:
+                r.error(f"{m_field}.value", problem)
+                continue
+        if kind is not None and name is not None and value is not None:
+            result.append(ValueMatch(name, value, kind))
+    return tuple(result)
+
+
+def _backend_ref(r: Reader, meta: Meta, raw: Any, field: str, index: int) -> BackendRefSpec | None:
+    before = r.count
+    raw = r.map(raw, field)
+    name = r.str(raw, "name", field, required=True)
+    group = r.str(raw, "group", field, default=CORE_GROUP)
+    kind = r.str(raw, "kind", field, default="Service")
+    namespace = r.str(raw, "namespace", field, default=meta.namespace)
+    port = r.int(raw, "port", field, lo=1, hi=65535)
+    weight = r.int(raw, "weight", field, default=1, lo=0, hi=1_000_000)
+    if group == CORE_GROUP and kind == "Service" and raw.get("port") is None:
+        r.error(f"{field}.port", "is required for a Service reference")
+    for key in _UNSUPPORTED_REF_FIELDS:
+        if raw.get(key):
+            r.error(f"{field}.{key}", f"{key} on backendRefs are not supported yet")
+    if r.count != before or name is None:
+        return None
+    return BackendRefSpec(name, namespace or meta.namespace, group or "", kind or "Service", port, weight or 0, index)
+
+
+def parse_reference_grant(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: str) -> ReferenceGrant | None:
+    froms, tos = [], []
+    for i, f in enumerate(r.list(spec.get("from"), f"{field}.from")):
+        f_field = f"{field}.from[{i}]"
+        f = r.map(f, f_field)
+        group = r.str(f, "group", f_field, required=True)
+        kind = r.str(f, "kind", f_field, required=True)
+        namespace = r.str(f, "namespace", f_field, required=True)
+        if group is not None and kind is not None and namespace is not None:
+            froms.append(GrantFrom(group, kind, namespace))
+    for i, t in enumerate(r.list(spec.get("to"), f"{field}.to")):
+        t_field = f"{field}.to[{i}]"
+        t = r.map(t, t_field)
+        group = r.str(t, "group", t_field, required=True)
+        kind = r.str(t, "kind", t_field, required=True)
+        if group is not None and kind is not None:
+            tos.append(GrantTo(group, kind, r.str(t, "name", t_field)))
+    return ReferenceGrant(meta, tuple(froms), tuple(tos))
