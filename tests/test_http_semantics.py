@@ -289,9 +289,7 @@ def test_idempotent_request_is_retried_once_on_a_fresh_connection(conn: Wire, mo
     assert attempts[0].connection != attempts[1].connection
 
 
-def test_idempotent_request_with_small_body_is_retried_with_its_body(
-    conn: Wire, module_upstream: Upstream
-) -> None:
+def test_idempotent_request_with_small_body_is_retried_with_its_body(conn: Wire, module_upstream: Upstream) -> None:
     conn.send(http_request("GET", "/echo?warm-pool-put"))
     assert conn.read_response().status == 200
     conn.send(http_request("PUT", "/hangup-reused?put", body=b"replayed body"))

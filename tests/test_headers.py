@@ -1,0 +1,183 @@
+"""Header handling of a gateway (RFC 9110 §7.6): hop-by-hop fields stay on their hop, the
+X-Forwarded-* family describes the client's hop, X-Request-ID ties client, gateway and upstream."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.gateway import GatewayProcess, Wire, http_request, wire
+from tests.support.upstream import Seen, Upstream
+
+# Hop-by-hop fields of RFC 9110 §7.6.1 and the legacy Proxy-* ones a gateway must not forward.
+HOP_BY_HOP_REQUEST = [
+    ("Keep-Alive", "timeout=5"),
+    ("TE", "trailers"),
+    ("Trailer", "X-Checksum"),
+    ("Upgrade", "h2c"),
+    ("Proxy-Authorization", "Basic c2VjcmV0"),
+    ("Proxy-Connection", "keep-alive"),
+]
+
+
+@pytest.fixture(scope="module")
+def gw(module_gateway: GatewayProcess) -> GatewayProcess:
+    return module_gateway
+
+
+@pytest.fixture
+def conn(gw: GatewayProcess) -> Iterator[Wire]:
+    c = wire(gw)
+    yield c
+    c.close()
+
+
+def forward(conn: Wire, upstream: Upstream, marker: str, headers: list[tuple[str, str]]) -> Seen:
+    """Send a GET through the gateway; return the request as the upstream saw it."""
+    conn.send(http_request("GET", f"/echo?{marker}", headers))
+    assert conn.read_response().status == 200
+    (seen,) = [s for s in upstream.seen if s.target == f"/echo?{marker}"]
+    return seen
+
+
+# -- hop-by-hop fields -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "value"), HOP_BY_HOP_REQUEST, ids=[n for n, _ in HOP_BY_HOP_REQUEST])
+def test_hop_by_hop_request_field_is_not_forwarded(
+    conn: Wire, module_upstream: Upstream, name: str, value: str
+) -> None:
+    """RFC 9110 §7.6.1: a proxy removes hop-by-hop fields before forwarding."""
+    seen = forward(conn, module_upstream, f"hop-{name}", [(name, value), ("X-End-To-End", "kept")])
+    assert seen.header(name) is None
+    assert seen.header("x-end-to-end") == "kept"
+
+
+def test_connection_field_is_not_forwarded(conn: Wire, module_upstream: Upstream) -> None:
+    seen = forward(conn, module_upstream, "hop-connection", [("Connection", "keep-alive")])
+    assert seen.header("connection") in (None, "keep-alive")  # the gateway's own hop may say keep-alive
+    assert "x-" not in (seen.header("connection") or "").lower()
+
+
+def test_fields_named_in_connection_are_not_forwarded(conn: Wire, module_upstream: Upstream) -> None:
+    """RFC 9110 §7.6.1: fields listed in Connection are hop-by-hop too, whatever their name."""
+    seen = forward(
+        conn,
+        module_upstream,
+        "named-in-connection",
+        [
+            ("Connection", "keep-alive, X-Named-A"),
+            ("Connection", "x-named-b"),
+            ("X-Named-A", "secret-a"),
+            ("X-Named-B", "secret-b"),
+            ("X-Other", "kept"),
+        ],
+    )
+    assert seen.header("x-named-a") is None
+    assert seen.header("x-named-b") is None
+    assert seen.header("x-other") == "kept"
+
+
+def test_hop_by_hop_response_fields_are_not_passed_to_client(conn: Wire) -> None:
+    """RFC 9110 §7.6.1 applies to responses too, including fields named in the upstream's Connection."""
+    conn.send(http_request("GET", "/hop-all"))
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert resp.body == b"ok"
+    for name in ("Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "TE", "Trailer", "Upgrade"):
+        assert resp.header(name) is None, name
+    assert resp.header("x-named-a") is None
+    assert resp.header("x-named-b") is None
+    assert "x-named" not in (resp.header("connection") or "").lower()
+    assert resp.header("x-end-to-end") == "kept"
+
+
+# -- X-Forwarded-* ---------------------------------------------------------------------------------
+
+
+def test_x_forwarded_for_is_the_client_address_when_absent(conn: Wire, module_upstream: Upstream) -> None:
+    seen = forward(conn, module_upstream, "xff-absent", [])
+    assert seen.header_list("x-forwarded-for") == ["127.0.0.1"]
+
+
+def test_x_forwarded_for_appends_the_client_address(conn: Wire, module_upstream: Upstream) -> None:
+    """The existing chain is kept and the address of this hop's client is appended."""
+    seen = forward(conn, module_upstream, "xff-append", [("X-Forwarded-For", "203.0.113.7, 198.51.100.2")])
+    assert seen.header_list("x-forwarded-for") == ["203.0.113.7, 198.51.100.2, 127.0.0.1"]
+
+
+def test_x_forwarded_for_fields_are_combined_in_order(conn: Wire, module_upstream: Upstream) -> None:
+    """RFC 9110 §5.3: several field lines of a list field are one comma-joined value."""
+    seen = forward(
+        conn, module_upstream, "xff-multi", [("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-For", "198.51.100.2")]
+    )
+    assert seen.header_list("x-forwarded-for") == ["203.0.113.7, 198.51.100.2, 127.0.0.1"]
+
+
+def test_x_forwarded_proto_is_set_by_the_gateway(conn: Wire, module_upstream: Upstream) -> None:
+    seen = forward(conn, module_upstream, "xfp", [("X-Forwarded-Proto", "https")])
+    assert seen.header_list("x-forwarded-proto") == ["http"]
+
+
+def test_x_forwarded_host_is_the_request_host(conn: Wire, module_upstream: Upstream) -> None:
+    seen = forward(conn, module_upstream, "xfh", [("Host", "api.example.test:8443"), ("X-Forwarded-Host", "evil.test")])
+    assert seen.header_list("x-forwarded-host") == ["api.example.test:8443"]
+
+
+def test_x_forwarded_port_is_the_listener_port(conn: Wire, module_upstream: Upstream, gw: GatewayProcess) -> None:
+    seen = forward(conn, module_upstream, "xfport", [("X-Forwarded-Port", "1")])
+    assert seen.header_list("x-forwarded-port") == [str(gw.port)]
+
+
+def test_host_is_passed_through_unchanged(conn: Wire, module_upstream: Upstream) -> None:
+    """No rewrite configured: the upstream gets the client's Host exactly, case and port included."""
+    seen = forward(conn, module_upstream, "host", [("Host", "Api.Example.TEST:8080")])
+    assert seen.header_list("host") == ["Api.Example.TEST:8080"]
+
+
+# -- X-Request-ID ----------------------------------------------------------------------------------
+
+
+def test_request_id_is_generated_returned_and_forwarded(conn: Wire, module_upstream: Upstream) -> None:
+    """Absent: the gateway makes one, passes it upstream and returns the same value to the client."""
+    conn.send(http_request("GET", "/echo?rid-generated"))
+    resp = conn.read_response()
+    returned = resp.header("x-request-id")
+    assert returned
+    (seen,) = [s for s in module_upstream.seen if s.target == "/echo?rid-generated"]
+    assert seen.header_list("x-request-id") == [returned]
+
+
+def test_request_ids_are_unique(conn: Wire) -> None:
+    ids = set()
+    for _ in range(5):
+        conn.send(http_request("GET", "/echo?rid-unique"))
+        ids.add(conn.read_response().header("x-request-id"))
+    assert len(ids) == 5
+
+
+def test_valid_request_id_is_passed_through(conn: Wire, module_upstream: Upstream) -> None:
+    conn.send(http_request("GET", "/echo?rid-kept", [("X-Request-ID", "abc-123_XYZ.7")]))
+    resp = conn.read_response()
+    assert resp.header("x-request-id") == "abc-123_XYZ.7"
+    (seen,) = [s for s in module_upstream.seen if s.target == "/echo?rid-kept"]
+    assert seen.header_list("x-request-id") == ["abc-123_XYZ.7"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["has space", 'quote"d', "x" * 201, "<script>", "semi;colon"],
+    ids=["space", "quote", "too-long", "angle-brackets", "semicolon"],
+)
+def test_invalid_request_id_is_replaced(conn: Wire, module_upstream: Upstream, bad: str) -> None:
+    """An id that is not a short token is not echoed into logs and responses: a fresh one replaces it."""
+    marker = f"rid-bad-{len(bad)}-{re.sub(r'[^a-z]', '', bad)[:8]}"
+    conn.send(http_request("GET", f"/echo?{marker}", [("X-Request-ID", bad)]))
+    resp = conn.read_response()
+    returned = resp.header("x-request-id")
+    assert returned and returned != bad
+    (seen,) = [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+    assert seen.header_list("x-request-id") == [returned]
+    assert not any(bad in value for _, value in seen.headers)
