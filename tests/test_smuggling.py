@@ -1,0 +1,196 @@
+"""Request smuggling corpus: every ambiguous framing is refused, the connection closed, and the
+request hidden behind it never reaches the upstream (RFC 9112 §6.1, §6.3, §7.1, §5; RFC 9110 §5.5).
+
+Each attempt carries a second request at /smuggled-<case>; after the gateway's answer, the
+upstream must not have seen it, whichever way the framing could have been read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.gateway import GatewayProcess, Wire, http_request, wire
+from tests.support.upstream import Upstream
+
+HEAD = b"POST /front HTTP/1.1\r\nHost: example.test\r\n"
+
+
+def smuggled(case: str) -> bytes:
+    return b"GET /smuggled-%s HTTP/1.1\r\nHost: example.test\r\n\r\n" % case.encode()
+
+
+def chunk_of(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def attempt(case: str) -> bytes:
+    """The bytes of attempt `case`; `S` is the request it tries to smuggle."""
+    S = smuggled(case)
+    n = len(S)
+    return {
+        # -- CL.TE / TE.CL: both framings on one message (RFC 9112 §6.1: MUST be treated as an error)
+        "cl-te": HEAD + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + S,
+        "te-cl": HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n" + chunk_of(S) + b"0\r\n\r\n",
+        "cl-te-body-is-request": HEAD
+        + b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n%b" % (n + 5, S),
+        # -- TE.TE: obfuscated Transfer-Encoding that one parser honours and another ignores
+        "te-trailing-space-with-cl": HEAD + b"Content-Length: 5\r\nTransfer-Encoding: chunked \r\n\r\n0\r\n\r\n" + S,
+        "te-xchunked": HEAD + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n" + S,
+        "te-xchunked-with-cl": HEAD + b"Content-Length: 5\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n" + S,
+        "te-chunked-identity": HEAD + b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n" + S,
+        "te-gzip-chunked": HEAD + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n" + S,
+        "te-identity": HEAD + b"Transfer-Encoding: identity\r\nContent-Length: 5\r\n\r\n0\r\n\r\n" + S,
+        "te-duplicated": HEAD + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + S,
+        "te-duplicated-differing": HEAD + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n0\r\n\r\n" + S,
+        "te-tab-before-value-with-cl": HEAD + b"Content-Length: 5\r\nTransfer-Encoding:\tchunked\r\n\r\n0\r\n\r\n" + S,
+        "te-tab-before-colon": HEAD + b"Transfer-Encoding\t: chunked\r\n\r\n0\r\n\r\n" + S,
+        "te-space-before-colon": HEAD + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n" + S,
+        "te-vertical-tab": HEAD + b"Transfer-Encoding: \x0bchunked\r\n\r\n0\r\n\r\n" + S,
+        "te-obs-fold": HEAD + b"Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n" + S,
+        "te-in-http10": b"POST /front HTTP/1.0\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        + S,
+        "te-in-http10-with-cl": b"POST /front HTTP/1.0\r\nHost: example.test\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + S,
+        # -- Content-Length variants (RFC 9110 §8.6: 1*DIGIT; differing values are unrecoverable)
+        "cl-duplicate-differing": HEAD + b"Content-Length: 0\r\nContent-Length: %d\r\n\r\n%b" % (n, S),
+        "cl-list-differing": HEAD + b"Content-Length: 0, %d\r\n\r\n%b" % (n, S),
+        "cl-plus-sign": HEAD + b"Content-Length: +%d\r\n\r\n%b" % (n, S),
+        "cl-minus-sign": HEAD + b"Content-Length: -1\r\n\r\n" + S,
+        "cl-space-inside": HEAD + b"Content-Length: 1 0\r\n\r\n" + S,
+        "cl-hex": HEAD + b"Content-Length: 0x%x\r\n\r\n%b" % (n, S),
+        "cl-empty": HEAD + b"Content-Length: \r\n\r\n" + S,
+        "cl-overflow": HEAD + b"Content-Length: 99999999999999999999999\r\n\r\n" + S,
+        # -- chunk-size tricks (RFC 9112 §7.1: chunk-size = 1*HEXDIG)
+        "chunk-size-overflow": HEAD + b"Transfer-Encoding: chunked\r\n\r\nfffffffffffffffff1\r\n" + S,
+        "chunk-size-negative": HEAD + b"Transfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n" + S,
+        "chunk-size-0x-prefix": HEAD + b"Transfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n" + S,
+        "chunk-size-inner-space": HEAD + b"Transfer-Encoding: chunked\r\n\r\n1 0\r\n%b0\r\n\r\n" % S[:16],
+        "chunk-size-leading-space": HEAD + b"Transfer-Encoding: chunked\r\n\r\n 5\r\nhello\r\n0\r\n\r\n" + S,
+        "chunk-size-empty": HEAD + b"Transfer-Encoding: chunked\r\n\r\n\r\nhello\r\n0\r\n\r\n" + S,
+        "chunk-data-missing-crlf": HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhelloX0\r\n\r\n" + S,
+        "chunk-data-longer-than-size": HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n" + S,
+        "chunk-bare-lf": HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n" + S,
+        "chunk-ext-bare-cr": HEAD + b"Transfer-Encoding: chunked\r\n\r\n5;a=\rb\r\nhello\r\n0\r\n\r\n" + S,
+        # -- field syntax (RFC 9112 §5.1, §5.2; RFC 9110 §5.5)
+        "obs-fold": HEAD + b"X-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n" + S,
+        "obs-fold-tab": HEAD + b"X-Folded: a\r\n\tb\r\nContent-Length: 0\r\n\r\n" + S,
+        "cr-in-value": HEAD + b"X-Bad: a\rContent-Length: 0\r\n\r\n" + S,
+        "lf-in-value": HEAD + b"X-Bad: a\nContent-Length: 0\r\n\r\n" + S,
+        "nul-in-value": HEAD + b"X-Bad: a\x00b\r\nContent-Length: 0\r\n\r\n" + S,
+        "space-before-colon": HEAD + b"Content-Length : %d\r\n\r\n%b" % (n, S),
+        "space-in-name": HEAD + b"Content Length: %d\r\n\r\n%b" % (n, S),
+        "leading-whitespace-first-field": b"POST /front HTTP/1.1\r\n Content-Length: %d\r\nHost: example.test\r\n\r\n%b"
+        % (n, S),
+        "bare-lf-lines": b"POST /front HTTP/1.1\nHost: example.test\nContent-Length: %d\n\n%b" % (n, S),
+        "bare-lf-ending-head": HEAD + b"Content-Length: %d\r\n\n%b" % (n, S),
+        "bare-cr-line-ending": b"POST /front HTTP/1.1\rHost: example.test\rContent-Length: 0\r\r" + S,
+        "duplicate-host": b"GET /front HTTP/1.1\r\nHost: example.test\r\nHost: other.test\r\n\r\n" + S,
+        "missing-host-http11": b"GET /front HTTP/1.1\r\nContent-Length: 0\r\n\r\n" + S,
+        # -- request line
+        "http09-style-line": b"GET /front\r\n\r\n" + S,
+        "space-in-target": b"GET /front /x HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
+        "unknown-version": b"GET /front HTTP/1.7\r\nHost: example.test\r\n\r\n" + S,
+        "lowercase-method": b"get /front HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
+        # -- expectations we do not implement (RFC 9110 §10.1.1: 417)
+        "expect-unknown": HEAD + b"Expect: 200-ok\r\nContent-Length: %d\r\n\r\n%b" % (n, S),
+    }[case]
+
+
+CASES = {
+    "cl-te": {400},
+    "te-cl": {400},
+    "cl-te-body-is-request": {400},
+    "te-trailing-space-with-cl": {400},
+    "te-xchunked": {400, 501},
+    "te-xchunked-with-cl": {400, 501},
+    "te-chunked-identity": {400, 501},
+    "te-gzip-chunked": {400, 501},
+    "te-identity": {400, 501},
+    "te-duplicated": {400},
+    "te-duplicated-differing": {400, 501},
+    "te-tab-before-value-with-cl": {400},
+    "te-tab-before-colon": {400},
+    "te-space-before-colon": {400},
+    "te-vertical-tab": {400, 501},
+    "te-obs-fold": {400},
+    "te-in-http10": {400},
+    "te-in-http10-with-cl": {400},
+    "cl-duplicate-differing": {400},
+    "cl-list-differing": {400},
+    "cl-plus-sign": {400},
+    "cl-minus-sign": {400},
+    "cl-space-inside": {400},
+    "cl-hex": {400},
+    "cl-empty": {400},
+    "cl-overflow": {400, 413},
+    "chunk-size-overflow": {400, 413},
+    "chunk-size-negative": {400},
+    "chunk-size-0x-prefix": {400},
+    "chunk-size-inner-space": {400},
+    "chunk-size-leading-space": {400},
+    "chunk-size-empty": {400},
+    "chunk-data-missing-crlf": {400},
+    "chunk-data-longer-than-size": {400},
+    "chunk-bare-lf": {400},
+    "chunk-ext-bare-cr": {400},
+    "obs-fold": {400},
+    "obs-fold-tab": {400},
+    "cr-in-value": {400},
+    "lf-in-value": {400},
+    "nul-in-value": {400},
+    "space-before-colon": {400},
+    "space-in-name": {400},
+    "leading-whitespace-first-field": {400},
+    "bare-lf-lines": {400},
+    "bare-lf-ending-head": {400},
+    "bare-cr-line-ending": {400},
+    "duplicate-host": {400},
+    "missing-host-http11": {400},
+    "http09-style-line": {400},
+    "space-in-target": {400},
+    "unknown-version": {400, 505},
+    "lowercase-method": {400, 501},
+    "expect-unknown": {417},
+}
+
+
+@pytest.fixture(scope="module")
+def gw(module_gateway: GatewayProcess) -> GatewayProcess:
+    return module_gateway
+
+
+@pytest.fixture
+def conn(gw: GatewayProcess) -> Iterator[Wire]:
+    c = wire(gw, timeout=5)
+    yield c
+    c.close()
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_smuggling_attempt_is_refused_and_connection_closed(
+    case: str, conn: Wire, gw: GatewayProcess, module_upstream: Upstream
+) -> None:
+    conn.send(attempt(case))
+    resp = conn.read_response()
+    assert resp.status in CASES[case]
+    assert resp.header("content-type") == "application/problem+json"
+    assert (resp.header("connection") or "").lower() == "close"
+    assert conn.closed_by_peer()
+    # A request on a fresh connection is answered after anything the attempt could have sent upstream.
+    check = wire(gw, timeout=5)
+    check.send(http_request("GET", f"/echo?after-{case}"))
+    assert check.read_response().status == 200
+    check.close()
+    assert f"/smuggled-{case}" not in [s.target for s in module_upstream.seen]
+
+
+def test_corpus_requests_are_well_formed_apart_from_their_trick(conn: Wire, module_upstream: Upstream) -> None:
+    """Control: the same front request with honest framing is served, and the request behind it
+    is answered as an ordinary pipelined one — so the refusals above are about the trick."""
+    honest = HEAD + b"Content-Length: 5\r\n\r\nhello" + smuggled("control")
+    conn.send(honest + b"GET /echo HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n")
+    assert conn.read_response().status == 200
+    assert conn.read_response().status == 200
+    assert [s.target for s in module_upstream.seen if s.target == "/smuggled-control"] == ["/smuggled-control"]
