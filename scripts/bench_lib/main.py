@@ -76,7 +76,7 @@ def report(
     """Print the table, ratios and verdicts; return the JSON document and whether every bar passed."""
     print()
     print(f"machine: {info['nproc']} cores, {info['cpu']}, kernel {info['kernel']}, python {info['python']}, "
-          f"{info['nginx']}, {info['wrk']}")
+          f"{info['nginx']}, {info['wrk']}, gw {info['gw_commit']}")
     print(f"method: wrk -t1 -c64 on core {args.load_core} with the upstream; "
           f"proxy on core {args.proxy_core}; median of {args.runs} x {args.duration:g}s runs, "
           f"{args.warmup:g}s warm-up each")

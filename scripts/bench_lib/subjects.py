@@ -191,6 +191,8 @@ def machine_info() -> dict[str, str]:
         "python": sys.version.split()[0],
         "nginx": version(["nginx", "-v"]),
         "wrk": version(["wrk", "--version"]).split(" Copyright")[0],
+        # gw runs from the working tree, so say whether it had uncommitted changes.
+        "gw_commit": version(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
