@@ -64,7 +64,7 @@ def gw(module_upstream: Upstream, module_start_gateway: StartGateway) -> Gateway
     return module_start_gateway(
         {"up": [("127.0.0.1", module_upstream.port)]},
         [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}],
-        env={"GW_HEADER_TIMEOUT": "1s", "GW_KEEPALIVE_TIMEOUT": "1s", "GW_ACCESS_LOG": "off"},
+        env={"GW_HEADER_TIMEOUT": "500ms", "GW_KEEPALIVE_TIMEOUT": "500ms", "GW_ACCESS_LOG": "off"},
     )
 
 
@@ -122,7 +122,10 @@ def chunk_framings(draw: st.DrawFn) -> bytes:
             size = b"%x" % draw(st.integers(2**60, 2**72))
         ext = draw(st.sampled_from([b"", b"", b";a=b", b"; a", b';q="x;y"', b";\x00"]))
         parts.append(size + ext + draw(eol) + data + draw(eol))
-    last = draw(st.sampled_from([b"0\r\n\r\n", b"0\r\nX-Trailer: 1\r\n\r\n", b"0\n\n", b"0\r\n", b"00\r\n\r\n", b""]))
+    # A body cut short is answered 408 only when the body timeout fires: kept, but rare.
+    last = draw(
+        st.sampled_from([b"0\r\n\r\n", b"0\r\n\r\n", b"0\r\nX-Trailer: 1\r\n\r\n", b"0\n\n", b"00\r\n\r\n", b"0\r\n"])
+    )
     return HEAD_CHUNKED + b"".join(parts) + last
 
 
