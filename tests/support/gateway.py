@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -61,7 +62,12 @@ def config_yaml(
         for rule in route["rules"]:  # type: ignore[attr-defined]
             rule = dict(rule)
             rule["backendRefs"] = [
-                {"group": "gw.dev", "kind": "Backend", "name": ref["backend"], **({"weight": ref["weight"]} if "weight" in ref else {})}
+                {
+                    "group": "gw.dev",
+                    "kind": "Backend",
+                    "name": ref["backend"],
+                    **({"weight": ref["weight"]} if "weight" in ref else {}),
+                }
                 if "backend" in ref
                 else ref
                 for ref in rule.get("backendRefs", [])
@@ -184,7 +190,9 @@ class Client:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def request(self, method: str = "GET", path: str = "/", headers: dict[str, str] | None = None, body: bytes = b"") -> Response:
+    def request(
+        self, method: str = "GET", path: str = "/", headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> Response:
         fields = {"Host": "example.test", **(headers or {})}
         if body and "Content-Length" not in fields and "Transfer-Encoding" not in fields:
             fields["Content-Length"] = str(len(body))
@@ -210,10 +218,8 @@ class Client:
                     break
             data = self.sock.recv(1 << 20)
             if not data:
-                try:
+                with contextlib.suppress(httptools.HttpParserError):
                     reader.parser.feed_data(b"")
-                except httptools.HttpParserError:
-                    pass
                 if not reader.done:
                     if reader.headers_done:
                         raise ConnectionError("connection closed mid-body: " + repr(b"".join(reader.body)[:80]))
