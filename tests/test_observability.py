@@ -1,0 +1,255 @@
+"""Observability from the start: admin health endpoints, Prometheus counters and latency histogram
+per route and status class, and a JSON access log line per request (switchable off, sampled)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.gateway import REPO, GatewayProcess, Response, config_yaml, free_port
+from tests.support.servers import launch_gateway
+from tests.support.upstream import Upstream
+
+ROUTES: list[dict[str, object]] = [
+    {"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]},
+    {"name": "counted", "hostnames": ["counted.test"], "rules": [{"backendRefs": [{"backend": "up"}]}]},
+    {"name": "logged", "hostnames": ["logged.test"], "rules": [{"backendRefs": [{"backend": "up"}]}]},
+    {"name": "broken", "hostnames": ["broken.test"], "rules": [{"backendRefs": [{"backend": "nowhere"}]}]},
+]
+
+
+@dataclass
+class Setup:
+    gateway: GatewayProcess
+    upstream: Upstream
+    backends: dict[str, list[tuple[str, int]]]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    upstream = Upstream("up").start()
+    backends = {"up": [("127.0.0.1", upstream.port)], "nowhere": [("127.0.0.1", free_port())]}
+    gateway = launch_gateway(tmp_path_factory.mktemp("observability"), backends, ROUTES)
+    yield Setup(gateway, upstream, backends)
+    gateway.stop()
+    upstream.stop()
+
+
+def admin_get(gateway: GatewayProcess, path: str) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{gateway.admin}{path}", timeout=10)
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(gateway: GatewayProcess) -> Samples:
+    resp = admin_get(gateway, "/metrics")
+    assert resp.status_code == 200
+    samples: Samples = {}
+    for family in text_string_to_metric_families(resp.text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def requests(gateway: GatewayProcess, host: str, paths: list[str]) -> list[Response]:
+    client = gateway.connect()
+    out = [client.request("GET", path, {"Host": host}) for path in paths]
+    client.close()
+    return out
+
+
+# -- admin endpoints ----------------------------------------------------------------------------
+
+
+def test_healthz_answers_200(setup: Setup) -> None:
+    assert admin_get(setup.gateway, "/healthz").status_code == 200
+
+
+def test_readyz_answers_200_once_serving(setup: Setup) -> None:
+    resp = admin_get(setup.gateway, "/readyz")
+    assert resp.status_code == 200
+    assert resp.text.strip() == "ready"
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+def test_requests_total_counts_per_route_and_status_class(setup: Setup) -> None:
+    route = "default/counted"
+    before = scrape(setup.gateway)
+    responses = requests(setup.gateway, "counted.test", ["/echo"] * 3 + ["/status/404"] * 2 + ["/status/503"])
+    assert [r.status for r in responses] == [200, 200, 200, 404, 404, 503]
+    after = scrape(setup.gateway)
+
+    def delta(status_class: str) -> float:
+        labels = {"route": route, "status_class": status_class}
+        return value(after, "gw_http_requests_total", **labels) - value(before, "gw_http_requests_total", **labels)
+
+    assert (delta("2xx"), delta("4xx"), delta("5xx")) == (3, 2, 1)
+
+
+def test_duration_histogram_is_cumulative_and_counts_every_request(setup: Setup) -> None:
+    route, cls = "default/counted", "2xx"
+    labels = {"route": route, "status_class": cls}
+    before = scrape(setup.gateway)
+    requests(setup.gateway, "counted.test", ["/echo"] * 4 + ["/echo?delay=0.05"])
+    after = scrape(setup.gateway)
+    buckets = sorted(
+        (float(dict(key)["le"]), v)
+        for (name, key), v in after.items()
+        if name == "gw_http_request_duration_seconds_bucket"
+        and dict(key)["route"] == route
+        and dict(key)["status_class"] == cls
+    )
+    assert len(buckets) > 2
+    counts = [v for _, v in buckets]
+    assert counts == sorted(counts), f"buckets are not cumulative: {buckets}"
+    assert buckets[-1][0] == float("inf")
+    count = value(after, "gw_http_request_duration_seconds_count", **labels)
+    assert buckets[-1][1] == count == value(after, "gw_http_requests_total", **labels)
+    assert count - value(before, "gw_http_request_duration_seconds_count", **labels) == 5
+    assert value(after, "gw_http_request_duration_seconds_sum", **labels) > value(
+        before, "gw_http_request_duration_seconds_sum", **labels
+    )
+    # the request delayed 50 ms upstream is not in a bucket below 50 ms
+    below_50ms = [v for le, v in buckets if le < 0.05]
+    assert max(below_50ms) < count
+
+
+# -- access log -----------------------------------------------------------------------------------
+
+
+def read_log(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def wait_for_lines(path: Path, request_ids: set[str], timeout: float = 10.0) -> list[dict[str, object]]:
+    """Poll the log (flushed every 0.25 s by the worker's sweeper) until every id has a line."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in read_log(path) if line.get("request_id") in request_ids]
+        if {line["request_id"] for line in lines} == request_ids or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def test_access_log_has_one_json_line_per_request(setup: Setup) -> None:
+    paths = ["/echo/one", "/echo/two?x=1", "/status/404"]
+    responses = requests(setup.gateway, "logged.test", paths)
+    ids = [r.header("x-request-id") or "" for r in responses]
+    assert all(ids) and len(set(ids)) == 3
+    lines = wait_for_lines(setup.gateway.access_log, set(ids))
+    by_id = {line["request_id"]: line for line in lines}
+    assert len(lines) == 3 == len(by_id)
+    for request_id, path, resp in zip(ids, paths, responses, strict=True):
+        line = by_id[request_id]
+        assert line["method"] == "GET"
+        assert line["path"] == path
+        assert line["status"] == resp.status
+        assert line["route"] == "default/logged"
+        assert isinstance(line["duration_ms"], int | float) and line["duration_ms"] >= 0
+        assert line["upstream"] == f"127.0.0.1:{setup.upstream.port}"
+
+
+def test_access_log_line_carries_the_request_id_the_client_sent(setup: Setup) -> None:
+    client = setup.gateway.connect()
+    resp = client.request("GET", "/echo", {"Host": "logged.test", "X-Request-ID": "client-chosen-7"})
+    assert resp.header("x-request-id") == "client-chosen-7"
+    (line,) = wait_for_lines(setup.gateway.access_log, {"client-chosen-7"})
+    assert line["status"] == 200
+    assert line["route"] == "default/logged"
+
+
+def test_access_log_records_a_gateway_error_under_the_id_of_its_problem(setup: Setup) -> None:
+    (resp,) = requests(setup.gateway, "broken.test", ["/echo"])
+    assert resp.status == 502
+    request_id = json.loads(resp.body)["request_id"]
+    (line,) = wait_for_lines(setup.gateway.access_log, {request_id})
+    assert line["status"] == 502
+    assert line["route"] == "default/broken"
+
+
+def run_counting_lines(
+    setup: Setup, directory: Path, env: dict[str, str], count: int
+) -> tuple[list[dict[str, object]], GatewayProcess]:
+    """Serve `count` requests on a fresh gateway, stop it (it flushes on exit), read its log."""
+    gateway = launch_gateway(directory, setup.backends, ROUTES, env=env)
+    try:
+        statuses = {r.status for r in requests(gateway, "logged.test", ["/echo"] * count)}
+    finally:
+        gateway.stop()
+    assert statuses == {200}
+    return read_log(gateway.access_log), gateway
+
+
+def test_access_log_sample_zero_logs_nothing(setup: Setup, tmp_path: Path) -> None:
+    lines, _ = run_counting_lines(setup, tmp_path, {"GW_ACCESS_LOG_SAMPLE": "0"}, 50)
+    assert lines == []
+
+
+def test_access_log_sample_one_half_logs_a_subset(setup: Setup, tmp_path: Path) -> None:
+    lines, _ = run_counting_lines(setup, tmp_path, {"GW_ACCESS_LOG_SAMPLE": "0.5"}, 300)
+    # Binomial(300, 0.5): outside 10%..90% has a probability far below 1e-40.
+    assert 30 <= len(lines) <= 270
+    assert len({line["request_id"] for line in lines}) == len(lines)
+
+
+# -- destinations: stdout by default, nothing at all when off --------------------------------------
+
+
+def serve_and_capture_stdout(setup: Setup, directory: Path, env: dict[str, str], count: int) -> bytes:
+    """Run a gateway in `directory` with stdout captured; serve `count` requests; stop; its stdout."""
+    port, admin = free_port(), free_port()
+    config = directory / "gateway.yaml"
+    config.write_text(config_yaml(port, setup.backends, ROUTES))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GW_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gw", "run"],
+        env={**base, "GW_CONFIG": str(config), "GW_ADMIN_ADDR": f"127.0.0.1:{admin}", "PYTHONPATH": str(REPO), **env},
+        cwd=directory,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        while not (line := proc.stderr.readline()).startswith(b"gw: serving"):
+            assert line, "gateway exited before serving"
+        gateway = GatewayProcess(config, port, admin, env, directory / "unused.log")
+        assert {r.status for r in requests(gateway, "logged.test", ["/echo"] * count)} == {200}
+        proc.terminate()
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return out
+
+
+def test_access_log_goes_to_stdout_by_default(setup: Setup, tmp_path: Path) -> None:
+    out = serve_and_capture_stdout(setup, tmp_path, {}, 5)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 5
+    assert all(line["route"] == "default/logged" for line in lines)
+
+
+def test_access_log_off_writes_nothing(setup: Setup, tmp_path: Path) -> None:
+    out = serve_and_capture_stdout(setup, tmp_path, {"GW_ACCESS_LOG": "off"}, 5)
+    assert out == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.yaml"]  # no file named "off" either
