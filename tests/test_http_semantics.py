@@ -186,6 +186,17 @@ def test_pipelined_requests_are_answered_in_order(conn: Wire) -> None:
     assert echoed(responses[1].body)["body_sha256"] == hashlib.sha256(b"second").hexdigest()
 
 
+def test_malformed_pipelined_request_is_answered_in_turn_then_closed(conn: Wire, module_upstream: Upstream) -> None:
+    """The request before a malformed one is answered first; the 400 follows in order; then the close."""
+    conn.send(http_request("GET", "/echo?before-malformed") + b"GET /x HTTP/1.1\r\nHost : bad\r\n\r\n")
+    first = conn.read_response()
+    assert echoed(first.body)["target"] == "/echo?before-malformed"
+    second = conn.read_response()
+    assert second.status == 400
+    assert conn.closed_by_peer()
+    assert not seen_for(module_upstream, "/x")
+
+
 # -- Expect: 100-continue --------------------------------------------------------------------------
 
 
@@ -199,6 +210,22 @@ def test_expect_100_continue_gets_interim_then_final(conn: Wire) -> None:
     final = conn.read_response()
     assert final.status == 200
     assert echoed(final.body)["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway bug: prepare() sets expect_continue whatever the version (gw/proxy/request.py:169) "
+    "and ClientConnection._send writes 'HTTP/1.1 100 Continue' unconditionally "
+    "(gw/proxy/downstream.py:379); RFC 9110 §10.1.1 says a server MUST ignore 100-continue in an "
+    "HTTP/1.0 request and §15.2 that it MUST NOT send a 1xx to an HTTP/1.0 client",
+)
+def test_http10_expect_100_continue_is_ignored(conn: Wire) -> None:
+    """RFC 9110 §10.1.1 and §15.2: no 100 Continue (no 1xx at all) for an HTTP/1.0 client."""
+    conn.send(b"GET /echo?warm HTTP/1.0\r\nHost: example.test\r\nConnection: keep-alive\r\n\r\n")
+    assert conn.read_response().status == 200  # an idle pooled connection: the request goes up at once
+    conn.send(b"POST /echo HTTP/1.0\r\nHost: example.test\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+    conn.send(b"abc")
+    assert conn.read_response().status == 200
 
 
 def test_expect_is_not_forwarded_upstream(conn: Wire, module_upstream: Upstream) -> None:
