@@ -1,0 +1,152 @@
+"""The `gw` command: bad settings and configs fail fast and say where; `gw demo` serves."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.gateway import REPO, config_yaml, free_port
+
+DEMO_PORTS = (8080, 9901, 18081, 18082)
+
+
+def gw(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run `python -m gw ARGS` with only the given GW_* variables set."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GW_")}
+    return subprocess.run(
+        [sys.executable, "-m", "gw", *args],
+        env={**base, "PYTHONPATH": str(REPO), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def valid_config(path: Path, port: int | None = None) -> Path:
+    port = port or free_port()
+    routes: list[dict[str, object]] = [{"name": "good", "rules": [{"backendRefs": [{"backend": "up"}]}]}]
+    path.write_text(config_yaml(port, {"up": [("127.0.0.1", 9)]}, routes))
+    return path
+
+
+def run_env(config: Path, **extra: str) -> dict[str, str]:
+    return {"GW_CONFIG": str(config), "GW_ADMIN_ADDR": f"127.0.0.1:{free_port()}", "GW_ACCESS_LOG": "off", **extra}
+
+
+# -- settings -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GW_HEADER_TIMEOUT", "abc"),
+        ("GW_ACCESS_LOG_SAMPLE", "2"),
+        ("GW_MAX_CONNECTIONS", "0"),
+        ("GW_ADMIN_ADDR", "nowhere"),
+        ("GW_MAX_BODY_SIZE", "10 parsecs"),
+    ],
+)
+def test_bad_setting_makes_run_exit_2_naming_the_variable(tmp_path: Path, variable: str, value: str) -> None:
+    result = gw("run", env=run_env(valid_config(tmp_path / "gw.yaml"), **{variable: value}))
+    assert result.returncode == 2
+    assert variable in result.stderr
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+def test_check_accepts_a_valid_config(tmp_path: Path) -> None:
+    result = gw("check", str(valid_config(tmp_path / "gw.yaml")))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("ok")
+
+
+def test_check_rejects_an_invalid_config_naming_file_object_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        config_yaml(
+            free_port(),
+            {"up": [("127.0.0.1", 9)]},
+            [
+                {"name": "good", "rules": [{"backendRefs": [{"backend": "up"}]}]},
+                {"name": "broken", "rules": [{"backendRefs": [{"backend": "up", "weight": -3}]}]},
+            ],
+        )
+    )
+    result = gw("check", str(path))
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert str(path) in output
+    assert "HTTPRoute default/broken" in output
+    assert "spec.rules[0].backendRefs[0].weight" in output
+
+
+def test_run_with_a_yaml_syntax_error_exits_non_zero_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(valid_config(tmp_path / "gw.yaml").read_text() + "---\nkind: HTTPRoute\nmetadata: {name: x\n")
+    result = gw("run", env=run_env(path))
+    assert result.returncode != 0
+    assert str(path) in result.stderr
+    assert "YAML" in result.stderr
+
+
+# -- demo -----------------------------------------------------------------------------------------
+
+
+def port_busy(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
+def accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+def test_demo_starts_serves_and_stops() -> None:
+    busy = [p for p in DEMO_PORTS if port_busy(p)]
+    if busy:
+        pytest.skip(f"ports the demo needs are busy: {busy}")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GW_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gw", "demo"],
+        env={**base, "PYTHONPATH": str(REPO), "GW_ACCESS_LOG": "off"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: a failed test can stop the upstreams too
+    )
+    try:
+        assert proc.stderr is not None
+        while not (line := proc.stderr.readline()).startswith(b"gw: serving"):
+            assert line, "gw demo exited before serving"
+        # The demo upstreams are separate processes with nothing to wait on: poll, bounded.
+        for port in (18081, 18082):
+            deadline = time.monotonic() + 15
+            while not accepts(port):
+                assert time.monotonic() < deadline, f"demo upstream on :{port} never accepted"
+                time.sleep(0.05)
+        resp = httpx.get("http://127.0.0.1:8080/", timeout=10)
+        assert resp.status_code == 200
+        assert resp.json()["upstream"] in ("blue", "green")
+        proc.terminate()
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert not accepts(18081) and not accepts(18082), "demo upstreams outlived the demo"
