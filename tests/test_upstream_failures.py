@@ -48,6 +48,11 @@ def send_garbage(peer: Peer) -> None:
     peer.wait_for_close()
 
 
+def stall_mid_body(peer: Peer) -> None:
+    peer.sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+    peer.wait_for_close()
+
+
 @dataclass
 class Setup:
     gateway: GatewayProcess
@@ -55,6 +60,7 @@ class Setup:
     weighted: dict[str, Upstream]
     refused_port: int
     ejected_port: int
+    stalling: ScriptedServer
 
 
 def by_host(name: str, host: str, *refs: dict[str, object], **rule: object) -> dict[str, object]:
@@ -67,12 +73,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     weighted = {name: Upstream(name).start() for name in ("heavy", "light", "zero")}
     blackhole = BlackholeListener()
     garbage = ScriptedServer(send_garbage)
+    stalling = ScriptedServer(stall_mid_body)
     refused_port, ejected_port = free_port(), free_port()
     routes = [
         {"name": "default", "rules": [{"backendRefs": [{"backend": "up"}]}]},
         by_host("refused", "refused.test", {"backend": "refused"}),
         by_host("blackhole", "blackhole.test", {"backend": "blackhole"}),
         by_host("garbage", "garbage.test", {"backend": "garbage"}),
+        by_host("stalling", "stalling.test", {"backend": "stalling"}),
         by_host("empty", "empty.test", {"name": "empty", "port": 80}),
         by_host("eject", "eject.test", {"backend": "pair"}),
         by_host(
@@ -89,6 +97,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         "refused": [("127.0.0.1", refused_port)],
         "blackhole": [("127.0.0.1", blackhole.port)],
         "garbage": [("127.0.0.1", garbage.port)],
+        "stalling": [("127.0.0.1", stalling.port)],
         "pair": [("127.0.0.1", ejected_port), ("127.0.0.1", upstream.port)],
         **{name: [("127.0.0.1", up.port)] for name, up in weighted.items()},
     }
@@ -103,9 +112,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         },
         extra_yaml=NOT_READY_SERVICE % upstream.port,
     )
-    yield Setup(gateway, upstream, weighted, refused_port, ejected_port)
+    yield Setup(gateway, upstream, weighted, refused_port, ejected_port, stalling)
     gateway.stop()
     garbage.stop()
+    stalling.stop()
     blackhole.close()
     for up in (upstream, *weighted.values()):
         up.stop()
@@ -237,6 +247,17 @@ def test_reset_in_a_chunked_body_never_sends_the_last_chunk(setup: Setup) -> Non
     raw = client.read_until_close()
     assert not message_is_complete(raw)
     assert not raw.endswith(b"0\r\n\r\n")
+    assert_serves(setup.gateway.connect())
+
+
+def test_upstream_stalling_mid_body_cuts_both_connections(setup: Setup) -> None:
+    # GW_UPSTREAM_RESPONSE_TIMEOUT (1 s) also bounds the silence between body bytes.
+    client = setup.gateway.connect(timeout=15)
+    client.send(b"GET /echo HTTP/1.1\r\nHost: stalling.test\r\n\r\n")
+    raw = client.read_until_close()
+    assert not message_is_complete(raw)
+    assert raw.startswith(b"HTTP/1.1 200")
+    assert setup.stalling.peers[-1].closed.wait(10)
     assert_serves(setup.gateway.connect())
 
 
