@@ -8,9 +8,11 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psutil
 import pytest
 
 from tests.support.gateway import Client, GatewayProcess, Response
@@ -35,30 +37,62 @@ def accept_upgrade(peer: Peer) -> None:
     peer.wait_for_close()
 
 
+class SlowReader:
+    """A raw upstream that switches protocols, then reads nothing until `gate` opens; it then
+    reads `expected` bytes and sets `done`."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.done = threading.Event()
+        self.expected = 0
+        self.received = 0
+
+    def __call__(self, peer: Peer) -> None:
+        peer.sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        self.gate.wait(30)
+        while self.received < self.expected:
+            data = peer.sock.recv(1 << 20)
+            if not data:
+                break
+            self.received += len(data)
+        self.done.set()
+
+
 @dataclass
 class Setup:
     gateway: GatewayProcess
     idle_gateway: GatewayProcess  # GW_TUNNEL_IDLE_TIMEOUT=1s
     upstream: Upstream
     raw: ScriptedServer
+    slow: SlowReader
+    slow_server: ScriptedServer
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     upstream = Upstream("up").start()
     raw = ScriptedServer(accept_upgrade)
-    backends = {"up": [("127.0.0.1", upstream.port)], "raw": [("127.0.0.1", raw.port)]}
+    slow = SlowReader()
+    slow_server = ScriptedServer(slow)
+    backends = {
+        "up": [("127.0.0.1", upstream.port)],
+        "raw": [("127.0.0.1", raw.port)],
+        "slow": [("127.0.0.1", slow_server.port)],
+    }
     routes = [
+        {"name": "slow", "hostnames": ["slow.test"], "rules": [{"backendRefs": [{"backend": "slow"}]}]},
         {"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]},
         {"name": "raw", "hostnames": ["raw.test"], "rules": [{"backendRefs": [{"backend": "raw"}]}]},
     ]
     directory = tmp_path_factory.mktemp("websocket")
     gateway = launch_gateway(directory, backends, routes)
     idle_gateway = launch_gateway(directory, backends, routes, env={"GW_TUNNEL_IDLE_TIMEOUT": "1s"}, name="idle")
-    yield Setup(gateway, idle_gateway, upstream, raw)
+    yield Setup(gateway, idle_gateway, upstream, raw, slow, slow_server)
+    slow.gate.set()
     gateway.stop()
     idle_gateway.stop()
     raw.stop()
+    slow_server.stop()
     upstream.stop()
 
 
@@ -159,6 +193,25 @@ def test_a_1mb_message_flows_both_ways_intact(setup: Setup) -> None:
     assert opcode == BINARY
     assert len(echoed) == len(payload)
     assert echoed == payload
+
+
+def test_tunnel_applies_back_pressure_to_a_client_the_upstream_cannot_keep_up_with(setup: Setup) -> None:
+    client = upgraded(setup.gateway, "slow.test")
+    rss = psutil.Process(setup.gateway.pid)
+    baseline = rss.memory_info().rss
+    chunk = memoryview(os.urandom(1 << 20))
+    sent, limit = 0, 256 << 20
+    client.sock.settimeout(1.0)  # a send blocked this long: every buffer on the way is full
+    with contextlib.suppress(TimeoutError):
+        while sent < limit:
+            sent += client.sock.send(chunk[: min(len(chunk), limit - sent)])
+    growth = rss.memory_info().rss - baseline
+    assert sent < limit / 4, f"the gateway took {sent} bytes the upstream never read"
+    assert growth < 50_000_000, f"RSS grew by {growth} bytes"
+    setup.slow.expected = sent
+    setup.slow.gate.set()
+    assert setup.slow.done.wait(10)
+    assert setup.slow.received == sent
 
 
 # -- refusal ------------------------------------------------------------------------------------------
