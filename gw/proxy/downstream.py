@@ -18,8 +18,8 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from gw.proxy import errors
 from gw.proxy.errors import ProxyError, problem_response
-from gw.proxy.request import CRLF, Request, prepare, split_target
-from gw.proxy.response import CHUNKED, NO_BODY, build_response_head, status_line
+from gw.proxy.request import CRLF, Request, prepare, prepare_raw, split_fields, split_target
+from gw.proxy.response import CHUNKED, NO_BODY, build_response_head_raw, status_line
 from gw.proxy.upstream import (
     PAUSE_BODY_WAIT,
     PAUSE_PIPELINE,
@@ -59,7 +59,9 @@ class ClientConnection(asyncio.Protocol):
         self.port_bytes = str(declared_port).encode()
         self.scheme = scheme
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.parser = HttpRequestParser(self)
+        self.full_parser = self.parser = HttpRequestParser(self)
+        self.fast_parser = HttpRequestParser(RawHeadCallbacks(self))
+        self.raw = b""  # the read being parsed on the fast path
         self.client_host = b""
         self.phase = IDLE
         self.deadline = 0.0
@@ -121,7 +123,16 @@ class ClientConnection(asyncio.Protocol):
         if self.phase == TUNNEL:
             self.tunnel_from_client(data)
             return
-        if self.req is None or self.phase == HEAD:
+        if self.req is None:
+            # Between messages: a read that is exactly one head (the usual GET) takes the fast
+            # parser, which reports no header callbacks; anything else the full one.
+            self.head_bytes += len(data)
+            if data[-4:] == b"\r\n\r\n" and data.find(b"\r\n\r\n") == len(data) - 4:
+                self.raw = data
+                self.parser = self.fast_parser
+            else:
+                self.parser = self.full_parser
+        elif self.phase == HEAD:
             self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
@@ -173,6 +184,11 @@ class ClientConnection(asyncio.Protocol):
         upstream = self.upstream
         if upstream is not None and not upstream.closed:
             upstream.transport.resume_reading()
+
+    def _new_parsers(self) -> None:
+        """Fresh parsers after an upgrade stopped the old ones mid-stream."""
+        self.full_parser = self.parser = HttpRequestParser(self)
+        self.fast_parser = HttpRequestParser(RawHeadCallbacks(self))
 
     def pause_reading(self, reason: int) -> None:
         if not self.paused and not self.closed:
@@ -226,9 +242,49 @@ class ClientConnection(asyncio.Protocol):
             self.port_bytes,
             self.gw.next_request_id(),
         )
+        self._route(req)
+
+    def on_raw_headers_complete(self) -> None:
+        """The fast path: this read held exactly one request head (see RawHeadCallbacks)."""
+        data = self.raw
+        self.raw = b""
+        self.head_bytes = 0
+        req = self.req = Request(monotonic())
+        settings = self.settings
+        line_end = data.find(b"\r\n")
+        url = data[data.find(b" ") + 1 : data.rfind(b" ", 0, line_end)]
+        if len(url) > settings.max_request_line:
+            raise errors.UriTooLong("request target too long")
+        block = data[line_end:-2]
+        if len(block) > settings.max_header_size:
+            raise errors.HeadersTooLarge(f"request header block of {len(block)} bytes is too large")
+        req.url = url
+        parser = self.parser
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise errors.MethodNotImplemented("CONNECT is not supported")
+        version = parser.get_http_version().encode()
+        request_id = self.gw.next_request_id()
+        if prepare_raw(
+            req, block, method, version, parser.should_keep_alive(), self.client_host, self.scheme,
+            self.port_bytes, request_id,
+        ):
+            if self.gw.header_matching:
+                req.headers = split_fields(block)
+        else:
+            req.headers = split_fields(block)
+            prepare(
+                req, method, version, parser.should_keep_alive(), parser.should_upgrade(), self.client_host,
+                self.scheme, self.port_bytes, request_id,
+            )
+        self._route(req)
+
+    def _route(self, req: Request) -> None:
+        """Find the rule for a prepared request, check its limits, then start it or queue it."""
+        settings = self.settings
         split_target(req, req.url)
         port = self.gw.ports.get(self.bind_port)
-        rule = port.table.match(req.host, req.path, method, req.headers, req.query) if port else None
+        rule = port.table.match(req.host, req.path, req.method, req.headers, req.query) if port else None
         req.rule = rule
         if rule is not None:
             limit = rule.max_body_size or settings.max_body_size
@@ -391,22 +447,18 @@ class ClientConnection(asyncio.Protocol):
 
     # -- upstream events (called by UpstreamConnection) ------------------------------------------
 
-    def upstream_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def upstream_interim(self, status: int, block: bytes) -> None:
         """A 1xx before the final response: 100 is ours to send (Expect), others pass on."""
         req = self.active
         if status != 100 and req is not None and req.version == b"1.1":
-            parts = [status_line(status)]
-            for name, value in headers:
-                parts += (name, b": ", value, CRLF)
-            parts.append(CRLF)
-            self.out.append(b"".join(parts))
+            self.out.append(b"%b%b\r\n" % (status_line(status)[:-2], block))
 
-    def upstream_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def upstream_head(self, status: int, block: bytes) -> None:
         req: Request = self.active  # type: ignore[assignment]
         # An upstream that answers before the whole body arrived (an early 413, say): the rest of
         # the body cannot be told apart from a next request, so the connection closes afterwards.
         early = not req.complete and status != 101 and req.has_body
-        head = build_response_head(status, headers, req, self.gw.draining or early or self.close_after)
+        head = build_response_head_raw(status, block, req, self.gw.draining or early or self.close_after)
         self.resp_head = head
         self.status = status
         self.framing = head.framing
@@ -499,7 +551,7 @@ class ClientConnection(asyncio.Protocol):
             self.pause_reading(PAUSE_TUNNEL)
         else:
             # An upgrade we do not proxy (h2c, …): served as plain HTTP; keep parsing.
-            self.parser = HttpRequestParser(self)
+            self._new_parsers()
             if rest:
                 self.data_received(rest)
 
@@ -545,7 +597,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if req.upgrade:
             # The upstream refused the upgrade; the client may go on with plain HTTP.
-            self.parser = HttpRequestParser(self)
+            self._new_parsers()
             early, self.early_data = self.early_data, b""
             self.resume_reading(PAUSE_TUNNEL)
             if early:
@@ -709,6 +761,18 @@ class ClientConnection(asyncio.Protocol):
             if error:
                 record["error"] = error
             log.write(record)
+
+
+class RawHeadCallbacks:
+    """httptools callbacks for a read holding exactly one request head: no on_url/on_header, so no
+    Python call per field; the connection reads the head from the bytes instead."""
+
+    __slots__ = ("on_body", "on_headers_complete", "on_message_complete")
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.on_headers_complete = conn.on_raw_headers_complete
+        self.on_body = conn.on_body
+        self.on_message_complete = conn.on_message_complete
 
 
 def _replayable(req: Request) -> bool:

@@ -34,6 +34,7 @@ class Gateway:
         self.no_route_stats = self.metrics.route("")  # requests answered before a route matched
         self.access_log = AccessLog(settings.access_log, settings.access_log_sample)
         self.draining = False
+        self.header_matching = True
         self._request_ids = itertools.count(1)
         # A per-process random prefix plus a counter: unique across workers and replicas, and
         # far cheaper than uuid4() per request.
@@ -52,6 +53,8 @@ class Gateway:
         for rule in config.rules:
             rule.stats = self.metrics.route(rule.label)
         self.ports = {p.bind_port: p for p in config.ports}
+        # Only when some rule matches on headers does the fast path split a head into fields.
+        self.header_matching = any(getattr(p.table, "uses_headers", True) for p in config.ports)
         self.config = config
 
     def pool(self, endpoint: Endpoint) -> EndpointPool:

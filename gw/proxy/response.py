@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from gw.proxy.request import COLON, CRLF, HOP_BY_HOP, Request
+from gw.proxy.request import COLON, CRLF, HOP_BY_HOP, Request, drop_field, field_value, split_fields
 
 # How the response body is framed towards the client.
 NO_BODY = 0  # HEAD, 1xx, 204, 304
@@ -100,4 +100,59 @@ def build_response_head(
     elif req.version == b"1.0":
         parts.append(b"Connection: keep-alive\r\n")
     parts.append(CRLF)
+    return ResponseHead(status, parts, framing, close, framing != NO_BODY and not length_seen and not chunked_seen)
+
+
+# Hop-by-hop fields a response may carry besides Connection and Transfer-Encoding, as needles
+# for the lower-cased header block.
+_RESPONSE_HOP = (
+    b"\r\nkeep-alive:",
+    b"\r\nproxy-connection:",
+    b"\r\nproxy-authenticate:",
+    b"\r\nproxy-authorization:",
+    b"\r\nte:",
+    b"\r\ntrailer:",
+    b"\r\nupgrade:",
+)
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b""})
+
+
+def build_response_head_raw(status: int, block: bytes, req: Request, must_close: bool) -> ResponseHead:
+    """`build_response_head` on the header block as received (CRLF first and last), cutting
+    hop-by-hop lines out of the bytes; unusual heads take the general path."""
+    low = block.lower()
+    if status == 101 or (low.find(b"\r\nconnection:") >= 0 and (
+        low.count(b"\r\nconnection:") > 1
+        or any(t.strip() not in _PLAIN_CONNECTION for t in field_value(low, low, b"\r\nconnection:").split(b","))
+    )):
+        return build_response_head(status, split_fields(block), req, must_close)
+    if low.find(b"\r\nconnection:") >= 0:
+        block, low = drop_field(block, low, b"\r\nconnection:")
+    chunked_seen = low.find(b"\r\ntransfer-encoding:") >= 0
+    if chunked_seen:
+        block, low = drop_field(block, low, b"\r\ntransfer-encoding:")
+    for needle in _RESPONSE_HOP:
+        if low.find(needle) >= 0:
+            block, low = drop_field(block, low, needle)
+    length_seen = low.find(b"\r\ncontent-length:") >= 0
+    parts = [status_line(status), block[2:]]
+    if low.find(b"\r\nx-request-id:") < 0:
+        parts.append(b"X-Request-ID: %b\r\n" % req.request_id)
+    close = not req.keep_alive or must_close
+    if req.method == b"HEAD" or status < 200 or status == 204 or status == 304:
+        framing = NO_BODY
+    elif length_seen:
+        framing = LENGTH
+    elif req.version == b"1.0":
+        framing = UNTIL_CLOSE
+        close = True
+    else:
+        framing = CHUNKED
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if close:
+        parts.append(b"Connection: close\r\n\r\n")
+    elif req.version == b"1.0":
+        parts.append(b"Connection: keep-alive\r\n\r\n")
+    else:
+        parts.append(CRLF)
     return ResponseHead(status, parts, framing, close, framing != NO_BODY and not length_seen and not chunked_seen)

@@ -22,10 +22,9 @@ class UpstreamConnection(asyncio.Protocol):
         "client",
         "closed",
         "got_bytes",
+        "head_buf",
         "head_only",
-        "headers",
         "idle_since",
-        "in_headers",
         "keep_alive",
         "message_done",
         "parser",
@@ -48,12 +47,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.got_bytes = False  # any byte of the current exchange's response arrived
         self.head_only = False  # the current request is HEAD: the response has no body
-        self.in_headers = False
         self.message_done = False
         self.keep_alive = True
         self.tunnel = False
         self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
+        # Response head bytes received so far; None once the head is complete. httptools reports
+        # no offsets, but a response head always starts a read (no upstream pipelining), so the
+        # block is found by searching for its end: no Python callback per header.
+        self.head_buf: bytes | None = None
 
     # -- lending ---------------------------------------------------------------------------
 
@@ -62,6 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = head_only
         self.got_bytes = False
         self.message_done = False
+        self.head_buf = b""
         self.requests += 1
 
     def close(self) -> None:
@@ -93,6 +95,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         self.got_bytes = True
+        head_buf = self.head_buf
+        if head_buf is not None:
+            self.head_buf = head_buf + data if head_buf else data
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
@@ -127,26 +132,26 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.headers = []
-        self.in_headers = True
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.in_headers:  # fields after the body are chunked trailers: not forwarded
-            self.headers.append((name, value))
+    # No on_header: trailers after a chunked body are dropped with it, and the head is read
+    # from the raw bytes below.
 
     def on_headers_complete(self) -> None:
-        self.in_headers = False
         parser = self.parser
         status = self.status = parser.get_status_code()
+        buf = self.head_buf or b""
+        end = buf.find(b"\r\n\r\n")
+        block = buf[buf.find(b"\r\n") : end + 2]  # CRLF after the status line … CRLF of the last field
         client = self.client
+        if 100 <= status < 200 and status != 101:
+            self.head_buf = buf[end + 4 :]  # the final response's head follows
+            if client is not None:
+                client.upstream_interim(status, block)
+            return
+        self.head_buf = None
         if client is None:
             return
-        if 100 <= status < 200 and status != 101:
-            client.upstream_interim(status, self.headers)
-            return
         self.keep_alive = parser.should_keep_alive()
-        client.upstream_head(status, self.headers)
+        client.upstream_head(status, block)
         if self.head_only and self.client is not None:
             # llhttp cannot be told that this response to HEAD has no body: finish it here and
             # give the connection a fresh parser for its next response.

@@ -127,7 +127,7 @@ def _candidates(entries: Sequence[RouteEntry]) -> tuple[Candidate, ...]:
 class HostTable:
     """A RouteTable for one bound port; dispatches by host across the port's listeners."""
 
-    __slots__ = ("_described", "default", "exact", "wildcard")
+    __slots__ = ("_described", "default", "exact", "uses_headers", "wildcard")
 
     def __init__(
         self,
@@ -140,6 +140,14 @@ class HostTable:
         self.wildcard = {s: tuple(i for _, i in c) for s, c in wildcard.items()}
         self.default = tuple(i for _, i in default) if default is not None else None
         self._described = (exact, wildcard, default)
+        # Whether any rule matches on request headers: the proxy skips splitting heads otherwise.
+        indexes = [i for chain in (*self.exact.values(), *self.wildcard.values(), self.default or ()) for i in chain]
+        self.uses_headers = any(
+            cond is not None and cond.headers
+            for index in indexes
+            for cands in (*index.exact.values(), *index.prefix.values(), *((c,) for _, *c in index.regex))
+            for cond, _ in cands
+        )
 
     def match(self, host: str, path: str, method: bytes, headers: list[tuple[bytes, bytes]], query: bytes) -> Any:
         chain = self.exact.get(host)
