@@ -25,9 +25,11 @@ class Endpoint:
     # Passive health: the proxy sets this when a connect is refused; pick() skips it until then.
     down_until: float = 0.0
     key: tuple[str, int] = field(init=False)
+    label: str = field(init=False)  # "address:port", as logs and metrics name it
 
     def __post_init__(self) -> None:
         self.key = (self.address, self.port)
+        self.label = f"{self.address}:{self.port}"
 
 
 class Backend:

@@ -18,8 +18,8 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from gw.proxy import errors
 from gw.proxy.errors import ProxyError, problem_response
-from gw.proxy.request import CRLF, Request, prepare, prepare_raw, split_fields, split_target
-from gw.proxy.response import CHUNKED, NO_BODY, build_response_head_raw, status_line
+from gw.proxy.request import CRLF, IDEMPOTENT, RawHead, Request, analyze_raw, prepare, split_fields, split_target
+from gw.proxy.response import CHUNKED, NO_BODY, ResponseHead, build_response_head_raw, status_line
 from gw.proxy.upstream import (
     PAUSE_BODY_WAIT,
     PAUSE_PIPELINE,
@@ -84,6 +84,9 @@ class ClientConnection(asyncio.Protocol):
         self.status = 0
         self.early_data = b""  # bytes after an upgrade request, held until the upstream answers
         self.fatal: ProxyError | None = None
+        self.req_memo: tuple[bytes, bytes, RawHead | None] | None = None
+        self.resp_memo: tuple[tuple[object, ...], ResponseHead] | None = None
+        self.client = ""
         self.writing_paused = False
 
     # -- asyncio.Protocol: client transport -------------------------------------------------
@@ -91,7 +94,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.client_host = (peer[0] if isinstance(peer, tuple) else "unix").encode()
+        self.client = peer[0] if isinstance(peer, tuple) else "unix"
+        self.client_host = self.client.encode()
         gw = self.gw
         gw.connections.add(self)
         self.deadline = monotonic() + self.settings.header_timeout
@@ -205,7 +209,8 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         now = monotonic()
-        self.req = Request(now)
+        req = self.req = Request(now)
+        req.headers = []
         if self.active is None:
             self.phase = HEAD
             self.deadline = now + self.settings.header_timeout
@@ -263,12 +268,26 @@ class ClientConnection(asyncio.Protocol):
         method = parser.get_method()
         if method == b"CONNECT":
             raise errors.MethodNotImplemented("CONNECT is not supported")
-        version = parser.get_http_version().encode()
+        version = _VERSIONS.get(parser.get_http_version()) or parser.get_http_version().encode()
         request_id = self.gw.next_request_id()
-        if prepare_raw(
-            req, block, method, version, parser.should_keep_alive(), self.client_host, self.scheme,
-            self.port_bytes, request_id,
-        ):
+        # A client's consecutive heads are usually byte-identical (same fields, same cookies):
+        # the analysis of the last one is reused after one bytes comparison.
+        memo = self.req_memo
+        if memo is not None and memo[0] == block and memo[1] == version:
+            head = memo[2]
+        else:
+            head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes)
+            self.req_memo = (block, version, head)
+        if head is not None:
+            req.method = method
+            req.version = version
+            req.keep_alive = parser.should_keep_alive()
+            req.idempotent = method in IDEMPOTENT
+            req.client_host = self.client_host
+            req.request_id = request_id
+            req.host_header = head.host_header
+            req.host = head.host
+            req.head = [head.forward, request_id, CRLF]
             if self.gw.header_matching:
                 req.headers = split_fields(block)
         else:
@@ -321,7 +340,10 @@ class ClientConnection(asyncio.Protocol):
                 upstream.transport.write(body)
             req.body_sent += len(body)
         else:
-            req.pending_body.append(body)
+            pending = req.pending_body
+            if pending is None:
+                pending = req.pending_body = []
+            pending.append(body)
             req.body_buffered += len(body)
             if req.body_buffered > PENDING_BODY_LIMIT:
                 self.pause_reading(PAUSE_BODY_WAIT)
@@ -334,7 +356,7 @@ class ClientConnection(asyncio.Protocol):
             if req.chunked:
                 self.upstream.transport.write(LAST_CHUNK)
             if self.phase == BODY:
-                self._await_response(req)
+                self._await_response(req, monotonic())
 
     # -- the exchange ------------------------------------------------------------------------
 
@@ -361,7 +383,7 @@ class ClientConnection(asyncio.Protocol):
         self._pick_and_go(req)
 
     def _pick_and_go(self, req: Request) -> None:
-        endpoint = self.backend.pick(monotonic())  # type: ignore[union-attr]
+        endpoint = self.backend.pick(req.started)  # type: ignore[union-attr]
         if endpoint is None:
             self._fail(errors.NoEndpoint(f"backend {self.backend.name} has no endpoints"))  # type: ignore[union-attr]
             return
@@ -418,7 +440,7 @@ class ClientConnection(asyncio.Protocol):
         parts.append(CRLF)
         pending = req.pending_body
         if pending:
-            req.pending_body = []
+            req.pending_body = None
             req.body_sent += req.body_buffered
             req.body_buffered = 0
             if req.chunked:
@@ -434,16 +456,16 @@ class ClientConnection(asyncio.Protocol):
             req.expect_continue = False  # sent once, when the body can start flowing upstream
             self.transport.write(CONTINUE)
         if req.complete:
-            self._await_response(req)
+            self._await_response(req, req.started if req.attempts == 0 else monotonic())
         else:
             self.phase = BODY
             self.deadline = monotonic() + self.settings.keepalive_timeout
 
-    def _await_response(self, req: Request) -> None:
+    def _await_response(self, req: Request, now: float) -> None:
         self.phase = WAIT
         rule = req.rule
         timeout = (rule.backend_timeout if rule is not None else None) or self.settings.upstream_response_timeout
-        self.deadline = monotonic() + timeout
+        self.deadline = now + timeout
 
     # -- upstream events (called by UpstreamConnection) ------------------------------------------
 
@@ -457,15 +479,28 @@ class ClientConnection(asyncio.Protocol):
         req: Request = self.active  # type: ignore[assignment]
         # An upstream that answers before the whole body arrived (an early 413, say): the rest of
         # the body cannot be told apart from a next request, so the connection closes afterwards.
-        early = not req.complete and status != 101 and req.has_body
-        head = build_response_head_raw(status, block, req, self.gw.draining or early or self.close_after)
+        must_close = self.gw.draining or self.close_after or (not req.complete and status != 101 and req.has_body)
+        # Consecutive responses on a connection usually carry the same head (until the Date
+        # changes): the analysis of the last one is reused, a bytes comparison instead of a parse.
+        key = (block, status, req.method, req.version, req.keep_alive, must_close)
+        memo = self.resp_memo
+        if memo is not None and memo[0] == key:
+            head = memo[1]
+        else:
+            head = build_response_head_raw(status, block, req, must_close)
+            self.resp_memo = (key, head) if head.cacheable else None
         self.resp_head = head
         self.status = status
         self.framing = head.framing
         self.close_after = head.close
-        self.out.extend(head.parts)
-        self.phase = RESPONSE
-        self.deadline = monotonic() + self.settings.upstream_response_timeout
+        out = self.out
+        if head.request_id_at:
+            out.append(head.parts[0])
+            out.append(req.request_id)
+            out.append(head.parts[1])
+        else:
+            out.extend(head.parts)
+        self.phase = RESPONSE  # its idle deadline is set by flush() if the body is still coming
 
     def upstream_body(self, body: bytes) -> None:
         self.bytes_out += len(body)
@@ -483,11 +518,12 @@ class ClientConnection(asyncio.Protocol):
         self.upstream = None
         if self.writing_paused and reusable:
             conn.transport.resume_reading()
+        now = monotonic()
         if reusable:
-            conn.pool.release(conn, monotonic())
+            conn.pool.release(conn, now)
         else:
             conn.close()
-        self._finish(req, self.status)
+        self._finish(req, self.status, now)
 
     def flush(self) -> None:
         out = self.out
@@ -587,9 +623,9 @@ class ClientConnection(asyncio.Protocol):
 
     # -- endings -----------------------------------------------------------------------------------
 
-    def _finish(self, req: Request, status: int) -> None:
+    def _finish(self, req: Request, status: int, now: float = 0.0) -> None:
         """The response is complete: log it, then serve the next pipelined request or wait."""
-        self._record(req, status)
+        now = self._record(req, status, now)
         self.active = None
         self.request_deadline = 0.0
         if self.close_after or self.closed or not req.keep_alive:
@@ -613,7 +649,6 @@ class ClientConnection(asyncio.Protocol):
                 self.resume_reading(PAUSE_PIPELINE)
             self._start(nxt)
             return
-        now = monotonic()
         parsing = self.req
         if parsing is not None and parsing is not req:
             self.phase = HEAD
@@ -671,7 +706,7 @@ class ClientConnection(asyncio.Protocol):
         """The response was already under way and cannot be completed: reset the client connection,
         so a truncated body is never presented as complete."""
         self.gw.metrics.inc("gw_upstream_resets_total")
-        self._record(req, 502 if self.status < 500 else self.status, detail)
+        self._record(req, 502 if self.status < 500 else self.status, error=detail)
         self.active = None
         upstream = self.upstream
         if upstream is not None:
@@ -734,8 +769,11 @@ class ClientConnection(asyncio.Protocol):
 
     # -- telemetry --------------------------------------------------------------------------------
 
-    def _record(self, req: Request, status: int, error: str | None = None) -> None:
-        duration = monotonic() - req.started
+    def _record(self, req: Request, status: int, now: float = 0.0, error: str | None = None) -> float:
+        """Count the exchange in the route's metrics and the access log; returns the time used."""
+        if not now:
+            now = monotonic()
+        duration = now - req.started
         rule = req.rule
         (rule.stats if rule is not None and rule.stats is not None else self.gw.no_route_stats).record(
             status, duration
@@ -746,21 +784,22 @@ class ClientConnection(asyncio.Protocol):
             record = {
                 "time": time.time(),
                 "request_id": req.request_id.decode("latin-1"),
-                "client": req.client_host.decode("latin-1"),
+                "client": self.client,
                 "method": req.method.decode("latin-1"),
                 "host": req.host,
                 "path": req.url.decode("latin-1"),
-                "protocol": req.version.decode("latin-1"),
+                "protocol": _PROTOCOLS.get(req.version, "HTTP/?"),
                 "status": status,
                 "bytes_in": req.body_received,
                 "bytes_out": self.bytes_out,
                 "duration_ms": round(duration * 1000.0, 3),
                 "route": rule.label if rule is not None else None,
-                "upstream": f"{endpoint.address}:{endpoint.port}" if endpoint is not None and rule else None,
+                "upstream": endpoint.label if endpoint is not None and rule else None,
             }
             if error:
                 record["error"] = error
             log.write(record)
+        return now
 
 
 class RawHeadCallbacks:
@@ -773,6 +812,10 @@ class RawHeadCallbacks:
         self.on_headers_complete = conn.on_raw_headers_complete
         self.on_body = conn.on_body
         self.on_message_complete = conn.on_message_complete
+
+
+_PROTOCOLS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 
 def _replayable(req: Request) -> bool:

@@ -5,6 +5,8 @@ Headers stay bytes end to end (DESIGN.md §2: no regex, no str round trips on th
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from gw.proxy.errors import BadRequest, ExpectationFailed
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the legacy ones RFC 2616 listed. A gateway is not a
@@ -34,7 +36,7 @@ _SPECIAL = HOP_BY_HOP | {
     b"x-request-id",
 }
 _CONNECTION_TOKENS_HANDLED = frozenset({b"close", b"keep-alive", b"upgrade", b""})
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 _MAX_REQUEST_ID = 200
 _TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ=:/@")
 CRLF = b"\r\n"
@@ -42,64 +44,40 @@ COLON = b": "
 
 
 class Request:
-    """A request from its first byte to the end of its response. Plain slots, no behaviour on reads."""
+    """A request from its first byte to the end of its response.
 
-    __slots__ = (
-        "attempts",
-        "body_buffered",
-        "body_received",
-        "body_sent",
-        "chunked",
-        "client_host",
-        "complete",
-        "content_length",
-        "expect_continue",
-        "head",
-        "headers",
-        "host",
-        "host_header",
-        "idempotent",
-        "keep_alive",
-        "method",
-        "path",
-        "pending_body",
-        "query",
-        "replay",
-        "request_id",
-        "rule",
-        "started",
-        "upgrade",
-        "url",
-        "version",
-    )
+    Defaults live on the class and only what differs is stored per instance: a request costs
+    one small object, not thirty attribute writes (the hot path creates one per request).
+    """
+
+    url = b""
+    headers: list[tuple[bytes, bytes]] | tuple[()] = ()  # parsed fields; the fast path may skip them
+    method = b""
+    version = b"1.1"
+    host = ""
+    path = ""
+    query = b""
+    keep_alive = True
+    upgrade = False
+    chunked = False
+    content_length = -1  # -1: no Content-Length header
+    expect_continue = False
+    complete = False
+    body_received = 0
+    body_sent = 0
+    pending_body: list[bytes] | None = None  # body bytes read but not yet written upstream
+    body_buffered = 0
+    replay: list[bytes] | None = None  # a small body kept for a retry on a fresh connection
+    request_id = b""
+    head: list[bytes] = []
+    host_header = b""
+    rule: Any = None
+    attempts = 0
+    idempotent = False
+    client_host = b""
 
     def __init__(self, started: float) -> None:
         self.started = started
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.method = b""
-        self.version = b"1.1"
-        self.host = ""
-        self.path = ""
-        self.query = b""
-        self.keep_alive = True
-        self.upgrade = False
-        self.chunked = False
-        self.content_length = -1  # -1: no Content-Length header
-        self.expect_continue = False
-        self.complete = False
-        self.body_received = 0
-        self.body_sent = 0
-        self.pending_body: list[bytes] = []  # body bytes read but not yet written upstream
-        self.body_buffered = 0
-        self.replay: list[bytes] | None = None  # a small body kept for a retry on a fresh connection
-        self.request_id = b""
-        self.head: list[bytes] = []  # upstream header lines after the request line, built once
-        self.host_header = b""
-        self.rule = None
-        self.attempts = 0
-        self.idempotent = False
-        self.client_host = b""
 
     @property
     def has_body(self) -> bool:
@@ -125,7 +103,7 @@ def prepare(
     req.method = method
     req.version = version
     req.keep_alive = keep_alive
-    req.idempotent = method in _IDEMPOTENT
+    req.idempotent = method in IDEMPOTENT
     req.client_host = client_host
     host = b""
     host_seen = False
@@ -325,33 +303,31 @@ def drop_field(block: bytes, low: bytes, needle: bytes) -> tuple[bytes, bytes]:
     return block, low
 
 
-def prepare_raw(
-    req: Request,
-    block: bytes,
-    method: bytes,
-    version: bytes,
-    keep_alive: bool,
-    client_host: bytes,
-    scheme: bytes,
-    port: bytes,
-    new_request_id: bytes,
-) -> bool:
-    """`prepare` for a header block kept as bytes; False when the block needs the general path.
+class RawHead(NamedTuple):
+    """What a header block means for forwarding; the same block always means the same thing."""
+
+    forward: bytes  # the block's forwarded lines + X-Forwarded-*, ending with "X-Request-ID: "
+    host_header: bytes
+    host: str
+
+
+def analyze_raw(block: bytes, version: bytes, client_host: bytes, scheme: bytes, port: bytes) -> RawHead | None:
+    """`prepare` for a header block kept as bytes; None when the block needs the general path.
 
     block: the header lines, starting with the CRLF that ends the request line and ending with
-    the CRLF of the last field.
+    the CRLF of the last field. Raises BadRequest for a missing or repeated Host.
     """
     low = block.lower()
     for needle in _REQUEST_SLOW:
         if low.find(needle) >= 0:
-            return False
+            return None
     if low.find(b"\r\nconnection:") >= 0:
         # "keep-alive"/"close" only; a Connection naming other fields takes the general path.
         if low.count(b"\r\nconnection:") > 1:
-            return False
+            return None
         tokens = field_value(low, low, b"\r\nconnection:").split(b",")
         if any(t.strip() not in _PLAIN_CONNECTION for t in tokens):
-            return False
+            return None
         block, low = drop_field(block, low, b"\r\nconnection:")
     i = low.find(b"\r\nhost:")
     if i < 0:
@@ -362,22 +338,13 @@ def prepare_raw(
         if low.find(b"\r\nhost:", i + 7) >= 0:
             raise BadRequest("more than one Host header")
         host = block[i + 7 : block.find(b"\r\n", i + 7)].strip(b" \t")
-    req.method = method
-    req.version = version
-    req.keep_alive = keep_alive
-    req.idempotent = method in _IDEMPOTENT
-    req.client_host = client_host
-    req.request_id = new_request_id
-    req.host_header = host
     colon = host.find(b":")
     if host[:1] == b"[":
         hostname = host[: host.find(b"]") + 1]
     else:
         hostname = host[:colon] if colon >= 0 else host
-    req.host = hostname.lower().decode("latin-1")
-    req.head = [
-        block[2:],
-        b"X-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\nX-Forwarded-Port: %b\r\n"
-        b"X-Request-ID: %b\r\n" % (client_host, scheme, host, port, new_request_id),
-    ]
-    return True
+    forward = (
+        b"%bX-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\nX-Forwarded-Port: %b\r\n"
+        b"X-Request-ID: " % (block[2:], client_host, scheme, host, port)
+    )
+    return RawHead(forward, host, hostname.lower().decode("latin-1"))

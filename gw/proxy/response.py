@@ -25,11 +25,25 @@ def status_line(status: int) -> bytes:
 class ResponseHead:
     """What the proxy decided about one response: the bytes of its head and how to frame the body."""
 
-    __slots__ = ("close", "framing", "parts", "status", "until_close")
+    __slots__ = ("cacheable", "close", "framing", "parts", "request_id_at", "status", "until_close")
 
-    def __init__(self, status: int, parts: list[bytes], framing: int, close: bool, until_close: bool) -> None:
+    def __init__(
+        self,
+        status: int,
+        parts: list[bytes],
+        framing: int,
+        close: bool,
+        until_close: bool,
+        *,
+        request_id_at: bool = False,
+        cacheable: bool = False,
+    ) -> None:
         self.status = status
+        # With request_id_at, parts is [before, after]: the request id goes between them, so the
+        # same head serves every request (and can be reused for the next response).
         self.parts = parts
+        self.request_id_at = request_id_at
+        self.cacheable = cacheable
         self.framing = framing
         self.close = close
         # The upstream gave neither length nor chunking: its body ends when it closes.
@@ -135,9 +149,12 @@ def build_response_head_raw(status: int, block: bytes, req: Request, must_close:
         if low.find(needle) >= 0:
             block, low = drop_field(block, low, needle)
     length_seen = low.find(b"\r\ncontent-length:") >= 0
+    add_request_id = low.find(b"\r\nx-request-id:") < 0
     parts = [status_line(status), block[2:]]
-    if low.find(b"\r\nx-request-id:") < 0:
-        parts.append(b"X-Request-ID: %b\r\n" % req.request_id)
+    if add_request_id:
+        parts.append(b"X-Request-ID: ")
+        before = b"".join(parts)
+        parts = [CRLF]
     close = not req.keep_alive or must_close
     if req.method == b"HEAD" or status < 200 or status == 204 or status == 304:
         framing = NO_BODY
@@ -155,4 +172,14 @@ def build_response_head_raw(status: int, block: bytes, req: Request, must_close:
         parts.append(b"Connection: keep-alive\r\n\r\n")
     else:
         parts.append(CRLF)
-    return ResponseHead(status, parts, framing, close, framing != NO_BODY and not length_seen and not chunked_seen)
+    until_close = framing != NO_BODY and not length_seen and not chunked_seen
+    joined = b"".join(parts)
+    return ResponseHead(
+        status,
+        [before, joined] if add_request_id else [joined],
+        framing,
+        close,
+        until_close,
+        request_id_at=add_request_id,
+        cacheable=True,
+    )
