@@ -60,7 +60,6 @@ class TestBalancer:
     def test_no_items_gives_none(self):
         assert SmoothWeightedRoundRobin([], []).next() is None
 
-    @pytest.mark.xfail(strict=True, reason="swrr: gcd of all-zero weights divides by zero (reported)")
     def test_all_zero_gives_none(self):
         assert SmoothWeightedRoundRobin(["a"], [0]).next() is None
 

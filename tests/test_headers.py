@@ -137,13 +137,6 @@ def test_host_is_passed_through_unchanged(conn: Wire, module_upstream: Upstream)
     assert seen.header_list("host") == ["Api.Example.TEST:8080"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: split_target (gw/proxy/request.py:236-242) drops the authority of an "
-    "absolute-form target, and prepare() routes on and forwards the Host field instead "
-    "(request.py:206); RFC 9112 §3.2.2: a server receiving absolute-form MUST ignore Host and use "
-    "the target's authority - the gateway routes on one host while the client named another",
-)
 def test_absolute_form_target_authority_is_the_host(conn: Wire, module_upstream: Upstream) -> None:
     """RFC 9112 §3.2.2: with an absolute-form target, its authority is the request's host."""
     conn.send(b"GET http://api.example.test/echo?absolute-form HTTP/1.1\r\nHost: other.test\r\n\r\n")

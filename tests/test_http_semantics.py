@@ -212,13 +212,6 @@ def test_expect_100_continue_gets_interim_then_final(conn: Wire) -> None:
     assert echoed(final.body)["body_sha256"] == hashlib.sha256(body).hexdigest()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: prepare() sets expect_continue whatever the version (gw/proxy/request.py:169) "
-    "and ClientConnection._send writes 'HTTP/1.1 100 Continue' unconditionally "
-    "(gw/proxy/downstream.py:379); RFC 9110 §10.1.1 says a server MUST ignore 100-continue in an "
-    "HTTP/1.0 request and §15.2 that it MUST NOT send a 1xx to an HTTP/1.0 client",
-)
 def test_http10_expect_100_continue_is_ignored(conn: Wire) -> None:
     """RFC 9110 §10.1.1 and §15.2: no 100 Continue (no 1xx at all) for an HTTP/1.0 client."""
     conn.send(b"GET /echo?warm HTTP/1.0\r\nHost: example.test\r\nConnection: keep-alive\r\n\r\n")

@@ -146,13 +146,6 @@ def test_streamed_chunked_body_over_global_limit_is_413(conn: Wire) -> None:
     assert conn.closed_by_peer()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: a 413 decided from Content-Length in on_headers_complete goes through "
-    "ClientConnection._reject (gw/proxy/downstream.py:609), which always mints a new id with "
-    "next_request_id() and overwrites req.request_id - the client's valid X-Request-ID, already "
-    "accepted by prepare(), is lost (the streamed-chunked 413 goes through _fail and keeps it)",
-)
 def test_error_response_keeps_the_client_request_id(conn: Wire) -> None:
     """A valid X-Request-ID from the client identifies the request in every answer, errors included."""
     conn.send(http_request("POST", "/small/rid", [("X-Request-ID", "client-id-413")], body=b"x" * 2000))
@@ -241,12 +234,6 @@ def test_connection_over_the_cap_gets_503_and_others_keep_working(
         assert c.read_response().status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: the over-cap 503 is written in ClientConnection.connection_made "
-    "(gw/proxy/downstream.py:98) with problem_response(..., b'') - an empty request_id and no "
-    "X-Request-ID header, unlike every other error (issue 2: error bodies carry the request id)",
-)
 def test_connection_over_the_cap_503_carries_a_request_id(upstream: Upstream, start_gateway: StartGateway) -> None:
     gw = capped_gateway(upstream, start_gateway)
     held = [wire(gw, timeout=5), wire(gw, timeout=5)]

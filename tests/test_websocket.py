@@ -237,13 +237,6 @@ def test_close_handshake_from_the_client_ends_both_connections(setup: Setup) -> 
     assert client.closed_by_peer()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: ClientConnection.eof_received (gw/proxy/downstream.py) returns True whenever "
-    "`active` is set, and a tunnel keeps its upgrade request as `active`; so the client's FIN in the TUNNEL "
-    "phase keeps the transport half-open and neither closes nor half-closes (write_eof) the upstream "
-    "connection, which stays open until GW_TUNNEL_IDLE_TIMEOUT (default 1 h)",
-)
 def test_client_closing_the_connection_closes_the_upstream_side(setup: Setup) -> None:
     before = len(setup.raw.peers)
     client = upgraded(setup.gateway, "raw.test")

@@ -19,7 +19,7 @@ def smooth_sequence(weights: Sequence[int]) -> list[int]:
     Each pick adds every weight to its item's running score, takes the highest score and
     subtracts the total from it: heavy items are spread out instead of bunched together.
     """
-    if not weights:
+    if not any(weights):
         return []
     divisor = reduce(gcd, weights)
     reduced = [w // divisor for w in weights]

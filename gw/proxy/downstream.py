@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections import deque
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
@@ -84,6 +84,7 @@ class ClientConnection(asyncio.Protocol):
         self.status = 0
         self.early_data = b""  # bytes after an upgrade request, held until the upstream answers
         self.fatal: ProxyError | None = None
+        self.route_memo: tuple[Any, ...] | None = None
         self.req_memo: tuple[bytes, bytes, RawHead | None] | None = None
         self.resp_memo: tuple[tuple[object, ...], ResponseHead] | None = None
         self.client = ""
@@ -101,7 +102,8 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = monotonic() + self.settings.header_timeout
         if len(gw.connections) > self.settings.max_connections or gw.draining:
             self.closed = True
-            transport.write(problem_response(errors.Overloaded("too many connections"), b"", close=True))
+            error = errors.Overloaded("too many connections")
+            transport.write(problem_response(error, gw.next_request_id(), close=True))
             transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -170,6 +172,13 @@ class ClientConnection(asyncio.Protocol):
             self._reject(errors.HeadersTooLarge("request header block too large"))
 
     def eof_received(self) -> bool | None:
+        if self.phase == TUNNEL:
+            # Pass the half-close on: the upstream sees the client is done sending.
+            upstream = self.upstream
+            if upstream is not None and not upstream.closed and upstream.transport.can_write_eof():
+                upstream.transport.write_eof()
+                return True
+            return None
         # A client that half-closes after its request still gets its response.
         if self.active is not None:
             self.close_after = True
@@ -256,16 +265,17 @@ class ClientConnection(asyncio.Protocol):
         self.head_bytes = 0
         req = self.req = Request(monotonic())
         settings = self.settings
+        parser = self.parser
+        method = parser.get_method()
         line_end = data.find(b"\r\n")
-        url = data[data.find(b" ") + 1 : data.rfind(b" ", 0, line_end)]
+        # llhttp has validated "METHOD SP target SP HTTP/x.y": the target sits between them.
+        url = data[len(method) + 1 : line_end - 9]
         if len(url) > settings.max_request_line:
             raise errors.UriTooLong("request target too long")
         block = data[line_end:-2]
         if len(block) > settings.max_header_size:
             raise errors.HeadersTooLarge(f"request header block of {len(block)} bytes is too large")
         req.url = url
-        parser = self.parser
-        method = parser.get_method()
         if method == b"CONNECT":
             raise errors.MethodNotImplemented("CONNECT is not supported")
         version = _VERSIONS.get(parser.get_http_version()) or parser.get_http_version().encode()
@@ -273,7 +283,9 @@ class ClientConnection(asyncio.Protocol):
         # A client's consecutive heads are usually byte-identical (same fields, same cookies):
         # the analysis of the last one is reused after one bytes comparison.
         memo = self.req_memo
-        if memo is not None and memo[0] == block and memo[1] == version:
+        if url[:1] != b"/":
+            head = None  # absolute-form: its authority replaces Host (general path)
+        elif memo is not None and memo[0] == block and memo[1] == version:
             head = memo[2]
         else:
             head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes)
@@ -301,9 +313,25 @@ class ClientConnection(asyncio.Protocol):
     def _route(self, req: Request) -> None:
         """Find the rule for a prepared request, check its limits, then start it or queue it."""
         settings = self.settings
-        split_target(req, req.url)
-        port = self.gw.ports.get(self.bind_port)
-        rule = port.table.match(req.host, req.path, req.method, req.headers, req.query) if port else None
+        gw = self.gw
+        # A keep-alive client often repeats its request line: reuse the last lookup when the
+        # target, host, method and config are the same (never when rules match on headers).
+        url = req.url
+        memo = self.route_memo
+        if (
+            memo is not None
+            and memo[0] == url
+            and memo[1] == req.host
+            and memo[2] == req.method
+            and memo[3] is gw.config
+            and not gw.header_matching
+        ):
+            req.path, req.query, req.url, rule = memo[4]
+        else:
+            split_target(req, url)
+            port = gw.ports.get(self.bind_port)
+            rule = port.table.match(req.host, req.path, req.method, req.headers, req.query) if port else None
+            self.route_memo = (url, req.host, req.method, gw.config, (req.path, req.query, req.url, rule))
         req.rule = rule
         if rule is not None:
             limit = rule.max_body_size or settings.max_body_size
@@ -693,7 +721,8 @@ class ClientConnection(asyncio.Protocol):
         if self.active is not None:
             self._fail(error)
             return
-        request_id = self.gw.next_request_id()
+        # A request whose head was accepted keeps its id (the client's, if it sent a valid one).
+        request_id = req.request_id if req is not None and req.request_id else self.gw.next_request_id()
         self.transport.write(problem_response(error, request_id, close=True))
         if req is not None:
             req.request_id = request_id

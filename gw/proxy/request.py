@@ -111,6 +111,8 @@ def prepare(
     request_id = b""
     connection_tokens: list[bytes] | None = None
     upgrade_value = b""
+    # An absolute-form target's authority replaces Host (RFC 9112 §3.2.2).
+    authority = absolute_authority(req.url)
     parts: list[bytes] = []
     add = parts.extend
     special = _SPECIAL
@@ -124,7 +126,8 @@ def prepare(
                 raise BadRequest("more than one Host header")
             host_seen = True
             host = value
-            add((name, COLON, value, CRLF))
+            if authority is None:
+                add((name, COLON, value, CRLF))
         elif lname == b"content-length":
             req.content_length = int(value)  # the parser has already checked the digits
             add((name, COLON, value, CRLF))
@@ -144,7 +147,8 @@ def prepare(
         elif lname == b"expect":
             if value.strip().lower() != b"100-continue":
                 raise ExpectationFailed("only Expect: 100-continue is supported")
-            req.expect_continue = True
+            # RFC 9110 §10.1.1: an HTTP/1.0 request's 100-continue is ignored (no 1xx to 1.0).
+            req.expect_continue = version != b"1.0"
         elif lname == b"x-forwarded-for":
             xff = xff + b", " + value if xff else value
         elif lname == b"x-request-id":
@@ -157,14 +161,17 @@ def prepare(
         if extra:
             # Fields named in Connection are hop-by-hop too (RFC 9110 §7.6.1): a second pass
             # drops them; rare, so the common case pays nothing for it.
+            copied = {b"content-length"} if authority is not None else {b"content-length", b"host"}
             parts = [
                 p
                 for n, v in req.headers
-                if n.lower() not in special or n.lower() in (b"host", b"content-length")
-                if n.lower() not in extra
+                if (n.lower() not in special or n.lower() in copied) and n.lower() not in extra
                 for p in (n, COLON, v, CRLF)
             ]
             add = parts.extend
+    if authority is not None:
+        host, host_seen = authority, True
+        add((b"Host: ", authority, CRLF))
     if not host_seen and version != b"1.0":
         raise BadRequest("missing Host header")
     if request_id and (len(request_id) > _MAX_REQUEST_ID or not _TOKEN_BYTES.issuperset(request_id)):
@@ -209,6 +216,20 @@ def prepare(
         add((b"Transfer-Encoding: chunked\r\n",))
     req.host_header = host  # empty for HTTP/1.0 without Host: the sender fills in the endpoint
     req.head = parts
+
+
+def absolute_authority(url: bytes) -> bytes | None:
+    """The host[:port] of an absolute-form target ("http://api.example/x"), else None."""
+    if url[:1] == b"/" or not (url[:7].lower() == b"http://" or url[:8].lower() == b"https://"):
+        return None
+    rest = url.split(b"//", 1)[1]
+    end = len(rest)
+    for sep in (b"/", b"?", b"#"):
+        i = rest.find(sep)
+        if 0 <= i < end:
+            end = i
+    authority = rest[:end].rpartition(b"@")[2]  # userinfo is not part of the host
+    return authority or None
 
 
 def split_target(req: Request, url: bytes) -> None:

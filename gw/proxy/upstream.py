@@ -112,7 +112,8 @@ class UpstreamConnection(asyncio.Protocol):
         except Exception as exc:  # a bug on this exchange: drop it, keep the worker
             client.crash(exc)
             return
-        client.flush()
+        if self.client is not None:  # still mid-response (a complete one was flushed already)
+            client.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
