@@ -26,6 +26,7 @@ class Endpoint:
     down_until: float = 0.0
     key: tuple[str, int] = field(init=False)
     label: str = field(init=False)  # "address:port", as logs and metrics name it
+    pool: Any = None  # the worker's connection pool for `key`, remembered on first use
 
     def __post_init__(self) -> None:
         self.key = (self.address, self.port)
@@ -35,12 +36,14 @@ class Endpoint:
 class Backend:
     """A Service port or a gw Backend: the endpoints a request to it is balanced over."""
 
-    __slots__ = ("_balancer", "endpoints", "name")
+    __slots__ = ("_balancer", "_only", "endpoints", "name")
 
     def __init__(self, name: str, endpoints: Sequence[Endpoint]) -> None:
         self.name = name
         self.endpoints = tuple(endpoints)
         self._balancer = SmoothWeightedRoundRobin(self.endpoints, [e.weight for e in self.endpoints])
+        usable = [e for e in self.endpoints if e.weight > 0]
+        self._only = usable[0] if len(usable) == 1 else None
 
     def pick(self, now: float) -> Endpoint | None:
         """Next endpoint by smooth weighted round robin, skipping ejected ones; None if there are none.
@@ -48,6 +51,8 @@ class Backend:
         When every endpoint is ejected, the next one is tried anyway (Envoy's panic mode): a
         backend that may have recovered beats answering 503 without trying.
         """
+        if self._only is not None:
+            return self._only  # one endpoint: nothing to balance (and panic mode would pick it anyway)
         balancer = self._balancer
         first = balancer.next()
         if first is None or first.down_until <= now:
@@ -83,6 +88,7 @@ class Rule:
         "label",
         "max_body_size",
         "name",
+        "only_backend",
         "request_timeout",
         "route",
         "stats",
@@ -113,6 +119,8 @@ class Rule:
         self.stats: Any = None  # assigned by the worker when the snapshot is installed
         usable = [r for r in self.backend_refs if r.weight > 0]
         self._refs = SmoothWeightedRoundRobin(usable, [r.weight for r in usable]) if usable else None
+        # The common case of one backend: the proxy skips the weighted pick.
+        self.only_backend = usable[0].backend if len(usable) == 1 else None
 
     def pick_backend(self) -> BackendRef | None:
         """Next backendRef by weight (weight 0 excluded); None when the rule has no usable backend."""

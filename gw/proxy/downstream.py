@@ -84,6 +84,7 @@ class ClientConnection(asyncio.Protocol):
         self.status = 0
         self.early_data = b""  # bytes after an upgrade request, held until the upstream answers
         self.fatal: ProxyError | None = None
+        self.small_head = min(self.settings.max_request_line, self.settings.max_header_size)
         self.route_memo: tuple[Any, ...] | None = None
         self.req_memo: tuple[bytes, bytes, RawHead | None] | None = None
         self.resp_memo: tuple[tuple[object, ...], ResponseHead] | None = None
@@ -270,11 +271,12 @@ class ClientConnection(asyncio.Protocol):
         line_end = data.find(b"\r\n")
         # llhttp has validated "METHOD SP target SP HTTP/x.y": the target sits between them.
         url = data[len(method) + 1 : line_end - 9]
-        if len(url) > settings.max_request_line:
-            raise errors.UriTooLong("request target too long")
         block = data[line_end:-2]
-        if len(block) > settings.max_header_size:
-            raise errors.HeadersTooLarge(f"request header block of {len(block)} bytes is too large")
+        if len(data) > self.small_head:  # a head within both limits needs no closer look
+            if len(url) > settings.max_request_line:
+                raise errors.UriTooLong("request target too long")
+            if len(block) > settings.max_header_size:
+                raise errors.HeadersTooLarge(f"request header block of {len(block)} bytes is too large")
         req.url = url
         if method == b"CONNECT":
             raise errors.MethodNotImplemented("CONNECT is not supported")
@@ -403,11 +405,14 @@ class ClientConnection(asyncio.Protocol):
             return
         timeout = rule.request_timeout
         self.request_deadline = req.started + timeout if timeout else 0.0
-        ref = rule.pick_backend()
-        if ref is None or ref.backend is None:
-            self._fail(errors.RouteMisconfigured("the route has no usable backend"))
-            return
-        self.backend = ref.backend
+        backend = rule.only_backend
+        if backend is None:
+            ref = rule.pick_backend()
+            if ref is None or ref.backend is None:
+                self._fail(errors.RouteMisconfigured("the route has no usable backend"))
+                return
+            backend = ref.backend
+        self.backend = backend
         self._pick_and_go(req)
 
     def _pick_and_go(self, req: Request) -> None:
@@ -416,7 +421,9 @@ class ClientConnection(asyncio.Protocol):
             self._fail(errors.NoEndpoint(f"backend {self.backend.name} has no endpoints"))  # type: ignore[union-attr]
             return
         self.endpoint = endpoint
-        pool = self.gw.pool(endpoint)
+        pool = endpoint.pool
+        if pool is None:
+            pool = endpoint.pool = self.gw.pool(endpoint)
         conn = pool.acquire()
         if conn is not None:
             conn.reused = True
@@ -808,13 +815,13 @@ class ClientConnection(asyncio.Protocol):
             status, duration
         )
         log = self.gw.access_log
-        if log.enabled and log.sampled():
+        if log.enabled and (log.sample >= 1.0 or log.sampled()):
             endpoint = self.endpoint
             record = {
                 "time": time.time(),
-                "request_id": req.request_id.decode("latin-1"),
+                "request_id": req.request_id.decode(),
                 "client": self.client,
-                "method": req.method.decode("latin-1"),
+                "method": _METHODS.get(req.method) or req.method.decode("latin-1"),
                 "host": req.host,
                 "path": req.url.decode("latin-1"),
                 "protocol": _PROTOCOLS.get(req.version, "HTTP/?"),
@@ -823,7 +830,7 @@ class ClientConnection(asyncio.Protocol):
                 "bytes_out": self.bytes_out,
                 "duration_ms": round(duration * 1000.0, 3),
                 "route": rule.label if rule is not None else None,
-                "upstream": endpoint.label if endpoint is not None and rule else None,
+                "upstream": endpoint.label if endpoint is not None and rule is not None else None,
             }
             if error:
                 record["error"] = error
@@ -844,6 +851,7 @@ class RawHeadCallbacks:
 
 
 _PROTOCOLS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 
