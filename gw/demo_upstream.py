@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 
 import httptools
@@ -79,7 +80,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="echo")
     args = parser.parse_args()
-    uvloop.run(serve(args.host, args.port, args.name))
+    # Ctrl-C on `gw demo` reaches the whole process group: exit quietly.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(serve(args.host, args.port, args.name))
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ class Settings:
     max_request_line: int = _var(8192, parse_size, "Longest request line (method, target, version): 414.")
     max_header_size: int = _var(32768, parse_size, "Largest request header block: 431.")
     max_body_size: int = _var(
-        0, parse_size, "Default request body limit (0 = none); HTTPRoutes may set their own: 413."
+        0, parse_size, "Default request body limit (0 = none); annotation gw.dev/max-body-size per HTTPRoute: 413."
     )
     header_timeout: float = _var(10.0, parse_duration, "Time to receive a request's headers: 408.")
     keepalive_timeout: float = _var(75.0, parse_duration, "Idle client keep-alive connection lifetime.")
@@ -136,5 +136,7 @@ class Settings:
             default = f.default
             if isinstance(default, tuple):
                 default = f"{default[0]}:{default[1]}"
+            elif f.metadata["parse"] is parse_duration:
+                default = f"{default:g}s"
             rows.append(("GW_" + f.name.upper(), str(default), f.metadata["doc"]))
         return rows

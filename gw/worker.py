@@ -7,6 +7,7 @@ Until the supervisor lands, `gw run` runs one worker in-process; it binds its ow
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ from gw.proxy.gateway import Gateway
 from gw.settings import Settings
 
 LISTEN_BACKLOG = 4096
+GC_THRESHOLD = 20000  # young-generation allocations between collections (CPython's default: 700)
 
 
 def bind_listener(host: str, port: int, *, reuse_port: bool = True) -> socket.socket:
@@ -173,6 +175,13 @@ def run(settings: Settings) -> int:
 
     async def main() -> None:
         await Worker(settings).serve(result.config)
+
+    # The config and the modules loaded so far live as long as the worker: move them out of the
+    # collector's sight, and collect young objects less often (the data plane makes no cycles
+    # per request; a collection every few hundred requests only adds latency).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
 
     try:
         uvloop.run(main())
