@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from gw.proxy.request import COLON, CRLF, HOP_BY_HOP, Request, drop_field, field_value, split_fields
+from gw.proxy.request import CRLF, HOP_BY_HOP, Request, drop_field, field_value, split_fields
 
 # How the response body is framed towards the client.
 NO_BODY = 0  # HEAD, 1xx, 204, 304
@@ -50,75 +50,8 @@ class ResponseHead:
         self.until_close = until_close
 
 
-def build_response_head(
-    status: int, headers: list[tuple[bytes, bytes]], req: Request, must_close: bool
-) -> ResponseHead:
-    """Filter hop-by-hop fields (RFC 9110 §7.6.1), choose the client framing, add X-Request-ID.
-
-    `must_close`: the client connection closes after this response whatever the client asked.
-    """
-    parts = [status_line(status)]
-    add = parts.extend
-    length_seen = False
-    request_id_seen = False
-    connection_tokens: list[bytes] | None = None
-    upgrade_value = b""
-    chunked_seen = False
-    hop = HOP_BY_HOP
-    for name, value in headers:
-        lname = name.lower()
-        if lname in hop:
-            if lname == b"connection":
-                tokens = [t.strip().lower() for t in value.split(b",")]
-                connection_tokens = tokens if connection_tokens is None else connection_tokens + tokens
-            elif lname == b"upgrade":
-                upgrade_value = value
-            elif lname == b"transfer-encoding":
-                chunked_seen = True
-            continue
-        if lname == b"content-length":
-            length_seen = True
-        elif lname == b"x-request-id":
-            request_id_seen = True
-        add((name, COLON, value, CRLF))
-    if connection_tokens is not None:
-        extra = {t for t in connection_tokens if t not in (b"close", b"keep-alive", b"upgrade", b"")}
-        if extra:
-            parts = [parts[0]] + [
-                p
-                for n, v in headers
-                if n.lower() not in hop and n.lower() not in extra
-                for p in (n, COLON, v, CRLF)
-            ]
-            add = parts.extend
-
-    if not request_id_seen:
-        add((b"X-Request-ID: ", req.request_id, CRLF))
-
-    close = not req.keep_alive or must_close
-    if status == 101:
-        add((b"Connection: Upgrade\r\nUpgrade: ", upgrade_value, CRLF, CRLF))
-        return ResponseHead(status, parts, NO_BODY, False, False)
-    if req.method == b"HEAD" or status < 200 or status == 204 or status == 304:
-        framing = NO_BODY
-    elif length_seen:
-        framing = LENGTH
-    elif req.version == b"1.0":
-        framing = UNTIL_CLOSE
-        close = True
-    else:
-        framing = CHUNKED
-        parts.append(b"Transfer-Encoding: chunked\r\n")
-    if close:
-        parts.append(b"Connection: close\r\n")
-    elif req.version == b"1.0":
-        parts.append(b"Connection: keep-alive\r\n")
-    parts.append(CRLF)
-    return ResponseHead(status, parts, framing, close, framing != NO_BODY and not length_seen and not chunked_seen)
-
-
-# Hop-by-hop fields a response may carry besides Connection and Transfer-Encoding, as needles
-# for the lower-cased header block.
+# Hop-by-hop fields (RFC 9110 §7.6.1) as needles for the lower-cased header block; Connection and
+# Transfer-Encoding are handled on their own.
 _RESPONSE_HOP = (
     b"\r\nkeep-alive:",
     b"\r\nproxy-connection:",
@@ -132,15 +65,23 @@ _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b""})
 
 
 def build_response_head_raw(status: int, block: bytes, req: Request, must_close: bool) -> ResponseHead:
-    """`build_response_head` on the header block as received (CRLF first and last), cutting
-    hop-by-hop lines out of the bytes; unusual heads take the general path."""
+    """The client's response head from the upstream's header block (CRLF first and last).
+
+    Hop-by-hop lines are cut out of the bytes (searching the lower-cased block, no Python step
+    per field); a Connection naming further fields, or a 101, takes the field-by-field path.
+    `must_close`: the client connection closes after this response whatever the client asked.
+    """
     low = block.lower()
-    if status == 101 or (low.find(b"\r\nconnection:") >= 0 and (
-        low.count(b"\r\nconnection:") > 1
-        or any(t.strip() not in _PLAIN_CONNECTION for t in field_value(low, low, b"\r\nconnection:").split(b","))
-    )):
-        return build_response_head(status, split_fields(block), req, must_close)
-    if low.find(b"\r\nconnection:") >= 0:
+    has_connection = low.find(b"\r\nconnection:") >= 0
+    if status == 101 or (
+        has_connection
+        and (
+            low.count(b"\r\nconnection:") > 1
+            or any(t.strip() not in _PLAIN_CONNECTION for t in field_value(low, low, b"\r\nconnection:").split(b","))
+        )
+    ):
+        return _by_field(status, split_fields(block), req, must_close)
+    if has_connection:
         block, low = drop_field(block, low, b"\r\nconnection:")
     chunked_seen = low.find(b"\r\ntransfer-encoding:") >= 0
     if chunked_seen:
@@ -148,38 +89,64 @@ def build_response_head_raw(status: int, block: bytes, req: Request, must_close:
     for needle in _RESPONSE_HOP:
         if low.find(needle) >= 0:
             block, low = drop_field(block, low, needle)
+    return _framed(status, block[2:], low, req, must_close, chunked_seen)
+
+
+def _by_field(status: int, headers: list[tuple[bytes, bytes]], req: Request, must_close: bool) -> ResponseHead:
+    """The general path: drop hop-by-hop fields and every field named in Connection."""
+    named: set[bytes] = set()
+    upgrade_value = b""
+    chunked_seen = False
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"connection":
+            named.update(t.strip().lower() for t in value.split(b","))
+        elif lname == b"upgrade":
+            upgrade_value = value
+        elif lname == b"transfer-encoding":
+            chunked_seen = True
+    drop = HOP_BY_HOP | named
+    kept = b"".join(b"%b: %b\r\n" % (n, v) for n, v in headers if n.lower() not in drop)
+    if status == 101:
+        head = b"%b%bX-Request-ID: %b\r\nConnection: Upgrade\r\nUpgrade: %b\r\n\r\n" % (
+            status_line(101), kept, req.request_id, upgrade_value
+        )
+        return ResponseHead(101, [head], NO_BODY, False, False)
+    return _framed(status, kept, b"\r\n" + kept.lower(), req, must_close, chunked_seen)
+
+
+def _framed(
+    status: int, kept: bytes, low: bytes, req: Request, must_close: bool, chunked_seen: bool
+) -> ResponseHead:
+    """Choose the client framing and finish the head around the kept fields.
+
+    low: the kept fields lower-cased, with a leading CRLF so every field name follows one.
+    """
     length_seen = low.find(b"\r\ncontent-length:") >= 0
     add_request_id = low.find(b"\r\nx-request-id:") < 0
-    parts = [status_line(status), block[2:]]
-    if add_request_id:
-        parts.append(b"X-Request-ID: ")
-        before = b"".join(parts)
-        parts = [CRLF]
     close = not req.keep_alive or must_close
+    tail: list[bytes] = []
     if req.method == b"HEAD" or status < 200 or status == 204 or status == 304:
         framing = NO_BODY
     elif length_seen:
         framing = LENGTH
     elif req.version == b"1.0":
-        framing = UNTIL_CLOSE
-        close = True
+        framing, close = UNTIL_CLOSE, True
     else:
         framing = CHUNKED
-        parts.append(b"Transfer-Encoding: chunked\r\n")
+        tail.append(b"Transfer-Encoding: chunked\r\n")
     if close:
-        parts.append(b"Connection: close\r\n\r\n")
+        tail.append(b"Connection: close\r\n\r\n")
     elif req.version == b"1.0":
-        parts.append(b"Connection: keep-alive\r\n\r\n")
+        tail.append(b"Connection: keep-alive\r\n\r\n")
     else:
-        parts.append(CRLF)
+        tail.append(CRLF)
     until_close = framing != NO_BODY and not length_seen and not chunked_seen
-    joined = b"".join(parts)
-    return ResponseHead(
-        status,
-        [before, joined] if add_request_id else [joined],
-        framing,
-        close,
-        until_close,
-        request_id_at=add_request_id,
-        cacheable=True,
-    )
+    head = status_line(status) + kept
+    after = b"".join(tail)
+    if add_request_id:
+        # [before, after]: the request id goes between, so the head can serve the next response too.
+        parts = [head + b"X-Request-ID: ", CRLF + after]
+    else:
+        parts = [head + after]
+    return ResponseHead(status, parts, framing, close, until_close, request_id_at=add_request_id, cacheable=True)
