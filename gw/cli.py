@@ -57,20 +57,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate a config offline; exit non-zero when anything is wrong."""
+    """Validate a config offline; print every error and each object's conditions; exit non-zero on error."""
     from gw.config import ConfigError, load_config
+    from gw.config.status import status_lines
 
     settings = _settings()
     try:
-        result = load_config(args.path, port_offset=settings.listener_port_offset)
+        result = load_config(
+            args.path,
+            port_offset=settings.listener_port_offset,
+            controller_name=settings.controller_name,
+            gateway=settings.gateway or None,
+        )
     except ConfigError as exc:
         print(f"error: {exc}")
         return 1
+    rules = len(result.config.rules)
+    ports = ", ".join(f"{p.declared_port}/{p.protocol}" for p in result.config.ports)
+    print(f"{'invalid' if result.errors else 'ok'}: {rules} rules on ports {ports or '(none)'}")
     for error in result.errors:
         print(f"error: {error}")
-    rules = len(result.config.rules)
-    ports = ", ".join(str(p.declared_port) for p in result.config.ports)
-    print(f"{'invalid' if result.errors else 'ok'}: {rules} rules on ports {ports or '(none)'}")
+    for line in status_lines(result):
+        print(line)
     return 1 if result.errors else 0
 
 
@@ -78,8 +86,14 @@ def cmd_routes(args: argparse.Namespace) -> int:
     """Print the compiled route table in precedence order."""
     from gw.config import ConfigError, describe, load_config
 
+    settings = _settings()
     try:
-        result = load_config(args.path)
+        result = load_config(
+            args.path,
+            port_offset=settings.listener_port_offset,
+            controller_name=settings.controller_name,
+            gateway=settings.gateway or None,
+        )
     except ConfigError as exc:
         print(f"error: {exc}")
         return 1

@@ -70,6 +70,13 @@ def parse_non_negative_int(text: str) -> int:
     return value
 
 
+def parse_gateway_key(text: str) -> str:
+    namespace, sep, name = text.strip().partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise ValueError(f"not namespace/name: {text!r}")
+    return f"{namespace}/{name}"
+
+
 def _var(default: Any, parse: Callable[[str], Any], doc: str) -> Any:
     from dataclasses import field
 
@@ -81,6 +88,14 @@ class Settings:
     """Every GW_* variable, its default and meaning. The README table is generated from this."""
 
     config: str = _var("", str, "Gateway API YAML file or directory to serve.")
+    controller_name: str = _var(
+        "gw.dev/gateway-controller",
+        str,
+        "GatewayClass controllerName gw serves; Gateways of other classes are left alone.",
+    )
+    gateway: str = _var(
+        "", parse_gateway_key, "Serve only this Gateway (namespace/name); empty: every Gateway of gw's classes."
+    )
     admin_addr: tuple[str, int] = _var(
         ("127.0.0.1", 9901), parse_addr, "Admin endpoint address (/healthz, /readyz, /metrics)."
     )

@@ -259,12 +259,12 @@ class TestErrorMessages:
         (err,) = result.errors
         assert err.field == "metadata.annotations[gw.dev/max-body-size]"
 
-    def test_unsupported_filters_make_the_rule_answer_500(self):
-        body = SIMPLE_RULES + "  filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301}}]\n"
-        result = config(route(body=body))
+    def test_filters_the_data_plane_does_not_apply_make_the_rule_answer_500(self):
+        body = SIMPLE_RULES + "  filters: [{type: RequestHeaderModifier, requestHeaderModifier: {remove: [x]}}]\n"
+        result = config(route(body=body), features=frozenset())
         (err,) = result.errors
-        assert err.field == "spec.rules[0].filters"
-        assert "spec.rules[0].filters" in match(result).invalid_reason
+        assert err.field == "spec.rules[0]"
+        assert "RequestHeaderModifier" in match(result).invalid_reason
 
     def test_backend_request_timeout_longer_than_request_timeout(self):
         body = SIMPLE_RULES + "  timeouts: {request: 1s, backendRequest: 2s}\n"
@@ -305,7 +305,7 @@ class TestListeners:
     def test_unsupported_protocol_rejects_only_that_listener(self):
         result = config(
             route(body=SIMPLE_RULES),
-            gateway=gateway("- {name: http, port: 8080, protocol: HTTP}\n- {name: tls, port: 8443, protocol: HTTPS}\n"),
+            gateway=gateway("- {name: http, port: 8080, protocol: HTTP}\n- {name: udp, port: 8443, protocol: UDP}\n"),
         )
         (err,) = result.errors
         assert (err.obj, err.field) == ("Gateway default/gw", "spec.listeners[1].protocol")

@@ -5,16 +5,20 @@ from gw.config.describe import describe
 from gw.config.errors import Condition, ConfigError
 from gw.config.loader import load_config, load_text, read_documents
 from gw.config.parse import parse_documents
+from gw.config.status import status_document
+from gw.config.tls import build_ssl_context
 
 __all__ = [
     "DEFAULT_CONTROLLER_NAME",
     "Condition",
     "ConfigError",
     "LoadResult",
+    "build_ssl_context",
     "compile_resources",
     "describe",
     "load_config",
     "load_text",
     "parse_documents",
     "read_documents",
+    "status_document",
 ]

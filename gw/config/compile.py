@@ -12,10 +12,14 @@ from dataclasses import dataclass, field
 
 from gw.config import model
 from gw.config.attach import Attacher, Attachment
-from gw.config.backends import BackendResolver, Unresolved
+from gw.config.backends import BackendResolver
 from gw.config.errors import Condition, ConfigError
-from gw.config.resources import Gateway, HTTPRoute, Listener, Resources, RouteRule
-from gw.config.validate import check_duplicates, check_listeners
+from gw.config.filters import DATA_PLANE_FEATURES
+from gw.config.gateways import serve_gateways
+from gw.config.resources import Gateway, HTTPRoute, Listener, Resources
+from gw.config.rules import RuleCompiler
+from gw.config.tls import port_tls
+from gw.config.validate import check_duplicates
 from gw.routing.table import ListenerRoutes, RouteEntry, build_table
 
 DEFAULT_CONTROLLER_NAME = "gw.dev/gateway-controller"
@@ -32,6 +36,8 @@ class LoadResult:
     # "namespace/gateway/listener" → number of routes attached (the listener's attachedRoutes).
     attached_routes: dict[str, int] = field(default_factory=dict)
     resources: Resources | None = None
+    # "namespace/gateway/listener" → the listener's conditions (Accepted, Conflicted, ResolvedRefs, Programmed).
+    listener_conditions: dict[str, list[Condition]] = field(default_factory=dict)
 
 
 def compile_resources(
@@ -44,42 +50,32 @@ def compile_resources(
     errors: Iterable[ConfigError] = (),
     source: str = "",
     checksum: str = "",
+    features: frozenset[str] = DATA_PLANE_FEATURES,
 ) -> LoadResult:
     """Compile parsed resources. `gateway` ("namespace/name") serves that Gateway only.
 
+    `features` names the filters and protocols the data plane implements (gw.config.filters):
+    rules needing others answer 500, listeners needing others are not served.
     Raises ConfigError when nothing can be served (no Gateway of the class, no usable listener)
     or when two served Gateways declare the same port.
     """
     errors = [*errors, *check_duplicates(resources)]
     conditions: dict[str, list[Condition]] = {}
-    served = _served_gateways(resources, controller_name, gateway, source)
-
-    gateways: dict[tuple[str, str], tuple[Gateway, tuple[Listener, ...]]] = {}
-    port_owner: dict[int, Gateway] = {}
-    for gw in served:
-        listeners, listener_errors = check_listeners(gw)
-        errors += listener_errors
-        for li in listeners:
-            owner = port_owner.setdefault(li.port, gw)
-            if owner is not gw:
-                raise ConfigError(
-                    gw.meta.file,
-                    gw.meta.label,
-                    f"spec.listeners[{li.index}].port",
-                    f"port {li.port} is also declared by {owner.meta.label}; serve one of them per "
-                    "instance (GW_GATEWAY=namespace/name)",
-                )
-        gateways[(gw.meta.namespace, gw.meta.name)] = (gw, listeners)
-        ok = len(listeners) == len(gw.listeners)
-        conditions[gw.meta.label] = [
-            Condition("Accepted", True, "Accepted" if ok else "ListenersNotValid"),
-            Condition("Programmed", bool(listeners), "Programmed" if listeners else "Invalid"),
-        ]
+    served = serve_gateways(
+        resources,
+        controller_name=controller_name,
+        only=gateway or None,
+        features=features,
+        source=source,
+        errors=errors,
+        conditions=conditions,
+    )
+    gateways = served.gateways
     if not any(listeners for _, listeners in gateways.values()):
         raise ConfigError(source, "", "", "no listener can be served: " + "; ".join(str(e) for e in errors))
 
     attacher = Attacher(gateways, resources.namespaces)
-    resolver = BackendResolver(resources)
+    rules_compiler = RuleCompiler(BackendResolver(resources), resources.policies, features)
     known_gateways = {(g.meta.namespace, g.meta.name) for g in resources.gateways}
     per_listener: dict[tuple[str, str, str], list[RouteEntry]] = {}
     all_rules: list[model.Rule] = []
@@ -88,10 +84,20 @@ def compile_resources(
         if not attachments:
             continue
         max_body = route.max_body_size if route.max_body_size is not None else default_max_body_size
-        rules = [(spec, _compile_rule(route, spec, resolver, max_body, conditions, errors)) for spec in route.rules]
+        rules = [(spec, rules_compiler.compile(route, spec, max_body, conditions, errors)) for spec in route.rules]
         route_conditions = conditions[route.meta.label]
         if not any(c.type == "ResolvedRefs" for c in route_conditions):
             route_conditions.append(Condition("ResolvedRefs", True, "ResolvedRefs"))
+        invalid = [spec.index for spec, _ in rules if (route.meta.key, spec.index) in rules_compiler.invalid]
+        if invalid and len(invalid) < len(rules):
+            route_conditions.append(
+                Condition(
+                    "PartiallyInvalid",
+                    True,
+                    "UnsupportedValue",
+                    "rules " + ", ".join(map(str, invalid)) + " are invalid and answer 500",
+                )
+            )
         all_rules += [rule for _, rule in rules]
         for att in attachments:
             entries = per_listener.setdefault((*_gw_key(att.gateway), att.listener.name), [])
@@ -112,39 +118,29 @@ def compile_resources(
             entries = per_listener.get((*_gw_key(gw), li.name), [])
             attached[f"{gw.meta.key}/{li.name}"] = len({e.order[1] for e in entries})
             routes.append(ListenerRoutes(f"{gw.meta.key}/{li.name}", li.hostname, entries))
+        protocol = ports[port][0][1].protocol  # listeners sharing a port share it (check_listeners)
+        tls = None
+        if protocol == "HTTPS":
+            tls = port_tls([(li, served.certificates.get(f"{gw.meta.key}/{li.name}", ())) for gw, li in ports[port]])
         port_configs.append(
             model.PortConfig(
                 declared_port=port,
                 bind_port=port + port_offset,
-                protocol="HTTP",
+                protocol=protocol,
                 table=build_table(routes),
                 listeners=tuple(r.name for r in routes),
+                tls=tls,
             )
         )
+    for gw, _ in gateways.values():
+        for li in gw.listeners:
+            attached.setdefault(f"{gw.meta.key}/{li.name}", 0)
     config = model.CompiledConfig(tuple(port_configs), tuple(all_rules), source, checksum)
-    return LoadResult(config, errors, conditions, attached, resources)
+    return LoadResult(config, errors, conditions, attached, resources, served.listener_conditions)
 
 
 def _gw_key(gw: Gateway) -> tuple[str, str]:
     return gw.meta.namespace, gw.meta.name
-
-
-def _served_gateways(resources: Resources, controller_name: str, only: str | None, source: str) -> list[Gateway]:
-    classes = {c.meta.name for c in resources.gateway_classes if c.controller_name == controller_name}
-    served = [g for g in resources.gateways if g.class_name in classes]
-    if only is not None:
-        served = [g for g in served if g.meta.key == only]
-        if not served:
-            raise ConfigError(source, "", "", f"Gateway {only} is not defined or not served by {controller_name}")
-    if not served:
-        raise ConfigError(
-            source,
-            "",
-            "",
-            f"no Gateway to serve: none has a gatewayClassName naming a GatewayClass whose "
-            f"controllerName is {controller_name!r}",
-        )
-    return served
 
 
 def _attach(
@@ -184,49 +180,3 @@ def _attach(
             if att not in attachments:
                 attachments.append(att)
     return attachments
-
-
-def _compile_rule(
-    route: HTTPRoute,
-    spec: RouteRule,
-    resolver: BackendResolver,
-    max_body_size: int,
-    conditions: dict[str, list[Condition]],
-    errors: list[ConfigError],
-) -> model.Rule:
-    refs = []
-    unresolved: list[str] = []
-    for ref in spec.backend_refs:
-        backend = resolver.resolve(route, ref)
-        if isinstance(backend, Unresolved):
-            unresolved.append(f"{backend.message} ({backend.reason})")
-            conditions[route.meta.label].append(Condition("ResolvedRefs", False, backend.reason, backend.message))
-            errors.append(
-                ConfigError(
-                    route.meta.file,
-                    route.meta.label,
-                    f"spec.rules[{spec.index}].backendRefs[{ref.index}]",
-                    f"{backend.message} ({backend.reason}); requests sent to it get 500",
-                )
-            )
-            refs.append(model.BackendRef(ref.label, ref.weight, None))
-        else:
-            refs.append(model.BackendRef(ref.label, ref.weight, backend))
-    invalid = spec.invalid_reason
-    if invalid is None:
-        if not refs:
-            invalid = "the rule has no backendRefs"
-        elif all(r.backend is None for r in refs):
-            invalid = "no backendRef can be resolved: " + "; ".join(unresolved)
-        elif all(r.weight == 0 for r in refs):
-            invalid = "every backendRef has weight 0"
-    return model.Rule(
-        route.meta.key,
-        spec.index,
-        refs,
-        name=spec.name,
-        max_body_size=max_body_size,
-        request_timeout=spec.request_timeout,
-        backend_timeout=spec.backend_timeout,
-        invalid_reason=invalid,
-    )

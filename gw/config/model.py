@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gw.balancing.swrr import SmoothWeightedRoundRobin
+from gw.config.filters import CORS, ExtensionRef, HeaderModifier, Mirror, Redirect, Retry, URLRewrite
 
 
 @dataclass(slots=True, eq=False)
@@ -69,27 +70,57 @@ class Backend:
 
 @dataclass(slots=True, eq=False)
 class BackendRef:
-    """A weighted reference from a rule to a backend. `backend` is None when the ref is unresolved."""
+    """A weighted reference from a rule to a backend. `backend` is None when the ref is unresolved.
+
+    The filter attributes are the backendRef's own filters (applied after the rule's, only for
+    requests sent to this backend); None / () mean none, as on Rule.
+    """
 
     name: str
     weight: int
     backend: Backend | None
+    request_headers: HeaderModifier | None = None
+    response_headers: HeaderModifier | None = None
+    rewrite: URLRewrite | None = None
+    mirrors: tuple[Mirror, ...] = ()
+    has_filters: bool = False
 
 
 class Rule:
-    """One HTTPRoute rule, compiled: where matching requests go and the limits that apply."""
+    """One HTTPRoute rule, compiled: where matching requests go, the filters and limits that apply.
+
+    Filters (gw.config.filters), each None or () when the rule has none, so the proxy pays one
+    attribute test (`has_filters`) per request when a rule has no filter at all:
+      redirect          answer `redirect.status` with Location `redirect.location(...)`; no upstream
+      cors              preflight answered by the gateway; `cors.response(origin)` added otherwise
+      request_headers   `request_headers.apply(headers)` before sending upstream
+      rewrite           `rewrite.target(path, query)` and `rewrite.host` for the upstream request
+      mirrors           for m in mirrors: if m.take(): send a copy to m.backend, ignore the answer
+      response_headers  `response_headers.apply(headers)` on the upstream response
+      extensions        gw policy objects (ExtensionRef), for the policy layer
+    retry: Retry or None; request_timeout / backend_timeout in seconds (0 = disabled, None = unset).
+    """
 
     __slots__ = (
         "_refs",
         "backend_refs",
         "backend_timeout",
+        "cors",
+        "extensions",
+        "has_filters",
         "index",
         "invalid_reason",
         "label",
         "max_body_size",
+        "mirrors",
         "name",
         "only_backend",
+        "redirect",
+        "request_headers",
         "request_timeout",
+        "response_headers",
+        "retry",
+        "rewrite",
         "route",
         "stats",
     )
@@ -105,6 +136,14 @@ class Rule:
         request_timeout: float | None = None,
         backend_timeout: float | None = None,
         invalid_reason: str | None = None,
+        request_headers: HeaderModifier | None = None,
+        response_headers: HeaderModifier | None = None,
+        redirect: Redirect | None = None,
+        rewrite: URLRewrite | None = None,
+        mirrors: Sequence[Mirror] = (),
+        cors: CORS | None = None,
+        extensions: Sequence[ExtensionRef] = (),
+        retry: Retry | None = None,
     ) -> None:
         self.route = route  # "namespace/name" of the HTTPRoute
         self.index = index
@@ -116,6 +155,18 @@ class Rule:
         self.backend_timeout = backend_timeout
         # Set when a reference could not be resolved: requests matching this rule get a 500.
         self.invalid_reason = invalid_reason
+        self.request_headers = request_headers
+        self.response_headers = response_headers
+        self.redirect = redirect
+        self.rewrite = rewrite
+        self.mirrors = tuple(mirrors)
+        self.cors = cors
+        self.extensions = tuple(extensions)
+        self.retry = retry
+        # One test on the hot path: does anything (rule or backendRef) filter this rule's traffic?
+        self.has_filters = bool(
+            request_headers or response_headers or redirect or rewrite or self.mirrors or cors or self.extensions
+        ) or any(r.has_filters for r in self.backend_refs)
         self.stats: Any = None  # assigned by the worker when the snapshot is installed
         usable = [r for r in self.backend_refs if r.weight > 0]
         self._refs = SmoothWeightedRoundRobin(usable, [r.weight for r in usable]) if usable else None
@@ -147,9 +198,11 @@ class PortConfig:
 
     declared_port: int
     bind_port: int
-    protocol: str
+    protocol: str  # "HTTP" or "HTTPS"
     table: RouteTable
     listeners: tuple[str, ...]  # "gwns/gwname/listenername" served on this port
+    # HTTPS: certificates by SNI (gw.config.tls.TLSConfig); build_ssl_context(port) makes the context.
+    tls: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,14 @@ from typing import Any
 
 from gw.config import validate as v
 from gw.config.errors import ConfigError
-from gw.config.parse_core import parse_backend, parse_endpoint_slice, parse_namespace, parse_service
+from gw.config.parse_core import (
+    parse_backend,
+    parse_endpoint_slice,
+    parse_namespace,
+    parse_policy,
+    parse_secret,
+    parse_service,
+)
 from gw.config.parse_gateway import (
     parse_gateway,
     parse_gateway_class,
@@ -96,7 +103,10 @@ def parse_object(file: str, obj: Any, errors: list[ConfigError], where: str = ""
         errors.append(ConfigError(file, "", join(where, "kind"), "is required"))
         return None
     parser = _PARSERS.get(kind)
-    if parser is None or _group(obj.get("apiVersion")) not in (None, KIND_GROUPS[kind]):
+    group = _group(obj.get("apiVersion"))
+    if parser is None and group == GW_GROUP:
+        parser = parse_policy  # gw's own policy kinds: kept for ExtensionRef filters to point at
+    elif parser is None or group not in (None, KIND_GROUPS[kind]):
         return None  # not a kind gw reads, or a same-named kind of another API group
     meta_raw = obj.get("metadata")
     name = meta_raw.get("name") if isinstance(meta_raw, dict) else None
@@ -156,6 +166,7 @@ _PARSERS: dict[str, _Parser] = {
     "EndpointSlice": parse_endpoint_slice,
     "Backend": parse_backend,
     "Namespace": parse_namespace,
+    "Secret": parse_secret,
 }
 
 # The API groups gw reads each kind from; a same-named kind from another group is not ours.
@@ -168,4 +179,5 @@ KIND_GROUPS = {
     "EndpointSlice": DISCOVERY_GROUP,
     "Backend": GW_GROUP,
     "Namespace": CORE_GROUP,
+    "Secret": CORE_GROUP,
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 from gw.config import validate as v
@@ -13,6 +15,8 @@ from gw.config.resources import (
     EndpointSlice,
     Meta,
     Namespace,
+    Policy,
+    Secret,
     Service,
     ServicePort,
     SliceEndpoint,
@@ -98,3 +102,28 @@ def parse_backend(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: 
 def parse_namespace(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: str) -> Namespace:
     labels = {**meta.labels, NAMESPACE_NAME_LABEL: meta.name}
     return Namespace(Meta(meta.kind, meta.name, meta.namespace, meta.file, labels, meta.annotations))
+
+
+def parse_secret(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: str) -> Secret | None:
+    # Secrets keep data at the top level: data (base64) and stringData (plain), as kubectl accepts.
+    root = field.removesuffix("spec")
+    secret_type = r.str(obj, "type", root.rstrip("."), default="Opaque") or "Opaque"
+    data: dict[str, bytes] = {}
+    for key, value in r.map(obj.get("data"), f"{root}data").items():
+        if not isinstance(value, str):
+            r.error(f"{root}data.{key}", "must be a base64 string")
+            continue
+        try:
+            data[str(key)] = base64.b64decode("".join(value.split()), validate=True)
+        except (binascii.Error, ValueError):
+            r.error(f"{root}data.{key}", "is not valid base64")
+    for key, value in r.map(obj.get("stringData"), f"{root}stringData").items():
+        if not isinstance(value, str):
+            r.error(f"{root}stringData.{key}", "must be a string")
+            continue
+        data[str(key)] = value.encode()
+    return Secret(meta, secret_type, data)
+
+
+def parse_policy(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: str) -> Policy:
+    return Policy(meta, dict(spec))

@@ -6,11 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 from gw.config import validate as v
+from gw.config.parse_filters import parse_filters, parse_retry
 from gw.config.reader import Reader, string_map
 from gw.config.resources import (
     CORE_GROUP,
     GATEWAY_GROUP,
     MAX_BODY_SIZE_ANNOTATION,
+    NO_FILTERS,
     BackendRefSpec,
     Gateway,
     GatewayClass,
@@ -24,14 +26,14 @@ from gw.config.resources import (
     ReferenceGrant,
     RouteGroupKind,
     RouteRule,
+    SecretRef,
 )
 from gw.config.units import parse_duration, parse_quantity
 from gw.routing.match import PATH_EXACT, PATH_PREFIX, PATH_REGEX, RouteMatch, ValueMatch
 
-# Rule and listener fields of the spec that gw does not implement yet: refusing them loudly
-# beats silently ignoring, say, a redirect.
-_UNSUPPORTED_RULE_FIELDS = ("filters", "retry", "sessionPersistence")
-_UNSUPPORTED_REF_FIELDS = ("filters",)
+# Rule fields of the spec that gw does not implement yet: refusing them loudly beats silently
+# ignoring them.
+_UNSUPPORTED_RULE_FIELDS = ("sessionPersistence",)
 
 
 def parse_gateway_class(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: str) -> GatewayClass | None:
@@ -47,7 +49,7 @@ def parse_gateway(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: 
         r.error(f"{field}.listeners", "at least one listener is required")
     listeners = []
     for i, raw in enumerate(raw_listeners):
-        listener = _listener(r, raw, f"{field}.listeners[{i}]", i)
+        listener = _listener(r, raw, f"{field}.listeners[{i}]", i, meta.namespace)
         if listener is not None:
             listeners.append(listener)
     if class_name is None:
@@ -55,7 +57,7 @@ def parse_gateway(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: 
     return Gateway(meta, class_name, tuple(listeners))
 
 
-def _listener(r: Reader, raw: Any, field: str, index: int) -> Listener | None:
+def _listener(r: Reader, raw: Any, field: str, index: int, namespace: str) -> Listener | None:
     before = r.count
     raw = r.map(raw, field)
     name = r.str(raw, "name", field, required=True, check=v.check_section_name)
@@ -80,9 +82,51 @@ def _listener(r: Reader, raw: Any, field: str, index: int) -> Listener | None:
         group = r.str(k, "group", k_field, default=GATEWAY_GROUP)
         if kind is not None and group is not None:
             kinds.append(RouteGroupKind(group, kind))
+    tls_mode, cert_refs = _listener_tls(r, raw, field, protocol, namespace)
     if r.count != before or name is None or port is None or protocol is None:
         return None
-    return Listener(name, port, protocol, hostname, allowed_from or "Same", selector, tuple(kinds), index)
+    return Listener(
+        name, port, protocol, hostname, allowed_from or "Same", selector, tuple(kinds), index, tls_mode, cert_refs
+    )
+
+
+def _listener_tls(
+    r: Reader, raw: dict[str, Any], field: str, protocol: str | None, namespace: str
+) -> tuple[str | None, tuple[SecretRef, ...]]:
+    """tls.mode and tls.certificateRefs, with the CRD's rules for HTTP and HTTPS listeners."""
+    t_field = f"{field}.tls"
+    if raw.get("tls") is None:
+        if protocol == "HTTPS":
+            r.error(t_field, "is required for an HTTPS listener (tls.certificateRefs names its certificates)")
+        return None, ()
+    if protocol == "HTTP":
+        r.error(t_field, "must not be set for an HTTP listener")
+        return None, ()
+    tls = r.map(raw.get("tls"), t_field)
+    mode = r.str(tls, "mode", t_field, default="Terminate", choices=("Terminate", "Passthrough"))
+    if protocol == "HTTPS" and mode == "Passthrough":
+        r.error(f"{t_field}.mode", "must be Terminate for an HTTPS listener (Passthrough is for TLS listeners)")
+    refs = []
+    for i, ref in enumerate(r.list(tls.get("certificateRefs"), f"{t_field}.certificateRefs")):
+        c_field = f"{t_field}.certificateRefs[{i}]"
+        ref = r.map(ref, c_field)
+        name = r.str(ref, "name", c_field, required=True)
+        if name is None:
+            continue
+        refs.append(
+            SecretRef(
+                name,
+                r.str(ref, "namespace", c_field, default=namespace) or namespace,
+                r.str(ref, "group", c_field, default=CORE_GROUP) or CORE_GROUP,
+                r.str(ref, "kind", c_field, default="Secret") or "Secret",
+                i,
+            )
+        )
+    if mode == "Terminate" and not tls.get("certificateRefs") and not tls.get("options"):
+        r.error(f"{t_field}.certificateRefs", "certificateRefs or options must be specified when mode is Terminate")
+    if len(refs) > 64:
+        r.error(f"{t_field}.certificateRefs", "at most 64 entries")
+    return mode, tuple(refs)
 
 
 def _selector(r: Reader, raw: Any, field: str) -> LabelSelector:
@@ -161,11 +205,23 @@ def _rule(r: Reader, meta: Meta, raw: Any, field: str, index: int) -> RouteRule 
         return None  # cannot place a rule whose matches are unusable
     problems = []
     name = r.str(raw, "name", field, check=v.check_rule_name)
+    # ReplacePrefixMatch needs the matched prefix: allowed only with exactly one PathPrefix match.
+    prefix = matches[0].path if len(matches) == 1 and matches[0].path_type == PATH_PREFIX else None
+
+    def object_ref(r: Reader, ref: Any, ref_field: str, i: int) -> BackendRefSpec | None:
+        return _backend_ref(r, meta, ref, ref_field, i, prefix=None)
+
+    filters = NO_FILTERS
+    if raw.get("filters") is not None:
+        filters = parse_filters(r, raw.get("filters"), f"{field}.filters", prefix=prefix, backend_ref=object_ref)
     refs = []
     for i, ref in enumerate(r.list(raw.get("backendRefs"), f"{field}.backendRefs")):
-        parsed = _backend_ref(r, meta, ref, f"{field}.backendRefs[{i}]", i)
+        parsed = _backend_ref(r, meta, ref, f"{field}.backendRefs[{i}]", i, prefix=prefix)
         if parsed is not None:
             refs.append(parsed)
+    if filters.redirect is not None and raw.get("backendRefs"):
+        r.error(f"{field}.backendRefs", "RequestRedirect filter must not be used together with backendRefs")
+    retry = parse_retry(r, raw.get("retry"), f"{field}.retry") if raw.get("retry") is not None else None
     timeouts = r.map(raw.get("timeouts"), f"{field}.timeouts")
     request = _duration(r, timeouts, "request", f"{field}.timeouts")
     backend = _duration(r, timeouts, "backendRequest", f"{field}.timeouts")
@@ -184,6 +240,8 @@ def _rule(r: Reader, meta: Meta, raw: Any, field: str, index: int) -> RouteRule 
         request_timeout=request,
         backend_timeout=backend,
         invalid_reason=problems[0] if problems else None,
+        filters=filters,
+        retry=retry,
     )
 
 
@@ -236,7 +294,9 @@ def _value_matches(
     return tuple(result)
 
 
-def _backend_ref(r: Reader, meta: Meta, raw: Any, field: str, index: int) -> BackendRefSpec | None:
+def _backend_ref(
+    r: Reader, meta: Meta, raw: Any, field: str, index: int, *, prefix: str | None
+) -> BackendRefSpec | None:
     before = r.count
     raw = r.map(raw, field)
     name = r.str(raw, "name", field, required=True)
@@ -247,12 +307,18 @@ def _backend_ref(r: Reader, meta: Meta, raw: Any, field: str, index: int) -> Bac
     weight = r.int(raw, "weight", field, default=1, lo=0, hi=1_000_000)
     if group == CORE_GROUP and kind == "Service" and raw.get("port") is None:
         r.error(f"{field}.port", "is required for a Service reference")
-    for key in _UNSUPPORTED_REF_FIELDS:
-        if raw.get(key):
-            r.error(f"{field}.{key}", f"{key} on backendRefs are not supported yet")
+    filters = None
+    if raw.get("filters") is not None:
+
+        def object_ref(r: Reader, ref: Any, ref_field: str, i: int) -> BackendRefSpec | None:
+            return _backend_ref(r, meta, ref, ref_field, i, prefix=None)
+
+        filters = parse_filters(r, raw.get("filters"), f"{field}.filters", prefix=prefix, backend_ref=object_ref)
     if r.count != before or name is None:
         return None
-    return BackendRefSpec(name, namespace or meta.namespace, group or "", kind or "Service", port, weight or 0, index)
+    return BackendRefSpec(
+        name, namespace or meta.namespace, group or "", kind or "Service", port, weight or 0, index, filters
+    )
 
 
 def parse_reference_grant(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: str) -> ReferenceGrant | None:

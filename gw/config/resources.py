@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from gw.config.filters import CORS, HeaderModifier, Redirect, Retry, URLRewrite
 from gw.routing.match import RouteMatch
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -12,6 +13,7 @@ GW_GROUP = "gw.dev"
 CORE_GROUP = ""
 DISCOVERY_GROUP = "discovery.k8s.io"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+TLS_SECRET_TYPE = "kubernetes.io/tls"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 MAX_BODY_SIZE_ANNOTATION = "gw.dev/max-body-size"
 
@@ -77,6 +79,21 @@ class LabelSelector:
 
 
 @dataclass(frozen=True, slots=True)
+class SecretRef:
+    """A listener's tls.certificateRefs entry (SecretObjectReference)."""
+
+    name: str
+    namespace: str
+    group: str = CORE_GROUP
+    kind: str = "Secret"
+    index: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     name: str
     port: int
@@ -86,6 +103,8 @@ class Listener:
     allowed_selector: LabelSelector | None = None
     allowed_kinds: tuple[RouteGroupKind, ...] = ()  # empty = the protocol's default (HTTPRoute)
     index: int = 0  # position in spec.listeners, for error fields
+    tls_mode: str | None = None  # Terminate | Passthrough; None without a tls section
+    certificate_refs: tuple[SecretRef, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +133,49 @@ class BackendRefSpec:
     port: int | None = None
     weight: int = 1
     index: int = 0  # position in the rule's backendRefs, for error fields
+    filters: FilterSpecs | None = None
 
     @property
     def label(self) -> str:
         port = f":{self.port}" if self.port is not None else ""
         return f"{self.kind} {self.namespace}/{self.name}{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorSpec:
+    """A RequestMirror filter before its backendRef is resolved."""
+
+    ref: BackendRefSpec
+    numerator: int = 100
+    denominator: int = 100
+    field: str = ""  # the filter's field path, for errors
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensionRefSpec:
+    """An ExtensionRef filter before it is resolved against gw's policy objects."""
+
+    group: str
+    kind: str
+    name: str
+    field: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FilterSpecs:
+    """The filters of a rule or of one backendRef: compiled where possible, refs still to resolve."""
+
+    types: tuple[str, ...] = ()  # filter types present, in order
+    request_headers: HeaderModifier | None = None
+    response_headers: HeaderModifier | None = None
+    redirect: Redirect | None = None
+    rewrite: URLRewrite | None = None
+    cors: CORS | None = None
+    mirrors: tuple[MirrorSpec, ...] = ()
+    extensions: tuple[ExtensionRefSpec, ...] = ()
+
+
+NO_FILTERS = FilterSpecs()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +189,8 @@ class RouteRule:
     # Set when the rule is routable but cannot be served (unsupported field, bad timeout):
     # requests matching it get a 500 rather than falling through to another route.
     invalid_reason: str | None = None
+    filters: FilterSpecs = NO_FILTERS
+    retry: Retry | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +278,35 @@ class Namespace:
     meta: Meta
 
 
-Resource = GatewayClass | Gateway | HTTPRoute | Service | EndpointSlice | Backend | ReferenceGrant | Namespace
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A core Secret; gw reads kubernetes.io/tls ones (data tls.crt / tls.key, base64 in the manifest)."""
+
+    meta: Meta
+    type: str
+    data: dict[str, bytes] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """An object of a gw.dev kind other than Backend: a target for ExtensionRef filters."""
+
+    meta: Meta
+    spec: dict = field(default_factory=dict, compare=False)
+
+
+Resource = (
+    GatewayClass
+    | Gateway
+    | HTTPRoute
+    | Service
+    | EndpointSlice
+    | Backend
+    | ReferenceGrant
+    | Namespace
+    | Secret
+    | Policy
+)
 
 
 @dataclass(slots=True)
@@ -234,6 +321,8 @@ class Resources:
     backends: list[Backend] = field(default_factory=list)
     reference_grants: list[ReferenceGrant] = field(default_factory=list)
     namespaces: list[Namespace] = field(default_factory=list)
+    secrets: list[Secret] = field(default_factory=list)
+    policies: list[Policy] = field(default_factory=list)
     # Kinds gw does not read (Deployments in the same manifests, ...): "Kind ns/name" per object.
     ignored: list[str] = field(default_factory=list)
 
@@ -247,5 +336,7 @@ class Resources:
             Backend: self.backends,
             ReferenceGrant: self.reference_grants,
             Namespace: self.namespaces,
+            Secret: self.secrets,
+            Policy: self.policies,
         }[type(obj)]
         bucket.append(obj)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
-from gw.config.errors import ConfigError
+from gw.config.errors import Condition, ConfigError
 from gw.config.resources import Gateway, Listener, Resources
 
 # RFC 1123 hostname, lower case, optionally with a leading "*." wildcard label (CRD pattern).
@@ -20,7 +20,8 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
 _FORBIDDEN_IN_PATH = ("//", "/./", "/../", "%2f", "%2F", "#")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
-SUPPORTED_PROTOCOLS = frozenset({"HTTP"})
+SUPPORTED_PROTOCOLS = frozenset({"HTTP"})  # what the data plane serves without TLS support
+KNOWN_PROTOCOLS = frozenset({"HTTP", "HTTPS"})  # what gw's config pipeline understands
 
 
 def check_hostname(value: str) -> str | None:
@@ -107,14 +108,20 @@ def check_address(value: str) -> str | None:
     return None
 
 
-def check_listeners(gateway: Gateway) -> tuple[tuple[Listener, ...], list[ConfigError]]:
-    """Listeners that can be served, and errors for those that cannot (each rejected alone)."""
+def check_listeners(
+    gateway: Gateway, protocols: Iterable[str] = SUPPORTED_PROTOCOLS
+) -> tuple[tuple[Listener, ...], list[ConfigError], dict[str, list[Condition]]]:
+    """Listeners that can be served, errors for those that cannot (each rejected alone), and the
+    Accepted/Conflicted conditions of every listener by name (the caller adds ResolvedRefs and
+    Programmed)."""
+    protocols = frozenset(protocols)
     errors: list[ConfigError] = []
+    conditions: dict[str, list[Condition]] = {}
     kept: list[Listener] = []
     names: set[str] = set()
     # (port, hostname) pairs already taken: two listeners may share a port only with distinct hostnames.
     taken: dict[tuple[int, str | None], str] = {}
-    protocols: dict[int, str] = {}
+    port_protocols: dict[int, str] = {}
     for listener in gateway.listeners:
         field = f"spec.listeners[{listener.index}]"
 
@@ -125,31 +132,36 @@ def check_listeners(gateway: Gateway) -> tuple[tuple[Listener, ...], list[Config
             reject(".name", f"duplicate listener name {listener.name!r}")
             continue
         names.add(listener.name)
-        if listener.protocol not in SUPPORTED_PROTOCOLS:
+        status = conditions[listener.name] = []
+        if listener.protocol not in protocols:
+            known = "yet by the data plane" if listener.protocol in KNOWN_PROTOCOLS else "by gw"
             reject(
                 ".protocol",
-                f"protocol {listener.protocol!r} is not supported (supported: "
-                f"{', '.join(sorted(SUPPORTED_PROTOCOLS))}); listener {listener.name!r} is not served",
+                f"protocol {listener.protocol!r} is not supported {known} (supported: "
+                f"{', '.join(sorted(protocols))}); listener {listener.name!r} is not served",
             )
+            status.append(Condition("Accepted", False, "UnsupportedProtocol", f"{listener.protocol} is not supported"))
             continue
-        if protocols.get(listener.port, listener.protocol) != listener.protocol:
-            reject(
-                ".protocol",
-                f"port {listener.port} is already used with protocol {protocols[listener.port]!r}",
-            )
+        if port_protocols.get(listener.port, listener.protocol) != listener.protocol:
+            message = f"port {listener.port} is already used with protocol {port_protocols[listener.port]!r}"
+            reject(".protocol", message)
+            status.append(Condition("Conflicted", True, "ProtocolConflict", message))
+            status.append(Condition("Accepted", False, "PortUnavailable", message))
             continue
         other = taken.get((listener.port, listener.hostname))
         if other is not None:
             hostname = listener.hostname or "(any)"
-            reject(
-                ".hostname",
-                f"listener {other!r} already serves hostname {hostname} on port {listener.port}",
-            )
+            message = f"listener {other!r} already serves hostname {hostname} on port {listener.port}"
+            reject(".hostname", message)
+            status.append(Condition("Conflicted", True, "HostnameConflict", message))
+            status.append(Condition("Accepted", False, "HostnameConflict", message))
             continue
-        protocols[listener.port] = listener.protocol
+        port_protocols[listener.port] = listener.protocol
         taken[(listener.port, listener.hostname)] = listener.name
+        status.append(Condition("Accepted", True, "Accepted"))
+        status.append(Condition("Conflicted", False, "NoConflicts"))
         kept.append(listener)
-    return tuple(kept), errors
+    return tuple(kept), errors, conditions
 
 
 def check_duplicates(resources: Resources) -> list[ConfigError]:
@@ -165,6 +177,8 @@ def check_duplicates(resources: Resources) -> list[ConfigError]:
         resources.backends,
         resources.reference_grants,
         resources.namespaces,
+        resources.secrets,
+        resources.policies,
     )
     for group in groups:
         unique = []

@@ -1,0 +1,163 @@
+"""Which GatewayClasses and Gateways this instance serves, their listeners, certificates and conditions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from gw.config.errors import Condition, ConfigError
+from gw.config.filters import HTTPS
+from gw.config.resources import GATEWAY_GROUP, Gateway, Listener, Resources
+from gw.config.tls import Certificate, CertificateResolver
+from gw.config.validate import SUPPORTED_PROTOCOLS, check_listeners
+from gw.routing.hostnames import hostname_matches
+
+ROUTE_KINDS = (("gateway.networking.k8s.io", "HTTPRoute"),)  # what gw's listeners can attach
+
+
+@dataclass(slots=True)
+class ServedGateways:
+    """The Gateways this instance serves, with their usable listeners and what became of the others."""
+
+    # (namespace, name) → (gateway, its servable listeners)
+    gateways: dict[tuple[str, str], tuple[Gateway, tuple[Listener, ...]]] = field(default_factory=dict)
+    # "namespace/gateway/listener" → resolved certificates (HTTPS listeners)
+    certificates: dict[str, tuple[Certificate, ...]] = field(default_factory=dict)
+    # "namespace/gateway/listener" → conditions
+    listener_conditions: dict[str, list[Condition]] = field(default_factory=dict)
+
+
+def serve_gateways(
+    resources: Resources,
+    *,
+    controller_name: str,
+    only: str | None,
+    features: frozenset[str],
+    source: str,
+    errors: list[ConfigError],
+    conditions: dict[str, list[Condition]],
+) -> ServedGateways:
+    """Select, validate and resolve the served Gateways; conditions go to `conditions` by object label.
+
+    Raises ConfigError when no Gateway is served or two served Gateways declare the same port.
+    """
+    classes = set()
+    for gc in resources.gateway_classes:
+        if gc.controller_name == controller_name:
+            classes.add(gc.meta.name)
+            conditions[gc.meta.label] = [Condition("Accepted", True, "Accepted")]
+    served = [g for g in resources.gateways if g.class_name in classes]
+    if only is not None:
+        served = [g for g in served if g.meta.key == only]
+        if not served:
+            raise ConfigError(source, "", "", f"Gateway {only} is not defined or not served by {controller_name}")
+    if not served:
+        raise ConfigError(
+            source,
+            "",
+            "",
+            f"no Gateway to serve: none has a gatewayClassName naming a GatewayClass whose "
+            f"controllerName is {controller_name!r}",
+        )
+    protocols = SUPPORTED_PROTOCOLS | ({"HTTPS"} if HTTPS in features else set())
+    certs = CertificateResolver(resources.secrets, resources.reference_grants)
+    result = ServedGateways()
+    port_owner: dict[int, Gateway] = {}
+    for gw in served:
+        listeners, listener_errors, by_name = check_listeners(gw, protocols)
+        errors += listener_errors
+        usable = []
+        for li in listeners:
+            owner = port_owner.setdefault(li.port, gw)
+            if owner is not gw:
+                raise ConfigError(
+                    gw.meta.file,
+                    gw.meta.label,
+                    f"spec.listeners[{li.index}].port",
+                    f"port {li.port} is also declared by {owner.meta.label}; serve one of them per "
+                    "instance (GW_GATEWAY=namespace/name)",
+                )
+            status = by_name[li.name]
+            ok = _resolve_refs(gw, li, certs, result, status, errors)
+            status.append(Condition("Programmed", ok, "Programmed" if ok else "Invalid"))
+            if ok:
+                usable.append(li)
+        _overlapping_tls(usable, by_name)
+        for name, status in by_name.items():
+            if not any(c.type == "Programmed" for c in status):
+                status.append(Condition("Programmed", False, "Invalid"))
+            result.listener_conditions[f"{gw.meta.key}/{name}"] = status
+        result.gateways[(gw.meta.namespace, gw.meta.name)] = (gw, tuple(usable))
+        all_ok = len(usable) == len(gw.listeners)
+        conditions[gw.meta.label] = [
+            Condition("Accepted", True, "Accepted" if all_ok else "ListenersNotValid"),
+            Condition("Programmed", bool(usable), "Programmed" if usable else "Invalid"),
+        ]
+    return result
+
+
+def _resolve_refs(
+    gw: Gateway,
+    li: Listener,
+    certs: CertificateResolver,
+    result: ServedGateways,
+    status: list[Condition],
+    errors: list[ConfigError],
+) -> bool:
+    """Route kinds and certificateRefs → the listener's ResolvedRefs; False when it cannot serve."""
+    field = f"spec.listeners[{li.index}]"
+    problems: list[tuple[str, str]] = []
+    if li.allowed_kinds and not any((k.group, k.kind) in ROUTE_KINDS for k in li.allowed_kinds):
+        kinds = ", ".join(k.kind for k in li.allowed_kinds)
+        problems.append(("InvalidRouteKinds", f"none of the route kinds {kinds} is supported (HTTPRoute is)"))
+        errors.append(ConfigError(gw.meta.file, gw.meta.label, f"{field}.allowedRoutes.kinds", problems[-1][1]))
+    elif li.allowed_kinds:
+        for k in li.allowed_kinds:
+            if (k.group, k.kind) not in ROUTE_KINDS:
+                problems.append(("InvalidRouteKinds", f"route kind {k.kind} is not supported"))
+    resolved = []
+    for ref in li.certificate_refs:
+        cert, reason, message = certs.resolve(gw, ref)
+        if cert is None:
+            problems.append((reason, message))
+            errors.append(
+                ConfigError(
+                    gw.meta.file, gw.meta.label, f"{field}.tls.certificateRefs[{ref.index}]", f"{message} ({reason})"
+                )
+            )
+        else:
+            resolved.append(cert)
+    if li.protocol == "HTTPS":
+        result.certificates[f"{gw.meta.key}/{li.name}"] = tuple(resolved)
+    if problems:
+        # RefNotPermitted wins over InvalidCertificateRef: the spec reserves the latter for allowed refs.
+        reason = next((r for r, _ in problems if r == "RefNotPermitted"), problems[0][0])
+        status.append(Condition("ResolvedRefs", False, reason, "; ".join(m for _, m in problems)))
+    else:
+        status.append(Condition("ResolvedRefs", True, "ResolvedRefs"))
+    return not (li.protocol == "HTTPS" and not resolved)
+
+
+def _overlapping_tls(listeners: Iterable[Listener], by_name: dict[str, list[Condition]]) -> None:
+    """OverlappingTLSConfig on HTTPS listeners of one port whose hostnames overlap (the spec's MUST)."""
+    https = [li for li in listeners if li.protocol == "HTTPS"]
+    for a in https:
+        for b in https:
+            if a is b or a.port != b.port:
+                continue
+            if a.hostname is None or b.hostname is None or _overlap(a.hostname, b.hostname):
+                by_name[a.name].append(
+                    Condition("OverlappingTLSConfig", True, "OverlappingHostnames", f"overlaps listener {b.name!r}")
+                )
+                break
+
+
+def _overlap(a: str, b: str) -> bool:
+    return hostname_matches(a, b) or hostname_matches(b, a)
+
+
+def supported_kinds(li: Listener) -> list[dict[str, str]]:
+    """The listener's status.supportedKinds."""
+    if not li.allowed_kinds:
+        return [{"group": GATEWAY_GROUP, "kind": "HTTPRoute"}]
+    return [{"group": k.group, "kind": k.kind} for k in li.allowed_kinds if (k.group, k.kind) in ROUTE_KINDS]
