@@ -154,7 +154,7 @@ def _header_modifier(r: Reader, raw: dict[str, Any], field: str) -> HeaderModifi
             r.error(n_field, problem)
         elif claim(name, n_field):
             removed.append(name)
-    if not (pairs["set"] or pairs["add"] or removed):
+    if not (raw.get("set") or raw.get("add") or raw.get("remove")):
         r.error(field, "needs at least one of set, add, remove")
     return HeaderModifier(tuple(pairs["set"]), tuple(pairs["add"]), tuple(removed))
 
