@@ -96,7 +96,10 @@ class TestHeaderModifier:
             backendRefs: [{ONE}]
             filters:
             - type: RequestHeaderModifier
-              requestHeaderModifier: {{set: [{{name: X-A, value: "1"}}], add: [{{name: X-B, value: "2"}}], remove: [X-C]}}
+              requestHeaderModifier:
+                set: [{{name: X-A, value: "1"}}]
+                add: [{{name: X-B, value: "2"}}]
+                remove: [X-C]
             - type: ResponseHeaderModifier
               responseHeaderModifier: {{add: [{{name: X-Served-By, value: gw}}]}}
             """
