@@ -10,6 +10,8 @@ def describe_rule(rule: Rule) -> str:
     name = f"{rule.route}#{rule.index}" + (f" ({rule.name})" if rule.name else "")
     if rule.invalid_reason:
         return f"{name} → 500: {rule.invalid_reason}"
+    if rule.redirect is not None:
+        return f"{name} → {rule.redirect.describe()}"
     targets = []
     for ref in rule.backend_refs:
         if ref.backend is None:
@@ -23,6 +25,14 @@ def describe_rule(rule: Rule) -> str:
         limits.append(f"backend-timeout={rule.backend_timeout:g}s")
     if rule.max_body_size:
         limits.append(f"max-body={rule.max_body_size}")
+    if rule.retry is not None:
+        limits.append(rule.retry.describe())
+    for label, f in (("request headers", rule.request_headers), ("response headers", rule.response_headers)):
+        if f is not None:
+            limits.append(f"{label}: {f.describe()}")
+    for f in (rule.rewrite, rule.cors, *rule.mirrors, *rule.extensions):
+        if f is not None:
+            limits.append(f.describe())
     suffix = f" ({', '.join(limits)})" if limits else ""
     return f"{name} → {', '.join(targets)}{suffix}"
 
