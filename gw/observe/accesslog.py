@@ -11,6 +11,19 @@ import orjson
 
 FLUSH_BYTES = 64 * 1024  # write once this much is buffered (and at least every sweep)
 
+# One line per request. Strings that come from the client are escaped by orjson once per distinct
+# value (see `members`); the rest is numbers and ids made of token characters, formatted directly:
+# a third of the cost of building a dict and serialising it for every request.
+LINE = (
+    b'{"time":%.6f,"request_id":"%b",%b,"status":%d,"bytes_in":%d,"bytes_out":%d,"duration_ms":%.3f,%b,%b%b}\n'
+)
+NULL_UPSTREAM = b'"upstream":null'
+
+
+def members(**fields: Any) -> bytes:
+    """JSON object members, without the braces, for splicing into LINE."""
+    return orjson.dumps(fields)[1:-1]
+
 
 class AccessLog:
     """Buffers lines and writes them in large blocks; `enabled` is checked before building a record."""
@@ -37,7 +50,9 @@ class AccessLog:
         return self.sample >= 1.0 or random.random() < self.sample
 
     def write(self, record: dict[str, Any]) -> None:
-        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        self.write_line(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+
+    def write_line(self, line: bytes) -> None:
         self._buffer.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
+import orjson
+
 # Latency bucket upper bounds in seconds (Prometheus `le`), +Inf implied.
 BOUNDS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -18,10 +20,12 @@ CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 class RouteStats:
     """Counters for one route label: per status class, count, duration sum and histogram."""
 
-    __slots__ = ("buckets", "counts", "label", "sums")
+    __slots__ = ("buckets", "counts", "label", "log_member", "sums")
 
     def __init__(self, label: str) -> None:
         self.label = label
+        # '"route":"ns/name"' for access-log lines (orjson-escaped once, here).
+        self.log_member = orjson.dumps({"route": label or None})[1:-1]
         self.counts = [0] * 6  # index = status // 100 (0 unused)
         self.sums = [0.0] * 6
         self.buckets = [[0] * (len(BOUNDS) + 1) for _ in range(6)]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from gw.observe.accesslog import LINE, NULL_UPSTREAM, members
 from gw.proxy import errors
 from gw.proxy.errors import ProxyError, problem_response
 from gw.proxy.request import CRLF, IDEMPOTENT, RawHead, Request, analyze_raw, prepare, split_fields, split_target
@@ -85,6 +86,7 @@ class ClientConnection(asyncio.Protocol):
         self.early_data = b""  # bytes after an upgrade request, held until the upstream answers
         self.fatal: ProxyError | None = None
         self.small_head = min(self.settings.max_request_line, self.settings.max_header_size)
+        self.log_memo: tuple[Any, ...] | None = None
         self.route_memo: tuple[Any, ...] | None = None
         self.req_memo: tuple[bytes, bytes, RawHead | None] | None = None
         self.resp_memo: tuple[tuple[object, ...], ResponseHead] | None = None
@@ -811,30 +813,45 @@ class ClientConnection(asyncio.Protocol):
             now = monotonic()
         duration = now - req.started
         rule = req.rule
-        (rule.stats if rule is not None and rule.stats is not None else self.gw.no_route_stats).record(
-            status, duration
-        )
+        stats = rule.stats if rule is not None and rule.stats is not None else self.gw.no_route_stats
+        stats.record(status, duration)
         log = self.gw.access_log
         if log.enabled and (log.sample >= 1.0 or log.sampled()):
+            # The request's own members are escaped once per distinct request line and host.
+            memo = self.log_memo
+            if (
+                memo is not None
+                and memo[0] == req.url
+                and memo[1] == req.host
+                and memo[2] == req.method
+                and memo[3] == req.version
+            ):
+                request_part = memo[4]
+            else:
+                request_part = members(
+                    client=self.client,
+                    method=req.method.decode("latin-1"),
+                    host=req.host,
+                    path=req.url.decode("latin-1"),
+                    protocol=_PROTOCOLS.get(req.version, "HTTP/?"),
+                )
+                self.log_memo = (req.url, req.host, req.method, req.version, request_part)
             endpoint = self.endpoint
-            record = {
-                "time": time.time(),
-                "request_id": req.request_id.decode(),
-                "client": self.client,
-                "method": _METHODS.get(req.method) or req.method.decode("latin-1"),
-                "host": req.host,
-                "path": req.url.decode("latin-1"),
-                "protocol": _PROTOCOLS.get(req.version, "HTTP/?"),
-                "status": status,
-                "bytes_in": req.body_received,
-                "bytes_out": self.bytes_out,
-                "duration_ms": round(duration * 1000.0, 3),
-                "route": rule.label if rule is not None else None,
-                "upstream": endpoint.label if endpoint is not None and rule is not None else None,
-            }
-            if error:
-                record["error"] = error
-            log.write(record)
+            log.write_line(
+                LINE
+                % (
+                    time.time(),
+                    req.request_id,
+                    request_part,
+                    status,
+                    req.body_received,
+                    self.bytes_out,
+                    duration * 1000.0,
+                    stats.log_member,
+                    endpoint.pool.log_member if endpoint is not None and rule is not None else NULL_UPSTREAM,
+                    b"," + members(error=error) if error else b"",
+                )
+            )
         return now
 
 
@@ -851,7 +868,6 @@ class RawHeadCallbacks:
 
 
 _PROTOCOLS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
-_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 

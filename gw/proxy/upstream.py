@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+import orjson
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 if TYPE_CHECKING:
@@ -184,7 +185,17 @@ PAUSE_TUNNEL = 8  # the upgraded peer cannot take more yet
 class EndpointPool:
     """Keep-alive connections to one endpoint: idle ones reused newest first, bounded and aged."""
 
-    __slots__ = ("address", "connections", "idle", "idle_timeout", "loop", "max_idle", "max_requests", "port")
+    __slots__ = (
+        "address",
+        "connections",
+        "idle",
+        "idle_timeout",
+        "log_member",
+        "loop",
+        "max_idle",
+        "max_requests",
+        "port",
+    )
 
     def __init__(
         self,
@@ -203,6 +214,7 @@ class EndpointPool:
         self.idle_timeout = idle_timeout
         self.max_requests = max_requests
         self.idle: list[UpstreamConnection] = []
+        self.log_member = orjson.dumps({"upstream": f"{address}:{port}"})[1:-1]  # for access-log lines
         self.connections = 0  # open connections, idle or lent
 
     def acquire(self) -> UpstreamConnection | None:
