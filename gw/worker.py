@@ -45,6 +45,8 @@ def load(settings: Settings) -> LoadResult:
         settings.config,
         port_offset=settings.listener_port_offset,
         default_max_body_size=settings.max_body_size,
+        controller_name=settings.controller_name,
+        gateway=settings.gateway or None,
     )
 
 
