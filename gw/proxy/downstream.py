@@ -426,12 +426,14 @@ class ClientConnection(asyncio.Protocol):
         pool = endpoint.pool
         if pool is None:
             pool = endpoint.pool = self.gw.pool(endpoint)
-        conn = pool.acquire()
-        if conn is not None:
-            conn.reused = True
-            self._send(req, conn)
-        else:
-            self._connect(req, pool)
+        idle = pool.idle  # EndpointPool.acquire, inlined: this runs once per request
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                self._send(req, conn)
+                return
+        self._connect(req, pool)
 
     def _connect(self, req: Request, pool: EndpointPool) -> None:
         self.phase = CONNECT
@@ -492,8 +494,12 @@ class ClientConnection(asyncio.Protocol):
         if req.expect_continue and not req.complete and req.body_received == 0:
             req.expect_continue = False  # sent once, when the body can start flowing upstream
             self.transport.write(CONTINUE)
-        if req.complete:
-            self._await_response(req, req.started if req.attempts == 0 else monotonic())
+        if req.complete or not req.has_body:
+            # (A bodiless request is as good as complete: its message end is a formality.)
+            self.phase = WAIT
+            rule = req.rule
+            timeout = (rule.backend_timeout if rule is not None else None) or self.settings.upstream_response_timeout
+            self.deadline = (req.started if req.attempts == 0 else monotonic()) + timeout
         else:
             self.phase = BODY
             self.deadline = monotonic() + self.settings.keepalive_timeout
@@ -549,6 +555,7 @@ class ClientConnection(asyncio.Protocol):
     def upstream_complete(self, conn: UpstreamConnection) -> None:
         if self.framing == CHUNKED:
             self.out.append(LAST_CHUNK)
+        self.phase = IDLE  # no idle deadline to move in flush(): _finish sets the next one
         self.flush()
         req: Request = self.active  # type: ignore[assignment]
         reusable = conn.keep_alive and req.complete and not conn.closed
