@@ -555,15 +555,17 @@ class ClientConnection(asyncio.Protocol):
     def upstream_complete(self, conn: UpstreamConnection) -> None:
         if self.framing == CHUNKED:
             self.out.append(LAST_CHUNK)
-        self.phase = IDLE  # no idle deadline to move in flush(): _finish sets the next one
-        self.flush()
+        self.phase = IDLE  # _finish sets the next deadline
+        out = self.out
+        if out:  # flush(), inlined: this runs once per response
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
         req: Request = self.active  # type: ignore[assignment]
-        reusable = conn.keep_alive and req.complete and not conn.closed
         self.upstream = None
-        if self.writing_paused and reusable:
-            conn.transport.resume_reading()
         now = monotonic()
-        if reusable:
+        if conn.keep_alive and req.complete and not conn.closed:
+            if self.writing_paused:
+                conn.transport.resume_reading()
             conn.pool.release(conn, now)
         else:
             conn.close()
