@@ -18,7 +18,7 @@ from typing import Any
 import uvloop
 
 from gw.admin import AdminApp, admin_server
-from gw.config import ConfigError, LoadResult, load_config
+from gw.config import ConfigError, LoadResult, load_config, status_document
 from gw.config.model import CompiledConfig
 from gw.proxy.downstream import ClientConnection
 from gw.proxy.gateway import Gateway
@@ -68,8 +68,11 @@ class Worker:
         self.started = time.time()
         self.stopping = asyncio.Event()
         self.reloads = 0
+        self.result: LoadResult | None = None
 
-    async def serve(self, config: CompiledConfig) -> None:
+    async def serve(self, result: LoadResult) -> None:
+        self.result = result
+        config = result.config
         self.gateway.install(config)
         self.gateway.start()
         await self._bind(config)
@@ -113,6 +116,7 @@ class Worker:
             self.gateway.metrics.inc("gw_config_reloads_total", result="rejected")
             return
         report(result)
+        self.result = result
         self.gateway.install(result.config)
         self.loop.create_task(self._bind(result.config))
         self.reloads += 1
@@ -160,6 +164,8 @@ class Worker:
                 for p in (config.ports if config else ())
             ],
             "connections": len(self.gateway.connections),
+            # Gateway API conditions of every object, as `gw check` reports them.
+            "gatewayAPI": status_document(self.result, self.settings.controller_name) if self.result else None,
         }
 
 
@@ -176,7 +182,7 @@ def run(settings: Settings) -> int:
     report(result)
 
     async def main() -> None:
-        await Worker(settings).serve(result.config)
+        await Worker(settings).serve(result)
 
     # The config and the modules loaded so far live as long as the worker: move them out of the
     # collector's sight, and collect young objects less often (the data plane makes no cycles

@@ -253,3 +253,15 @@ def test_access_log_off_writes_nothing(setup: Setup, tmp_path: Path) -> None:
     out = serve_and_capture_stdout(setup, tmp_path, {"GW_ACCESS_LOG": "off"}, 5)
     assert out == b""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.yaml"]  # no file named "off" either
+
+
+def test_status_reports_gateway_api_conditions_of_the_served_objects(setup: Setup) -> None:
+    status = admin_get(setup.gateway, "/status").json()
+    api = status["gatewayAPI"]
+    gateways = {f"{g['namespace']}/{g['name']}": g for g in api["gateways"]} if api["gateways"] else {}
+    assert gateways, api
+    gateway = next(iter(gateways.values()))
+    accepted = [c for c in gateway["conditions"] if c["type"] == "Accepted"]
+    assert accepted and accepted[0]["status"] == "True"
+    assert gateway["listeners"][0]["attachedRoutes"] >= 1
+    assert all(r["parents"] for r in api["httpRoutes"])
