@@ -58,17 +58,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate a config offline; print every error and each object's conditions; exit non-zero on error."""
-    from gw.config import ConfigError, load_config
+    from gw.config import ConfigError
     from gw.config.status import status_lines
+    from gw.worker import load
 
-    settings = _settings()
     try:
-        result = load_config(
-            args.path,
-            port_offset=settings.listener_port_offset,
-            controller_name=settings.controller_name,
-            gateway=settings.gateway or None,
-        )
+        result = load(_settings(), args.path)
     except ConfigError as exc:
         print(f"error: {exc}")
         return 1
@@ -84,16 +79,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_routes(args: argparse.Namespace) -> int:
     """Print the compiled route table in precedence order."""
-    from gw.config import ConfigError, describe, load_config
+    from gw.config import ConfigError, describe
+    from gw.worker import load
 
-    settings = _settings()
     try:
-        result = load_config(
-            args.path,
-            port_offset=settings.listener_port_offset,
-            controller_name=settings.controller_name,
-            gateway=settings.gateway or None,
-        )
+        result = load(_settings(), args.path)
     except ConfigError as exc:
         print(f"error: {exc}")
         return 1

@@ -40,9 +40,10 @@ def bind_listener(host: str, port: int, *, reuse_port: bool = True) -> socket.so
     return sock
 
 
-def load(settings: Settings) -> LoadResult:
+def load(settings: Settings, path: str | None = None) -> LoadResult:
+    """Load the config at `path` (default GW_CONFIG) as the GW_* settings say."""
     return load_config(
-        settings.config,
+        path or settings.config,
         port_offset=settings.listener_port_offset,
         default_max_body_size=settings.max_body_size,
         controller_name=settings.controller_name,

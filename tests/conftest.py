@@ -20,11 +20,7 @@ def upstream() -> Iterator[Upstream]:
     up.stop()
 
 
-@pytest.fixture
-def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
-    """start_gateway(backends, routes, env={}) → a running gateway; all are stopped at teardown."""
-    started: list[GatewayProcess] = []
-
+def _gateway_starter(tmp_path: Path, started: list[GatewayProcess]) -> StartGateway:
     def start(
         backends: dict[str, list[tuple[str, int]]],
         routes: list[dict[str, object]],
@@ -45,7 +41,14 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
         started.append(gw)
         return gw.start()
 
-    yield start
+    return start
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
+    """start_gateway(backends, routes, env={}) → a running gateway; all are stopped at teardown."""
+    started: list[GatewayProcess] = []
+    yield _gateway_starter(tmp_path, started)
     for gw in started:
         gw.stop()
 
@@ -72,30 +75,8 @@ def module_upstream() -> Iterator[Upstream]:
 @pytest.fixture(scope="module")
 def module_start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartGateway]:
     """Like `start_gateway`, but the gateways live until the module's tests are done."""
-    tmp_path = tmp_path_factory.mktemp("gateways")
     started: list[GatewayProcess] = []
-
-    def start(
-        backends: dict[str, list[tuple[str, int]]],
-        routes: list[dict[str, object]],
-        env: dict[str, str] | None = None,
-        yaml_text: str | None = None,
-    ) -> GatewayProcess:
-        port = free_port()
-        index = len(started)
-        path = tmp_path / f"gateway-{index}.yaml"
-        path.write_text(yaml_text if yaml_text is not None else config_yaml(port, backends, routes))
-        gw = GatewayProcess(
-            config_path=path,
-            port=port,
-            admin=free_port(),
-            env=dict(env or {}),
-            access_log=tmp_path / f"access-{index}.log",
-        )
-        started.append(gw)
-        return gw.start()
-
-    yield start
+    yield _gateway_starter(tmp_path_factory.mktemp("gateways"), started)
     for gw in started:
         gw.stop()
 
