@@ -58,6 +58,8 @@ class ClientConnection(asyncio.Protocol):
         self.settings = gateway.settings
         self.bind_port = bind_port
         self.port_bytes = str(declared_port).encode()
+        self.declared_port = declared_port
+        self.resp_mods: tuple[Any, Any] | None = None  # ResponseHeaderModifiers of the exchange
         self.scheme = scheme
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.full_parser = self.parser = HttpRequestParser(self)
@@ -407,6 +409,10 @@ class ClientConnection(asyncio.Protocol):
             return
         timeout = rule.request_timeout
         self.request_deadline = req.started + timeout if timeout else 0.0
+        self.resp_mods = None
+        if rule.has_filters:
+            self._start_filtered(req, rule)
+            return
         backend = rule.only_backend
         if backend is None:
             ref = rule.pick_backend()
@@ -416,6 +422,62 @@ class ClientConnection(asyncio.Protocol):
             backend = ref.backend
         self.backend = backend
         self._pick_and_go(req)
+
+    def _start_filtered(self, req: Request, rule: Any) -> None:
+        """A rule with HTTPRoute filters: redirect, or rewrite the request and edit its fields.
+
+        Off the fast path on purpose: the forwarded head is split into fields, edited by the
+        rule's and then the chosen backendRef's filters, and joined again.
+        """
+        redirect = rule.redirect
+        if redirect is not None:
+            location = redirect.location(
+                self.scheme.decode(), req.host or "localhost", self.declared_port, req.path, req.query
+            )
+            self._answer(req, redirect.status, [(b"Location", location)])
+            return
+        ref = rule.pick_backend()
+        if ref is None or ref.backend is None:
+            self._fail(errors.RouteMisconfigured("the route has no usable backend"))
+            return
+        fields = split_fields(b"\r\n" + b"".join(req.head))
+        for modifier in (rule.request_headers, ref.request_headers):
+            if modifier is not None:
+                modifier.apply(fields)
+        rewrite = ref.rewrite or rule.rewrite
+        if rewrite is not None:
+            req.url = rewrite.target(req.path, req.query)
+            if rewrite.host is not None:
+                fields = [(n, v) for n, v in fields if n.lower() != b"host"]
+                fields.insert(0, (b"Host", rewrite.host))
+                req.host_header = rewrite.host
+        req.head = [b"".join(b"%b: %b\r\n" % field for field in fields)]
+        if rule.response_headers is not None or ref.response_headers is not None:
+            self.resp_mods = (rule.response_headers, ref.response_headers)
+        self.backend = ref.backend
+        self._pick_and_go(req)
+
+    def _answer(self, req: Request, status: int, fields: list[tuple[bytes, bytes]]) -> None:
+        """A bodiless response from the gateway itself (a redirect), in order, then carry on."""
+        self.active = req
+        close = (req.has_body and not req.complete) or not req.keep_alive or self.gw.draining
+        self.close_after = close
+        self.framing = NO_BODY
+        if close:
+            tail = b"Connection: close\r\n\r\n"
+        else:
+            tail = b"Connection: keep-alive\r\n\r\n" if req.version == b"1.0" else CRLF
+        self.transport.write(
+            b"".join(
+                (
+                    status_line(status),
+                    *(b"%b: %b\r\n" % field for field in fields),
+                    b"X-Request-ID: %b\r\nContent-Length: 0\r\n" % req.request_id,
+                    tail,
+                )
+            )
+        )
+        self._finish(req, status)
 
     def _pick_and_go(self, req: Request) -> None:
         endpoint = self.backend.pick(req.started)  # type: ignore[union-attr]
@@ -527,7 +589,16 @@ class ClientConnection(asyncio.Protocol):
         # changes): the analysis of the last one is reused, a bytes comparison instead of a parse.
         key = (block, status, req.method, req.version, req.keep_alive, must_close)
         memo = self.resp_memo
-        if memo is not None and memo[0] == key:
+        mods = self.resp_mods
+        if mods is not None:
+            # ResponseHeaderModifier of the rule, then of the backendRef: edited field by field.
+            fields = split_fields(block)
+            for modifier in mods:
+                if modifier is not None:
+                    modifier.apply(fields)
+            block = b"\r\n" + b"".join(b"%b: %b\r\n" % field for field in fields)
+            head = build_response_head_raw(status, block, req, must_close)
+        elif memo is not None and memo[0] == key:
             head = memo[1]
         else:
             head = build_response_head_raw(status, block, req, must_close)

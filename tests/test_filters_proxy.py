@@ -1,0 +1,125 @@
+"""HTTPRoute filters applied by the proxy (Gateway API HTTPRouteFilter): header modifiers,
+RequestRedirect and URLRewrite, end to end through a real gateway to a real upstream."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import StartGateway
+from tests.support.gateway import GatewayProcess
+from tests.support.upstream import Upstream
+
+UP = {"backend": "up"}
+
+
+@pytest.fixture(scope="module")
+def gw(module_upstream: Upstream, module_start_gateway: StartGateway) -> GatewayProcess:
+    routes = [
+        {
+            "name": "modify",
+            "rules": [
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/modify"}}],
+                    "filters": [
+                        {
+                            "type": "RequestHeaderModifier",
+                            "requestHeaderModifier": {
+                                "set": [{"name": "X-Set", "value": "by-gateway"}],
+                                "add": [{"name": "X-Added", "value": "added"}],
+                                "remove": ["X-Remove-Me"],
+                            },
+                        },
+                        {
+                            "type": "ResponseHeaderModifier",
+                            "responseHeaderModifier": {
+                                "set": [{"name": "X-Response", "value": "set"}],
+                                "remove": ["Content-Type"],
+                            },
+                        },
+                    ],
+                    "backendRefs": [UP],
+                },
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+                    "filters": [
+                        {
+                            "type": "URLRewrite",
+                            "urlRewrite": {
+                                "hostname": "rewritten.test",
+                                "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"},
+                            },
+                        }
+                    ],
+                    "backendRefs": [UP],
+                },
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/moved"}}],
+                    "filters": [
+                        {
+                            "type": "RequestRedirect",
+                            "requestRedirect": {
+                                "scheme": "https",
+                                "hostname": "www.example.test",
+                                "statusCode": 301,
+                                "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/here"},
+                            },
+                        }
+                    ],
+                },
+                {"backendRefs": [UP]},
+            ],
+        }
+    ]
+    return module_start_gateway({"up": [("127.0.0.1", module_upstream.port)]}, routes)
+
+
+def echoed_headers(body: bytes) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, value in json.loads(body)["headers"]:
+        out.setdefault(name.lower(), []).append(value)
+    return out
+
+
+def test_request_header_modifier_sets_adds_and_removes(gw: GatewayProcess) -> None:
+    client = gw.connect()
+    resp = client.request("GET", "/modify/x", headers={"X-Set": "from-client", "X-Remove-Me": "1", "X-Added": "orig"})
+    assert resp.status == 200
+    seen = echoed_headers(resp.body)
+    assert seen["x-set"] == ["by-gateway"]
+    assert "x-remove-me" not in seen
+    assert seen["x-added"] == ["orig,added"]
+    assert seen["x-request-id"] == [resp.header("x-request-id")]
+
+
+def test_response_header_modifier_edits_the_response(gw: GatewayProcess) -> None:
+    resp = gw.connect().request("GET", "/modify/y")
+    assert resp.header("x-response") == "set"
+    assert resp.header("content-type") is None
+    assert resp.header("content-length") is not None  # framing fields are not the modifier's to drop
+
+
+def test_url_rewrite_replaces_the_matched_prefix_and_the_host(gw: GatewayProcess) -> None:
+    resp = gw.connect().request("GET", "/old/page?q=1")
+    echoed = json.loads(resp.body)
+    assert echoed["target"] == "/new/page?q=1"
+    assert echoed_headers(resp.body)["host"] == ["rewritten.test"]
+
+
+def test_request_redirect_answers_without_the_upstream(gw: GatewayProcess, module_upstream: Upstream) -> None:
+    before = len(module_upstream.seen)
+    client = gw.connect()
+    resp = client.request("GET", "/moved/a?b=c")
+    assert resp.status == 301
+    assert resp.header("location") == "https://www.example.test/here/a?b=c"
+    assert resp.header("x-request-id")
+    assert len(module_upstream.seen) == before
+    # the connection stays usable
+    assert client.request("GET", "/plain").status == 200
+
+
+def test_rules_without_filters_are_untouched(gw: GatewayProcess) -> None:
+    resp = gw.connect().request("GET", "/plain", headers={"X-Set": "client"})
+    assert echoed_headers(resp.body)["x-set"] == ["client"]
+    assert resp.header("x-response") is None
