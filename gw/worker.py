@@ -102,10 +102,14 @@ class Worker:
                 continue
             sock = bind_listener(self.listen_host, port.bind_port)
             bind_port, declared = port.bind_port, port.declared_port
+            tls = port.tls is not None
+            scheme = b"https" if tls else b"http"
             self.servers[bind_port] = await self.loop.create_server(
-                lambda b=bind_port, d=declared: ClientConnection(self.gateway, b, d),  # type: ignore[misc]
+                lambda b=bind_port, d=declared, s=scheme: ClientConnection(self.gateway, b, d, s),  # type: ignore[misc]
                 sock=sock,
                 backlog=LISTEN_BACKLOG,
+                ssl=self.gateway.listener_context(bind_port) if tls else None,
+                ssl_handshake_timeout=self.settings.header_timeout if tls else None,
             )
 
     def reload(self) -> None:

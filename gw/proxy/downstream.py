@@ -59,6 +59,8 @@ class ClientConnection(asyncio.Protocol):
         self.bind_port = bind_port
         self.port_bytes = str(declared_port).encode()
         self.declared_port = declared_port
+        self.tls = False
+        self.server_name: str | None = None  # the SNI the TLS client sent
         self.resp_mods: tuple[Any, Any] | None = None  # ResponseHeaderModifiers of the exchange
         self.scheme = scheme
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
@@ -102,6 +104,10 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) else "unix"
         self.client_host = self.client.encode()
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.tls = True
+            self.server_name = self.gw.server_names.pop(id(ssl_object), None)
         gw = self.gw
         gw.connections.add(self)
         self.deadline = monotonic() + self.settings.header_timeout
@@ -336,6 +342,10 @@ class ClientConnection(asyncio.Protocol):
         else:
             split_target(req, url)
             port = gw.ports.get(self.bind_port)
+            tls = port.tls if self.tls and port is not None else None
+            if tls is not None and tls.misdirected(self.server_name, req.host):
+                # The Host belongs to another listener than the one the SNI chose (RFC 9110 §15.5.20).
+                raise errors.Misdirected(f"{req.host} is not served on the connection for {self.server_name}")
             rule = port.table.match(req.host, req.path, req.method, req.headers, req.query) if port else None
             self.route_memo = (url, req.host, req.method, gw.config, (req.path, req.query, req.url, rule))
         req.rule = rule

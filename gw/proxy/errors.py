@@ -66,6 +66,10 @@ class NoRoute(ProxyError):
     status, kind = 404, "no-route"
 
 
+class Misdirected(ProxyError):
+    status, kind = 421, "misdirected-request"
+
+
 class RouteMisconfigured(ProxyError):
     status, kind = 500, "route-misconfigured"
 

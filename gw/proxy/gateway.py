@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import ssl
 from time import monotonic
 from typing import TYPE_CHECKING
 
+from gw.config import build_ssl_context
 from gw.config.model import CompiledConfig, Endpoint, PortConfig
 from gw.observe.accesslog import AccessLog
 from gw.observe.metrics import Registry
@@ -35,6 +37,10 @@ class Gateway:
         self.access_log = AccessLog(settings.access_log, settings.access_log_sample)
         self.draining = False
         self.header_matching = True
+        self.tls_contexts: dict[int, ssl.SSLContext] = {}
+        # SNI of each TLS connection between its handshake and connection_made (by SSLObject id):
+        # a server-side SSLObject does not keep the name the client asked for.
+        self.server_names: dict[int, str | None] = {}
         self._request_ids = itertools.count(1)
         # A per-process random prefix plus a counter: unique across workers and replicas, and
         # far cheaper than uuid4() per request.
@@ -52,10 +58,37 @@ class Gateway:
         """Serve `config` from the next request on; requests in flight finish on the old one."""
         for rule in config.rules:
             rule.stats = self.metrics.route(rule.label)
+        # HTTPS ports: the snapshot's certificates, picked per handshake by `select_certificate`,
+        # so a reload switches certificates without touching listeners or open connections.
+        self.tls_contexts = {p.bind_port: build_ssl_context(p) for p in config.ports if p.tls is not None}
         self.ports = {p.bind_port: p for p in config.ports}
         # Only when some rule matches on headers does the fast path split a head into fields.
         self.header_matching = any(getattr(p.table, "uses_headers", True) for p in config.ports)
         self.config = config
+
+    def listener_context(self, bind_port: int) -> ssl.SSLContext:
+        """The SSLContext an HTTPS listener socket is served with, for the life of the socket.
+
+        It holds no certificate itself: its SNI callback moves each handshake to the current
+        snapshot's context for that name (build_ssl_context), which is how certificates reload.
+        """
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_alpn_protocols(["http/1.1"])
+
+        def select_certificate(conn: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> int | None:
+            current = self.tls_contexts.get(bind_port)
+            if current is None:
+                return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+            if len(self.server_names) > 10000:  # handshakes that never completed
+                self.server_names.clear()
+            self.server_names[id(conn)] = server_name.lower() if server_name else None
+            conn.context = current
+            pick = current.sni_callback
+            return pick(conn, server_name, current) if pick is not None else None
+
+        ctx.sni_callback = select_certificate  # type: ignore[assignment]
+        return ctx
 
     def pool(self, endpoint: Endpoint) -> EndpointPool:
         pool = self.pools.get(endpoint.key)
