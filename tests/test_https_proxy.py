@@ -103,6 +103,7 @@ def test_host_of_another_listener_than_the_sni_is_misdirected(https: GatewayProc
     assert json.loads(resp.body)["request_id"] == resp.header("x-request-id")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # naming TLS 1.0/1.1 is the point
 def test_tls_below_1_2_is_refused(https: GatewayProcess, ca: trustme.CA) -> None:
     with pytest.raises(ssl.SSLError):
         connect(https, ca, "a.test", minimum_version=ssl.TLSVersion.TLSv1, maximum_version=ssl.TLSVersion.TLSv1_1)
@@ -117,3 +118,49 @@ def test_plain_http_on_the_tls_port_does_not_reach_the_upstream(
     assert Client(raw).read_until_close()[:8] != b"HTTP/1.1"
     assert len(module_upstream.seen) == before
     assert https.alive()
+
+
+def test_certificates_reload_with_the_config_without_new_sockets(
+    ca: trustme.CA, upstream: Upstream, start_gateway: StartGateway
+) -> None:
+    """HUP with a new certificate: new handshakes get it, an open TLS connection keeps working."""
+    import os
+    import signal
+
+    port = free_port()
+
+    def config(leaf: trustme.LeafCert) -> str:
+        docs = [
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "gw"},
+             "spec": {"controllerName": "gw.dev/gateway-controller"}},
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+             "metadata": {"name": "tls", "namespace": "default"},
+             "spec": {"gatewayClassName": "gw", "listeners": [
+                 {"name": "a", "port": port, "protocol": "HTTPS", "hostname": "a.test",
+                  "tls": {"certificateRefs": [{"name": "a-cert"}]}}]}},
+            _secret("a-cert", leaf),
+            {"apiVersion": "gw.dev/v1alpha1", "kind": "Backend", "metadata": {"name": "up", "namespace": "default"},
+             "spec": {"endpoints": [{"address": "127.0.0.1", "port": upstream.port}]}},
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "site", "namespace": "default"},
+             "spec": {"parentRefs": [{"name": "tls"}],
+                      "rules": [{"backendRefs": [{"group": "gw.dev", "kind": "Backend", "name": "up"}]}]}},
+        ]
+        return yaml.safe_dump_all(docs)
+
+    first, second = ca.issue_cert("a.test"), ca.issue_cert("a.test")
+    gw = start_gateway({}, [], yaml_text=config(first))
+    gw.port = port
+    old = connect(gw, ca, "a.test")
+    serial = old.sock.getpeercert()["serialNumber"]  # type: ignore[attr-defined]
+    assert old.request("GET", "/", headers={"Host": "a.test"}).status == 200
+
+    gw.config_path.write_text(config(second))
+    mark = len(gw.log)
+    os.kill(gw.pid, signal.SIGHUP)
+    gw.wait_for_log("gw: config reloaded", after=mark)
+
+    fresh = connect(gw, ca, "a.test")
+    assert fresh.sock.getpeercert()["serialNumber"] != serial  # type: ignore[attr-defined]
+    assert fresh.request("GET", "/", headers={"Host": "a.test"}).status == 200
+    assert old.request("GET", "/", headers={"Host": "a.test"}).status == 200

@@ -95,6 +95,7 @@ class GatewayProcess:
     proc: subprocess.Popen[bytes] | None = None
     log: list[str] = field(default_factory=list)
     _serving: threading.Event = field(default_factory=threading.Event)
+    _line_seen: threading.Condition = field(default_factory=threading.Condition)
 
     def start(self) -> GatewayProcess:
         env = {**os.environ, **self.env}
@@ -116,9 +117,21 @@ class GatewayProcess:
         assert self.proc is not None and self.proc.stderr is not None
         for raw in self.proc.stderr:
             line = raw.decode(errors="replace").rstrip()
-            self.log.append(line)
+            with self._line_seen:
+                self.log.append(line)
+                self._line_seen.notify_all()
             if line.startswith("gw: serving"):
                 self._serving.set()
+
+    def wait_for_log(self, prefix: str, after: int = 0, timeout: float = 10.0) -> str:
+        """The first stderr line from index `after` on that starts with `prefix` (waits for it)."""
+        with self._line_seen:
+            found = self._line_seen.wait_for(
+                lambda: next((x for x in self.log[after:] if x.startswith(prefix)), None), timeout
+            )
+        if found is None:
+            raise AssertionError(f"no log line {prefix!r}:\n" + "\n".join(self.log))
+        return found
 
     @property
     def pid(self) -> int:
