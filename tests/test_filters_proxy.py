@@ -123,3 +123,62 @@ def test_rules_without_filters_are_untouched(gw: GatewayProcess) -> None:
     resp = gw.connect().request("GET", "/plain", headers={"X-Set": "client"})
     assert echoed_headers(resp.body)["x-set"] == ["client"]
     assert resp.header("x-response") is None
+
+
+@pytest.fixture(scope="module")
+def cors_gw(module_upstream: Upstream, module_start_gateway: StartGateway) -> GatewayProcess:
+    routes = [
+        {
+            "name": "api",
+            "rules": [
+                {
+                    "filters": [
+                        {
+                            "type": "CORS",
+                            "cors": {
+                                "allowOrigins": ["https://app.example.test"],
+                                "allowMethods": ["GET", "PUT"],
+                                "allowHeaders": ["X-Token"],
+                                "exposeHeaders": ["X-Upstream"],
+                                "maxAge": 600,
+                            },
+                        }
+                    ],
+                    "backendRefs": [UP],
+                }
+            ],
+        }
+    ]
+    return module_start_gateway({"up": [("127.0.0.1", module_upstream.port)]}, routes)
+
+
+def test_cors_preflight_is_answered_by_the_gateway(cors_gw: GatewayProcess, module_upstream: Upstream) -> None:
+    before = len(module_upstream.seen)
+    resp = cors_gw.connect().request(
+        "OPTIONS",
+        "/items",
+        headers={
+            "Origin": "https://app.example.test",
+            "Access-Control-Request-Method": "PUT",
+            "Access-Control-Request-Headers": "X-Token",
+        },
+    )
+    assert resp.status == 204
+    assert resp.header("access-control-allow-origin") == "https://app.example.test"
+    assert "PUT" in (resp.header("access-control-allow-methods") or "")
+    assert resp.header("access-control-max-age") == "600"
+    assert resp.header("content-length") is None
+    assert len(module_upstream.seen) == before
+
+
+def test_cors_headers_are_added_to_an_allowed_origins_response(cors_gw: GatewayProcess) -> None:
+    resp = cors_gw.connect().request("GET", "/items", headers={"Origin": "https://app.example.test"})
+    assert resp.status == 200
+    assert resp.header("access-control-allow-origin") == "https://app.example.test"
+    assert resp.header("access-control-expose-headers") == "X-Upstream"
+
+
+def test_cors_headers_are_not_given_to_another_origin(cors_gw: GatewayProcess) -> None:
+    resp = cors_gw.connect().request("GET", "/items", headers={"Origin": "https://evil.test"})
+    assert resp.status == 200
+    assert resp.header("access-control-allow-origin") is None

@@ -61,7 +61,7 @@ class ClientConnection(asyncio.Protocol):
         self.declared_port = declared_port
         self.tls = False
         self.server_name: str | None = None  # the SNI the TLS client sent
-        self.resp_mods: tuple[Any, Any] | None = None  # ResponseHeaderModifiers of the exchange
+        self.resp_mods: tuple[Any, ...] | None = None  # ResponseHeaderModifiers of the exchange
         self.scheme = scheme
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.full_parser = self.parser = HttpRequestParser(self)
@@ -439,6 +439,19 @@ class ClientConnection(asyncio.Protocol):
         Off the fast path on purpose: the forwarded head is split into fields, edited by the
         rule's and then the chosen backendRef's filters, and joined again.
         """
+        fields = split_fields(b"\r\n" + b"".join(req.head))
+        cors = rule.cors
+        cors_fields: list[tuple[bytes, bytes]] | None = None
+        if cors is not None:
+            origin = _field(fields, b"origin")
+            if origin is not None:
+                asked = _field(fields, b"access-control-request-method")
+                if cors.is_preflight(req.method, asked):
+                    # The gateway answers the preflight itself (the CORS filter's promise).
+                    wanted = _field(fields, b"access-control-request-headers")
+                    self._answer(req, 204, cors.preflight(origin, asked, wanted))
+                    return
+                cors_fields = cors.response(origin)
         redirect = rule.redirect
         if redirect is not None:
             location = redirect.location(
@@ -450,7 +463,6 @@ class ClientConnection(asyncio.Protocol):
         if ref is None or ref.backend is None:
             self._fail(errors.RouteMisconfigured("the route has no usable backend"))
             return
-        fields = split_fields(b"\r\n" + b"".join(req.head))
         for modifier in (rule.request_headers, ref.request_headers):
             if modifier is not None:
                 modifier.apply(fields)
@@ -462,8 +474,8 @@ class ClientConnection(asyncio.Protocol):
                 fields.insert(0, (b"Host", rewrite.host))
                 req.host_header = rewrite.host
         req.head = [b"".join(b"%b: %b\r\n" % field for field in fields)]
-        if rule.response_headers is not None or ref.response_headers is not None:
-            self.resp_mods = (rule.response_headers, ref.response_headers)
+        if rule.response_headers is not None or ref.response_headers is not None or cors_fields:
+            self.resp_mods = (rule.response_headers, ref.response_headers, _AddFields(cors_fields or []))
         self.backend = ref.backend
         self._pick_and_go(req)
 
@@ -482,7 +494,8 @@ class ClientConnection(asyncio.Protocol):
                 (
                     status_line(status),
                     *(b"%b: %b\r\n" % field for field in fields),
-                    b"X-Request-ID: %b\r\nContent-Length: 0\r\n" % req.request_id,
+                    b"X-Request-ID: %b\r\n" % req.request_id,
+                    b"" if status == 204 else b"Content-Length: 0\r\n",  # RFC 9110 §8.6: none on 204
                     tail,
                 )
             )
@@ -958,6 +971,26 @@ class RawHeadCallbacks:
 
 
 _PROTOCOLS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
+
+
+def _field(fields: list[tuple[bytes, bytes]], lname: bytes) -> bytes | None:
+    """The first value of a field (name in lower case), or None."""
+    for name, value in fields:
+        if name.lower() == lname:
+            return value
+    return None
+
+
+class _AddFields:
+    """A response edit that appends fixed fields (the CORS headers of an actual request)."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: list[tuple[bytes, bytes]]) -> None:
+        self.fields = fields
+
+    def apply(self, headers: list[tuple[bytes, bytes]]) -> None:
+        headers.extend(self.fields)
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 
