@@ -36,6 +36,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 1 run of 3 s, 1 s warm-up")
     p.add_argument("--routes", default="1",
                    help="HTTPRoute count(s) for gw, comma-separated (e.g. 1,100,10000): one gw per count")
+    p.add_argument("--vary-targets", action="store_true",
+                   help="gw: a random route's target per request (defeats per-connection lookup reuse)")
     only = p.add_mutually_exclusive_group()
     only.add_argument("--gw-only", action="store_true", help="skip the nginx reference proxy")
     only.add_argument("--nginx-only", action="store_true", help="skip gw (nginx reference only)")
@@ -183,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             for n in args.route_counts:
                 timeout = args.ready_timeout or 30.0 + n / 100.0
                 print(f"starting gw with {n} route(s)…", file=sys.stderr)
-                subs.append(subjects.start_gw(tmp, args.proxy_core, up_port, n, args.python, timeout))
+                subs.append(subjects.start_gw(tmp, args.proxy_core, up_port, n, args.python, timeout,
+                                                   vary=args.vary_targets))
         for s in subs:
             s.check()
         # Interleave the proxies run by run so that drift (thermal, noisy neighbours) hits all alike.

@@ -53,6 +53,7 @@ class Subject:
     access_log: Path | None = None  # gw's access log file
     runs: list[RunResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    script: str | None = None  # a wrk Lua script that varies the request (--vary-targets)
 
     def check(self) -> None:
         """One request by hand: a proxy that answers fast with an error would look like a winner."""
@@ -64,12 +65,12 @@ class Subject:
 
     def measure(self, duration: float, warmup: float, proxy_core: int, load_core: int) -> RunResult:
         if warmup > 0:
-            wrk.run(self.url, warmup, load_core, host=self.host)
+            wrk.run(self.url, warmup, load_core, host=self.host, script=self.script)
         pid = self.proc.pid if self.proc else None
         cpu0 = cpu_ticks(pid) if pid else (0, 0)
         pbusy0, ptotal0 = core_busy_ticks(proxy_core)
         lbusy0, ltotal0 = core_busy_ticks(load_core)
-        res = wrk.run(self.url, duration, load_core, host=self.host)
+        res = wrk.run(self.url, duration, load_core, host=self.host, script=self.script)
         cpu1 = cpu_ticks(pid) if pid else (0, 0)
         pbusy1, ptotal1 = core_busy_ticks(proxy_core)
         lbusy1, ltotal1 = core_busy_ticks(load_core)
@@ -126,7 +127,7 @@ def start_nginx_proxy(tmp: Path, core: int, upstream_port: int, access_log: bool
 
 
 def start_gw(tmp: Path, core: int, upstream_port: int, routes: int, python: str,
-             ready_timeout: float) -> Subject:
+             ready_timeout: float, vary: bool = False) -> Subject:
     port, admin_port = free_port(), free_port()
     yaml_text, target = configs.gw_config(port, upstream_port, routes)
     cfg = tmp / f"gw-{routes}.yaml"
@@ -146,8 +147,14 @@ def start_gw(tmp: Path, core: int, upstream_port: int, routes: int, python: str,
     proc = Process(name, ["taskset", "-c", str(core), python, "-m", "gw", "run"],
                    tmp / f"gw-{routes}.out", env=env, cwd=REPO)
     wait_http(proc, f"http://127.0.0.1:{admin_port}/readyz", timeout=ready_timeout)
-    return Subject(name, f"http://127.0.0.1:{port}{target.path}", target.host, proc,
-                   admin=f"http://127.0.0.1:{admin_port}", access_log=access_log)
+    subject = Subject(name, f"http://127.0.0.1:{port}{target.path}", target.host, proc,
+                      admin=f"http://127.0.0.1:{admin_port}", access_log=access_log)
+    if vary:
+        script = tmp / f"vary-{routes}.lua"
+        script.write_text(configs.vary_script(routes))
+        subject.script = str(script)
+        subject.notes.append(f"{name}: targets varied per request (wrk -s {script.name})")
+    return subject
 
 
 def gw_observability_notes(subject: Subject) -> None:
