@@ -3,12 +3,14 @@ RequestRedirect and URLRewrite, end to end through a real gateway to a real upst
 
 from __future__ import annotations
 
+import hashlib
 import json
 
+import httpx
 import pytest
 
 from tests.conftest import StartGateway
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, free_port
 from tests.support.upstream import Upstream
 
 UP = {"backend": "up"}
@@ -182,3 +184,67 @@ def test_cors_headers_are_not_given_to_another_origin(cors_gw: GatewayProcess) -
     resp = cors_gw.connect().request("GET", "/items", headers={"Origin": "https://evil.test"})
     assert resp.status == 200
     assert resp.header("access-control-allow-origin") is None
+
+
+@pytest.fixture(scope="module")
+def retry_gw(module_upstream: Upstream, module_start_gateway: StartGateway) -> GatewayProcess:
+    routes = [
+        {
+            "name": "retried",
+            "rules": [
+                {
+                    "retry": {"attempts": 2, "codes": [502, 503], "backoff": "10ms"},
+                    "backendRefs": [UP],
+                }
+            ],
+        },
+        {
+            "name": "retried-nowhere",
+            "hostnames": ["refused.test"],
+            "rules": [{"retry": {"attempts": 2, "codes": [503]}, "backendRefs": [{"backend": "nowhere"}]}],
+        },
+    ]
+    backends = {"up": [("127.0.0.1", module_upstream.port)], "nowhere": [("127.0.0.1", free_port())]}
+    return module_start_gateway(backends, routes)
+
+
+def test_retry_hides_failures_within_its_attempts(retry_gw: GatewayProcess) -> None:
+    resp = retry_gw.connect().request("GET", "/flaky/two/2")
+    assert resp.status == 200
+    assert json.loads(resp.body)["tries"] == 3  # the first try and two retries
+
+
+def test_retry_gives_up_after_its_attempts(retry_gw: GatewayProcess, module_upstream: Upstream) -> None:
+    client = retry_gw.connect()
+    resp = client.request("GET", "/flaky/five/5")
+    assert resp.status == 503
+    assert module_upstream.flaky["five"] == 3
+    assert client.request("GET", "/flaky/six/5").status == 503  # the connection carries on
+
+
+def test_retry_resends_the_request_body(retry_gw: GatewayProcess) -> None:
+    body = b"payload" * 100
+    resp = retry_gw.connect().request("POST", "/flaky/post/1", body=body)
+    assert resp.status == 200
+    echoed = json.loads(resp.body)
+    assert echoed["tries"] == 2
+    assert echoed["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_retry_covers_a_connection_lost_before_the_response(retry_gw: GatewayProcess) -> None:
+    resp = retry_gw.connect().request("GET", "/flaky-hangup/lost/1")
+    assert resp.status == 200  # 502 is one of the codes: the lost attempt is tried again
+    assert json.loads(resp.body)["tries"] == 2
+
+
+def test_retry_tries_a_refused_connection_again_whatever_the_codes(retry_gw: GatewayProcess) -> None:
+    def retried() -> float:
+        text = httpx.get(f"http://127.0.0.1:{retry_gw.admin}/metrics", timeout=10).text
+        line = next((ln for ln in text.splitlines() if "upstream-connect-failed" in ln and "retries" in ln), None)
+        return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+    before = retried()
+    resp = retry_gw.connect().request("GET", "/", headers={"Host": "refused.test"})
+    assert resp.status == 502
+    assert json.loads(resp.body)["type"] == "urn:gw:problem:upstream-connect-failed"
+    assert retried() - before == 2  # both retries were made before the gateway gave up

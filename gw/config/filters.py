@@ -40,7 +40,7 @@ HTTPS = "HTTPS"  # listener protocol: TLS termination
 # it) but answers 500, as the spec asks for filters that cannot be honoured: skipping a redirect
 # or an auth ExtensionRef silently would be worse. The proxy adds a name here when it wires it.
 DATA_PLANE_FEATURES: frozenset[str] = frozenset(
-    (REQUEST_HEADER_MODIFIER, RESPONSE_HEADER_MODIFIER, REQUEST_REDIRECT, URL_REWRITE, CORS_FILTER, HTTPS)
+    (REQUEST_HEADER_MODIFIER, RESPONSE_HEADER_MODIFIER, REQUEST_REDIRECT, URL_REWRITE, CORS_FILTER, RETRY, HTTPS)
 )
 ALL_FEATURES: frozenset[str] = frozenset((*FILTER_TYPES, RETRY, HTTPS))
 

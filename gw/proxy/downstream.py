@@ -353,7 +353,9 @@ class ClientConnection(asyncio.Protocol):
             limit = rule.max_body_size or settings.max_body_size
             if 0 < limit < req.content_length:
                 raise errors.BodyTooLarge(f"request body of {req.content_length} bytes exceeds {limit}")
-        if req.idempotent and (req.chunked or 0 < req.content_length <= REPLAY_LIMIT):
+        if (req.idempotent or (rule is not None and rule.retry is not None)) and (
+            req.chunked or 0 < req.content_length <= REPLAY_LIMIT
+        ):
             req.replay = []
         if self.active is None:
             self._start(req)
@@ -605,6 +607,12 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_head(self, status: int, block: bytes) -> None:
         req: Request = self.active  # type: ignore[assignment]
+        rule = req.rule
+        if rule is not None and rule.retry is not None and rule.retry.should_retry(status, req.retries):
+            upstream = self.upstream
+            if upstream is not None and req.complete and _replayable(req):
+                self._retry(req, upstream)
+                return
         # An upstream that answers before the whole body arrived (an early 413, say): the rest of
         # the body cannot be told apart from a next request, so the connection closes afterwards.
         must_close = self.gw.draining or self.close_after or (not req.complete and status != 101 and req.has_body)
@@ -638,6 +646,30 @@ class ClientConnection(asyncio.Protocol):
         else:
             out.extend(head.parts)
         self.phase = RESPONSE  # its idle deadline is set by flush() if the body is still coming
+
+    def _retry(self, req: Request, rejected: UpstreamConnection | None, reason: str = "status") -> None:
+        """GEP-1731: drop a response whose status the rule retries, and try again after the backoff."""
+        self.upstream = None
+        if rejected is not None:
+            rejected.abort()  # its body is not wanted; the connection cannot be reused mid-response
+        retry = req.rule.retry  # type: ignore[union-attr]
+        delay = retry.delay(req.retries)
+        req.retries += 1
+        req.attempts += 1
+        self.gw.metrics.inc("gw_upstream_retries_total", reason=reason)
+        req.pending_body = list(req.replay or ())
+        req.body_buffered = sum(map(len, req.pending_body))
+        req.body_sent = 0
+        self.phase = CONNECT
+        self.deadline = monotonic() + delay + self.settings.upstream_connect_timeout
+        if delay > 0:
+            self.loop.call_later(delay, self._retry_now, req)
+        else:
+            self._retry_now(req)
+
+    def _retry_now(self, req: Request) -> None:
+        if not self.closed and self.active is req:
+            self._pick_and_go(req)
 
     def upstream_body(self, body: bytes) -> None:
         self.bytes_out += len(body)
@@ -692,7 +724,6 @@ class ClientConnection(asyncio.Protocol):
                 req.pending_body = list(req.replay or ())
                 req.body_buffered = sum(map(len, req.pending_body))
                 req.body_sent = 0
-                req.replay = None
                 req.attempts += 1
                 self._connect(req, conn.pool)
                 return
@@ -801,6 +832,12 @@ class ClientConnection(asyncio.Protocol):
         """Answer the request in flight with a problem response (nothing was sent to the client yet)."""
         req: Request = self.active  # type: ignore[assignment]
         upstream = self.upstream
+        if error.attempt_failed and self.resp_head is None and _may_retry(req, error):
+            if self.connecting is not None:
+                self.connecting.cancel()
+                self.connecting = None
+            self._retry(req, upstream, error.kind)
+            return
         if upstream is not None:
             self.upstream = None
             upstream.abort()
@@ -871,7 +908,7 @@ class ClientConnection(asyncio.Protocol):
         phase = self.phase
         if 0.0 < self.request_deadline <= now and self.active is not None and phase != TUNNEL:
             self.gw.metrics.inc("gw_timeouts_total", kind="request")
-            self._fail(errors.UpstreamTimeout("route request timeout exceeded"))
+            self._fail(errors.RouteTimeout("route request timeout exceeded"))
             return
         if self.deadline > now:
             return
@@ -996,3 +1033,17 @@ _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 def _replayable(req: Request) -> bool:
     return not req.has_body or (req.replay is not None and req.complete)
+
+
+def _may_retry(req: Request, error: ProxyError) -> bool:
+    """A failed attempt (refused, reset, timed out) is retried when the rule's retry allows it.
+
+    A refused connection is retried whatever `codes` says (GEP-1731: implementations SHOULD, and
+    the upstream saw nothing); a lost connection or a response timeout only when its status
+    (502, 504) is one of the codes, since the upstream may have acted on the request.
+    """
+    rule = req.rule
+    if rule is None or rule.retry is None or not req.complete or not _replayable(req):
+        return False
+    retry = rule.retry
+    return req.retries < retry.attempts and (isinstance(error, errors.UpstreamRefused) or error.status in retry.codes)

@@ -32,6 +32,7 @@ class ProxyError(Exception):
     status = 500
     kind = "internal-error"
     close = False  # the connection cannot be trusted after this error: answer and close it
+    attempt_failed = False  # one upstream attempt failed: a rule's retry may try again
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -80,10 +81,12 @@ class MethodNotImplemented(ProxyError):
 
 class UpstreamRefused(ProxyError):
     status, kind = 502, "upstream-connect-failed"
+    attempt_failed = True
 
 
 class UpstreamProtocolError(ProxyError):
     status, kind = 502, "upstream-protocol-error"
+    attempt_failed = True
 
 
 class NoEndpoint(ProxyError):
@@ -96,6 +99,7 @@ class Overloaded(ProxyError):
 
 class UpstreamTimeout(ProxyError):
     status, kind = 504, "upstream-timeout"
+    attempt_failed = True
 
 
 def problem_response(
@@ -123,3 +127,9 @@ def problem_response(
     if not head_only:
         head.append(body)
     return b"".join(head)
+
+
+class RouteTimeout(UpstreamTimeout):
+    """`timeouts.request` spans every attempt (GEP-1742): when it passes, no retry follows."""
+
+    attempt_failed = False

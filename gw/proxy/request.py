@@ -74,6 +74,7 @@ class Request:
     host_header = b""
     rule: Any = None
     attempts = 0
+    retries = 0  # GEP-1731 retries made (responses dropped for their status)
     idempotent = False
     client_host = b""
 

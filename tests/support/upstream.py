@@ -51,6 +51,7 @@ class Upstream:
     seen: list[Seen] = field(default_factory=list)
     connections: int = 0
     gates: dict[str, asyncio.Event] = field(default_factory=dict)  # /wait/<gate> blocks on these
+    flaky: dict[str, int] = field(default_factory=dict)  # /flaky/<key>/<n>: requests seen per key
     loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.base_events.Server | None = None
     _thread: threading.Thread | None = None
@@ -202,6 +203,21 @@ class Upstream:
             await writer.drain()
             writer.transport.abort()
             return False
+        elif kind == "flaky":  # /flaky/<key>/<n>: 503 for the first n requests with that key
+            n = int(parts[2]) if len(parts) > 2 else 1
+            self.flaky[arg] = self.flaky.get(arg, 0) + 1
+            if self.flaky[arg] <= n:
+                writer.write(head(503, [("Content-Length", "5")]) + b"flaky")
+            else:
+                body = json.dumps({"tries": self.flaky[arg], "body_sha256": req.body_sha256}).encode()
+                writer.write(head(200, [("Content-Length", str(len(body)))]) + body)
+        elif kind == "flaky-hangup":  # /flaky-hangup/<key>/<n>: close unanswered for the first n requests
+            n = int(parts[2]) if len(parts) > 2 else 1
+            self.flaky[arg] = self.flaky.get(arg, 0) + 1
+            if self.flaky[arg] <= n:
+                return False
+            body = json.dumps({"tries": self.flaky[arg]}).encode()
+            writer.write(head(200, [("Content-Length", str(len(body)))]) + body)
         elif kind == "hangup":  # close without answering
             return False
         elif kind == "hangup-reused" and req.nth > 1:
