@@ -77,6 +77,21 @@ def parse_gateway_key(text: str) -> str:
     return f"{namespace}/{name}"
 
 
+def parse_redis_url(text: str) -> str:
+    text = text.strip()
+    schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://", "redis+cluster://",
+               "rediss+cluster://")
+    if not text.startswith(schemes):
+        raise ValueError(f"not a Redis URL: {text!r} (schemes: {', '.join(s.rstrip(':/') for s in schemes)})")
+    return text
+
+
+def parse_key_prefix(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", text):
+        raise ValueError(f"not a key prefix: {text!r} (letters, digits, _ . : -; at most 64)")
+    return text
+
+
 def _var(default: Any, parse: Callable[[str], Any], doc: str) -> Any:
     from dataclasses import field
 
@@ -126,6 +141,33 @@ class Settings:
     )
     endpoint_eject_time: float = _var(
         5.0, parse_duration, "How long an endpoint that refused a connection is skipped."
+    )
+
+    # Processes (supervisor)
+    workers: int = _var(
+        0, parse_non_negative_int, "Proxy worker processes; 0: the CPUs this process may use (cgroup quota honoured)."
+    )
+    drain_timeout: float = _var(
+        30.0, parse_duration, "Graceful shutdown and worker replacement: time in-flight requests get to finish."
+    )
+    worker_max_rss: int = _var(0, parse_size, "A worker whose RSS exceeds this is replaced gracefully (0 = no limit).")
+    # Shared state (Redis / Valkey)
+    redis_url: str = _var(
+        "",
+        parse_redis_url,
+        "redis://, rediss://, unix://, redis+sentinel://h:p[,h:p]/service, redis+cluster://h:p[,h:p]; "
+        "empty: start the embedded Valkey on a unix socket.",
+    )
+    redis_prefix: str = _var("gw", parse_key_prefix, "Prefix of every Redis key and channel gw uses.")
+    redis_budget: float = _var(
+        0.005, parse_duration, "Time budget of a Redis call on a request path; beyond it the call is abandoned."
+    )
+    config_history: int = _var(50, parse_positive_int, "Config versions kept in Redis for `gw config rollback`.")
+    config_poll_interval: float = _var(
+        5.0, parse_duration, "Workers poll the current config version this often (heals missed change events)."
+    )
+    runtime_dir: str = _var(
+        "", str, "Directory for the embedded Valkey socket and data; empty: $XDG_RUNTIME_DIR or the temp dir."
     )
 
     @classmethod
