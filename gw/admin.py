@@ -1,12 +1,13 @@
 """Admin endpoints (/healthz, /readyz, /metrics, /status) as a small ASGI app served by uvicorn.
 
-Control plane only: never on the proxied request path. The supervisor will serve the same app
-with fleet-wide callbacks; a single in-process worker serves it with its own.
+Control plane only: never on the proxied request path. The supervisor serves it with callbacks
+that ask its workers over their control channels.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -22,8 +23,8 @@ class AdminApp:
     def __init__(
         self,
         ready: Callable[[], tuple[bool, str]],
-        metrics: Callable[[], bytes],
-        status: Callable[[], dict[str, Any]],
+        metrics: Callable[[], bytes | Awaitable[bytes]],
+        status: Callable[[], dict[str, Any] | Awaitable[dict[str, Any]]],
     ) -> None:
         self.ready = ready
         self.metrics = metrics
@@ -47,12 +48,19 @@ class AdminApp:
             ok, why = self.ready()
             await _respond(send, 200 if ok else 503, (why + "\n").encode(), b"text/plain")
         elif path == "/metrics":
-            await _respond(send, 200, self.metrics(), b"text/plain; version=0.0.4; charset=utf-8")
+            metrics = await _value(self.metrics())
+            await _respond(send, 200, metrics, b"text/plain; version=0.0.4; charset=utf-8")
         elif path == "/status":
-            body = orjson.dumps(self.status(), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+            status = await _value(self.status())
+            body = orjson.dumps(status, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
             await _respond(send, 200, body, b"application/json")
         else:
             await _respond(send, 404, b"not found\n", b"text/plain")
+
+
+async def _value(result: Any) -> Any:
+    """Callbacks may answer at once or, when they must ask the workers, with an awaitable."""
+    return await result if inspect.isawaitable(result) else result
 
 
 async def _respond(send: Send, status: int, body: bytes, content_type: bytes) -> None:

@@ -22,8 +22,8 @@ def _settings() -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Start the gateway on GW_CONFIG."""
-    from gw.worker import run
+    """Start the gateway on GW_CONFIG: the supervisor and its workers."""
+    from supervisor import run
 
     settings = _settings()
     if args.config:
@@ -33,7 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start two echo upstreams and the gateway on the bundled example config."""
-    from gw.worker import run
+    from supervisor import run
 
     config = str(resources.files("gw") / "examples" / "demo.yaml")
     children = [
@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     routes = sub.add_parser("routes", help=cmd_routes.__doc__)
     routes.add_argument("path")
     routes.set_defaults(func=cmd_routes)
+    from gw.state.cli import add_config_parser
+
+    add_config_parser(sub)
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     return int(args.func(args))

@@ -1,11 +1,19 @@
-"""A proxy worker process: one uvloop event loop serving the data plane on its listening sockets.
+"""A proxy worker process: one uvloop event loop serving the data plane on sockets it is handed.
 
-Until the supervisor lands, `gw run` runs one worker in-process; it binds its own sockets
-(SO_REUSEPORT, so a supervisor can later hand them over unchanged) and serves the admin app.
+The supervisor starts `python -m gw.worker --slot N --control-fd FD`. Over the control channel
+(gw.control) it hands the worker its listening sockets (created once, by the supervisor, so that
+replacing a worker never closes one) and each config version as a snapshot of the source files;
+the worker compiles a version and swaps it in by reference, answers statistics requests, and
+drains when told to. Nothing here talks to the admin port: the supervisor serves it.
+
+Signals, for operators who address a worker directly: TERM drains and exits, QUIT exits at once;
+INT, HUP, USR2, TTIN and TTOU are the supervisor's business and ignored here (a Ctrl-C in a
+terminal reaches the whole process group; the supervisor turns it into an orderly drain).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import os
@@ -13,19 +21,27 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import uvloop
 
-from gw.admin import AdminApp, admin_server
-from gw.config import ConfigError, LoadResult, load_config, status_document
+from gw.config import ConfigError, LoadResult, load_config
+from gw.config.compile import compile_resources
+from gw.config.loader import parse_yaml
 from gw.config.model import CompiledConfig
-from gw.proxy.downstream import ClientConnection
+from gw.config.parse import parse_documents
+from gw.control import Channel, Message
+from gw.proxy.downstream import IDLE, TUNNEL, ClientConnection
 from gw.proxy.gateway import Gateway
-from gw.settings import Settings
+from gw.settings import Settings, SettingsError
 
 LISTEN_BACKLOG = 4096
 GC_THRESHOLD = 20000  # young-generation allocations between collections (CPython's default: 700)
+# While draining, a keep-alive connection idle for less than this may have a request on its way:
+# it is closed after its next response (which says Connection: close) instead of under that request.
+IDLE_GRACE = 1.0
+IGNORED_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
 
 
 def bind_listener(host: str, port: int, *, reuse_port: bool = True) -> socket.socket:
@@ -42,13 +58,23 @@ def bind_listener(host: str, port: int, *, reuse_port: bool = True) -> socket.so
 
 def load(settings: Settings, path: str | None = None) -> LoadResult:
     """Load the config at `path` (default GW_CONFIG) as the GW_* settings say."""
-    return load_config(
-        path or settings.config,
-        port_offset=settings.listener_port_offset,
-        default_max_body_size=settings.max_body_size,
-        controller_name=settings.controller_name,
-        gateway=settings.gateway or None,
-    )
+    return load_config(path or settings.config, **compile_options(settings))
+
+
+def compile_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "port_offset": settings.listener_port_offset,
+        "default_max_body_size": settings.max_body_size,
+        "controller_name": settings.controller_name,
+        "gateway": settings.gateway or None,
+    }
+
+
+def compile_snapshot(files: Iterable[tuple[str, bytes]], settings: Settings, source: str, checksum: str) -> LoadResult:
+    """Compile a config snapshot (the source files' names and bytes), exactly as `load` would."""
+    documents = [(name, doc) for name, data in files for doc in parse_yaml(data, name)]
+    resources, errors = parse_documents(documents)
+    return compile_resources(resources, errors=errors, source=source, checksum=checksum, **compile_options(settings))
 
 
 def report(result: LoadResult) -> None:
@@ -56,55 +82,71 @@ def report(result: LoadResult) -> None:
         print(f"gw: config: {error}", file=sys.stderr)
 
 
-class Worker:
-    """Owns the loop-level pieces: gateway state, servers per port, admin, signals."""
+def set_title(title: str) -> None:
+    """`ps` shows what each process is (gunicorn-style titles); best effort."""
+    try:
+        import setproctitle
+    except ImportError:  # pragma: no cover - it is a dependency; a broken install still serves
+        return
+    setproctitle.setproctitle(title)
 
-    def __init__(self, settings: Settings, listen_host: str = "0.0.0.0") -> None:
+
+class Worker:
+    """The data plane of one process: gateway state, a server per listener port, draining."""
+
+    def __init__(self, settings: Settings, slot: int = 0) -> None:
         self.settings = settings
-        self.listen_host = listen_host
+        self.slot = slot
         self.loop = asyncio.get_running_loop()
         self.gateway = Gateway(self.loop, settings)
-        self.servers: dict[int, asyncio.base_events.Server] = {}
-        self.ready = False
+        # Listening sockets by (bind port, the supervisor's socket id): a worker may serve several
+        # sockets of one port (those of a slot removed by TTOU are adopted by slot 0, so that no
+        # listening socket ever closes while connections wait in its queue).
+        self.sockets: dict[tuple[int, int], socket.socket] = {}
+        self.servers: dict[tuple[int, int], asyncio.base_events.Server] = {}
         self.started = time.time()
-        self.stopping = asyncio.Event()
-        self.reloads = 0
+        self.version = 0
         self.result: LoadResult | None = None
+        self.draining = False
+        self._frozen = False
 
-    async def serve(self, result: LoadResult) -> None:
+    def add_socket(self, bind_port: int, socket_id: int, sock: socket.socket) -> None:
+        key = (bind_port, socket_id)
+        if key in self.sockets or self.draining:
+            sock.close()  # a duplicate (the supervisor resends on reload) or too late to serve it
+            return
+        sock.setblocking(False)
+        self.sockets[key] = sock
+
+    def install(self, result: LoadResult, version: int) -> None:
+        """Serve `result` from the next request on; requests in flight finish on the old config."""
         self.result = result
-        config = result.config
-        self.gateway.install(config)
-        self.gateway.start()
-        await self._bind(config)
-        host, port = self.settings.admin_addr
-        admin_sock = bind_listener(host, port, reuse_port=False)  # fails loudly if taken
-        admin = admin_server(AdminApp(self._ready, self.gateway.metrics.render, self._status), host, port)
-        admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]))
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self.stopping.set)
-        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
-        self.ready = True
-        print(
-            f"gw: serving {', '.join(str(p) for p in self.servers)} (admin {host}:{port}, pid {os.getpid()})",
-            file=sys.stderr,
-            flush=True,
-        )
-        await self.stopping.wait()
-        self.ready = False
-        await self._drain()
-        admin.should_exit = True
-        await admin_task
+        self.version = version
+        self.gateway.install(result.config)
+        if not self._frozen:
+            self._frozen = True
+            self.gateway.start()
+            # The config and the modules loaded so far live as long as the worker: move them out
+            # of the collector's sight, and collect young objects less often (the data plane makes
+            # no cycles per request; a collection every few hundred requests only adds latency).
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(GC_THRESHOLD, 20, 20)
+        set_title(f"gw: worker {self.slot} [config v{version}]")
 
-    async def _bind(self, config: CompiledConfig) -> None:
-        for port in config.ports:
-            if port.bind_port in self.servers:
+    async def bind(self, config: CompiledConfig) -> None:
+        """Serve every port of `config` whose socket we hold and do not serve yet."""
+        if self.draining:
+            return
+        ports = {port.bind_port: port for port in config.ports}
+        for key, sock in list(self.sockets.items()):
+            port = ports.get(key[0])
+            if port is None or key in self.servers:
                 continue
-            sock = bind_listener(self.listen_host, port.bind_port)
             bind_port, declared = port.bind_port, port.declared_port
             tls = port.tls is not None
             scheme = b"https" if tls else b"http"
-            self.servers[bind_port] = await self.loop.create_server(
+            self.servers[key] = await self.loop.create_server(
                 lambda b=bind_port, d=declared, s=scheme: ClientConnection(self.gateway, b, d, s),  # type: ignore[misc]
                 sock=sock,
                 backlog=LISTEN_BACKLOG,
@@ -112,36 +154,37 @@ class Worker:
                 ssl_handshake_timeout=self.settings.header_timeout if tls else None,
             )
 
-    def reload(self) -> None:
-        """SIGHUP: load the config again; a failure keeps the running config and says why."""
-        try:
-            result = load(self.settings)
-        except ConfigError as exc:
-            print(f"gw: reload rejected, keeping the running config: {exc}", file=sys.stderr, flush=True)
-            self.gateway.metrics.inc("gw_config_reloads_total", result="rejected")
-            return
-        report(result)
-        self.result = result
-        self.gateway.install(result.config)
-        self.loop.create_task(self._bind(result.config))
-        self.reloads += 1
-        self.gateway.metrics.inc("gw_config_reloads_total", result="applied")
-        print(f"gw: config reloaded ({len(result.config.rules)} rules)", file=sys.stderr, flush=True)
-
-    async def _drain(self) -> None:
-        """Stop accepting, let in-flight exchanges finish, close idle keep-alive connections."""
-        gw = self.gateway
-        gw.draining = True
+    def stop_accepting(self) -> None:
+        """Close this process's listening sockets; the supervisor's copies keep them open."""
+        self.draining = True
+        self.gateway.draining = True
         for server in self.servers.values():
             server.close()
-        deadline = self.loop.time() + 10.0
+        for sock in self.sockets.values():
+            sock.close()
+
+    async def drain(self, timeout: float) -> None:
+        """Finish in-flight exchanges and close keep-alive connections; tunnels last to the deadline.
+
+        A connection that just finished a response may have its next request on the wire: closing
+        it then would fail that request, so it is closed after answering it (Connection: close)
+        unless it stays idle for IDLE_GRACE. WebSockets and other tunnels are left alone until the
+        deadline: their clients reconnect to another worker only when they must.
+        """
+        self.stop_accepting()
+        gw = self.gateway
+        deadline = self.loop.time() + timeout
+        keepalive = self.settings.keepalive_timeout
         while self.loop.time() < deadline:
+            now = time.monotonic()
             busy = False
             for conn in list(gw.connections):
-                if conn.active is None:
-                    conn.transport.close()
-                else:
-                    busy = True
+                if conn.phase == IDLE and conn.active is None:
+                    idle_since = conn.deadline - keepalive
+                    if now - idle_since >= IDLE_GRACE or conn.closed:
+                        conn.transport.close()
+                        continue
+                busy = True
             if not busy:
                 break
             await asyncio.sleep(0.05)
@@ -149,56 +192,119 @@ class Worker:
             conn.transport.abort()
         gw.stop()
 
-    def _ready(self) -> tuple[bool, str]:
-        if not self.ready:
-            return False, "starting" if self.gateway.config is None else "draining"
-        return True, "ready"
-
-    def _status(self) -> dict[str, Any]:
-        config = self.gateway.config
+    def stats(self) -> Message:
+        gw = self.gateway
+        tunnels = sum(1 for c in gw.connections if c.phase == TUNNEL)
         return {
             "pid": os.getpid(),
-            "uptime_seconds": round(time.time() - self.started, 3),
-            "config": {
-                "source": config.source if config else None,
-                "checksum": config.checksum if config else None,
-                "reloads": self.reloads,
-            },
-            "listeners": [
-                {"declared_port": p.declared_port, "bind_port": p.bind_port, "listeners": list(p.listeners)}
-                for p in (config.ports if config else ())
-            ],
-            "connections": len(self.gateway.connections),
-            # Gateway API conditions of every object, as `gw check` reports them.
-            "gatewayAPI": status_document(self.result, self.settings.controller_name) if self.result else None,
+            "slot": self.slot,
+            "version": self.version,
+            "started": self.started,
+            "connections": len(gw.connections),
+            "tunnels": tunnels,
+            "requests": sum(sum(s.counts) for s in gw.metrics.routes.values()),
+            "metrics": gw.metrics.snapshot(),
         }
 
 
-def run(settings: Settings) -> int:
-    """Load the config, then serve until SIGTERM/SIGINT. Returns the process exit code."""
-    if not settings.config:
-        print("gw: GW_CONFIG is not set: point it at a Gateway API YAML file or directory", file=sys.stderr)
+class SupervisedWorker:
+    """A Worker driven by the supervisor's control channel."""
+
+    def __init__(self, settings: Settings, slot: int, control_fd: int) -> None:
+        self.settings = settings
+        self.worker = Worker(settings, slot)
+        self.done = asyncio.Event()
+        self.ready_sent = False
+        self.channel = Channel(socket.socket(fileno=control_fd), self.on_message, self.on_supervisor_lost)
+        loop = self.worker.loop
+        loop.add_signal_handler(signal.SIGTERM, self.begin_drain, settings.drain_timeout)
+        loop.add_signal_handler(signal.SIGQUIT, self.done.set)
+
+    def on_message(self, message: Message, fds: list[int]) -> None:
+        kind = message.get("t")
+        if kind == "listeners":
+            sockets = message["sockets"]  # [[bind port, socket id], ...], one per descriptor
+            for (port, socket_id), fd in zip(sockets, fds, strict=False):
+                self.worker.add_socket(port, socket_id, socket.socket(fileno=fd))
+            for fd in fds[len(sockets) :]:
+                os.close(fd)
+            if self.worker.result is not None:  # a reload's new ports: serve them now
+                self.worker.loop.create_task(self.worker.bind(self.worker.result.config))
+        elif kind == "config":
+            self.apply_config(message)
+        elif kind == "stats":
+            self.channel.reply(message, {"t": "stats", **self.worker.stats()})
+        elif kind == "drain":
+            self.begin_drain(float(message.get("timeout", self.settings.drain_timeout)))
+
+    def apply_config(self, message: Message) -> None:
+        version = int(message["version"])
+        try:
+            result = compile_snapshot(
+                ((name, data) for name, data in message["files"]), self.settings, message["source"], message["checksum"]
+            )
+        except ConfigError as exc:
+            self.channel.reply(message, {"t": "config", "ok": False, "version": version, "error": str(exc)})
+            return
+        self.worker.install(result, version)
+        task = self.worker.loop.create_task(self.worker.bind(result.config))
+        task.add_done_callback(lambda t: self._bound(t, message, version))
+
+    def _bound(self, task: asyncio.Task[None], message: Message, version: int) -> None:
+        exc = task.exception()
+        if exc is not None:
+            error = f"cannot serve: {exc}"
+            self.channel.reply(message, {"t": "config", "ok": False, "version": version, "error": error})
+            return
+        self.channel.reply(message, {"t": "config", "ok": True, "version": version})
+        if not self.ready_sent:
+            self.ready_sent = True
+            self.channel.send({"t": "ready", "pid": os.getpid(), "version": version})
+
+    def begin_drain(self, timeout: float) -> None:
+        if self.worker.draining:
+            return
+        set_title(f"gw: worker {self.worker.slot} [config v{self.worker.version}] draining")
+        task = self.worker.loop.create_task(self.worker.drain(timeout))
+        task.add_done_callback(lambda _t: self.done.set())
+
+    def on_supervisor_lost(self) -> None:
+        """The supervisor died: stop taking connections, finish what is in flight, exit."""
+        if not self.done.is_set():
+            self.begin_drain(self.settings.drain_timeout)
+
+    async def run(self) -> None:
+        await self.done.wait()
+        if not self.channel.closed:
+            self.channel.send({"t": "exiting", "metrics": self.worker.gateway.metrics.snapshot()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gw.worker", description="a gw proxy worker (started by the supervisor)")
+    parser.add_argument("--slot", type=int, required=True)
+    parser.add_argument("--control-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    for sig in IGNORED_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    set_title(f"gw: worker {args.slot} [starting]")
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"gw: {exc}", file=sys.stderr)
         return 2
-    try:
-        result = load(settings)
-    except ConfigError as exc:
-        print(f"gw: config: {exc}", file=sys.stderr)
-        return 1
-    report(result)
 
-    async def main() -> None:
-        await Worker(settings).serve(result)
+    async def serve() -> None:
+        worker = SupervisedWorker(settings, args.slot, args.control_fd)
+        await worker.run()
+        # Let the final frame leave before the process does.
+        for _ in range(100):
+            if not worker.channel.pending:
+                break
+            await asyncio.sleep(0.01)
 
-    # The config and the modules loaded so far live as long as the worker: move them out of the
-    # collector's sight, and collect young objects less often (the data plane makes no cycles
-    # per request; a collection every few hundred requests only adds latency).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 20, 20)
-
-    try:
-        uvloop.run(main())
-    except OSError as exc:
-        print(f"gw: cannot listen: {exc}", file=sys.stderr)
-        return 1
+    uvloop.run(serve())
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

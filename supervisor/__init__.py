@@ -1,0 +1,21 @@
+"""The gw supervisor: pre-forked SO_REUSEPORT workers, signals, zero-downtime reload and upgrade.
+
+`gw run` starts it; see supervisor.arbiter for the process model and supervisor.signals for
+what each signal does.
+"""
+
+from __future__ import annotations
+
+import uvloop
+
+from gw.settings import Settings
+
+
+def run(settings: Settings) -> int:
+    """Serve until TERM/INT/QUIT; the process exit code."""
+    from supervisor.arbiter import log, serve
+
+    if not settings.config:
+        log("GW_CONFIG is not set: point it at a Gateway API YAML file or directory")
+        return 2
+    return uvloop.run(serve(settings))

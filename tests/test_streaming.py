@@ -148,7 +148,7 @@ def resume(client: Client, parser: httptools.HttpResponseParser, body: BodyDiges
 
 def test_1gib_upload_with_content_length_streams_in_bounded_memory(setup: Setup, sha_1gib: str) -> None:
     client = setup.gateway.connect(timeout=60)
-    watch = RssWatch(setup.gateway.pid)
+    watch = RssWatch(setup.gateway.worker_pid)
     echoed = upload(client, watch, chunked=False)
     assert echoed["body_bytes"] == GiB
     assert echoed["body_sha256"] == sha_1gib
@@ -157,7 +157,7 @@ def test_1gib_upload_with_content_length_streams_in_bounded_memory(setup: Setup,
 
 def test_1gib_chunked_upload_streams_in_bounded_memory(setup: Setup, sha_1gib: str) -> None:
     client = setup.gateway.connect(timeout=60)
-    watch = RssWatch(setup.gateway.pid)
+    watch = RssWatch(setup.gateway.worker_pid)
     echoed = upload(client, watch, chunked=True)
     assert echoed["body_bytes"] == GiB
     assert echoed["body_sha256"] == sha_1gib
@@ -166,7 +166,7 @@ def test_1gib_chunked_upload_streams_in_bounded_memory(setup: Setup, sha_1gib: s
 
 def test_1gib_download_with_content_length_streams_in_bounded_memory(setup: Setup, sha_1gib: str) -> None:
     client = setup.gateway.connect(timeout=60)
-    watch = RssWatch(setup.gateway.pid)
+    watch = RssWatch(setup.gateway.worker_pid)
     body = BodyDigest(watch)
     download(client, f"/bytes/{GiB}", body)
     assert body.status == 200
@@ -178,7 +178,7 @@ def test_1gib_download_with_content_length_streams_in_bounded_memory(setup: Setu
 
 def test_1gib_chunked_download_streams_in_bounded_memory(setup: Setup, sha_1gib: str) -> None:
     client = setup.gateway.connect(timeout=60)
-    watch = RssWatch(setup.gateway.pid)
+    watch = RssWatch(setup.gateway.worker_pid)
     body = BodyDigest(watch)
     download(client, f"/chunked/{GiB}", body)
     assert body.status == 200
@@ -210,7 +210,7 @@ def wait_until_stalled(peer: Peer, timeout: float = 20.0) -> None:
 
 def test_client_that_stops_reading_stalls_the_upstream_instead_of_being_buffered(setup: Setup) -> None:
     client = setup.gateway.connect(timeout=30)
-    watch = RssWatch(setup.gateway.pid)
+    watch = RssWatch(setup.gateway.worker_pid)
     body = BodyDigest()
     client.send(b"GET /big HTTP/1.1\r\nHost: paused.test\r\n\r\n")
     parser = httptools.HttpResponseParser(body)

@@ -197,7 +197,7 @@ def test_a_1mb_message_flows_both_ways_intact(setup: Setup) -> None:
 
 def test_tunnel_applies_back_pressure_to_a_client_the_upstream_cannot_keep_up_with(setup: Setup) -> None:
     client = upgraded(setup.gateway, "slow.test")
-    rss = psutil.Process(setup.gateway.pid)
+    rss = psutil.Process(setup.gateway.worker_pid)
     baseline = rss.memory_info().rss
     chunk = memoryview(os.urandom(1 << 20))
     sent, limit = 0, 256 << 20

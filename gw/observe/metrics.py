@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import orjson
 
@@ -50,6 +51,7 @@ class Registry:
         self.routes: dict[str, RouteStats] = {}
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
         self.gauges: dict[str, Callable[[], float]] = {}
+        self.gauge_values: dict[str, float] = {}  # gauges absorbed from other processes' snapshots
 
     def route(self, label: str) -> RouteStats:
         stats = self.routes.get(label)
@@ -65,6 +67,30 @@ class Registry:
     def gauge(self, name: str, read: Callable[[], float]) -> None:
         self.gauges[name] = read
 
+    def snapshot(self) -> dict[str, Any]:
+        """Everything this registry counts, as plain data another process can absorb (msgpack-able)."""
+        return {
+            "routes": [[s.label, s.counts, s.sums, s.buckets] for s in self.routes.values()],
+            "counters": [[name, [list(kv) for kv in labels], value] for (name, labels), value in self.counters.items()],
+            "gauges": {name: float(read()) for name, read in self.gauges.items()},
+        }
+
+    def absorb(self, snapshot: dict[str, Any]) -> None:
+        """Add a snapshot's counts to this registry (the supervisor sums its workers this way)."""
+        for label, counts, sums, buckets in snapshot.get("routes", ()):
+            stats = self.route(label)
+            for c in range(6):
+                stats.counts[c] += counts[c]
+                stats.sums[c] += sums[c]
+                row = stats.buckets[c]
+                for i, n in enumerate(buckets[c]):
+                    row[i] += n
+        for name, labels, value in snapshot.get("counters", ()):
+            key = (name, tuple((k, v) for k, v in labels))
+            self.counters[key] = self.counters.get(key, 0) + value
+        for name, value in snapshot.get("gauges", {}).items():
+            self.gauge_values[name] = self.gauge_values.get(name, 0.0) + value
+
     def render(self) -> bytes:
         """The Prometheus text exposition format (version 0.0.4)."""
         out: list[str] = []
@@ -77,9 +103,12 @@ class Registry:
             for labels, value in series:
                 text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
                 out.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
-        for name, read in sorted(self.gauges.items()):
+        values = dict(self.gauge_values)
+        for name, read in self.gauges.items():
+            values[name] = values.get(name, 0.0) + read()
+        for name, value in sorted(values.items()):
             out.append(f"# TYPE {name} gauge")
-            out.append(f"{name} {read()}")
+            out.append(f"{name} {value:g}")
         out.append("")
         return "\n".join(out).encode()
 

@@ -102,12 +102,14 @@ class GatewayProcess:
         env.setdefault("GW_CONFIG", str(self.config_path))
         env.setdefault("GW_ADMIN_ADDR", f"127.0.0.1:{self.admin}")
         env.setdefault("GW_ACCESS_LOG", str(self.access_log))
+        env.setdefault("GW_WORKERS", "1")  # one worker unless a test is about several
+        env.setdefault("GW_DRAIN_TIMEOUT", "5s")
         env["PYTHONPATH"] = str(REPO)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gw", "run"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
         )
         threading.Thread(target=self._read_stderr, daemon=True).start()
-        # The worker prints "gw: serving" once its listeners are bound and the admin app is up.
+        # The supervisor prints "gw: serving" once every worker serves and the admin app is up.
         if not self._serving.wait(20) or self.proc.poll() is not None:
             self.stop()
             raise RuntimeError("gateway did not start:\n" + "\n".join(self.log))
@@ -137,6 +139,24 @@ class GatewayProcess:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def status(self) -> dict[str, object]:
+        """The admin /status document."""
+        import httpx
+
+        return httpx.get(f"http://127.0.0.1:{self.admin}/status", timeout=10).json()  # type: ignore[no-any-return]
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the workers currently serving (by slot)."""
+        workers = self.status()["workers"]
+        return [w["pid"] for w in workers if w["state"] == "ready"]  # type: ignore[union-attr,index]
+
+    @property
+    def worker_pid(self) -> int:
+        """The single worker's pid (tests run one worker unless they ask for more)."""
+        pids = self.worker_pids()
+        assert len(pids) == 1, pids
+        return pids[0]
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

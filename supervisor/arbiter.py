@@ -1,0 +1,436 @@
+"""The supervisor: owns the listening sockets, runs one worker per slot, and acts on signals.
+
+It never proxies. Operations that change the set of workers or their config (reload, upgrade,
+scaling, RSS recycling) run one at a time under `ops`, so a USR2 arriving during a HUP waits for
+it instead of interleaving with it. A worker that exits unexpectedly is restarted with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import psutil
+
+from gw.admin import AdminApp, admin_server
+from gw.config import ConfigError, LoadResult, status_document
+from gw.observe.metrics import Registry
+from gw.settings import Settings
+from gw.worker import bind_listener, compile_snapshot, report, set_title
+from supervisor.cpus import available_cpus
+from supervisor.process import DRAINING, EXITED, READY, WorkerProcess
+from supervisor.signals import SIGNALS
+from supervisor.sockets import ListenerSockets
+from supervisor.source import Snapshot, read_snapshot
+
+STARTUP_TIMEOUT = 30.0  # a worker not ready by then is considered failed
+STATS_TIMEOUT = 2.0  # /metrics and /status wait this long for each worker's numbers
+RESTART_BACKOFF_MAX = 30.0
+STABLE_AFTER = 30.0  # a worker ready this long resets its slot's failure count
+CRASH_LOOP = 5  # consecutive failures reported as a crash loop
+RSS_CHECK_INTERVAL = 5.0
+
+
+def log(message: str) -> None:
+    print(f"gw: {message}", file=sys.stderr, flush=True)
+
+
+class StartupError(RuntimeError):
+    """The supervisor cannot start serving (config, sockets or first workers)."""
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, listen_host: str = "0.0.0.0") -> None:
+        self.settings = settings
+        self.loop = asyncio.get_running_loop()
+        self.slots = settings.workers or available_cpus()
+        self.workers: dict[int, WorkerProcess] = {}
+        self.retiring: set[WorkerProcess] = set()
+        self.failures: dict[int, int] = {}
+        self.restarts: dict[int, asyncio.TimerHandle] = {}
+        self.sockets = ListenerSockets(listen_host)
+        self.snapshot: Snapshot | None = None
+        self.result: LoadResult | None = None
+        self.version = 0
+        self.reloads = 0
+        self.started = time.time()
+        self.stopping = False
+        self.stopped = asyncio.Event()
+        self.ops = asyncio.Lock()
+        self.metrics = Registry()  # the supervisor's own counters
+        self.retired = Registry()  # what workers that exited had counted, so totals never go back
+        self.env = dict(os.environ)
+
+    # -- start -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            snapshot, result = self._load()
+        except ConfigError as exc:
+            raise StartupError(f"config: {exc}") from None
+        report(result)
+        try:
+            self.sockets.ensure(self.slots, [p.bind_port for p in result.config.ports])
+        except OSError as exc:
+            raise StartupError(f"cannot listen: {exc}") from None
+        self._commit(snapshot, result)
+        try:
+            await asyncio.gather(*(self._start_worker(slot) for slot in range(self.slots)))
+        except Exception as exc:
+            await self.quit_now()
+            raise StartupError(f"workers did not start: {exc}") from None
+        for sig, (method, _doc) in SIGNALS.items():
+            self.loop.add_signal_handler(sig, self._on_signal, method)
+        self.loop.create_task(self._watch_rss())
+        set_title(f"gw: supervisor [config v{self.version}]")
+
+    def _load(self) -> tuple[Snapshot, LoadResult]:
+        snapshot = read_snapshot(self.settings.config)
+        return snapshot, compile_snapshot(snapshot.files, self.settings, snapshot.source, snapshot.checksum)
+
+    def _commit(self, snapshot: Snapshot, result: LoadResult) -> None:
+        self.snapshot, self.result = snapshot, result
+        self.version += 1
+
+    def _config_message(self) -> dict[str, Any]:
+        assert self.snapshot is not None
+        snap = self.snapshot
+        return {
+            "t": "config",
+            "version": self.version,
+            "source": snap.source,
+            "checksum": snap.checksum,
+            "files": [[name, data] for name, data in snap.files],
+        }
+
+    def _send_sockets(self, worker: WorkerProcess) -> None:
+        entries = self.sockets.for_worker(worker.slot, self.slots)
+        worker.send(
+            {"t": "listeners", "sockets": [[port, owner] for port, owner, _ in entries]},
+            [sock.fileno() for _, _, sock in entries],
+        )
+
+    async def _start_worker(self, slot: int) -> WorkerProcess:
+        """Start a worker for `slot` and return it once it serves the current config."""
+        worker = WorkerProcess(slot, self._worker_exited)
+        await worker.spawn(self.env)
+        previous = self.workers.get(slot)
+        if previous is None or previous.state == EXITED:
+            self.workers[slot] = worker  # a restart: the slot is its from the start
+        self._send_sockets(worker)
+        reply = await worker.request(self._config_message(), STARTUP_TIMEOUT)
+        if reply is None or not reply.get("ok"):
+            worker.kill()
+            why = reply.get("error") if reply else f"no answer within {STARTUP_TIMEOUT:g}s"
+            raise RuntimeError(f"worker {slot} (pid {worker.pid}) did not take the config: {why}")
+        async with asyncio.timeout(STARTUP_TIMEOUT):
+            await asyncio.shield(worker.ready)
+        return worker
+
+    # -- worker exits and restarts ---------------------------------------------------------
+
+    def _worker_exited(self, worker: WorkerProcess) -> None:
+        if worker.final_metrics:
+            self.retired.absorb(worker.final_metrics)
+        if worker in self.retiring:
+            self.retiring.discard(worker)
+            return
+        if self.stopping or self.workers.get(worker.slot) is not worker:
+            return
+        slot = worker.slot
+        stable = worker.ready_at and time.time() - worker.ready_at >= STABLE_AFTER
+        failures = self.failures[slot] = 1 if stable else self.failures.get(slot, 0) + 1
+        delay = 0.0 if failures == 1 else min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (failures - 2))
+        self.metrics.inc("gw_worker_restarts_total", slot=str(slot))
+        what = f"worker {slot} (pid {worker.pid}) exited with {_exit_text(worker.exit_code)}"
+        if failures >= CRASH_LOOP:
+            log(f"{what}; crash loop: {failures} failures in a row, next start in {delay:g}s")
+        else:
+            log(f"{what}; restarting{f' in {delay:g}s' if delay else ''}")
+        self.restarts[slot] = self.loop.call_later(delay, self._restart, slot, worker)
+
+    def _restart(self, slot: int, dead: WorkerProcess) -> None:
+        self.restarts.pop(slot, None)
+        if self.stopping or slot >= self.slots or self.workers.get(slot) is not dead:
+            return
+        self.loop.create_task(self._restart_slot(slot))
+
+    async def _restart_slot(self, slot: int) -> None:
+        try:
+            await self._start_worker(slot)
+        except Exception as exc:  # its exit (if it got that far) schedules the next try
+            log(f"worker {slot} failed to start: {exc}")
+            current = self.workers.get(slot)
+            if current is not None and current.state != EXITED:
+                return
+        else:
+            log(f"worker {slot} (pid {self.workers[slot].pid}) restarted")
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def _on_signal(self, method: str) -> None:
+        self.loop.create_task(getattr(self, method)())
+
+    async def reload(self) -> None:
+        """HUP: read and validate the source; on success every worker switches to it in place."""
+        async with self.ops:
+            if self.stopping:
+                return
+            try:
+                snapshot, result = self._load()
+                if self.snapshot is not None and snapshot.checksum == self.snapshot.checksum:
+                    log(f"config reloaded (unchanged, version {self.version})")
+                    self.metrics.inc("gw_config_reloads_total", result="unchanged")
+                    return
+                self.sockets.ensure(self.slots, [p.bind_port for p in result.config.ports])
+            except (ConfigError, OSError) as exc:
+                log(f"reload rejected, keeping the running config: {exc}")
+                self.metrics.inc("gw_config_reloads_total", result="rejected")
+                return
+            report(result)
+            self._commit(snapshot, result)
+            self.reloads += 1
+            message = self._config_message()
+            live = [w for w in self._live() if w.state != DRAINING]
+            for worker in live:
+                self._send_sockets(worker)
+            replies = await asyncio.gather(*(w.request(message, STARTUP_TIMEOUT) for w in live))
+            failed = [w.slot for w, r in zip(live, replies, strict=True) if r is None or not r.get("ok")]
+            self.metrics.inc("gw_config_reloads_total", result="applied")
+            set_title(f"gw: supervisor [config v{self.version}]")
+            note = f"; workers {failed} did not confirm" if failed else ""
+            log(f"config reloaded ({len(result.config.rules)} rules, version {self.version}){note}")
+
+    async def upgrade(self) -> None:
+        """USR2: replace every worker, one slot at a time, each successor ready before its predecessor drains."""
+        async with self.ops:
+            for slot in range(self.slots):
+                if self.stopping:
+                    return
+                if not await self._replace(slot, "upgrade"):
+                    log("upgrade stopped: the running workers keep serving")
+                    return
+            log(f"upgrade done: {self.slots} fresh workers")
+
+    async def _replace(self, slot: int, why: str) -> bool:
+        old = self.workers.get(slot)
+        try:
+            new = await self._start_worker(slot)
+        except Exception as exc:
+            log(f"{why}: worker {slot} failed to start: {exc}")
+            return False
+        self.workers[slot] = new
+        if old is not None and old is not new and old.state != EXITED:
+            self.retiring.add(old)
+            old.drain(self.settings.drain_timeout)
+        log(f"{why}: worker {slot} is now pid {new.pid}{f', pid {old.pid} draining' if old else ''}")
+        return True
+
+    async def add_worker(self) -> None:
+        """TTIN: one worker more."""
+        async with self.ops:
+            if self.stopping:
+                return
+            slot = self.slots
+            self.slots += 1
+            try:
+                self.sockets.ensure(self.slots, self.sockets.ports())
+                await self._start_worker(slot)
+            except Exception as exc:
+                log(f"cannot add worker {slot}: {exc}")
+                self.slots -= 1
+                return
+            log(f"worker {slot} added (pid {self.workers[slot].pid}); {self.slots} workers")
+
+    async def remove_worker(self) -> None:
+        """TTOU: one worker less; slot 0 adopts its sockets before it drains."""
+        async with self.ops:
+            if self.stopping:
+                return
+            if self.slots <= 1:
+                log("TTOU ignored: one worker is the minimum")
+                return
+            self.slots -= 1
+            slot = self.slots
+            worker = self.workers.pop(slot, None)
+            timer = self.restarts.pop(slot, None)
+            if timer is not None:
+                timer.cancel()
+            first = self.workers.get(0)
+            if first is not None:
+                self._send_sockets(first)
+            if worker is not None:
+                self.retiring.add(worker)
+                worker.drain(self.settings.drain_timeout)
+            log(f"worker {slot} removed{f' (pid {worker.pid} draining)' if worker else ''}; {self.slots} workers")
+
+    async def shutdown(self) -> None:
+        """TERM/INT: drain every worker within GW_DRAIN_TIMEOUT, then stop."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log(f"shutting down: draining {len(self._live())} workers (up to {self.settings.drain_timeout:g}s)")
+        for worker in self._live():
+            worker.drain(self.settings.drain_timeout)
+        await self._wait_exit(self.settings.drain_timeout + 5.0)
+        self.stopped.set()
+
+    async def quit(self) -> None:
+        """QUIT: workers exit at once."""
+        self.stopping = True
+        await self.quit_now()
+        self.stopped.set()
+
+    async def quit_now(self) -> None:
+        self.stopping = True
+        for worker in self._live():
+            worker.signal(signal.SIGQUIT)
+        await self._wait_exit(5.0)
+
+    async def _wait_exit(self, timeout: float) -> None:
+        live = self._live()
+        if live:
+            await asyncio.wait([self.loop.create_task(w.exited.wait()) for w in live], timeout=timeout)
+            for worker in self._live():
+                worker.kill()
+            for worker in self._live():
+                await worker.exited.wait()
+
+    def _live(self) -> list[WorkerProcess]:
+        return [w for w in (*self.workers.values(), *self.retiring) if w.state != EXITED]
+
+    # -- RSS limit -------------------------------------------------------------------------
+
+    async def _watch_rss(self) -> None:
+        limit = self.settings.worker_max_rss
+        if not limit:
+            return
+        while not self.stopping:
+            await asyncio.sleep(RSS_CHECK_INTERVAL)
+            for slot, worker in list(self.workers.items()):
+                if worker.state != READY or self.ops.locked():
+                    continue
+                rss = _rss(worker.pid)
+                if rss > limit:
+                    log(f"worker {slot} (pid {worker.pid}) RSS {rss >> 20} MiB exceeds GW_WORKER_MAX_RSS: replacing it")
+                    self.metrics.inc("gw_worker_recycled_total", reason="rss")
+                    async with self.ops:
+                        await self._replace(slot, "rss")
+
+    # -- admin -----------------------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        if self.stopping:
+            return False, "draining"
+        missing = [s for s in range(self.slots) if (w := self.workers.get(s)) is None or w.state != READY]
+        if self.result is None or missing:
+            return False, f"workers not ready: {missing}"
+        return True, "ready"
+
+    async def _stats(self) -> dict[WorkerProcess, dict[str, Any]]:
+        live = self._live()
+        replies = await asyncio.gather(*(w.request({"t": "stats"}, STATS_TIMEOUT) for w in live))
+        return {w: r for w, r in zip(live, replies, strict=True) if r is not None}
+
+    async def render_metrics(self) -> bytes:
+        registry = Registry()
+        registry.absorb(self.retired.snapshot())
+        registry.absorb(self.metrics.snapshot())
+        for stats in (await self._stats()).values():
+            registry.absorb(stats["metrics"])
+        registry.gauge_values["gw_workers"] = float(len(self.workers))
+        registry.gauge_values["gw_config_version"] = float(self.version)
+        return registry.render()
+
+    async def status(self) -> dict[str, Any]:
+        stats = await self._stats()
+        config = self.result.config if self.result else None
+        return {
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "config": {
+                "version": self.version,
+                "source": config.source if config else None,
+                "checksum": config.checksum if config else None,
+                "reloads": self.reloads,
+            },
+            "workers": [self._worker_status(w, stats.get(w)) for w in sorted(self._live(), key=lambda w: w.slot)],
+            "listeners": [
+                {"declared_port": p.declared_port, "bind_port": p.bind_port, "listeners": list(p.listeners)}
+                for p in (config.ports if config else ())
+            ],
+            "connections": sum(s.get("connections", 0) for s in stats.values()),
+            # Gateway API conditions of every object, as `gw check` reports them.
+            "gatewayAPI": status_document(self.result, self.settings.controller_name) if self.result else None,
+        }
+
+    def _worker_status(self, worker: WorkerProcess, stats: dict[str, Any] | None) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "slot": worker.slot,
+            "pid": worker.pid,
+            "state": worker.state,
+            "uptime_seconds": round(time.time() - worker.started, 3),
+            "config_version": stats["version"] if stats else worker.version,
+            "restarts": self.failures.get(worker.slot, 0),
+        }
+        try:
+            proc = psutil.Process(worker.pid)
+            with proc.oneshot():
+                cpu = proc.cpu_times()
+                info["rss_bytes"] = proc.memory_info().rss
+                info["cpu_seconds"] = round(cpu.user + cpu.system, 3)
+        except psutil.Error:
+            pass
+        if stats:
+            info.update(
+                requests=stats["requests"], connections=stats["connections"], websockets=stats.get("tunnels", 0)
+            )
+        return info
+
+
+def _rss(pid: int) -> int:
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "an unknown status"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
+
+
+async def serve(settings: Settings) -> int:
+    supervisor = Supervisor(settings)
+    host, port = settings.admin_addr
+    try:
+        admin_sock = bind_listener(host, port, reuse_port=False)
+    except OSError as exc:
+        log(f"cannot serve the admin endpoints on {host}:{port}: {exc}")
+        return 1
+    try:
+        await supervisor.start()
+    except StartupError as exc:
+        log(str(exc))
+        admin_sock.close()
+        return 1
+    admin = admin_server(AdminApp(supervisor.ready, supervisor.render_metrics, supervisor.status), host, port)
+    admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]))
+    ports = ", ".join(str(p) for p in supervisor.sockets.ports())
+    log(f"serving {ports} with {supervisor.slots} workers (admin {host}:{port}, supervisor pid {os.getpid()})")
+    await supervisor.stopped.wait()
+    admin.should_exit = True
+    await admin_task
+    supervisor.sockets.close()
+    log("stopped")
+    return 0
