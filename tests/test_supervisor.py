@@ -1,0 +1,257 @@
+"""The supervisor end to end: real `gw run` processes with several workers, real signals.
+
+Each test starts its own gateway (signals change it for good); the upstream is shared.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from supervisor.arbiter import Supervisor
+from supervisor.signals import SIGNALS
+from tests.conftest import StartGateway
+from tests.support.gateway import Client, GatewayProcess, config_yaml
+from tests.support.servers import read_ws_frame
+from tests.support.upstream import Upstream, ws_frame
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROUTES = [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}]
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> object:
+    """Poll `condition` until it is truthy (the supervisor's state changes asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def workers(gw: GatewayProcess) -> list[dict[str, object]]:
+    return gw.status()["workers"]  # type: ignore[return-value]
+
+
+def ready_pids(gw: GatewayProcess) -> list[int]:
+    return [w["pid"] for w in workers(gw) if w["state"] == "ready"]  # type: ignore[misc]
+
+
+def start(start_gateway: StartGateway, upstream: Upstream, n: int = 2, **env: str) -> GatewayProcess:
+    return start_gateway({"up": [("127.0.0.1", upstream.port)]}, ROUTES, env={"GW_WORKERS": str(n), **env})
+
+
+def websocket(gw: GatewayProcess) -> Client:
+    client = gw.connect()
+    key = base64.b64encode(os.urandom(16)).decode()
+    resp = client.request(
+        "GET",
+        "/ws",
+        {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"},
+    )
+    assert resp.status == 101
+    return client
+
+
+def echo(client: Client, text: bytes) -> bytes:
+    client.send(ws_frame(text))
+    opcode, payload = read_ws_frame(client)
+    assert opcode == 0x1
+    return payload
+
+
+def ok(gw: GatewayProcess, n: int = 20) -> None:
+    """n requests on fresh connections (spread over the workers by the kernel) all succeed."""
+    for _ in range(n):
+        client = gw.connect()
+        assert client.request("GET", "/echo").status == 200
+        client.close()
+
+
+# -- the README documents the signals the supervisor handles ---------------------------------
+
+
+@pytest.mark.parametrize("sig", list(SIGNALS), ids=lambda s: s.name)
+def test_readme_signal_table_matches_the_handlers(sig: signal.Signals) -> None:
+    method, doc = SIGNALS[sig]
+    assert callable(getattr(Supervisor, method, None)), method
+    assert f"| `{sig.name.removeprefix('SIG')}` | {doc} |" in README
+
+
+def test_readme_names_no_signal_the_supervisor_ignores() -> None:
+    section = README[README.index("### Signals") :]
+    section = section[: section.index("\n\n", section.index("|"))]
+    named = set(re.findall(r"^\| `([A-Z0-9]+)` \|", section, re.M))
+    assert named == {s.name.removeprefix("SIG") for s in SIGNALS}
+
+
+# -- workers ------------------------------------------------------------------------------
+
+
+def test_workers_run_as_separate_processes_with_titles(start_gateway: StartGateway, upstream: Upstream) -> None:
+    gw = start(start_gateway, upstream, 2)
+    status = gw.status()
+    pids = ready_pids(gw)
+    assert len(pids) == 2 and gw.pid not in pids
+    for w in workers(gw):
+        assert psutil.Process(w["pid"]).ppid() == gw.pid  # type: ignore[arg-type]
+        title = " ".join(psutil.Process(w["pid"]).cmdline())  # type: ignore[arg-type]
+        assert title.startswith(f"gw: worker {w['slot']} [config v1]")
+        assert w["rss_bytes"] > 0 and w["config_version"] == 1
+    assert status["config"]["version"] == 1  # type: ignore[index]
+    assert httpx.get(f"http://127.0.0.1:{gw.admin}/readyz", timeout=5).status_code == 200
+
+
+def test_metrics_are_summed_over_workers(start_gateway: StartGateway, upstream: Upstream) -> None:
+    gw = start(start_gateway, upstream, 2)
+    ok(gw, 40)
+    served = [w.get("requests", 0) for w in workers(gw)]
+    assert sum(served) == 40  # type: ignore[arg-type]
+    text = httpx.get(f"http://127.0.0.1:{gw.admin}/metrics", timeout=5).text
+    line = next(ln for ln in text.splitlines() if ln.startswith("gw_http_requests_total{") and "2xx" in ln)
+    assert float(line.rsplit(" ", 1)[1]) == 40
+    assert "gw_workers 2" in text
+
+
+def test_a_killed_worker_is_restarted(start_gateway: StartGateway, upstream: Upstream) -> None:
+    gw = start(start_gateway, upstream, 2)
+    victim = ready_pids(gw)[0]
+    mark = len(gw.log)
+    os.kill(victim, signal.SIGKILL)
+    gw.wait_for_log("gw: worker", after=mark)
+    pids = wait_until(lambda: (p := ready_pids(gw)) and len(p) == 2 and victim not in p and p, what="restart")
+    assert victim not in pids  # type: ignore[operator]
+    ok(gw)
+    assert any("exited with signal SIGKILL" in line for line in gw.log[mark:])
+
+
+def test_a_crash_loop_backs_off_and_is_reported(start_gateway: StartGateway, upstream: Upstream) -> None:
+    gw = start(start_gateway, upstream, 1)
+    delays = []
+    for _ in range(5):
+        pid = wait_until(lambda: ready_pids(gw), what="a ready worker")[0]  # type: ignore[index]
+        mark = len(gw.log)
+        os.kill(pid, signal.SIGKILL)
+        line = gw.wait_for_log(f"gw: worker 0 (pid {pid}) exited", after=mark)
+        found = re.search(r"in ([0-9.]+)s", line)
+        delays.append(float(found.group(1)) if found else 0.0)
+    assert delays == sorted(delays) and delays[0] == 0.0 and delays[-1] > delays[1] > 0
+    assert "crash loop" in line
+    wait_until(lambda: ready_pids(gw), what="the worker back after the backoff")
+    ok(gw, 3)
+
+
+def test_hup_reloads_in_place_and_keeps_websockets(start_gateway: StartGateway, upstream: Upstream) -> None:
+    gw = start(start_gateway, upstream, 2)
+    before = sorted(ready_pids(gw))
+    sockets = [websocket(gw) for _ in range(4)]
+    routes = [*ROUTES, {"name": "new", "hostnames": ["new.test"], "rules": [{"backendRefs": [{"backend": "up"}]}]}]
+    gw.config_path.write_text(config_yaml(gw.port, {"up": [("127.0.0.1", upstream.port)]}, routes))
+    mark = len(gw.log)
+    os.kill(gw.pid, signal.SIGHUP)
+    assert "version 2" in gw.wait_for_log("gw: config reloaded", after=mark)
+    assert sorted(ready_pids(gw)) == before  # no worker replaced
+    assert {w["config_version"] for w in workers(gw)} == {2}
+    for i, ws in enumerate(sockets):
+        assert echo(ws, b"after reload %d" % i) == b"after reload %d" % i
+    assert gw.connect().request("GET", "/echo", {"Host": "new.test"}).status == 200
+
+
+def test_hup_with_an_invalid_config_keeps_the_running_one(start_gateway: StartGateway, upstream: Upstream) -> None:
+    gw = start(start_gateway, upstream, 2)
+    gw.config_path.write_text("kind: [unclosed\n")
+    mark = len(gw.log)
+    os.kill(gw.pid, signal.SIGHUP)
+    line = gw.wait_for_log("gw: reload rejected", after=mark)
+    assert str(gw.config_path) in line and "invalid YAML" in line
+    assert gw.status()["config"]["version"] == 1  # type: ignore[index]
+    ok(gw)
+
+
+def test_usr2_replaces_every_worker_and_drains_the_old(start_gateway: StartGateway, upstream: Upstream) -> None:
+    gw = start(start_gateway, upstream, 2, GW_DRAIN_TIMEOUT="2s")
+    old = set(ready_pids(gw))
+    ws = websocket(gw)
+    keepalive = gw.connect()
+    assert keepalive.request("GET", "/echo").status == 200
+    mark = len(gw.log)
+    os.kill(gw.pid, signal.SIGUSR2)
+    gw.wait_for_log("gw: upgrade done", after=mark)
+    new = set(ready_pids(gw))
+    assert len(new) == 2 and not new & old
+    # The old workers drain: a keep-alive connection gets its answer, then "Connection: close".
+    resp = keepalive.request("GET", "/echo")
+    assert resp.status == 200 and (resp.header("connection") or "").lower() == "close"
+    assert echo(ws, b"still here") == b"still here"  # WebSockets last until GW_DRAIN_TIMEOUT
+    ws.sock.settimeout(10)
+    assert ws.read_until_close() is not None  # … and are closed then
+    wait_until(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in old))
+    ok(gw)
+
+
+def test_ttin_and_ttou_change_the_worker_count(start_gateway: StartGateway, upstream: Upstream) -> None:
+    gw = start(start_gateway, upstream, 1)
+    os.kill(gw.pid, signal.SIGTTIN)
+    wait_until(lambda: len(ready_pids(gw)) == 2, what="a second worker")
+    ok(gw)
+    mark = len(gw.log)
+    os.kill(gw.pid, signal.SIGTTOU)
+    gw.wait_for_log("gw: worker 1 removed", after=mark)
+    wait_until(lambda: len(workers(gw)) == 1, what="one worker")
+    ok(gw, 30)  # the removed slot's socket was adopted by worker 0: nothing lands in a dead queue
+    mark = len(gw.log)
+    os.kill(gw.pid, signal.SIGTTOU)
+    gw.wait_for_log("gw: TTOU ignored", after=mark)
+
+
+def test_term_finishes_in_flight_requests(start_gateway: StartGateway, upstream: Upstream) -> None:
+    gw = start(start_gateway, upstream, 2)
+    client = gw.connect()
+    client.send(b"GET /echo?delay=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    upstream_saw = len(upstream.seen)
+    wait_until(lambda: len(upstream.seen) > upstream_saw, what="the request upstream")
+    os.kill(gw.pid, signal.SIGTERM)
+    resp = client.read_response()
+    assert resp.status == 200 and (resp.header("connection") or "").lower() == "close"
+    assert gw.proc is not None and gw.proc.wait(20) == 0
+
+
+def test_quit_stops_at_once(start_gateway: StartGateway, upstream: Upstream) -> None:
+    gw = start(start_gateway, upstream, 2)
+    pids = ready_pids(gw)
+    os.kill(gw.pid, signal.SIGQUIT)
+    assert gw.proc is not None and gw.proc.wait(10) == 0
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
+
+
+def test_a_worker_over_its_rss_limit_is_replaced(start_gateway: StartGateway, upstream: Upstream) -> None:
+    gw = start(start_gateway, upstream, 1, GW_WORKER_MAX_RSS="1Mi")
+    first = ready_pids(gw)[0]
+    line = gw.wait_for_log("gw: worker 0", timeout=20)
+    assert "exceeds GW_WORKER_MAX_RSS" in line
+    wait_until(lambda: (p := ready_pids(gw)) and p[0] != first, what="a replacement")
+    ok(gw, 3)
+
+
+def test_a_bad_setting_stops_start_up_with_exit_code_2(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gw", "run"],
+        env={**os.environ, "GW_CONFIG": str(tmp_path), "GW_WORKERS": "many"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "GW_WORKERS" in proc.stderr
