@@ -265,3 +265,16 @@ def test_status_reports_gateway_api_conditions_of_the_served_objects(setup: Setu
     assert accepted and accepted[0]["status"] == "True"
     assert gateway["listeners"][0]["attachedRoutes"] >= 1
     assert all(r["parents"] for r in api["httpRoutes"])
+
+
+def test_access_log_lines_reach_a_pipe_in_whole_blocks() -> None:
+    """Workers share stdout; a pipe takes writes of up to PIPE_BUF whole, so no line is split."""
+    import select
+
+    from gw.observe.accesslog import _pipe_blocks
+
+    lines = [b"%d" % i * 90 + b"\n" for i in range(400)] + [b"z" * (select.PIPE_BUF + 10) + b"\n"]
+    blocks = _pipe_blocks(lines)
+    assert b"".join(blocks) == b"".join(lines)
+    assert all(len(b) <= select.PIPE_BUF or b.count(b"\n") == 1 for b in blocks)
+    assert all(b.endswith(b"\n") for b in blocks)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import select
+import stat
 import sys
 from typing import IO, Any
 
@@ -44,6 +46,10 @@ class AccessLog:
         else:
             self._stream = open(destination, "ab")  # noqa: SIM115 - lives as long as the worker
             self._fd = self._stream.fileno()
+        # Every worker writes to the same stdout. A file opened for appending takes each write
+        # whole; a pipe only up to PIPE_BUF bytes, so there lines go in blocks of at most that
+        # size, or two workers' lines could interleave mid-line.
+        self._pipe = stat.S_ISFIFO(os.fstat(self._fd).st_mode)
 
     def sampled(self) -> bool:
         """Whether this request is logged; only then is its record built."""
@@ -61,13 +67,14 @@ class AccessLog:
     def flush(self) -> None:
         if not self._buffer:
             return
-        data = b"".join(self._buffer)
+        blocks = _pipe_blocks(self._buffer) if self._pipe else [b"".join(self._buffer)]
         self._buffer.clear()
         self._size = 0
         try:
-            while data:
-                written = os.write(self._fd, data)
-                data = data[written:]
+            for data in blocks:
+                while data:
+                    written = os.write(self._fd, data)
+                    data = data[written:]
         except BlockingIOError:
             pass  # a stalled log reader must not stall the data plane: the rest is dropped
         except OSError as exc:
@@ -77,3 +84,19 @@ class AccessLog:
         self.flush()
         if self._stream is not None:
             self._stream.close()
+
+
+def _pipe_blocks(lines: list[bytes]) -> list[bytes]:
+    """Whole lines joined into blocks of at most PIPE_BUF bytes (a longer line goes alone)."""
+    blocks: list[bytes] = []
+    block: list[bytes] = []
+    size = 0
+    for line in lines:
+        if size + len(line) > select.PIPE_BUF and block:
+            blocks.append(b"".join(block))
+            block, size = [], 0
+        block.append(line)
+        size += len(line)
+    if block:
+        blocks.append(b"".join(block))
+    return blocks
