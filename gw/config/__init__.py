@@ -3,7 +3,15 @@
 from gw.config.compile import DEFAULT_CONTROLLER_NAME, LoadResult, compile_resources
 from gw.config.describe import describe
 from gw.config.errors import Condition, ConfigError
-from gw.config.loader import load_config, load_text, read_documents
+from gw.config.loader import (
+    Source,
+    compile_sources,
+    load_config,
+    load_text,
+    read_documents,
+    read_sources,
+    sources_checksum,
+)
 from gw.config.parse import parse_documents
 from gw.config.status import status_document
 from gw.config.tls import build_ssl_context
@@ -13,12 +21,16 @@ __all__ = [
     "Condition",
     "ConfigError",
     "LoadResult",
+    "Source",
     "build_ssl_context",
     "compile_resources",
+    "compile_sources",
     "describe",
     "load_config",
     "load_text",
     "parse_documents",
     "read_documents",
+    "read_sources",
+    "sources_checksum",
     "status_document",
 ]

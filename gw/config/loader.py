@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +27,44 @@ def config_files(path: str) -> list[Path]:
     raise ConfigError(path, "", "", "no such file or directory")
 
 
-def read_documents(path: str) -> tuple[list[Document], str]:
-    """All YAML documents under `path` and a checksum of the bytes they came from.
+Source = tuple[str, bytes]  # (file name, its bytes): a config snapshot as published to Redis
+
+
+def read_sources(path: str) -> list[Source]:
+    """The bytes of every file a config path names, each with the name errors will quote."""
+    sources = []
+    for file in config_files(path):
+        name = str(file)
+        try:
+            sources.append((name, file.read_bytes()))
+        except OSError as exc:
+            raise ConfigError(name, "", "", f"cannot read: {exc.strerror or exc}") from None
+    return sources
+
+
+def sources_checksum(sources: Iterable[Source]) -> str:
+    """sha256 over names and bytes: equal for equal snapshots, wherever they were read."""
+    digest = hashlib.sha256()
+    for name, data in sources:
+        digest.update(name.encode() + b"\0" + data + b"\0")
+    return digest.hexdigest()
+
+
+def parse_sources(sources: Sequence[Source]) -> tuple[list[Document], str]:
+    """All YAML documents of a snapshot and its checksum.
 
     A file that is not valid YAML makes the whole config unusable (raises ConfigError with its
     line and column): serving half a directory would silently drop routes.
     """
-    files = config_files(path)
-    digest = hashlib.sha256()
     documents: list[Document] = []
-    for file in files:
-        name = str(file)
-        try:
-            data = file.read_bytes()
-        except OSError as exc:
-            raise ConfigError(name, "", "", f"cannot read: {exc.strerror or exc}") from None
-        digest.update(name.encode() + b"\0" + data + b"\0")
+    for name, data in sources:
         documents += [(name, doc) for doc in parse_yaml(data, name)]
-    return documents, digest.hexdigest()
+    return documents, sources_checksum(sources)
+
+
+def read_documents(path: str) -> tuple[list[Document], str]:
+    """All YAML documents under `path` and a checksum of the bytes they came from."""
+    return parse_sources(read_sources(path))
 
 
 def parse_yaml(data: bytes | str, file: str = "<memory>") -> list[Any]:
@@ -70,7 +91,30 @@ def load_config(
     Errors in single objects are returned in `LoadResult.errors` and those objects are left out
     or marked invalid; ConfigError is raised only when nothing usable remains.
     """
-    documents, checksum = read_documents(path)
+    return compile_sources(
+        read_sources(path),
+        source=os.fspath(path),
+        port_offset=port_offset,
+        controller_name=controller_name,
+        default_max_body_size=default_max_body_size,
+        gateway=gateway,
+    )
+
+
+def compile_sources(
+    sources: Sequence[Source],
+    *,
+    source: str = "",
+    port_offset: int = 0,
+    controller_name: str = DEFAULT_CONTROLLER_NAME,
+    default_max_body_size: int = 0,
+    gateway: str | None = None,
+) -> LoadResult:
+    """Parse, validate and compile a snapshot of files (as read_sources returns, or a published version).
+
+    `source` names where it came from (a path, "version 7"); errors name the files in `sources`.
+    """
+    documents, checksum = parse_sources(sources)
     resources, errors = parse_documents(documents)
     return compile_resources(
         resources,
@@ -79,7 +123,7 @@ def load_config(
         default_max_body_size=default_max_body_size,
         gateway=gateway,
         errors=errors,
-        source=os.fspath(path),
+        source=source,
         checksum=checksum,
     )
 

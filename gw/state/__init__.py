@@ -1,0 +1,42 @@
+"""Shared state in Redis/Valkey: connection, key schema, scripts, guard, config versions, embedded server.
+
+Dependencies point inward: policies and the worker use this package; it imports only gw.config
+(the source snapshot type and checksum) and gw.observe (metrics).
+"""
+
+from gw.state.config_store import (
+    ConfigStore,
+    ConfigStoreError,
+    PublishResult,
+    Version,
+    VersionConflict,
+    VersionCorrupt,
+    VersionMissing,
+)
+from gw.state.connect import Client, RedisURLError, connect
+from gw.state.embedded import EmbeddedValkey, EmbeddedValkeyError, runtime_dir, socket_path
+from gw.state.follower import ConfigFollower
+from gw.state.guard import RedisGuard, RedisUnavailable
+from gw.state.keys import ConfigKeys, Keys
+
+__all__ = [
+    "Client",
+    "ConfigFollower",
+    "ConfigKeys",
+    "ConfigStore",
+    "ConfigStoreError",
+    "EmbeddedValkey",
+    "EmbeddedValkeyError",
+    "Keys",
+    "PublishResult",
+    "RedisGuard",
+    "RedisURLError",
+    "RedisUnavailable",
+    "Version",
+    "VersionConflict",
+    "VersionCorrupt",
+    "VersionMissing",
+    "connect",
+    "runtime_dir",
+    "socket_path",
+]

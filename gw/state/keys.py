@@ -1,0 +1,51 @@
+"""The key schema: every Redis key and channel name gw uses, built here and nowhere else.
+
+All names start with GW_REDIS_PREFIX so several gateways (or other tenants) can share a Redis.
+Keys that one script touches together form a *family* and share a hash tag, `{<prefix>:<family>}`,
+so Redis Cluster stores them in one slot and the script may touch them all atomically. The prefix
+is inside the tag so two gateways sharing a Cluster spread over different slots.
+
+Adding a family (rate limits, circuits, sessions, ...): give it a frozen dataclass of its names,
+build it from `Keys._family(...)`, and pass its members as KEYS to its script. A family keyed by
+something (a policy, a backend) takes that as a method argument, e.g.
+`Keys.ratelimit(policy) -> RateLimitKeys` built with `self._family(f"rl:{policy}")`.
+Pub/sub channels are not keys (no slot), so they carry the prefix but no tag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigKeys:
+    """Config versions (gw/state/lua/config_publish.lua touches all five keys at once)."""
+
+    seq: str  # string: last version number handed out
+    current: str  # string: the version being served
+    versions: str  # hash: version number → msgpack blob (immutable once written)
+    checksums: str  # hash: version number → sha256 of its files (dedupe without decoding blobs)
+    history: str  # list: version numbers, newest first, at most GW_CONFIG_HISTORY long
+    channel: str  # pub/sub: the new current version number, published on every change
+
+
+class Keys:
+    """Key and channel names under one prefix."""
+
+    __slots__ = ("config", "prefix")
+
+    def __init__(self, prefix: str = "gw") -> None:
+        self.prefix = prefix
+        config = self._family("config")
+        self.config = ConfigKeys(
+            seq=f"{config}:seq",
+            current=f"{config}:current",
+            versions=f"{config}:versions",
+            checksums=f"{config}:checksums",
+            history=f"{config}:history",
+            channel=f"{prefix}:config:events",
+        )
+
+    def _family(self, family: str) -> str:
+        """The hash-tagged stem of a key family: every key built on it lands in one Cluster slot."""
+        return f"{{{self.prefix}:{family}}}"
