@@ -38,13 +38,17 @@ class RedisURLError(ValueError):
     """GW_REDIS_URL cannot be turned into a client; the message says which part is wrong."""
 
 
-def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> Client:
-    """An async client for `url`. No I/O happens here: connections open on first use."""
+def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT, retries: int = RETRIES) -> Client:
+    """An async client for `url`. No I/O happens here: connections open on first use.
+
+    Request-path clients want `retries=0`: RedisGuard's budget is shorter than a retry's backoff,
+    and the breaker, not a retry loop, decides when Redis is worth asking again.
+    """
     scheme = url.partition("://")[0]
     common: dict[str, Any] = {
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_timeout": socket_timeout,
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.01), RETRIES),
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.01), retries),
     }
     if scheme in ("redis", "rediss", "unix"):
         return Redis.from_url(url, **common)

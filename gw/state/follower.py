@@ -49,7 +49,8 @@ class ConfigFollower:
         self.connected = False  # the last check reached Redis
         self.empty = False  # Redis answered but holds no current version: the source should publish
         self.checks = 0  # completed checks (tests and /status can watch progress)
-        self.error = ""  # why the last check failed, for /status
+        self.error = ""  # why the last check could not reach Redis, for /status
+        self.apply_error = ""  # why on_version failed for `version` ("" once one succeeds)
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -74,6 +75,8 @@ class ConfigFollower:
         while True:
             pubsub: Any = None
             try:
+                # A Cluster client must know the slot map before it can place a pub/sub connection.
+                await self.store.client.initialize()
                 pubsub = self.store.client.pubsub()
                 await pubsub.subscribe(self.store.channel)
                 # Whatever changed while we were not subscribed is caught by this first check.
@@ -128,11 +131,12 @@ class ConfigFollower:
                 version = await self.store.fetch(current)
                 try:
                     await _maybe_await(self.on_version(version))
+                    self.apply_error = ""
                 except Exception as exc:
                     # The callback's failure (a compile error) is not Redis's: keep serving the old
                     # snapshot and do not retry this version on every poll.
                     log.exception("gw: applying config %s failed", version.label)
-                    self.error = f"applying {version.label}: {exc}"
+                    self.apply_error = f"{version.label}: {exc}"
                 self.version = version.number
                 self.checksum = version.checksum
         self.checks += 1

@@ -1,0 +1,171 @@
+"""A slow or dead Redis costs a request at most the budget; the breaker stops paying even that."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gw.observe.metrics import Registry
+from gw.state import RedisGuard, RedisUnavailable, connect
+from gw.state.guard import CLOSED, HALF_OPEN, OPEN
+from tests.support import valkey
+from tests.support.gateway import free_port
+
+
+class Clock:
+    """A hand-moved clock for the breaker's cool-down (the budget itself uses the loop's real time)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_guarded_call_returns_what_redis_answers(server: valkey.Server) -> None:
+    client = connect(server.url)
+    registry = Registry()
+    guard = RedisGuard(1.0, metrics=registry)
+    try:
+        assert await guard.call(client.ping) is True
+        assert guard.state == CLOSED and not guard.degraded
+        assert registry.counters[("gw_redis_calls_total", (("outcome", "ok"),))] == 1
+    finally:
+        await client.aclose()
+
+
+async def test_a_paused_server_costs_the_budget_then_the_call_reports_timeout(own_server: valkey.Server) -> None:
+    client = connect(own_server.url)
+    registry = Registry()
+    guard = RedisGuard(0.05, metrics=registry)
+    try:
+        await client.ping()  # a pooled connection exists: the pause bites on the read
+        own_server.pause()
+        with pytest.raises(RedisUnavailable) as caught:
+            # The outer timeout only keeps a broken guard from hanging the suite.
+            async with asyncio.timeout(5):
+                await guard.call(client.get, "k")
+        assert caught.value.reason == "timeout"
+        assert registry.counters[("gw_redis_calls_total", (("outcome", "timeout"),))] == 1
+    finally:
+        own_server.resume()
+        await client.aclose()
+
+
+async def test_a_server_that_answers_again_after_a_timeout_is_usable(own_server: valkey.Server) -> None:
+    client = connect(own_server.url)
+    guard = RedisGuard(0.05)
+    try:
+        own_server.pause()
+        with pytest.raises(RedisUnavailable):
+            await guard.call(client.set, "k", "v")
+        own_server.resume()
+        # The abandoned command did not leave a half-read reply on a pooled connection.
+        assert await guard.call(client.set, "k2", "v2") is True
+        assert await guard.call(client.get, "k2") == b"v2"
+    finally:
+        own_server.resume()
+        await client.aclose()
+
+
+async def test_breaker_opens_after_consecutive_failures_and_then_skips_redis() -> None:
+    client = connect(f"redis://127.0.0.1:{free_port()}")  # nothing listens there
+    registry = Registry()
+    guard = RedisGuard(1.0, failures_to_open=3, metrics=registry, clock=Clock())
+    calls = 0
+
+    async def counted_ping() -> bool:
+        nonlocal calls
+        calls += 1
+        return await client.ping()
+
+    try:
+        for _ in range(3):
+            with pytest.raises(RedisUnavailable) as caught:
+                await guard.call(counted_ping)
+            assert caught.value.reason == "error"
+        assert guard.state == OPEN and guard.degraded
+        with pytest.raises(RedisUnavailable) as caught:
+            await guard.call(counted_ping)
+        assert caught.value.reason == "open"
+        assert calls == 3  # the open breaker did not call Redis at all
+        assert registry.counters[("gw_redis_breaker_opened_total", ())] == 1
+        assert b"gw_redis_breaker_state 2" in registry.render()
+    finally:
+        await client.aclose()
+
+
+async def test_breaker_half_opens_after_the_cooldown_and_a_good_probe_closes_it(own_server: valkey.Server) -> None:
+    clock = Clock()
+    guard = RedisGuard(1.0, failures_to_open=1, cooldown=2.0, clock=clock)
+    dead = connect(f"redis://127.0.0.1:{free_port()}")
+    alive = connect(own_server.url)
+    try:
+        with pytest.raises(RedisUnavailable):
+            await guard.call(dead.ping)
+        assert guard.state == OPEN
+        clock.now += 1.0
+        with pytest.raises(RedisUnavailable, match="open"):
+            await guard.call(alive.ping)  # still cooling down
+        clock.now += 1.5
+        assert await guard.call(alive.ping) is True  # the probe
+        assert guard.state == CLOSED
+    finally:
+        await dead.aclose()
+        await alive.aclose()
+
+
+async def test_a_failed_probe_reopens_the_breaker_for_another_cooldown() -> None:
+    clock = Clock()
+    guard = RedisGuard(1.0, failures_to_open=1, cooldown=2.0, clock=clock)
+    dead = connect(f"redis://127.0.0.1:{free_port()}")
+    try:
+        with pytest.raises(RedisUnavailable):
+            await guard.call(dead.ping)
+        clock.now += 2.5
+        with pytest.raises(RedisUnavailable) as caught:
+            await guard.call(dead.ping)
+        assert caught.value.reason == "error"  # the probe went to Redis
+        assert guard.state == OPEN
+        with pytest.raises(RedisUnavailable, match="open"):
+            await guard.call(dead.ping)
+    finally:
+        await dead.aclose()
+
+
+async def test_only_one_probe_goes_out_while_half_open(own_server: valkey.Server) -> None:
+    clock = Clock()
+    guard = RedisGuard(1.0, failures_to_open=1, cooldown=1.0, clock=clock)
+    dead = connect(f"redis://127.0.0.1:{free_port()}")
+    alive = connect(own_server.url)
+    release = asyncio.Event()
+
+    async def slow_probe() -> bool:
+        await release.wait()
+        return await alive.ping()
+
+    try:
+        with pytest.raises(RedisUnavailable):
+            await guard.call(dead.ping)
+        clock.now += 1.5
+        probe = asyncio.create_task(guard.call(slow_probe))
+        await asyncio.sleep(0)  # let the probe pass the breaker
+        assert guard.state == HALF_OPEN
+        with pytest.raises(RedisUnavailable, match="open"):
+            await guard.call(alive.ping)
+        release.set()
+        assert await probe is True
+        assert guard.state == CLOSED
+    finally:
+        await dead.aclose()
+        await alive.aclose()
+
+
+async def test_a_script_error_is_not_a_redis_failure(client: object) -> None:
+    from redis.exceptions import ResponseError
+
+    guard = RedisGuard(1.0, failures_to_open=1)
+    with pytest.raises(ResponseError):
+        await guard.call(client.eval, "return redis.call('NOSUCHCOMMAND')", 0)  # type: ignore[attr-defined]
+    assert guard.state == CLOSED
