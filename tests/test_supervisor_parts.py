@@ -1,0 +1,90 @@
+"""Supervisor parts on their own: the CPU count, the control channel with descriptors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from gw.control import Channel, Message
+from supervisor.cpus import available_cpus, cgroup_quota
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_cgroup_quota_v1_and_v2(tmp_path: Path, files: dict[str, str], quota: float | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_quota(tmp_path) == quota
+
+
+def test_workers_default_to_the_quota_rounded_up_within_the_affinity(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU still needs one worker
+    assert available_cpus(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert available_cpus(tmp_path) == len(os.sched_getaffinity(0))
+
+
+async def test_frames_carry_their_descriptors_in_order() -> None:
+    left, right = socket.socketpair()
+    got: list[tuple[Message, list[int]]] = []
+    arrived = asyncio.Event()
+
+    def on_message(message: Message, fds: list[int]) -> None:
+        got.append((message, fds))
+        if len(got) == 4:
+            arrived.set()
+
+    sender = Channel(left, lambda m, f: None, lambda: None)
+    receiver = Channel(right, on_message, lambda: None)
+    listeners = [socket.socket() for _ in range(3)]
+    for sock in listeners:
+        sock.bind(("127.0.0.1", 0))
+    big = b"x" * (3 << 20)  # larger than a socket buffer: split across many reads
+    sender.send({"t": "config", "blob": big})
+    sender.send({"t": "listeners", "n": 2}, [listeners[0].fileno(), listeners[1].fileno()])
+    sender.send({"t": "plain"})
+    sender.send({"t": "listeners", "n": 1}, [listeners[2].fileno()])
+    await asyncio.wait_for(arrived.wait(), 10)
+    assert [m["t"] for m, _ in got] == ["config", "listeners", "plain", "listeners"]
+    assert got[0][0]["blob"] == big and got[2][1] == []
+    received = [fd for _, fds in got for fd in fds]
+    ports = [socket.socket(fileno=fd).getsockname()[1] for fd in received]
+    assert ports == [s.getsockname()[1] for s in listeners]  # each descriptor with its own frame
+    for sock in listeners:
+        sock.close()
+    sender.close()
+    receiver.close()
+
+
+async def test_a_request_gets_its_reply_and_a_closed_channel_fails_waiters() -> None:
+    left, right = socket.socketpair()
+    closed = asyncio.Event()
+    responder: Channel
+
+    def answer(message: Message, fds: list[int]) -> None:
+        responder.reply(message, {"t": "pong", "echo": message["n"]})
+
+    requester = Channel(left, lambda m, f: None, closed.set)
+    responder = Channel(right, answer, lambda: None)
+    replies = await asyncio.gather(*(requester.request({"t": "ping", "n": i}, 5) for i in range(5)))
+    assert [r["echo"] for r in replies] == list(range(5))
+    responder.on_message = lambda m, f: None  # stops answering
+    waiting = asyncio.ensure_future(requester.request({"t": "ping", "n": 9}, 5))
+    await asyncio.sleep(0)
+    responder.close()
+    with pytest.raises(ConnectionError):
+        await waiting
+    assert closed.is_set()
