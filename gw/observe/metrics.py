@@ -40,6 +40,34 @@ class RouteStats:
         self.buckets[c][bisect_left(BOUNDS, seconds)] += 1
 
 
+class Histogram:
+    """One unlabelled histogram off the route path (e.g. Redis call latency), with its own bounds."""
+
+    __slots__ = ("bounds", "buckets", "count", "help", "sum")
+
+    def __init__(self, help: str, bounds: tuple[float, ...]) -> None:
+        self.help = help
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.sum += seconds
+        self.buckets[bisect_left(self.bounds, seconds)] += 1
+
+    def render(self, name: str) -> list[str]:
+        out = [f"# HELP {name} {self.help}", f"# TYPE {name} histogram"]
+        cumulative = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.buckets, strict=True):
+            cumulative += n
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            out.append(f'{name}_bucket{{le="{le}"}} {cumulative}')
+        out += [f"{name}_sum {self.sum}", f"{name}_count {self.count}"]
+        return out
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -52,6 +80,7 @@ class Registry:
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
         self.gauges: dict[str, Callable[[], float]] = {}
         self.gauge_values: dict[str, float] = {}  # gauges absorbed from other processes' snapshots
+        self.histograms: dict[str, Histogram] = {}
 
     def route(self, label: str) -> RouteStats:
         stats = self.routes.get(label)
@@ -67,12 +96,22 @@ class Registry:
     def gauge(self, name: str, read: Callable[[], float]) -> None:
         self.gauges[name] = read
 
+    def histogram(self, name: str, help: str, bounds: tuple[float, ...] = BOUNDS) -> Histogram:
+        """The histogram `name`, created on first use (its help and bounds are fixed then)."""
+        hist = self.histograms.get(name)
+        if hist is None:
+            hist = self.histograms[name] = Histogram(help, bounds)
+        return hist
+
     def snapshot(self) -> dict[str, Any]:
         """Everything this registry counts, as plain data another process can absorb (msgpack-able)."""
         return {
             "routes": [[s.label, s.counts, s.sums, s.buckets] for s in self.routes.values()],
             "counters": [[name, [list(kv) for kv in labels], value] for (name, labels), value in self.counters.items()],
             "gauges": {name: float(read()) for name, read in self.gauges.items()},
+            "histograms": [
+                [name, h.help, list(h.bounds), h.buckets, h.sum, h.count] for name, h in self.histograms.items()
+            ],
         }
 
     def absorb(self, snapshot: dict[str, Any]) -> None:
@@ -90,6 +129,12 @@ class Registry:
             self.counters[key] = self.counters.get(key, 0) + value
         for name, value in snapshot.get("gauges", {}).items():
             self.gauge_values[name] = self.gauge_values.get(name, 0.0) + value
+        for name, help, bounds, buckets, total, count in snapshot.get("histograms", ()):
+            hist = self.histogram(name, help, tuple(bounds))
+            for i, n in enumerate(buckets):
+                hist.buckets[i] += n
+            hist.sum += total
+            hist.count += count
 
     def render(self) -> bytes:
         """The Prometheus text exposition format (version 0.0.4)."""
@@ -109,6 +154,8 @@ class Registry:
         for name, value in sorted(values.items()):
             out.append(f"# TYPE {name} gauge")
             out.append(f"{name} {value:g}")
+        for name, hist in sorted(self.histograms.items()):
+            out += hist.render(name)
         out.append("")
         return "\n".join(out).encode()
 

@@ -21,7 +21,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gw.observe.metrics import Registry
+from gw.observe.metrics import Histogram, Registry
 
 T = TypeVar("T")
 
@@ -29,7 +29,8 @@ FAILURES_TO_OPEN = 5
 COOLDOWN = 1.0
 
 CLOSED, HALF_OPEN, OPEN = "closed", "half-open", "open"
-_STATE_GAUGE = {CLOSED: 0.0, HALF_OPEN: 1.0, OPEN: 2.0}
+# Redis answers in tens of µs to a few ms; the budget is a few ms.
+LATENCY_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 # Errors that say "Redis is not usable now" (as opposed to a script or type error, which is a bug
 # and must not trip the breaker): dropped or refused connections, a demoted master, a Cluster
@@ -63,6 +64,7 @@ class RedisGuard:
         "clock",
         "cooldown",
         "failures_to_open",
+        "latency",
         "metrics",
         "state",
     )
@@ -85,8 +87,13 @@ class RedisGuard:
         self._open_until = 0.0
         self._probing = False
         self.metrics = metrics
+        self.latency: Histogram | None = None
         if metrics is not None:
-            metrics.gauge("gw_redis_breaker_state", lambda: _STATE_GAUGE[self.state])
+            # A gauge per process, summed by the supervisor: how many workers see Redis as unusable.
+            metrics.gauge("gw_redis_breaker_open", lambda: float(self.state != CLOSED))
+            self.latency = metrics.histogram(
+                "gw_redis_call_duration_seconds", "Redis calls on request paths that got an answer.", LATENCY_BOUNDS
+            )
 
     @classmethod
     def from_settings(cls, settings: Any, metrics: Registry | None = None) -> RedisGuard:
@@ -106,7 +113,7 @@ class RedisGuard:
         if self.state != CLOSED and not self._admit():
             self._count("open")
             raise RedisUnavailable("open")
-        start = self.clock()
+        start = time.perf_counter()
         try:
             async with asyncio.timeout(self.budget):
                 result = await fn(*args)
@@ -123,9 +130,8 @@ class RedisGuard:
             self._probing = False
             raise
         self._succeeded()
-        if self.metrics is not None:
-            self.metrics.inc("gw_redis_calls_total", outcome="ok")
-            self.metrics.inc("gw_redis_call_microseconds_total", int((self.clock() - start) * 1e6))
+        if self.latency is not None:
+            self.latency.observe(time.perf_counter() - start)
         return result
 
     def _admit(self) -> bool:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
+import msgpack
 import pytest
 
 from gw.observe.metrics import Registry
-from gw.state import RedisGuard, RedisUnavailable, connect
+from gw.state import Client, RedisGuard, RedisUnavailable, connect
 from gw.state.guard import CLOSED, HALF_OPEN, OPEN
 from tests.support import valkey
 from tests.support.gateway import free_port
@@ -30,7 +32,8 @@ async def test_a_guarded_call_returns_what_redis_answers(server: valkey.Server) 
     try:
         assert await guard.call(client.ping) is True
         assert guard.state == CLOSED and not guard.degraded
-        assert registry.counters[("gw_redis_calls_total", (("outcome", "ok"),))] == 1
+        assert registry.histograms["gw_redis_call_duration_seconds"].count == 1
+        assert b'gw_redis_call_duration_seconds_bucket{le="+Inf"} 1' in registry.render()
     finally:
         await client.aclose()
 
@@ -69,8 +72,7 @@ async def test_a_server_that_answers_again_after_a_timeout_is_usable(own_server:
         await client.aclose()
 
 
-async def test_breaker_opens_after_consecutive_failures_and_then_skips_redis() -> None:
-    client = connect(f"redis://127.0.0.1:{free_port()}")  # nothing listens there
+async def test_breaker_opens_after_consecutive_failures_and_then_skips_redis(dead: Client) -> None:
     registry = Registry()
     guard = RedisGuard(1.0, failures_to_open=3, metrics=registry, clock=Clock())
     calls = 0
@@ -78,94 +80,94 @@ async def test_breaker_opens_after_consecutive_failures_and_then_skips_redis() -
     async def counted_ping() -> bool:
         nonlocal calls
         calls += 1
-        return await client.ping()
+        return await dead.ping()
 
-    try:
-        for _ in range(3):
-            with pytest.raises(RedisUnavailable) as caught:
-                await guard.call(counted_ping)
-            assert caught.value.reason == "error"
-        assert guard.state == OPEN and guard.degraded
+    for _ in range(3):
         with pytest.raises(RedisUnavailable) as caught:
             await guard.call(counted_ping)
-        assert caught.value.reason == "open"
-        assert calls == 3  # the open breaker did not call Redis at all
-        assert registry.counters[("gw_redis_breaker_opened_total", ())] == 1
-        assert b"gw_redis_breaker_state 2" in registry.render()
-    finally:
-        await client.aclose()
+        assert caught.value.reason == "error"
+    assert guard.state == OPEN and guard.degraded
+    with pytest.raises(RedisUnavailable) as caught:
+        await guard.call(counted_ping)
+    assert caught.value.reason == "open"
+    assert calls == 3  # the open breaker did not call Redis at all
+    assert registry.counters[("gw_redis_breaker_opened_total", ())] == 1
+    assert b"gw_redis_breaker_open 1" in registry.render()
 
 
-async def test_breaker_half_opens_after_the_cooldown_and_a_good_probe_closes_it(own_server: valkey.Server) -> None:
+@pytest.fixture
+async def dead() -> AsyncIterator[Client]:
+    """A client of a port nothing listens on (no retries: each call is one refused connect)."""
+    c = connect(f"redis://127.0.0.1:{free_port()}", retries=0)
+    yield c
+    await c.aclose()
+
+
+async def tripped(dead: Client, cooldown: float) -> tuple[RedisGuard, Clock]:
+    """A guard whose breaker one failure opened, and the clock that ends its cool-down."""
     clock = Clock()
-    guard = RedisGuard(1.0, failures_to_open=1, cooldown=2.0, clock=clock)
-    dead = connect(f"redis://127.0.0.1:{free_port()}")
-    alive = connect(own_server.url)
-    try:
-        with pytest.raises(RedisUnavailable):
-            await guard.call(dead.ping)
-        assert guard.state == OPEN
-        clock.now += 1.0
-        with pytest.raises(RedisUnavailable, match="open"):
-            await guard.call(alive.ping)  # still cooling down
-        clock.now += 1.5
-        assert await guard.call(alive.ping) is True  # the probe
-        assert guard.state == CLOSED
-    finally:
-        await dead.aclose()
-        await alive.aclose()
+    guard = RedisGuard(1.0, failures_to_open=1, cooldown=cooldown, clock=clock)
+    with pytest.raises(RedisUnavailable):
+        await guard.call(dead.ping)
+    assert guard.state == OPEN
+    return guard, clock
 
 
-async def test_a_failed_probe_reopens_the_breaker_for_another_cooldown() -> None:
-    clock = Clock()
-    guard = RedisGuard(1.0, failures_to_open=1, cooldown=2.0, clock=clock)
-    dead = connect(f"redis://127.0.0.1:{free_port()}")
-    try:
-        with pytest.raises(RedisUnavailable):
-            await guard.call(dead.ping)
-        clock.now += 2.5
-        with pytest.raises(RedisUnavailable) as caught:
-            await guard.call(dead.ping)
-        assert caught.value.reason == "error"  # the probe went to Redis
-        assert guard.state == OPEN
-        with pytest.raises(RedisUnavailable, match="open"):
-            await guard.call(dead.ping)
-    finally:
-        await dead.aclose()
+async def test_breaker_half_opens_after_the_cooldown_and_a_good_probe_closes_it(client: Client, dead: Client) -> None:
+    guard, clock = await tripped(dead, cooldown=2.0)
+    clock.now += 1.0
+    with pytest.raises(RedisUnavailable, match="open"):
+        await guard.call(client.ping)  # still cooling down
+    clock.now += 1.5
+    assert await guard.call(client.ping) is True  # the probe
+    assert guard.state == CLOSED
 
 
-async def test_only_one_probe_goes_out_while_half_open(own_server: valkey.Server) -> None:
-    clock = Clock()
-    guard = RedisGuard(1.0, failures_to_open=1, cooldown=1.0, clock=clock)
-    dead = connect(f"redis://127.0.0.1:{free_port()}")
-    alive = connect(own_server.url)
+async def test_a_failed_probe_reopens_the_breaker_for_another_cooldown(dead: Client) -> None:
+    guard, clock = await tripped(dead, cooldown=2.0)
+    clock.now += 2.5
+    with pytest.raises(RedisUnavailable) as caught:
+        await guard.call(dead.ping)
+    assert caught.value.reason == "error"  # the probe went to Redis
+    assert guard.state == OPEN
+    with pytest.raises(RedisUnavailable, match="open"):
+        await guard.call(dead.ping)
+
+
+async def test_only_one_probe_goes_out_while_half_open(client: Client, dead: Client) -> None:
+    guard, clock = await tripped(dead, cooldown=1.0)
     release = asyncio.Event()
 
     async def slow_probe() -> bool:
         await release.wait()
-        return await alive.ping()
+        return await client.ping()
 
-    try:
-        with pytest.raises(RedisUnavailable):
-            await guard.call(dead.ping)
-        clock.now += 1.5
-        probe = asyncio.create_task(guard.call(slow_probe))
-        await asyncio.sleep(0)  # let the probe pass the breaker
-        assert guard.state == HALF_OPEN
-        with pytest.raises(RedisUnavailable, match="open"):
-            await guard.call(alive.ping)
-        release.set()
-        assert await probe is True
-        assert guard.state == CLOSED
-    finally:
-        await dead.aclose()
-        await alive.aclose()
+    clock.now += 1.5
+    probe = asyncio.create_task(guard.call(slow_probe))
+    await asyncio.sleep(0)  # let the probe pass the breaker
+    assert guard.state == HALF_OPEN
+    with pytest.raises(RedisUnavailable, match="open"):
+        await guard.call(client.ping)
+    release.set()
+    assert await probe is True
+    assert guard.state == CLOSED
 
 
-async def test_a_script_error_is_not_a_redis_failure(client: object) -> None:
+def test_redis_latency_survives_the_supervisors_sum_over_workers() -> None:
+    worker = Registry()
+    RedisGuard(1.0, metrics=worker).latency.observe(0.0003)  # type: ignore[union-attr]
+    supervisor = Registry()
+    supervisor.absorb(msgpack.unpackb(msgpack.packb(worker.snapshot())))
+    supervisor.absorb(msgpack.unpackb(msgpack.packb(worker.snapshot())))
+    text = supervisor.render()
+    assert b'gw_redis_call_duration_seconds_bucket{le="0.0005"} 2' in text
+    assert b"gw_redis_call_duration_seconds_count 2" in text
+
+
+async def test_a_script_error_is_not_a_redis_failure(client: Client) -> None:
     from redis.exceptions import ResponseError
 
     guard = RedisGuard(1.0, failures_to_open=1)
     with pytest.raises(ResponseError):
-        await guard.call(client.eval, "return redis.call('NOSUCHCOMMAND')", 0)  # type: ignore[attr-defined]
+        await guard.call(client.eval, "return redis.call('NOSUCHCOMMAND')", 0)
     assert guard.state == CLOSED
