@@ -10,9 +10,10 @@ import trustme
 from redis.asyncio.cluster import RedisCluster
 from redis.cluster import key_slot
 
-from gw.state import Keys, RedisURLError, connect
+from gw.state import ConfigFollower, ConfigStore, Keys, RedisURLError, connect
 from gw.state.scripts import Script
 from tests.support import valkey
+from tests.support.valkey import eventually
 
 
 async def roundtrip(url: str) -> bytes:
@@ -103,18 +104,25 @@ async def test_a_script_touching_a_key_family_runs_on_cluster(cluster: valkey.Cl
 async def test_sentinel_url_finds_the_master_and_follows_a_failover(tmp_path: Path) -> None:
     group = valkey.sentinel_group(tmp_path)
     client = connect(group.url)
+    store = ConfigStore(client, Keys("gw"))
+    numbers: list[int] = []
+    follower = ConfigFollower(store, lambda v: numbers.append(v.number), poll_interval=0.2)
+    follower.start()
     try:
-        await client.set("gw-test:before", "1")
+        await store.publish([("a.yaml", b"a")], author="t", source="t")
         assert (await client.connection_pool.get_master_address())[1] == group.master.port
+        await eventually(lambda: numbers == [1], "the follower to see version 1")
         new = group.failover()
         assert new is group.replica
         # The same client object keeps working: its connection to the dead master fails, it asks
-        # the Sentinels again and the write lands on the promoted replica.
-        await client.set("gw-test:after", "2")
-        assert await client.get("gw-test:before") == b"1"
+        # the Sentinels again and the write lands on the promoted replica (which has version 1).
+        assert (await store.publish([("a.yaml", b"b")], author="t", source="t")).version == 2
         with new.client() as direct:
-            assert direct.get("gw-test:after") == b"2"
+            assert direct.get(Keys("gw").config.current) == b"2"
+        # The follower lost its subscription with the old master and found the new one.
+        await eventually(lambda: numbers == [1, 2], "the follower to see version 2 after the failover")
     finally:
+        await follower.stop()
         await client.aclose()
         group.stop()
 

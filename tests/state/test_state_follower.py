@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from collections.abc import Callable
 
 from gw.state import Client, ConfigFollower, ConfigStore, Keys, Version, connect
 from tests.support import valkey
+from tests.support.valkey import eventually
 
 
 def files(text: str) -> list[tuple[str, bytes]]:
     return [("routes.yaml", text.encode())]
-
-
-async def eventually(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
-    """Poll `condition` (a deadline, not a sleep used as synchronisation)."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 class Seen:

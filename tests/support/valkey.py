@@ -7,6 +7,7 @@ Readiness is waited on for real (PING, cluster_state:ok, a Sentinel's view of it
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -35,6 +36,16 @@ def wait_until(condition: Callable[[], object], what: str, deadline: float = DEA
         if time.monotonic() > end:
             raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+async def eventually(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Poll `condition` (a deadline, not a sleep used as synchronisation)."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 @dataclass
