@@ -21,20 +21,19 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 import uvloop
 
 from gw.config import ConfigError, LoadResult, load_config
-from gw.config.compile import compile_resources
-from gw.config.loader import parse_yaml
+from gw.config.loader import Source, compile_sources
 from gw.config.model import CompiledConfig
-from gw.config.parse import parse_documents
 from gw.control import Channel, Message
 from gw.proxy.downstream import IDLE, TUNNEL, ClientConnection
 from gw.proxy.gateway import Gateway
 from gw.settings import Settings, SettingsError
+from gw.state import ConfigFollower, ConfigStore, Keys, RedisGuard, Version, connect
 
 LISTEN_BACKLOG = 4096
 GC_THRESHOLD = 20000  # young-generation allocations between collections (CPython's default: 700)
@@ -70,11 +69,9 @@ def compile_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def compile_snapshot(files: Iterable[tuple[str, bytes]], settings: Settings, source: str, checksum: str) -> LoadResult:
+def compile_snapshot(files: Sequence[Source], settings: Settings, source: str) -> LoadResult:
     """Compile a config snapshot (the source files' names and bytes), exactly as `load` would."""
-    documents = [(name, doc) for name, data in files for doc in parse_yaml(data, name)]
-    resources, errors = parse_documents(documents)
-    return compile_resources(resources, errors=errors, source=source, checksum=checksum, **compile_options(settings))
+    return compile_sources(files, source=source, **compile_options(settings))
 
 
 def report(result: LoadResult) -> None:
@@ -106,6 +103,7 @@ class Worker:
         self.servers: dict[tuple[int, int], asyncio.base_events.Server] = {}
         self.started = time.time()
         self.version = 0
+        self.checksum = ""
         self.result: LoadResult | None = None
         self.draining = False
         self._frozen = False
@@ -122,6 +120,7 @@ class Worker:
         """Serve `result` from the next request on; requests in flight finish on the old config."""
         self.result = result
         self.version = version
+        self.checksum = result.config.checksum
         self.gateway.install(result.config)
         if not self._frozen:
             self._frozen = True
@@ -153,6 +152,11 @@ class Worker:
                 ssl=self.gateway.listener_context(bind_port) if tls else None,
                 ssl_handshake_timeout=self.settings.header_timeout if tls else None,
             )
+
+    def renumber(self, version: int) -> None:
+        """The content we serve got a (new) version number from Redis: only the label changes."""
+        self.version = version
+        set_title(f"gw: worker {self.slot} [config v{version}]")
 
     def stop_accepting(self) -> None:
         """Close this process's listening sockets; the supervisor's copies keep them open."""
@@ -213,6 +217,7 @@ class SupervisedWorker:
     def __init__(self, settings: Settings, slot: int, control_fd: int) -> None:
         self.settings = settings
         self.worker = Worker(settings, slot)
+        self.follower: ConfigFollower | None = None
         self.done = asyncio.Event()
         self.ready_sent = False
         self.channel = Channel(socket.socket(fileno=control_fd), self.on_message, self.on_supervisor_lost)
@@ -233,22 +238,61 @@ class SupervisedWorker:
         elif kind == "config":
             self.apply_config(message)
         elif kind == "stats":
-            self.channel.reply(message, {"t": "stats", **self.worker.stats()})
+            stats = self.worker.stats()
+            follower = self.follower
+            if follower is not None:
+                guard = getattr(self.worker.gateway, "guard", None)
+                stats["redis"] = {
+                    "connected": follower.connected,
+                    "version": follower.version,
+                    "error": follower.error or follower.apply_error,
+                    "breaker": guard.state if guard is not None else None,
+                }
+            self.channel.reply(message, {"t": "stats", **stats})
         elif kind == "drain":
             self.begin_drain(float(message.get("timeout", self.settings.drain_timeout)))
 
     def apply_config(self, message: Message) -> None:
+        """The supervisor's snapshot (at start, on HUP, or a fleet version it follows)."""
         version = int(message["version"])
+        if message["checksum"] == self.worker.checksum:
+            self.worker.renumber(version)
+            self.channel.reply(message, {"t": "config", "ok": True, "version": version})
+            return
         try:
-            result = compile_snapshot(
-                ((name, data) for name, data in message["files"]), self.settings, message["source"], message["checksum"]
-            )
+            files = [(name, data) for name, data in message["files"]]
+            result = compile_snapshot(files, self.settings, message["source"])
         except ConfigError as exc:
             self.channel.reply(message, {"t": "config", "ok": False, "version": version, "error": str(exc)})
             return
         self.worker.install(result, version)
         task = self.worker.loop.create_task(self.worker.bind(result.config))
         task.add_done_callback(lambda t: self._bound(t, message, version))
+
+    async def apply_version(self, version: Version) -> None:
+        """A new current version in Redis (published by any replica or `gw config`)."""
+        if version.checksum == self.worker.checksum:
+            self.worker.renumber(version.number)
+            return
+        result = compile_snapshot(version.files, self.settings, version.label)  # raises: old config stays
+        self.worker.install(result, version.number)
+        await self.worker.bind(result.config)  # ports without a socket yet: the supervisor sends them
+
+    def follow_redis(self) -> None:
+        """Connect to the fleet's Redis (GW_REDIS_URL, set by the supervisor) and follow the config."""
+        url = self.settings.redis_url
+        if not url or self.follower is not None:
+            return
+        gateway = self.worker.gateway
+        gateway.keys = Keys(self.settings.redis_prefix)
+        gateway.redis = connect(url, retries=0)  # request paths: the guard's budget, no retries
+        gateway.guard = RedisGuard.from_settings(self.settings, metrics=gateway.metrics)
+        store = ConfigStore.from_settings(connect(url), self.settings)
+        self.follower = ConfigFollower(
+            store, self.apply_version, poll_interval=self.settings.config_poll_interval, version=self.worker.version
+        )
+        self.follower.checksum = self.worker.checksum
+        self.follower.start()
 
     def _bound(self, task: asyncio.Task[None], message: Message, version: int) -> None:
         exc = task.exception()
@@ -260,6 +304,7 @@ class SupervisedWorker:
         if not self.ready_sent:
             self.ready_sent = True
             self.channel.send({"t": "ready", "pid": os.getpid(), "version": version})
+            self.follow_redis()
 
     def begin_drain(self, timeout: float) -> None:
         if self.worker.draining:
@@ -275,6 +320,8 @@ class SupervisedWorker:
 
     async def run(self) -> None:
         await self.done.wait()
+        if self.follower is not None:
+            await self.follower.stop()
         if not self.channel.closed:
             self.channel.send({"t": "exiting", "metrics": self.worker.gateway.metrics.snapshot()})
 

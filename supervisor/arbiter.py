@@ -18,14 +18,16 @@ import psutil
 
 from gw.admin import AdminApp, admin_server
 from gw.config import ConfigError, LoadResult, status_document
+from gw.config.loader import Source, read_sources, sources_checksum
 from gw.observe.metrics import Registry
 from gw.settings import Settings
+from gw.state import EmbeddedValkeyError, Version
 from gw.worker import bind_listener, compile_snapshot, report, set_title
 from supervisor.cpus import available_cpus
 from supervisor.process import DRAINING, EXITED, READY, WorkerProcess
+from supervisor.publisher import Publisher
 from supervisor.signals import SIGNALS
 from supervisor.sockets import ListenerSockets
-from supervisor.source import Snapshot, read_snapshot
 
 STARTUP_TIMEOUT = 30.0  # a worker not ready by then is considered failed
 STATS_TIMEOUT = 2.0  # /metrics and /status wait this long for each worker's numbers
@@ -53,7 +55,9 @@ class Supervisor:
         self.failures: dict[int, int] = {}
         self.restarts: dict[int, asyncio.TimerHandle] = {}
         self.sockets = ListenerSockets(listen_host)
-        self.snapshot: Snapshot | None = None
+        self.files: list[Source] = []  # the snapshot served: file names and bytes
+        self.source = settings.config
+        self.checksum = ""
         self.result: LoadResult | None = None
         self.version = 0
         self.reloads = 0
@@ -64,12 +68,13 @@ class Supervisor:
         self.metrics = Registry()  # the supervisor's own counters
         self.retired = Registry()  # what workers that exited had counted, so totals never go back
         self.env = dict(os.environ)
+        self.publisher = Publisher(settings, self.apply_fleet_version)
 
     # -- start -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         try:
-            snapshot, result = self._load()
+            files, result = self._load()
         except ConfigError as exc:
             raise StartupError(f"config: {exc}") from None
         report(result)
@@ -77,7 +82,14 @@ class Supervisor:
             self.sockets.ensure(self.slots, [p.bind_port for p in result.config.ports])
         except OSError as exc:
             raise StartupError(f"cannot listen: {exc}") from None
-        self._commit(snapshot, result)
+        try:
+            self.env["GW_REDIS_URL"] = self.publisher.start_server()
+        except EmbeddedValkeyError as exc:
+            raise StartupError(f"cannot start the embedded Valkey: {exc}") from None
+        number = await self.publisher.publish(files, self.source)
+        if number is None:
+            log(f"Redis unavailable ({self.publisher.last_error}): serving the config unpublished for now")
+        self._commit(files, result, number or 0)
         try:
             await asyncio.gather(*(self._start_worker(slot) for slot in range(self.slots)))
         except Exception as exc:
@@ -86,25 +98,26 @@ class Supervisor:
         for sig, (method, _doc) in SIGNALS.items():
             self.loop.add_signal_handler(sig, self._on_signal, method)
         self.loop.create_task(self._watch_rss())
+        self.publisher.follow(self.version, self.checksum, lambda: (self.files, self.source))
         set_title(f"gw: supervisor [config v{self.version}]")
 
-    def _load(self) -> tuple[Snapshot, LoadResult]:
-        snapshot = read_snapshot(self.settings.config)
-        return snapshot, compile_snapshot(snapshot.files, self.settings, snapshot.source, snapshot.checksum)
+    def _load(self) -> tuple[list[Source], LoadResult]:
+        files = read_sources(self.settings.config)
+        return files, compile_snapshot(files, self.settings, self.settings.config)
 
-    def _commit(self, snapshot: Snapshot, result: LoadResult) -> None:
-        self.snapshot, self.result = snapshot, result
-        self.version += 1
+    def _commit(self, files: list[Source], result: LoadResult, version: int) -> None:
+        self.files, self.result = files, result
+        self.checksum = sources_checksum(files)
+        self.source = result.config.source
+        self.version = version
 
     def _config_message(self) -> dict[str, Any]:
-        assert self.snapshot is not None
-        snap = self.snapshot
         return {
             "t": "config",
             "version": self.version,
-            "source": snap.source,
-            "checksum": snap.checksum,
-            "files": [[name, data] for name, data in snap.files],
+            "source": self.source,
+            "checksum": self.checksum,
+            "files": [[name, data] for name, data in self.files],
         }
 
     def _send_sockets(self, worker: WorkerProcess) -> None:
@@ -181,8 +194,8 @@ class Supervisor:
             if self.stopping:
                 return
             try:
-                snapshot, result = self._load()
-                if self.snapshot is not None and snapshot.checksum == self.snapshot.checksum:
+                files, result = self._load()
+                if sources_checksum(files) == self.checksum and self.publisher.unpublished is None:
                     log(f"config reloaded (unchanged, version {self.version})")
                     self.metrics.inc("gw_config_reloads_total", result="unchanged")
                     return
@@ -192,18 +205,46 @@ class Supervisor:
                 self.metrics.inc("gw_config_reloads_total", result="rejected")
                 return
             report(result)
-            self._commit(snapshot, result)
+            number = await self.publisher.publish(files, self.settings.config)
+            if number is None:
+                log(f"Redis unavailable ({self.publisher.last_error}): serving the new config unpublished for now")
+            self._commit(files, result, number if number is not None else self.version)
             self.reloads += 1
-            message = self._config_message()
-            live = [w for w in self._live() if w.state != DRAINING]
-            for worker in live:
-                self._send_sockets(worker)
-            replies = await asyncio.gather(*(w.request(message, STARTUP_TIMEOUT) for w in live))
-            failed = [w.slot for w, r in zip(live, replies, strict=True) if r is None or not r.get("ok")]
-            self.metrics.inc("gw_config_reloads_total", result="applied")
-            set_title(f"gw: supervisor [config v{self.version}]")
-            note = f"; workers {failed} did not confirm" if failed else ""
-            log(f"config reloaded ({len(result.config.rules)} rules, version {self.version}){note}")
+            await self._push_config()
+            log(f"config reloaded ({len(result.config.rules)} rules, version {self.version})")
+
+    async def apply_fleet_version(self, version: Version) -> None:
+        """A version another replica or `gw config` made current: serve it too."""
+        async with self.ops:
+            if self.stopping:
+                return
+            if version.checksum == self.checksum:
+                self.version = version.number
+            else:
+                try:
+                    result = compile_snapshot(version.files, self.settings, version.label)
+                    self.sockets.ensure(self.slots, [p.bind_port for p in result.config.ports])
+                except (ConfigError, OSError) as exc:
+                    log(f"config {version.label} from Redis rejected, keeping the running config: {exc}")
+                    self.metrics.inc("gw_config_reloads_total", result="rejected")
+                    return
+                self._commit(list(version.files), result, version.number)
+                self.metrics.inc("gw_config_reloads_total", result="fleet")
+            await self._push_config()
+            log(f"config {version.label} from Redis applied")
+
+    async def _push_config(self) -> None:
+        """Send the current snapshot (and any new sockets) to every worker; wait for their answers."""
+        message = self._config_message()
+        live = [w for w in self._live() if w.state != DRAINING]
+        for worker in live:
+            self._send_sockets(worker)
+        replies = await asyncio.gather(*(w.request(message, STARTUP_TIMEOUT) for w in live))
+        failed = [w.slot for w, r in zip(live, replies, strict=True) if r is None or not r.get("ok")]
+        self.metrics.inc("gw_config_reloads_total", result="applied")
+        set_title(f"gw: supervisor [config v{self.version}]")
+        if failed:
+            log(f"workers {failed} did not confirm config version {self.version}")
 
     async def upgrade(self) -> None:
         """USR2: replace every worker, one slot at a time, each successor ready before its predecessor drains."""
@@ -329,6 +370,10 @@ class Supervisor:
         missing = [s for s in range(self.slots) if (w := self.workers.get(s)) is None or w.state != READY]
         if self.result is None or missing:
             return False, f"workers not ready: {missing}"
+        follower = self.publisher.follower
+        if follower is not None and not follower.connected:
+            # Still ready: workers serve their last config and policies apply their failure modes.
+            return True, f"ready (degraded: Redis unavailable: {follower.error or 'connecting'})"
         return True, "ready"
 
     async def _stats(self) -> dict[WorkerProcess, dict[str, Any]]:
@@ -352,6 +397,7 @@ class Supervisor:
         return {
             "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self.started, 3),
+            "redis": self.publisher.status(),
             "config": {
                 "version": self.version,
                 "source": config.source if config else None,
@@ -375,6 +421,7 @@ class Supervisor:
             "state": worker.state,
             "uptime_seconds": round(time.time() - worker.started, 3),
             "config_version": stats["version"] if stats else worker.version,
+            "redis": stats.get("redis") if stats else None,
             "restarts": self.failures.get(worker.slot, 0),
         }
         try:
@@ -423,6 +470,7 @@ async def serve(settings: Settings) -> int:
     except StartupError as exc:
         log(str(exc))
         admin_sock.close()
+        await supervisor.publisher.stop()
         return 1
     admin = admin_server(AdminApp(supervisor.ready, supervisor.render_metrics, supervisor.status), host, port)
     admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]))
@@ -432,5 +480,6 @@ async def serve(settings: Settings) -> int:
     admin.should_exit = True
     await admin_task
     supervisor.sockets.close()
+    await supervisor.publisher.stop()
     log("stopped")
     return 0

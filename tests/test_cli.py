@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def gw(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> su
     base = {k: v for k, v in os.environ.items() if not k.startswith("GW_")}
     return subprocess.run(
         [sys.executable, "-m", "gw", *args],
-        env={**base, "PYTHONPATH": str(REPO), **(env or {})},
+        # Its own runtime directory: a `gw run` elsewhere must not share its embedded Valkey.
+        env={**base, "PYTHONPATH": str(REPO), "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-rt-"), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -125,7 +127,7 @@ def test_demo_starts_serves_and_stops() -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith("GW_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gw", "demo"],
-        env={**base, "PYTHONPATH": str(REPO), "GW_ACCESS_LOG": "off"},
+        env={**base, "PYTHONPATH": str(REPO), "GW_ACCESS_LOG": "off", "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-")},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group: a failed test can stop the upstreams too

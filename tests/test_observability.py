@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -222,7 +223,8 @@ def serve_and_capture_stdout(setup: Setup, directory: Path, env: dict[str, str],
     base = {k: v for k, v in os.environ.items() if not k.startswith("GW_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gw", "run"],
-        env={**base, "GW_CONFIG": str(config), "GW_ADMIN_ADDR": f"127.0.0.1:{admin}", "PYTHONPATH": str(REPO), **env},
+        env={**base, "GW_CONFIG": str(config), "GW_ADMIN_ADDR": f"127.0.0.1:{admin}", "PYTHONPATH": str(REPO),
+             "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-rt-"), **env},
         cwd=directory,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -269,7 +269,7 @@ def test_a_worker_over_its_rss_limit_is_replaced(start_gateway: StartGateway, up
 def test_a_bad_setting_stops_start_up_with_exit_code_2(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "gw", "run"],
-        env={**os.environ, "GW_CONFIG": str(tmp_path), "GW_WORKERS": "many"},
+        env={**os.environ, "GW_CONFIG": str(tmp_path), "GW_WORKERS": "many", "GW_RUNTIME_DIR": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=30,

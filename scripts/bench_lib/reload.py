@@ -85,6 +85,7 @@ class Gateway:
             "GW_WORKERS": str(plan.workers),
             "GW_DRAIN_TIMEOUT": f"{plan.drain_timeout}s",
             "GW_ACCESS_LOG": "off",
+            "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-rt-"),
             "PYTHONPATH": str(REPO),
         }
         self.admin = admin

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,8 @@ class GatewayProcess:
         env.setdefault("GW_ACCESS_LOG", str(self.access_log))
         env.setdefault("GW_WORKERS", "1")  # one worker unless a test is about several
         env.setdefault("GW_DRAIN_TIMEOUT", "5s")
+        # Its own embedded Valkey: a short directory (unix socket paths are limited to ~107 bytes).
+        env.setdefault("GW_RUNTIME_DIR", tempfile.mkdtemp(prefix="gw-rt-"))
         env["PYTHONPATH"] = str(REPO)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gw", "run"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL

@@ -1,0 +1,134 @@
+"""Config versions across the fleet: real supervisors and workers, real Valkey servers.
+
+The embedded Valkey by default; replicas sharing one server converge on one version; `gw config
+push` reaches every worker without a signal; Redis going away and coming back empty heals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import StartGateway
+from tests.support import valkey
+from tests.support.gateway import GatewayProcess, config_yaml, free_port
+from tests.support.upstream import Upstream
+from tests.test_supervisor import wait_until
+
+ROUTES = [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}]
+
+
+def routes_with(host: str) -> list[dict[str, object]]:
+    return [*ROUTES, {"name": host.split(".")[0], "hostnames": [host], "rules": [{"backendRefs": [{"backend": "up"}]}]}]
+
+
+def versions(gw: GatewayProcess) -> set[int]:
+    return {w["config_version"] for w in gw.status()["workers"]}  # type: ignore[index,union-attr]
+
+
+def served(gw: GatewayProcess, host: str) -> int:
+    client = gw.connect()
+    try:
+        return client.request("GET", "/echo", {"Host": host}).status
+    finally:
+        client.close()
+
+
+def gw_config(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **gw.env}
+    return subprocess.run([sys.executable, "-m", "gw", "config", *args], env=env, capture_output=True, text=True,
+                          timeout=30)  # fmt: skip
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[valkey.Server]:
+    server = valkey.standalone(tmp_path / "valkey")
+    yield server
+    server.stop()
+
+
+def start(start_gateway: StartGateway, upstream: Upstream, workers: int = 2, **env: str) -> GatewayProcess:
+    env = {"GW_WORKERS": str(workers), "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-rt-"), **env}
+    return start_gateway({"up": [("127.0.0.1", upstream.port)]}, ROUTES, env=env)
+
+
+def test_the_embedded_valkey_holds_the_versions(start_gateway: StartGateway, upstream: Upstream) -> None:
+    gw = start(start_gateway, upstream)
+    redis = gw.status()["redis"]
+    assert redis["embedded"] and redis["connected"] and redis["url"].startswith("unix://")  # type: ignore[index]
+    assert versions(gw) == {1}
+    current = gw_config(gw, "current")
+    assert current.returncode == 0 and current.stdout.split()[1] == "1", current.stdout + current.stderr
+    server = [p for p in psutil.Process(gw.pid).children() if "valkey" in " ".join(p.cmdline())]
+    assert len(server) == 1
+    gw.stop()
+    assert not server[0].is_running() or server[0].status() == psutil.STATUS_ZOMBIE
+
+
+def test_gw_config_push_reaches_every_worker_without_a_signal(
+    start_gateway: StartGateway, upstream: Upstream, tmp_path: Path
+) -> None:
+    gw = start(start_gateway, upstream, GW_CONFIG_POLL_INTERVAL="30s")  # the change event must do it
+    new = tmp_path / "new.yaml"
+    new.write_text(config_yaml(gw.port, {"up": [("127.0.0.1", upstream.port)]}, routes_with("pushed.test")))
+    pushed = gw_config(gw, "push", str(new))
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    wait_until(lambda: versions(gw) == {2} and gw.status()["config"]["version"] == 2, what="version 2 everywhere")
+    routes = {r["name"] for r in gw.status()["gatewayAPI"]["httpRoutes"]}  # type: ignore[index]
+    assert "pushed" in routes
+
+
+def test_replicas_reading_the_same_files_converge(
+    start_gateway: StartGateway, upstream: Upstream, redis_server: valkey.Server
+) -> None:
+    first = start(start_gateway, upstream, GW_REDIS_URL=redis_server.url)
+    # A second replica: same files, same listener port (SO_REUSEPORT), same Redis.
+    second = GatewayProcess(
+        config_path=first.config_path, port=first.port, admin=free_port(),
+        env={"GW_WORKERS": "1", "GW_REDIS_URL": redis_server.url}, access_log=first.access_log.with_suffix(".2"),
+    ).start()  # fmt: skip
+    try:
+        assert versions(first) == versions(second) == {1}  # the second publish was a no-op
+        routes = routes_with("edited.test")
+        first.config_path.write_text(config_yaml(first.port, {"up": [("127.0.0.1", upstream.port)]}, routes))
+        os.kill(first.pid, signal.SIGHUP)  # only one replica is told
+        wait_until(lambda: versions(second) == {2}, what="the other replica to follow")
+        assert versions(first) == {2}
+        assert "edited" in {r["name"] for r in second.status()["gatewayAPI"]["httpRoutes"]}  # type: ignore[index]
+    finally:
+        second.stop()
+
+
+def test_redis_gone_keeps_serving_and_back_empty_is_republished(
+    start_gateway: StartGateway, upstream: Upstream, redis_server: valkey.Server
+) -> None:
+    gw = start(start_gateway, upstream, GW_REDIS_URL=redis_server.url, GW_CONFIG_POLL_INTERVAL="200ms")
+    redis_server.stop()
+    wait_until(lambda: not gw.status()["redis"]["connected"], what="the supervisor to notice")  # type: ignore[index]
+    assert all(served(gw, "any.test") == 200 for _ in range(10))
+    ready = httpx.get(f"http://127.0.0.1:{gw.admin}/readyz", timeout=5)
+    assert ready.status_code == 200 and "degraded" in ready.text
+    # A HUP while Redis is away: served at once, published when Redis answers again.
+    gw.config_path.write_text(config_yaml(gw.port, {"up": [("127.0.0.1", upstream.port)]}, routes_with("late.test")))
+    mark = len(gw.log)
+    os.kill(gw.pid, signal.SIGHUP)
+    gw.wait_for_log("gw: config reloaded", after=mark)
+    assert gw.status()["redis"]["unpublished"]  # type: ignore[index]
+    redis_server.start()  # same port, nothing stored
+    wait_until(lambda: gw.status()["redis"]["connected"] and not gw.status()["redis"]["unpublished"],  # type: ignore[index]
+               what="the republish")  # fmt: skip
+    with redis_server.client() as client:
+        current = client.get("{gw:config}:current")
+    assert current is not None
+    wait_until(lambda: all((w.get("redis") or {}).get("connected") for w in gw.status()["workers"]),  # type: ignore[union-attr]
+               what="workers to reconnect")  # fmt: skip
+    assert "late" in {r["name"] for r in gw.status()["gatewayAPI"]["httpRoutes"]}  # type: ignore[index]
