@@ -385,11 +385,18 @@ class Supervisor:
         registry = Registry()
         registry.absorb(self.retired.snapshot())
         registry.absorb(self.metrics.snapshot())
-        for stats in (await self._stats()).values():
-            registry.absorb(stats["metrics"])
+        stats = await self._stats()
+        for worker_stats in stats.values():
+            registry.absorb(worker_stats["metrics"])
         registry.gauge_values["gw_workers"] = float(len(self.workers))
         registry.gauge_values["gw_config_version"] = float(self.version)
-        return registry.render()
+        # Per worker, not summed: which version each one serves (a lagging worker stands out).
+        lines = ["# TYPE gw_worker_config_version gauge"]
+        lines += [
+            f'gw_worker_config_version{{slot="{w.slot}",pid="{w.pid}"}} {s["version"]}'
+            for w, s in sorted(stats.items(), key=lambda item: item[0].slot)
+        ]
+        return registry.render() + ("\n".join(lines) + "\n").encode()
 
     async def status(self) -> dict[str, Any]:
         stats = await self._stats()

@@ -85,6 +85,9 @@ def test_gw_config_push_reaches_every_worker_without_a_signal(
     wait_until(lambda: versions(gw) == {2} and gw.status()["config"]["version"] == 2, what="version 2 everywhere")
     routes = {r["name"] for r in gw.status()["gatewayAPI"]["httpRoutes"]}  # type: ignore[index]
     assert "pushed" in routes
+    metrics = httpx.get(f"http://127.0.0.1:{gw.admin}/metrics", timeout=5).text
+    per_worker = [ln for ln in metrics.splitlines() if ln.startswith("gw_worker_config_version{")]
+    assert len(per_worker) == 2 and all(ln.endswith(" 2") for ln in per_worker), per_worker
 
 
 def test_replicas_reading_the_same_files_converge(
