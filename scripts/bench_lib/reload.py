@@ -77,7 +77,8 @@ class Tally:
 class Gateway:
     """`gw run` as a child, its stderr lines kept with their arrival time."""
 
-    def __init__(self, config: Path, port: int, admin: int, plan: Plan) -> None:
+    def __init__(self, config: Path, port: int, admin: int, plan: Plan, env: dict[str, str] | None = None) -> None:
+        extra = env or {}
         env = {
             **os.environ,
             "GW_CONFIG": str(config),
@@ -87,6 +88,7 @@ class Gateway:
             "GW_ACCESS_LOG": "off",
             "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-rt-"),
             "PYTHONPATH": str(REPO),
+            **extra,
         }
         self.admin = admin
         self.port = port
