@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -321,7 +322,11 @@ class SupervisedWorker:
     async def run(self) -> None:
         await self.done.wait()
         if self.follower is not None:
-            await self.follower.stop()
+            # Bounded: a follower stuck reconnecting to a Redis that died with the supervisor
+            # must not keep a drained worker alive.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.follower.stop()
         if not self.channel.closed:
             self.channel.send({"t": "exiting", "metrics": self.worker.gateway.metrics.snapshot()})
 

@@ -276,3 +276,16 @@ def test_a_bad_setting_stops_start_up_with_exit_code_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "GW_WORKERS" in proc.stderr
+
+
+def test_workers_and_the_embedded_valkey_leave_with_a_killed_supervisor(
+    start_gateway: StartGateway, upstream: Upstream
+) -> None:
+    gw = start(start_gateway, upstream, 2)
+    children = psutil.Process(gw.pid).children()
+    assert len(children) == 3  # two workers and the embedded Valkey
+    os.kill(gw.pid, signal.SIGKILL)
+    # Workers see their control channel close and drain (GW_DRAIN_TIMEOUT is 5 s in tests);
+    # the Valkey server gets SIGTERM from the kernel when its parent dies.
+    _gone, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, [p.cmdline() for p in alive]

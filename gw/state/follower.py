@@ -25,6 +25,7 @@ log = logging.getLogger("gw.state")
 OnVersion = Callable[[Version], Awaitable[None] | None]
 OnEmpty = Callable[[], Awaitable[None] | None]
 
+STOP_ATTEMPTS = 40
 RECONNECT_MIN = 0.05  # first retry after Redis went away; doubles up to the poll interval
 
 
@@ -53,6 +54,7 @@ class ConfigFollower:
         self.apply_error = ""  # why on_version failed for `version` ("" once one succeeds)
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stopped = False
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.get_running_loop().create_task(self.run(), name="gw-config-follower")
@@ -60,10 +62,20 @@ class ConfigFollower:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        self._stopped = True
+        # Cancel until it takes: on Python 3.11 a cancellation that lands while a timeout expires
+        # (asyncio.timeout here, async_timeout inside redis-py) can be swallowed, and a follower
+        # reconnecting to a dead Redis meets timeouts all the time.
+        for _ in range(STOP_ATTEMPTS):
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            done, _pending = await asyncio.wait({task}, timeout=0.05)
+            if done:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    task.result()
+                return
+        log.warning("gw: config follower did not stop; abandoning it")
 
     def poke(self) -> None:
         """Check now rather than at the next poll (e.g. after the supervisor published)."""
@@ -72,7 +84,7 @@ class ConfigFollower:
     async def run(self) -> None:
         """Listen and poll until cancelled; never raises for Redis trouble."""
         backoff = RECONNECT_MIN
-        while True:
+        while not self._stopped:
             pubsub: Any = None
             try:
                 # A Cluster client must know the slot map before it can place a pub/sub connection.
