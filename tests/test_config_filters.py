@@ -438,6 +438,20 @@ class TestMirror:
         assert mirror.take(lambda: 0.2) is True
         assert mirror.take(lambda: 0.3) is False
 
+    def test_a_mirror_of_the_primary_backend_balances_on_its_own(self):
+        # Copies picking from the primary's balancer would shift the primary's round robin.
+        _, rule = compile_rule(
+            f"""
+            backendRefs: [{ONE}]
+            filters:
+            - {{type: RequestMirror, requestMirror: {{backendRef: {ONE}}}}}
+            """
+        )
+        (mirror,) = rule.mirrors
+        primary = rule.backend_refs[0].backend
+        assert mirror.backend is not primary
+        assert mirror.backend.endpoints == primary.endpoints  # the same endpoints, pools and health
+
     def test_take_at_100_percent_needs_no_random_draw(self):
         def boom() -> float:
             raise AssertionError("no draw expected")

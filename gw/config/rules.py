@@ -128,7 +128,10 @@ class RuleCompiler:
             if isinstance(backend, Unresolved):
                 unresolved(f"{m.field}.backendRef", backend.reason, backend.message, "the mirror is dropped")
                 continue
-            mirrors.append(Mirror(m.ref.label, backend, m.numerator, m.denominator))
+            # Its own balancer over the same endpoints: copies picking from the primary's Backend
+            # would shift the primary's round robin (with two endpoints, all primaries on one).
+            own = model.Backend(backend.name, backend.endpoints)
+            mirrors.append(Mirror(m.ref.label, own, m.numerator, m.denominator))
         return tuple(mirrors)
 
     def _extensions(self, route: HTTPRoute, f: FilterSpecs) -> tuple[ExtensionRef, ...]:
