@@ -36,13 +36,11 @@ FILTER_TYPES = (
 RETRY = "retry"
 HTTPS = "HTTPS"  # listener protocol: TLS termination
 
-# What the data plane applies today. A rule using anything else is compiled (so `gw check` shows
-# it) but answers 500, as the spec asks for filters that cannot be honoured: skipping a redirect
-# or an auth ExtensionRef silently would be worse. The proxy adds a name here when it wires it.
-DATA_PLANE_FEATURES: frozenset[str] = frozenset(
-    (REQUEST_HEADER_MODIFIER, RESPONSE_HEADER_MODIFIER, REQUEST_REDIRECT, URL_REWRITE, CORS_FILTER, RETRY, HTTPS)
-)
 ALL_FEATURES: frozenset[str] = frozenset((*FILTER_TYPES, RETRY, HTTPS))
+# What the data plane applies today: all but ExtensionRef (gw's policies are not wired yet). A rule
+# using anything else is compiled (so `gw check` shows it) but answers 500, as the spec asks for
+# filters that cannot be honoured: skipping an auth ExtensionRef silently would be worse.
+DATA_PLANE_FEATURES: frozenset[str] = ALL_FEATURES - {EXTENSION_REF}
 
 _SET_COOKIE = b"set-cookie"
 

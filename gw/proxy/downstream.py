@@ -19,6 +19,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 from gw.observe.accesslog import LINE, NULL_UPSTREAM, members
 from gw.proxy import errors
 from gw.proxy.errors import ProxyError, problem_response
+from gw.proxy.mirror import MirrorRequest, start_mirrors
 from gw.proxy.request import CRLF, IDEMPOTENT, RawHead, Request, analyze_raw, prepare, split_fields, split_target
 from gw.proxy.response import CHUNKED, NO_BODY, ResponseHead, build_response_head_raw, status_line
 from gw.proxy.upstream import (
@@ -119,6 +120,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._abandon_mirrors()
         self.gw.connections.discard(self)
         if self.connecting is not None:
             self.connecting.cancel()
@@ -190,11 +192,19 @@ class ClientConnection(asyncio.Protocol):
                 upstream.transport.write_eof()
                 return True
             return None
+        self._abandon_mirrors()
         # A client that half-closes after its request still gets its response.
         if self.active is not None:
             self.close_after = True
             return True
         return None
+
+    def _abandon_mirrors(self) -> None:
+        """The client sends no more: mirror copies still waiting for body bytes will never get them."""
+        for unfinished in (self.active, self.req):
+            if unfinished is not None and unfinished.mirrors is not None and not unfinished.complete:
+                for mirror in unfinished.mirrors:
+                    mirror.abandon()
 
     def pause_writing(self) -> None:
         # The client cannot take the response as fast as the upstream sends it.
@@ -376,6 +386,10 @@ class ClientConnection(asyncio.Protocol):
                 replay.append(body)
             else:
                 req.replay = None
+        mirrors = req.mirrors
+        if mirrors is not None:
+            for mirror in mirrors:
+                mirror.body(body)
         upstream = self.upstream
         if req is self.active and upstream is not None:
             if self.phase == BODY:
@@ -398,11 +412,17 @@ class ClientConnection(asyncio.Protocol):
         req: Request = self.req  # type: ignore[assignment]
         self.req = None
         req.complete = True
+        # (Mirrors count a Content-Length body's end themselves; only a chunked one is told, in
+        # branches a bodiless request never takes.)
         if req is self.active and self.upstream is not None:
             if req.chunked:
                 self.upstream.transport.write(LAST_CHUNK)
+                if req.mirrors is not None:
+                    _end_mirrors(req.mirrors)
             if self.phase == BODY:
                 self._await_response(req, monotonic())
+        elif req.chunked and req.mirrors is not None:
+            _end_mirrors(req.mirrors)
 
     # -- the exchange ------------------------------------------------------------------------
 
@@ -479,7 +499,17 @@ class ClientConnection(asyncio.Protocol):
         if rule.response_headers is not None or ref.response_headers is not None or cors_fields:
             self.resp_mods = (rule.response_headers, ref.response_headers, _AddFields(cors_fields or []))
         self.backend = ref.backend
+        mirrors = rule.mirrors + ref.mirrors if ref.mirrors else rule.mirrors
+        if not mirrors or req.upgrade:  # (an upgrade is a conversation, not a request to copy)
+            self._pick_and_go(req)
+            return
+        # The primary goes first: it gets the pick of idle pooled connections, and a request it
+        # cannot even start (no endpoint) is not copied. Its _send takes the body read so far.
+        early_body = req.pending_body
         self._pick_and_go(req)
+        if self.active is req and not self.closed:
+            timeout = rule.backend_timeout or self.settings.upstream_response_timeout
+            req.mirrors = start_mirrors(self.gw, mirrors, req, early_body, timeout)
 
     def _answer(self, req: Request, status: int, fields: list[tuple[bytes, bytes]]) -> None:
         """A bodiless response from the gateway itself (a redirect), in order, then carry on."""
@@ -1029,6 +1059,11 @@ class _AddFields:
     def apply(self, headers: list[tuple[bytes, bytes]]) -> None:
         headers.extend(self.fields)
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+
+
+def _end_mirrors(mirrors: list[MirrorRequest]) -> None:
+    for mirror in mirrors:
+        mirror.end()
 
 
 def _replayable(req: Request) -> bool:

@@ -18,6 +18,7 @@ from gw.settings import Settings
 
 if TYPE_CHECKING:
     from gw.proxy.downstream import ClientConnection
+    from gw.proxy.mirror import MirrorRequest
 
 SWEEP_INTERVAL = 0.25  # seconds between deadline checks; timeouts fire within this of their time
 
@@ -32,6 +33,7 @@ class Gateway:
         self.ports: dict[int, PortConfig] = {}
         self.pools: dict[tuple[str, int], EndpointPool] = {}
         self.connections: set[ClientConnection] = set()
+        self.mirrors: set[MirrorRequest] = set()  # RequestMirror copies in flight
         self.metrics = Registry()
         self.no_route_stats = self.metrics.route("")  # requests answered before a route matched
         self.access_log = AccessLog(settings.access_log, settings.access_log_sample)
@@ -53,6 +55,7 @@ class Gateway:
         self.metrics.gauge(
             "gw_upstream_connections_idle", lambda: sum(len(p.idle) for p in self.pools.values())
         )
+        self.metrics.gauge("gw_mirror_requests_in_flight", lambda: len(self.mirrors))
 
     def install(self, config: CompiledConfig) -> None:
         """Serve `config` from the next request on; requests in flight finish on the old one."""
@@ -120,6 +123,12 @@ class Gateway:
                 conn.expire(now)
             except Exception as exc:  # one connection's bug must not stop the sweeper
                 conn.crash(exc)
+        if self.mirrors:
+            for mirror in [m for m in self.mirrors if m.deadline <= now]:
+                try:
+                    mirror.expire()
+                except Exception as exc:
+                    mirror.crash(exc)
         for pool in self.pools.values():
             pool.expire_idle(now)
         self.access_log.flush()

@@ -69,6 +69,7 @@ class Request:
     pending_body: list[bytes] | None = None  # body bytes read but not yet written upstream
     body_buffered = 0
     replay: list[bytes] | None = None  # a small body kept for a retry on a fresh connection
+    mirrors: list[Any] | None = None  # RequestMirror copies waiting for body bytes (gw.proxy.mirror)
     request_id = b""
     head: list[bytes] = []
     host_header = b""

@@ -1,0 +1,319 @@
+"""RequestMirror: a copy of a request sent to a mirror backend, its response read and dropped.
+
+The copy is the request as it goes upstream (after the rule's and the backendRef's header
+modifiers and URLRewrite), Host included: Envoy appends "-shadow" to a shadow's Host, but the
+Gateway API only says the request is sent to the mirror and its response ignored, and a mirror
+standing in for the same service must see what that service sees (virtual hosts, signatures
+over Host). The X-Request-ID is the primary's, so the two can be told apart and matched in logs.
+
+A mirror never touches the client's exchange: it has its own connection (from the endpoint's
+keep-alive pool), its own deadline (checked by the worker's sweeper) and a bound on the bytes it
+may hold; a mirror that cannot keep up, or whose backend is slow, dead or misbehaving, is
+abandoned and counted in `gw_mirror_requests_total{backend, result}`. Nothing here runs for a
+rule without mirrors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import Sequence
+from time import monotonic
+from typing import TYPE_CHECKING
+
+from gw.proxy.request import CRLF, Request
+
+if TYPE_CHECKING:
+    from gw.config.filters import Mirror
+    from gw.config.model import Backend
+    from gw.proxy.gateway import Gateway
+    from gw.proxy.upstream import UpstreamConnection
+
+# Bytes of one copy not yet taken by the kernel (waiting for its connection, or in its transport's
+# buffer): past this the mirror is behind the client and is abandoned. The primary holds as much
+# while its own connection opens (PENDING_BODY_LIMIT).
+MIRROR_BUFFER_LIMIT = 256 * 1024
+# Copies in flight per worker: beyond this, requests are not mirrored (each holds a connection).
+MAX_MIRRORS_IN_FLIGHT = 512
+LAST_CHUNK = b"0\r\n\r\n"
+
+# gw_mirror_requests_total results
+OK = "ok"  # the mirror answered (whatever its status); the answer was dropped
+CONNECT_FAILED = "connect-failed"
+LOST = "lost"  # connection closed or reset before a response
+TIMEOUT = "timeout"
+OVERFLOW = "overflow"  # the mirror fell more than MIRROR_BUFFER_LIMIT behind the client
+OVERLOADED = "overloaded"  # MAX_MIRRORS_IN_FLIGHT copies already under way: not sent
+NO_ENDPOINT = "no-endpoint"
+INVALID_RESPONSE = "invalid-response"
+INCOMPLETE = "incomplete"  # the client went away before its request body was complete
+ERROR = "error"  # a bug in this module: the copy is dropped, the client's exchange carries on
+
+
+def start_mirrors(
+    gw: Gateway, mirrors: Sequence[Mirror], req: Request, early_body: list[bytes] | None, timeout: float
+) -> list[MirrorRequest] | None:
+    """Send a copy of `req` (head as it goes upstream) to each mirror its percent/fraction takes.
+
+    `early_body`: the body pieces read before now; `timeout`: how long a copy may go without
+    progress (connect, send, answer). Returns the copies still waiting for body bytes (the client
+    connection hands them on), or None.
+    """
+    copies: list[MirrorRequest] | None = None
+    for mirror in mirrors:
+        if not mirror.take():
+            continue
+        if len(gw.mirrors) >= MAX_MIRRORS_IN_FLIGHT:
+            gw.metrics.inc("gw_mirror_requests_total", backend=mirror.name, result=OVERLOADED)
+            continue
+        copy = MirrorRequest(gw, mirror.name, req, early_body, timeout)
+        try:
+            copy.start(mirror.backend)
+        except Exception as exc:
+            copy.crash(exc)
+        if not copy.done and not copy.body_done:
+            if copies is None:
+                copies = []
+            copies.append(copy)
+    return copies
+
+
+class MirrorRequest:
+    """One copy of a client request to one mirror backend, from connect to the dropped response.
+
+    It owns an UpstreamConnection the way a ClientConnection does (the connection calls the
+    upstream_* methods below), so pooled connections serve mirrors and primaries alike.
+    """
+
+    __slots__ = (
+        "backend_name",
+        "body_done",
+        "buffered",
+        "chunked",
+        "conn",
+        "connecting",
+        "deadline",
+        "done",
+        "got_head",
+        "gw",
+        "head",
+        "head_only",
+        "pending",
+        "remaining",
+        "timeout",
+    )
+
+    def __init__(
+        self, gw: Gateway, backend_name: str, req: Request, early_body: list[bytes] | None, timeout: float
+    ) -> None:
+        self.gw = gw
+        self.backend_name = backend_name
+        self.timeout = timeout
+        self.head = [req.method, b" ", req.url, b" HTTP/1.1\r\n", *req.head]
+        self.head_only = req.method == b"HEAD"
+        self.chunked = req.chunked
+        # Body bytes received before the copy started (the client's read held them, or the request
+        # waited behind a pipelined one), framed as they will be sent.
+        self.pending: list[bytes] = []
+        self.buffered = 0
+        self.remaining = req.content_length - req.body_received  # of a Content-Length body
+        self.body_done = req.complete or not req.has_body or (not req.chunked and self.remaining <= 0)
+        self.conn: UpstreamConnection | None = None
+        self.connecting: asyncio.Task[UpstreamConnection] | None = None
+        self.done = False
+        self.got_head = False
+        self.deadline = 0.0
+        if not req.host_header:
+            self.head.append(b"")  # Host of the endpoint, filled in when it is chosen
+        for chunk in early_body or ():
+            self._queue(chunk)
+        if req.chunked and req.complete:
+            self._queue_raw(LAST_CHUNK)
+
+    # -- from the client connection ----------------------------------------------------------
+
+    def start(self, backend: Backend) -> None:
+        if self.done:
+            return  # what the client had already sent is more than a mirror may hold
+        now = monotonic()
+        gw = self.gw
+        endpoint = backend.pick(now)
+        if endpoint is None:
+            self._end(NO_ENDPOINT)
+            return
+        gw.mirrors.add(self)
+        pool = endpoint.pool
+        if pool is None:
+            pool = endpoint.pool = gw.pool(endpoint)
+        if self.head[-1] == b"":
+            self.head[-1] = b"Host: %s:%d\r\n" % (pool.address.encode(), pool.port)
+        conn = pool.acquire()
+        if conn is not None:
+            self._send(conn, now)
+            return
+        self.deadline = now + gw.settings.upstream_connect_timeout
+        task = self.connecting = gw.loop.create_task(pool.open())
+        task.add_done_callback(self._connected)
+
+    def body(self, chunk: bytes) -> None:
+        """A piece of the client's request body (called for every piece, as it arrives)."""
+        if self.done:
+            return
+        try:
+            if self.chunked:
+                self._queue(chunk)
+            else:
+                self.remaining -= len(chunk)
+                self._queue(chunk)
+                if self.remaining <= 0:
+                    self.body_done = True
+            conn = self.conn
+            if conn is None:
+                return
+            self._flush(conn)
+        except Exception as exc:
+            self.crash(exc)
+
+    def end(self) -> None:
+        """The client's chunked request body is complete."""
+        if self.done or self.body_done:
+            return
+        try:
+            self.body_done = True
+            self._queue_raw(LAST_CHUNK)
+            if self.conn is not None:
+                self._flush(self.conn)
+        except Exception as exc:
+            self.crash(exc)
+
+    def abandon(self) -> None:
+        """The client's connection closed before its request body was complete."""
+        if not self.body_done:
+            self._end(INCOMPLETE)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _queue(self, chunk: bytes) -> None:
+        self._queue_raw(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.chunked else chunk)
+
+    def _queue_raw(self, data: bytes) -> None:
+        self.pending.append(data)
+        self.buffered += len(data)
+        if self.buffered > MIRROR_BUFFER_LIMIT:
+            self._end(OVERFLOW)
+
+    def _connected(self, task: asyncio.Task[UpstreamConnection]) -> None:
+        if task.cancelled():
+            return
+        self.connecting = None
+        exc = task.exception()
+        if exc is not None:
+            self._end(CONNECT_FAILED)
+            return
+        conn = task.result()
+        if self.done:
+            conn.pool.release(conn, monotonic())  # still a good connection
+            return
+        conn.reused = False
+        try:
+            self._send(conn, monotonic())
+        except Exception as exc:
+            self.crash(exc)
+
+    def _send(self, conn: UpstreamConnection, now: float) -> None:
+        self.conn = conn
+        conn.lend(self, self.head_only)  # type: ignore[arg-type]  # a mirror owns it like a client does
+        self.pending[:0] = [*self.head, CRLF]
+        self.head = []
+        self._flush(conn)
+
+    def _flush(self, conn: UpstreamConnection) -> None:
+        """Hand what is pending to the connection; abandon the copy if the mirror is behind."""
+        if self.done:
+            return
+        if conn.transport.is_closing():  # reset by the peer; connection_lost is on its way
+            self._end(LOST)
+            return
+        pending = self.pending
+        if pending:
+            conn.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            pending.clear()
+        self.buffered = conn.transport.get_write_buffer_size()
+        if self.buffered > MIRROR_BUFFER_LIMIT:
+            self._end(OVERFLOW)
+            return
+        # The deadline follows progress: the mirror has `timeout` after the last bytes it was given.
+        self.deadline = monotonic() + self.timeout
+
+    # -- from the upstream connection --------------------------------------------------------
+
+    def upstream_interim(self, status: int, block: bytes) -> None:
+        pass
+
+    def upstream_head(self, status: int, block: bytes) -> None:
+        self.got_head = True
+
+    def upstream_body(self, body: bytes) -> None:
+        pass  # the mirror's answer is not wanted
+
+    def flush(self) -> None:
+        pass
+
+    def upstream_complete(self, conn: UpstreamConnection) -> None:
+        if self.conn is not conn:
+            return
+        self.conn = None
+        # An answer before the whole request was sent leaves the rest unsendable on this connection.
+        if conn.keep_alive and self.body_done and not self.pending and not conn.closed:
+            conn.pool.release(conn, monotonic())
+        else:
+            conn.close()
+        self._end(OK)
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
+        if self.conn is conn:
+            self.conn = None
+            self._end(OK if self.got_head else LOST)
+
+    def upstream_broken(self, conn: UpstreamConnection, detail: str) -> None:
+        self._end(INVALID_RESPONSE)
+
+    def upstream_upgraded(self, rest: bytes) -> None:
+        self._end(INVALID_RESPONSE)  # upgrades are never mirrored: a 101 is not an answer to us
+
+    def tunnel_from_upstream(self, data: bytes) -> None:
+        pass
+
+    def pause_reading(self, reason: int) -> None:
+        pass  # a mirror never holds the client back; _flush watches its buffer instead
+
+    def resume_reading(self, reason: int) -> None:
+        pass
+
+    def crash(self, exc: BaseException) -> None:
+        """A bug on the mirror's side: drop this copy, say why, leave the client's exchange alone."""
+        traceback.print_exception(exc)
+        self.gw.metrics.inc("gw_internal_errors_total")
+        self._end(ERROR)
+
+    # -- endings -----------------------------------------------------------------------------
+
+    def expire(self) -> None:
+        """The deadline passed (called by the worker's sweeper)."""
+        self._end(TIMEOUT)
+
+    def _end(self, result: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.pending.clear()
+        gw = self.gw
+        gw.mirrors.discard(self)
+        gw.metrics.inc("gw_mirror_requests_total", backend=self.backend_name, result=result)
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.abort()  # mid-exchange: the connection cannot be reused
