@@ -87,6 +87,13 @@ class Upstream:
             self._server.close()
             for w in list(self._writers):
                 w.transport.abort()
+            # Let the connection handlers see their aborted transports and end, rather than be
+            # destroyed pending when the loop stops ("Task was destroyed but it is pending").
+            current = asyncio.current_task()
+            handlers = [t for t in asyncio.all_tasks() if t is not current]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
