@@ -548,7 +548,7 @@ class TestCORS:
 
 POLICY = """
 apiVersion: gw.dev/v1alpha1
-kind: RateLimitPolicy
+kind: ExamplePolicy
 metadata: {name: slow, namespace: default}
 spec: {requests: 10}
 """
@@ -559,19 +559,19 @@ class TestExtensionRef:
         _, rule = compile_rule(
             f"""
             backendRefs: [{ONE}]
-            filters: [{{type: ExtensionRef, extensionRef: {{group: gw.dev, kind: RateLimitPolicy, name: slow}}}}]
+            filters: [{{type: ExtensionRef, extensionRef: {{group: gw.dev, kind: ExamplePolicy, name: slow}}}}]
             """,
             POLICY,
         )
         (ext,) = rule.extensions
-        assert (ext.kind, ext.namespace, ext.name, ext.spec) == ("RateLimitPolicy", "default", "slow", {"requests": 10})
+        assert (ext.kind, ext.namespace, ext.name, ext.spec) == ("ExamplePolicy", "default", "slow", {"requests": 10})
         assert rule.invalid_reason is None
 
     def test_missing_policy_makes_the_rule_answer_500(self):
         result, rule = compile_rule(
             f"""
             backendRefs: [{ONE}]
-            filters: [{{type: ExtensionRef, extensionRef: {{group: gw.dev, kind: RateLimitPolicy, name: nope}}}}]
+            filters: [{{type: ExtensionRef, extensionRef: {{group: gw.dev, kind: ExamplePolicy, name: nope}}}}]
             """
         )
         assert rule.invalid_reason and "not found" in rule.invalid_reason

@@ -16,6 +16,7 @@ from gw.config.backends import BackendResolver
 from gw.config.errors import Condition, ConfigError
 from gw.config.filters import DATA_PLANE_FEATURES
 from gw.config.gateways import serve_gateways
+from gw.config.policy_attach import CompiledRoute, attach_rate_limits
 from gw.config.resources import Gateway, HTTPRoute, Listener, Resources
 from gw.config.rules import RuleCompiler
 from gw.config.tls import port_tls
@@ -79,6 +80,7 @@ def compile_resources(
     known_gateways = {(g.meta.namespace, g.meta.name) for g in resources.gateways}
     per_listener: dict[tuple[str, str, str], list[RouteEntry]] = {}
     all_rules: list[model.Rule] = []
+    compiled_routes: list[CompiledRoute] = []
     for route in sorted(resources.http_routes, key=lambda r: (r.meta.created, r.meta.key)):
         attachments = _attach(route, attacher, known_gateways, conditions, errors)
         if not attachments:
@@ -99,12 +101,15 @@ def compile_resources(
                 )
             )
         all_rules += [rule for _, rule in rules]
+        compiled_routes.append(CompiledRoute(route, rules, {_gw_key(att.gateway) for att in attachments}))
         for att in attachments:
             entries = per_listener.setdefault((*_gw_key(att.gateway), att.listener.name), [])
             for spec, rule in rules:
                 for m_index, match in enumerate(spec.matches):
                     order = (route.meta.created, route.meta.key, spec.index, m_index)
                     entries.append(RouteEntry(att.hostnames, match, rule, order))
+
+    attach_rate_limits(resources.rate_limit_policies, compiled_routes, conditions, errors)
 
     ports: dict[int, list[tuple[Gateway, Listener]]] = {}
     for gw, listeners in gateways.values():

@@ -98,6 +98,7 @@ class Rule:
       mirrors           for m in mirrors: if m.take(): send a copy to m.backend, ignore the answer
       response_headers  `response_headers.apply(headers)` on the upstream response
       extensions        gw policy objects (ExtensionRef), for the policy layer
+      ratelimits        RateLimitPolicies attached by targetRefs; `limiters` decides per request
     retry: Retry or None; request_timeout / backend_timeout in seconds (0 = disabled, None = unset).
     """
 
@@ -111,10 +112,12 @@ class Rule:
         "index",
         "invalid_reason",
         "label",
+        "limiters",
         "max_body_size",
         "mirrors",
         "name",
         "only_backend",
+        "ratelimits",
         "redirect",
         "request_headers",
         "request_timeout",
@@ -168,6 +171,10 @@ class Rule:
             request_headers or response_headers or redirect or rewrite or self.mirrors or cors or self.extensions
         ) or any(r.has_filters for r in self.backend_refs)
         self.stats: Any = None  # assigned by the worker when the snapshot is installed
+        # RateLimitPolicies attached to this rule (gw.config.policy_attach, which also sets
+        # has_filters), and their runtime limiters, assigned when the snapshot is installed.
+        self.ratelimits: tuple[Any, ...] = ()
+        self.limiters: Any = None
         usable = [r for r in self.backend_refs if r.weight > 0]
         self._refs = SmoothWeightedRoundRobin(usable, [r.weight for r in usable]) if usable else None
         # The common case of one backend: the proxy skips the weighted pick.

@@ -29,6 +29,8 @@ from gw.config.parse_gateway import (
     parse_http_route,
     parse_reference_grant,
 )
+from gw.config.parse_ratelimit import parse_rate_limit_policy
+from gw.config.ratelimit import KIND as RATE_LIMIT_POLICY
 from gw.config.reader import Reader, join, string_map, type_name
 from gw.config.resources import (
     CORE_GROUP,
@@ -167,6 +169,7 @@ _PARSERS: dict[str, _Parser] = {
     "Backend": parse_backend,
     "Namespace": parse_namespace,
     "Secret": parse_secret,
+    RATE_LIMIT_POLICY: parse_rate_limit_policy,
 }
 
 # The API groups gw reads each kind from; a same-named kind from another group is not ours.
@@ -180,4 +183,5 @@ KIND_GROUPS = {
     "Backend": GW_GROUP,
     "Namespace": CORE_GROUP,
     "Secret": CORE_GROUP,
+    RATE_LIMIT_POLICY: GW_GROUP,
 }

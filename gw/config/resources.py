@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from gw.config.filters import CORS, HeaderModifier, Redirect, Retry, URLRewrite
+from gw.config.ratelimit import RateLimitPolicy
 from gw.routing.match import RouteMatch
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -306,6 +307,7 @@ Resource = (
     | Namespace
     | Secret
     | Policy
+    | RateLimitPolicy
 )
 
 
@@ -323,6 +325,7 @@ class Resources:
     namespaces: list[Namespace] = field(default_factory=list)
     secrets: list[Secret] = field(default_factory=list)
     policies: list[Policy] = field(default_factory=list)
+    rate_limit_policies: list[RateLimitPolicy] = field(default_factory=list)
     # Kinds gw does not read (Deployments in the same manifests, ...): "Kind ns/name" per object.
     ignored: list[str] = field(default_factory=list)
 
@@ -338,5 +341,6 @@ class Resources:
             Namespace: self.namespaces,
             Secret: self.secrets,
             Policy: self.policies,
+            RateLimitPolicy: self.rate_limit_policies,
         }[type(obj)]
         bucket.append(obj)  # type: ignore[arg-type]

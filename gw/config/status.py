@@ -24,7 +24,7 @@ def status_document(result: LoadResult, controller_name: str = DEFAULT_CONTROLLE
     """
     resources = result.resources
     conditions = result.conditions
-    doc: dict[str, Any] = {"gatewayClasses": [], "gateways": [], "httpRoutes": [], "errors": []}
+    doc: dict[str, Any] = {"gatewayClasses": [], "gateways": [], "httpRoutes": [], "policies": [], "errors": []}
     if resources is not None:
         for gc in resources.gateway_classes:
             if gc.meta.label in conditions:
@@ -69,6 +69,20 @@ def status_document(result: LoadResult, controller_name: str = DEFAULT_CONTROLLE
                         }
                         for parent, conds in parents.items()
                     ],
+                }
+            )
+        for policy in resources.rate_limit_policies:
+            # GEP-713 policy status, reduced to what gw knows: its targets and its Accepted condition.
+            doc["policies"].append(
+                {
+                    "kind": policy.meta.kind,
+                    "namespace": policy.meta.namespace,
+                    "name": policy.meta.name,
+                    "targetRefs": [
+                        {"kind": t.kind, "name": t.name, **({"sectionName": t.section_name} if t.section_name else {})}
+                        for t in policy.targets
+                    ],
+                    "conditions": [_condition(c) for c in conditions.get(policy.meta.label, [])],
                 }
             )
     for e in result.errors:
@@ -135,4 +149,6 @@ def status_lines(result: LoadResult, controller_name: str = DEFAULT_CONTROLLER) 
             ref = parent["parentRef"]
             where = f"{ref['namespace']}/{ref['name']}" + (f"/{ref['sectionName']}" if "sectionName" in ref else "")
             lines.append(f"  parent Gateway {where}: {_line(parent['conditions'])}")
+    for policy in doc["policies"]:
+        lines.append(f"{policy['kind']} {policy['namespace']}/{policy['name']}: {_line(policy['conditions'])}")
     return lines

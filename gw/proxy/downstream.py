@@ -462,6 +462,13 @@ class ClientConnection(asyncio.Protocol):
         rule's and then the chosen backendRef's filters, and joined again.
         """
         fields = split_fields(b"\r\n" + b"".join(req.head))
+        limiters = rule.limiters
+        if limiters is not None and req.limit_fields is None:
+            # RateLimitPolicies decide before any filter edits the request they key on. An
+            # answer from Redis resumes the exchange in _limited (the guard's budget bounds it).
+            verdict = limiters.decide(req, fields, lambda v: self._limited(req, rule, v))
+            if verdict is None or not self._admitted(req, verdict):
+                return
         cors = rule.cors
         cors_fields: list[tuple[bytes, bytes]] | None = None
         if cors is not None:
@@ -496,6 +503,8 @@ class ClientConnection(asyncio.Protocol):
                 fields.insert(0, (b"Host", rewrite.host))
                 req.host_header = rewrite.host
         req.head = [b"".join(b"%b: %b\r\n" % field for field in fields)]
+        if req.limit_fields:
+            cors_fields = (cors_fields or []) + req.limit_fields
         if rule.response_headers is not None or ref.response_headers is not None or cors_fields:
             self.resp_mods = (rule.response_headers, ref.response_headers, _AddFields(cors_fields or []))
         self.backend = ref.backend
@@ -510,6 +519,24 @@ class ClientConnection(asyncio.Protocol):
         if self.active is req and not self.closed:
             timeout = rule.backend_timeout or self.settings.upstream_response_timeout
             req.mirrors = start_mirrors(self.gw, mirrors, req, early_body, timeout)
+
+    def _admitted(self, req: Request, verdict: Any) -> bool:
+        """Record a rate-limit verdict: True to go on, False when it was answered here."""
+        if not verdict.allowed:
+            self._fail(errors.RateLimited(verdict.detail, verdict.status, verdict.fields))
+            return False
+        req.limit_fields = verdict.fields
+        return True
+
+    def _limited(self, req: Request, rule: Any, verdict: Any) -> None:
+        """A verdict that needed Redis: carry on with the exchange it held up, unless the client left."""
+        if self.closed or self.active is not req:
+            return
+        try:
+            if self._admitted(req, verdict):
+                self._start_filtered(req, rule)
+        except Exception as exc:
+            self.crash(exc)
 
     def _answer(self, req: Request, status: int, fields: list[tuple[bytes, bytes]]) -> None:
         """A bodiless response from the gateway itself (a redirect), in order, then carry on."""

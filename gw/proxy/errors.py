@@ -33,6 +33,7 @@ class ProxyError(Exception):
     kind = "internal-error"
     close = False  # the connection cannot be trusted after this error: answer and close it
     attempt_failed = False  # one upstream attempt failed: a rule's retry may try again
+    fields: list[tuple[bytes, bytes]] = []  # extra response fields (Retry-After, RateLimit)
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -97,6 +98,18 @@ class Overloaded(ProxyError):
     status, kind, close = 503, "overloaded", True
 
 
+class RateLimited(ProxyError):
+    """A RateLimitPolicy refused the request: 429, or 503 when its counter cannot be read (failureMode: Closed)."""
+
+    status, kind = 429, "rate-limited"
+
+    def __init__(self, detail: str, status: int, fields: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(detail)
+        self.fields = fields
+        if status != 429:
+            self.status, self.kind = status, "rate-limit-unavailable"
+
+
 class UpstreamTimeout(ProxyError):
     status, kind = 504, "upstream-timeout"
     attempt_failed = True
@@ -121,6 +134,7 @@ def problem_response(
         b"content-type: application/problem+json\r\n",
         b"content-length: %d\r\n" % len(body),
         b"x-request-id: " + request_id + b"\r\n" if request_id else b"",
+        *(b"%b: %b\r\n" % field for field in error.fields),
         b"connection: close\r\n" if close else (b"connection: keep-alive\r\n" if version == b"1.0" else b""),
         b"\r\n",
     ]

@@ -13,6 +13,7 @@ from gw.config import build_ssl_context
 from gw.config.model import CompiledConfig, Endpoint, PortConfig
 from gw.observe.accesslog import AccessLog
 from gw.observe.metrics import Registry
+from gw.policies.ratelimit import RateLimits
 from gw.proxy.upstream import EndpointPool
 from gw.settings import Settings
 
@@ -48,6 +49,7 @@ class Gateway:
         # far cheaper than uuid4() per request.
         self._request_id_prefix = os.urandom(6).hex().encode()
         self._sweeper: asyncio.TimerHandle | None = None
+        self.ratelimits = RateLimits(self)  # reads redis, guard and keys when it first needs them
         self.metrics.gauge("gw_client_connections", lambda: len(self.connections))
         self.metrics.gauge(
             "gw_upstream_connections", lambda: sum(p.connections for p in self.pools.values())
@@ -61,6 +63,7 @@ class Gateway:
         """Serve `config` from the next request on; requests in flight finish on the old one."""
         for rule in config.rules:
             rule.stats = self.metrics.route(rule.label)
+        self.ratelimits.install(config)
         # HTTPS ports: the snapshot's certificates, picked per handshake by `select_certificate`,
         # so a reload switches certificates without touching listeners or open connections.
         self.tls_contexts = {p.bind_port: build_ssl_context(p) for p in config.ports if p.tls is not None}
@@ -137,6 +140,7 @@ class Gateway:
     def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self.ratelimits.stop()
         for pool in self.pools.values():
             pool.close_all()
         self.access_log.close()

@@ -70,6 +70,7 @@ class Request:
     body_buffered = 0
     replay: list[bytes] | None = None  # a small body kept for a retry on a fresh connection
     mirrors: list[Any] | None = None  # RequestMirror copies waiting for body bytes (gw.proxy.mirror)
+    limit_fields: list[tuple[bytes, bytes]] | None = None  # rate limits decided: fields for the response
     request_id = b""
     head: list[bytes] = []
     host_header = b""

@@ -104,6 +104,13 @@ class RedisGuard:
         """True while Redis is considered unusable (readiness reports this; serving goes on)."""
         return self.state != CLOSED
 
+    def refuses(self) -> bool:
+        """True when a call now would fail at once (breaker open, cool-down running or a probe out).
+
+        Lets a caller take its failure path without creating a task for a call bound to fail.
+        """
+        return self.state != CLOSED and (self._probing or (self.state == OPEN and self.clock() < self._open_until))
+
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """`await fn(*args)` within the budget; raises RedisUnavailable instead of waiting on Redis.
 

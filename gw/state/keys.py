@@ -29,10 +29,17 @@ class ConfigKeys:
     channel: str  # pub/sub: the new current version number, published on every change
 
 
+@dataclass(frozen=True, slots=True)
+class FleetKeys:
+    """Live workers of every replica (gw/state/lua/heartbeat.lua)."""
+
+    workers: str  # sorted set: worker id → server time (ms) of its last heartbeat
+
+
 class Keys:
     """Key and channel names under one prefix."""
 
-    __slots__ = ("config", "prefix")
+    __slots__ = ("config", "fleet", "prefix")
 
     def __init__(self, prefix: str = "gw") -> None:
         self.prefix = prefix
@@ -45,6 +52,15 @@ class Keys:
             history=f"{config}:history",
             channel=f"{prefix}:config:events",
         )
+        self.fleet = FleetKeys(workers=f"{self._family('fleet')}:workers")
+
+    def ratelimit(self, policy: str) -> str:
+        """The stem of one RateLimitPolicy's counters ("namespace/name"): `<stem>:<limit>:<key>`.
+
+        One family per policy, so gw/state/lua/ratelimit.lua may touch all of a request's limits
+        of that policy in one atomic call on a Cluster; different policies spread over slots.
+        """
+        return self._family(f"rl:{policy}")
 
     def _family(self, family: str) -> str:
         """The hash-tagged stem of a key family: every key built on it lands in one Cluster slot."""

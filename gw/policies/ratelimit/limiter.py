@@ -1,0 +1,280 @@
+"""One RateLimitPolicy at run time: a request's keys → allowed or limited, counted in Redis or locally.
+
+Modes (per policy):
+  Exact   every decision is one call of gw/state/lua/ratelimit.lua (all the policy's limits at once).
+  Leased  each worker takes tokens from Redis in batches and spends them locally; a batch is sized
+          to the key's observed rate (RATE_HORIZON seconds of it), at most `max_batch` tokens, and
+          the next one is fetched in the background when a quarter of a batch is left, so most
+          decisions need no round trip. Tokens are taken from the shared counter when leased, so
+          the only over-admission is tokens leased before an interval and spent within it:
+              admitted(any interval) <= exact limit + W * ceil(1.25 * max_batch)
+              max_batch = max(1, floor(LEASE_FRACTION * min requests of the policy's limits))
+          with W the workers holding leases on the key (all replicas). Unspent tokens expire
+          after LEASE_TTL and are lost (under-admission only).
+Either mode caches a key found over the limit until the counter's retry time, so a flood of
+rejected requests costs no Redis call. `scope: Local` counts in this worker only, with each limit
+divided by the replica's worker count.
+
+failureMode, when Redis cannot answer within the guard's budget (or its breaker is open):
+  Open    allow; Closed  answer 503; Local  count in this worker with each limit divided by the
+  number of live workers of the fleet (heartbeats in Redis, gw.policies.ratelimit.fleet).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from time import monotonic
+from typing import Any, Protocol
+
+from gw.config.ratelimit import CLOSED, LEASED, LOCAL, OPEN, RateLimitPolicy
+from gw.policies.ratelimit.algorithms import LocalCounter, Outcome, Quota
+from gw.policies.ratelimit.batch import ScriptBatcher
+from gw.policies.ratelimit.headers import Fields, limit_names, policy_field, retry_after, state_field
+from gw.policies.ratelimit.identify import key_function
+from gw.state.guard import RedisUnavailable
+from gw.state.scripts import load
+
+SCRIPT = load("ratelimit")
+LEASE_FRACTION = 0.005  # a worker's batch is at most this share of the smallest limit
+RATE_HORIZON = 0.1  # seconds of a key's observed rate one batch covers
+LEASE_TTL = 1.0  # seconds an unspent leased token stays usable
+MAX_BLOCKED = 100_000  # over-limit keys remembered before the cache is cleared
+
+
+class Verdict:
+    """A decision: allowed (with fields for the response), or the status and fields to answer with."""
+
+    __slots__ = ("allowed", "detail", "fields", "status")
+
+    def __init__(self, allowed: bool, fields: Fields, status: int = 200, detail: str = "") -> None:
+        self.allowed = allowed
+        self.fields = fields
+        self.status = status
+        self.detail = detail
+
+
+ALLOWED = Verdict(True, [])
+Done = Callable[[Verdict], None]
+
+
+class Shared(Protocol):
+    """What a worker lends its limiters: the loop, Redis (None without one), guard, key schema, fleet."""
+
+    redis: Any
+    guard: Any
+    keys: Any
+    fleet: Any
+    batcher: ScriptBatcher
+    local_workers: int
+
+    def count(self, policy: str, outcome: str) -> None: ...
+
+
+class Lease:
+    """Tokens of one key leased from Redis by this worker, and the requests waiting for more."""
+
+    __slots__ = ("expires", "last_refill", "limits", "low", "refilling", "spent", "tokens", "waiters")
+
+    def __init__(self, now: float) -> None:
+        self.tokens = 0
+        self.expires = 0.0
+        self.refilling = False
+        self.waiters: list[Done] = []
+        self.spent = 0  # tokens spent since the last refill: the observed rate
+        self.last_refill = now
+        self.low = 0  # refill in the background when this few tokens are left
+        self.limits: tuple[tuple[int, float], ...] = ()  # (remaining, reset ms) as Redis last said
+
+
+class PolicyLimiter:
+    """Decides for one policy; shared by every rule the policy attaches to (counted per policy, not route)."""
+
+    def __init__(self, policy: RateLimitPolicy, shared: Shared) -> None:
+        self.policy = policy
+        self.name = policy.meta.key
+        self.shared = shared
+        self.key_functions = [key_function(limit.key, policy.trusted_proxies) for limit in policy.limits]
+        self.limit_names = [limit.name.encode() for limit in policy.limits]
+        self.quotas = [
+            Quota(policy.algorithm, limit.requests, limit.period * 1000.0, limit.burst) for limit in policy.limits
+        ]
+        self.argv: list[Any] = [a for q in self.quotas for a in q.script_args()]
+        self.max_batch = max(1, math.floor(LEASE_FRACTION * min(limit.requests for limit in policy.limits)))
+        self.leased = policy.mode == LEASED
+        self.headers = policy.response_headers
+        self.names = limit_names(policy)
+        self.policy_field = policy_field(policy)
+        self.blocked: dict[bytes, float] = {}  # key → monotonic time it may be asked about again
+        self.leases: dict[bytes, Lease] = {}
+        self.local: LocalCounter | None = None
+        self.local_divisor = 0
+        self.stem: bytes | None = None
+
+    # -- the decision ------------------------------------------------------------------------
+
+    def decide(self, req: Any, fields: Fields, done: Done) -> Verdict | None:
+        """A verdict now, or None: `done(verdict)` is called later (the exchange waits on Redis)."""
+        parts = [f(req, fields) for f in self.key_functions]
+        key = parts[0] if len(parts) == 1 else b"\x1e".join(parts)
+        now = monotonic()
+        until = self.blocked.get(key)
+        if until is not None:
+            if until > now:
+                self.shared.count(self.name, "cached")
+                return self._limited((until - now) * 1000.0, ())
+            del self.blocked[key]
+        if self.policy.scope == LOCAL:
+            return self._from_local(key, now, self.shared.local_workers)
+        shared = self.shared
+        guard = shared.guard
+        if shared.redis is None or guard is None or guard.refuses():
+            return self._failed(key, now)
+        if not self.leased:
+            self._call(key, parts, 1, lambda outcome: done(self._exact(key, outcome)))
+            return None
+        lease = self.leases.get(key)
+        if lease is None:
+            if len(self.leases) >= MAX_BLOCKED:
+                self.leases.clear()
+            lease = self.leases[key] = Lease(now)
+        if lease.tokens > 0 and now < lease.expires:
+            lease.tokens -= 1
+            lease.spent += 1
+            if lease.tokens <= lease.low and not lease.refilling:
+                self._refill(key, parts, lease, now)
+            shared.count(self.name, "leased")
+            return self._allowed(lease.limits, lease.spent) if self.headers else ALLOWED
+        lease.tokens = 0
+        lease.waiters.append(done)
+        if not lease.refilling:
+            self._refill(key, parts, lease, now)
+        return None
+
+    def _exact(self, key: bytes, outcome: Outcome | RedisUnavailable) -> Verdict:
+        if isinstance(outcome, RedisUnavailable):
+            return self._failed(key, monotonic())
+        if outcome.granted:
+            self.shared.count(self.name, "allowed")
+            return self._allowed(outcome.limits, 0) if self.headers else ALLOWED
+        self._block(key, outcome.retry)
+        self.shared.count(self.name, "limited")
+        return self._limited(outcome.retry, outcome.limits)
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def _batch(self, lease: Lease, now: float) -> int:
+        """Tokens to ask for: RATE_HORIZON seconds of the rate seen since the last refill, capped."""
+        elapsed = now - lease.last_refill
+        if lease.spent == 0 or elapsed <= 0:
+            return 1
+        return max(1, min(self.max_batch, math.ceil(lease.spent / elapsed * RATE_HORIZON)))
+
+    def _refill(self, key: bytes, parts: list[bytes], lease: Lease, now: float) -> None:
+        wanted = max(self._batch(lease, now), min(len(lease.waiters), self.max_batch))
+        lease.low = wanted // 4
+        lease.refilling = True
+        lease.spent = 0
+        lease.last_refill = now
+        self._call(key, parts, wanted, lambda outcome: self._refilled(key, parts, lease, outcome))
+
+    def _refilled(self, key: bytes, parts: list[bytes], lease: Lease, outcome: Outcome | RedisUnavailable) -> None:
+        lease.refilling = False
+        waiters, lease.waiters = lease.waiters, []
+        if isinstance(outcome, RedisUnavailable):
+            now = monotonic()
+            for done in waiters:
+                done(self._failed(key, now))
+            return
+        now = monotonic()
+        lease.tokens += outcome.granted
+        lease.expires = now + LEASE_TTL
+        lease.limits = outcome.limits
+        if not outcome.granted:
+            self._block(key, outcome.retry)
+            self.shared.count(self.name, "limited")
+            for done in waiters:
+                done(self._limited(outcome.retry, outcome.limits))
+            return
+        served = 0
+        for done in waiters:
+            if lease.tokens <= 0:
+                break
+            lease.tokens -= 1
+            lease.spent += 1
+            served += 1
+            self.shared.count(self.name, "allowed")
+            done(self._allowed(lease.limits, lease.spent) if self.headers else ALLOWED)
+        rest = waiters[served:]
+        if rest:  # more waiters than tokens: ask again for them (Redis says if the key is now out)
+            lease.waiters = rest + lease.waiters
+            self._refill(key, parts, lease, now)
+
+    # -- Redis ---------------------------------------------------------------------------------
+
+    def _call(self, key: bytes, parts: list[bytes], wanted: int, then: Callable[[Any], None]) -> None:
+        shared = self.shared
+        stem = self.stem
+        if stem is None:
+            stem = self.stem = shared.keys.ratelimit(self.name).encode()
+        keys = [b"%s:%s:%s" % (stem, name, part) for name, part in zip(self.limit_names, parts, strict=True)]
+        shared.batcher.submit(keys, [wanted, *self.argv], lambda reply: then(_outcome(reply)))
+
+    def _block(self, key: bytes, retry_ms: float) -> None:
+        if len(self.blocked) >= MAX_BLOCKED:
+            self.blocked.clear()  # a flood of distinct keys: forgetting costs Redis calls, not correctness
+        self.blocked[key] = monotonic() + retry_ms / 1000.0
+
+    # -- without Redis -------------------------------------------------------------------------
+
+    def _failed(self, key: bytes, now: float) -> Verdict:
+        mode = self.policy.failure_mode
+        self.shared.count(self.name, f"redis_unavailable_{mode.lower()}")
+        if mode == OPEN:
+            return ALLOWED
+        if mode == CLOSED:
+            detail = f"rate limit {self.name} cannot be checked (shared state unavailable)"
+            return Verdict(False, [retry_after(1000.0)], 503, detail)
+        fleet = self.shared.fleet
+        live = fleet.live if fleet is not None and fleet.live else self.shared.local_workers
+        return self._from_local(key, now, live)
+
+    def _from_local(self, key: bytes, now: float, divisor: int) -> Verdict:
+        divisor = max(1, divisor)
+        if self.local is None or self.local_divisor != divisor:
+            quotas = [
+                Quota(q.algorithm, max(1.0, q.requests / divisor), q.period, max(1.0, q.burst / divisor))
+                for q in self.quotas
+            ]
+            self.local = LocalCounter(quotas)
+            self.local_divisor = divisor
+        outcome = self.local.take(key, 1, now * 1000.0)
+        if outcome.granted:
+            return self._allowed(outcome.limits, 0) if self.headers else ALLOWED
+        return self._limited(outcome.retry, outcome.limits)
+
+    # -- verdicts --------------------------------------------------------------------------------
+
+    def _allowed(self, limits: tuple[tuple[int, float], ...], spent_since: int) -> Verdict:
+        if not limits:
+            return Verdict(True, [self.policy_field])
+        if spent_since:  # a lease: Redis's last count minus what this worker spent since
+            limits = tuple((remaining - spent_since, reset) for remaining, reset in limits)
+        return Verdict(True, [self.policy_field, state_field(self.names, limits)])
+
+    def _limited(self, retry_ms: float, limits: tuple[tuple[int, float], ...]) -> Verdict:
+        fields = [retry_after(retry_ms)]
+        if self.headers:
+            if not limits:
+                limits = tuple((0, retry_ms) for _ in self.names)
+            fields += [self.policy_field, state_field(self.names, limits)]
+        return Verdict(False, fields, 429, f"rate limit {self.name} exceeded")
+
+
+def _outcome(reply: Any) -> Outcome | RedisUnavailable:
+    """The script's answer as an Outcome; RedisUnavailable passes through."""
+    if isinstance(reply, RedisUnavailable):
+        return reply
+    granted, retry = int(reply[0]), float(reply[1])
+    limits = tuple((int(reply[i]), float(reply[i + 1])) for i in range(2, len(reply), 2))
+    return Outcome(granted, retry, limits)

@@ -1,0 +1,159 @@
+"""A worker's rate limiters: one PolicyLimiter per policy, reused across reloads while it is unchanged.
+
+Counted per policy and key: every rule a policy attaches to shares its limiter, and its counters
+in Redis are named by the policy, never by the route or the worker. A reload that leaves a policy
+as it was keeps its leases and its cache of over-limit keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from gw.config.model import CompiledConfig
+from gw.config.ratelimit import LOCAL, RateLimitPolicy
+from gw.policies.ratelimit.batch import ScriptBatcher
+from gw.policies.ratelimit.fleet import Fleet
+from gw.policies.ratelimit.limiter import SCRIPT, Done, Fields, PolicyLimiter, Verdict
+
+WARM_TRIES = 100  # polls for the worker's Redis client after a config with rate limits arrives
+WARM_INTERVAL = 0.1
+WARM_TIMEOUT = 2.0
+
+
+class RateLimits:
+    """The rate-limit state of one worker. `gateway` lends loop, settings, metrics, redis, guard, keys."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+        self.limiters: dict[str, PolicyLimiter] = {}
+        self.needs_fleet = False
+        self._fleet: Fleet | None = None
+        self._batcher: ScriptBatcher | None = None
+        self._warming = False
+        self._warm_task: asyncio.Task[None] | None = None
+        workers = gateway.settings.workers
+        self.local_workers = workers if workers > 0 else len(os.sched_getaffinity(0))
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.gateway.loop  # type: ignore[no-any-return]
+
+    @property
+    def redis(self) -> Any:
+        return getattr(self.gateway, "redis", None)
+
+    @property
+    def guard(self) -> Any:
+        return getattr(self.gateway, "guard", None)
+
+    @property
+    def keys(self) -> Any:
+        return self.gateway.keys
+
+    @property
+    def batcher(self) -> ScriptBatcher:
+        batcher = self._batcher
+        if batcher is None:
+            batcher = self._batcher = ScriptBatcher(self.loop, SCRIPT, self.gateway.redis, self.gateway.guard)
+        return batcher
+
+    @property
+    def fleet(self) -> Fleet | None:
+        return self._fleet
+
+    def count(self, policy: str, outcome: str) -> None:
+        self.gateway.metrics.inc("gw_ratelimit_decisions_total", policy=policy, outcome=outcome)
+
+    def install(self, config: CompiledConfig) -> None:
+        """Give every rule with RateLimitPolicies its limiters (rules without any keep None)."""
+        old, self.limiters = self.limiters, {}
+        for rule in config.rules:
+            if rule.ratelimits:
+                limiters = [self._limiter(policy, old) for policy in rule.ratelimits]
+                rule.limiters = limiters[0] if len(limiters) == 1 else RuleLimits(limiters)
+        self.needs_fleet = any(limiter.policy.failure_mode == LOCAL for limiter in self.limiters.values())
+        if self.limiters and not self._warming:
+            self._warming = True
+            self.loop.call_soon(self._prepare, WARM_TRIES)
+
+    def _prepare(self, tries: int) -> None:
+        """Once the worker has its Redis client: start heartbeats, load the script, open a connection.
+
+        Off the request path, so the first decision does not pay a connect and a NOSCRIPT within
+        its budget (and fail open or closed for it). The worker connects to Redis after its first
+        config is installed, hence the short poll.
+        """
+        redis = self.redis
+        if redis is None:
+            if tries > 0:
+                self.loop.call_later(WARM_INTERVAL, self._prepare, tries - 1)
+            else:
+                self._warming = False
+            return
+        if self.needs_fleet and self._fleet is None:
+            self._fleet = Fleet(self.loop, redis, self.gateway.guard, self.gateway.keys.fleet.workers)
+            self._fleet.start()
+        self._warm_task = self.loop.create_task(self._warm(redis))
+
+    async def _warm(self, redis: Any) -> None:
+        try:
+            async with asyncio.timeout(WARM_TIMEOUT):
+                await redis.script_load(SCRIPT.source)
+        except Exception:  # Redis away: decisions take their failureMode until it answers
+            self._warming = False
+
+    def _limiter(self, policy: RateLimitPolicy, old: dict[str, PolicyLimiter]) -> PolicyLimiter:
+        key = policy.meta.key
+        limiter = self.limiters.get(key)
+        if limiter is None:
+            limiter = old.get(key)
+            if limiter is None or limiter.policy != policy:
+                limiter = PolicyLimiter(policy, self)
+            self.limiters[key] = limiter
+        return limiter
+
+    def stop(self) -> None:
+        if self._fleet is not None:
+            self._fleet.stop()
+
+
+class RuleLimits:
+    """Several policies on one rule: each decides; the first that limits answers, in policy order."""
+
+    def __init__(self, limiters: Sequence[PolicyLimiter]) -> None:
+        self.limiters = tuple(limiters)
+
+    def decide(self, req: Any, fields: Fields, done: Done) -> Verdict | None:
+        results: list[Verdict | None] = [None] * len(self.limiters)
+        pending = 0
+
+        def arrived(i: int) -> Done:
+            def record(verdict: Verdict) -> None:
+                nonlocal pending
+                results[i] = verdict
+                pending -= 1
+                if pending == 0:
+                    done(_combine(results))
+
+            return record
+
+        for i, limiter in enumerate(self.limiters):
+            verdict = limiter.decide(req, fields, arrived(i))
+            if verdict is None:
+                pending += 1
+            else:
+                results[i] = verdict
+        return _combine(results) if pending == 0 else None
+
+
+def _combine(results: list[Verdict | None]) -> Verdict:
+    fields = []
+    for verdict in results:
+        assert verdict is not None
+        if not verdict.allowed:
+            return verdict
+        fields += verdict.fields
+    return Verdict(True, fields)

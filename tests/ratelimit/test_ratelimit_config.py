@@ -1,0 +1,109 @@
+"""RateLimitPolicy in config: fields validated with file/object/field, attached by targetRefs, shown by `gw check`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gw.config import compile_resources
+from gw.config.parse import parse_documents
+from gw.config.status import status_lines
+
+GATEWAY = [
+    {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "gw"},
+     "spec": {"controllerName": "gw.dev/gateway-controller"}},
+    {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "edge"},
+     "spec": {"gatewayClassName": "gw", "listeners": [{"name": "http", "port": 8080, "protocol": "HTTP"}]}},
+    {"apiVersion": "gw.dev/v1alpha1", "kind": "Backend", "metadata": {"name": "app"},
+     "spec": {"endpoints": [{"address": "127.0.0.1", "port": 9}]}},
+]  # fmt: skip
+
+
+def route(name: str, *rule_names: str | None) -> dict[str, Any]:
+    backend = [{"group": "gw.dev", "kind": "Backend", "name": "app"}]
+    rules = [
+        {**({"name": n} if n else {}), "matches": [{"path": {"type": "PathPrefix", "value": f"/{name}/{i}"}}],
+         "backendRefs": backend}
+        for i, n in enumerate(rule_names)
+    ]  # fmt: skip
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": name},
+            "spec": {"parentRefs": [{"name": "edge"}], "rules": rules}}  # fmt: skip
+
+
+def policy(name: str, targets: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    spec.setdefault("limits", [{"requests": 10, "per": "1s"}])
+    return {"apiVersion": "gw.dev/v1alpha1", "kind": "RateLimitPolicy", "metadata": {"name": name},
+            "spec": {"targetRefs": targets, **spec}}  # fmt: skip
+
+
+def compiled(*docs: dict[str, Any]) -> Any:
+    resources, errors = parse_documents([("limits.yaml", d) for d in [*GATEWAY, *docs]])
+    return compile_resources(resources, errors=errors)
+
+
+def rules_of(result: Any, route_key: str) -> list[Any]:
+    return [r for r in result.config.rules if r.route == route_key]
+
+
+def test_a_policy_on_a_named_rule_limits_that_rule_only() -> None:
+    result = compiled(route("api", "orders", None), policy("p", [{"kind": "HTTPRoute", "name": "api",
+                                                                  "sectionName": "orders"}]))  # fmt: skip
+    orders, other = rules_of(result, "default/api")
+    assert [p.meta.name for p in orders.ratelimits] == ["p"] and orders.has_filters
+    assert other.ratelimits == () and not other.has_filters
+
+
+def test_a_policy_on_a_gateway_reaches_every_route_attached_to_it_once() -> None:
+    result = compiled(
+        route("a", None), route("b", None, None),
+        policy("p", [{"kind": "Gateway", "name": "edge"}, {"kind": "HTTPRoute", "name": "a"}]),
+    )  # fmt: skip
+    assert [len(r.ratelimits) for r in result.config.rules] == [1, 1, 1]
+
+
+def test_several_policies_on_one_rule_all_apply() -> None:
+    result = compiled(route("a", None), policy("g", [{"kind": "Gateway", "name": "edge"}]),
+                      policy("r", [{"kind": "HTTPRoute", "name": "a"}]))  # fmt: skip
+    assert [p.meta.name for p in result.config.rules[0].ratelimits] == ["g", "r"]
+
+
+def test_gw_check_shows_what_a_policy_attaches_to_and_what_it_misses() -> None:
+    result = compiled(route("api", "orders"), policy("p", [{"kind": "HTTPRoute", "name": "api",
+                      "sectionName": "orders"}, {"kind": "HTTPRoute", "name": "gone"}]))  # fmt: skip
+    assert (
+        "RateLimitPolicy default/p: Accepted=True (Accepted): attached to HTTPRoute default/api rule 'orders' "
+        "(1 rule); not found: HTTPRoute default/gone"
+    ) in status_lines(result)
+    assert [(e.obj, e.field) for e in result.errors] == [("RateLimitPolicy default/p", "spec.targetRefs[1]")]
+
+
+def test_a_policy_with_no_target_found_is_not_accepted() -> None:
+    result = compiled(route("api", None), policy("p", [{"kind": "HTTPRoute", "name": "gone"}]))
+    assert "RateLimitPolicy default/p: Accepted=False (TargetNotFound): not found: HTTPRoute default/gone" in (
+        status_lines(result)
+    )
+
+
+def test_invalid_fields_are_named_and_the_policy_is_dropped() -> None:
+    bad = policy(
+        "p", [{"kind": "HTTPRoute", "name": "api", "namespace": "other"}], mode="Sometimes", failureMode="Maybe",
+        algorithm="SlidingWindow", trustedProxies=["10.0.0.0/8", "nonsense"],
+        limits=[{"name": "Per Second", "requests": 0, "per": "soon", "burst": 2,
+                 "key": [{"type": "Consumer"}, {"type": "Header"}, {"type": "Method", "name": "x"}]}],
+    )  # fmt: skip
+    result = compiled(route("api", None), bad)
+    assert {(e.obj, e.field) for e in result.errors} == {
+        ("RateLimitPolicy default/p", field)
+        for field in (
+            "spec.targetRefs[0].namespace", "spec.mode", "spec.failureMode", "spec.trustedProxies[1]",
+            "spec.limits[0].name", "spec.limits[0].requests", "spec.limits[0].per", "spec.limits[0].burst",
+            "spec.limits[0].key[0].type", "spec.limits[0].key[1].name", "spec.limits[0].key[2].name",
+        )
+    }  # fmt: skip
+    assert all(e.file == "limits.yaml" for e in result.errors)
+    assert result.config.rules[0].ratelimits == ()
+
+
+def test_a_policy_needs_targets_and_limits() -> None:
+    result = compiled(route("api", None), {"apiVersion": "gw.dev/v1alpha1", "kind": "RateLimitPolicy",
+                                          "metadata": {"name": "p"}, "spec": {}})  # fmt: skip
+    assert {e.field for e in result.errors} == {"spec.targetRefs", "spec.limits"}
