@@ -16,7 +16,7 @@ from gw.config.backends import BackendResolver
 from gw.config.errors import Condition, ConfigError
 from gw.config.filters import DATA_PLANE_FEATURES
 from gw.config.gateways import serve_gateways
-from gw.config.policy_attach import CompiledRoute, attach_rate_limits
+from gw.config.policy_attach import CompiledRoute, attach_extension_rate_limits, attach_rate_limits
 from gw.config.resources import Gateway, HTTPRoute, Listener, Resources
 from gw.config.rules import RuleCompiler
 from gw.config.tls import port_tls
@@ -76,7 +76,9 @@ def compile_resources(
         raise ConfigError(source, "", "", "no listener can be served: " + "; ".join(str(e) for e in errors))
 
     attacher = Attacher(gateways, resources.namespaces)
-    rules_compiler = RuleCompiler(BackendResolver(resources), resources.policies, features)
+    rules_compiler = RuleCompiler(
+        BackendResolver(resources), resources.policies, features, resources.rate_limit_policies
+    )
     known_gateways = {(g.meta.namespace, g.meta.name) for g in resources.gateways}
     per_listener: dict[tuple[str, str, str], list[RouteEntry]] = {}
     all_rules: list[model.Rule] = []
@@ -110,6 +112,7 @@ def compile_resources(
                     entries.append(RouteEntry(att.hostnames, match, rule, order))
 
     attach_rate_limits(resources.rate_limit_policies, compiled_routes, conditions, errors)
+    attach_extension_rate_limits(compiled_routes)
 
     ports: dict[int, list[tuple[Gateway, Listener]]] = {}
     for gw, listeners in gateways.values():

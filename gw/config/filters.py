@@ -37,9 +37,13 @@ RETRY = "retry"
 HTTPS = "HTTPS"  # listener protocol: TLS termination
 
 ALL_FEATURES: frozenset[str] = frozenset((*FILTER_TYPES, RETRY, HTTPS))
-# What the data plane applies today: all but ExtensionRef (gw's policies are not wired yet). A rule
-# using anything else is compiled (so `gw check` shows it) but answers 500, as the spec asks for
-# filters that cannot be honoured: skipping an auth ExtensionRef silently would be worse.
+# ExtensionRef kinds the data plane applies when a rule's filter names them (on rules, not backendRefs).
+SERVED_EXTENSION_KINDS: frozenset[str] = frozenset({"RateLimitPolicy"})
+
+# What the data plane applies today: all but ExtensionRef to kinds outside SERVED_EXTENSION_KINDS
+# (or on a backendRef). A rule using anything else is compiled (so `gw check` shows it) but
+# answers 500, as the spec asks for filters that cannot be honoured: skipping an auth
+# ExtensionRef silently would be worse.
 DATA_PLANE_FEATURES: frozenset[str] = ALL_FEATURES - {EXTENSION_REF}
 
 _SET_COOKIE = b"set-cookie"
@@ -266,6 +270,7 @@ class ExtensionRef:
     name: str
     namespace: str
     spec: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    target: Any = field(default=None, compare=False, hash=False)  # the compiled policy object, when gw has one
 
     def describe(self) -> str:
         return f"extension {self.kind} {self.namespace}/{self.name}"

@@ -51,8 +51,7 @@ def parse_rate_limit_policy(
             r.error(f"{t_field}.namespace", "is not allowed: a policy targets objects in its own namespace (GEP-713)")
         if kind and name:
             targets.append(TargetRef(group or "", kind, name, section, i))
-    if not targets and r.count == before:
-        r.error(f"{field}.targetRefs", "is required: at least one Gateway or HTTPRoute")
+    # No targetRefs: the policy applies only where an HTTPRoute's ExtensionRef filter names it.
     algorithm = r.str(spec, "algorithm", field, default=GCRA, choices=(GCRA, SLIDING_WINDOW)) or GCRA
     mode = r.str(spec, "mode", field, default=EXACT, choices=(EXACT, LEASED)) or EXACT
     scope = r.str(spec, "scope", field, default=GLOBAL, choices=(GLOBAL, LOCAL)) or GLOBAL

@@ -62,11 +62,30 @@ def attach_rate_limits(
         for rule in reached.values():
             rule.ratelimits = (*rule.ratelimits, policy)
             rule.has_filters = True  # the rule leaves the fast path; rules without policies do not
+        if not policy.targets:
+            message = "no targetRefs: applies to the rules whose ExtensionRef filters name it"
+            conditions.setdefault(policy.meta.label, []).append(Condition("Accepted", True, ACCEPTED, message))
+            continue
         message = "attached to " + ", ".join(attached) if attached else ""
         if missing:
             message = "; ".join(m for m in (message, "not found: " + ", ".join(missing)) if m)
         reason = ACCEPTED if attached else TARGET_NOT_FOUND
         conditions.setdefault(policy.meta.label, []).append(Condition("Accepted", bool(attached), reason, message))
+
+
+def attach_extension_rate_limits(routes: Sequence[CompiledRoute]) -> None:
+    """A rule's ExtensionRef filter naming a RateLimitPolicy applies that policy to the rule.
+
+    The same policy reached by targetRefs as well counts once; its counters are the policy's
+    whichever way it attaches (per policy and key, never per route).
+    """
+    for compiled in routes:
+        for _spec, rule in compiled.rules:
+            for ext in rule.extensions:
+                policy = ext.target
+                if isinstance(policy, RateLimitPolicy) and all(p is not policy for p in rule.ratelimits):
+                    rule.ratelimits = (*rule.ratelimits, policy)
+                    rule.has_filters = True
 
 
 def _target_rules(

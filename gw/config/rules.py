@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from gw.config import model
 from gw.config.backends import BACKEND_NOT_FOUND, INVALID_KIND, BackendResolver, Unresolved
 from gw.config.errors import Condition, ConfigError
-from gw.config.filters import RETRY, ExtensionRef, Mirror
+from gw.config.filters import EXTENSION_REF, RETRY, SERVED_EXTENSION_KINDS, ExtensionRef, Mirror
+from gw.config.ratelimit import KIND as RATE_LIMIT_KIND
+from gw.config.ratelimit import RateLimitPolicy
 from gw.config.resources import GW_GROUP, FilterSpecs, HTTPRoute, Policy, RouteRule
 
 # Records an unresolved reference: (field, ResolvedRefs reason, message, consequence).
@@ -17,9 +20,19 @@ Report = Callable[[str, str, str, str], None]
 class RuleCompiler:
     """Turns RouteRules into model.Rules; one per compile, sharing the backend resolver's cache."""
 
-    def __init__(self, resolver: BackendResolver, policies: Sequence[Policy], features: frozenset[str]) -> None:
+    def __init__(
+        self,
+        resolver: BackendResolver,
+        policies: Sequence[Policy],
+        features: frozenset[str],
+        rate_limits: Sequence[RateLimitPolicy] = (),
+    ) -> None:
         self._resolver = resolver
-        self._policies = {(p.meta.kind, p.meta.namespace, p.meta.name): p for p in policies}
+        self._policies: dict[tuple[str, str, str], Any] = {
+            (p.meta.kind, p.meta.namespace, p.meta.name): p for p in policies
+        }
+        # RateLimitPolicies are ExtensionRef targets too: the filter applies the policy to its rule.
+        self._policies.update({(RATE_LIMIT_KIND, p.meta.namespace, p.meta.name): p for p in rate_limits})
         self._features = features
         # (route key, rule index) of rules that are invalid as configured (not merely unresolved).
         self.invalid: set[tuple[str, int]] = set()
@@ -112,6 +125,10 @@ class RuleCompiler:
 
     def _needs(self, spec: RouteRule) -> set[str]:
         needs = set(spec.filters.types)
+        if EXTENSION_REF in needs and all(
+            e.group == GW_GROUP and e.kind in SERVED_EXTENSION_KINDS for e in spec.filters.extensions
+        ):
+            needs.discard(EXTENSION_REF)  # the rule's policy filters that the data plane applies
         for ref in spec.backend_refs:
             if ref.filters is not None:
                 needs.update(ref.filters.types)
@@ -139,7 +156,8 @@ class RuleCompiler:
         for e in f.extensions:
             policy = self._policies.get((e.kind, route.meta.namespace, e.name)) if e.group == GW_GROUP else None
             if policy is not None:
-                found.append(ExtensionRef(e.group, e.kind, e.name, route.meta.namespace, policy.spec))
+                spec = policy.spec if isinstance(policy, Policy) else {}
+                found.append(ExtensionRef(e.group, e.kind, e.name, route.meta.namespace, spec, policy))
         return tuple(found)
 
     def _extension_problems(self, route: HTTPRoute, f: FilterSpecs, unresolved: Report) -> list[str]:

@@ -103,7 +103,7 @@ def test_invalid_fields_are_named_and_the_policy_is_dropped() -> None:
     assert result.config.rules[0].ratelimits == ()
 
 
-def test_a_policy_needs_targets_and_limits() -> None:
+def test_a_policy_needs_limits_and_may_leave_targets_to_extension_refs() -> None:
     result = compiled(route("api", None), {"apiVersion": "gw.dev/v1alpha1", "kind": "RateLimitPolicy",
                                           "metadata": {"name": "p"}, "spec": {}})  # fmt: skip
-    assert {e.field for e in result.errors} == {"spec.targetRefs", "spec.limits"}
+    assert {e.field for e in result.errors} == {"spec.limits"}  # without targetRefs: ExtensionRef only
