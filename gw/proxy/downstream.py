@@ -492,9 +492,11 @@ class ClientConnection(asyncio.Protocol):
         if ref is None or ref.backend is None:
             self._fail(errors.RouteMisconfigured("the route has no usable backend"))
             return
+        edited = False  # an unedited head is forwarded as it came (a rate limit or CORS alone)
         for modifier in (rule.request_headers, ref.request_headers):
             if modifier is not None:
                 modifier.apply(fields)
+                edited = True
         rewrite = ref.rewrite or rule.rewrite
         if rewrite is not None:
             req.url = rewrite.target(req.path, req.query)
@@ -502,7 +504,9 @@ class ClientConnection(asyncio.Protocol):
                 fields = [(n, v) for n, v in fields if n.lower() != b"host"]
                 fields.insert(0, (b"Host", rewrite.host))
                 req.host_header = rewrite.host
-        req.head = [b"".join(b"%b: %b\r\n" % field for field in fields)]
+                edited = True
+        if edited:
+            req.head = [b"".join(b"%b: %b\r\n" % field for field in fields)]
         if req.limit_fields:
             cors_fields = (cors_fields or []) + req.limit_fields
         if rule.response_headers is not None or ref.response_headers is not None or cors_fields:

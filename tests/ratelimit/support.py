@@ -25,11 +25,13 @@ class Worker:
         self.keys = keys
         self.fleet = fleet
         self.local_workers = local_workers
-        self.outcomes: Counter[str] = Counter()
+        self.counters: dict[Any, int] = {}
         self.batcher = ScriptBatcher(self.loop, SCRIPT, redis, guard)
 
-    def count(self, policy: str, outcome: str) -> None:
-        self.outcomes[outcome] += 1
+    @property
+    def outcomes(self) -> Counter[str]:
+        """Decisions by outcome, from the counters a limiter bumps."""
+        return Counter({dict(labels)["outcome"]: n for (_, labels), n in self.counters.items()})
 
 
 def make_policy(requests: int, per: float, *, algorithm: str = GCRA, burst: int | None = None, **options: Any) -> Any:

@@ -4,10 +4,10 @@ Modes (per policy):
   Exact   every decision is one call of gw/state/lua/ratelimit.lua (all the policy's limits at once).
   Leased  each worker takes tokens from Redis in batches and spends them locally; a batch is sized
           to the key's observed rate (RATE_HORIZON seconds of it), at most `max_batch` tokens, and
-          the next one is fetched in the background when a quarter of a batch is left, so most
+          the next one is fetched in the background when half a batch is left, so most
           decisions need no round trip. Tokens are taken from the shared counter when leased, so
           the only over-admission is tokens leased before an interval and spent within it:
-              admitted(any interval) <= exact limit + W * ceil(1.25 * max_batch)
+              admitted(any interval) <= exact limit + W * ceil(1.5 * max_batch)
               max_batch = max(1, floor(LEASE_FRACTION * min requests of the policy's limits))
           with W the workers holding leases on the key (all replicas). Unspent tokens expire
           after LEASE_TTL and are lost (under-admission only).
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from time import monotonic
+from time import monotonic, time
 from typing import Any, Protocol
 
 from gw.config.ratelimit import CLOSED, LEASED, LOCAL, OPEN, RateLimitPolicy
@@ -37,9 +37,11 @@ from gw.state.scripts import load
 
 SCRIPT = load("ratelimit")
 LEASE_FRACTION = 0.005  # a worker's batch is at most this share of the smallest limit
-RATE_HORIZON = 0.1  # seconds of a key's observed rate one batch covers
+RATE_HORIZON = 0.5  # seconds of a key's observed rate one batch covers
 LEASE_TTL = 1.0  # seconds an unspent leased token stays usable
 MAX_BLOCKED = 100_000  # over-limit keys remembered before the cache is cleared
+OUTCOMES = ("allowed", "limited", "cached", "leased", "redis_unavailable_open", "redis_unavailable_closed",
+            "redis_unavailable_local")  # fmt: skip
 
 
 class Verdict:
@@ -67,8 +69,7 @@ class Shared(Protocol):
     fleet: Any
     batcher: ScriptBatcher
     local_workers: int
-
-    def count(self, policy: str, outcome: str) -> None: ...
+    counters: dict[Any, int]  # the worker's metrics counters (gw.observe.metrics.Registry.counters)
 
 
 class Lease:
@@ -110,6 +111,16 @@ class PolicyLimiter:
         self.local: LocalCounter | None = None
         self.local_divisor = 0
         self.stem: bytes | None = None
+        # Counter keys built once: a decision bumps an integer, it does not format labels.
+        self.metric = {
+            outcome: ("gw_ratelimit_decisions_total", (("outcome", outcome), ("policy", self.name)))
+            for outcome in OUTCOMES
+        }
+
+    def count(self, outcome: str) -> None:
+        counters = self.shared.counters
+        key = self.metric[outcome]
+        counters[key] = counters.get(key, 0) + 1
 
     # -- the decision ------------------------------------------------------------------------
 
@@ -121,7 +132,7 @@ class PolicyLimiter:
         until = self.blocked.get(key)
         if until is not None:
             if until > now:
-                self.shared.count(self.name, "cached")
+                self.count("cached")
                 return self._limited((until - now) * 1000.0, ())
             del self.blocked[key]
         if self.policy.scope == LOCAL:
@@ -143,7 +154,7 @@ class PolicyLimiter:
             lease.spent += 1
             if lease.tokens <= lease.low and not lease.refilling:
                 self._refill(key, parts, lease, now)
-            shared.count(self.name, "leased")
+            self.count("leased")
             return self._allowed(lease.limits, lease.spent) if self.headers else ALLOWED
         lease.tokens = 0
         lease.waiters.append(done)
@@ -155,10 +166,10 @@ class PolicyLimiter:
         if isinstance(outcome, RedisUnavailable):
             return self._failed(key, monotonic())
         if outcome.granted:
-            self.shared.count(self.name, "allowed")
+            self.count("allowed")
             return self._allowed(outcome.limits, 0) if self.headers else ALLOWED
         self._block(key, outcome.retry)
-        self.shared.count(self.name, "limited")
+        self.count("limited")
         return self._limited(outcome.retry, outcome.limits)
 
     # -- leases ------------------------------------------------------------------------------
@@ -172,7 +183,7 @@ class PolicyLimiter:
 
     def _refill(self, key: bytes, parts: list[bytes], lease: Lease, now: float) -> None:
         wanted = max(self._batch(lease, now), min(len(lease.waiters), self.max_batch))
-        lease.low = wanted // 4
+        lease.low = wanted // 2  # refill early: a request that finds the lease empty waits for Redis
         lease.refilling = True
         lease.spent = 0
         lease.last_refill = now
@@ -192,7 +203,7 @@ class PolicyLimiter:
         lease.limits = outcome.limits
         if not outcome.granted:
             self._block(key, outcome.retry)
-            self.shared.count(self.name, "limited")
+            self.count("limited")
             for done in waiters:
                 done(self._limited(outcome.retry, outcome.limits))
             return
@@ -203,7 +214,7 @@ class PolicyLimiter:
             lease.tokens -= 1
             lease.spent += 1
             served += 1
-            self.shared.count(self.name, "allowed")
+            self.count("allowed")
             done(self._allowed(lease.limits, lease.spent) if self.headers else ALLOWED)
         rest = waiters[served:]
         if rest:  # more waiters than tokens: ask again for them (Redis says if the key is now out)
@@ -229,7 +240,7 @@ class PolicyLimiter:
 
     def _failed(self, key: bytes, now: float) -> Verdict:
         mode = self.policy.failure_mode
-        self.shared.count(self.name, f"redis_unavailable_{mode.lower()}")
+        self.count(f"redis_unavailable_{mode.lower()}")
         if mode == OPEN:
             return ALLOWED
         if mode == CLOSED:
@@ -248,7 +259,9 @@ class PolicyLimiter:
             ]
             self.local = LocalCounter(quotas)
             self.local_divisor = divisor
-        outcome = self.local.take(key, 1, now * 1000.0)
+        # Wall-clock ms, as Redis counts: local sliding windows line up with the shared ones, so
+        # a fleet falling back mid-run splits each window's limit instead of restarting it.
+        outcome = self.local.take(key, 1, time() * 1000.0)
         if outcome.granted:
             return self._allowed(outcome.limits, 0) if self.headers else ALLOWED
         return self._limited(outcome.retry, outcome.limits)

@@ -64,8 +64,9 @@ class RateLimits:
     def fleet(self) -> Fleet | None:
         return self._fleet
 
-    def count(self, policy: str, outcome: str) -> None:
-        self.gateway.metrics.inc("gw_ratelimit_decisions_total", policy=policy, outcome=outcome)
+    @property
+    def counters(self) -> dict[Any, int]:
+        return self.gateway.metrics.counters  # type: ignore[no-any-return]
 
     def install(self, config: CompiledConfig) -> None:
         """Give every rule with RateLimitPolicies its limiters (rules without any keep None)."""
