@@ -179,16 +179,16 @@ class Worker:
         self.stop_accepting()
         gw = self.gateway
         deadline = self.loop.time() + timeout
-        keepalive = self.settings.keepalive_timeout
         while self.loop.time() < deadline:
             now = time.monotonic()
             busy = False
             for conn in list(gw.connections):
-                if conn.phase == IDLE and conn.active is None:
-                    idle_since = conn.deadline - keepalive
-                    if now - idle_since >= IDLE_GRACE or conn.closed:
-                        conn.transport.close()
-                        continue
+                # A connection just opened counts from its opening: its client may be about to
+                # send (closing it then is the keep-alive race that fails a request).
+                idle = conn.phase == IDLE and conn.active is None
+                if idle and (now - conn.idle_since >= IDLE_GRACE or conn.closed):
+                    conn.transport.close()
+                    continue
                 busy = True
             if not busy:
                 break

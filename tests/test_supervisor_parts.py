@@ -1,4 +1,4 @@
-"""Supervisor parts on their own: the CPU count, the control channel with descriptors."""
+"""Supervisor parts on their own: the CPU count, the control channel with descriptors, a drain."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 
 from gw.control import Channel, Message
+from gw.settings import Settings
+from gw.worker import Worker, bind_listener, load
 from supervisor.cpus import available_cpus, cgroup_quota
+from tests.support.gateway import config_yaml, free_port
+from tests.support.upstream import Upstream
 
 
 @pytest.mark.parametrize(
@@ -88,3 +92,29 @@ async def test_a_request_gets_its_reply_and_a_closed_channel_fails_waiters() -> 
     with pytest.raises(ConnectionError):
         await waiting
     assert closed.is_set()
+
+
+async def test_a_drain_answers_a_connection_opened_just_before_it(tmp_path: Path, upstream: Upstream) -> None:
+    """The keep-alive race: a client that connected but has not sent yet is about to; closing its
+    connection at once would fail that request. The drain gives it IDLE_GRACE from its opening."""
+    port = free_port()
+    path = tmp_path / "gw.yaml"
+    routes = [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}]
+    path.write_text(config_yaml(port, {"up": [("127.0.0.1", upstream.port)]}, routes))
+    settings = Settings.from_env({"GW_CONFIG": str(path), "GW_ACCESS_LOG": "off"})
+    result = load(settings)
+    worker = Worker(settings)
+    worker.add_socket(port, 0, bind_listener("127.0.0.1", port))
+    worker.install(result, version=1)
+    await worker.bind(result.config)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    while not worker.gateway.connections:  # accepted by the worker's loop (this loop)
+        await asyncio.sleep(0)
+    drain = asyncio.create_task(worker.drain(5.0))
+    await asyncio.sleep(0)  # the drain's first sweep runs before the client's request is sent
+    assert not drain.done()
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower()
+    await asyncio.wait_for(drain, 10)
+    writer.close()

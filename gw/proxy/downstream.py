@@ -71,6 +71,7 @@ class ClientConnection(asyncio.Protocol):
         self.client_host = b""
         self.phase = IDLE
         self.deadline = 0.0
+        self.idle_since = 0.0  # when the connection last became IDLE (opened or answered): drain's grace
         self.request_deadline = 0.0  # rule's timeouts.request for the exchange in flight (0: none)
         self.paused = 0  # PAUSE_* bits
         self.closed = False
@@ -111,7 +112,8 @@ class ClientConnection(asyncio.Protocol):
             self.server_name = self.gw.server_names.pop(id(ssl_object), None)
         gw = self.gw
         gw.connections.add(self)
-        self.deadline = monotonic() + self.settings.header_timeout
+        self.idle_since = now = monotonic()
+        self.deadline = now + self.settings.header_timeout
         if len(gw.connections) > self.settings.max_connections or gw.draining:
             self.closed = True
             error = errors.Overloaded("too many connections")
@@ -887,6 +889,7 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = parsing.started + self.settings.header_timeout
         else:
             self.phase = IDLE
+            self.idle_since = now
             self.deadline = now + self.settings.keepalive_timeout
 
     def _fail(self, error: ProxyError) -> None:
