@@ -34,7 +34,7 @@ from gw.control import Channel, Message
 from gw.proxy.downstream import IDLE, TUNNEL, ClientConnection
 from gw.proxy.gateway import Gateway
 from gw.settings import Settings, SettingsError
-from gw.state import ConfigFollower, ConfigStore, Keys, RedisGuard, Version, connect
+from gw.state import ConfigFollower, ConfigStore, Keys, RedisGuard, Version, connect, connect_request_path
 
 LISTEN_BACKLOG = 4096
 GC_THRESHOLD = 20000  # young-generation allocations between collections (CPython's default: 700)
@@ -286,7 +286,7 @@ class SupervisedWorker:
             return
         gateway = self.worker.gateway
         gateway.keys = Keys(self.settings.redis_prefix)
-        gateway.redis = connect(url, retries=0)  # request paths: the guard's budget, no retries
+        gateway.redis = connect_request_path(url)  # bounded by the guard's budget alone
         gateway.guard = RedisGuard.from_settings(self.settings, metrics=gateway.metrics)
         store = ConfigStore.from_settings(connect(url), self.settings)
         self.follower = ConfigFollower(

@@ -13,7 +13,7 @@ from gw.state.config_store import (
     VersionCorrupt,
     VersionMissing,
 )
-from gw.state.connect import Client, RedisURLError, connect
+from gw.state.connect import Client, RedisURLError, connect, connect_request_path
 from gw.state.embedded import EmbeddedValkey, EmbeddedValkeyError, runtime_dir, socket_path
 from gw.state.follower import ConfigFollower
 from gw.state.guard import RedisGuard, RedisUnavailable
@@ -37,6 +37,7 @@ __all__ = [
     "VersionCorrupt",
     "VersionMissing",
     "connect",
+    "connect_request_path",
     "runtime_dir",
     "socket_path",
 ]

@@ -38,7 +38,7 @@ class RedisURLError(ValueError):
     """GW_REDIS_URL cannot be turned into a client; the message says which part is wrong."""
 
 
-def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT, retries: int = RETRIES) -> Client:
+def connect(url: str, *, socket_timeout: float | None = SOCKET_TIMEOUT, retries: int = RETRIES) -> Client:
     """An async client for `url`. No I/O happens here: connections open on first use.
 
     Request-path clients want `retries=0`: RedisGuard's budget is shorter than a retry's backoff,
@@ -57,6 +57,17 @@ def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT, retries: int = 
     if scheme in ("redis+cluster", "rediss+cluster"):
         return _cluster(url, scheme.startswith("rediss"), common)
     raise RedisURLError(f"unknown Redis URL scheme {scheme!r}")
+
+
+def connect_request_path(url: str) -> Client:
+    """The client of request-path calls: no socket timeout, no retries; RedisGuard bounds each call.
+
+    A socket timeout would cost every call more than it saves: redis-py sends through
+    asyncio.wait_for, which on Python 3.11 wraps the write in a task of its own (the command
+    leaves a loop turn later, with the budget already running), and reads each reply of a
+    pipeline under a timer of its own.
+    """
+    return connect(url, socket_timeout=None, retries=0)
 
 
 def _hosts(netloc: str) -> list[tuple[str, int]]:
@@ -113,6 +124,7 @@ def _sentinel(url: str, tls: bool, common: dict[str, Any]) -> Redis:
     if not service:
         raise RedisURLError(f"Sentinel URL names no service: {url!r} (redis+sentinel://h:p[,h:p]/service)")
     sentinel_kwargs = {k: v for k, v in {**common, **auth}.items() if k not in ("username", "password")}
+    sentinel_kwargs["socket_timeout"] = sentinel_kwargs["socket_timeout"] or SOCKET_TIMEOUT  # never unbounded
     if "sentinel_password" in query:
         sentinel_kwargs["password"] = query["sentinel_password"]
         sentinel_kwargs["username"] = query.get("sentinel_username")

@@ -1,9 +1,26 @@
 """The guard around every Redis call on a request path: a time budget and a breaker around Redis.
 
-A slow Redis costs a request at most the budget (GW_REDIS_BUDGET); after FAILURES_TO_OPEN
-consecutive failures or timeouts the breaker opens and calls fail at once, without touching the
-network, until COOLDOWN has passed; then one call probes (half-open) and its outcome closes or
-reopens the breaker. Callers get RedisUnavailable and apply their policy's failureMode.
+A slow Redis costs a request at most the budget (GW_REDIS_BUDGET), precisely:
+
+    added latency <= budget + the budget timer's lateness + one loop turn
+
+The budget timer starts when the call is made, in the same step that writes its command (the
+request-path client has no socket timeout of its own: redis-py would send through a task of
+asyncio.wait_for, a loop turn later). When the timer runs and the call has no answer yet, the
+call is not failed at once: a worker that was descheduled or busy when the deadline passed runs
+due timers before it looks at its sockets (uvloop polls I/O, then runs timers, then the
+callbacks the poll queued), so a reply that came within the budget may be in the socket or read
+and not yet handed on. The call gets the next loop turn (one I/O poll and the callbacks it
+queues); at the start of the turn after, it fails unless its task has a reply to process (it
+waits on nothing, or on something done), which it may then finish, for at most GRACE_TURNS turns
+in all. "Lateness" is what no timer can avoid: how long past the deadline the process was busy
+or off the CPU. A call that waits through tasks of its own (a Cluster pipeline: one per node)
+gets the turn but not the extra steps, so a reply arriving then may still be dropped.
+
+After FAILURES_TO_OPEN consecutive failures or timeouts the breaker opens and calls fail at once,
+without touching the network, until COOLDOWN has passed; then one call probes (half-open) and its
+outcome closes or reopens the breaker. Callers get RedisUnavailable and apply their policy's
+failureMode.
 """
 
 from __future__ import annotations
@@ -27,6 +44,7 @@ T = TypeVar("T")
 
 FAILURES_TO_OPEN = 5
 COOLDOWN = 1.0
+GRACE_TURNS = 4  # loop turns a call past its budget may take while its reply is being read
 
 CLOSED, HALF_OPEN, OPEN = "closed", "half-open", "open"
 # Redis answers in tens of µs to a few ms; the budget is a few ms.
@@ -121,21 +139,28 @@ class RedisGuard:
             self._count("open")
             raise RedisUnavailable("open")
         start = time.perf_counter()
+        task = asyncio.current_task()
+        assert task is not None
+        budget = Budget(task, self.budget)
         try:
-            async with asyncio.timeout(self.budget):
-                result = await fn(*args)
-        except TimeoutError:
-            self._failed()
-            self._count("timeout")
-            raise RedisUnavailable("timeout", f"no answer within {self.budget * 1000:g} ms") from None
+            result = await fn(*args)
+        except asyncio.CancelledError:
+            if budget.expired and task.uncancel() == 0:
+                self._failed()
+                self._count("timeout")
+                raise RedisUnavailable("timeout", f"no answer within {self.budget * 1000:g} ms") from None
+            self._probing = False  # cancelled from outside (a request gone, a worker stopping)
+            raise
         except _UNAVAILABLE as exc:
             self._failed()
             self._count("error")
             raise RedisUnavailable("error", str(exc) or type(exc).__name__) from exc
         except BaseException:
-            # Not Redis's fault (a script error, a cancelled request): release a probe slot.
+            # Not Redis's fault (a script error): release a probe slot.
             self._probing = False
             raise
+        finally:
+            budget.handle.cancel()
         self._succeeded()
         if self.latency is not None:
             self.latency.observe(time.perf_counter() - start)
@@ -169,3 +194,35 @@ class RedisGuard:
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.inc("gw_redis_calls_total", outcome=outcome)
+
+
+class Budget:
+    """The deadline of one guarded call: cancels its task once the loop has looked for its reply.
+
+    See the module's docstring for the turns a late reply is given and why.
+    """
+
+    __slots__ = ("expired", "handle", "task", "turns")
+
+    def __init__(self, task: asyncio.Task[Any], seconds: float) -> None:
+        self.task = task
+        self.turns = 0
+        self.expired = False
+        self.handle: asyncio.Handle = task.get_loop().call_later(seconds, self._due)
+
+    def _due(self) -> None:
+        # Due timers run before the callbacks of the poll that read a reply (uvloop): wait a turn.
+        self.handle = self.task.get_loop().call_soon(self._check)
+
+    def _check(self) -> None:
+        self.turns += 1
+        if self.turns < 2 or (self.turns < GRACE_TURNS and self._has_reply()):
+            self.handle = self.task.get_loop().call_soon(self._check)
+            return
+        self.expired = True
+        self.task.cancel()
+
+    def _has_reply(self) -> bool:
+        """True when the task is about to run: what it waited on (a socket read) is done."""
+        waiter = getattr(self.task, "_fut_waiter", None)  # asyncio.Task's own, in C and Python
+        return waiter is None or waiter.done()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import msgpack
 import pytest
+import uvloop
 
 from gw.observe.metrics import Registry
-from gw.state import Client, RedisGuard, RedisUnavailable, connect
+from gw.state import Client, RedisGuard, RedisUnavailable, connect, connect_request_path
 from gw.state.guard import CLOSED, HALF_OPEN, OPEN
 from tests.support import valkey
 from tests.support.gateway import free_port
@@ -51,6 +53,73 @@ async def test_a_paused_server_costs_the_budget_then_the_call_reports_timeout(ow
                 await guard.call(client.get, "k")
         assert caught.value.reason == "timeout"
         assert registry.counters[("gw_redis_calls_total", (("outcome", "timeout"),))] == 1
+    finally:
+        own_server.resume()
+        await client.aclose()
+
+
+# Workers run uvloop (I/O polled, then due timers, then the poll's callbacks); tests run asyncio's
+# own loop (I/O callbacks and due timers in one batch). The budget must hold on both.
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "uvloop": uvloop.new_event_loop,
+    "asyncio": asyncio.new_event_loop,
+}
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_reply_that_came_within_the_budget_is_used_though_the_loop_looked_late(
+    server: valkey.Server, loop: str
+) -> None:
+    """The loop is blocked past the budget right after the command went out; the reply is there."""
+
+    async def scenario() -> None:
+        client = connect_request_path(server.url)
+        guard = RedisGuard(0.05)
+        try:
+            await client.set("late", "reply")  # a pooled connection: the GET goes out in its first step
+            call = asyncio.ensure_future(guard.call(client.get, "late"))
+            asyncio.get_running_loop().call_soon(time.sleep, 0.25)  # runs right after the call's first step
+            assert await call == b"reply"
+            assert guard.state == CLOSED
+        finally:
+            await client.aclose()
+
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(scenario())
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_paused_server_still_fails_the_call_on_either_loop(own_server: valkey.Server, loop: str) -> None:
+    async def scenario() -> None:
+        client = connect_request_path(own_server.url)
+        guard = RedisGuard(0.05)
+        try:
+            await client.ping()
+            own_server.pause()
+            with pytest.raises(RedisUnavailable) as caught:
+                async with asyncio.timeout(5):  # only keeps a broken guard from hanging the suite
+                    await guard.call(client.get, "k")
+            assert caught.value.reason == "timeout"
+        finally:
+            own_server.resume()
+            await client.aclose()
+
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(scenario())
+
+
+async def test_a_call_cancelled_from_outside_stays_cancelled(own_server: valkey.Server) -> None:
+    client = connect_request_path(own_server.url)
+    guard = RedisGuard(10.0)
+    try:
+        await client.ping()
+        own_server.pause()
+        call = asyncio.ensure_future(guard.call(client.get, "k"))
+        await asyncio.sleep(0)  # the call is out, waiting for the paused server
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert guard.state == CLOSED  # a request that went away is not Redis failing
     finally:
         own_server.resume()
         await client.aclose()
