@@ -36,15 +36,20 @@ class ScriptBatcher:
 
     def submit(self, keys: list[bytes], args: list[Any], then: Then) -> None:
         if not self.queue:
-            self.loop.call_soon(self._flush)
+            # The task's first step runs after this turn's callbacks: it takes what they queued.
+            self._start(self._flush())
         self.queue.append((keys, args, then))
 
-    def _flush(self) -> None:
+    def _start(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)  # a reference until done: the loop keeps only weak ones
+        task.add_done_callback(self.tasks.discard)
+
+    async def _flush(self) -> None:
         queue, self.queue = self.queue, []
-        for start in range(0, len(queue), MAX_BATCH):
-            task = self.loop.create_task(self._send(queue[start : start + MAX_BATCH]))
-            self.tasks.add(task)  # a reference until done: the loop keeps only weak ones
-            task.add_done_callback(self.tasks.discard)
+        for start in range(MAX_BATCH, len(queue), MAX_BATCH):
+            self._start(self._send(queue[start : start + MAX_BATCH]))
+        await self._send(queue[:MAX_BATCH])
 
     async def _send(self, calls: list[tuple[list[bytes], list[Any], Then]]) -> None:
         try:
