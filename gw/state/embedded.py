@@ -90,7 +90,10 @@ class EmbeddedValkey:
         self.directory.mkdir(parents=True, exist_ok=True)
         if self.socket.exists():
             if ping(self.socket):
-                raise EmbeddedValkeyError(f"a server already answers on {self.socket} (is another gw running?)")
+                raise EmbeddedValkeyError(
+                    f"a server already answers on {self.socket} (is another gw running? "
+                    "give each its own GW_RUNTIME_DIR, or share one GW_REDIS_URL)"
+                )
             self.socket.unlink()
         args = [
             str(valkey_binary()),

@@ -140,6 +140,8 @@ def start_gw(tmp: Path, core: int, upstream_port: int, routes: int, python: str,
         "GW_ADMIN_ADDR": f"127.0.0.1:{admin_port}",
         # One worker: the reference nginx has one too (harmless before the supervisor reads it).
         "GW_WORKERS": "1",
+        # Each gw its own embedded Valkey (several run at once with --routes).
+        "GW_RUNTIME_DIR": str(tmp / f"gw-{routes}-run"),
         # The checkout first, so the bench measures this tree even when another gw is installed.
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
     })
