@@ -113,6 +113,7 @@ class Rule:
         "invalid_reason",
         "label",
         "limiters",
+        "limits_only",
         "max_body_size",
         "mirrors",
         "name",
@@ -175,6 +176,9 @@ class Rule:
         # has_filters), and their runtime limiters, assigned when the snapshot is installed.
         self.ratelimits: tuple[Any, ...] = ()
         self.limiters: Any = None
+        # Rate limits are all that filters this rule: the proxy decides, then goes as on the fast
+        # path (no field split unless a limit keys on fields, the head forwarded as it came).
+        self.limits_only = False
         usable = [r for r in self.backend_refs if r.weight > 0]
         self._refs = SmoothWeightedRoundRobin(usable, [r.weight for r in usable]) if usable else None
         # The common case of one backend: the proxy skips the weighted pick.

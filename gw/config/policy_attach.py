@@ -61,6 +61,7 @@ def attach_rate_limits(
                 reached.setdefault(id(rule), rule)
         for rule in reached.values():
             rule.ratelimits = (*rule.ratelimits, policy)
+            rule.limits_only = rule.limits_only or not rule.has_filters
             rule.has_filters = True  # the rule leaves the fast path; rules without policies do not
         if not policy.targets:
             message = "no targetRefs: applies to the rules whose ExtensionRef filters name it"

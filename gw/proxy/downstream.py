@@ -445,8 +445,11 @@ class ClientConnection(asyncio.Protocol):
         self.request_deadline = req.started + timeout if timeout else 0.0
         self.resp_mods = None
         if rule.has_filters:
-            self._start_filtered(req, rule)
-            return
+            if not rule.limits_only:
+                self._start_filtered(req, rule)
+                return
+            if not self._limits_pass(req, rule):
+                return
         backend = rule.only_backend
         if backend is None:
             ref = rule.pick_backend()
@@ -456,6 +459,26 @@ class ClientConnection(asyncio.Protocol):
             backend = ref.backend
         self.backend = backend
         self._pick_and_go(req)
+
+    def _limits_pass(self, req: Request, rule: Any) -> bool:
+        """A rule whose only policies are rate limits: True to go on as the fast path does.
+
+        The head is split into fields only for a limit keyed on them (a header, X-Forwarded-For
+        behind trusted proxies) and is forwarded as it came. False: answered, or waiting on Redis.
+        """
+        if req.limit_fields is None:
+            limiters = rule.limiters
+            fields = split_fields(b"\r\n" + b"".join(req.head)) if limiters.reads_fields else []
+            verdict = limiters.decide(req, fields, lambda v: self._limited(req, rule, v))
+            if verdict is None:
+                return False
+            if not verdict.allowed:
+                self._fail(errors.RateLimited(verdict.detail, verdict.status, verdict.fields))
+                return False
+            req.limit_fields = verdict.fields
+        if req.limit_fields:
+            self.resp_mods = (None, None, _AddFields(req.limit_fields))
+        return True
 
     def _start_filtered(self, req: Request, rule: Any) -> None:
         """A rule with HTTPRoute filters: redirect, or rewrite the request and edit its fields.
@@ -540,7 +563,10 @@ class ClientConnection(asyncio.Protocol):
             return
         try:
             if self._admitted(req, verdict):
-                self._start_filtered(req, rule)
+                if rule.limits_only:
+                    self._start(req)  # decided: req.limit_fields is set
+                else:
+                    self._start_filtered(req, rule)
         except Exception as exc:
             self.crash(exc)
 

@@ -52,6 +52,20 @@ def test_a_policy_on_a_named_rule_limits_that_rule_only() -> None:
     assert other.ratelimits == () and not other.has_filters
 
 
+def test_a_rule_whose_only_policies_are_rate_limits_keeps_its_head_as_it_came() -> None:
+    """limits_only: the proxy decides and forwards without splitting or rebuilding the head."""
+    filtered = route("b", None)
+    filtered["spec"]["rules"][0]["filters"] = [
+        {"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "X-A", "value": "1"}]}}
+    ]
+    result = compiled(route("a", None), filtered, policy("g", [{"kind": "Gateway", "name": "edge"}]),
+                      policy("r", [{"kind": "HTTPRoute", "name": "a"}]))  # fmt: skip
+    (only_limits,) = rules_of(result, "default/a")
+    (with_filter,) = rules_of(result, "default/b")
+    assert only_limits.limits_only and len(only_limits.ratelimits) == 2
+    assert with_filter.has_filters and not with_filter.limits_only
+
+
 def test_a_policy_on_a_gateway_reaches_every_route_attached_to_it_once() -> None:
     result = compiled(
         route("a", None), route("b", None, None),

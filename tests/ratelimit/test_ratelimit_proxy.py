@@ -104,6 +104,13 @@ def test_keys_count_apart_and_a_trusted_proxy_s_x_forwarded_for_names_the_client
         assert [get(gw, headers=forwarded).status for _ in range(4)] == [200, 200, 200, 429]
 
 
+def test_a_header_keyed_limit_counts_each_value_apart(start: Start) -> None:
+    gw = start({"limits": [{"requests": 2, "per": "1h", "key": [{"type": "Header", "name": "X-Tenant"}]}]})
+    for tenant in ("a", "b"):
+        assert [get(gw, headers={"X-Tenant": tenant}).status for _ in range(3)] == [200, 200, 429]
+    assert get(gw).status == 200  # no header: a key of its own (the empty value)
+
+
 def test_exact_mode_is_exact_across_two_workers(start: Start, tmp_path: Path) -> None:
     server = valkey.standalone(tmp_path / "valkey")
     try:

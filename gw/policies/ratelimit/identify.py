@@ -32,6 +32,11 @@ def key_function(parts: Sequence[KeyPart], trusted: Sequence[Network]) -> Callab
     return lambda req, fields: _bounded(b"\x1f".join(e(req, fields) for e in extractors))
 
 
+def reads_fields(parts: Sequence[KeyPart], trusted: Sequence[Network]) -> bool:
+    """True when a key of these parts reads the request's fields (others need only the request line)."""
+    return any(p.type == HEADER or (p.type == CLIENT_ADDRESS and trusted) for p in parts)
+
+
 def _bounded(key: bytes) -> bytes:
     return key if len(key) <= MAX_KEY else b"#" + hashlib.blake2b(key, digest_size=16).hexdigest().encode()
 

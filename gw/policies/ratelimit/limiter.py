@@ -31,7 +31,7 @@ from gw.config.ratelimit import CLOSED, LEASED, LOCAL, OPEN, RateLimitPolicy
 from gw.policies.ratelimit.algorithms import LocalCounter, Outcome, Quota
 from gw.policies.ratelimit.batch import ScriptBatcher
 from gw.policies.ratelimit.headers import Fields, limit_names, policy_field, retry_after, state_field
-from gw.policies.ratelimit.identify import key_function
+from gw.policies.ratelimit.identify import key_function, reads_fields
 from gw.state.guard import RedisUnavailable
 from gw.state.scripts import load
 
@@ -96,6 +96,10 @@ class PolicyLimiter:
         self.name = policy.meta.key
         self.shared = shared
         self.key_functions = [key_function(limit.key, policy.trusted_proxies) for limit in policy.limits]
+        self.single_key = self.key_functions[0] if len(self.key_functions) == 1 else None
+        self.one_key = not any(limit.key for limit in policy.limits)  # a global limit: b"" for all
+        self.reads_fields = any(reads_fields(limit.key, policy.trusted_proxies) for limit in policy.limits)
+        self.local_scope = policy.scope == LOCAL
         self.limit_names = [limit.name.encode() for limit in policy.limits]
         self.quotas = [
             Quota(policy.algorithm, limit.requests, limit.period * 1000.0, limit.burst) for limit in policy.limits
@@ -116,9 +120,11 @@ class PolicyLimiter:
             outcome: ("gw_ratelimit_decisions_total", (("outcome", outcome), ("policy", self.name)))
             for outcome in OUTCOMES
         }
+        self.leased_metric = self.metric["leased"]
+        self.counters = shared.counters  # the worker's, kept across reloads
 
     def count(self, outcome: str) -> None:
-        counters = self.shared.counters
+        counters = self.counters
         key = self.metric[outcome]
         counters[key] = counters.get(key, 0) + 1
 
@@ -126,41 +132,55 @@ class PolicyLimiter:
 
     def decide(self, req: Any, fields: Fields, done: Done) -> Verdict | None:
         """A verdict now, or None: `done(verdict)` is called later (the exchange waits on Redis)."""
-        parts = [f(req, fields) for f in self.key_functions]
-        key = parts[0] if len(parts) == 1 else b"\x1e".join(parts)
+        single = self.single_key
+        if self.one_key:
+            key = b""
+            parts = None
+        elif single is not None:
+            key = single(req, fields)
+            parts = None  # [key], built when Redis is asked
+        else:
+            parts = [f(req, fields) for f in self.key_functions]
+            key = b"\x1e".join(parts)
         now = monotonic()
-        until = self.blocked.get(key)
-        if until is not None:
-            if until > now:
-                self.count("cached")
-                return self._limited((until - now) * 1000.0, ())
-            del self.blocked[key]
-        if self.policy.scope == LOCAL:
+        if self.blocked:
+            until = self.blocked.get(key)
+            if until is not None:
+                if until > now:
+                    self.count("cached")
+                    return self._limited((until - now) * 1000.0, ())
+                del self.blocked[key]
+        if self.local_scope:
             return self._from_local(key, now, self.shared.local_workers)
-        shared = self.shared
-        guard = shared.guard
-        if shared.redis is None or guard is None or guard.refuses():
+        if self.leased:
+            lease = self.leases.get(key)
+            # Most decisions: a token Redis granted this worker (valid whatever Redis does now).
+            if lease is not None and lease.tokens > 0 and now < lease.expires:
+                lease.tokens -= 1
+                lease.spent += 1
+                if lease.tokens <= lease.low and not lease.refilling and self._redis_usable():
+                    self._refill(key, parts, lease, now)
+                counters, metric = self.counters, self.leased_metric
+                counters[metric] = counters.get(metric, 0) + 1
+                return self._allowed(lease.limits, lease.spent) if self.headers else ALLOWED
+        if not self._redis_usable():
             return self._failed(key, now)
         if not self.leased:
             self._call(key, parts, 1, lambda outcome: done(self._exact(key, outcome)))
             return None
-        lease = self.leases.get(key)
         if lease is None:
             if len(self.leases) >= MAX_BLOCKED:
                 self.leases.clear()
             lease = self.leases[key] = Lease(now)
-        if lease.tokens > 0 and now < lease.expires:
-            lease.tokens -= 1
-            lease.spent += 1
-            if lease.tokens <= lease.low and not lease.refilling:
-                self._refill(key, parts, lease, now)
-            self.count("leased")
-            return self._allowed(lease.limits, lease.spent) if self.headers else ALLOWED
         lease.tokens = 0
         lease.waiters.append(done)
         if not lease.refilling:
             self._refill(key, parts, lease, now)
         return None
+
+    def _redis_usable(self) -> bool:
+        guard = self.shared.guard  # set together with the worker's Redis client, after it
+        return guard is not None and not guard.refuses()
 
     def _exact(self, key: bytes, outcome: Outcome | RedisUnavailable) -> Verdict:
         if isinstance(outcome, RedisUnavailable):
@@ -181,7 +201,7 @@ class PolicyLimiter:
             return 1
         return max(1, min(self.max_batch, math.ceil(lease.spent / elapsed * RATE_HORIZON)))
 
-    def _refill(self, key: bytes, parts: list[bytes], lease: Lease, now: float) -> None:
+    def _refill(self, key: bytes, parts: list[bytes] | None, lease: Lease, now: float) -> None:
         wanted = max(self._batch(lease, now), min(len(lease.waiters), self.max_batch))
         lease.low = wanted // 2  # refill early: a request that finds the lease empty waits for Redis
         lease.refilling = True
@@ -189,7 +209,9 @@ class PolicyLimiter:
         lease.last_refill = now
         self._call(key, parts, wanted, lambda outcome: self._refilled(key, parts, lease, outcome))
 
-    def _refilled(self, key: bytes, parts: list[bytes], lease: Lease, outcome: Outcome | RedisUnavailable) -> None:
+    def _refilled(
+        self, key: bytes, parts: list[bytes] | None, lease: Lease, outcome: Outcome | RedisUnavailable
+    ) -> None:
         lease.refilling = False
         waiters, lease.waiters = lease.waiters, []
         if isinstance(outcome, RedisUnavailable):
@@ -223,7 +245,9 @@ class PolicyLimiter:
 
     # -- Redis ---------------------------------------------------------------------------------
 
-    def _call(self, key: bytes, parts: list[bytes], wanted: int, then: Callable[[Any], None]) -> None:
+    def _call(self, key: bytes, parts: list[bytes] | None, wanted: int, then: Callable[[Any], None]) -> None:
+        if parts is None:
+            parts = [key] * len(self.limit_names)  # one key function, or none (b"" for every limit)
         shared = self.shared
         stem = self.stem
         if stem is None:

@@ -126,6 +126,7 @@ class RuleLimits:
 
     def __init__(self, limiters: Sequence[PolicyLimiter]) -> None:
         self.limiters = tuple(limiters)
+        self.reads_fields = any(limiter.reads_fields for limiter in self.limiters)
 
     def decide(self, req: Any, fields: Fields, done: Done) -> Verdict | None:
         results: list[Verdict | None] = [None] * len(self.limiters)
