@@ -34,10 +34,12 @@ class Worker:
         return Counter({dict(labels)["outcome"]: n for (_, labels), n in self.counters.items()})
 
 
-def make_policy(requests: int, per: float, *, algorithm: str = GCRA, burst: int | None = None, **options: Any) -> Any:
-    """One limit keyed by client address, named "default/p" with limit "l"."""
+def make_policy(
+    requests: int, per: float, *, algorithm: str = GCRA, burst: int | None = None, name: str = "p", **options: Any
+) -> Any:
+    """One limit keyed by client address, named "default/<name>" with limit "l"."""
     limit = Limit("l", requests, per, burst or requests, (KeyPart(CLIENT_ADDRESS),))
-    return RateLimitPolicy(Meta("RateLimitPolicy", "p", "default"), (), (limit,), algorithm=algorithm, **options)
+    return RateLimitPolicy(Meta("RateLimitPolicy", name, "default"), (), (limit,), algorithm=algorithm, **options)
 
 
 def request(client: bytes = b"10.0.0.1") -> Any:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import math
 
+from redis.cluster import key_slot
+
 from gw.config.ratelimit import CLOSED, EXACT, LEASED, LOCAL, OPEN
-from gw.policies.ratelimit import PolicyLimiter
+from gw.policies.ratelimit import PolicyLimiter, Verdict
 from gw.policies.ratelimit.fleet import Fleet
-from gw.state import Keys, RedisGuard, connect
+from gw.state import Keys, RedisGuard, connect, connect_request_path
 from tests.ratelimit.support import Worker, decide, make_policy, request, script_calls
 from tests.support import valkey
 
@@ -192,5 +194,40 @@ async def test_headers_report_the_policy_and_what_is_left(server: valkey.Server,
         fields = dict(refused.fields)
         assert refused.status == 429 and fields[b"RateLimit"].startswith(b'"p/l";r=0;t=')
         assert 1 <= int(fields[b"Retry-After"]) <= 1800
+    finally:
+        await client.aclose()
+
+
+async def test_exact_calls_of_one_loop_turn_on_a_cluster_each_get_their_own_decision(
+    cluster: valkey.Cluster, keys: Keys
+) -> None:
+    """One pipeline per turn, its calls spread over the masters by hash slot (a policy per family)."""
+    per_node = 16384 // len(cluster.nodes)
+    names: dict[int, str] = {}  # master index -> a policy whose counters live there
+    for i in range(200):
+        node = min(key_slot(keys.ratelimit(f"default/p{i}").encode()) // per_node, len(cluster.nodes) - 1)
+        names.setdefault(node, f"p{i}")
+    assert len(names) == len(cluster.nodes)
+    client = connect_request_path(cluster.url)
+    try:
+        worker = Worker(client, RedisGuard(1.0), keys)
+        limiters = [PolicyLimiter(make_policy(3, HOUR, name=name, mode=EXACT), worker) for name in names.values()]
+        loop = asyncio.get_running_loop()
+        pending: list[tuple[int, bytes, asyncio.Future[Verdict]]] = []
+        for n, limiter in enumerate(limiters):  # all in this turn: nothing awaited in between
+            for client_host in (b"10.0.0.1", b"10.0.0.2"):
+                for _ in range(5):
+                    later: asyncio.Future[Verdict] = loop.create_future()
+                    assert limiter.decide(request(client_host), [], later.set_result) is None
+                    pending.append((n, client_host, later))
+        assert len(worker.batcher.queue) == len(pending)  # queued for one pipeline
+        verdicts = [(n, host, await asyncio.wait_for(later, 5)) for n, host, later in pending]
+        for n in range(len(limiters)):
+            for host in (b"10.0.0.1", b"10.0.0.2"):
+                mine = [v for m, h, v in verdicts if m == n and h == host]
+                assert [v.allowed for v in mine] == [True] * 3 + [False] * 2
+                assert {v.status for v in mine[3:]} == {429}
+        outcomes = {dict(labels)["outcome"] for _, labels in worker.counters}
+        assert outcomes == {"allowed", "limited"}  # every decision by Redis: none failed open
     finally:
         await client.aclose()

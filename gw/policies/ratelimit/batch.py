@@ -65,7 +65,9 @@ class ScriptBatcher:
         script = self.script
         pipe = self.redis.pipeline(transaction=False)
         for keys, args, _ in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            # Not pipe.evalsha(): redis-py's Cluster pipeline refuses it by name (the command
+            # itself routes by its first key like any other).
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         replies = await pipe.execute(raise_on_error=False)
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
