@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from gw.state import Keys
 from tests.ratelimit.support import script_calls
 from tests.support import valkey
 from tests.support.gateway import GatewayProcess, config_yaml, free_port
@@ -187,6 +188,33 @@ def test_local_failure_mode_counts_per_worker_while_redis_is_gone(start: Start, 
         # One live worker (its own heartbeat): the whole limit, counted from zero in the worker.
         assert statuses(gw, 5) == [200, 200, 200, 200, 429]
     finally:
+        server.stop()
+
+
+def test_local_failure_mode_admits_at_most_the_limit_over_the_live_workers_while_valkey_is_paused(
+    start: Start, tmp_path: Path
+) -> None:
+    """Each of 2 workers counts limit / 2 (the live workers it last read from the heartbeats)."""
+    limit = 20
+    server = valkey.standalone(tmp_path / "valkey")
+    try:
+        env = {"GW_WORKERS": "2", "GW_REDIS_URL": server.url, "GW_REDIS_BUDGET": "50ms"}
+        gw = start({"failureMode": "Local", "limits": [{"requests": limit, "per": "1h"}]}, env)
+        assert len(gw.worker_pids()) == 2
+        workers = Keys().fleet.workers
+        with server.client() as c:
+            valkey.wait_until(lambda: c.zcard(workers) == 2, "both workers' heartbeats")
+            seconds, micros = c.time()
+            both_seen = seconds * 1000 + micros // 1000
+            # A heartbeat after both were in the set has read a live count of 2.
+            valkey.wait_until(lambda: min(s for _, s in c.zrange(workers, 0, -1, withscores=True)) > both_seen,
+                              "a heartbeat of each worker that counted both")  # fmt: skip
+        server.pause()
+        results = statuses(gw, 3 * limit)  # fresh connections: both workers get well over limit / 2
+        assert set(results) == {200, 429}
+        assert limit // 2 <= results.count(200) <= limit
+    finally:
+        server.resume()  # a paused server cannot act on SIGTERM
         server.stop()
 
 
