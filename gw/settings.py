@@ -167,7 +167,10 @@ class Settings:
         5.0, parse_duration, "Workers poll the current config version this often (heals missed change events)."
     )
     runtime_dir: str = _var(
-        "", str, "Directory for the embedded Valkey socket and data; empty: $XDG_RUNTIME_DIR or the temp dir."
+        "",
+        str,
+        "Directory for the embedded Valkey's socket and log (the log is removed when it stops cleanly); "
+        "empty: $XDG_RUNTIME_DIR or the temp dir.",
     )
 
     @classmethod

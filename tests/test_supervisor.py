@@ -20,10 +20,11 @@ import httpx
 import psutil
 import pytest
 
+from gw.state.embedded import ping
 from supervisor.arbiter import Supervisor
 from supervisor.signals import SIGNALS
 from tests.conftest import StartGateway
-from tests.support.gateway import Client, GatewayProcess, config_yaml
+from tests.support.gateway import Client, GatewayProcess, config_yaml, free_port
 from tests.support.servers import read_ws_frame
 from tests.support.upstream import Upstream, ws_frame
 
@@ -289,3 +290,35 @@ def test_workers_and_the_embedded_valkey_leave_with_a_killed_supervisor(
     # the Valkey server gets SIGTERM from the kernel when its parent dies.
     _gone, alive = psutil.wait_procs(children, timeout=15)
     assert not alive, [p.cmdline() for p in alive]
+
+
+def test_ctrl_c_leaves_the_embedded_valkey_serving_until_the_workers_have_drained(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    # What a terminal's Ctrl-C does: SIGINT to every process of the gateway's process group.
+    port = free_port()
+    config = tmp_path / "gw.yaml"
+    config.write_text(config_yaml(port, {"up": [("127.0.0.1", upstream.port)]}, ROUTES))
+    runtime = tmp_path / "rt"
+    gw = GatewayProcess(
+        config, port, free_port(), {"GW_RUNTIME_DIR": str(runtime)}, tmp_path / "access.log", own_session=True
+    )
+    gw.start()
+    try:
+        valkey = next(p for p in psutil.Process(gw.pid).children() if "valkey" in p.name())
+        client = gw.connect()
+        client.send(b"GET /wait/ctrl-c HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_until(lambda: any(s.target == "/wait/ctrl-c" for s in upstream.seen), what="the request upstream")
+        os.killpg(gw.pid, signal.SIGINT)
+        gw.wait_for_log("gw: shutting down")
+        # The worker drains with the request in flight; Redis is still there for it and the supervisor.
+        assert valkey.is_running() and ping(runtime / "gw-valkey.sock")
+        upstream.open_gate("ctrl-c")
+        resp = client.read_response()
+        assert resp.status == 200 and (resp.header("connection") or "").lower() == "close"
+        assert gw.proc is not None and gw.proc.wait(20) == 0
+    finally:
+        gw.stop()
+    assert not valkey.is_running()  # stopped by the supervisor, at the end
+    assert not [line for line in gw.log if "lost Redis" in line], gw.log
+    assert list(runtime.iterdir()) == []  # neither socket nor log left behind

@@ -8,9 +8,7 @@ source republishes (as it does when a shared Redis comes back empty).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import signal
 import socket
 import subprocess
 import tempfile
@@ -18,11 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gw.children import start_helper
+
 SOCKET_NAME = "gw-valkey.sock"
 LOG_NAME = "gw-valkey.log"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
-_PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedValkeyError(RuntimeError):
@@ -55,13 +54,6 @@ def ping(path: Path, timeout: float = 0.5) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
-
-
-def _die_with_parent() -> None:
-    # A supervisor killed with SIGKILL cannot stop its server; the kernel then sends it SIGTERM,
-    # so no orphan keeps the socket (and stale config) alive for the next start.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedValkey:
@@ -106,9 +98,9 @@ class EmbeddedValkey:
             "--logfile", str(self.log),
             "--loglevel", "warning",
         ]  # fmt: skip
-        self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent
-        )
+        # Out of the supervisor's process group, so a Ctrl-C does not stop it before the workers
+        # have drained; a supervisor killed with SIGKILL still takes it along (gw.children).
+        self.process = start_helper(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         # Readiness is the server answering, not a guess: poll PING until it does or the process exits.
         while not ping(self.socket):
@@ -121,18 +113,26 @@ class EmbeddedValkey:
         return self.url
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Terminate the server by its PID (SIGTERM, then SIGKILL after `timeout`)."""
+        """Terminate the server by its PID (SIGTERM, then SIGKILL after `timeout`).
+
+        Its log goes with it when it shut down cleanly; one that crashed or had to be killed
+        leaves its log for the operator.
+        """
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
         process.terminate()
         try:
-            process.wait(timeout)
+            clean = process.wait(timeout) == 0
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+            clean = False
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
+        if clean:
+            with contextlib.suppress(FileNotFoundError):
+                self.log.unlink()
 
     def _log_tail(self) -> str:
         try:

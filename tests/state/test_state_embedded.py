@@ -38,6 +38,22 @@ def test_stop_ends_the_server_process(tmp_path: Path) -> None:
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
+def test_a_clean_stop_leaves_nothing_in_the_runtime_dir(tmp_path: Path) -> None:
+    server = EmbeddedValkey(tmp_path)
+    server.start()
+    assert server.log.exists()
+    server.stop()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_server_is_out_of_reach_of_its_parents_process_group_signals(tmp_path: Path) -> None:
+    # A terminal's Ctrl-C signals the foreground process group: the server must outlive the drain.
+    with EmbeddedValkey(tmp_path) as server:
+        assert server.process is not None
+        assert os.getpgid(server.process.pid) != os.getpgid(0)
+        assert psutil.Process(server.process.pid).ppid() == os.getpid()  # still ours to stop
+
+
 def test_a_stale_socket_from_a_crashed_run_is_replaced(tmp_path: Path) -> None:
     crashed = EmbeddedValkey(tmp_path)
     crashed.start()

@@ -94,6 +94,7 @@ class GatewayProcess:
     env: dict[str, str]
     access_log: Path
     proc: subprocess.Popen[bytes] | None = None
+    own_session: bool = False  # a process group of its own, as a terminal's foreground job has
     log: list[str] = field(default_factory=list)
     _serving: threading.Event = field(default_factory=threading.Event)
     _line_seen: threading.Condition = field(default_factory=threading.Condition)
@@ -109,7 +110,11 @@ class GatewayProcess:
         env.setdefault("GW_RUNTIME_DIR", tempfile.mkdtemp(prefix="gw-rt-"))
         env["PYTHONPATH"] = str(REPO)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gw", "run"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+            [sys.executable, "-m", "gw", "run"],
+            env=env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=self.own_session,
         )
         threading.Thread(target=self._read_stderr, daemon=True).start()
         # The supervisor prints "gw: serving" once every worker serves and the admin app is up.
