@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import socket
 
 import httptools
 import orjson
@@ -67,9 +68,12 @@ class EchoProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-async def serve(host: str, port: int, name: str) -> None:
+async def serve(host: str, port: int, name: str, fd: int | None = None) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: EchoProtocol(name), host, port, reuse_address=True)
+    if fd is not None:  # a listening socket handed over by `gw demo`, which bound it
+        server = await loop.create_server(lambda: EchoProtocol(name), sock=socket.socket(fileno=fd))
+    else:
+        server = await loop.create_server(lambda: EchoProtocol(name), host, port, reuse_address=True)
     async with server:
         await server.serve_forever()
 
@@ -77,12 +81,14 @@ async def serve(host: str, port: int, name: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=int)
+    where.add_argument("--fd", type=int, help="an inherited listening socket")
     parser.add_argument("--name", default="echo")
     args = parser.parse_args()
-    # Ctrl-C on `gw demo` reaches the whole process group: exit quietly.
+    # Run by hand, Ctrl-C stops it: exit quietly.
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(serve(args.host, args.port, args.name))
+        uvloop.run(serve(args.host, args.port, args.name, args.fd))
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.support.gateway import REPO, config_yaml, free_port
@@ -120,35 +120,66 @@ def accepts(port: int) -> bool:
     return False
 
 
-def test_demo_starts_serves_and_stops() -> None:
+def demo_env(**extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GW_")}
+    return {**base, "PYTHONPATH": str(REPO), "GW_ACCESS_LOG": "off", **extra}
+
+
+def test_demo_serves_and_ctrl_c_stops_the_gateway_before_its_upstreams(tmp_path: Path) -> None:
     busy = [p for p in DEMO_PORTS if port_busy(p)]
     if busy:
         pytest.skip(f"ports the demo needs are busy: {busy}")
-    base = {k: v for k, v in os.environ.items() if not k.startswith("GW_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gw", "demo"],
-        env={**base, "PYTHONPATH": str(REPO), "GW_ACCESS_LOG": "off", "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-")},
+        env=demo_env(GW_RUNTIME_DIR=str(tmp_path)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group: a failed test can stop the upstreams too
+        start_new_session=True,  # a process group of its own, as a terminal's foreground job has
     )
     try:
         assert proc.stderr is not None
         while not (line := proc.stderr.readline()).startswith(b"gw: serving"):
             assert line, "gw demo exited before serving"
-        # The demo upstreams are separate processes with nothing to wait on: poll, bounded.
-        for port in (18081, 18082):
-            deadline = time.monotonic() + 15
-            while not accepts(port):
-                assert time.monotonic() < deadline, f"demo upstream on :{port} never accepted"
-                time.sleep(0.05)
+        children = psutil.Process(proc.pid).children()
+        upstreams = [p for p in children if "gw.demo_upstream" in p.cmdline()]
+        helpers = [*upstreams, *(p for p in children if "valkey" in p.name())]
+        assert len(upstreams) == 2 and len(helpers) == 3
+        # Ctrl-C reaches only the gateway's group: the helpers are stopped by it, after its drain.
+        assert all(os.getpgid(p.pid) != proc.pid for p in helpers)
         resp = httpx.get("http://127.0.0.1:8080/", timeout=10)
         assert resp.status_code == 200
         assert resp.json()["upstream"] in ("blue", "green")
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGINT)
+        log = []
+        while not (line := proc.stderr.readline()).startswith(b"gw: stopped"):
+            assert line, "gw demo exited without stopping the gateway"
+            log.append(line.decode())
+        assert all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in upstreams)
         assert proc.wait(20) == 0
+        assert not [line for line in log if "lost Redis" in line], log
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert not accepts(18081) and not accepts(18082), "demo upstreams outlived the demo"
+    _gone, alive = psutil.wait_procs(helpers, timeout=10)
+    assert not alive, "demo upstreams or Valkey outlived the demo"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_with_an_upstream_port_in_use_fails_at_once_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        with contextlib.suppress(OSError):  # in use already is in use enough
+            taken.bind(("127.0.0.1", 18081))
+            taken.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "gw", "demo"],
+            env=demo_env(GW_RUNTIME_DIR=str(tmp_path)),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "gw demo: cannot listen on 127.0.0.1:18081 for upstream 'blue': Address already in use"
+    ]
+    assert list(tmp_path.iterdir()) == []  # nothing was started
