@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -90,6 +91,40 @@ def test_check_rejects_an_invalid_config_naming_file_object_and_field(tmp_path: 
     assert str(path) in output
     assert "HTTPRoute default/broken" in output
     assert "spec.rules[0].backendRefs[0].weight" in output
+
+
+def invalid_config(path: Path) -> Path:
+    routes: list[dict[str, object]] = [
+        {"name": "broken", "rules": [{"backendRefs": [{"backend": "up", "weight": -3}]}]}
+    ]
+    path.write_text(config_yaml(free_port(), {"up": [("127.0.0.1", 9)]}, routes))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("command", "config", "code"),
+    [("check", valid_config, 0), ("check", invalid_config, 1), ("routes", valid_config, 0)],
+    ids=["check-ok", "check-invalid", "routes"],
+)
+def test_a_reader_that_leaves_early_gets_no_traceback_and_the_usual_exit_code(
+    tmp_path: Path, command: str, config: Callable[[Path], Path], code: int
+) -> None:
+    # `gw check PATH | head -2` once head has read its lines: stdout is a pipe nobody reads.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "gw", command, str(config(tmp_path / "gw.yaml"))],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        os.close(write)
+    assert result.stderr == ""
+    assert result.returncode == code
 
 
 def test_run_with_a_yaml_syntax_error_exits_non_zero_naming_the_file(tmp_path: Path) -> None:
