@@ -188,7 +188,49 @@ class TestErrorMessages:
     def test_service_ref_without_port(self):
         result = config(route(body="parentRefs: [{name: gw}]\nrules:\n- backendRefs: [{name: svc}]\n"))
         assert any(e.field == "spec.rules[0].backendRefs[0].port" for e in result.errors)
-        assert match(result).invalid_reason
+        assert match(result) is None  # the invalid rule is dropped: the route has nothing to serve
+        accepted = [c for c in result.conditions["HTTPRoute default/r"] if c.type == "Accepted"]
+        assert [(c.status, c.reason) for c in accepted] == [(False, "UnsupportedValue")]
+        assert "Dropped Rule 0: spec.rules[0].backendRefs[0].port: is required" in accepted[0].message
+
+    def test_an_invalid_rule_is_dropped_and_the_others_served(self):
+        body = """
+        parentRefs: [{name: gw}]
+        rules:
+        - {name: good, matches: [{path: {value: /good}}], backendRefs: [{name: svc, port: 80}]}
+        - name: bad
+          matches: [{path: {value: /bad}}]
+          backendRefs: [{name: svc, port: 80}]
+          filters: [{type: RequestRedirect, requestRedirect: {statusCode: 399}}]
+        """
+        fallback = "parentRefs: [{name: gw}]\nrules: [{backendRefs: [{name: svc, port: 80}]}]\n"
+        result = config(route(body=body), route("fallback", fallback))
+        assert match(result, "/good").route == "default/r"
+        # The spec's "Dropped Rule" approach: a request for the dropped rule matches what else does.
+        assert match(result, "/bad").route == "default/fallback"
+        (partial,) = [c for c in result.conditions["HTTPRoute default/r"] if c.type == "PartiallyInvalid"]
+        assert partial.status and partial.reason == "UnsupportedValue"
+        assert partial.message.startswith("Dropped Rule 1 (bad): spec.rules[1].filters[0].requestRedirect.statusCode")
+        accepted = [c for c in result.conditions["HTTPRoute default/r"] if c.type == "Accepted"]
+        assert [(c.status, c.reason) for c in accepted] == [(True, "Accepted")]
+
+    def test_rule_names_are_unique_within_a_route(self):
+        body = """
+        parentRefs: [{name: gw}]
+        rules:
+        - {name: same, matches: [{path: {value: /a}}], backendRefs: [{name: svc, port: 80}]}
+        - {name: same, matches: [{path: {value: /b}}], backendRefs: [{name: svc, port: 80}]}
+        """
+        result = config(route(body=body))
+        assert any(e.field == "spec.rules[1].name" and "unique" in e.message for e in result.errors)
+        assert match(result, "/a") is None  # the API server would refuse the object: so does gw
+
+    def test_the_api_servers_limits_on_rules_and_matches(self):
+        rule = "- {{matches: [{{path: {{value: /r{}}}}}], backendRefs: [{{name: svc, port: 80}}]}}\n"
+        rules = "".join(rule.format(i) for i in range(17))
+        result = config(route(body="parentRefs: [{name: gw}]\nrules:\n" + rules))
+        assert any(e.field == "spec.rules" and "at most 16" in e.message for e in result.errors)
+        assert match(result, "/r0") is None
 
     @pytest.mark.parametrize(
         ("value", "problem"),

@@ -48,8 +48,16 @@ def compile_rule(rule: str, *extra: str, features=ALL_FEATURES):
     )
     text = HEAD + "".join(f"\n---\n{textwrap.dedent(e)}" for e in extra) + "\n---\n" + route
     result = load_text(text, features=features)
-    (rule_obj,) = result.config.rules
-    return result, rule_obj
+    if result.config.rules:
+        (rule_obj,) = result.config.rules
+        return result, rule_obj
+    # An invalid rule is dropped (the spec's "Dropped Rule"): its spec says why, and the route,
+    # left with no valid rule, is not accepted.
+    (route_obj,) = result.resources.http_routes
+    (dropped,) = route_obj.dropped
+    accepted = [c for c in result.conditions["HTTPRoute default/r"] if c.type == "Accepted"]
+    assert accepted and all(not c.status and c.reason == "UnsupportedValue" for c in accepted), accepted
+    return result, dropped
 
 
 def fields(result):

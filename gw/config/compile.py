@@ -87,21 +87,13 @@ def compile_resources(
         attachments = _attach(route, attacher, known_gateways, conditions, errors)
         if not attachments:
             continue
+        if route.dropped and not _report_dropped(route, conditions[route.meta.label]):
+            continue  # every rule is invalid: the route is not accepted and serves nothing
         max_body = route.max_body_size if route.max_body_size is not None else default_max_body_size
         rules = [(spec, rules_compiler.compile(route, spec, max_body, conditions, errors)) for spec in route.rules]
         route_conditions = conditions[route.meta.label]
         if not any(c.type == "ResolvedRefs" for c in route_conditions):
             route_conditions.append(Condition("ResolvedRefs", True, "ResolvedRefs"))
-        invalid = [spec.index for spec, _ in rules if (route.meta.key, spec.index) in rules_compiler.invalid]
-        if invalid and len(invalid) < len(rules):
-            route_conditions.append(
-                Condition(
-                    "PartiallyInvalid",
-                    True,
-                    "UnsupportedValue",
-                    "rules " + ", ".join(map(str, invalid)) + " are invalid and answer 500",
-                )
-            )
         all_rules += [rule for _, rule in rules]
         compiled_routes.append(CompiledRoute(route, rules, {_gw_key(att.gateway) for att in attachments}))
         for att in attachments:
@@ -145,6 +137,26 @@ def compile_resources(
             attached.setdefault(f"{gw.meta.key}/{li.name}", 0)
     config = model.CompiledConfig(tuple(port_configs), tuple(all_rules), source, checksum)
     return LoadResult(config, errors, conditions, attached, resources, served.listener_conditions)
+
+
+def _report_dropped(route: HTTPRoute, route_conditions: list[Condition]) -> bool:
+    """Status for a route with invalid rules; False when none is left to serve.
+
+    gw takes the spec's "Dropped Rule" approach: invalid rules are left out (their requests may
+    match another rule or route) and the route's other rules are served. A route with no valid rule
+    left is not Accepted (UnsupportedValue).
+    """
+    dropped = ", ".join(str(rule.index) + (f" ({rule.name})" if rule.name else "") for rule in route.dropped)
+    why = "; ".join(rule.invalid_reason or "" for rule in route.dropped)
+    if route.rules:
+        message = f"Dropped Rule {dropped}: {why}"
+        route_conditions.append(Condition("PartiallyInvalid", True, "UnsupportedValue", message))
+        return True
+    message = f"every rule is invalid (Dropped Rule {dropped}: {why})"
+    for i, c in enumerate(route_conditions):
+        if c.type == "Accepted" and c.status:
+            route_conditions[i] = Condition("Accepted", False, "UnsupportedValue", message, c.parent)
+    return False
 
 
 def _gw_key(gw: Gateway) -> tuple[str, str]:

@@ -1,9 +1,10 @@
 """Parse YAML documents (plain dicts) into typed resources, collecting errors that name their field.
 
-Rejection is as narrow as the problem: a bad object is dropped alone; in an HTTPRoute a rule whose
-matches are unusable is left out, and a rule with any other problem is kept but marked invalid (it
-answers 500, as the spec asks for rules that cannot be honoured) so its traffic does not silently
-fall through to some other route.
+Rejection is as narrow as the problem: a bad object is dropped alone (what the API server's schema
+would refuse, the object is refused); in an HTTPRoute a rule with an invalid value is dropped and
+the route's other rules are served (the spec's "Dropped Rule" approach, reported in the route's
+PartiallyInvalid condition). References are resolved later: a rule whose backend cannot be resolved
+answers 500, as the spec asks.
 """
 
 from __future__ import annotations

@@ -34,6 +34,11 @@ from gw.routing.match import PATH_EXACT, PATH_PREFIX, PATH_REGEX, RouteMatch, Va
 # Rule fields of the spec that gw does not implement yet: refusing them loudly beats silently
 # ignoring them.
 _UNSUPPORTED_RULE_FIELDS = ("sessionPersistence",)
+# The API server's limits for an HTTPRoute (CRD maxItems and CEL rules of gateway-api v1).
+MAX_RULES = 16
+MAX_MATCHES = 64  # per rule
+MAX_MATCHES_PER_ROUTE = 127  # "the total number of matches across all rules in a route must be less than 128"
+MAX_BACKEND_REFS = 16
 
 
 def parse_gateway_class(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: str) -> GatewayClass | None:
@@ -184,27 +189,53 @@ def parse_http_route(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, fiel
     raw_rules = spec.get("rules")
     if raw_rules is None:
         raw_rules = [{}]  # the spec's default: one rule matching PathPrefix "/"
-    rules = []
-    for i, raw in enumerate(r.list(raw_rules, f"{field}.rules")):
-        rule = _rule(r, meta, raw, f"{field}.rules[{i}]", i)
-        if rule is not None:
-            rules.append(rule)
-    return HTTPRoute(meta, tuple(parents), tuple(hostnames), tuple(rules), max_body)
+    raw_rules = r.list(raw_rules, f"{field}.rules")
+    if len(raw_rules) > MAX_RULES:
+        r.error(f"{field}.rules", f"has {len(raw_rules)} rules; at most {MAX_RULES} are allowed")
+        return None
+    rules = [_rule(r, meta, raw, f"{field}.rules[{i}]", i) for i, raw in enumerate(raw_rules)]
+    rules_parsed = r.count
+    named: dict[str, int] = {}
+    for rule in rules:
+        if rule.name is None:
+            continue
+        if rule.name in named:
+            r.error(
+                f"{field}.rules[{rule.index}].name",
+                f"{rule.name!r} is also the name of rules[{named[rule.name]}]: rule names must be unique in a route",
+            )
+        named.setdefault(rule.name, rule.index)
+    matches = sum(len(rule.matches) for rule in rules)
+    if matches > MAX_MATCHES_PER_ROUTE:
+        r.error(f"{field}.rules", f"has {matches} matches in all; at most {MAX_MATCHES_PER_ROUTE} are allowed")
+    if r.count != rules_parsed:
+        return None  # a route-level problem: the whole object is rejected, as the API server would
+    return HTTPRoute(
+        meta,
+        tuple(parents),
+        tuple(hostnames),
+        tuple(rule for rule in rules if rule.invalid_reason is None),
+        max_body,
+        tuple(rule for rule in rules if rule.invalid_reason is not None),
+    )
 
 
-def _rule(r: Reader, meta: Meta, raw: Any, field: str, index: int) -> RouteRule | None:
+def _rule(r: Reader, meta: Meta, raw: Any, field: str, index: int) -> RouteRule:
+    """One rule; a problem in it is recorded as its invalid_reason (the rule is then dropped)."""
     before = r.count
     raw = r.map(raw, field)
+    name = r.str(raw, "name", field, check=v.check_rule_name)
     raw_matches = raw.get("matches")
     matches = []
-    for i, m in enumerate(r.list(raw_matches, f"{field}.matches") if raw_matches is not None else [{}]):
+    raw_matches = r.list(raw_matches, f"{field}.matches") if raw_matches is not None else [{}]
+    if len(raw_matches) > MAX_MATCHES:
+        r.error(f"{field}.matches", f"has {len(raw_matches)} matches; at most {MAX_MATCHES} are allowed")
+    for i, m in enumerate(raw_matches):
         match = _match(r, m, f"{field}.matches[{i}]")
         if match is not None:
             matches.append(match)
     if r.count != before:
-        return None  # cannot place a rule whose matches are unusable
-    problems = []
-    name = r.str(raw, "name", field, check=v.check_rule_name)
+        return RouteRule(index, (), (), name, invalid_reason=_first_problem(r, before))
     # ReplacePrefixMatch needs the matched prefix: allowed only with exactly one PathPrefix match.
     prefix = matches[0].path if len(matches) == 1 and matches[0].path_type == PATH_PREFIX else None
 
@@ -215,8 +246,11 @@ def _rule(r: Reader, meta: Meta, raw: Any, field: str, index: int) -> RouteRule 
     if raw.get("filters") is not None:
         filters = parse_filters(r, raw.get("filters"), f"{field}.filters", prefix=prefix, backend_ref=object_ref)
     refs = []
-    for i, ref in enumerate(r.list(raw.get("backendRefs"), f"{field}.backendRefs")):
-        parsed = _backend_ref(r, meta, ref, f"{field}.backendRefs[{i}]", i, prefix=prefix)
+    raw_refs = r.list(raw.get("backendRefs"), f"{field}.backendRefs")
+    if len(raw_refs) > MAX_BACKEND_REFS:
+        r.error(f"{field}.backendRefs", f"has {len(raw_refs)} entries; at most {MAX_BACKEND_REFS} are allowed")
+    for i, ref in enumerate(raw_refs):
+        parsed = _backend_ref(r, meta, ref, f"{field}.backendRefs[{i}]", i, prefix=prefix, own_filters=True)
         if parsed is not None:
             refs.append(parsed)
     if filters.redirect is not None and raw.get("backendRefs"):
@@ -229,9 +263,7 @@ def _rule(r: Reader, meta: Meta, raw: Any, field: str, index: int) -> RouteRule 
         r.error(f"{field}.timeouts.backendRequest", "must not be longer than timeouts.request")
     for key in _UNSUPPORTED_RULE_FIELDS:
         if raw.get(key):
-            r.error(f"{field}.{key}", f"{key} are not supported yet; the rule answers 500")
-    if r.count != before:
-        problems.append(f"rule {index} of {meta.label} is invalid: {r.errors[-1].field}: {r.errors[-1].message}")
+            r.error(f"{field}.{key}", f"{key} is not supported yet")
     return RouteRule(
         index=index,
         matches=tuple(matches),
@@ -239,10 +271,15 @@ def _rule(r: Reader, meta: Meta, raw: Any, field: str, index: int) -> RouteRule 
         name=name,
         request_timeout=request,
         backend_timeout=backend,
-        invalid_reason=problems[0] if problems else None,
+        invalid_reason=_first_problem(r, before) if r.count != before else None,
         filters=filters,
         retry=retry,
     )
+
+
+def _first_problem(r: Reader, before: int) -> str:
+    first = r.errors[len(r.errors) - (r.count - before)]
+    return f"{first.field}: {first.message}"
 
 
 def _duration(r: Reader, obj: dict[str, Any], key: str, field: str) -> float | None:
@@ -295,7 +332,7 @@ def _value_matches(
 
 
 def _backend_ref(
-    r: Reader, meta: Meta, raw: Any, field: str, index: int, *, prefix: str | None
+    r: Reader, meta: Meta, raw: Any, field: str, index: int, *, prefix: str | None, own_filters: bool = False
 ) -> BackendRefSpec | None:
     before = r.count
     raw = r.map(raw, field)
@@ -314,6 +351,11 @@ def _backend_ref(
             return _backend_ref(r, meta, ref, ref_field, i, prefix=None)
 
         filters = parse_filters(r, raw.get("filters"), f"{field}.filters", prefix=prefix, backend_ref=object_ref)
+        if own_filters:
+            # Redirect and CORS answer the client without a backend: meaningless per backendRef.
+            for filter_type, present in (("RequestRedirect", filters.redirect), ("CORS", filters.cors)):
+                if present is not None:
+                    r.error(f"{field}.filters", f"{filter_type} cannot be applied to a single backendRef")
     if r.count != before or name is None:
         return None
     return BackendRefSpec(

@@ -181,14 +181,14 @@ NO_FILTERS = FilterSpecs()
 
 @dataclass(frozen=True, slots=True)
 class RouteRule:
-    index: int  # position in spec.rules (rules whose matches are invalid are left out)
+    index: int  # position in spec.rules
     matches: tuple[RouteMatch, ...]
     backend_refs: tuple[BackendRefSpec, ...]
     name: str | None = None
     request_timeout: float | None = None  # seconds; 0.0 = disabled ("0s"), None = not set
     backend_timeout: float | None = None
-    # Set when the rule is routable but cannot be served (unsupported field, bad timeout):
-    # requests matching it get a 500 rather than falling through to another route.
+    # Set when a value of the rule is invalid or unsupported: the rule is dropped (the spec's
+    # "Dropped Rule" approach to a PartiallyInvalid route), and the route's status says why.
     invalid_reason: str | None = None
     filters: FilterSpecs = NO_FILTERS
     retry: Retry | None = None
@@ -199,8 +199,9 @@ class HTTPRoute:
     meta: Meta
     parent_refs: tuple[ParentRef, ...]
     hostnames: tuple[str, ...]
-    rules: tuple[RouteRule, ...]
+    rules: tuple[RouteRule, ...]  # the valid rules, the ones served
     max_body_size: int | None = None  # from the gw.dev/max-body-size annotation
+    dropped: tuple[RouteRule, ...] = ()  # rules with an invalid value (invalid_reason says which)
 
 
 @dataclass(frozen=True, slots=True)

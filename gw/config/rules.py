@@ -67,10 +67,6 @@ class RuleCompiler:
                 continue
             mirrors = self._mirrors(route, f, unresolved)
             problems += self._extension_problems(route, f, unresolved)
-            problems += [
-                f"{ref_field}.filters: {t} cannot be applied to a single backendRef"
-                for t in _per_backend_unsupported(f)
-            ]
             refs.append(
                 model.BackendRef(
                     ref.label,
@@ -175,8 +171,3 @@ class RuleCompiler:
             unresolved(f"{e.field}", reason, message, "the rule answers 500")
             problems.append(message)
         return problems
-
-
-def _per_backend_unsupported(f: FilterSpecs) -> list[str]:
-    # Redirect and CORS answer the client without a backend: meaningless per backendRef in gw.
-    return [t for t, present in (("RequestRedirect", f.redirect), ("CORS", f.cors)) if present is not None]
