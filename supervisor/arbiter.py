@@ -390,13 +390,13 @@ class Supervisor:
             registry.absorb(worker_stats["metrics"])
         registry.gauge_values["gw_workers"] = float(len(self.workers))
         registry.gauge_values["gw_config_version"] = float(self.version)
+        for slot in range(self.slots):  # at 0 before a first restart, so increase() sees that one
+            registry.counters.setdefault(("gw_worker_restarts_total", (("slot", str(slot)),)), 0)
         # Per worker, not summed: which version each one serves (a lagging worker stands out).
-        lines = ["# TYPE gw_worker_config_version gauge"]
-        lines += [
-            f'gw_worker_config_version{{slot="{w.slot}",pid="{w.pid}"}} {s["version"]}'
-            for w, s in sorted(stats.items(), key=lambda item: item[0].slot)
-        ]
-        return registry.render() + ("\n".join(lines) + "\n").encode()
+        for worker, worker_stats in stats.items():
+            labels = (("pid", str(worker.pid)), ("slot", str(worker.slot)))
+            registry.labelled_gauges[("gw_worker_config_version", labels)] = float(worker_stats["version"])
+        return registry.render()
 
     async def status(self) -> dict[str, Any]:
         stats = await self._stats()

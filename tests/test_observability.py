@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gw.observe.families import FAMILIES, PROXY_ERROR_KINDS, RETRY_REASONS, TIMEOUT_KINDS
+from gw.proxy.errors import ProxyError
+from tests.conftest import StartGateway
 from tests.support.gateway import REPO, GatewayProcess, Response, config_yaml, free_port
 from tests.support.servers import launch_gateway
 from tests.support.upstream import Upstream
@@ -280,3 +284,68 @@ def test_access_log_lines_reach_a_pipe_in_whole_blocks() -> None:
     assert b"".join(blocks) == b"".join(lines)
     assert all(len(b) <= select.PIPE_BUF or b.count(b"\n") == 1 for b in blocks)
     assert all(b.endswith(b"\n") for b in blocks)
+
+
+# -- every family documented, counters there from the start -------------------------------------
+
+
+def test_a_fresh_gateway_exports_every_family_with_help_type_and_its_counters_at_zero(
+    start_gateway: StartGateway, upstream: Upstream
+) -> None:
+    gateway = start_gateway({"up": [("127.0.0.1", upstream.port)]}, ROUTES[:1], env={"GW_WORKERS": "2"})
+    text = admin_get(gateway, "/metrics").text
+    helps = set(re.findall(r"^# HELP (\w+) ", text, re.M))
+    types = dict(re.findall(r"^# TYPE (\w+) (\w+)$", text, re.M))
+    assert helps == types.keys() == FAMILIES.keys()
+    assert types == {name: family.type for name, family in FAMILIES.items()}
+    parsed = {family.name: family for family in text_string_to_metric_families(text)}
+    assert all(family.documentation for family in parsed.values())
+    samples = scrape(gateway)
+    zeros = {
+        ("gw_worker_restarts_total", (("slot", "0"),)),
+        ("gw_worker_restarts_total", (("slot", "1"),)),
+        ("gw_internal_errors_total", ()),
+        ("gw_upstream_resets_total", ()),
+        ("gw_redis_breaker_opened_total", ()),
+        *(("gw_config_reloads_total", (("result", r),)) for r in ("applied", "unchanged", "rejected", "fleet")),
+        *(("gw_proxy_errors_total", (("kind", k),)) for k in PROXY_ERROR_KINDS),
+        *(("gw_upstream_retries_total", (("reason", r),)) for r in RETRY_REASONS),
+        *(("gw_timeouts_total", (("kind", k),)) for k in TIMEOUT_KINDS),
+        *(("gw_redis_calls_total", (("outcome", o),)) for o in ("timeout", "error", "open")),
+    }
+    for name, labels in zeros:
+        assert samples.get((name, frozenset(labels))) == 0, (name, labels)
+    for name, labels in samples:  # a labelled family has no series without its labels
+        family = FAMILIES.get(name) or FAMILIES[name.rsplit("_", 1)[0]]  # histogram _bucket, _sum, _count
+        assert not family.label or family.label in dict(labels), (name, labels)
+
+
+def _source(*parts: str) -> str:
+    return "\n".join(p.read_text() for part in parts for p in sorted((REPO / part).rglob("*.py")))
+
+
+def test_every_family_the_code_counts_is_in_the_catalogue() -> None:
+    code = _source("gw", "supervisor")
+    named = set(re.findall(r'(?:inc|gauge|histogram)\(\s*"(gw_\w+)"', code))
+    named |= set(re.findall(r'\("(gw_\w+_total)", \(', code))  # counter keys built once (rate limits)
+    assert len(named) > 15 and named <= FAMILIES.keys(), named - FAMILIES.keys()
+
+
+def test_the_zero_series_name_what_the_code_counts() -> None:
+    def subclasses(cls: type[ProxyError]) -> list[type[ProxyError]]:
+        return [cls, *(s for sub in cls.__subclasses__() for s in subclasses(sub))]
+
+    errors = subclasses(ProxyError)
+    # RateLimited answers 503 under its own kind when the limit cannot be read (failureMode Closed).
+    assert set(PROXY_ERROR_KINDS) == {e.kind for e in errors if e.status >= 500} | {"rate-limit-unavailable"}
+    proxy = _source("gw/proxy")
+    assert set(RETRY_REASONS) == {e.kind for e in errors if e.attempt_failed} | set(
+        re.findall(r'"gw_upstream_retries_total", reason="([\w-]+)"', proxy)
+    ) | {"status"}
+    assert set(TIMEOUT_KINDS) == set(re.findall(r'"gw_timeouts_total", kind="([\w-]+)"', proxy))
+    assert set(FAMILIES["gw_redis_calls_total"].values) == set(
+        re.findall(r'_count\("(\w+)"\)', (REPO / "gw/state/guard.py").read_text())
+    )
+    assert set(FAMILIES["gw_config_reloads_total"].values) == set(
+        re.findall(r'"gw_config_reloads_total", result="(\w+)"', _source("supervisor"))
+    )

@@ -13,6 +13,11 @@ from typing import Any
 
 import orjson
 
+from gw.observe.families import COUNTER, FAMILIES, GAUGE, HISTOGRAM
+
+Labels = tuple[tuple[str, str], ...]
+ROUTE_FAMILIES = ("gw_http_requests_total", "gw_http_request_duration_seconds")  # rendered per route
+
 # Latency bucket upper bounds in seconds (Prometheus `le`), +Inf implied.
 BOUNDS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -80,6 +85,7 @@ class Registry:
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
         self.gauges: dict[str, Callable[[], float]] = {}
         self.gauge_values: dict[str, float] = {}  # gauges absorbed from other processes' snapshots
+        self.labelled_gauges: dict[tuple[str, Labels], float] = {}  # set by whoever renders (per worker)
         self.histograms: dict[str, Histogram] = {}
 
     def route(self, label: str) -> RouteStats:
@@ -137,38 +143,53 @@ class Registry:
             hist.count += count
 
     def render(self) -> bytes:
-        """The Prometheus text exposition format (version 0.0.4)."""
+        """The Prometheus text exposition format (version 0.0.4): every family of FAMILIES, with
+        HELP and TYPE, and its zero series where nothing was counted yet."""
         out: list[str] = []
         out += _render_routes(self.routes.values())
-        by_name: dict[str, list[tuple[tuple[tuple[str, str], ...], int]]] = {}
-        for (name, labels), value in sorted(self.counters.items()):
-            by_name.setdefault(name, []).append((labels, value))
-        for name, series in by_name.items():
-            out.append(f"# TYPE {name} counter")
-            for labels, value in series:
-                text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-                out.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
-        values = dict(self.gauge_values)
+        counters: dict[tuple[str, Labels], float] = {
+            (name, labels): 0 for name, family in FAMILIES.items() for labels in family.zero_series()
+        }
+        counters.update(self.counters)
+        gauges = dict(self.labelled_gauges)
+        for name, value in self.gauge_values.items():
+            gauges[(name, ())] = value
         for name, read in self.gauges.items():
-            values[name] = values.get(name, 0.0) + read()
-        for name, value in sorted(values.items()):
-            out.append(f"# TYPE {name} gauge")
-            out.append(f"{name} {value:g}")
-        for name, hist in sorted(self.histograms.items()):
-            out += hist.render(name)
+            gauges[(name, ())] = gauges.get((name, ()), 0.0) + read()
+        for kind, samples in ((COUNTER, counters), (GAUGE, gauges)):
+            by_name: dict[str, list[tuple[Labels, float]]] = {
+                name: [] for name, family in FAMILIES.items() if family.type == kind and name not in ROUTE_FAMILIES
+            }
+            for (name, labels), value in sorted(samples.items()):
+                by_name.setdefault(name, []).append((labels, value))
+            for name, series in sorted(by_name.items()):
+                out += _head(name, kind)
+                for labels, value in series:
+                    text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+                    out.append(f"{name}{{{text}}} {_number(value)}" if text else f"{name} {_number(value)}")
+        for name in sorted(FAMILIES.keys() | self.histograms.keys()):
+            hist = self.histograms.get(name)
+            if hist is not None:
+                out += hist.render(name)
+            elif FAMILIES[name].type == HISTOGRAM and name not in ROUTE_FAMILIES:
+                out += _head(name, HISTOGRAM)
         out.append("")
         return "\n".join(out).encode()
 
 
+def _number(value: float) -> str:
+    # Counts stay exact integers (no 1e+06); a fractional gauge keeps every digit.
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _head(name: str, kind: str) -> list[str]:
+    family = FAMILIES.get(name)
+    return ([f"# HELP {name} {family.help}"] if family else []) + [f"# TYPE {name} {kind}"]
+
+
 def _render_routes(routes: Iterable[RouteStats]) -> list[str]:
-    out = [
-        "# HELP gw_http_requests_total Requests answered, by route and status class.",
-        "# TYPE gw_http_requests_total counter",
-    ]
-    hist = [
-        "# HELP gw_http_request_duration_seconds Time from request start to response end.",
-        "# TYPE gw_http_request_duration_seconds histogram",
-    ]
+    out = _head("gw_http_requests_total", COUNTER)
+    hist = _head("gw_http_request_duration_seconds", HISTOGRAM)
     for stats in sorted(routes, key=lambda s: s.label):
         route = _escape(stats.label)
         for c in range(1, 6):

@@ -1,0 +1,97 @@
+"""Every metric family gw exports: its type, its help, and the series that exist from the start.
+
+A counter that appears only with its first increment hides that increment from `increase()` and
+`rate()`, so an alert on the first worker restart or the first proxy error would never fire.
+Unlabelled counters, and counters whose label values are a fixed set, are therefore exported at 0
+from the first scrape; a family labelled by what the config names (route, endpoint, backend,
+policy) has its HELP and TYPE until its first series. The label values here must name what the
+code counts: tests/test_observability.py checks them against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+
+
+@dataclass(frozen=True)
+class Family:
+    type: str
+    help: str
+    label: str = ""  # its first label: "" for an unlabelled family
+    values: tuple[str, ...] = ()  # that label's values when fixed: each series exported at 0 from the start
+
+    def zero_series(self) -> list[tuple[tuple[str, str], ...]]:
+        """The label sets of the series this family has before anything is counted."""
+        if self.type != COUNTER:
+            return []
+        if not self.label:
+            return [()]
+        return [((self.label, value),) for value in self.values]
+
+
+# Proxy errors answered with a 5xx status (gw.proxy.errors: the `kind` of each ProxyError).
+PROXY_ERROR_KINDS = (
+    "internal-error",
+    "not-implemented",
+    "no-healthy-endpoint",
+    "overloaded",
+    "rate-limit-unavailable",
+    "route-misconfigured",
+    "upstream-connect-failed",
+    "upstream-protocol-error",
+    "upstream-timeout",
+)
+# A retry's reason: a status among the rule's codes, a pooled connection found closed, or the
+# kind of the failed attempt (the ProxyErrors with attempt_failed).
+RETRY_REASONS = ("status", "stale-connection", "upstream-connect-failed", "upstream-protocol-error", "upstream-timeout")
+TIMEOUT_KINDS = ("request", "header", "body", "connect", "response", "response-body")
+
+FAMILIES: dict[str, Family] = {
+    # -- requests (per route: gw.observe.metrics.RouteStats) ---------------------------------
+    "gw_http_requests_total": Family(COUNTER, "Requests answered, by route and status class.", "route"),
+    "gw_http_request_duration_seconds": Family(HISTOGRAM, "Time from request start to response end.", "route"),
+    # -- proxy errors, retries, timeouts -----------------------------------------------------
+    "gw_proxy_errors_total": Family(
+        COUNTER, "Requests the gateway answered itself with a 5xx, by error kind.", "kind", PROXY_ERROR_KINDS
+    ),
+    "gw_internal_errors_total": Family(COUNTER, "Unexpected exceptions caught on a request path."),
+    "gw_timeouts_total": Family(COUNTER, "Deadlines that passed, by what was awaited.", "kind", TIMEOUT_KINDS),
+    "gw_upstream_retries_total": Family(COUNTER, "Upstream attempts retried, by reason.", "reason", RETRY_REASONS),
+    "gw_upstream_connect_errors_total": Family(COUNTER, "Upstream connections that failed, by endpoint.", "endpoint"),
+    "gw_upstream_protocol_errors_total": Family(COUNTER, "Upstream responses that were not valid HTTP/1.1."),
+    "gw_upstream_resets_total": Family(COUNTER, "Upstream connections lost in the middle of a response."),
+    # -- connections -------------------------------------------------------------------------
+    "gw_client_connections": Family(GAUGE, "Open client connections."),
+    "gw_upstream_connections": Family(GAUGE, "Open upstream connections, busy and idle."),
+    "gw_upstream_connections_idle": Family(GAUGE, "Idle upstream connections kept for reuse."),
+    # -- mirrors -----------------------------------------------------------------------------
+    "gw_mirror_requests_total": Family(
+        COUNTER, "Mirrored copies of requests, by mirror backend and result.", "backend"
+    ),
+    "gw_mirror_requests_in_flight": Family(GAUGE, "Mirrored copies under way."),
+    # -- rate limits and Redis ---------------------------------------------------------------
+    "gw_ratelimit_decisions_total": Family(COUNTER, "Rate-limit decisions, by policy and outcome.", "policy"),
+    "gw_redis_calls_total": Family(
+        COUNTER, "Redis calls on request paths that got no answer, by outcome.", "outcome", ("timeout", "error", "open")
+    ),
+    "gw_redis_call_duration_seconds": Family(HISTOGRAM, "Redis calls on request paths that got an answer."),
+    "gw_redis_breaker_open": Family(GAUGE, "Workers whose Redis breaker is not closed."),
+    "gw_redis_breaker_opened_total": Family(COUNTER, "Times a worker's Redis breaker opened."),
+    # -- supervisor --------------------------------------------------------------------------
+    "gw_workers": Family(GAUGE, "Worker slots."),
+    # At 0 per slot from the start too: the slots are the supervisor's to name (render_metrics).
+    "gw_worker_restarts_total": Family(COUNTER, "Workers restarted after an unexpected exit, by slot.", "slot"),
+    "gw_worker_recycled_total": Family(
+        COUNTER, "Workers replaced gracefully for exceeding a limit, by reason.", "reason", ("rss",)
+    ),
+    "gw_config_version": Family(GAUGE, "The config version the supervisor serves."),
+    "gw_worker_config_version": Family(GAUGE, "The config version each worker serves.", "slot"),
+    "gw_config_reloads_total": Family(
+        COUNTER,
+        "Config reloads, by result (applied, unchanged, rejected; fleet: a version from Redis).",
+        "result",
+        ("applied", "unchanged", "rejected", "fleet"),
+    ),
+}
