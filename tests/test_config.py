@@ -806,3 +806,54 @@ def test_arbitrary_documents_never_crash_the_pipeline(docs):
         for port in result.config.ports:
             port.table.match("x.a.com", "/x/y", b"GET", [(b"h", b"v")], b"a=b")
         describe(result.config)
+
+
+class TestUnknownFields:
+    """Strict validation, as kubectl's default: a field the schema does not know is an error."""
+
+    def test_a_misspelt_match_field_drops_the_rule_and_suggests_the_right_one(self):
+        body = """
+        parentRefs: [{name: gw}]
+        rules:
+        - matches: [{path: {value: /admin}, header: [{name: x-admin, value: "1"}]}]
+          backendRefs: [{name: svc, port: 80}]
+        - backendRefs: [{name: svc, port: 80}]
+        """
+        result = config(route(body=body))
+        (error,) = [e for e in result.errors if e.field == "spec.rules[0].matches[0].header"]
+        assert "did you mean 'headers'?" in error.message
+        # Without the header condition the rule would open /admin to everyone: it is dropped.
+        assert match(result, "/admin").index == 1
+
+    @pytest.mark.parametrize(
+        ("body", "field"),
+        [
+            ("parentRefs: [{name: gw}]\nrule: []\n", "spec.rule"),
+            ("parentRefs: [{name: gw, sectionname: http}]\n", "spec.parentRefs[0].sectionname"),
+        ],
+    )
+    def test_an_unknown_route_field_refuses_the_route(self, body, field):
+        result = config(route(body=body))
+        assert any(e.field == field and "is not a field" in e.message for e in result.errors), messages(result)
+        assert match(result) is None
+
+    def test_filter_configs_are_checked_by_their_type(self):
+        body = """
+        parentRefs: [{name: gw}]
+        rules:
+        - backendRefs: [{name: svc, port: 80}]
+          filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301, scheme: https, code: 302}}]
+        """
+        result = config(route(body=body))
+        assert any(e.field == "spec.rules[0].filters[0].requestRedirect.code" for e in result.errors)
+
+    def test_fields_the_spec_defines_but_gw_does_not_implement_are_known(self):
+        gateway = GATEWAY.replace("gatewayClassName: gw", "gatewayClassName: gw\n  infrastructure: {labels: {a: b}}")
+        assert gateway != GATEWAY
+        result = config(route(body="parentRefs: [{name: gw}]\n"), gateway=gateway)
+        assert not [e for e in result.errors if "is not a field" in e.message]
+
+    def test_a_status_block_from_a_cluster_export_is_accepted(self):
+        doc = route(body="parentRefs: [{name: gw}]\n") + "status: {parents: []}\n"
+        result = config(doc)
+        assert not result.errors and match(result) is not None

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from gw.config import fields
 from gw.config import validate as v
 from gw.config.errors import ConfigError
 from gw.config.parse_core import (
@@ -123,7 +124,12 @@ def parse_object(file: str, obj: Any, errors: list[ConfigError], where: str = ""
     if meta is None:
         return None
     before = r.count
-    spec = r.map(obj.get("spec"), f"{prefix}spec")
+    schema = _SPEC_FIELDS.get(kind)
+    if schema is not None:
+        r.map(obj, where, _TOP_LEVEL_FIELDS)
+    spec = r.map(obj.get("spec"), f"{prefix}spec", schema)
+    if r.count != before:
+        return None  # a field the schema does not know: the API server would refuse the object
     result = parser(r, meta, spec, obj, f"{prefix}spec")
     if result is None and r.count == before:
         r.error(f"{prefix}spec", "is not usable")
@@ -171,6 +177,17 @@ _PARSERS: dict[str, _Parser] = {
     "Namespace": parse_namespace,
     "Secret": parse_secret,
     RATE_LIMIT_POLICY: parse_rate_limit_policy,
+}
+
+# Strict validation of the spec of the kinds whose schema gw owns or follows to the letter (core
+# kinds are read for a few fields only and may carry any of Kubernetes' others).
+_TOP_LEVEL_FIELDS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
+_SPEC_FIELDS = {
+    "GatewayClass": fields.GATEWAY_CLASS_SPEC,
+    "Gateway": fields.GATEWAY_SPEC,
+    "HTTPRoute": fields.HTTP_ROUTE_SPEC,
+    "ReferenceGrant": fields.REFERENCE_GRANT_SPEC,
+    "Backend": fields.BACKEND_SPEC,
 }
 
 # The API groups gw reads each kind from; a same-named kind from another group is not ours.

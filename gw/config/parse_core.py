@@ -6,6 +6,7 @@ import base64
 import binascii
 from typing import Any
 
+from gw.config import fields
 from gw.config import validate as v
 from gw.config.reader import Reader
 from gw.config.resources import (
@@ -88,7 +89,7 @@ def parse_backend(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: 
     endpoints = []
     for i, e in enumerate(r.list(spec.get("endpoints"), f"{field}.endpoints")):
         e_field = f"{field}.endpoints[{i}]"
-        e = r.map(e, e_field)
+        e = r.map(e, e_field, fields.STATIC_ENDPOINT)
         address = r.str(e, "address", e_field, required=True, check=v.check_address)
         port = r.int(e, "port", e_field, required=True, lo=1, hi=65535)
         weight = r.int(e, "weight", e_field, default=1, lo=0, hi=1_000_000)

@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from gw.config import fields
 from gw.config import validate as v
 from gw.config.filters import (
     CORS,
@@ -70,7 +71,7 @@ def parse_filters(
     extensions: list[ExtensionRefSpec] = []
     for i, f in enumerate(r.list(raw, field)):
         f_field = f"{field}[{i}]"
-        f = r.map(f, f_field)
+        f = r.map(f, f_field, fields.HTTP_ROUTE_FILTER)
         kind = r.str(f, "type", f_field, required=True, choices=FILTER_TYPES)
         if kind is None:
             continue
@@ -86,7 +87,7 @@ def parse_filters(
             continue
         types.append(kind)
         c_field = f"{f_field}.{key}"
-        config = r.map(f.get(key), c_field)
+        config = r.map(f.get(key), c_field, fields.FILTER_CONFIG.get(key))
         if kind in (REQUEST_HEADER_MODIFIER, RESPONSE_HEADER_MODIFIER):
             found[kind] = _header_modifier(r, config, c_field)
         elif kind == REQUEST_REDIRECT:
@@ -138,7 +139,7 @@ def _header_modifier(r: Reader, raw: dict[str, Any], field: str) -> HeaderModifi
             r.error(f"{field}.{action}", "at most 16 entries")
         for i, h in enumerate(items):
             h_field = f"{field}.{action}[{i}]"
-            h = r.map(h, h_field)
+            h = r.map(h, h_field, fields.HEADER)
             name = r.str(h, "name", h_field, required=True, check=v.check_header_name)
             value = r.str(h, "value", h_field, required=True, check=check_header_value)
             if name is not None and value is not None and claim(name, h_field):
@@ -166,7 +167,7 @@ def check_header_value(value: str) -> str | None:
 
 
 def _path_modifier(r: Reader, raw: Any, field: str, prefix: str | None) -> PathModifier | None:
-    raw = r.map(raw, field)
+    raw = r.map(raw, field, fields.PATH_MODIFIER)
     kind = r.str(raw, "type", field, required=True, choices=("ReplaceFullPath", "ReplacePrefixMatch"))
     full, replace = raw.get("replaceFullPath"), raw.get("replacePrefixMatch")
     if kind == "ReplaceFullPath" and replace is not None:
@@ -232,7 +233,7 @@ def _mirror(r: Reader, raw: dict[str, Any], field: str, backend_ref: BackendRefP
         numerator = r.int(raw, "percent", field, lo=0, hi=100) or 0
     elif raw.get("fraction") is not None:
         f_field = f"{field}.fraction"
-        fraction = r.map(raw.get("fraction"), f_field)
+        fraction = r.map(raw.get("fraction"), f_field, fields.FRACTION)
         numerator = r.int(fraction, "numerator", f_field, required=True, lo=0) or 0
         denominator = r.int(fraction, "denominator", f_field, default=100, lo=1) or 100
         if numerator > denominator:
@@ -301,7 +302,7 @@ def parse_retry(r: Reader, raw: Any, field: str) -> Retry | None:
     """GEP-1731 retry: codes (400-599), attempts (0 disables), backoff (a Gateway API duration)."""
     from gw.config.units import parse_duration
 
-    raw = r.map(raw, field)
+    raw = r.map(raw, field, fields.RETRY)
     codes = []
     for i, code in enumerate(r.list(raw.get("codes"), f"{field}.codes")):
         if not isinstance(code, int) or isinstance(code, bool) or not 400 <= code <= 599:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gw.config import fields
 from gw.config import validate as v
 from gw.config.parse_filters import parse_filters, parse_retry
 from gw.config.reader import Reader, string_map
@@ -64,13 +65,13 @@ def parse_gateway(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: 
 
 def _listener(r: Reader, raw: Any, field: str, index: int, namespace: str) -> Listener | None:
     before = r.count
-    raw = r.map(raw, field)
+    raw = r.map(raw, field, fields.LISTENER)
     name = r.str(raw, "name", field, required=True, check=v.check_section_name)
     port = r.int(raw, "port", field, required=True, lo=1, hi=65535)
     protocol = r.str(raw, "protocol", field, required=True)
     hostname = r.str(raw, "hostname", field, check=v.check_hostname)
-    allowed = r.map(raw.get("allowedRoutes"), f"{field}.allowedRoutes")
-    namespaces = r.map(allowed.get("namespaces"), f"{field}.allowedRoutes.namespaces")
+    allowed = r.map(raw.get("allowedRoutes"), f"{field}.allowedRoutes", fields.ALLOWED_ROUTES)
+    namespaces = r.map(allowed.get("namespaces"), f"{field}.allowedRoutes.namespaces", fields.ROUTE_NAMESPACES)
     ns_field = f"{field}.allowedRoutes.namespaces"
     allowed_from = r.str(namespaces, "from", ns_field, default="Same", choices=("All", "Same", "Selector"))
     selector = None
@@ -82,7 +83,7 @@ def _listener(r: Reader, raw: Any, field: str, index: int, namespace: str) -> Li
     kinds = []
     for i, k in enumerate(r.list(allowed.get("kinds"), f"{field}.allowedRoutes.kinds")):
         k_field = f"{field}.allowedRoutes.kinds[{i}]"
-        k = r.map(k, k_field)
+        k = r.map(k, k_field, fields.ROUTE_GROUP_KIND)
         kind = r.str(k, "kind", k_field, required=True)
         group = r.str(k, "group", k_field, default=GATEWAY_GROUP)
         if kind is not None and group is not None:
@@ -107,14 +108,14 @@ def _listener_tls(
     if protocol == "HTTP":
         r.error(t_field, "must not be set for an HTTP listener")
         return None, ()
-    tls = r.map(raw.get("tls"), t_field)
+    tls = r.map(raw.get("tls"), t_field, fields.LISTENER_TLS)
     mode = r.str(tls, "mode", t_field, default="Terminate", choices=("Terminate", "Passthrough"))
     if protocol == "HTTPS" and mode == "Passthrough":
         r.error(f"{t_field}.mode", "must be Terminate for an HTTPS listener (Passthrough is for TLS listeners)")
     refs = []
     for i, ref in enumerate(r.list(tls.get("certificateRefs"), f"{t_field}.certificateRefs")):
         c_field = f"{t_field}.certificateRefs[{i}]"
-        ref = r.map(ref, c_field)
+        ref = r.map(ref, c_field, fields.SECRET_REF)
         name = r.str(ref, "name", c_field, required=True)
         if name is None:
             continue
@@ -135,12 +136,12 @@ def _listener_tls(
 
 
 def _selector(r: Reader, raw: Any, field: str) -> LabelSelector:
-    raw = r.map(raw, field)
+    raw = r.map(raw, field, fields.LABEL_SELECTOR)
     labels = tuple(sorted(string_map(r, raw.get("matchLabels"), f"{field}.matchLabels").items()))
     expressions = []
     for i, e in enumerate(r.list(raw.get("matchExpressions"), f"{field}.matchExpressions")):
         e_field = f"{field}.matchExpressions[{i}]"
-        e = r.map(e, e_field)
+        e = r.map(e, e_field, fields.LABEL_SELECTOR_REQUIREMENT)
         key = r.str(e, "key", e_field, required=True)
         op = r.str(e, "operator", e_field, required=True, choices=("In", "NotIn", "Exists", "DoesNotExist"))
         values = tuple(str(x) for x in r.list(e.get("values"), f"{e_field}.values"))
@@ -154,7 +155,7 @@ def parse_http_route(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, fiel
     parents = []
     for i, raw in enumerate(r.list(spec.get("parentRefs"), f"{field}.parentRefs")):
         p_field = f"{field}.parentRefs[{i}]"
-        raw = r.map(raw, p_field)
+        raw = r.map(raw, p_field, fields.PARENT_REF)
         name = r.str(raw, "name", p_field, required=True)
         parents.append(
             ParentRef(
@@ -223,7 +224,7 @@ def parse_http_route(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, fiel
 def _rule(r: Reader, meta: Meta, raw: Any, field: str, index: int) -> RouteRule:
     """One rule; a problem in it is recorded as its invalid_reason (the rule is then dropped)."""
     before = r.count
-    raw = r.map(raw, field)
+    raw = r.map(raw, field, fields.HTTP_ROUTE_RULE)
     name = r.str(raw, "name", field, check=v.check_rule_name)
     raw_matches = raw.get("matches")
     matches = []
@@ -256,7 +257,7 @@ def _rule(r: Reader, meta: Meta, raw: Any, field: str, index: int) -> RouteRule:
     if filters.redirect is not None and raw.get("backendRefs"):
         r.error(f"{field}.backendRefs", "RequestRedirect filter must not be used together with backendRefs")
     retry = parse_retry(r, raw.get("retry"), f"{field}.retry") if raw.get("retry") is not None else None
-    timeouts = r.map(raw.get("timeouts"), f"{field}.timeouts")
+    timeouts = r.map(raw.get("timeouts"), f"{field}.timeouts", fields.TIMEOUTS)
     request = _duration(r, timeouts, "request", f"{field}.timeouts")
     backend = _duration(r, timeouts, "backendRequest", f"{field}.timeouts")
     if request and backend and backend > request:
@@ -295,8 +296,8 @@ def _duration(r: Reader, obj: dict[str, Any], key: str, field: str) -> float | N
 
 def _match(r: Reader, raw: Any, field: str) -> RouteMatch | None:
     before = r.count
-    raw = r.map(raw, field)
-    path = r.map(raw.get("path"), f"{field}.path")
+    raw = r.map(raw, field, fields.HTTP_ROUTE_MATCH)
+    path = r.map(raw.get("path"), f"{field}.path", fields.PATH_MATCH)
     path_type = r.str(path, "type", f"{field}.path", default=PATH_PREFIX, choices=(PATH_EXACT, PATH_PREFIX, PATH_REGEX))
     value = r.str(path, "value", f"{field}.path", default="/")
     if path_type is not None and value is not None:
@@ -317,7 +318,7 @@ def _value_matches(
     result = []
     for i, m in enumerate(r.list(raw, field)):
         m_field = f"{field}[{i}]"
-        m = r.map(m, m_field)
+        m = r.map(m, m_field, fields.VALUE_MATCH)
         kind = r.str(m, "type", m_field, default="Exact", choices=("Exact", "RegularExpression"))
         name = r.str(m, "name", m_field, required=True, check=check_name)
         value = r.str(m, "value", m_field, required=True)
@@ -335,7 +336,8 @@ def _backend_ref(
     r: Reader, meta: Meta, raw: Any, field: str, index: int, *, prefix: str | None, own_filters: bool = False
 ) -> BackendRefSpec | None:
     before = r.count
-    raw = r.map(raw, field)
+    # A rule's backendRef (HTTPBackendRef) has a weight and filters; a mirror's has neither.
+    raw = r.map(raw, field, fields.HTTP_BACKEND_REF if own_filters else fields.BACKEND_OBJECT_REF)
     name = r.str(raw, "name", field, required=True)
     group = r.str(raw, "group", field, default=CORE_GROUP)
     kind = r.str(raw, "kind", field, default="Service")
@@ -367,7 +369,7 @@ def parse_reference_grant(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any,
     froms, tos = [], []
     for i, f in enumerate(r.list(spec.get("from"), f"{field}.from")):
         f_field = f"{field}.from[{i}]"
-        f = r.map(f, f_field)
+        f = r.map(f, f_field, fields.REFERENCE_GRANT_FROM)
         group = r.str(f, "group", f_field, required=True)
         kind = r.str(f, "kind", f_field, required=True)
         namespace = r.str(f, "namespace", f_field, required=True)
@@ -375,7 +377,7 @@ def parse_reference_grant(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any,
             froms.append(GrantFrom(group, kind, namespace))
     for i, t in enumerate(r.list(spec.get("to"), f"{field}.to")):
         t_field = f"{field}.to[{i}]"
-        t = r.map(t, t_field)
+        t = r.map(t, t_field, fields.REFERENCE_GRANT_TO)
         group = r.str(t, "group", t_field, required=True)
         kind = r.str(t, "kind", t_field, required=True)
         if group is not None and kind is not None:

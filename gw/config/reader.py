@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import difflib
+from collections.abc import Callable, Iterable, Set
 from typing import Any
 
 from gw.config.errors import ConfigError
@@ -21,12 +22,17 @@ class Reader:
         self.errors.append(ConfigError(self.file, self.label, field, message))
         self.count += 1
 
-    def map(self, value: Any, field: str) -> dict[str, Any]:
+    def map(self, value: Any, field: str, fields: Set[str] | None = None) -> dict[str, Any]:
+        """A mapping at `field`; with `fields`, a key outside them is an error (strict validation)."""
         if value is None:
             return {}
         if not isinstance(value, dict):
             self.error(field, f"must be a mapping, not {type_name(value)}")
             return {}
+        if fields is not None:
+            for key in value:
+                if key not in fields:
+                    self.error(join(field, str(key)), unknown_field(str(key), fields))
         return value
 
     def list(self, value: Any, field: str) -> list[Any]:
@@ -91,6 +97,12 @@ class Reader:
             self.error(path, f"{value} is out of range [{lo}, {hi}]")
             return default
         return value
+
+
+def unknown_field(key: str, fields: Set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(fields), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(sorted(fields))
+    return f"is not a field of this object ({hint})"
 
 
 def join(field: str, key: str) -> str:

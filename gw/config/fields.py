@@ -1,0 +1,69 @@
+"""The fields of each Gateway API (v1, standard and experimental) and gw object gw reads.
+
+The API server refuses a manifest with a field its schema does not know (kubectl's default
+`--validate=strict`); gw does the same for the objects it reads from files, so that a typo such as
+`header:` for `headers:` is an error rather than a match condition silently dropped. Fields the
+spec defines that gw does not implement are listed too: they are known, and refused or ignored
+where they are read.
+"""
+
+from __future__ import annotations
+
+F = frozenset
+
+PARENT_REF = F({"group", "kind", "namespace", "name", "sectionName", "port"})
+HTTP_ROUTE_SPEC = F({"parentRefs", "hostnames", "rules"})
+HTTP_ROUTE_RULE = F({"name", "matches", "filters", "backendRefs", "timeouts", "retry", "sessionPersistence"})
+HTTP_ROUTE_MATCH = F({"path", "headers", "queryParams", "method"})
+PATH_MATCH = F({"type", "value"})
+VALUE_MATCH = F({"type", "name", "value"})  # HTTPHeaderMatch, HTTPQueryParamMatch
+TIMEOUTS = F({"request", "backendRequest"})
+RETRY = F({"codes", "attempts", "backoff"})
+BACKEND_OBJECT_REF = F({"group", "kind", "name", "namespace", "port"})
+HTTP_BACKEND_REF = BACKEND_OBJECT_REF | {"weight", "filters"}
+
+HTTP_ROUTE_FILTER = F(
+    {
+        "type",
+        "requestHeaderModifier",
+        "responseHeaderModifier",
+        "requestMirror",
+        "requestRedirect",
+        "urlRewrite",
+        "cors",
+        "extensionRef",
+        "externalAuth",
+    }
+)
+HEADER_MODIFIER = F({"set", "add", "remove"})
+HEADER = F({"name", "value"})
+PATH_MODIFIER = F({"type", "replaceFullPath", "replacePrefixMatch"})
+FRACTION = F({"numerator", "denominator"})
+# Each filter type's own configuration, by the key that holds it.
+FILTER_CONFIG = {
+    "requestHeaderModifier": HEADER_MODIFIER,
+    "responseHeaderModifier": HEADER_MODIFIER,
+    "requestRedirect": F({"scheme", "hostname", "path", "port", "statusCode"}),
+    "urlRewrite": F({"hostname", "path"}),
+    "requestMirror": F({"backendRef", "percent", "fraction"}),
+    "cors": F({"allowOrigins", "allowCredentials", "allowMethods", "allowHeaders", "exposeHeaders", "maxAge"}),
+    "extensionRef": F({"group", "kind", "name"}),
+}
+
+GATEWAY_CLASS_SPEC = F({"controllerName", "parametersRef", "description"})
+GATEWAY_SPEC = F({"gatewayClassName", "listeners", "addresses", "infrastructure", "backendTLS", "allowedListeners"})
+LISTENER = F({"name", "hostname", "port", "protocol", "tls", "allowedRoutes"})
+LISTENER_TLS = F({"mode", "certificateRefs", "frontendValidation", "options"})
+SECRET_REF = F({"group", "kind", "name", "namespace"})
+ALLOWED_ROUTES = F({"namespaces", "kinds"})
+ROUTE_NAMESPACES = F({"from", "selector"})
+ROUTE_GROUP_KIND = F({"group", "kind"})
+LABEL_SELECTOR = F({"matchLabels", "matchExpressions"})
+LABEL_SELECTOR_REQUIREMENT = F({"key", "operator", "values"})
+
+BACKEND_SPEC = F({"endpoints"})  # gw.dev/v1alpha1 Backend
+STATIC_ENDPOINT = F({"address", "port", "weight"})
+
+REFERENCE_GRANT_SPEC = F({"from", "to"})
+REFERENCE_GRANT_FROM = F({"group", "kind", "namespace"})
+REFERENCE_GRANT_TO = F({"group", "kind", "name"})
