@@ -857,3 +857,25 @@ class TestUnknownFields:
         doc = route(body="parentRefs: [{name: gw}]\n") + "status: {parents: []}\n"
         result = config(doc)
         assert not result.errors and match(result) is not None
+
+
+class TestWhatTheApiServerWouldRefuse:
+    def test_a_key_given_twice_in_a_mapping_is_an_error_with_its_line(self):
+        with pytest.raises(ConfigError, match=r"line \d+, column 3: mapping key 'rules' is given more than once"):
+            load_text(HEAD + GATEWAY + "\n---\n" + route(body="parentRefs: [{name: gw}]\nrules: []\nrules: []\n"))
+
+    def test_a_misspelt_gateway_api_kind_is_an_error(self):
+        doc = route(body="parentRefs: [{name: gw}]\n").replace("kind: HTTPRoute", "kind: HTTPRoutes")
+        result = config(doc)
+        (error,) = [e for e in result.errors if e.field == "kind"]
+        assert "'HTTPRoutes' is not a kind of gateway.networking.k8s.io" in error.message
+
+    def test_gateway_api_kinds_gw_does_not_serve_are_ignored_quietly(self):
+        doc = route(body="parentRefs: [{name: gw}]\n").replace("kind: HTTPRoute", "kind: GRPCRoute")
+        assert not config(doc).errors
+
+    @pytest.mark.parametrize("path", ["/a b", "/caf\u00e9", "/a?b", "/%zz"])
+    def test_path_values_hold_only_what_a_path_may_hold_unencoded(self, path):
+        body = f'parentRefs: [{{name: gw}}]\nrules: [{{matches: [{{path: {{value: "{path}"}}}}]}}]\n'
+        result = config(route(body=body))
+        assert any(e.field == "spec.rules[0].matches[0].path.value" for e in result.errors), messages(result)

@@ -248,3 +248,25 @@ def test_retry_tries_a_refused_connection_again_whatever_the_codes(retry_gw: Gat
     assert resp.status == 502
     assert json.loads(resp.body)["type"] == "urn:gw:problem:upstream-connect-failed"
     assert retried() - before == 2  # both retries were made before the gateway gave up
+
+
+@pytest.fixture(scope="module")
+def hosts_gw(module_upstream: Upstream, module_start_gateway: StartGateway) -> GatewayProcess:
+    tag = {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "X-Route", "value": "wild"}]}}
+    routes = [
+        {"name": "wild", "hostnames": ["*.wild.test"], "rules": [{"filters": [tag], "backendRefs": [UP]}]},
+        {"name": "rest", "rules": [{"backendRefs": [UP]}]},
+    ]
+    return module_start_gateway({"up": [("127.0.0.1", module_upstream.port)]}, routes)
+
+
+@pytest.mark.parametrize("host", ["a.wild.test", "A.Wild.Test:8080", "a.wild.test.", "a.wild.test.:8080"])
+def test_a_host_matches_whatever_its_case_port_or_trailing_dot(hosts_gw: GatewayProcess, host: str) -> None:
+    resp = hosts_gw.connect().request("GET", "/x", headers={"Host": host})
+    assert echoed_headers(resp.body).get("x-route") == ["wild"]
+    assert echoed_headers(resp.body)["host"] == [host]  # passed on as the client sent it
+
+
+def test_a_host_outside_the_wildcard_takes_another_route(hosts_gw: GatewayProcess) -> None:
+    resp = hosts_gw.connect().request("GET", "/x", headers={"Host": "wild.test."})
+    assert "x-route" not in echoed_headers(resp.body)

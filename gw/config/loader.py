@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +67,28 @@ def read_documents(path: str) -> tuple[list[Document], str]:
     return parse_sources(read_sources(path))
 
 
+class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """YAML's safe loader (libyaml's when present), refusing a key given twice in one mapping.
+
+    PyYAML keeps the last of duplicate keys silently; kubectl refuses such a manifest ("mapping
+    key already defined"), and so does gw: a second `rules:` would otherwise replace the first.
+    """
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"mapping key {key!r} is given more than once", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_yaml(data: bytes | str, file: str = "<memory>") -> list[Any]:
     try:
-        return list(yaml.safe_load_all(data))
+        return list(yaml.load_all(data, Loader=_StrictLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

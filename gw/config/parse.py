@@ -108,6 +108,20 @@ def parse_object(file: str, obj: Any, errors: list[ConfigError], where: str = ""
         return None
     parser = _PARSERS.get(kind)
     group = _group(obj.get("apiVersion"))
+    if parser is None and group == GATEWAY_GROUP and kind not in _OTHER_GATEWAY_API_KINDS:
+        # A typo (HTTPRoutes, Httproute) would otherwise be skipped as "a kind gw does not read".
+        known = ", ".join(
+            sorted({*_OTHER_GATEWAY_API_KINDS, *(k for k, g in KIND_GROUPS.items() if g == GATEWAY_GROUP)})
+        )
+        errors.append(
+            ConfigError(
+                file,
+                _describe(obj),
+                join(where, "kind"),
+                f"{kind!r} is not a kind of {GATEWAY_GROUP} (known: {known})",
+            )
+        )
+        return None
     if parser is None and group == GW_GROUP:
         parser = parse_policy  # gw's own policy kinds: kept for ExtensionRef filters to point at
     elif parser is None or group not in (None, KIND_GROUPS[kind]):
@@ -189,6 +203,23 @@ _SPEC_FIELDS = {
     "ReferenceGrant": fields.REFERENCE_GRANT_SPEC,
     "Backend": fields.BACKEND_SPEC,
 }
+
+# Gateway API kinds gw does not serve (yet): skipped, and listed as ignored by `gw check`.
+_OTHER_GATEWAY_API_KINDS = frozenset(
+    {
+        "GRPCRoute",
+        "TLSRoute",
+        "TCPRoute",
+        "UDPRoute",
+        "BackendTLSPolicy",
+        "BackendLBPolicy",
+        "ListenerSet",
+        "XListenerSet",
+        "XBackendTrafficPolicy",
+        "BackendTrafficPolicy",
+        "XMesh",
+    }
+)
 
 # The API groups gw reads each kind from; a same-named kind from another group is not ours.
 KIND_GROUPS = {

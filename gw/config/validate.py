@@ -61,6 +61,10 @@ def check_rule_name(value: str) -> str | None:
     return None
 
 
+# The CRD's pattern for Exact and PathPrefix values: RFC 3986 pchars, '/', and %-escapes.
+_PATH_CHARS = re.compile(r"^(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|%[0-9a-fA-F]{2})+$")
+
+
 def check_path(path_type: str, value: str) -> str | None:
     """The CRD's rules for path values; regular expressions must compile."""
     if len(value) > 1024:
@@ -78,6 +82,8 @@ def check_path(path_type: str, value: str) -> str | None:
             return f"path {value!r} must not contain {bad!r}"
     if value.endswith(("/..", "/.")):
         return f"path {value!r} must not end with '/..' or '/.'"
+    if not _PATH_CHARS.match(value):
+        return f"path {value!r} has characters a path may not hold unencoded (percent-encode them)"
     return None
 
 

@@ -192,7 +192,8 @@ def prepare(
         colon = hostname.find(b":")
         if colon >= 0:
             hostname = hostname[:colon]
-    req.host = hostname.lower().decode("latin-1")
+    # "example.com." is the same name as "example.com" (a fully qualified form): match it alike.
+    req.host = hostname.rstrip(b".").lower().decode("latin-1")
 
     if upgrade and upgrade_value:
         # Only WebSocket is proxied as an upgrade; h2c and friends are served as plain HTTP/1.1.
@@ -364,4 +365,4 @@ def analyze_raw(block: bytes, version: bytes, client_host: bytes, scheme: bytes,
         b"%bX-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\nX-Forwarded-Port: %b\r\n"
         b"X-Request-ID: " % (block[2:], client_host, scheme, host, port)
     )
-    return RawHead(forward, host, hostname.lower().decode("latin-1"))
+    return RawHead(forward, host, hostname.rstrip(b".").lower().decode("latin-1"))
