@@ -294,7 +294,7 @@ class TestErrorMessages:
         result = config(route(body=SIMPLE_RULES), route(body=SIMPLE_RULES))
         (err,) = result.errors
         assert err.obj == "HTTPRoute default/r"
-        assert "more than once" in err.message
+        assert "more than once: this copy is ignored, the one in <memory> is served" in err.message
 
     def test_bad_max_body_size_annotation(self):
         result = config(route(body=SIMPLE_RULES, annotations=", annotations: {gw.dev/max-body-size: lots}"))
@@ -412,6 +412,19 @@ class TestListeners:
         )
         with pytest.raises(ConfigError, match="port 80 is also declared by Gateway default/gw"):
             config(gateway=gws)
+
+    def test_in_a_port_conflict_the_newer_gateway_is_named_whatever_the_file_order(self):
+        older = gateway("- {name: a, port: 80, protocol: HTTP}\n").replace(
+            "namespace: default}", "namespace: default, creationTimestamp: '2026-01-01T00:00:00Z'}"
+        )
+        newer = gateway("- {name: a, port: 80, protocol: HTTP}\n", "aaa-newer").replace(
+            "namespace: default}", "namespace: default, creationTimestamp: '2026-06-01T00:00:00Z'}"
+        )
+        assert "2026-01-01" in older and "2026-06-01" in newer
+        with pytest.raises(ConfigError) as raised:
+            config(gateway=newer + older)
+        assert raised.value.obj == "Gateway default/aaa-newer", str(raised.value)
+        assert "also declared by Gateway default/gw" in str(raised.value)
 
     def test_gateway_option_serves_one_gateway(self):
         gws = gateway("- {name: a, port: 80, protocol: HTTP}\n") + gateway(

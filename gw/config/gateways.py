@@ -46,7 +46,11 @@ def serve_gateways(
         if gc.controller_name == controller_name:
             classes.add(gc.meta.name)
             conditions[gc.meta.label] = [Condition("Accepted", True, "Accepted")]
-    served = [g for g in resources.gateways if g.class_name in classes]
+    # Oldest first, then by namespace/name (the spec's tie-break): in a port conflict the newcomer
+    # is the one named, whatever the order of the files.
+    served = sorted(
+        (g for g in resources.gateways if g.class_name in classes), key=lambda g: (g.meta.created, g.meta.key)
+    )
     if only is not None:
         served = [g for g in served if g.meta.key == only]
         if not served:

@@ -173,7 +173,7 @@ def check_listeners(
 def check_duplicates(resources: Resources) -> list[ConfigError]:
     """The same kind/namespace/name twice: the later copy is reported (and ignored by compile)."""
     errors: list[ConfigError] = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # label → the file of the copy kept
     groups: Iterable[list] = (
         resources.gateway_classes,
         resources.gateways,
@@ -191,11 +191,10 @@ def check_duplicates(resources: Resources) -> list[ConfigError]:
         for obj in group:
             label = obj.meta.label
             if label in seen:
-                errors.append(
-                    ConfigError(obj.meta.file, label, "metadata.name", "defined more than once; copy ignored")
-                )
+                message = f"defined more than once: this copy is ignored, the one in {seen[label]} is served"
+                errors.append(ConfigError(obj.meta.file, label, "metadata.name", message))
                 continue
-            seen.add(label)
+            seen[label] = obj.meta.file
             unique.append(obj)
         group[:] = unique
     return errors
