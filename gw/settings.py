@@ -115,7 +115,11 @@ class Settings:
         ("127.0.0.1", 9901), parse_addr, "Admin endpoint address (/healthz, /readyz, /metrics)."
     )
     listener_port_offset: int = _var(
-        0, int, "Added to every listener port when binding (10000 maps 80 to 10080)."
+        0,
+        int,
+        "Added to every listener port when binding (10000 maps 80 to 10080). Everything else speaks of "
+        "the declared port: redirects' `Location`, `X-Forwarded-Port`, status (the offset is for a "
+        "container whose declared ports a Service or load balancer maps back).",
     )
     access_log: str = _var("stdout", str, "Access log destination: stdout, stderr, off, or a file path.")
     access_log_sample: float = _var(1.0, parse_fraction, "Fraction of requests written to the access log.")
