@@ -18,6 +18,7 @@ import psutil
 
 from gw.admin import AdminApp, admin_server
 from gw.config import ConfigError, LoadResult, status_document
+from gw.config.fallback import keep_running_objects
 from gw.config.loader import Source, read_sources, sources_checksum
 from gw.observe.metrics import Registry
 from gw.settings import Settings
@@ -195,6 +196,11 @@ class Supervisor:
                 return
             try:
                 files, result = self._load()
+                files, result, kept = keep_running_objects(
+                    files, result, self.files, lambda f: compile_snapshot(f, self.settings, self.settings.config)
+                )
+                for label in kept:
+                    log(f"{label}: its new version is invalid, the running version is kept")
                 if sources_checksum(files) == self.checksum and self.publisher.unpublished is None:
                     log(f"config reloaded (unchanged, version {self.version})")
                     self.metrics.inc("gw_config_reloads_total", result="unchanged")

@@ -182,6 +182,31 @@ def test_hup_with_an_invalid_config_keeps_the_running_one(start_gateway: StartGa
     ok(gw)
 
 
+def test_hup_keeps_the_running_version_of_an_object_made_invalid(
+    start_gateway: StartGateway, upstream: Upstream
+) -> None:
+    tag = {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "X-Route", "value": "shop"}]}}
+    rules = [{"filters": [tag], "backendRefs": [{"backend": "up"}]}]
+    shop = {"name": "shop", "hostnames": ["shop.test"], "rules": rules}
+    backends = {"up": [("127.0.0.1", upstream.port)]}
+    gw = start_gateway(backends, [*ROUTES, shop], env={"GW_WORKERS": "1"})
+    assert gw.connect().request("GET", "/echo", {"Host": "shop.test"}).header("x-route") == "shop"
+    # The next save breaks route shop (a hostname the API server would refuse) and adds route new.
+    broken = {**shop, "hostnames": ["shop.test", "Not_A_Host"]}
+    added = {"name": "new", "hostnames": ["new.test"], "rules": [{"backendRefs": [{"backend": "up"}]}]}
+    gw.config_path.write_text(config_yaml(gw.port, backends, [*ROUTES, broken, added]))
+    mark = len(gw.log)
+    os.kill(gw.pid, signal.SIGHUP)
+    assert "version 2" in gw.wait_for_log("gw: config reloaded", after=mark)
+    kept = "HTTPRoute default/shop: its new version is invalid, the running version is kept"
+    assert any(kept in line for line in gw.log[mark:])
+    assert gw.connect().request("GET", "/echo", {"Host": "new.test"}).status == 200  # the rest reloaded
+    assert gw.connect().request("GET", "/echo", {"Host": "shop.test"}).header("x-route") == "shop"
+    gateway_api = gw.status()["gatewayAPI"]
+    errors = [e for e in gateway_api["errors"] if e["object"] == "HTTPRoute default/shop"]  # type: ignore[index]
+    assert any("Not_A_Host" in e["message"] for e in errors) and any("kept" in e["message"] for e in errors), errors
+
+
 def test_usr2_replaces_every_worker_and_drains_the_old(start_gateway: StartGateway, upstream: Upstream) -> None:
     gw = start(start_gateway, upstream, 2, GW_DRAIN_TIMEOUT="2s")
     old = set(ready_pids(gw))

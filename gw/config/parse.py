@@ -65,6 +65,8 @@ def parse_documents(documents: Iterable[Document | dict[str, Any]]) -> tuple[Res
             if parsed is None:
                 if len(errors) == before:
                     resources.ignored.append(_describe(obj))
+                elif (label := object_label(obj)) is not None:
+                    resources.rejected.append(label)
                 continue
             resources.add(parsed)
     return resources, errors
@@ -88,6 +90,21 @@ def _group(api_version: Any) -> str | None:
         return None
     group, sep, _ = api_version.rpartition("/")
     return group if sep else CORE_GROUP
+
+
+def object_label(obj: Any) -> str | None:
+    """ "Kind namespace/name" of a document of one of gw's kinds (as parse_object labels it), else None."""
+    if not isinstance(obj, dict) or obj.get("kind") not in _PARSERS:
+        return None
+    kind = obj["kind"]
+    meta = obj.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not isinstance(name, str):
+        return None
+    if kind in _CLUSTER_SCOPED:
+        return f"{kind} {name}"
+    namespace = meta.get("namespace")  # type: ignore[union-attr]
+    return f"{kind} {namespace if isinstance(namespace, str) else 'default'}/{name}"
 
 
 def _describe(obj: Any) -> str:

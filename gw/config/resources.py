@@ -329,6 +329,23 @@ class Resources:
     rate_limit_policies: list[RateLimitPolicy] = field(default_factory=list)
     # Kinds gw does not read (Deployments in the same manifests, ...): "Kind ns/name" per object.
     ignored: list[str] = field(default_factory=list)
+    # Objects of gw's kinds refused as invalid: "Kind ns/name" (see gw.config.fallback).
+    rejected: list[str] = field(default_factory=list)
+
+    def objects(self) -> list[Resource]:
+        return [
+            *self.gateway_classes,
+            *self.gateways,
+            *self.http_routes,
+            *self.services,
+            *self.endpoint_slices,
+            *self.backends,
+            *self.reference_grants,
+            *self.namespaces,
+            *self.secrets,
+            *self.policies,
+            *self.rate_limit_policies,
+        ]
 
     def add(self, obj: Resource) -> None:
         bucket = {

@@ -1,0 +1,62 @@
+"""Keep the running version of an object whose new version is invalid (a reload's "Fall Back").
+
+In a cluster the API server refuses an invalid update and the object keeps its last valid state;
+a file has no such guard. So that a typo saved into one file does not take that object out of
+service at the next reload, the running snapshot's copy of every object the new snapshot refuses
+is carried over into the new one, as an extra source file (FILE). The new version stays a plain
+list of files: every worker and every replica compiles it to the same config, and `gw check`
+and `/status` list both the errors of the new copy and the carried-over object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import yaml
+
+from gw.config.compile import LoadResult
+from gw.config.errors import ConfigError
+from gw.config.loader import Source, parse_sources
+from gw.config.parse import object_label, parse_object
+
+FILE = "(running version kept)"
+
+
+def keep_running_objects(
+    files: list[Source],
+    result: LoadResult,
+    running: Sequence[Source],
+    compile_files: Callable[[list[Source]], LoadResult],
+) -> tuple[list[Source], LoadResult, list[str]]:
+    """`files` (compiled to `result`) plus the running copies of the objects they refuse.
+
+    Returns the files to serve, their compiled result and the labels of the objects kept. An
+    object that is new (nothing running to fall back to) is refused as before.
+    """
+    refused = set(result.resources.rejected)
+    if not refused or not running:
+        return files, result, []
+    try:
+        documents, _ = parse_sources(running)
+    except ConfigError:
+        return files, result, []  # the running snapshot parsed when it was loaded; be safe anyway
+    kept: dict[str, object] = {}
+    for file, doc in documents:
+        label = object_label(doc)
+        # The running copy that was valid (an object may have been invalid there too).
+        if label in refused and label not in kept and parse_object(file, doc, []) is not None:
+            kept[label] = doc
+    if not kept:
+        return files, result, []
+    text = yaml.safe_dump_all(list(kept.values()), sort_keys=False).encode()
+    with_kept = [*(s for s in files if s[0] != FILE), (FILE, text)]
+    merged = compile_files(with_kept)
+    present = {obj.meta.label for obj in merged.resources.objects()}
+    labels = sorted(kept.keys() & present)
+    if not labels:
+        return files, result, []
+    for label in labels:
+        merged.errors.append(
+            ConfigError(FILE, label, "", "its new version is invalid (see above): the running version is kept")
+        )
+    return with_kept, merged, labels
