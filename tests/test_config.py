@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gw.config import ConfigError, compile_resources, describe, load_config, load_text, parse_documents
+from gw.config import ConfigError, compile_resources, describe, load_config, load_text, parse_documents, status_document
 from gw.config.units import parse_duration, parse_quantity
 
 HEAD = """
@@ -370,6 +370,9 @@ class TestListeners:
         )
         (err,) = result.errors
         assert err.field == "spec.listeners[1].name"
+        assert [p.declared_port for p in result.config.ports] == [80]  # the first is served
+        (gw,) = status_document(result)["gateways"]
+        assert [li["name"] for li in gw["listeners"]] == ["a"]  # as the API would show it: once
 
     def test_same_port_same_hostname_conflicts(self):
         listeners = (
@@ -892,3 +895,4 @@ class TestWhatTheApiServerWouldRefuse:
         body = f'parentRefs: [{{name: gw}}]\nrules: [{{matches: [{{path: {{value: "{path}"}}}}]}}]\n'
         result = config(route(body=body))
         assert any(e.field == "spec.rules[0].matches[0].path.value" for e in result.errors), messages(result)
+

@@ -37,6 +37,8 @@ def status_document(result: LoadResult, controller_name: str = DEFAULT_CONTROLLE
             listeners = []
             for li in gw.listeners:
                 key = f"{gw.meta.key}/{li.name}"
+                if any(entry["name"] == li.name for entry in listeners):
+                    continue  # a second listener of one name is refused (the errors say so): one entry
                 listeners.append(
                     {
                         "name": li.name,
