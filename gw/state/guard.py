@@ -161,6 +161,8 @@ class RedisGuard:
             raise
         finally:
             budget.handle.cancel()
+        if budget.expired:  # an answer despite the cancellation (fn swallowed it): not ours to keep
+            task.uncancel()
         self._succeeded()
         if self.latency is not None:
             self.latency.observe(time.perf_counter() - start)

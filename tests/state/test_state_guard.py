@@ -108,6 +108,19 @@ def test_a_paused_server_still_fails_the_call_on_either_loop(own_server: valkey.
         runner.run(scenario())
 
 
+async def test_a_call_that_answers_despite_its_budget_leaves_its_task_uncancelled() -> None:
+    async def stubborn() -> str:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return "answered anyway"  # a client that swallows the cancellation
+        return "never"
+
+    assert await RedisGuard(0.01).call(stubborn) == "answered anyway"
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
 async def test_a_call_cancelled_from_outside_stays_cancelled(own_server: valkey.Server) -> None:
     client = connect_request_path(own_server.url)
     guard = RedisGuard(10.0)
