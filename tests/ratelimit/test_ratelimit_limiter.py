@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+from time import monotonic
 
 from redis.cluster import key_slot
 
-from gw.config.ratelimit import CLOSED, EXACT, LEASED, LOCAL, OPEN
+from gw.config.ratelimit import CLOSED, EXACT, LEASED, LOCAL, OPEN, SLIDING_WINDOW
 from gw.policies.ratelimit import PolicyLimiter, Verdict
 from gw.policies.ratelimit.fleet import Fleet
 from gw.state import Keys, RedisGuard, connect, connect_request_path
@@ -229,5 +230,27 @@ async def test_exact_calls_of_one_loop_turn_on_a_cluster_each_get_their_own_deci
                 assert {v.status for v in mine[3:]} == {429}
         outcomes = {dict(labels)["outcome"] for _, labels in worker.counters}
         assert outcomes == {"allowed", "limited"}  # every decision by Redis: none failed open
+    finally:
+        await client.aclose()
+
+
+async def test_a_sliding_window_lease_is_not_spent_after_its_window(own_server: valkey.Server, keys: Keys) -> None:
+    """Tokens Redis counted in one window, spent in the next, would put that window over its limit."""
+    client = connect(own_server.url)
+    try:
+        policy = make_policy(1_000_000, 1.0, algorithm=SLIDING_WINDOW, mode=LEASED)
+        limiter = PolicyLimiter(policy, Worker(client, RedisGuard(1.0), keys))
+        for _ in range(20):  # until a lease holds spare tokens (batches grow with the observed rate)
+            await asyncio.gather(*(decide(limiter) for _ in range(200)))
+            (lease,) = limiter.leases.values()
+            if lease.tokens > 0 and not lease.refilling:
+                break
+        assert lease.tokens > 0 and 0 < lease.window_end - lease.last_refill <= 1.0
+        assert lease.expires <= lease.window_end  # not the 1 s TTL when the window ends sooner
+        before = script_calls(own_server)
+        # Time passing is the subject here: wait until the window the tokens were counted in has ended.
+        await asyncio.sleep(max(0.0, lease.window_end - monotonic()) + 0.01)
+        assert (await decide(limiter)).allowed
+        assert script_calls(own_server) == before + 1  # a fresh lease, not the old window's tokens
     finally:
         await client.aclose()

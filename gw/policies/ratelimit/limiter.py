@@ -10,7 +10,10 @@ Modes (per policy):
               admitted(any interval) <= exact limit + W * ceil(1.5 * max_batch)
               max_batch = max(1, floor(LEASE_FRACTION * min requests of the policy's limits))
           with W the workers holding leases on the key (all replicas). Unspent tokens expire
-          after LEASE_TTL and are lost (under-admission only).
+          after LEASE_TTL and are lost (under-admission only). With SlidingWindow limits a token is
+          only spent in the window Redis counted it in (it expires at that window's end), and a
+          batch asked for near the end covers only the time left: a window admits no tokens of
+          the one before, and loses at most the few its workers hold unspent at its end.
 Either mode caches a key found over the limit until the counter's retry time, so a flood of
 rejected requests costs no Redis call. `scope: Local` counts in this worker only, with each limit
 divided by the replica's worker count.
@@ -28,7 +31,7 @@ from collections.abc import Callable
 from time import monotonic, time
 from typing import Any, Protocol
 
-from gw.config.ratelimit import CLOSED, LEASED, LOCAL, OPEN, RateLimitPolicy
+from gw.config.ratelimit import CLOSED, LEASED, LOCAL, OPEN, SLIDING_WINDOW, RateLimitPolicy
 from gw.policies.ratelimit.algorithms import LocalCounter, Outcome, Quota
 from gw.policies.ratelimit.batch import ScriptBatcher
 from gw.policies.ratelimit.headers import Fields, limit_names, policy_field, retry_after, state_field
@@ -76,7 +79,7 @@ class Shared(Protocol):
 class Lease:
     """Tokens of one key leased from Redis by this worker, and the requests waiting for more."""
 
-    __slots__ = ("expires", "last_refill", "limits", "low", "refilling", "spent", "tokens", "waiters")
+    __slots__ = ("expires", "last_refill", "limits", "low", "refilling", "spent", "tokens", "waiters", "window_end")
 
     def __init__(self, now: float) -> None:
         self.tokens = 0
@@ -87,6 +90,7 @@ class Lease:
         self.last_refill = now
         self.low = 0  # refill in the background when this few tokens are left
         self.limits: tuple[tuple[int, float], ...] = ()  # (remaining, reset ms) as Redis last said
+        self.window_end = 0.0  # SlidingWindow: when the window the tokens were counted in ends
 
 
 class PolicyLimiter:
@@ -108,6 +112,7 @@ class PolicyLimiter:
         self.argv: list[Any] = [a for q in self.quotas for a in q.script_args()]
         self.max_batch = max(1, math.floor(LEASE_FRACTION * min(limit.requests for limit in policy.limits)))
         self.leased = policy.mode == LEASED
+        self.windowed = policy.algorithm == SLIDING_WINDOW
         self.headers = policy.response_headers
         self.names = limit_names(policy)
         self.policy_field = policy_field(policy)
@@ -200,7 +205,10 @@ class PolicyLimiter:
         elapsed = now - lease.last_refill
         if lease.spent == 0 or elapsed <= 0:
             return 1
-        return max(1, min(self.max_batch, math.ceil(lease.spent / elapsed * RATE_HORIZON)))
+        horizon = RATE_HORIZON
+        if lease.window_end > now:  # tokens counted in this window are for this window only
+            horizon = min(horizon, lease.window_end - now)
+        return max(1, min(self.max_batch, math.ceil(lease.spent / elapsed * horizon)))
 
     def _refill(self, key: bytes, parts: list[bytes] | None, lease: Lease, now: float) -> None:
         wanted = max(self._batch(lease, now), min(len(lease.waiters), self.max_batch))
@@ -221,8 +229,15 @@ class PolicyLimiter:
                 done(self._failed(key, now))
             return
         now = monotonic()
+        if now >= lease.expires:
+            lease.tokens = 0  # what is left was counted in a window that has ended
         lease.tokens += outcome.granted
         lease.expires = now + LEASE_TTL
+        if self.windowed and outcome.limits:
+            # The window ends `reset` ms after Redis counted, which was after we asked: from the
+            # asking time, the end is never overestimated.
+            lease.window_end = lease.last_refill + min(reset for _, reset in outcome.limits) / 1000.0
+            lease.expires = min(lease.expires, lease.window_end)
         lease.limits = outcome.limits
         if not outcome.granted:
             self._block(key, outcome.retry)
