@@ -896,3 +896,25 @@ class TestWhatTheApiServerWouldRefuse:
         result = config(route(body=body))
         assert any(e.field == "spec.rules[0].matches[0].path.value" for e in result.errors), messages(result)
 
+
+
+class TestConfigFiles:
+    def test_one_snapshot_whatever_the_path_is_typed_as(self, tmp_path, monkeypatch):
+        from gw.config.loader import read_sources, sources_checksum
+
+        (tmp_path / "gw.yaml").write_text("kind: Namespace\nmetadata: {name: a}\n")
+        monkeypatch.chdir(tmp_path.parent)
+        typed = [str(tmp_path / "gw.yaml"), f"{tmp_path.name}/gw.yaml", f"./{tmp_path.name}/../{tmp_path.name}/gw.yaml"]
+        assert len({sources_checksum(read_sources(path)) for path in typed}) == 1
+
+    def test_a_configmap_volume_is_read_once_under_the_names_replicas_share(self, tmp_path):
+        """kubelet's layout: gw.yaml -> ..data/gw.yaml, ..data -> ..<timestamp>/ (named per node)."""
+        from gw.config.loader import read_sources
+
+        stamped = tmp_path / "..2026_11_29_06_00_00.123456"
+        stamped.mkdir()
+        (stamped / "gw.yaml").write_text("kind: Namespace\nmetadata: {name: a}\n")
+        (tmp_path / "..data").symlink_to(stamped.name)
+        (tmp_path / "gw.yaml").symlink_to("..data/gw.yaml")
+        (tmp_path / ".#gw.yaml").symlink_to("nowhere")  # an editor's lock file
+        assert [name for name, _ in read_sources(str(tmp_path))] == [str(tmp_path / "gw.yaml")]

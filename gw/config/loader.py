@@ -18,10 +18,24 @@ YAML_SUFFIXES = (".yaml", ".yml")
 
 
 def config_files(path: str) -> list[Path]:
-    """The files a config path names: itself, or every *.yaml/*.yml below it, sorted."""
-    root = Path(path)
+    """The files a config path names: itself, or every *.yaml/*.yml below it, sorted.
+
+    Names are absolute (so `gw.yaml`, `./gw.yaml` and `/etc/gw/gw.yaml` are one snapshot) but not
+    resolved through symlinks: a Kubernetes ConfigMap volume links `gw.yaml` to
+    `..2026_11_29_…/gw.yaml`, a directory named anew on every update and on every node, and the
+    link's name is the one replicas share. Entries whose name starts with a dot (the ConfigMap's
+    `..data` and timestamped directories, editors' lock and swap files) are skipped.
+    """
+    root = Path(os.path.abspath(path))
     if root.is_dir():
-        return sorted(p for p in root.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file())
+        found = []
+        for directory, subdirs, files in os.walk(root):  # symlinked directories: not followed (cycles)
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+            for name in files:
+                file = Path(directory, name)
+                if not name.startswith(".") and file.suffix in YAML_SUFFIXES and file.is_file():
+                    found.append(file)
+        return sorted(found)
     if root.is_file():
         return [root]
     raise ConfigError(path, "", "", "no such file or directory")
