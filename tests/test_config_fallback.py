@@ -69,3 +69,27 @@ def test_a_deleted_object_is_not_brought_back() -> None:
     new = [("gw.yaml", GATEWAY), ("a.yaml", route("a", "/a"))]
     _, merged, kept = keep_running_objects(new, compile_files(new), RUNNING, compile_files)
     assert kept == [] and served(merged) == {"/a"}
+
+
+def test_a_route_whose_rule_became_invalid_falls_back_to_its_running_version() -> None:
+    """The spec's "Fall Back" approach to a PartiallyInvalid route, on a reload."""
+    bad_rule = route("b", "/c").replace(b"rules: [{", b"rules: [{headerz: [], ")
+    new = [("gw.yaml", GATEWAY), ("a.yaml", route("a", "/a2")), ("b.yaml", bad_rule)]
+    result = compile_files(new)
+    assert served(result) == {"/a2"}  # alone, route b would lose its only rule
+    files, merged, kept = keep_running_objects(new, result, RUNNING, compile_files)
+    assert kept == ["HTTPRoute default/b"] and served(merged) == {"/a2", "/b"}  # b as it ran: /b
+    (partial,) = [c for c in merged.conditions["HTTPRoute default/b"] if c.type == "PartiallyInvalid"]
+    assert partial.status and partial.message.startswith("Fall Back: the running version is served; rules 0")
+    assert any("headerz" in str(e) for e in merged.errors)
+    # The next reload of the same files keeps it again, from the kept copy.
+    _, again, kept2 = keep_running_objects(new, compile_files(new), files, compile_files)
+    assert kept2 == ["HTTPRoute default/b"] and served(again) == {"/a2", "/b"}
+
+
+def test_a_route_that_ran_with_a_dropped_rule_is_not_kept() -> None:
+    half = route("b", "/b").replace(b"rules: [{", b"rules: [{name: bad, headerz: []}, {")
+    running = [("gw.yaml", GATEWAY), ("a.yaml", route("a", "/a")), ("b.yaml", half)]
+    new = [("gw.yaml", GATEWAY), ("a.yaml", route("a", "/a")), ("b.yaml", half.replace(b"/b", b"/c"))]
+    _, merged, kept = keep_running_objects(new, compile_files(new), running, compile_files)
+    assert kept == [] and served(merged) == {"/a", "/c"}  # the new one, with its rule dropped

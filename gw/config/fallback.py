@@ -3,9 +3,11 @@
 In a cluster the API server refuses an invalid update and the object keeps its last valid state;
 a file has no such guard. So that a typo saved into one file does not take that object out of
 service at the next reload, the running snapshot's copy of every object the new snapshot refuses
-is carried over into the new one, as an extra source file (FILE). The new version stays a plain
-list of files: every worker and every replica compiles it to the same config, and `gw check`
-and `/status` list both the errors of the new copy and the carried-over object.
+(or, for an HTTPRoute, has rules to drop) is carried over into the new one, as an extra source
+file (KEPT_FILE), whose objects win over the new copies. For a route this is the Gateway API's
+"Fall Back" approach to a PartiallyInvalid route. The new version stays a plain list of files:
+every worker and every replica compiles it to the same config, and `gw check` and `/status` list
+both the errors of the new copy and the carried-over object.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from collections.abc import Callable, Sequence
 import yaml
 
 from gw.config.compile import LoadResult
-from gw.config.errors import ConfigError
+from gw.config.errors import Condition, ConfigError
 from gw.config.loader import Source, parse_sources
 from gw.config.parse import object_label, parse_object
+from gw.config.resources import KEPT_FILE, HTTPRoute
 
-FILE = "(running version kept)"
+FILE = KEPT_FILE
 
 
 def keep_running_objects(
@@ -34,6 +37,8 @@ def keep_running_objects(
     object that is new (nothing running to fall back to) is refused as before.
     """
     refused = set(result.resources.rejected)
+    partial = {r.meta.label: r for r in result.resources.http_routes if r.dropped and r.meta.file != FILE}
+    refused |= partial.keys()
     if not refused or not running:
         return files, result, []
     try:
@@ -44,7 +49,7 @@ def keep_running_objects(
     for file, doc in documents:
         label = object_label(doc)
         # The running copy that was valid (an object may have been invalid there too).
-        if label in refused and label not in kept and parse_object(file, doc, []) is not None:
+        if label in refused and label not in kept and _whole(parse_object(file, doc, [])):
             kept[label] = doc
     if not kept:
         return files, result, []
@@ -59,4 +64,17 @@ def keep_running_objects(
         merged.errors.append(
             ConfigError(FILE, label, "", "its new version is invalid (see above): the running version is kept")
         )
+        route = partial.get(label)
+        if route is not None:
+            dropped = ", ".join(str(rule.index) for rule in route.dropped)
+            why = "; ".join(rule.invalid_reason or "" for rule in route.dropped)
+            message = f"Fall Back: the running version is served; rules {dropped} of the new one are invalid: {why}"
+            merged.conditions.setdefault(label, []).append(
+                Condition("PartiallyInvalid", True, "UnsupportedValue", message)
+            )
     return with_kept, merged, labels
+
+
+def _whole(obj: object) -> bool:
+    """A running copy worth keeping: it parsed, and (a route) with none of its rules dropped."""
+    return obj is not None and not (isinstance(obj, HTTPRoute) and obj.dropped)

@@ -179,6 +179,10 @@ class FilterSpecs:
 NO_FILTERS = FilterSpecs()
 
 
+# The source file a reload adds for objects whose running version it keeps (gw.config.fallback).
+KEPT_FILE = "(running version kept)"
+
+
 @dataclass(frozen=True, slots=True)
 class RouteRule:
     index: int  # position in spec.rules

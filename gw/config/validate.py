@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 
 from gw.config.errors import Condition, ConfigError
-from gw.config.resources import Gateway, Listener, Resources
+from gw.config.resources import KEPT_FILE, Gateway, Listener, Resources
 
 # RFC 1123 hostname, lower case, optionally with a leading "*." wildcard label (CRD pattern).
 _HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -188,8 +188,13 @@ def check_duplicates(resources: Resources) -> list[ConfigError]:
     )
     for group in groups:
         unique = []
-        for obj in group:
+        # A running version kept by a reload (gw.config.fallback) wins over the new, invalid copy.
+        for obj in sorted(group, key=lambda o: o.meta.file != KEPT_FILE):
             label = obj.meta.label
+            if label in seen and seen[label] == KEPT_FILE:
+                message = "its new version has invalid rules (see above): the running version is served"
+                errors.append(ConfigError(obj.meta.file, label, "", message))
+                continue
             if label in seen:
                 message = f"defined more than once: this copy is ignored, the one in {seen[label]} is served"
                 errors.append(ConfigError(obj.meta.file, label, "metadata.name", message))
