@@ -7,11 +7,14 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class SettingsError(ValueError):
     """A GW_* variable has a value gw cannot use; the message names the variable."""
 
+
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes with its terminating NUL
 
 _SIZE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
@@ -56,6 +59,21 @@ def parse_fraction(text: str) -> float:
     return value
 
 
+def parse_positive_duration(text: str) -> float:
+    """A duration that must not be zero (a zero budget or poll interval would spin or fail everything)."""
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError("must be longer than zero")
+    return value
+
+
+def parse_port_offset(text: str) -> int:
+    value = int(text)
+    if not -65535 < value < 65535:
+        raise ValueError("must be between -65534 and 65534")
+    return value
+
+
 def parse_positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -78,11 +96,25 @@ def parse_gateway_key(text: str) -> str:
 
 
 def parse_redis_url(text: str) -> str:
+    """A URL gw.state.connect accepts, checked by building its client (no I/O happens there)."""
     text = text.strip()
     schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://", "redis+cluster://",
                "rediss+cluster://")
     if not text.startswith(schemes):
         raise ValueError(f"not a Redis URL: {text!r} (schemes: {', '.join(s.rstrip(':/') for s in schemes)})")
+    from gw.state.connect import connect  # redis-py is imported only when a URL is given
+
+    try:
+        connect(text)
+    except ValueError as exc:  # RedisURLError, and redis-py's own (a port or db that is no number)
+        raise ValueError(f"not a usable Redis URL: {exc}") from None
+    # What redis-py lets through without a word: it would connect to "" or silently use db 0.
+    parts = urlsplit(text)
+    if parts.scheme == "unix" and not parts.path:
+        raise ValueError("no socket path (unix:///path/to.sock)")
+    database = parts.path.strip("/")
+    if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
+        raise ValueError(f"the database is not a number: {database!r}")
     return text
 
 
@@ -116,7 +148,7 @@ class Settings:
     )
     listener_port_offset: int = _var(
         0,
-        int,
+        parse_port_offset,
         "Added to every listener port when binding (10000 maps 80 to 10080). Everything else speaks of "
         "the declared port: redirects' `Location`, `X-Forwarded-Port`, status (the offset is for a "
         "container whose declared ports a Service or load balancer maps back).",
@@ -129,11 +161,11 @@ class Settings:
     max_body_size: int = _var(
         0, parse_size, "Default request body limit (0 = none); annotation gw.dev/max-body-size per HTTPRoute: 413."
     )
-    header_timeout: float = _var(10.0, parse_duration, "Time to receive a request's headers: 408.")
+    header_timeout: float = _var(10.0, parse_positive_duration, "Time to receive a request's headers: 408.")
     keepalive_timeout: float = _var(75.0, parse_duration, "Idle client keep-alive connection lifetime.")
-    upstream_connect_timeout: float = _var(5.0, parse_duration, "Upstream connect timeout: 504.")
+    upstream_connect_timeout: float = _var(5.0, parse_positive_duration, "Upstream connect timeout: 504.")
     upstream_response_timeout: float = _var(
-        60.0, parse_duration, "Time from request sent to response headers received: 504."
+        60.0, parse_positive_duration, "Time from request sent to response headers received: 504."
     )
     upstream_max_idle: int = _var(64, parse_non_negative_int, "Idle connections kept per endpoint.")
     upstream_idle_timeout: float = _var(60.0, parse_duration, "Idle upstream connection lifetime.")
@@ -141,7 +173,7 @@ class Settings:
         10000, parse_positive_int, "Requests per upstream connection before it is retired."
     )
     tunnel_idle_timeout: float = _var(
-        3600.0, parse_duration, "Idle timeout of upgraded (WebSocket) connections."
+        3600.0, parse_positive_duration, "Idle timeout of upgraded (WebSocket) connections."
     )
     endpoint_eject_time: float = _var(
         5.0, parse_duration, "How long an endpoint that refused a connection is skipped."
@@ -164,11 +196,13 @@ class Settings:
     )
     redis_prefix: str = _var("gw", parse_key_prefix, "Prefix of every Redis key and channel gw uses.")
     redis_budget: float = _var(
-        0.005, parse_duration, "Time budget of a Redis call on a request path; beyond it the call is abandoned."
+        0.005,
+        parse_positive_duration,
+        "Time budget of a Redis call on a request path; beyond it the call is abandoned.",
     )
     config_history: int = _var(50, parse_positive_int, "Config versions kept in Redis for `gw config rollback`.")
     config_poll_interval: float = _var(
-        5.0, parse_duration, "Workers poll the current config version this often (heals missed change events)."
+        5.0, parse_positive_duration, "Workers poll the current config version this often (heals missed change events)."
     )
     runtime_dir: str = _var(
         "",
@@ -200,7 +234,37 @@ class Settings:
             default = f.default
             if isinstance(default, tuple):
                 default = f"{default[0]}:{default[1]}"
-            elif f.metadata["parse"] is parse_duration:
+            elif f.metadata["parse"] in (parse_duration, parse_positive_duration):
                 default = f"{default:g}s"
             rows.append(("GW_" + f.name.upper(), str(default), f.metadata["doc"]))
         return rows
+
+
+def check_paths(settings: Settings) -> None:
+    """What only this machine can say about the settings, checked before anything starts.
+
+    The access log file must open for appending (each worker opens it; one that cannot would die
+    at start), and GW_RUNTIME_DIR, when the embedded Valkey will use it, must be a directory we can
+    create a unix socket in.
+    """
+    log = settings.access_log
+    if log not in ("stdout", "stderr", "off") and settings.access_log_sample > 0:
+        try:
+            with open(log, "ab"):
+                pass
+        except OSError as exc:
+            raise SettingsError(f"GW_ACCESS_LOG={log!r}: cannot open it for appending: {exc.strerror}") from None
+    directory = settings.runtime_dir
+    if directory and not settings.redis_url:
+        from gw.state.embedded import socket_path
+
+        if len(os.fsencode(socket_path(settings))) > UNIX_PATH_MAX:
+            raise SettingsError(
+                f"GW_RUNTIME_DIR={directory!r}: too long for a unix socket path ({UNIX_PATH_MAX} bytes at most)"
+            )
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(f"GW_RUNTIME_DIR={directory!r}: cannot create the directory: {exc.strerror}") from None
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise SettingsError(f"GW_RUNTIME_DIR={directory!r}: the directory is not writable")

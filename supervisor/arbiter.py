@@ -21,14 +21,14 @@ from gw.config import ConfigError, LoadResult, status_document
 from gw.config.fallback import keep_running_objects
 from gw.config.loader import Source, read_sources, sources_checksum
 from gw.observe.metrics import Registry
-from gw.settings import Settings
+from gw.settings import Settings, SettingsError, check_paths
 from gw.state import EmbeddedValkeyError, Version
 from gw.worker import bind_listener, compile_snapshot, report, set_title
 from supervisor.cpus import available_cpus
 from supervisor.process import DRAINING, EXITED, READY, WorkerProcess
 from supervisor.publisher import Publisher
 from supervisor.signals import SIGNALS
-from supervisor.sockets import ListenerSockets
+from supervisor.sockets import ListenerSockets, bind_ports
 
 STARTUP_TIMEOUT = 30.0  # a worker not ready by then is considered failed
 STATS_TIMEOUT = 2.0  # /metrics and /status wait this long for each worker's numbers
@@ -36,6 +36,7 @@ RESTART_BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0  # a worker ready this long resets its slot's failure count
 CRASH_LOOP = 5  # consecutive failures reported as a crash loop
 RSS_CHECK_INTERVAL = 5.0
+EXIT_SETTINGS = 2  # a GW_* variable gw cannot use, as the README promises
 
 
 def log(message: str) -> None:
@@ -43,7 +44,11 @@ def log(message: str) -> None:
 
 
 class StartupError(RuntimeError):
-    """The supervisor cannot start serving (config, sockets or first workers)."""
+    """The supervisor cannot start serving (config, sockets or first workers); `code` is the exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Supervisor:
@@ -80,12 +85,14 @@ class Supervisor:
             raise StartupError(f"config: {exc}") from None
         report(result)
         try:
-            self.sockets.ensure(self.slots, [p.bind_port for p in result.config.ports])
+            self.sockets.ensure(self.slots, bind_ports(result.config))
+        except SettingsError as exc:
+            raise StartupError(str(exc), EXIT_SETTINGS) from None
         except OSError as exc:
             raise StartupError(f"cannot listen: {exc}") from None
         try:
             self.env["GW_REDIS_URL"] = self.publisher.start_server()
-        except EmbeddedValkeyError as exc:
+        except (EmbeddedValkeyError, OSError) as exc:
             raise StartupError(f"cannot start the embedded Valkey: {exc}") from None
         number = await self.publisher.publish(files, self.source)
         if number is None:
@@ -205,8 +212,8 @@ class Supervisor:
                     log(f"config reloaded (unchanged, version {self.version})")
                     self.metrics.inc("gw_config_reloads_total", result="unchanged")
                     return
-                self.sockets.ensure(self.slots, [p.bind_port for p in result.config.ports])
-            except (ConfigError, OSError) as exc:
+                self.sockets.ensure(self.slots, bind_ports(result.config))
+            except (ConfigError, OSError, SettingsError) as exc:
                 log(f"reload rejected, keeping the running config: {exc}")
                 self.metrics.inc("gw_config_reloads_total", result="rejected")
                 return
@@ -229,8 +236,8 @@ class Supervisor:
             else:
                 try:
                     result = compile_snapshot(version.files, self.settings, version.label)
-                    self.sockets.ensure(self.slots, [p.bind_port for p in result.config.ports])
-                except (ConfigError, OSError) as exc:
+                    self.sockets.ensure(self.slots, bind_ports(result.config))
+                except (ConfigError, OSError, SettingsError) as exc:
                     log(f"config {version.label} from Redis rejected, keeping the running config: {exc}")
                     self.metrics.inc("gw_config_reloads_total", result="rejected")
                     return
@@ -471,6 +478,11 @@ def _exit_text(code: int | None) -> str:
 
 
 async def serve(settings: Settings) -> int:
+    try:
+        check_paths(settings)
+    except SettingsError as exc:
+        log(str(exc))
+        return EXIT_SETTINGS
     supervisor = Supervisor(settings)
     host, port = settings.admin_addr
     try:
@@ -484,7 +496,7 @@ async def serve(settings: Settings) -> int:
         log(str(exc))
         admin_sock.close()
         await supervisor.publisher.stop()
-        return 1
+        return exc.code
     admin = admin_server(AdminApp(supervisor.ready, supervisor.render_metrics, supervisor.status), host, port)
     admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]))
     ports = ", ".join(str(p) for p in supervisor.sockets.ports())

@@ -10,7 +10,26 @@ from __future__ import annotations
 
 import socket
 
+from gw.config.model import CompiledConfig
+from gw.settings import SettingsError
 from gw.worker import bind_listener
+
+
+def bind_ports(config: CompiledConfig) -> list[int]:
+    """The ports `config` binds; one that GW_LISTENER_PORT_OFFSET moved out of 1-65535 is refused.
+
+    The offset is a setting, the ports come with each config version: they meet here, at every
+    load, so a reload that brings such a port is rejected and a start with one exits as a bad
+    setting does.
+    """
+    for port in config.ports:
+        if not 0 < port.bind_port < 65536:
+            offset = port.bind_port - port.declared_port
+            raise SettingsError(
+                f"GW_LISTENER_PORT_OFFSET={offset}: listener {', '.join(port.listeners)} (port "
+                f"{port.declared_port}) would bind port {port.bind_port}, outside 1-65535"
+            )
+    return [port.bind_port for port in config.ports]
 
 
 class ListenerSockets:

@@ -56,12 +56,37 @@ def run_env(config: Path, **extra: str) -> dict[str, str]:
         ("GW_MAX_CONNECTIONS", "0"),
         ("GW_ADMIN_ADDR", "nowhere"),
         ("GW_MAX_BODY_SIZE", "10 parsecs"),
+        ("GW_LISTENER_PORT_OFFSET", "60000"),  # the listener's port + 60000 is beyond 65535
+        ("GW_LISTENER_PORT_OFFSET", "-100000"),
+        ("GW_REDIS_URL", "redis://h:notaport"),
+        ("GW_REDIS_URL", "redis://h:99999"),
+        ("GW_REDIS_URL", "redis+sentinel://h:26379"),  # no service name
+        ("GW_REDIS_URL", "redis+cluster://127.0.0.1"),  # no port
+        ("GW_REDIS_URL", "unix://"),
+        ("GW_REDIS_URL", "redis://h:6379/abc"),
+        ("GW_ACCESS_LOG", "/nonexistent/dir/x.log"),
+        ("GW_RUNTIME_DIR", "/proc/nope"),
+        ("GW_CONFIG_POLL_INTERVAL", "0"),
+        ("GW_REDIS_BUDGET", "0"),
     ],
 )
 def test_bad_setting_makes_run_exit_2_naming_the_variable(tmp_path: Path, variable: str, value: str) -> None:
     result = gw("run", env=run_env(valid_config(tmp_path / "gw.yaml"), **{variable: value}))
+    assert result.returncode == 2, result.stderr
+    assert f"gw: {variable}=" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_listener_the_port_offset_moves_out_of_range_is_named(tmp_path: Path) -> None:
+    config = valid_config(tmp_path / "gw.yaml", port=8080)
+    result = gw("run", env=run_env(config, GW_LISTENER_PORT_OFFSET="60000"))
     assert result.returncode == 2
-    assert variable in result.stderr
+    assert "listener default/test/http (port 8080) would bind port 68080" in result.stderr, result.stderr
+
+
+def test_gw_config_with_a_bad_redis_url_exits_2_naming_it() -> None:
+    result = gw("config", "current", env={"GW_REDIS_URL": "redis://h:notaport"})
+    assert result.returncode == 2
+    assert "GW_REDIS_URL=" in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
 # -- config ---------------------------------------------------------------------------------------
