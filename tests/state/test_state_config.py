@@ -159,3 +159,17 @@ async def test_the_config_store_works_on_a_cluster(cluster: valkey.Cluster, keys
         assert (await store.publish(files("d"), author="a", source="s")).version == 5
     finally:
         await client.aclose()
+
+
+async def test_a_version_records_its_origin_and_files_published_before_are_found_by_checksum(
+    store: ConfigStore,
+) -> None:
+    from gw.config.loader import sources_checksum
+    from gw.state.config_store import FILES, PUSH, ROLLBACK
+
+    await store.publish(files("a"), author="replica", source="gw.yaml")  # 1, from files
+    await store.publish(files("b"), author="op", source="gw config push b.yaml", origin=PUSH)  # 2
+    await store.rollback(1, author="op")  # 3: a's content again, from a rollback
+    assert [(await store.fetch(n)).origin for n in (1, 2, 3)] == [FILES, PUSH, ROLLBACK]
+    assert await store.published_from_files(sources_checksum(files("a"))) == 1  # not 3: that was a rollback
+    assert await store.published_from_files(sources_checksum(files("b"))) is None  # pushed, never from files
