@@ -94,10 +94,12 @@ class Supervisor:
             self.env["GW_REDIS_URL"] = self.publisher.start_server()
         except (EmbeddedValkeyError, OSError) as exc:
             raise StartupError(f"cannot start the embedded Valkey: {exc}") from None
-        number = await self.publisher.publish(files, self.source)
-        if number is None:
+        number = await self.publisher.publish(files, self.source, start=True)
+        if self.publisher.unpublished is not None:
             log(f"Redis unavailable ({self.publisher.last_error}): serving the config unpublished for now")
         self._commit(files, result, number or 0)
+        if self.publisher.superseded is not None:  # files published before, then a push or rollback
+            await self.apply_fleet_version(self.publisher.superseded)
         try:
             await asyncio.gather(*(self._start_worker(slot) for slot in range(self.slots)))
         except Exception as exc:
@@ -107,7 +109,7 @@ class Supervisor:
             self.loop.add_signal_handler(sig, self._on_signal, method)
         self.loop.create_task(self._watch_rss())
         self.publisher.follow(self.version, self.checksum, lambda: (self.files, self.source))
-        set_title(f"gw: supervisor [config v{self.version}]")
+        set_title(f"gw: supervisor [config v{self.version}{'+unpublished' if self.publisher.unpublished else ''}]")
 
     def _load(self) -> tuple[list[Source], LoadResult]:
         files = read_sources(self.settings.config)
@@ -203,12 +205,13 @@ class Supervisor:
                 return
             try:
                 files, result = self._load()
+                unchanged = self.publisher.files_unchanged(files)  # as last read: not to publish again
                 files, result, kept = keep_running_objects(
                     files, result, self.files, lambda f: compile_snapshot(f, self.settings, self.settings.config)
                 )
                 for label in kept:
                     log(f"{label}: its new version is invalid, the running version is kept")
-                if sources_checksum(files) == self.checksum and self.publisher.unpublished is None:
+                if unchanged or (sources_checksum(files) == self.checksum and self.publisher.unpublished is None):
                     log(f"config reloaded (unchanged, version {self.version})")
                     self.metrics.inc("gw_config_reloads_total", result="unchanged")
                     return
@@ -224,7 +227,7 @@ class Supervisor:
             self._commit(files, result, number if number is not None else self.version)
             self.reloads += 1
             await self._push_config()
-            log(f"config reloaded ({len(result.config.rules)} rules, version {self.version})")
+            log(f"config reloaded ({len(result.config.rules)} rules, {self.publisher.describe(self.version)})")
 
     async def apply_fleet_version(self, version: Version) -> None:
         """A version another replica or `gw config` made current: serve it too."""
@@ -255,7 +258,7 @@ class Supervisor:
         replies = await asyncio.gather(*(w.request(message, STARTUP_TIMEOUT) for w in live))
         failed = [w.slot for w, r in zip(live, replies, strict=True) if r is None or not r.get("ok")]
         self.metrics.inc("gw_config_reloads_total", result="applied")
-        set_title(f"gw: supervisor [config v{self.version}]")
+        set_title(f"gw: supervisor [config v{self.version}{'+unpublished' if self.publisher.unpublished else ''}]")
         if failed:
             log(f"workers {failed} did not confirm config version {self.version}")
 
@@ -403,6 +406,7 @@ class Supervisor:
             registry.absorb(worker_stats["metrics"])
         registry.gauge_values["gw_workers"] = float(len(self.workers))
         registry.gauge_values["gw_config_version"] = float(self.version)
+        registry.gauge_values["gw_config_unpublished"] = float(self.publisher.unpublished is not None)
         for slot in range(self.slots):  # at 0 before a first restart, so increase() sees that one
             registry.counters.setdefault(("gw_worker_restarts_total", (("slot", str(slot)),)), 0)
         # Per worker, not summed: which version each one serves (a lagging worker stands out).

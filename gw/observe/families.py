@@ -87,6 +87,9 @@ FAMILIES: dict[str, Family] = {
         COUNTER, "Workers replaced gracefully for exceeding a limit, by reason.", "reason", ("rss",)
     ),
     "gw_config_version": Family(GAUGE, "The config version the supervisor serves."),
+    "gw_config_unpublished": Family(
+        GAUGE, "1 while the supervisor serves a snapshot Redis does not hold yet (based on gw_config_version)."
+    ),
     "gw_worker_config_version": Family(GAUGE, "The config version each worker serves.", "slot"),
     "gw_config_reloads_total": Family(
         COUNTER,
