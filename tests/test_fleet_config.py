@@ -135,3 +135,88 @@ def test_redis_gone_keeps_serving_and_back_empty_is_republished(
     wait_until(lambda: all((w.get("redis") or {}).get("connected") for w in gw.status()["workers"]),  # type: ignore[union-attr]
                what="workers to reconnect")  # fmt: skip
     assert "late" in {r["name"] for r in gw.status()["gatewayAPI"]["httpRoutes"]}  # type: ignore[index]
+
+
+def second_replica(first: GatewayProcess, redis_url: str, **env: str) -> GatewayProcess:
+    """Another supervisor on the same files, listener port (SO_REUSEPORT) and Redis."""
+    return GatewayProcess(
+        config_path=first.config_path, port=first.port, admin=free_port(),
+        env={"GW_WORKERS": "1", "GW_REDIS_URL": redis_url, **env}, access_log=first.access_log.with_suffix(".2"),
+    ).start()  # fmt: skip
+
+
+def current_version(gw: GatewayProcess) -> int:
+    current = gw_config(gw, "current")
+    assert current.returncode == 0, current.stdout + current.stderr
+    return int(current.stdout.split()[1])
+
+
+def test_a_hup_made_while_redis_was_stuck_is_published_when_it_answers_with_its_data(
+    start_gateway: StartGateway, upstream: Upstream, redis_server: valkey.Server
+) -> None:
+    d = start(start_gateway, upstream, GW_REDIS_URL=redis_server.url, GW_CONFIG_POLL_INTERVAL="200ms")
+    e = second_replica(d, redis_server.url, GW_CONFIG_POLL_INTERVAL="200ms")
+    try:
+        assert versions(d) == versions(e) == {1}
+        redis_server.pause()  # keeps its data: it comes back holding version 1
+        try:
+            routes = routes_with("late.test")
+            d.config_path.write_text(config_yaml(d.port, {"up": [("127.0.0.1", upstream.port)]}, routes))
+            mark = len(d.log)
+            os.kill(d.pid, signal.SIGHUP)
+            line = d.wait_for_log("gw: config reloaded", after=mark)
+            assert "unpublished, based on version 1" in line, line  # not "version 1": that is other content
+            assert d.status()["redis"]["unpublished"]  # type: ignore[index]
+        finally:
+            redis_server.resume()
+        wait_until(lambda: versions(e) == {2}, what="the other replica to serve the HUP's version")
+        wait_until(lambda: not d.status()["redis"]["unpublished"] and versions(d) == {2},  # type: ignore[index]
+                   what="d to publish and serve version 2")  # fmt: skip
+        assert d.status()["config"]["version"] == 2 and current_version(d) == 2  # type: ignore[index]
+        assert "late" in {r["name"] for r in e.status()["gatewayAPI"]["httpRoutes"]}  # type: ignore[index]
+    finally:
+        e.stop()
+
+
+def serving_a_push(
+    start_gateway: StartGateway, upstream: Upstream, redis_server: valkey.Server, tmp_path: Path
+) -> GatewayProcess:
+    """A gateway whose files made version 1, serving version 2 from `gw config push`."""
+    gw = start(start_gateway, upstream, GW_REDIS_URL=redis_server.url)
+    path = tmp_path / "pushed.yaml"
+    path.write_text(config_yaml(gw.port, {"up": [("127.0.0.1", upstream.port)]}, routes_with("pushed.test")))
+    pushed = gw_config(gw, "push", str(path))
+    assert pushed.returncode == 0 and pushed.stdout.startswith("published version 2"), pushed.stdout + pushed.stderr
+    wait_until(lambda: versions(gw) == {2}, what="the push to be served")
+    return gw
+
+
+def test_a_restarted_replica_does_not_undo_a_push(
+    start_gateway: StartGateway, upstream: Upstream, redis_server: valkey.Server, tmp_path: Path
+) -> None:
+    gw = serving_a_push(start_gateway, upstream, redis_server, tmp_path)
+    gw.stop()
+    again = second_replica(gw, redis_server.url)  # its files are unchanged since version 1
+    try:
+        assert current_version(again) == 2 and versions(again) == {2}
+        assert "pushed" in {r["name"] for r in again.status()["gatewayAPI"]["httpRoutes"]}  # type: ignore[index]
+        assert any("unchanged since version 1, are not published again" in line for line in again.log), again.log
+    finally:
+        again.stop()
+
+
+def test_a_hup_with_unchanged_files_does_not_undo_a_push_and_an_edit_publishes_over_it(
+    start_gateway: StartGateway, upstream: Upstream, redis_server: valkey.Server, tmp_path: Path
+) -> None:
+    gw = serving_a_push(start_gateway, upstream, redis_server, tmp_path)
+    mark = len(gw.log)
+    os.kill(gw.pid, signal.SIGHUP)
+    assert "unchanged" in gw.wait_for_log("gw: config reloaded", after=mark)
+    assert current_version(gw) == 2 and versions(gw) == {2}
+    # An edit is deliberate: it publishes over the push.
+    gw.config_path.write_text(config_yaml(gw.port, {"up": [("127.0.0.1", upstream.port)]}, routes_with("edit.test")))
+    mark = len(gw.log)
+    os.kill(gw.pid, signal.SIGHUP)
+    assert "version 3" in gw.wait_for_log("gw: config reloaded", after=mark)
+    assert current_version(gw) == 3
+    wait_until(lambda: versions(gw) == {3}, what="the edit to be served")
