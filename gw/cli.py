@@ -7,9 +7,9 @@ import os
 import socket
 import sys
 from importlib import resources
-from typing import Any
 
 from gw.settings import Settings, SettingsError
+from gw.stdio import quiet_when_closed
 
 DEMO_UPSTREAMS = (("blue", 18081), ("green", 18082))
 
@@ -144,39 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     add_config_parser(sub)
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    if not isinstance(sys.stdout, _ClosedStdoutIsQuiet):
-        sys.stdout = _ClosedStdoutIsQuiet(sys.stdout)  # type: ignore[assignment]
+    quiet_when_closed()
     return int(args.func(args))
 
-
-class _ClosedStdoutIsQuiet:
-    """stdout whose reader may leave early (`gw check PATH | head -2`): what is left is dropped.
-
-    The command then runs to its end and exits with its usual code, instead of a BrokenPipeError
-    traceback (raised on whichever write or flush, at exit included, first meets the closed pipe).
-    """
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        try:
-            return int(self._stream.write(text))
-        except BrokenPipeError:
-            self._discard()
-            return len(text)
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            self._discard()
-
-    def _discard(self) -> None:
-        # Later writes, and the buffered bytes that failed, go to /dev/null from here on.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, self._stream.fileno())
-        os.close(devnull)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)

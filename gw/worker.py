@@ -35,6 +35,7 @@ from gw.proxy.downstream import IDLE, TUNNEL, ClientConnection
 from gw.proxy.gateway import Gateway
 from gw.settings import Settings, SettingsError
 from gw.state import ConfigFollower, ConfigStore, Keys, RedisGuard, Version, connect, connect_request_path
+from gw.stdio import quiet_when_closed
 
 LISTEN_BACKLOG = 4096
 GC_THRESHOLD = 20000  # young-generation allocations between collections (CPython's default: 700)
@@ -42,6 +43,10 @@ GC_THRESHOLD = 20000  # young-generation allocations between collections (CPytho
 # it is closed after its next response (which says Connection: close) instead of under that request.
 IDLE_GRACE = 1.0
 IGNORED_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
+# For tests only: a worker started while the file this names exists exits at once with code 3, as a
+# worker of a broken install would (the supervisor has imported everything already, so breaking the
+# installed files cannot stand in for it at start).
+TEST_EXIT_AT_START = "GW_TEST_ONLY_WORKER_EXIT_IF_FILE"
 
 
 def bind_listener(host: str, port: int, *, reuse_port: bool = True) -> socket.socket:
@@ -338,7 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for sig in IGNORED_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    quiet_when_closed()  # a supervisor's stderr whose reader left must not kill the worker's logging
     set_title(f"gw: worker {args.slot} [starting]")
+    broken = os.environ.get(TEST_EXIT_AT_START)
+    if broken and os.path.exists(broken):
+        print(f"gw: worker {args.slot}: {TEST_EXIT_AT_START} names {broken}, which exists: exiting", file=sys.stderr)
+        return 3
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

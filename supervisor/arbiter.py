@@ -8,6 +8,7 @@ it instead of interleaving with it. A worker that exits unexpectedly is restarte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -25,12 +26,13 @@ from gw.settings import Settings, SettingsError, check_paths
 from gw.state import EmbeddedValkeyError, Version
 from gw.worker import bind_listener, compile_snapshot, report, set_title
 from supervisor.cpus import available_cpus
-from supervisor.process import DRAINING, EXITED, READY, WorkerProcess
+from supervisor.process import DRAINING, EXITED, READY, WorkerProcess, exit_text
 from supervisor.publisher import Publisher
 from supervisor.signals import SIGNALS
 from supervisor.sockets import ListenerSockets, bind_ports
 
 STARTUP_TIMEOUT = 30.0  # a worker not ready by then is considered failed
+EXIT_WAIT = 2.0  # a worker whose control channel closed is gone by then: its exit code says why
 STATS_TIMEOUT = 2.0  # /metrics and /status wait this long for each worker's numbers
 RESTART_BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0  # a worker ready this long resets its slot's failure count
@@ -40,7 +42,9 @@ EXIT_SETTINGS = 2  # a GW_* variable gw cannot use, as the README promises
 
 
 def log(message: str) -> None:
-    print(f"gw: {message}", file=sys.stderr, flush=True)
+    """One line on stderr. Never raises: once stderr's reader has left, lines are dropped."""
+    with contextlib.suppress(OSError, ValueError):  # a closed pipe, or a stream closed under us
+        print(f"gw: {message}", file=sys.stderr, flush=True)
 
 
 class StartupError(RuntimeError):
@@ -68,6 +72,7 @@ class Supervisor:
         self.version = 0
         self.reloads = 0
         self.started = time.time()
+        self.serving = False  # until then a worker's exit is the start path's to report
         self.stopping = False
         self.stopped = asyncio.Event()
         self.ops = asyncio.Lock()
@@ -109,6 +114,7 @@ class Supervisor:
             self.loop.add_signal_handler(sig, self._on_signal, method)
         self.loop.create_task(self._watch_rss())
         self.publisher.follow(self.version, self.checksum, lambda: (self.files, self.source))
+        self.serving = True
         set_title(f"gw: supervisor [config v{self.version}{'+unpublished' if self.publisher.unpublished else ''}]")
 
     def _load(self) -> tuple[list[Source], LoadResult]:
@@ -146,12 +152,19 @@ class Supervisor:
             self.workers[slot] = worker  # a restart: the slot is its from the start
         self._send_sockets(worker)
         reply = await worker.request(self._config_message(), STARTUP_TIMEOUT)
+        if reply is None and worker.channel is not None and worker.channel.closed:
+            # Not silence but a process on its way out (an import error, a setting it refuses).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(EXIT_WAIT):
+                    await worker.exited.wait()
+        if worker.state == EXITED:
+            raise RuntimeError(worker.exit_before_ready())
         if reply is None or not reply.get("ok"):
             worker.kill()
             why = reply.get("error") if reply else f"no answer within {STARTUP_TIMEOUT:g}s"
             raise RuntimeError(f"worker {slot} (pid {worker.pid}) did not take the config: {why}")
         async with asyncio.timeout(STARTUP_TIMEOUT):
-            await asyncio.shield(worker.ready)
+            await asyncio.shield(worker.ready)  # raises if it exits first
         return worker
 
     # -- worker exits and restarts ---------------------------------------------------------
@@ -162,14 +175,14 @@ class Supervisor:
         if worker in self.retiring:
             self.retiring.discard(worker)
             return
-        if self.stopping or self.workers.get(worker.slot) is not worker:
+        if self.stopping or not self.serving or self.workers.get(worker.slot) is not worker:
             return
         slot = worker.slot
         stable = worker.ready_at and time.time() - worker.ready_at >= STABLE_AFTER
         failures = self.failures[slot] = 1 if stable else self.failures.get(slot, 0) + 1
         delay = 0.0 if failures == 1 else min(RESTART_BACKOFF_MAX, 0.5 * 2 ** (failures - 2))
         self.metrics.inc("gw_worker_restarts_total", slot=str(slot))
-        what = f"worker {slot} (pid {worker.pid}) exited with {_exit_text(worker.exit_code)}"
+        what = f"worker {slot} (pid {worker.pid}) exited with {exit_text(worker.exit_code)}"
         if failures >= CRASH_LOOP:
             log(f"{what}; crash loop: {failures} failures in a row, next start in {delay:g}s")
         else:
@@ -196,7 +209,8 @@ class Supervisor:
     # -- signals ---------------------------------------------------------------------------
 
     def _on_signal(self, method: str) -> None:
-        self.loop.create_task(getattr(self, method)())
+        task = self.loop.create_task(getattr(self, method)())
+        task.add_done_callback(lambda t: _report_failure(t, method))
 
     async def reload(self) -> None:
         """HUP: read and validate the source; on success every worker switches to it in place."""
@@ -330,17 +344,25 @@ class Supervisor:
         if self.stopping:
             return
         self.stopping = True
-        log(f"shutting down: draining {len(self._live())} workers (up to {self.settings.drain_timeout:g}s)")
-        for worker in self._live():
-            worker.drain(self.settings.drain_timeout)
-        await self._wait_exit(self.settings.drain_timeout + 5.0)
-        self.stopped.set()
+        try:
+            log(f"shutting down: draining {len(self._live())} workers (up to {self.settings.drain_timeout:g}s)")
+            for worker in self._live():
+                worker.drain(self.settings.drain_timeout)
+            await self._wait_exit(self.settings.drain_timeout + 5.0)
+        except Exception as exc:  # whatever failed, a TERM ends in a stop: /readyz must not say draining forever
+            log(f"shutdown: {exc!r}; stopping the workers at once")
+            for worker in self._live():
+                worker.kill()
+        finally:
+            self.stopped.set()
 
     async def quit(self) -> None:
         """QUIT: workers exit at once."""
         self.stopping = True
-        await self.quit_now()
-        self.stopped.set()
+        try:
+            await self.quit_now()
+        finally:
+            self.stopped.set()
 
     async def quit_now(self) -> None:
         self.stopping = True
@@ -470,15 +492,9 @@ def _rss(pid: int) -> int:
         return 0
 
 
-def _exit_text(code: int | None) -> str:
-    if code is None:
-        return "an unknown status"
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"code {code}"
+def _report_failure(task: asyncio.Task[None], method: str) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log(f"{method} failed: {exc!r}")
 
 
 async def serve(settings: Settings) -> int:
@@ -505,10 +521,12 @@ async def serve(settings: Settings) -> int:
     admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]))
     ports = ", ".join(str(p) for p in supervisor.sockets.ports())
     log(f"serving {ports} with {supervisor.slots} workers (admin {host}:{port}, supervisor pid {os.getpid()})")
-    await supervisor.stopped.wait()
-    admin.should_exit = True
-    await admin_task
-    supervisor.sockets.close()
-    await supervisor.publisher.stop()
+    try:
+        await supervisor.stopped.wait()
+        admin.should_exit = True
+        await admin_task
+    finally:  # the embedded Valkey goes whatever happened
+        supervisor.sockets.close()
+        await supervisor.publisher.stop()
     log("stopped")
     return 0

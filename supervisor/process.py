@@ -63,10 +63,13 @@ class WorkerProcess:
         if self.channel is not None:
             self.channel.close()
         if not self.ready.done():
-            self.ready.set_exception(RuntimeError(f"worker {self.slot} exited with {self.exit_code} before ready"))
+            self.ready.set_exception(RuntimeError(self.exit_before_ready()))
             self.ready.exception()  # retrieved: whoever waits sees it; nobody waiting is fine too
         self.exited.set()
         self.on_exit(self)
+
+    def exit_before_ready(self) -> str:
+        return f"worker {self.slot} (pid {self.pid}) exited with {exit_text(self.exit_code)} before it was ready"
 
     def _on_message(self, message: Message, fds: list[int]) -> None:
         for fd in fds:  # workers never send descriptors; do not leak any
@@ -117,3 +120,15 @@ class WorkerProcess:
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
+
+
+def exit_text(code: int | None) -> str:
+    """A process's return code as the log says it: "code 1", "signal SIGKILL"."""
+    if code is None:
+        return "an unknown status"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"

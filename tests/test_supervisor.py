@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from gw.state.embedded import ping
+from gw.worker import TEST_EXIT_AT_START
 from supervisor.arbiter import Supervisor
 from supervisor.signals import SIGNALS
 from tests.conftest import StartGateway
@@ -281,6 +282,68 @@ def test_quit_stops_at_once(start_gateway: StartGateway, upstream: Upstream) -> 
     os.kill(gw.pid, signal.SIGQUIT)
     assert gw.proc is not None and gw.proc.wait(10) == 0
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
+
+
+def test_a_worker_that_exits_at_start_is_reported_at_once_with_its_code(tmp_path: Path, upstream: Upstream) -> None:
+    broken = tmp_path / "broken"
+    broken.touch()  # every worker exits with code 3 at start, as one of a broken install would
+    port = free_port()
+    config = tmp_path / "gw.yaml"
+    config.write_text(config_yaml(port, {"up": [("127.0.0.1", upstream.port)]}, ROUTES))
+    env = {TEST_EXIT_AT_START: str(broken), "GW_RUNTIME_DIR": str(tmp_path / "rt")}
+    gw = GatewayProcess(config, port, free_port(), env, tmp_path / "access.log")
+    result = subprocess.run(
+        [sys.executable, "-m", "gw", "run"], env=gw.environment(), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    failed = r"^gw: workers did not start: worker 0 \(pid \d+\) exited with code 3 before it was ready$"
+    assert re.search(failed, result.stderr, re.M), result.stderr
+    assert "restarting" not in result.stderr  # start-up gives up: nothing is restarted
+
+
+def test_usr2_whose_new_workers_exit_at_start_keeps_the_running_ones(
+    start_gateway: StartGateway, upstream: Upstream, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"  # absent at start: the first worker starts
+    gw = start(start_gateway, upstream, 1, **{TEST_EXIT_AT_START: str(broken)})
+    running = ready_pids(gw)
+    broken.touch()
+    mark = len(gw.log)
+    os.kill(gw.pid, signal.SIGUSR2)
+    line = gw.wait_for_log("gw: upgrade: worker 0 failed to start", after=mark)
+    assert re.search(r"worker 0 \(pid \d+\) exited with code 3 before it was ready$", line), line
+    gw.wait_for_log("gw: upgrade stopped", after=mark)
+    assert ready_pids(gw) == running
+    ok(gw, 3)
+
+
+def test_term_stops_a_gateway_whose_stderr_reader_has_left(tmp_path: Path, upstream: Upstream) -> None:
+    # `gw run 2>&1 | head -1`: once head has its line, every log line meets a closed pipe.
+    port = free_port()
+    config = tmp_path / "gw.yaml"
+    config.write_text(config_yaml(port, {"up": [("127.0.0.1", upstream.port)]}, ROUTES))
+    runtime = tmp_path / "rt"
+    env = {"GW_WORKERS": "2", "GW_RUNTIME_DIR": str(runtime)}
+    gw = GatewayProcess(config, port, free_port(), env, tmp_path / "access.log")
+    read, write = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gw", "run"], env=gw.environment(), stdout=subprocess.DEVNULL, stderr=write
+    )
+    os.close(write)
+    try:
+        with open(read, "rb") as stderr:  # closed when the block ends: the reader leaves
+            assert any(line.startswith(b"gw: serving") for line in stderr), "the gateway did not start"
+        children = psutil.Process(proc.pid).children()
+        assert len(children) == 3  # two workers and the embedded Valkey
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _gone, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, [p.cmdline() for p in alive]
+    assert list(runtime.iterdir()) == []  # Valkey stopped cleanly: neither socket nor log left
 
 
 def test_a_worker_over_its_rss_limit_is_replaced(start_gateway: StartGateway, upstream: Upstream) -> None:

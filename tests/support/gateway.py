@@ -99,7 +99,8 @@ class GatewayProcess:
     _serving: threading.Event = field(default_factory=threading.Event)
     _line_seen: threading.Condition = field(default_factory=threading.Condition)
 
-    def start(self) -> GatewayProcess:
+    def environment(self) -> dict[str, str]:
+        """The environment `gw run` gets: this process's, the test's GW_* variables and the defaults."""
         env = {**os.environ, **self.env}
         env.setdefault("GW_CONFIG", str(self.config_path))
         env.setdefault("GW_ADMIN_ADDR", f"127.0.0.1:{self.admin}")
@@ -109,9 +110,12 @@ class GatewayProcess:
         # Its own embedded Valkey: a short directory (unix socket paths are limited to ~107 bytes).
         env.setdefault("GW_RUNTIME_DIR", tempfile.mkdtemp(prefix="gw-rt-"))
         env["PYTHONPATH"] = str(REPO)
+        return env
+
+    def start(self) -> GatewayProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gw", "run"],
-            env=env,
+            env=self.environment(),
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=self.own_session,
