@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import signal
 import socket
@@ -336,6 +337,27 @@ class SupervisedWorker:
             self.channel.send({"t": "exiting", "metrics": self.worker.gateway.metrics.snapshot()})
 
 
+class _WorkerLogFormat(logging.Formatter):
+    """`gw[worker 1 pid 4242]: …`: the supervisor and every worker log some of the same lines
+    (the config follower's), and the reader must know who says it; the supervisor's say `gw: …`."""
+
+    def __init__(self, slot: int) -> None:
+        super().__init__()
+        self.speaker = f"gw[worker {slot} pid {os.getpid()}]: "
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.speaker + super().format(record).removeprefix("gw: ")
+
+
+def log_as_worker(slot: int) -> None:
+    """Log records of this process (gw's loggers) name the worker that writes them."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_WorkerLogFormat(slot))
+    logger = logging.getLogger("gw")
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gw.worker", description="a gw proxy worker (started by the supervisor)")
     parser.add_argument("--slot", type=int, required=True)
@@ -344,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in IGNORED_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     quiet_when_closed()  # a supervisor's stderr whose reader left must not kill the worker's logging
+    log_as_worker(args.slot)
     set_title(f"gw: worker {args.slot} [starting]")
     broken = os.environ.get(TEST_EXIT_AT_START)
     if broken and os.path.exists(broken):

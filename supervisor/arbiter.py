@@ -398,7 +398,15 @@ class Supervisor:
                     log(f"worker {slot} (pid {worker.pid}) RSS {rss >> 20} MiB exceeds GW_WORKER_MAX_RSS: replacing it")
                     self.metrics.inc("gw_worker_recycled_total", reason="rss")
                     async with self.ops:
-                        await self._replace(slot, "rss")
+                        replaced = await self._replace(slot, "rss")
+                    fresh = self.workers.get(slot)
+                    if replaced and fresh is not None and (rss := _rss(fresh.pid)) > limit:
+                        # Replacing it again would only start the same cycle: every 5 s, for ever.
+                        log(
+                            f"GW_WORKER_MAX_RSS ({_mib(limit)}) is below a fresh worker's size: worker {slot} "
+                            f"(pid {fresh.pid}) has {_mib(rss)} right after start; RSS replacements stop here"
+                        )
+                        return
 
     # -- admin -----------------------------------------------------------------------------
 
@@ -490,6 +498,10 @@ def _rss(pid: int) -> int:
         return psutil.Process(pid).memory_info().rss
     except psutil.Error:
         return 0
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 def _report_failure(task: asyncio.Task[None], method: str) -> None:

@@ -355,6 +355,27 @@ def test_a_worker_over_its_rss_limit_is_replaced(start_gateway: StartGateway, up
     ok(gw, 3)
 
 
+def test_an_rss_limit_below_a_fresh_workers_size_stops_replacements(
+    start_gateway: StartGateway, upstream: Upstream
+) -> None:
+    gw = start(start_gateway, upstream, 1, GW_WORKER_MAX_RSS="1Mi")
+    line = gw.wait_for_log("gw: GW_WORKER_MAX_RSS (1.0 MiB) is below a fresh worker's size", timeout=20)
+    fresh = ready_pids(gw)
+    assert f"(pid {fresh[0]}) has" in line and line.endswith("RSS replacements stop here"), line
+    # One replacement, then none: the line comes right after the first, from the watcher that stops.
+    assert sum("exceeds GW_WORKER_MAX_RSS" in line for line in gw.log) == 1, gw.log
+    ok(gw, 3)
+
+
+def test_a_workers_log_lines_name_the_worker(start_gateway: StartGateway, upstream: Upstream) -> None:
+    gw = start(start_gateway, upstream, 1)
+    pid = ready_pids(gw)[0]
+    valkey = next(p for p in psutil.Process(gw.pid).children() if "valkey" in p.name())
+    valkey.kill()  # supervisor and worker both follow the config in Redis: both say they lost it
+    gw.wait_for_log(f"gw[worker 0 pid {pid}]: config follower lost Redis")
+    gw.wait_for_log("gw: config follower lost Redis")
+
+
 def test_a_bad_setting_stops_start_up_with_exit_code_2(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "gw", "run"],
