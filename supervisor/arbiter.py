@@ -220,11 +220,10 @@ class Supervisor:
             try:
                 files, result = self._load()
                 unchanged = self.publisher.files_unchanged(files)  # as last read: not to publish again
-                files, result, kept = keep_running_objects(
+                # Objects whose new version is invalid keep their running one (report() says which).
+                files, result, _kept = keep_running_objects(
                     files, result, self.files, lambda f: compile_snapshot(f, self.settings, self.settings.config)
                 )
-                for label in kept:
-                    log(f"{label}: its new version is invalid, the running version is kept")
                 if unchanged or (sources_checksum(files) == self.checksum and self.publisher.unpublished is None):
                     log(f"config reloaded (unchanged, version {self.version})")
                     self.metrics.inc("gw_config_reloads_total", result="unchanged")

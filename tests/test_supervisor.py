@@ -199,7 +199,7 @@ def test_hup_keeps_the_running_version_of_an_object_made_invalid(
     mark = len(gw.log)
     os.kill(gw.pid, signal.SIGHUP)
     assert "version 2" in gw.wait_for_log("gw: config reloaded", after=mark)
-    kept = "HTTPRoute default/shop: its new version is invalid, the running version is kept"
+    kept = "(running version kept): HTTPRoute default/shop: its new version is invalid (see above): the running"
     assert any(kept in line for line in gw.log[mark:])
     assert gw.connect().request("GET", "/echo", {"Host": "new.test"}).status == 200  # the rest reloaded
     assert gw.connect().request("GET", "/echo", {"Host": "shop.test"}).header("x-route") == "shop"
