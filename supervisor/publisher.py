@@ -33,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.exceptions import RedisError
 
 from gw.config.loader import Source, sources_checksum
+from gw.config.resources import KEPT_FILE
 from gw.settings import Settings
 from gw.state import ConfigFollower, ConfigStore, ConfigStoreError, EmbeddedValkey, Version, connect
 from gw.state.config_store import FILES, REPUBLISH, PublishResult
@@ -98,7 +99,9 @@ class Publisher:
         """
         assert self.store is not None
         checksum = sources_checksum(files)
-        self.files_checksum = checksum
+        # The files as read: a reload adds the running copies it keeps (KEPT_FILE), which the next
+        # HUP's fresh read does not have.
+        self.files_checksum = sources_checksum([f for f in files if f[0] != KEPT_FILE])
         self.superseded = None
         follower = self.follower
         read = Unpublished(

@@ -97,3 +97,15 @@ async def test_an_unpublished_hup_wins_over_a_push_made_before_it(
     current = await store.fetch(await store.current())
     assert current.number == 3 and current.files == tuple(files("b")) and current.parent == 2
     assert pub.unpublished is None and [v.number for v in served.versions] == [3]
+
+
+async def test_files_read_again_unchanged_after_a_reload_that_kept_objects_are_unchanged(
+    publisher: tuple[Publisher, Served],
+) -> None:
+    """A reload publishes the files plus the running copies it kept; the next HUP reads only the files."""
+    from gw.config.resources import KEPT_FILE
+
+    pub, _ = publisher
+    read = files("b")
+    assert await pub.publish([*read, (KEPT_FILE, b"kind: Namespace\nmetadata: {name: kept}\n")], "routes.yaml") == 2
+    assert pub.files_unchanged(read)  # else a HUP of untouched files would publish over a later push
