@@ -93,3 +93,16 @@ def test_a_route_that_ran_with_a_dropped_rule_is_not_kept() -> None:
     new = [("gw.yaml", GATEWAY), ("a.yaml", route("a", "/a")), ("b.yaml", half.replace(b"/b", b"/c"))]
     _, merged, kept = keep_running_objects(new, compile_files(new), running, compile_files)
     assert kept == [] and served(merged) == {"/a", "/c"}  # the new one, with its rule dropped
+
+
+def test_a_cluster_scoped_object_keeps_its_running_version_too() -> None:
+    """Labels of cluster-scoped kinds ("GatewayClass name") agree between parse and resources."""
+    extra = (
+        b"apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: extra}\n"
+        b"spec: {controllerName: gw.dev/gateway-controller%s}\n"
+    )
+    running = [*RUNNING, ("extra.yaml", extra % b"")]
+    new = [*RUNNING, ("extra.yaml", extra % b", typo: 1")]
+    _, merged, kept = keep_running_objects(new, compile_files(new), running, compile_files)
+    assert kept == ["GatewayClass extra"]
+    assert "GatewayClass extra" in {obj.meta.label for obj in merged.resources.objects()}

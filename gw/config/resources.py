@@ -39,8 +39,8 @@ class Meta:
 
     @property
     def label(self) -> str:
-        """ "Kind namespace/name", the form every error message uses."""
-        return f"{self.kind} {self.namespace}/{self.name}"
+        """ "Kind namespace/name" ("Kind name" when cluster-scoped), the form every error message uses."""
+        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
 
 
 @dataclass(frozen=True, slots=True)
