@@ -185,6 +185,7 @@ def check_duplicates(resources: Resources) -> list[ConfigError]:
         resources.namespaces,
         resources.secrets,
         resources.policies,
+        resources.rate_limit_policies,  # two copies of one policy would limit its rules twice
     )
     for group in groups:
         unique = []

@@ -121,3 +121,11 @@ def test_a_policy_needs_limits_and_may_leave_targets_to_extension_refs() -> None
     result = compiled(route("api", None), {"apiVersion": "gw.dev/v1alpha1", "kind": "RateLimitPolicy",
                                           "metadata": {"name": "p"}, "spec": {}})  # fmt: skip
     assert {e.field for e in result.errors} == {"spec.limits"}  # without targetRefs: ExtensionRef only
+
+
+def test_a_policy_defined_twice_is_reported_and_applied_once() -> None:
+    target = [{"kind": "HTTPRoute", "name": "api"}]
+    result = compiled(route("api", None), policy("p", target), policy("p", target))
+    (rule,) = rules_of(result, "default/api")
+    assert [p.meta.name for p in rule.ratelimits] == ["p"]  # not limited twice
+    assert any(e.obj == "RateLimitPolicy default/p" and "more than once" in e.message for e in result.errors)
