@@ -13,7 +13,8 @@ from gw.settings import Settings
 
 def run(settings: Settings) -> int:
     """Serve until TERM/INT/QUIT; the process exit code."""
-    from supervisor.arbiter import log, serve
+    from supervisor.arbiter import serve
+    from supervisor.log import log
 
     if not settings.config:
         log("GW_CONFIG is not set: point it at a Gateway API YAML file or directory")

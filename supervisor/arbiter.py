@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import time
 from typing import Any
 
@@ -26,6 +25,7 @@ from gw.settings import Settings, SettingsError, check_paths
 from gw.state import EmbeddedValkeyError, Version
 from gw.worker import bind_listener, compile_snapshot, report, set_title
 from supervisor.cpus import available_cpus
+from supervisor.log import log
 from supervisor.process import DRAINING, EXITED, READY, WorkerProcess, exit_text
 from supervisor.publisher import Publisher
 from supervisor.signals import SIGNALS
@@ -39,12 +39,6 @@ STABLE_AFTER = 30.0  # a worker ready this long resets its slot's failure count
 CRASH_LOOP = 5  # consecutive failures reported as a crash loop
 RSS_CHECK_INTERVAL = 5.0
 EXIT_SETTINGS = 2  # a GW_* variable gw cannot use, as the README promises
-
-
-def log(message: str) -> None:
-    """One line on stderr. Never raises: once stderr's reader has left, lines are dropped."""
-    with contextlib.suppress(OSError, ValueError):  # a closed pipe, or a stream closed under us
-        print(f"gw: {message}", file=sys.stderr, flush=True)
 
 
 class StartupError(RuntimeError):

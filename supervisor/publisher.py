@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import getpass
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,13 +36,10 @@ from gw.config.resources import KEPT_FILE
 from gw.settings import Settings
 from gw.state import ConfigFollower, ConfigStore, ConfigStoreError, EmbeddedValkey, Version, connect
 from gw.state.config_store import FILES, REPUBLISH, PublishResult
+from supervisor.log import log
 
 PUBLISH_TIMEOUT = 2.0  # a publish that takes longer is abandoned: serving must not wait on Redis
 UNREACHABLE = (RedisError, OSError, ConfigStoreError, TimeoutError)
-
-
-def log(message: str) -> None:
-    print(f"gw: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True, slots=True)
