@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from gw.config import compile_sources
-from gw.config.fallback import FILE, keep_running_objects
+from gw.config.fallback import keep_running_objects
 from gw.config.loader import Source
+from gw.config.resources import KEPT_FILE as FILE
 from tests.test_config import GATEWAY as GATEWAY_DOC
 from tests.test_config import HEAD
 

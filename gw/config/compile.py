@@ -146,8 +146,7 @@ def _report_dropped(route: HTTPRoute, route_conditions: list[Condition]) -> bool
     match another rule or route) and the route's other rules are served. A route with no valid rule
     left is not Accepted (UnsupportedValue).
     """
-    dropped = ", ".join(str(rule.index) + (f" ({rule.name})" if rule.name else "") for rule in route.dropped)
-    why = "; ".join(rule.invalid_reason or "" for rule in route.dropped)
+    dropped, why = describe_dropped(route)
     if route.rules:
         message = f"Dropped Rule {dropped}: {why}"
         route_conditions.append(Condition("PartiallyInvalid", True, "UnsupportedValue", message))
@@ -157,6 +156,12 @@ def _report_dropped(route: HTTPRoute, route_conditions: list[Condition]) -> bool
         if c.type == "Accepted" and c.status:
             route_conditions[i] = Condition("Accepted", False, "UnsupportedValue", message, c.parent)
     return False
+
+
+def describe_dropped(route: HTTPRoute) -> tuple[str, str]:
+    """The dropped rules of a route ("1 (name), 3") and why ("field: message; ...")."""
+    dropped = ", ".join(str(rule.index) + (f" ({rule.name})" if rule.name else "") for rule in route.dropped)
+    return dropped, "; ".join(rule.invalid_reason or "" for rule in route.dropped)
 
 
 def _gw_key(gw: Gateway) -> tuple[str, str]:

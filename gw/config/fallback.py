@@ -16,13 +16,11 @@ from collections.abc import Callable, Sequence
 
 import yaml
 
-from gw.config.compile import LoadResult
+from gw.config.compile import LoadResult, describe_dropped
 from gw.config.errors import Condition, ConfigError
 from gw.config.loader import Source, parse_sources
 from gw.config.parse import object_label, parse_object
 from gw.config.resources import KEPT_FILE, HTTPRoute
-
-FILE = KEPT_FILE
 
 
 def keep_running_objects(
@@ -37,7 +35,7 @@ def keep_running_objects(
     object that is new (nothing running to fall back to) is refused as before.
     """
     refused = set(result.resources.rejected)
-    partial = {r.meta.label: r for r in result.resources.http_routes if r.dropped and r.meta.file != FILE}
+    partial = {r.meta.label: r for r in result.resources.http_routes if r.dropped and r.meta.file != KEPT_FILE}
     refused |= partial.keys()
     if not refused or not running:
         return files, result, []
@@ -54,7 +52,7 @@ def keep_running_objects(
     if not kept:
         return files, result, []
     text = yaml.safe_dump_all(list(kept.values()), sort_keys=False).encode()
-    with_kept = [*(s for s in files if s[0] != FILE), (FILE, text)]
+    with_kept = [*(s for s in files if s[0] != KEPT_FILE), (KEPT_FILE, text)]
     merged = compile_files(with_kept)
     present = {obj.meta.label for obj in merged.resources.objects()}
     labels = sorted(kept.keys() & present)
@@ -62,12 +60,11 @@ def keep_running_objects(
         return files, result, []
     for label in labels:
         merged.errors.append(
-            ConfigError(FILE, label, "", "its new version is invalid (see above): the running version is kept")
+            ConfigError(KEPT_FILE, label, "", "its new version is invalid (see above): the running version is kept")
         )
         route = partial.get(label)
         if route is not None:
-            dropped = ", ".join(str(rule.index) for rule in route.dropped)
-            why = "; ".join(rule.invalid_reason or "" for rule in route.dropped)
+            dropped, why = describe_dropped(route)
             message = f"Fall Back: the running version is served; rules {dropped} of the new one are invalid: {why}"
             merged.conditions.setdefault(label, []).append(
                 Condition("PartiallyInvalid", True, "UnsupportedValue", message)

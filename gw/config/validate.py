@@ -193,9 +193,7 @@ def check_duplicates(resources: Resources) -> list[ConfigError]:
         for obj in sorted(group, key=lambda o: o.meta.file != KEPT_FILE):
             label = obj.meta.label
             if label in seen and seen[label] == KEPT_FILE:
-                message = "its new version has invalid rules (see above): the running version is served"
-                errors.append(ConfigError(obj.meta.file, label, "", message))
-                continue
+                continue  # the new, invalid copy: gw.config.fallback reports the kept one
             if label in seen:
                 message = f"defined more than once: this copy is ignored, the one in {seen[label]} is served"
                 errors.append(ConfigError(obj.meta.file, label, "metadata.name", message))

@@ -470,12 +470,8 @@ class ClientConnection(asyncio.Protocol):
             limiters = rule.limiters
             fields = split_fields(b"\r\n" + b"".join(req.head)) if limiters.reads_fields else []
             verdict = limiters.decide(req, fields, lambda v: self._limited(req, rule, v))
-            if verdict is None:
+            if verdict is None or not self._admitted(req, verdict):
                 return False
-            if not verdict.allowed:
-                self._fail(errors.RateLimited(verdict.detail, verdict.status, verdict.fields))
-                return False
-            req.limit_fields = verdict.fields
         if req.limit_fields:
             self.resp_mods = (None, None, _AddFields(req.limit_fields))
         return True
