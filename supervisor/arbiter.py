@@ -233,6 +233,7 @@ class Supervisor:
                 log(f"Redis unavailable ({self.publisher.last_error}): serving the new config unpublished for now")
             self._commit(files, result, number if number is not None else self.version)
             self.reloads += 1
+            self.metrics.inc("gw_config_reloads_total", result="applied")
             await self._push_config()
             log(f"config reloaded ({len(result.config.rules)} rules, {self.publisher.describe(self.version)})")
 
@@ -264,7 +265,6 @@ class Supervisor:
             self._send_sockets(worker)
         replies = await asyncio.gather(*(w.request(message, STARTUP_TIMEOUT) for w in live))
         failed = [w.slot for w, r in zip(live, replies, strict=True) if r is None or not r.get("ok")]
-        self.metrics.inc("gw_config_reloads_total", result="applied")
         set_title(f"gw: supervisor [config v{self.version}{'+unpublished' if self.publisher.unpublished else ''}]")
         if failed:
             log(f"workers {failed} did not confirm config version {self.version}")

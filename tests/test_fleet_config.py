@@ -88,6 +88,9 @@ def test_gw_config_push_reaches_every_worker_without_a_signal(
     metrics = httpx.get(f"http://127.0.0.1:{gw.admin}/metrics", timeout=5).text
     per_worker = [ln for ln in metrics.splitlines() if ln.startswith("gw_worker_config_version{")]
     assert len(per_worker) == 2 and all(ln.endswith(" 2") for ln in per_worker), per_worker
+    # One reload, counted once: from the fleet (not also as "applied", which counts HUPs).
+    assert 'gw_config_reloads_total{result="fleet"} 1' in metrics
+    assert 'gw_config_reloads_total{result="applied"} 0' in metrics
 
 
 def test_replicas_reading_the_same_files_converge(

@@ -202,6 +202,9 @@ def test_hup_keeps_the_running_version_of_an_object_made_invalid(
     kept = "(running version kept): HTTPRoute default/shop: its new version is invalid (see above): the running"
     assert any(kept in line for line in gw.log[mark:])
     assert gw.connect().request("GET", "/echo", {"Host": "new.test"}).status == 200  # the rest reloaded
+    metrics = httpx.get(f"http://127.0.0.1:{gw.admin}/metrics", timeout=10).text
+    assert 'gw_config_reloads_total{result="applied"} 1' in metrics  # once per reload, not per push
+    assert 'gw_config_reloads_total{result="fleet"} 0' in metrics
     assert gw.connect().request("GET", "/echo", {"Host": "shop.test"}).header("x-route") == "shop"
     gateway_api = gw.status()["gatewayAPI"]
     errors = [e for e in gateway_api["errors"] if e["object"] == "HTTPRoute default/shop"]  # type: ignore[index]

@@ -93,7 +93,7 @@ FAMILIES: dict[str, Family] = {
     "gw_worker_config_version": Family(GAUGE, "The config version each worker serves.", "slot"),
     "gw_config_reloads_total": Family(
         COUNTER,
-        "Config reloads, by result (applied, unchanged, rejected; fleet: a version from Redis).",
+        "Config reloads, by result: applied (a HUP's new config), unchanged, rejected, fleet (a version from Redis).",
         "result",
         ("applied", "unchanged", "rejected", "fleet"),
     ),
