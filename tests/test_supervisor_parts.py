@@ -41,6 +41,25 @@ def test_workers_default_to_the_quota_rounded_up_within_the_affinity(tmp_path: P
     assert available_cpus(tmp_path) == len(os.sched_getaffinity(0))
 
 
+def test_the_quota_of_the_process_own_cgroup_counts_not_only_the_root(tmp_path: Path) -> None:
+    """A systemd unit's CPUQuota on a cgroup v2 host sits on the unit's cgroup, not on the root."""
+    unit = tmp_path / "system.slice" / "gw.service"
+    unit.mkdir(parents=True)
+    (unit / "cpu.max").write_text("150000 100000\n")
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text("0::/system.slice/gw.service\n")
+    assert cgroup_quota(tmp_path, proc) == 1.5
+    (tmp_path / "system.slice" / "cpu.max").write_text("100000 100000\n")  # a tighter parent wins
+    assert cgroup_quota(tmp_path, proc) == 1.0
+    v1 = tmp_path / "v1"
+    (v1 / "cpu" / "kubepods" / "pod1").mkdir(parents=True)
+    (v1 / "cpu" / "kubepods" / "pod1" / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu" / "kubepods" / "pod1" / "cpu.cfs_period_us").write_text("100000\n")
+    proc.write_text("2:cpu,cpuacct:/kubepods/pod1\n0::/\n")
+    assert cgroup_quota(v1, proc) == 2.0
+
+
 async def test_frames_carry_their_descriptors_in_order() -> None:
     left, right = socket.socketpair()
     got: list[tuple[Message, list[int]]] = []
