@@ -58,6 +58,7 @@ class Supervisor:
         self.retiring: set[WorkerProcess] = set()
         self.failures: dict[int, int] = {}
         self.restarts: dict[int, asyncio.TimerHandle] = {}
+        self.last_exits: dict[int, str] = {}  # slot → how its last worker ended (for /status)
         self.sockets = ListenerSockets(listen_host)
         self.files: list[Source] = []  # the snapshot served: file names and bytes
         self.source = settings.config
@@ -182,6 +183,7 @@ class Supervisor:
         else:
             log(f"{what}; restarting{f' in {delay:g}s' if delay else ''}")
         self.restarts[slot] = self.loop.call_later(delay, self._restart, slot, worker)
+        self.last_exits[slot] = exit_text(worker.exit_code)
 
     def _restart(self, slot: int, dead: WorkerProcess) -> None:
         self.restarts.pop(slot, None)
@@ -452,6 +454,16 @@ class Supervisor:
                 "reloads": self.reloads,
             },
             "workers": [self._worker_status(w, stats.get(w)) for w in sorted(self._live(), key=lambda w: w.slot)],
+            # Slots whose worker exited and waits out its backoff (a crash loop shows here).
+            "restarting": [
+                {
+                    "slot": slot,
+                    "last_exit": self.last_exits.get(slot),
+                    "failures_in_a_row": self.failures.get(slot, 0),
+                    "next_start_in_seconds": round(max(0.0, timer.when() - self.loop.time()), 3),
+                }
+                for slot, timer in sorted(self.restarts.items())
+            ],
             "listeners": [
                 {"declared_port": p.declared_port, "bind_port": p.bind_port, "listeners": list(p.listeners)}
                 for p in (config.ports if config else ())

@@ -152,6 +152,9 @@ def test_a_crash_loop_backs_off_and_is_reported(start_gateway: StartGateway, ups
         delays.append(float(found.group(1)) if found else 0.0)
     assert delays == sorted(delays) and delays[0] == 0.0 and delays[-1] > delays[1] > 0
     assert "crash loop" in line
+    (waiting,) = gw.status()["restarting"]  # type: ignore[misc]
+    assert waiting["slot"] == 0 and waiting["failures_in_a_row"] == 5 and waiting["next_start_in_seconds"] > 0
+    assert "SIGKILL" in waiting["last_exit"], waiting
     wait_until(lambda: ready_pids(gw), what="the worker back after the backoff")
     ok(gw, 3)
 
