@@ -110,11 +110,15 @@ class Supervisor:
         self.loop.create_task(self._watch_rss())
         self.publisher.follow(self.version, self.checksum, lambda: (self.files, self.source))
         self.serving = True
-        set_title(f"gw: supervisor [config v{self.version}{'+unpublished' if self.publisher.unpublished else ''}]")
+        self._set_title()
 
     def _load(self) -> tuple[list[Source], LoadResult]:
         files = read_sources(self.settings.config)
         return files, compile_snapshot(files, self.settings, self.settings.config)
+
+    def _set_title(self) -> None:
+        unpublished = "+unpublished" if self.publisher.unpublished else ""
+        set_title(f"gw: supervisor [config v{self.version}{unpublished}]")
 
     def _commit(self, files: list[Source], result: LoadResult, version: int) -> None:
         self.files, self.result = files, result
@@ -267,7 +271,7 @@ class Supervisor:
             self._send_sockets(worker)
         replies = await asyncio.gather(*(w.request(message, STARTUP_TIMEOUT) for w in live))
         failed = [w.slot for w, r in zip(live, replies, strict=True) if r is None or not r.get("ok")]
-        set_title(f"gw: supervisor [config v{self.version}{'+unpublished' if self.publisher.unpublished else ''}]")
+        self._set_title()
         if failed:
             log(f"workers {failed} did not confirm config version {self.version}")
 

@@ -336,20 +336,24 @@ class Resources:
     # Objects of gw's kinds refused as invalid: "Kind ns/name" (see gw.config.fallback).
     rejected: list[str] = field(default_factory=list)
 
+    def groups(self) -> tuple[list[Resource], ...]:
+        """Every kind's list of objects (the kinds gw reads, one list each)."""
+        return (
+            self.gateway_classes,
+            self.gateways,
+            self.http_routes,
+            self.services,
+            self.endpoint_slices,
+            self.backends,
+            self.reference_grants,
+            self.namespaces,
+            self.secrets,
+            self.policies,
+            self.rate_limit_policies,
+        )
+
     def objects(self) -> list[Resource]:
-        return [
-            *self.gateway_classes,
-            *self.gateways,
-            *self.http_routes,
-            *self.services,
-            *self.endpoint_slices,
-            *self.backends,
-            *self.reference_grants,
-            *self.namespaces,
-            *self.secrets,
-            *self.policies,
-            *self.rate_limit_policies,
-        ]
+        return [obj for group in self.groups() for obj in group]
 
     def add(self, obj: Resource) -> None:
         bucket = {

@@ -174,20 +174,7 @@ def check_duplicates(resources: Resources) -> list[ConfigError]:
     """The same kind/namespace/name twice: the later copy is reported (and ignored by compile)."""
     errors: list[ConfigError] = []
     seen: dict[str, str] = {}  # label → the file of the copy kept
-    groups: Iterable[list] = (
-        resources.gateway_classes,
-        resources.gateways,
-        resources.http_routes,
-        resources.services,
-        resources.endpoint_slices,
-        resources.backends,
-        resources.reference_grants,
-        resources.namespaces,
-        resources.secrets,
-        resources.policies,
-        resources.rate_limit_policies,  # two copies of one policy would limit its rules twice
-    )
-    for group in groups:
+    for group in resources.groups():
         unique = []
         # A running version kept by a reload (gw.config.fallback) wins over the new, invalid copy.
         for obj in sorted(group, key=lambda o: o.meta.file != KEPT_FILE):
