@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -90,23 +91,29 @@ class TestRuleWeights:
         assert rule.pick_backend() is None
 
 
+def at(now: float) -> SimpleNamespace:
+    """An exchange as Backend.pick reads it: when it started."""
+    return SimpleNamespace(started=now)
+
+
 class TestEndpointPick:
     def test_endpoint_weights(self):
         b = backend(2, 1)
-        counts = Counter(b.pick(0.0).address for _ in range(300))
+        counts = Counter(b.pick(at(0.0)).address for _ in range(300))
         assert counts == {"10.0.0.1": 200, "10.0.0.2": 100}
 
     def test_ejected_endpoint_is_skipped_until_its_time(self):
         b = backend(1, 1)
-        b.endpoints[0].down_until = 100.0
-        assert {b.pick(50.0).address for _ in range(4)} == {"10.0.0.2"}
-        assert {b.pick(100.0).address for _ in range(4)} == {"10.0.0.1", "10.0.0.2"}
+        b.connect_failed(b.endpoints[0], 100.0)
+        assert {b.pick(at(50.0)).address for _ in range(4)} == {"10.0.0.2"}
+        assert {b.pick(at(100.0)).address for _ in range(4)} == {"10.0.0.1", "10.0.0.2"}
+        assert not b.health.ejected  # forgotten once its time passed
 
     def test_all_ejected_still_tries_one_panic_mode(self):
         b = backend(1, 1)
         for e in b.endpoints:
-            e.down_until = 10.0
-        assert b.pick(5.0) in b.endpoints
+            b.connect_failed(e, 10.0)
+        assert b.pick(at(5.0)) in b.endpoints
 
     def test_no_endpoints_gives_none(self):
-        assert Backend("empty", []).pick(0.0) is None
+        assert Backend("empty", []).pick(at(0.0)) is None

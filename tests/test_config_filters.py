@@ -8,6 +8,7 @@ import pytest
 
 from gw.config import load_text
 from gw.config.filters import ALL_FEATURES, CORS, HeaderModifier, Mirror, PathModifier, Redirect, Retry, URLRewrite
+from gw.policies.registry import build_chain
 
 HEAD = """
 apiVersion: gateway.networking.k8s.io/v1
@@ -58,6 +59,12 @@ def compile_rule(rule: str, *extra: str, features=ALL_FEATURES):
     accepted = [c for c in result.conditions["HTTPRoute default/r"] if c.type == "Accepted"]
     assert accepted and all(not c.status and c.reason == "UnsupportedValue" for c in accepted), accepted
     return result, dropped
+
+
+def chain_kinds(rule) -> list[str]:
+    """The phase kinds a worker serves the rule with (none of these rules has a rate limit)."""
+    chain = build_chain(rule, None)  # type: ignore[arg-type]
+    return [] if chain is None else [p.kind for p in chain.phases]
 
 
 def fields(result):
@@ -112,7 +119,8 @@ class TestHeaderModifier:
               responseHeaderModifier: {{add: [{{name: X-Served-By, value: gw}}]}}
             """
         )
-        assert rule.has_filters and rule.invalid_reason is None
+        assert rule.invalid_reason is None
+        assert chain_kinds(rule) == ["request-header-modifier", "response-header-modifier"]
         headers = [(b"x-c", b"gone"), (b"x-b", b"0")]
         rule.request_headers.apply(headers)
         assert headers == [(b"x-b", b"0,2"), (b"x-a", b"1")]
@@ -220,7 +228,7 @@ class TestFilterValidation:
 
     def test_rule_without_filters_has_none(self):
         _, rule = compile_rule(f"backendRefs: [{ONE}]")
-        assert not rule.has_filters
+        assert chain_kinds(rule) == []  # no chain: the proxy's fast path
         assert (rule.request_headers, rule.response_headers, rule.redirect, rule.rewrite, rule.cors) == (None,) * 5
         assert rule.mirrors == () and rule.extensions == () and rule.retry is None
 
@@ -613,8 +621,8 @@ class TestBackendRefFilters:
             """
         )
         one, two = rule.backend_refs
-        assert one.has_filters and not two.has_filters
-        assert rule.has_filters and rule.request_headers is None
+        assert one.request_headers is not None and two.request_headers is None
+        assert rule.request_headers is None and chain_kinds(rule) == ["request-header-modifier"]
         headers = []
         one.request_headers.apply(headers)
         assert headers == [(b"x-pool", b"one")]

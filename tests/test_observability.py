@@ -18,8 +18,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gw.errors import ProxyError
 from gw.observe.families import FAMILIES, PROXY_ERROR_KINDS, RETRY_REASONS, TIMEOUT_KINDS
-from gw.proxy.errors import ProxyError
 from tests.conftest import StartGateway
 from tests.support.gateway import REPO, GatewayProcess, Response, config_yaml, free_port
 from tests.support.servers import launch_gateway

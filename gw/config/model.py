@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gw.balancing.health import EndpointHealth
 from gw.balancing.swrr import SmoothWeightedRoundRobin
 from gw.config.filters import CORS, ExtensionRef, HeaderModifier, Mirror, Redirect, Retry, URLRewrite
 
@@ -23,8 +24,6 @@ class Endpoint:
     address: str
     port: int
     weight: int = 1
-    # Passive health: the proxy sets this when a connect is refused; pick() skips it until then.
-    down_until: float = 0.0
     key: tuple[str, int] = field(init=False)
     label: str = field(init=False)  # "address:port", as logs and metrics name it
     pool: Any = None  # the worker's connection pool for `key`, remembered on first use
@@ -35,9 +34,13 @@ class Endpoint:
 
 
 class Backend:
-    """A Service port or a gw Backend: the endpoints a request to it is balanced over."""
+    """A Service port or a gw Backend: the endpoints a request to it is balanced over.
 
-    __slots__ = ("_balancer", "_only", "endpoints", "name")
+    Everything backend-side that decides where an exchange goes lives behind `pick(exchange)`:
+    the balancer and the endpoints' health (gw.balancing.health), as Envoy's cluster owns them.
+    """
+
+    __slots__ = ("_balancer", "_only", "endpoints", "health", "name")
 
     def __init__(self, name: str, endpoints: Sequence[Endpoint]) -> None:
         self.name = name
@@ -45,9 +48,11 @@ class Backend:
         self._balancer = SmoothWeightedRoundRobin(self.endpoints, [e.weight for e in self.endpoints])
         usable = [e for e in self.endpoints if e.weight > 0]
         self._only = usable[0] if len(usable) == 1 else None
+        self.health = EndpointHealth()
 
-    def pick(self, now: float) -> Endpoint | None:
-        """Next endpoint by smooth weighted round robin, skipping ejected ones; None if there are none.
+    def pick(self, exchange: Any) -> Endpoint | None:
+        """The endpoint for `exchange` (its `started` time is the clock of health): smooth weighted
+        round robin, skipping ejected endpoints; None when the backend has none.
 
         When every endpoint is ejected, the next one is tried anyway (Envoy's panic mode): a
         backend that may have recovered beats answering 503 without trying.
@@ -56,13 +61,21 @@ class Backend:
             return self._only  # one endpoint: nothing to balance (and panic mode would pick it anyway)
         balancer = self._balancer
         first = balancer.next()
-        if first is None or first.down_until <= now:
+        health = self.health
+        if first is None or not health.ejected:
+            return first
+        now = exchange.started
+        if health.usable(first, now):
             return first
         for _ in range(len(balancer) - 1):
             endpoint = balancer.next()
-            if endpoint is not None and endpoint.down_until <= now:
+            if endpoint is not None and health.usable(endpoint, now):
                 return endpoint
         return first
+
+    def connect_failed(self, endpoint: Endpoint, until: float) -> None:
+        """The proxy could not connect to `endpoint`: skip it in picks until `until` (monotonic)."""
+        self.health.eject(endpoint, until)
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, {len(self.endpoints)} endpoints)"
@@ -83,14 +96,12 @@ class BackendRef:
     response_headers: HeaderModifier | None = None
     rewrite: URLRewrite | None = None
     mirrors: tuple[Mirror, ...] = ()
-    has_filters: bool = False
 
 
 class Rule:
-    """One HTTPRoute rule, compiled: where matching requests go, the filters and limits that apply.
+    """One HTTPRoute rule, compiled: where matching requests go, the filters and policies that apply.
 
-    Filters (gw.config.filters), each None or () when the rule has none, so the proxy pays one
-    attribute test (`has_filters`) per request when a rule has no filter at all:
+    Filters (gw.config.filters), each None or () when the rule has none:
       redirect          answer `redirect.status` with Location `redirect.location(...)`; no upstream
       cors              preflight answered by the gateway; `cors.response(origin)` added otherwise
       request_headers   `request_headers.apply(headers)` before sending upstream
@@ -98,27 +109,31 @@ class Rule:
       mirrors           for m in mirrors: if m.take(): send a copy to m.backend, ignore the answer
       response_headers  `response_headers.apply(headers)` on the upstream response
       extensions        gw policy objects (ExtensionRef), for the policy layer
-      ratelimits        RateLimitPolicies attached by targetRefs; `limiters` decides per request
+    rate_limit_policies: RateLimitPolicies attached by targetRefs or ExtensionRef (gw.config.policy_attach).
     retry: Retry or None; request_timeout / backend_timeout in seconds (0 = disabled, None = unset).
+
+    The proxy does not read the filters and policies itself: a worker turns them into the rule's
+    phase chain when it installs the snapshot (gw.policies.registry). `chain` and `stats` are the
+    only attributes written after compile, once, by that install; a rule that nothing filters
+    keeps `chain` None and the proxy pays one test for it per request.
     """
 
     __slots__ = (
         "_refs",
         "backend_refs",
         "backend_timeout",
+        "chain",
         "cors",
         "extensions",
-        "has_filters",
         "index",
         "invalid_reason",
         "label",
-        "limiters",
-        "limits_only",
         "max_body_size",
         "mirrors",
         "name",
         "only_backend",
-        "ratelimits",
+        "only_ref",
+        "rate_limit_policies",
         "redirect",
         "request_headers",
         "request_timeout",
@@ -167,21 +182,15 @@ class Rule:
         self.cors = cors
         self.extensions = tuple(extensions)
         self.retry = retry
-        # One test on the hot path: does anything (rule or backendRef) filter this rule's traffic?
-        self.has_filters = bool(
-            request_headers or response_headers or redirect or rewrite or self.mirrors or cors or self.extensions
-        ) or any(r.has_filters for r in self.backend_refs)
-        self.stats: Any = None  # assigned by the worker when the snapshot is installed
-        # RateLimitPolicies attached to this rule (gw.config.policy_attach, which also sets
-        # has_filters), and their runtime limiters, assigned when the snapshot is installed.
-        self.ratelimits: tuple[Any, ...] = ()
-        self.limiters: Any = None
-        # Rate limits are all that filters this rule: the proxy decides, then goes as on the fast
-        # path (no field split unless a limit keys on fields, the head forwarded as it came).
-        self.limits_only = False
+        # RateLimitPolicies reaching this rule, added while compiling (gw.config.policy_attach).
+        self.rate_limit_policies: tuple[Any, ...] = ()
+        # The worker's, bound once when it installs the snapshot (see the class docstring).
+        self.stats: Any = None
+        self.chain: Any = None
         usable = [r for r in self.backend_refs if r.weight > 0]
         self._refs = SmoothWeightedRoundRobin(usable, [r.weight for r in usable]) if usable else None
         # The common case of one backend: the proxy skips the weighted pick.
+        self.only_ref = usable[0] if len(usable) == 1 else None
         self.only_backend = usable[0].backend if len(usable) == 1 else None
 
     def pick_backend(self) -> BackendRef | None:

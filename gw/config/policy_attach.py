@@ -35,7 +35,7 @@ def attach_rate_limits(
     conditions: dict[str, list[Condition]],
     errors: list[ConfigError],
 ) -> None:
-    """Set `rule.ratelimits` on every rule a policy reaches; conditions and errors for the rest."""
+    """Add each policy to `rule.rate_limit_policies` of the rules it reaches; conditions and errors for the rest."""
     by_route = {(c.route.meta.namespace, c.route.meta.name): c for c in routes}
     for policy in sorted(policies, key=lambda p: (p.meta.created, p.meta.key)):
         ns = policy.meta.namespace
@@ -60,9 +60,7 @@ def attach_rate_limits(
             for rule in rules:
                 reached.setdefault(id(rule), rule)
         for rule in reached.values():
-            rule.ratelimits = (*rule.ratelimits, policy)
-            rule.limits_only = rule.limits_only or not rule.has_filters
-            rule.has_filters = True  # the rule leaves the fast path; rules without policies do not
+            rule.rate_limit_policies = (*rule.rate_limit_policies, policy)
         if not policy.targets:
             message = "no targetRefs: applies to the rules whose ExtensionRef filters name it"
             conditions.setdefault(policy.meta.label, []).append(Condition("Accepted", True, ACCEPTED, message))
@@ -84,9 +82,8 @@ def attach_extension_rate_limits(routes: Sequence[CompiledRoute]) -> None:
         for _spec, rule in compiled.rules:
             for ext in rule.extensions:
                 policy = ext.target
-                if isinstance(policy, RateLimitPolicy) and all(p is not policy for p in rule.ratelimits):
-                    rule.ratelimits = (*rule.ratelimits, policy)
-                    rule.has_filters = True
+                if isinstance(policy, RateLimitPolicy) and all(p is not policy for p in rule.rate_limit_policies):
+                    rule.rate_limit_policies = (*rule.rate_limit_policies, policy)
 
 
 def _target_rules(

@@ -76,7 +76,6 @@ class RuleCompiler:
                     response_headers=f.response_headers,
                     rewrite=f.rewrite,
                     mirrors=mirrors,
-                    has_filters=bool(f.types),
                 )
             )
         f = spec.filters

@@ -31,7 +31,7 @@ class Family:
         return [((self.label, value),) for value in self.values]
 
 
-# Proxy errors answered with a 5xx status (gw.proxy.errors: the `kind` of each ProxyError).
+# Proxy errors answered with a 5xx status (gw.errors: the `kind` of each ProxyError).
 PROXY_ERROR_KINDS = (
     "internal-error",
     "not-implemented",

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections import deque
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from gw import errors
+from gw.errors import ProxyError, problem_response
 from gw.observe.accesslog import LINE, NULL_UPSTREAM, members
-from gw.proxy import errors
-from gw.proxy.errors import ProxyError, problem_response
+from gw.policies.phase import CONTINUE, Chain
+from gw.proxy.exchange import Exchange
 from gw.proxy.mirror import MirrorRequest, start_mirrors
-from gw.proxy.request import CRLF, IDEMPOTENT, RawHead, Request, analyze_raw, prepare, split_fields, split_target
+from gw.proxy.request import CRLF, IDEMPOTENT, RawHead, analyze_raw, prepare, split_fields, split_target
 from gw.proxy.response import CHUNKED, NO_BODY, ResponseHead, build_response_head_raw, status_line
+from gw.proxy.retry import REPLAY_LIMIT, keeps_replay, may_retry, rearm, replayable, retries_status
 from gw.proxy.upstream import (
     PAUSE_BODY_WAIT,
     PAUSE_PIPELINE,
@@ -44,9 +48,8 @@ RESPONSE = 5  # streaming the response body: abort
 TUNNEL = 6  # upgraded connection idle: close
 
 PENDING_BODY_LIMIT = 256 * 1024  # body bytes buffered while the upstream connection opens
-REPLAY_LIMIT = 64 * 1024  # idempotent request bodies up to this size can be retried
 MAX_CONNECT_ATTEMPTS = 3  # endpoints tried when connects are refused (nothing was sent yet)
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+HTTP_100_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -62,7 +65,7 @@ class ClientConnection(asyncio.Protocol):
         self.declared_port = declared_port
         self.tls = False
         self.server_name: str | None = None  # the SNI the TLS client sent
-        self.resp_mods: tuple[Any, ...] | None = None  # ResponseHeaderModifiers of the exchange
+        self.resp_chain: Exchange | None = None  # the exchange whose chain edits the response head
         self.scheme = scheme
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.full_parser = self.parser = HttpRequestParser(self)
@@ -76,9 +79,9 @@ class ClientConnection(asyncio.Protocol):
         self.paused = 0  # PAUSE_* bits
         self.closed = False
         self.head_bytes = 0
-        self.req: Request | None = None  # the request being parsed
-        self.active: Request | None = None  # the request in flight
-        self.queue: deque[Request] = deque()
+        self.req: Exchange | None = None  # the request being parsed
+        self.active: Exchange | None = None  # the request in flight
+        self.queue: deque[Exchange] = deque()
         self.upstream: UpstreamConnection | None = None
         self.connecting: asyncio.Task[UpstreamConnection] | None = None
         self.endpoint: Endpoint | None = None
@@ -241,7 +244,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         now = monotonic()
-        req = self.req = Request(now)
+        req = self.req = Exchange(now)
         req.headers = []
         if self.active is None:
             self.phase = HEAD
@@ -257,7 +260,7 @@ class ClientConnection(asyncio.Protocol):
         self.req.headers.append((name, value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
-        req: Request = self.req  # type: ignore[assignment]
+        req: Exchange = self.req  # type: ignore[assignment]
         settings = self.settings
         if self.head_bytes > settings.max_header_size:
             size = sum(len(n) + len(v) + 4 for n, v in req.headers)
@@ -286,7 +289,7 @@ class ClientConnection(asyncio.Protocol):
         data = self.raw
         self.raw = b""
         self.head_bytes = 0
-        req = self.req = Request(monotonic())
+        req = self.req = Exchange(monotonic())
         settings = self.settings
         parser = self.parser
         method = parser.get_method()
@@ -334,7 +337,7 @@ class ClientConnection(asyncio.Protocol):
             )
         self._route(req)
 
-    def _route(self, req: Request) -> None:
+    def _route(self, req: Exchange) -> None:
         """Find the rule for a prepared request, check its limits, then start it or queue it."""
         settings = self.settings
         gw = self.gw
@@ -365,9 +368,7 @@ class ClientConnection(asyncio.Protocol):
             limit = rule.max_body_size or settings.max_body_size
             if 0 < limit < req.content_length:
                 raise errors.BodyTooLarge(f"request body of {req.content_length} bytes exceeds {limit}")
-        if (req.idempotent or (rule is not None and rule.retry is not None)) and (
-            req.chunked or 0 < req.content_length <= REPLAY_LIMIT
-        ):
+        if (req.chunked or req.content_length > 0) and keeps_replay(req):
             req.replay = []
         if self.active is None:
             self._start(req)
@@ -376,7 +377,7 @@ class ClientConnection(asyncio.Protocol):
             self.pause_reading(PAUSE_PIPELINE)
 
     def on_body(self, body: bytes) -> None:
-        req: Request = self.req  # type: ignore[assignment]
+        req: Exchange = self.req  # type: ignore[assignment]
         received = req.body_received = req.body_received + len(body)
         rule = req.rule
         limit = (rule.max_body_size if rule is not None else 0) or self.settings.max_body_size
@@ -411,7 +412,7 @@ class ClientConnection(asyncio.Protocol):
                 self.pause_reading(PAUSE_BODY_WAIT)
 
     def on_message_complete(self) -> None:
-        req: Request = self.req  # type: ignore[assignment]
+        req: Exchange = self.req  # type: ignore[assignment]
         self.req = None
         req.complete = True
         # (Mirrors count a Content-Length body's end themselves; only a chunked one is told, in
@@ -428,12 +429,13 @@ class ClientConnection(asyncio.Protocol):
 
     # -- the exchange ------------------------------------------------------------------------
 
-    def _start(self, req: Request) -> None:
-        """Begin proxying `req`: choose backend and endpoint, then lend or open a connection."""
+    def _start(self, req: Exchange) -> None:
+        """Begin proxying `req`: run its rule's phase chain, choose backend and endpoint, go upstream."""
         self.active = req
         self.status = 0
         self.bytes_out = 0
         self.resp_head = None
+        self.resp_chain = None
         rule = req.rule
         if rule is None:
             self._fail(errors.NoRoute(f"no route for {req.host or '(no host)'}{req.path}"))
@@ -443,13 +445,16 @@ class ClientConnection(asyncio.Protocol):
             return
         timeout = rule.request_timeout
         self.request_deadline = req.started + timeout if timeout else 0.0
-        self.resp_mods = None
-        if rule.has_filters:
-            if not rule.limits_only:
-                self._start_filtered(req, rule)
-                return
-            if not self._limits_pass(req, rule):
-                return
+        chain = rule.chain
+        if chain is not None:
+            req.conn = self
+            try:
+                if chain.request and chain.run_request(req) != CONTINUE:
+                    return  # answered, or waiting: resume() goes on
+                self._to_upstream(req, chain)
+            except Exception as exc:
+                self._phase_failed(req, exc)
+            return
         backend = rule.only_backend
         if backend is None:
             ref = rule.pick_backend()
@@ -460,81 +465,22 @@ class ClientConnection(asyncio.Protocol):
         self.backend = backend
         self._pick_and_go(req)
 
-    def _limits_pass(self, req: Request, rule: Any) -> bool:
-        """A rule whose only policies are rate limits: True to go on as the fast path does.
-
-        The head is split into fields only for a limit keyed on them (a header, X-Forwarded-For
-        behind trusted proxies) and is forwarded as it came. False: answered, or waiting on Redis.
-        """
-        if req.limit_fields is None:
-            limiters = rule.limiters
-            fields = split_fields(b"\r\n" + b"".join(req.head)) if limiters.reads_fields else []
-            verdict = limiters.decide(req, fields, lambda v: self._limited(req, rule, v))
-            if verdict is None or not self._admitted(req, verdict):
-                return False
-        if req.limit_fields:
-            self.resp_mods = (None, None, _AddFields(req.limit_fields))
-        return True
-
-    def _start_filtered(self, req: Request, rule: Any) -> None:
-        """A rule with HTTPRoute filters: redirect, or rewrite the request and edit its fields.
-
-        Off the fast path on purpose: the forwarded head is split into fields, edited by the
-        rule's and then the chosen backendRef's filters, and joined again.
-        """
-        fields = split_fields(b"\r\n" + b"".join(req.head))
-        limiters = rule.limiters
-        if limiters is not None and req.limit_fields is None:
-            # RateLimitPolicies decide before any filter edits the request they key on. An
-            # answer from Redis resumes the exchange in _limited (the guard's budget bounds it).
-            verdict = limiters.decide(req, fields, lambda v: self._limited(req, rule, v))
-            if verdict is None or not self._admitted(req, verdict):
-                return
-        cors = rule.cors
-        cors_fields: list[tuple[bytes, bytes]] | None = None
-        if cors is not None:
-            origin = _field(fields, b"origin")
-            if origin is not None:
-                asked = _field(fields, b"access-control-request-method")
-                if cors.is_preflight(req.method, asked):
-                    # The gateway answers the preflight itself (the CORS filter's promise).
-                    wanted = _field(fields, b"access-control-request-headers")
-                    self._answer(req, 204, cors.preflight(origin, asked, wanted))
-                    return
-                cors_fields = cors.response(origin)
-        redirect = rule.redirect
-        if redirect is not None:
-            location = redirect.location(
-                self.scheme.decode(), req.host or "localhost", self.declared_port, req.path, req.query
-            )
-            self._answer(req, redirect.status, [(b"Location", location)])
-            return
-        ref = rule.pick_backend()
+    def _to_upstream(self, req: Exchange, chain: Chain) -> None:
+        """The request phases let `req` through: choose its backendRef, let phases edit it, send it."""
+        rule = req.rule
+        ref = rule.only_ref or rule.pick_backend()
         if ref is None or ref.backend is None:
             self._fail(errors.RouteMisconfigured("the route has no usable backend"))
             return
-        edited = False  # an unedited head is forwarded as it came (a rate limit or CORS alone)
-        for modifier in (rule.request_headers, ref.request_headers):
-            if modifier is not None:
-                modifier.apply(fields)
-                edited = True
-        rewrite = ref.rewrite or rule.rewrite
-        if rewrite is not None:
-            req.url = rewrite.target(req.path, req.query)
-            if rewrite.host is not None:
-                fields = [(n, v) for n, v in fields if n.lower() != b"host"]
-                fields.insert(0, (b"Host", rewrite.host))
-                req.host_header = rewrite.host
-                edited = True
-        if edited:
-            req.head = [b"".join(b"%b: %b\r\n" % field for field in fields)]
-        if req.limit_fields:
-            cors_fields = (cors_fields or []) + req.limit_fields
-        if rule.response_headers is not None or ref.response_headers is not None or cors_fields:
-            self.resp_mods = (rule.response_headers, ref.response_headers, _AddFields(cors_fields or []))
+        req.ref = ref
+        for phase in chain.upstream:
+            phase.on_upstream_request(req)
+        req.forwarded_head()
+        if chain.response or req.response_fields:
+            self.resp_chain = req
         self.backend = ref.backend
-        mirrors = rule.mirrors + ref.mirrors if ref.mirrors else rule.mirrors
-        if not mirrors or req.upgrade:  # (an upgrade is a conversation, not a request to copy)
+        mirrors = req.mirror_to
+        if mirrors is None:
             self._pick_and_go(req)
             return
         # The primary goes first: it gets the pick of idle pooled connections, and a request it
@@ -545,30 +491,38 @@ class ClientConnection(asyncio.Protocol):
             timeout = rule.backend_timeout or self.settings.upstream_response_timeout
             req.mirrors = start_mirrors(self.gw, mirrors, req, early_body, timeout)
 
-    def _admitted(self, req: Request, verdict: Any) -> bool:
-        """Record a rate-limit verdict: True to go on, False when it was answered here."""
-        if not verdict.allowed:
-            self._fail(errors.RateLimited(verdict.detail, verdict.status, verdict.fields))
-            return False
-        req.limit_fields = verdict.fields
-        return True
+    # -- what phases ask of the connection (through the exchange) -------------------------------
 
-    def _limited(self, req: Request, rule: Any, verdict: Any) -> None:
-        """A verdict that needed Redis: carry on with the exchange it held up, unless the client left."""
+    def resume(self, req: Exchange) -> None:
+        """A phase that returned WAIT is done waiting: go on with the chain after it."""
+        if self.closed or self.active is not req:
+            return  # the client left, or the exchange was answered meanwhile
+        chain = req.rule.chain
+        try:
+            if chain.run_request(req, req.resume_at) == CONTINUE:
+                self._to_upstream(req, chain)
+        except Exception as exc:
+            self._phase_failed(req, exc)
+
+    def fail_exchange(self, req: Exchange, error: ProxyError) -> None:
+        if not self.closed and self.active is req:
+            self._fail(error)
+
+    def _phase_failed(self, req: Exchange, exc: Exception) -> None:
+        """A bug in a phase: answer 500 if nothing was sent yet, say why once, keep the worker serving."""
+        traceback.print_exception(exc)
+        self.gw.metrics.inc("gw_internal_errors_total")
         if self.closed or self.active is not req:
             return
-        try:
-            if self._admitted(req, verdict):
-                if rule.limits_only:
-                    self._start(req)  # decided: req.limit_fields is set
-                else:
-                    self._start_filtered(req, rule)
-        except Exception as exc:
-            self.crash(exc)
+        if self.resp_head is not None or self.upstream is not None:
+            self._abort(req, f"internal error: {exc!r}")
+            return
+        self._fail(errors.InternalError("internal error while handling the request"))
 
-    def _answer(self, req: Request, status: int, fields: list[tuple[bytes, bytes]]) -> None:
-        """A bodiless response from the gateway itself (a redirect), in order, then carry on."""
-        self.active = req
+    def answer(self, req: Exchange, status: int, fields: list[tuple[bytes, bytes]]) -> None:
+        """A bodiless response from the gateway itself (a redirect, a preflight), then carry on."""
+        if self.closed or self.active is not req:
+            return
         close = (req.has_body and not req.complete) or not req.keep_alive or self.gw.draining
         self.close_after = close
         self.framing = NO_BODY
@@ -589,8 +543,8 @@ class ClientConnection(asyncio.Protocol):
         )
         self._finish(req, status)
 
-    def _pick_and_go(self, req: Request) -> None:
-        endpoint = self.backend.pick(req.started)  # type: ignore[union-attr]
+    def _pick_and_go(self, req: Exchange) -> None:
+        endpoint = self.backend.pick(req)  # type: ignore[union-attr]
         if endpoint is None:
             self._fail(errors.NoEndpoint(f"backend {self.backend.name} has no endpoints"))  # type: ignore[union-attr]
             return
@@ -607,13 +561,13 @@ class ClientConnection(asyncio.Protocol):
                 return
         self._connect(req, pool)
 
-    def _connect(self, req: Request, pool: EndpointPool) -> None:
+    def _connect(self, req: Exchange, pool: EndpointPool) -> None:
         self.phase = CONNECT
         self.deadline = monotonic() + self.settings.upstream_connect_timeout
         task = self.connecting = self.loop.create_task(pool.open())
         task.add_done_callback(lambda t: self._connected(t, req, pool))
 
-    def _connected(self, task: asyncio.Task[UpstreamConnection], req: Request, pool: EndpointPool) -> None:
+    def _connected(self, task: asyncio.Task[UpstreamConnection], req: Exchange, pool: EndpointPool) -> None:
         if task.cancelled():
             return
         if self.connecting is task:
@@ -626,7 +580,7 @@ class ClientConnection(asyncio.Protocol):
             endpoint = self.endpoint
             self.gw.metrics.inc("gw_upstream_connect_errors_total", endpoint=f"{pool.address}:{pool.port}")
             if endpoint is not None:
-                endpoint.down_until = monotonic() + self.settings.endpoint_eject_time
+                self.backend.connect_failed(endpoint, monotonic() + self.settings.endpoint_eject_time)  # type: ignore[union-attr]
             if req.attempts < MAX_CONNECT_ATTEMPTS and len(self.backend.endpoints) > req.attempts:  # type: ignore[union-attr]
                 self._pick_and_go(req)  # nothing was sent: any method may try another endpoint
                 return
@@ -639,7 +593,7 @@ class ClientConnection(asyncio.Protocol):
         conn.reused = False
         self._send(req, conn)
 
-    def _send(self, req: Request, conn: UpstreamConnection) -> None:
+    def _send(self, req: Exchange, conn: UpstreamConnection) -> None:
         """Write the request head and whatever body has arrived, in one write when possible."""
         self.upstream = conn
         conn.lend(self, req.method == b"HEAD")
@@ -665,7 +619,7 @@ class ClientConnection(asyncio.Protocol):
         conn.transport.write(b"".join(parts))
         if req.expect_continue and not req.complete and req.body_received == 0:
             req.expect_continue = False  # sent once, when the body can start flowing upstream
-            self.transport.write(CONTINUE)
+            self.transport.write(HTTP_100_CONTINUE)
         if req.complete or not req.has_body:
             # (A bodiless request is as good as complete: its message end is a formality.)
             self.phase = WAIT
@@ -676,7 +630,7 @@ class ClientConnection(asyncio.Protocol):
             self.phase = BODY
             self.deadline = monotonic() + self.settings.keepalive_timeout
 
-    def _await_response(self, req: Request, now: float) -> None:
+    def _await_response(self, req: Exchange, now: float) -> None:
         self.phase = WAIT
         rule = req.rule
         timeout = (rule.backend_timeout if rule is not None else None) or self.settings.upstream_response_timeout
@@ -691,11 +645,11 @@ class ClientConnection(asyncio.Protocol):
             self.out.append(b"%b%b\r\n" % (status_line(status)[:-2], block))
 
     def upstream_head(self, status: int, block: bytes) -> None:
-        req: Request = self.active  # type: ignore[assignment]
+        req: Exchange = self.active  # type: ignore[assignment]
         rule = req.rule
-        if rule is not None and rule.retry is not None and rule.retry.should_retry(status, req.retries):
+        if rule is not None and rule.retry is not None and retries_status(req, status):
             upstream = self.upstream
-            if upstream is not None and req.complete and _replayable(req):
+            if upstream is not None:
                 self._retry(req, upstream)
                 return
         # An upstream that answers before the whole body arrived (an early 413, say): the rest of
@@ -705,14 +659,17 @@ class ClientConnection(asyncio.Protocol):
         # changes): the analysis of the last one is reused, a bytes comparison instead of a parse.
         key = (block, status, req.method, req.version, req.keep_alive, must_close)
         memo = self.resp_memo
-        mods = self.resp_mods
-        if mods is not None:
-            # ResponseHeaderModifier of the rule, then of the backendRef: edited field by field.
-            fields = split_fields(block)
-            for modifier in mods:
-                if modifier is not None:
-                    modifier.apply(fields)
-            block = b"\r\n" + b"".join(b"%b: %b\r\n" % field for field in fields)
+        if self.resp_chain is not None:
+            # The chain edits this response head (header modifiers, fields earlier phases added).
+            try:
+                block = self._response_phases(req, status, block)
+            except Exception as exc:
+                upstream = self.upstream
+                if upstream is not None:
+                    self.upstream = None
+                    upstream.abort()  # its response is not wanted
+                self._phase_failed(req, exc)
+                return
             head = build_response_head_raw(status, block, req, must_close)
         elif memo is not None and memo[0] == key:
             head = memo[1]
@@ -732,7 +689,16 @@ class ClientConnection(asyncio.Protocol):
             out.extend(head.parts)
         self.phase = RESPONSE  # its idle deadline is set by flush() if the body is still coming
 
-    def _retry(self, req: Request, rejected: UpstreamConnection | None, reason: str = "status") -> None:
+    def _response_phases(self, req: Exchange, status: int, block: bytes) -> bytes:
+        """The response head's block after the chain's on_response_head and the fields phases added."""
+        fields = split_fields(block)
+        for phase in req.rule.chain.response:
+            phase.on_response_head(req, fields)
+        if req.response_fields:
+            fields += req.response_fields
+        return b"\r\n" + b"".join(b"%b: %b\r\n" % field for field in fields)
+
+    def _retry(self, req: Exchange, rejected: UpstreamConnection | None, reason: str = "status") -> None:
         """GEP-1731: drop a response whose status the rule retries, and try again after the backoff."""
         self.upstream = None
         if rejected is not None:
@@ -740,11 +706,8 @@ class ClientConnection(asyncio.Protocol):
         retry = req.rule.retry  # type: ignore[union-attr]
         delay = retry.delay(req.retries)
         req.retries += 1
-        req.attempts += 1
+        rearm(req)
         self.gw.metrics.inc("gw_upstream_retries_total", reason=reason)
-        req.pending_body = list(req.replay or ())
-        req.body_buffered = sum(map(len, req.pending_body))
-        req.body_sent = 0
         self.phase = CONNECT
         self.deadline = monotonic() + delay + self.settings.upstream_connect_timeout
         if delay > 0:
@@ -752,7 +715,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             self._retry_now(req)
 
-    def _retry_now(self, req: Request) -> None:
+    def _retry_now(self, req: Exchange) -> None:
         if not self.closed and self.active is req:
             self._pick_and_go(req)
 
@@ -771,7 +734,7 @@ class ClientConnection(asyncio.Protocol):
         if out:  # flush(), inlined: this runs once per response
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
-        req: Request = self.active  # type: ignore[assignment]
+        req: Exchange = self.active  # type: ignore[assignment]
         self.upstream = None
         now = monotonic()
         if conn.keep_alive and req.complete and not conn.closed:
@@ -802,14 +765,11 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
             return
         if self.resp_head is None:
-            if conn.reused and not conn.got_bytes and req.idempotent and _replayable(req):
+            if conn.reused and not conn.got_bytes and req.idempotent and replayable(req):
                 # A keep-alive connection the upstream had closed just as we reused it: the
                 # request never reached it, so one retry on a fresh connection is safe.
                 self.gw.metrics.inc("gw_upstream_retries_total", reason="stale-connection")
-                req.pending_body = list(req.replay or ())
-                req.body_buffered = sum(map(len, req.pending_body))
-                req.body_sent = 0
-                req.attempts += 1
+                rearm(req)
                 self._connect(req, conn.pool)
                 return
             self._fail(errors.UpstreamProtocolError("upstream closed the connection without a response"))
@@ -879,7 +839,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- endings -----------------------------------------------------------------------------------
 
-    def _finish(self, req: Request, status: int, now: float = 0.0) -> None:
+    def _finish(self, req: Exchange, status: int, now: float = 0.0) -> None:
         """The response is complete: log it, then serve the next pipelined request or wait."""
         now = self._record(req, status, now)
         self.active = None
@@ -916,9 +876,9 @@ class ClientConnection(asyncio.Protocol):
 
     def _fail(self, error: ProxyError) -> None:
         """Answer the request in flight with a problem response (nothing was sent to the client yet)."""
-        req: Request = self.active  # type: ignore[assignment]
+        req: Exchange = self.active  # type: ignore[assignment]
         upstream = self.upstream
-        if error.attempt_failed and self.resp_head is None and _may_retry(req, error):
+        if error.attempt_failed and self.resp_head is None and may_retry(req, error):
             if self.connecting is not None:
                 self.connecting.cancel()
                 self.connecting = None
@@ -966,7 +926,7 @@ class ClientConnection(asyncio.Protocol):
             self.gw.no_route_stats.record(error.status, 0.0)
         self._close()
 
-    def _abort(self, req: Request, detail: str) -> None:
+    def _abort(self, req: Exchange, detail: str) -> None:
         """The response was already under way and cannot be completed: reset the client connection,
         so a truncated body is never presented as complete."""
         self.gw.metrics.inc("gw_upstream_resets_total")
@@ -1021,8 +981,6 @@ class ClientConnection(asyncio.Protocol):
 
     def crash(self, exc: BaseException) -> None:
         """Last resort for a bug: drop this connection only, say why, keep the worker serving."""
-        import traceback
-
         traceback.print_exception(exc)
         self.gw.metrics.inc("gw_internal_errors_total")
         self.closed = True
@@ -1031,9 +989,18 @@ class ClientConnection(asyncio.Protocol):
             self.upstream = None
         self.transport.abort()
 
+    def _done_phases(self, req: Exchange, phases: tuple[Any, ...], status: int) -> None:
+        """on_done of the chain: an outcome to account for; a failing phase is reported, nothing else."""
+        for phase in phases:
+            try:
+                phase.on_done(req, status)
+            except Exception as exc:
+                traceback.print_exception(exc)
+                self.gw.metrics.inc("gw_internal_errors_total")
+
     # -- telemetry --------------------------------------------------------------------------------
 
-    def _record(self, req: Request, status: int, now: float = 0.0, error: str | None = None) -> float:
+    def _record(self, req: Exchange, status: int, now: float = 0.0, error: str | None = None) -> float:
         """Count the exchange in the route's metrics and the access log; returns the time used."""
         if not now:
             now = monotonic()
@@ -1041,6 +1008,8 @@ class ClientConnection(asyncio.Protocol):
         rule = req.rule
         stats = rule.stats if rule is not None and rule.stats is not None else self.gw.no_route_stats
         stats.record(status, duration)
+        if req.conn is not None and rule.chain.done:
+            self._done_phases(req, rule.chain.done, status)
         log = self.gw.access_log
         if log.enabled and (log.sample >= 1.0 or log.sampled()):
             # The request's own members are escaped once per distinct request line and host.
@@ -1096,45 +1065,9 @@ class RawHeadCallbacks:
 _PROTOCOLS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
 
 
-def _field(fields: list[tuple[bytes, bytes]], lname: bytes) -> bytes | None:
-    """The first value of a field (name in lower case), or None."""
-    for name, value in fields:
-        if name.lower() == lname:
-            return value
-    return None
-
-
-class _AddFields:
-    """A response edit that appends fixed fields (the CORS headers of an actual request)."""
-
-    __slots__ = ("fields",)
-
-    def __init__(self, fields: list[tuple[bytes, bytes]]) -> None:
-        self.fields = fields
-
-    def apply(self, headers: list[tuple[bytes, bytes]]) -> None:
-        headers.extend(self.fields)
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 
 def _end_mirrors(mirrors: list[MirrorRequest]) -> None:
     for mirror in mirrors:
         mirror.end()
-
-
-def _replayable(req: Request) -> bool:
-    return not req.has_body or (req.replay is not None and req.complete)
-
-
-def _may_retry(req: Request, error: ProxyError) -> bool:
-    """A failed attempt (refused, reset, timed out) is retried when the rule's retry allows it.
-
-    A refused connection is retried whatever `codes` says (GEP-1731: implementations SHOULD, and
-    the upstream saw nothing); a lost connection or a response timeout only when its status
-    (502, 504) is one of the codes, since the upstream may have acted on the request.
-    """
-    rule = req.rule
-    if rule is None or rule.retry is None or not req.complete or not _replayable(req):
-        return False
-    retry = rule.retry
-    return req.retries < retry.attempts and (isinstance(error, errors.UpstreamRefused) or error.status in retry.codes)

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import ssl
+from collections.abc import Sequence
 from time import monotonic
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,8 @@ from gw.config import build_ssl_context
 from gw.config.model import CompiledConfig, Endpoint, PortConfig
 from gw.observe.accesslog import AccessLog
 from gw.observe.metrics import Registry
-from gw.policies.ratelimit import RateLimits
+from gw.policies.ratelimit import Limiters
+from gw.policies.registry import PHASES, Build, build_chain
 from gw.proxy.upstream import EndpointPool
 from gw.settings import Settings
 
@@ -27,7 +29,12 @@ SWEEP_INTERVAL = 0.25  # seconds between deadline checks; timeouts fire within t
 class Gateway:
     """One worker's proxy state. The config is an immutable snapshot swapped by `install`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, settings: Settings) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        settings: Settings,
+        phases: Sequence[tuple[str, Build]] = PHASES,
+    ) -> None:
         self.loop = loop
         self.settings = settings
         self.config: CompiledConfig | None = None
@@ -49,7 +56,8 @@ class Gateway:
         # far cheaper than uuid4() per request.
         self._request_id_prefix = os.urandom(6).hex().encode()
         self._sweeper: asyncio.TimerHandle | None = None
-        self.ratelimits = RateLimits(self)  # reads redis, guard and keys when it first needs them
+        self.limiters = Limiters(self)  # reads redis, guard and keys when it first needs them
+        self.phases = phases  # the phase kinds rules are served with (gw.policies.registry)
         self.metrics.gauge("gw_client_connections", lambda: len(self.connections))
         self.metrics.gauge(
             "gw_upstream_connections", lambda: sum(p.connections for p in self.pools.values())
@@ -61,9 +69,11 @@ class Gateway:
 
     def install(self, config: CompiledConfig) -> None:
         """Serve `config` from the next request on; requests in flight finish on the old one."""
+        self.limiters.install(config)
         for rule in config.rules:
+            # The worker's binding of the snapshot: its metrics and its phase chain per rule.
             rule.stats = self.metrics.route(rule.label)
-        self.ratelimits.install(config)
+            rule.chain = build_chain(rule, self, self.phases)
         # HTTPS ports: the snapshot's certificates, picked per handshake by `select_certificate`,
         # so a reload switches certificates without touching listeners or open connections.
         self.tls_contexts = {p.bind_port: build_ssl_context(p) for p in config.ports if p.tls is not None}
@@ -140,7 +150,7 @@ class Gateway:
     def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        self.ratelimits.stop()
+        self.limiters.stop()
         for pool in self.pools.values():
             pool.close_all()
         self.access_log.close()

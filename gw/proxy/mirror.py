@@ -21,11 +21,12 @@ from collections.abc import Sequence
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from gw.proxy.request import CRLF, Request
+from gw.proxy.request import CRLF
 
 if TYPE_CHECKING:
     from gw.config.filters import Mirror
     from gw.config.model import Backend
+    from gw.proxy.exchange import Exchange
     from gw.proxy.gateway import Gateway
     from gw.proxy.upstream import UpstreamConnection
 
@@ -51,7 +52,7 @@ ERROR = "error"  # a bug in this module: the copy is dropped, the client's excha
 
 
 def start_mirrors(
-    gw: Gateway, mirrors: Sequence[Mirror], req: Request, early_body: list[bytes] | None, timeout: float
+    gw: Gateway, mirrors: Sequence[Mirror], req: Exchange, early_body: list[bytes] | None, timeout: float
 ) -> list[MirrorRequest] | None:
     """Send a copy of `req` (head as it goes upstream) to each mirror its percent/fraction takes.
 
@@ -68,7 +69,7 @@ def start_mirrors(
             continue
         copy = MirrorRequest(gw, mirror.name, req, early_body, timeout)
         try:
-            copy.start(mirror.backend)
+            copy.start(mirror.backend, req)
         except Exception as exc:
             copy.crash(exc)
         if not copy.done and not copy.body_done:
@@ -104,7 +105,7 @@ class MirrorRequest:
     )
 
     def __init__(
-        self, gw: Gateway, backend_name: str, req: Request, early_body: list[bytes] | None, timeout: float
+        self, gw: Gateway, backend_name: str, req: Exchange, early_body: list[bytes] | None, timeout: float
     ) -> None:
         self.gw = gw
         self.backend_name = backend_name
@@ -132,12 +133,13 @@ class MirrorRequest:
 
     # -- from the client connection ----------------------------------------------------------
 
-    def start(self, backend: Backend) -> None:
+    def start(self, backend: Backend, req: Exchange) -> None:
+        """Pick the mirror's endpoint for the primary exchange `req` and send what is buffered."""
         if self.done:
             return  # what the client had already sent is more than a mirror may hold
         now = monotonic()
         gw = self.gw
-        endpoint = backend.pick(now)
+        endpoint = backend.pick(req)
         if endpoint is None:
             self._end(NO_ENDPOINT)
             return
@@ -222,7 +224,7 @@ class MirrorRequest:
 
     def _send(self, conn: UpstreamConnection, now: float) -> None:
         self.conn = conn
-        conn.lend(self, self.head_only)  # type: ignore[arg-type]  # a mirror owns it like a client does
+        conn.lend(self, self.head_only)
         self.pending[:0] = [*self.head, CRLF]
         self.head = []
         self._flush(conn)

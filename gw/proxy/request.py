@@ -1,4 +1,4 @@
-"""One client request as the proxy carries it: its parsed head, validation and the upstream head.
+"""A request head: its validation (RFC 9110/9112) and the head that goes upstream, as bytes.
 
 Headers stay bytes end to end (DESIGN.md §2: no regex, no str round trips on the hot path).
 """
@@ -6,9 +6,12 @@ Headers stay bytes end to end (DESIGN.md §2: no regex, no str round trips on th
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from gw.proxy.errors import BadRequest, ExpectationFailed
+from gw.errors import BadRequest, ExpectationFailed
+
+if TYPE_CHECKING:
+    from gw.proxy.exchange import Exchange
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the legacy ones RFC 2616 listed. A gateway is not a
 # forward proxy, so Proxy-Authorization meant for one must not leak to a backend.
@@ -44,52 +47,8 @@ CRLF = b"\r\n"
 COLON = b": "
 
 
-class Request:
-    """A request from its first byte to the end of its response.
-
-    Defaults live on the class and only what differs is stored per instance: a request costs
-    one small object, not thirty attribute writes (the hot path creates one per request).
-    """
-
-    url = b""
-    headers: list[tuple[bytes, bytes]] | tuple[()] = ()  # parsed fields; the fast path may skip them
-    method = b""
-    version = b"1.1"
-    host = ""
-    path = ""
-    query = b""
-    keep_alive = True
-    upgrade = False
-    chunked = False
-    content_length = -1  # -1: no Content-Length header
-    expect_continue = False
-    complete = False
-    body_received = 0
-    body_sent = 0
-    pending_body: list[bytes] | None = None  # body bytes read but not yet written upstream
-    body_buffered = 0
-    replay: list[bytes] | None = None  # a small body kept for a retry on a fresh connection
-    mirrors: list[Any] | None = None  # RequestMirror copies waiting for body bytes (gw.proxy.mirror)
-    limit_fields: list[tuple[bytes, bytes]] | None = None  # rate limits decided: fields for the response
-    request_id = b""
-    head: list[bytes] = []
-    host_header = b""
-    rule: Any = None
-    attempts = 0
-    retries = 0  # GEP-1731 retries made (responses dropped for their status)
-    idempotent = False
-    client_host = b""
-
-    def __init__(self, started: float) -> None:
-        self.started = started
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or self.content_length > 0
-
-
 def prepare(
-    req: Request,
+    req: Exchange,
     method: bytes,
     version: bytes,
     keep_alive: bool,
@@ -237,7 +196,7 @@ def absolute_authority(url: bytes) -> bytes | None:
     return authority or None
 
 
-def split_target(req: Request, url: bytes) -> None:
+def split_target(req: Exchange, url: bytes) -> None:
     """Fill path and query from the request target (origin-form or absolute-form)."""
     if url[:1] != b"/":
         if url[:7].lower() == b"http://" or url[:8].lower() == b"https://":

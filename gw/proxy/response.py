@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import re
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 
-from gw.proxy.request import CRLF, HOP_BY_HOP, Request, drop_field, field_value, split_fields
+from gw.proxy.request import CRLF, HOP_BY_HOP, drop_field, field_value, split_fields
+
+if TYPE_CHECKING:
+    from gw.proxy.exchange import Exchange
 
 # How the response body is framed towards the client.
 NO_BODY = 0  # HEAD, 1xx, 204, 304
@@ -66,7 +70,7 @@ _RESPONSE_HOP_ANY = re.compile(rb"\r\n(?:keep-alive|proxy-[a-z]*|te|trailer|upgr
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b""})
 
 
-def build_response_head_raw(status: int, block: bytes, req: Request, must_close: bool) -> ResponseHead:
+def build_response_head_raw(status: int, block: bytes, req: Exchange, must_close: bool) -> ResponseHead:
     """The client's response head from the upstream's header block (CRLF first and last).
 
     Hop-by-hop lines are cut out of the bytes (searching the lower-cased block, no Python step
@@ -95,7 +99,7 @@ def build_response_head_raw(status: int, block: bytes, req: Request, must_close:
     return _framed(status, block[2:], low, req, must_close, chunked_seen)
 
 
-def _by_field(status: int, headers: list[tuple[bytes, bytes]], req: Request, must_close: bool) -> ResponseHead:
+def _by_field(status: int, headers: list[tuple[bytes, bytes]], req: Exchange, must_close: bool) -> ResponseHead:
     """The general path: drop hop-by-hop fields and every field named in Connection."""
     named: set[bytes] = set()
     upgrade_value = b""
@@ -119,7 +123,7 @@ def _by_field(status: int, headers: list[tuple[bytes, bytes]], req: Request, mus
 
 
 def _framed(
-    status: int, kept: bytes, low: bytes, req: Request, must_close: bool, chunked_seen: bool
+    status: int, kept: bytes, low: bytes, req: Exchange, must_close: bool, chunked_seen: bool
 ) -> ResponseHead:
     """Choose the client framing and finish the head around the kept fields.
 

@@ -1,19 +1,57 @@
 """Upstream side: one HTTP/1.1 connection to an endpoint, and the keep-alive pool per endpoint.
 
-An UpstreamConnection parses responses with httptools and hands every event to the client
-connection that currently owns it (its `client`); it knows nothing of routing or policies.
+An UpstreamConnection parses responses with httptools and hands every event to the exchange
+that currently owns it (its `client`, an UpstreamOwner); it knows nothing of routing or policies.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import orjson
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-if TYPE_CHECKING:
-    from gw.proxy.downstream import ClientConnection
+
+class UpstreamOwner(Protocol):
+    """What an UpstreamConnection calls on the exchange it is lent to: a client's exchange
+    (gw.proxy.downstream.ClientConnection) or a mirrored copy (gw.proxy.mirror.MirrorRequest)."""
+
+    def upstream_interim(self, status: int, block: bytes) -> None:
+        """A 1xx response head before the final one (`block`: its header lines, CRLF first)."""
+
+    def upstream_head(self, status: int, block: bytes) -> None:
+        """The final response head."""
+
+    def upstream_body(self, body: bytes) -> None:
+        """A piece of the response body (chunked framing removed)."""
+
+    def flush(self) -> None:
+        """The end of one read from the upstream: write out what the callbacks gathered."""
+
+    def upstream_complete(self, conn: UpstreamConnection) -> None:
+        """The response is complete; `conn` may go back to its pool."""
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
+        """The connection closed while lent."""
+
+    def upstream_broken(self, conn: UpstreamConnection, detail: str) -> None:
+        """The upstream sent something that is not HTTP/1.1."""
+
+    def upstream_upgraded(self, rest: bytes) -> None:
+        """The upstream switched protocols (101); `rest`: bytes after its head."""
+
+    def tunnel_from_upstream(self, data: bytes) -> None:
+        """Bytes from the upstream after an upgrade."""
+
+    def pause_reading(self, reason: int) -> None:
+        """Stop reading from the client (`reason`: a PAUSE_* bit): the upstream cannot take more."""
+
+    def resume_reading(self, reason: int) -> None:
+        """The upstream can take more again."""
+
+    def crash(self, exc: BaseException) -> None:
+        """A bug while handling this exchange's upstream events: drop the exchange, keep the worker."""
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -41,7 +79,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = HttpResponseParser(self)
-        self.client: ClientConnection | None = None
+        self.client: UpstreamOwner | None = None
         self.requests = 0
         self.idle_since = 0.0
         self.reused = False
@@ -59,7 +97,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- lending ---------------------------------------------------------------------------
 
-    def lend(self, client: ClientConnection, head_only: bool) -> None:
+    def lend(self, client: UpstreamOwner, head_only: bool) -> None:
         self.client = client
         self.head_only = head_only
         self.got_bytes = False

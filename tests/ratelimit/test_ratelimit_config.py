@@ -7,6 +7,7 @@ from typing import Any
 from gw.config import compile_resources
 from gw.config.parse import parse_documents
 from gw.config.status import status_lines
+from tests.support.chains import installed, kinds
 
 GATEWAY = [
     {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "gw"},
@@ -48,12 +49,14 @@ def test_a_policy_on_a_named_rule_limits_that_rule_only() -> None:
     result = compiled(route("api", "orders", None), policy("p", [{"kind": "HTTPRoute", "name": "api",
                                                                   "sectionName": "orders"}]))  # fmt: skip
     orders, other = rules_of(result, "default/api")
-    assert [p.meta.name for p in orders.ratelimits] == ["p"] and orders.has_filters
-    assert other.ratelimits == () and not other.has_filters
+    assert [p.meta.name for p in orders.rate_limit_policies] == ["p"]
+    assert other.rate_limit_policies == ()
+    with installed(result.config):
+        assert kinds(orders) == ["rate-limit"] and other.chain is None
 
 
 def test_a_rule_whose_only_policies_are_rate_limits_keeps_its_head_as_it_came() -> None:
-    """limits_only: the proxy decides and forwards without splitting or rebuilding the head."""
+    """A chain of the rate-limit phase alone: the proxy decides and forwards the head unsplit."""
     filtered = route("b", None)
     filtered["spec"]["rules"][0]["filters"] = [
         {"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "X-A", "value": "1"}]}}
@@ -62,8 +65,11 @@ def test_a_rule_whose_only_policies_are_rate_limits_keeps_its_head_as_it_came() 
                       policy("r", [{"kind": "HTTPRoute", "name": "a"}]))  # fmt: skip
     (only_limits,) = rules_of(result, "default/a")
     (with_filter,) = rules_of(result, "default/b")
-    assert only_limits.limits_only and len(only_limits.ratelimits) == 2
-    assert with_filter.has_filters and not with_filter.limits_only
+    assert len(only_limits.rate_limit_policies) == 2
+    with installed(result.config):
+        assert kinds(only_limits) == ["rate-limit"]
+        assert not only_limits.chain.upstream and not only_limits.chain.response  # nothing edits the head
+        assert kinds(with_filter) == ["rate-limit", "request-header-modifier"]
 
 
 def test_a_policy_on_a_gateway_reaches_every_route_attached_to_it_once() -> None:
@@ -71,13 +77,13 @@ def test_a_policy_on_a_gateway_reaches_every_route_attached_to_it_once() -> None
         route("a", None), route("b", None, None),
         policy("p", [{"kind": "Gateway", "name": "edge"}, {"kind": "HTTPRoute", "name": "a"}]),
     )  # fmt: skip
-    assert [len(r.ratelimits) for r in result.config.rules] == [1, 1, 1]
+    assert [len(r.rate_limit_policies) for r in result.config.rules] == [1, 1, 1]
 
 
 def test_several_policies_on_one_rule_all_apply() -> None:
     result = compiled(route("a", None), policy("g", [{"kind": "Gateway", "name": "edge"}]),
                       policy("r", [{"kind": "HTTPRoute", "name": "a"}]))  # fmt: skip
-    assert [p.meta.name for p in result.config.rules[0].ratelimits] == ["g", "r"]
+    assert [p.meta.name for p in result.config.rules[0].rate_limit_policies] == ["g", "r"]
 
 
 def test_gw_check_shows_what_a_policy_attaches_to_and_what_it_misses() -> None:
@@ -114,7 +120,7 @@ def test_invalid_fields_are_named_and_the_policy_is_dropped() -> None:
         )
     }  # fmt: skip
     assert all(e.file == "limits.yaml" for e in result.errors)
-    assert result.config.rules[0].ratelimits == ()
+    assert result.config.rules[0].rate_limit_policies == ()
 
 
 def test_a_policy_needs_limits_and_may_leave_targets_to_extension_refs() -> None:
@@ -127,5 +133,5 @@ def test_a_policy_defined_twice_is_reported_and_applied_once() -> None:
     target = [{"kind": "HTTPRoute", "name": "api"}]
     result = compiled(route("api", None), policy("p", target), policy("p", target))
     (rule,) = rules_of(result, "default/api")
-    assert [p.meta.name for p in rule.ratelimits] == ["p"]  # not limited twice
+    assert [p.meta.name for p in rule.rate_limit_policies] == ["p"]  # not limited twice
     assert any(e.obj == "RateLimitPolicy default/p" and "more than once" in e.message for e in result.errors)

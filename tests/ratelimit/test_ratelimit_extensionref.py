@@ -34,8 +34,8 @@ def test_the_filter_attaches_the_policy_to_its_rule_only() -> None:
     assert not result.errors, result.errors
     limited = next(r for r in result.config.rules if r.label == "default/api")
     free = next(r for r in result.config.rules if r.label == "default/free")
-    assert [p.meta.name for p in limited.ratelimits] == ["by-filter"] and not limited.invalid_reason
-    assert not free.ratelimits
+    assert [p.meta.name for p in limited.rate_limit_policies] == ["by-filter"] and not limited.invalid_reason
+    assert not free.rate_limit_policies
 
 
 def test_an_extension_ref_to_a_kind_gw_does_not_apply_still_answers_500() -> None:

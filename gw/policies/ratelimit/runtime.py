@@ -23,7 +23,7 @@ WARM_INTERVAL = 0.1
 WARM_TIMEOUT = 2.0
 
 
-class RateLimits:
+class Limiters:
     """The rate-limit state of one worker. `gateway` lends loop, settings, metrics, redis, guard, keys."""
 
     def __init__(self, gateway: Any) -> None:
@@ -69,12 +69,11 @@ class RateLimits:
         return self.gateway.metrics.counters  # type: ignore[no-any-return]
 
     def install(self, config: CompiledConfig) -> None:
-        """Give every rule with RateLimitPolicies its limiters (rules without any keep None)."""
+        """Make the limiters of a new snapshot's policies; unchanged policies keep theirs."""
         old, self.limiters = self.limiters, {}
         for rule in config.rules:
-            if rule.ratelimits:
-                limiters = [self._limiter(policy, old) for policy in rule.ratelimits]
-                rule.limiters = limiters[0] if len(limiters) == 1 else RuleLimits(limiters)
+            for policy in rule.rate_limit_policies:
+                self._limiter(policy, old)
         self.needs_fleet = any(limiter.policy.failure_mode == LOCAL for limiter in self.limiters.values())
         if self.limiters and not self._warming:
             self._warming = True
@@ -106,6 +105,11 @@ class RateLimits:
         except Exception:  # Redis away: decisions take their failureMode until it answers
             self._warming = False
 
+    def for_policies(self, policies: Sequence[RateLimitPolicy]) -> PolicyLimiter | LimiterGroup:
+        """What decides for a rule with these policies (installed): one limiter, or a group of them."""
+        limiters = [self.limiters[policy.meta.key] for policy in policies]
+        return limiters[0] if len(limiters) == 1 else LimiterGroup(limiters)
+
     def _limiter(self, policy: RateLimitPolicy, old: dict[str, PolicyLimiter]) -> PolicyLimiter:
         key = policy.meta.key
         limiter = self.limiters.get(key)
@@ -121,7 +125,7 @@ class RateLimits:
             self._fleet.stop()
 
 
-class RuleLimits:
+class LimiterGroup:
     """Several policies on one rule: each decides; the first that limits answers, in policy order."""
 
     def __init__(self, limiters: Sequence[PolicyLimiter]) -> None:

@@ -40,6 +40,10 @@ class ProxyError(Exception):
         self.detail = detail
 
 
+class InternalError(ProxyError):
+    """A bug in gw (a phase raised): the exchange gets a 500, the worker serves on."""
+
+
 class BadRequest(ProxyError):
     status, kind, close = 400, "bad-request", True
 

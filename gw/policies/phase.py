@@ -1,0 +1,142 @@
+"""The seam every per-request feature plugs into: a phase, the exchange it may touch, and the chain.
+
+A feature is a `Phase` that overrides only the hooks it needs, named after the moments of an
+exchange (as Pingora's and Envoy's filter chains name them):
+
+  on_request(ex)            the request head has arrived and matched a rule: return CONTINUE, or
+                            answer it (`ex.answer`, `ex.fail`) and return ANSWERED, or return WAIT
+                            and call `ex.resume()` later (a Redis answer, a JWKS fetch): the chain
+                            goes on from the next phase, nothing before it runs again.
+  on_upstream_request(ex)   the backendRef is chosen (`ex.ref`) and the request is about to go
+                            upstream: edit its fields (`ex.edit_fields()`), target, mirrors. Runs
+                            once per exchange; retries resend what it left.
+  on_response_head(ex, f)   the upstream's response head, as a list of (name, value) fields to edit.
+  on_done(ex, status)       the exchange is over (answered, proxied, failed, or the client left):
+                            outcome accounting, spans, logs.
+
+Each rule gets a `Chain` of the phases that apply to it, built when a worker installs a
+snapshot (gw.policies.registry), or None when nothing applies: the connection then pays one
+`is None` test per request. Phases never import gw.proxy; the exchange they get is described by
+the `Exchange` protocol below and implemented by the proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from gw.errors import ProxyError
+
+Fields = list[tuple[bytes, bytes]]
+
+CONTINUE = 0  # go on with the next phase
+ANSWERED = 1  # the phase answered the request itself (ex.answer / ex.fail): the chain stops
+WAIT = 2  # the phase calls ex.resume() later; the chain goes on from the next phase then
+
+
+class Exchange(Protocol):
+    """What a phase may touch of one request/response exchange (implemented by gw.proxy.exchange)."""
+
+    method: bytes
+    version: bytes
+    host: str  # lower case, without port
+    path: str  # normalised, without query
+    query: bytes
+    url: bytes  # the target that goes upstream (a phase may rewrite it)
+    host_header: bytes  # the Host that goes upstream
+    request_id: bytes
+    client_host: bytes  # the peer address, as bytes
+    upgrade: bool
+    rule: Any  # gw.config.model.Rule
+    ref: Any  # gw.config.model.BackendRef chosen for this exchange; None before on_upstream_request
+    identity: Any  # who the caller is, once authentication established it (None: anonymous)
+    scheme: bytes  # b"http" or b"https" of the listener
+    listener_port: int  # the listener's declared port (redirects, X-Forwarded-Port)
+
+    def fields(self) -> Fields:
+        """The forwarded head as (name, value) fields, split once on first use; read-only."""
+        ...
+
+    def edit_fields(self) -> Fields:
+        """The same list, to edit in place: the head that goes upstream is rebuilt from it."""
+        ...
+
+    def field(self, lname: bytes) -> bytes | None:
+        """The first value of a field (name in lower case), or None."""
+        ...
+
+    def add_response_fields(self, fields: Fields) -> None:
+        """Fields appended to the response head (proxied responses and errors from later phases)."""
+        ...
+
+    def answer(self, status: int, fields: Fields) -> None:
+        """Answer the request here with a bodiless response (redirects, CORS preflights)."""
+        ...
+
+    def fail(self, error: ProxyError) -> None:
+        """Answer the request with `error`'s status and an RFC 9457 problem document."""
+        ...
+
+    def mirror(self, mirrors: Sequence[Any]) -> None:
+        """Send a copy of the request (as it goes upstream) to each of `mirrors` (gw.config.filters.Mirror)."""
+        ...
+
+    def resume(self) -> None:
+        """After a phase returned WAIT: go on with the chain from the phase after it."""
+        ...
+
+
+class Phase:
+    """One feature's part in an exchange. Subclasses override only the hooks they need."""
+
+    kind = ""  # the registry's name for it: logs, errors, `gw routes`
+
+    def on_request(self, ex: Exchange) -> int:
+        return CONTINUE
+
+    def on_upstream_request(self, ex: Exchange) -> None:
+        return None
+
+    def on_response_head(self, ex: Exchange, fields: Fields) -> None:
+        return None
+
+    def on_done(self, ex: Exchange, status: int) -> None:
+        return None
+
+
+def _overrides(phase: Phase, hook: str) -> bool:
+    return getattr(type(phase), hook) is not getattr(Phase, hook)
+
+
+class Chain:
+    """The phases of one rule in the registry's order, grouped by the hooks they implement.
+
+    The connection calls `run_request` (then, when it returned CONTINUE, the other groups as
+    their moments come); a group that no phase implements is an empty tuple, tested once.
+    """
+
+    __slots__ = ("done", "phases", "request", "response", "upstream")
+
+    def __init__(self, phases: Sequence[Phase]) -> None:
+        self.phases = tuple(phases)
+        self.request = tuple(p for p in self.phases if _overrides(p, "on_request"))
+        self.upstream = tuple(p for p in self.phases if _overrides(p, "on_upstream_request"))
+        self.response = tuple(p for p in self.phases if _overrides(p, "on_response_head"))
+        self.done = tuple(p for p in self.phases if _overrides(p, "on_done"))
+
+    def run_request(self, ex: Any, start: int = 0) -> int:
+        """Run on_request from phase `start`; a WAIT records where to resume in `ex.resume_at`."""
+        phases = self.request
+        for i in range(start, len(phases)):
+            verdict = phases[i].on_request(ex)
+            if verdict:
+                if verdict == WAIT:
+                    ex.resume_at = i + 1
+                return verdict
+        return CONTINUE
+
+    def describe(self) -> str:
+        return " → ".join(p.kind for p in self.phases)
+
+    def __repr__(self) -> str:
+        return f"Chain({self.describe()})"

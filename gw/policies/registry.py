@@ -1,0 +1,50 @@
+"""The phase kinds gw serves, in the one order they run, and the chain each rule gets from them.
+
+Order: tracing → authentication → rate limit → CORS/redirect → request edits → mirror. Later
+phases read what earlier ones established (a rate-limit key reads the identity authentication
+set); the request edits come after every phase that may answer, so nothing is edited for a
+request that never goes upstream; mirrors copy the request as it finally goes upstream.
+
+To add a feature: write its module under gw/policies/ (a Phase subclass and a `build(rule,
+services)` that returns the phase for a rule, or None when the rule does not use the feature),
+add one line below, and give it its config (a filter or a policy kind in gw/config/).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from gw.policies import cors, header_modifier, mirror, redirect, url_rewrite
+from gw.policies.phase import Chain, Phase
+from gw.policies.ratelimit import phase as rate_limit
+
+
+class Services(Protocol):
+    """What a worker lends phase builders: its long-lived runtime state, kept across reloads."""
+
+    limiters: Any  # gw.policies.ratelimit.Limiters, installed for the snapshot being built
+
+
+Build = Callable[[Any, Services], Phase | None]
+
+PHASES: tuple[tuple[str, Build], ...] = (
+    ("rate-limit", rate_limit.build),
+    ("cors", cors.build),
+    ("redirect", redirect.build),
+    ("request-header-modifier", header_modifier.build_request),
+    ("url-rewrite", url_rewrite.build),
+    ("response-header-modifier", header_modifier.build_response),
+    ("mirror", mirror.build),
+)
+
+
+def build_chain(rule: Any, services: Services, phases: Sequence[tuple[str, Build]] = PHASES) -> Chain | None:
+    """The chain of `rule` (gw.config.model.Rule), or None when no phase applies to it."""
+    built = []
+    for kind, build in phases:
+        phase = build(rule, services)
+        if phase is not None:
+            phase.kind = phase.kind or kind
+            built.append(phase)
+    return Chain(built) if built else None
