@@ -13,12 +13,12 @@ from gw.config.resources import (
     CORE_GROUP,
     GATEWAY_GROUP,
     GW_GROUP,
-    Backend,
     BackendRefSpec,
     EndpointSlice,
     HTTPRoute,
     Resources,
     Service,
+    StaticBackend,
 )
 
 # Gateway API condition reasons for ResolvedRefs=False.
@@ -101,7 +101,7 @@ class BackendResolver:
         return model.Backend(ref.label, list(endpoints.values()))
 
     def _static_backend(self, ref: BackendRefSpec) -> model.Backend | Unresolved:
-        backend: Backend | None = self._backends.get((ref.namespace, ref.name))
+        backend: StaticBackend | None = self._backends.get((ref.namespace, ref.name))
         if backend is None:
             return Unresolved(BACKEND_NOT_FOUND, f"Backend {ref.namespace}/{ref.name} not found")
         endpoints = [model.Endpoint(e.address, e.port, e.weight) for e in backend.endpoints if e.weight > 0]

@@ -26,7 +26,7 @@ class Endpoint:
     weight: int = 1
     key: tuple[str, int] = field(init=False)
     label: str = field(init=False)  # "address:port", as logs and metrics name it
-    pool: Any = None  # the worker's connection pool for `key`, remembered on first use
+    pool: Any = None  # the worker's connection pool for `key`, bound when it installs the snapshot
 
     def __post_init__(self) -> None:
         self.key = (self.address, self.port)
@@ -113,9 +113,10 @@ class Rule:
     retry: Retry or None; request_timeout / backend_timeout in seconds (0 = disabled, None = unset).
 
     The proxy does not read the filters and policies itself: a worker turns them into the rule's
-    phase chain when it installs the snapshot (gw.policies.registry). `chain` and `stats` are the
-    only attributes written after compile, once, by that install; a rule that nothing filters
-    keeps `chain` None and the proxy pays one test for it per request.
+    phase chain when it installs the snapshot (gw.policies.registry). `chain` and `stats` (and
+    each endpoint's `pool`) are the only attributes written after compile, once, by that install
+    (gw.proxy.gateway); a rule that nothing filters keeps `chain` None and the proxy pays one
+    test for it per request.
     """
 
     __slots__ = (

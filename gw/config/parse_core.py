@@ -12,7 +12,6 @@ from gw.config.reader import Reader
 from gw.config.resources import (
     NAMESPACE_NAME_LABEL,
     SERVICE_NAME_LABEL,
-    Backend,
     EndpointSlice,
     Meta,
     Namespace,
@@ -22,6 +21,7 @@ from gw.config.resources import (
     ServicePort,
     SliceEndpoint,
     SlicePort,
+    StaticBackend,
     StaticEndpoint,
 )
 
@@ -84,7 +84,7 @@ def parse_endpoint_slice(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, 
     return EndpointSlice(meta, service, tuple(ports), tuple(endpoints))
 
 
-def parse_backend(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: str) -> Backend | None:
+def parse_backend(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: str) -> StaticBackend | None:
     before = r.count
     endpoints = []
     for i, e in enumerate(r.list(spec.get("endpoints"), f"{field}.endpoints")):
@@ -97,7 +97,7 @@ def parse_backend(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: 
             endpoints.append(StaticEndpoint(address, port, weight))
     if r.count != before:
         return None  # a half-read endpoint list would shift traffic silently; reject the Backend
-    return Backend(meta, tuple(endpoints))
+    return StaticBackend(meta, tuple(endpoints))
 
 
 def parse_namespace(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: str) -> Namespace:

@@ -251,8 +251,12 @@ class StaticEndpoint:
 
 
 @dataclass(frozen=True, slots=True)
-class Backend:
-    """gw.dev/v1alpha1 Backend: static addresses (IPs or DNS names) for use outside Kubernetes."""
+class StaticBackend:
+    """gw.dev/v1alpha1 kind Backend: static addresses (IPs or DNS names) for use outside Kubernetes.
+
+    StaticBackend in code, apart from gw.config.model.Backend: what a Service or this object
+    compiles into, the endpoints requests are balanced over.
+    """
 
     meta: Meta
     endpoints: tuple[StaticEndpoint, ...]
@@ -307,7 +311,7 @@ Resource = (
     | HTTPRoute
     | Service
     | EndpointSlice
-    | Backend
+    | StaticBackend
     | ReferenceGrant
     | Namespace
     | Secret
@@ -325,7 +329,7 @@ class Resources:
     http_routes: list[HTTPRoute] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
     endpoint_slices: list[EndpointSlice] = field(default_factory=list)
-    backends: list[Backend] = field(default_factory=list)
+    backends: list[StaticBackend] = field(default_factory=list)
     reference_grants: list[ReferenceGrant] = field(default_factory=list)
     namespaces: list[Namespace] = field(default_factory=list)
     secrets: list[Secret] = field(default_factory=list)
@@ -362,7 +366,7 @@ class Resources:
             HTTPRoute: self.http_routes,
             Service: self.services,
             EndpointSlice: self.endpoint_slices,
-            Backend: self.backends,
+            StaticBackend: self.backends,
             ReferenceGrant: self.reference_grants,
             Namespace: self.namespaces,
             Secret: self.secrets,

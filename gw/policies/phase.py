@@ -111,8 +111,8 @@ def _overrides(phase: Phase, hook: str) -> bool:
 class Chain:
     """The phases of one rule in the registry's order, grouped by the hooks they implement.
 
-    The connection calls `run_request` (then, when it returned CONTINUE, the other groups as
-    their moments come); a group that no phase implements is an empty tuple, tested once.
+    The connection runs each group at its moment (gw.proxy.downstream); a group that no phase
+    implements is an empty tuple, tested once.
     """
 
     __slots__ = ("done", "phases", "request", "response", "upstream")
@@ -123,17 +123,6 @@ class Chain:
         self.upstream = tuple(p for p in self.phases if _overrides(p, "on_upstream_request"))
         self.response = tuple(p for p in self.phases if _overrides(p, "on_response_head"))
         self.done = tuple(p for p in self.phases if _overrides(p, "on_done"))
-
-    def run_request(self, ex: Any, start: int = 0) -> int:
-        """Run on_request from phase `start`; a WAIT records where to resume in `ex.resume_at`."""
-        phases = self.request
-        for i in range(start, len(phases)):
-            verdict = phases[i].on_request(ex)
-            if verdict:
-                if verdict == WAIT:
-                    ex.resume_at = i + 1
-                return verdict
-        return CONTINUE
 
     def describe(self) -> str:
         return " → ".join(p.kind for p in self.phases)

@@ -20,7 +20,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 from gw import errors
 from gw.errors import ProxyError, problem_response
 from gw.observe.accesslog import LINE, NULL_UPSTREAM, members
-from gw.policies.phase import CONTINUE, Chain
+from gw.policies.phase import Chain
 from gw.proxy.exchange import Exchange
 from gw.proxy.mirror import MirrorRequest, start_mirrors
 from gw.proxy.request import CRLF, IDEMPOTENT, RawHead, analyze_raw, prepare, split_fields, split_target
@@ -65,7 +65,6 @@ class ClientConnection(asyncio.Protocol):
         self.declared_port = declared_port
         self.tls = False
         self.server_name: str | None = None  # the SNI the TLS client sent
-        self.resp_chain: Exchange | None = None  # the exchange whose chain edits the response head
         self.scheme = scheme
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.full_parser = self.parser = HttpRequestParser(self)
@@ -435,7 +434,6 @@ class ClientConnection(asyncio.Protocol):
         self.status = 0
         self.bytes_out = 0
         self.resp_head = None
-        self.resp_chain = None
         rule = req.rule
         if rule is None:
             self._fail(errors.NoRoute(f"no route for {req.host or '(no host)'}{req.path}"))
@@ -448,12 +446,9 @@ class ClientConnection(asyncio.Protocol):
         chain = rule.chain
         if chain is not None:
             req.conn = self
-            try:
-                if chain.request and chain.run_request(req) != CONTINUE:
-                    return  # answered, or waiting: resume() goes on
-                self._to_upstream(req, chain)
-            except Exception as exc:
-                self._phase_failed(req, exc)
+            if chain.done:
+                req.done_phases = chain.done  # whatever happens next, they hear the outcome
+            self._run_chain(req, chain, 0)
             return
         backend = rule.only_backend
         if backend is None:
@@ -465,19 +460,32 @@ class ClientConnection(asyncio.Protocol):
         self.backend = backend
         self._pick_and_go(req)
 
-    def _to_upstream(self, req: Exchange, chain: Chain) -> None:
-        """The request phases let `req` through: choose its backendRef, let phases edit it, send it."""
-        rule = req.rule
-        ref = rule.only_ref or rule.pick_backend()
-        if ref is None or ref.backend is None:
-            self._fail(errors.RouteMisconfigured("the route has no usable backend"))
+    def _run_chain(self, req: Exchange, chain: Chain, start: int) -> None:
+        """Run the request phases from `start`; if they let `req` through, choose its backendRef,
+        let the upstream phases edit it, and send it."""
+        try:
+            phases = chain.request
+            if phases:
+                for phase in phases[start:] if start else phases:
+                    verdict = phase.on_request(req)
+                    if verdict:  # ANSWERED, or WAIT: resume() goes on from the next phase
+                        req.resume_at = phases.index(phase) + 1
+                        return
+            rule = req.rule
+            ref = rule.only_ref or rule.pick_backend()
+            if ref is None or ref.backend is None:
+                self._fail(errors.RouteMisconfigured("the route has no usable backend"))
+                return
+            req.ref = ref
+            for phase in chain.upstream:
+                phase.on_upstream_request(req)
+        except Exception as exc:
+            self._phase_failed(req, exc)
             return
-        req.ref = ref
-        for phase in chain.upstream:
-            phase.on_upstream_request(req)
-        req.forwarded_head()
+        if req.fields_edited:
+            req.forwarded_head()
         if chain.response or req.response_fields:
-            self.resp_chain = req
+            req.edits_response = True
         self.backend = ref.backend
         mirrors = req.mirror_to
         if mirrors is None:
@@ -497,12 +505,7 @@ class ClientConnection(asyncio.Protocol):
         """A phase that returned WAIT is done waiting: go on with the chain after it."""
         if self.closed or self.active is not req:
             return  # the client left, or the exchange was answered meanwhile
-        chain = req.rule.chain
-        try:
-            if chain.run_request(req, req.resume_at) == CONTINUE:
-                self._to_upstream(req, chain)
-        except Exception as exc:
-            self._phase_failed(req, exc)
+        self._run_chain(req, req.rule.chain, req.resume_at)
 
     def fail_exchange(self, req: Exchange, error: ProxyError) -> None:
         if not self.closed and self.active is req:
@@ -549,9 +552,7 @@ class ClientConnection(asyncio.Protocol):
             self._fail(errors.NoEndpoint(f"backend {self.backend.name} has no endpoints"))  # type: ignore[union-attr]
             return
         self.endpoint = endpoint
-        pool = endpoint.pool
-        if pool is None:
-            pool = endpoint.pool = self.gw.pool(endpoint)
+        pool = endpoint.pool  # bound when the snapshot was installed
         idle = pool.idle  # EndpointPool.acquire, inlined: this runs once per request
         while idle:
             conn = idle.pop()
@@ -659,7 +660,7 @@ class ClientConnection(asyncio.Protocol):
         # changes): the analysis of the last one is reused, a bytes comparison instead of a parse.
         key = (block, status, req.method, req.version, req.keep_alive, must_close)
         memo = self.resp_memo
-        if self.resp_chain is not None:
+        if req.edits_response:
             # The chain edits this response head (header modifiers, fields earlier phases added).
             try:
                 block = self._response_phases(req, status, block)
@@ -1008,8 +1009,8 @@ class ClientConnection(asyncio.Protocol):
         rule = req.rule
         stats = rule.stats if rule is not None and rule.stats is not None else self.gw.no_route_stats
         stats.record(status, duration)
-        if req.conn is not None and rule.chain.done:
-            self._done_phases(req, rule.chain.done, status)
+        if req.done_phases:
+            self._done_phases(req, req.done_phases, status)
         log = self.gw.access_log
         if log.enabled and (log.sample >= 1.0 or log.sampled()):
             # The request's own members are escaped once per distinct request line and host.

@@ -63,6 +63,8 @@ class Exchange:
     response_fields: Fields | None = None
     mirror_to: list[Any] | None = None  # gw.config.filters.Mirror chosen by phases
     fields_edited = False
+    edits_response = False  # the chain edits the response head (phases, or response fields to add)
+    done_phases: tuple[Any, ...] = ()  # the chain's on_done phases, once the request went through
     _fields: Fields | None = None
 
     def __init__(self, started: float) -> None:

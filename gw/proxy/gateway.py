@@ -11,7 +11,7 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 from gw.config import build_ssl_context
-from gw.config.model import CompiledConfig, Endpoint, PortConfig
+from gw.config.model import Backend, CompiledConfig, Endpoint, PortConfig
 from gw.observe.accesslog import AccessLog
 from gw.observe.metrics import Registry
 from gw.policies.ratelimit import Limiters
@@ -71,9 +71,18 @@ class Gateway:
         """Serve `config` from the next request on; requests in flight finish on the old one."""
         self.limiters.install(config)
         for rule in config.rules:
-            # The worker's binding of the snapshot: its metrics and its phase chain per rule.
+            # The worker's binding of the snapshot: its metrics and its phase chain per rule, and
+            # the connection pool of every endpoint (pools outlive snapshots: keep-alive
+            # connections survive a reload).
             rule.stats = self.metrics.route(rule.label)
             rule.chain = build_chain(rule, self, self.phases)
+            for ref in rule.backend_refs:
+                for mirror in ref.mirrors:
+                    self._bind_pools(mirror.backend)
+                if ref.backend is not None:
+                    self._bind_pools(ref.backend)
+            for mirror in rule.mirrors:
+                self._bind_pools(mirror.backend)
         # HTTPS ports: the snapshot's certificates, picked per handshake by `select_certificate`,
         # so a reload switches certificates without touching listeners or open connections.
         self.tls_contexts = {p.bind_port: build_ssl_context(p) for p in config.ports if p.tls is not None}
@@ -105,6 +114,10 @@ class Gateway:
 
         ctx.sni_callback = select_certificate  # type: ignore[assignment]
         return ctx
+
+    def _bind_pools(self, backend: Backend) -> None:
+        for endpoint in backend.endpoints:
+            endpoint.pool = self.pool(endpoint)
 
     def pool(self, endpoint: Endpoint) -> EndpointPool:
         pool = self.pools.get(endpoint.key)

@@ -144,9 +144,7 @@ class MirrorRequest:
             self._end(NO_ENDPOINT)
             return
         gw.mirrors.add(self)
-        pool = endpoint.pool
-        if pool is None:
-            pool = endpoint.pool = gw.pool(endpoint)
+        pool = endpoint.pool  # bound when the snapshot was installed
         if self.head[-1] == b"":
             self.head[-1] = b"Host: %s:%d\r\n" % (pool.address.encode(), pool.port)
         conn = pool.acquire()

@@ -25,6 +25,10 @@ class RateLimitPhase(Phase):
         verdict = self.limiter.decide(ex, fields, lambda later: self._decided(ex, later))
         if verdict is None:
             return WAIT  # Redis is asked; the guard's budget bounds the wait
+        if verdict.allowed:  # (_apply's common case, inlined: this runs per request)
+            if verdict.fields:
+                ex.add_response_fields(verdict.fields)
+            return CONTINUE
         return _apply(ex, verdict)
 
     def _decided(self, ex: Exchange, verdict: Verdict) -> None:
