@@ -66,6 +66,9 @@ class ClientConnection(asyncio.Protocol):
         self.tls = False
         self.server_name: str | None = None  # the SNI the TLS client sent
         self.scheme = scheme
+        # The exchange in flight when its rule has a phase chain (None otherwise): an instance
+        # attribute, because testing one the exchange class only defaults costs a slow lookup.
+        self.chained: Exchange | None = None
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.full_parser = self.parser = HttpRequestParser(self)
         self.fast_parser = HttpRequestParser(RawHeadCallbacks(self))
@@ -434,6 +437,7 @@ class ClientConnection(asyncio.Protocol):
         self.status = 0
         self.bytes_out = 0
         self.resp_head = None
+        self.chained = None
         rule = req.rule
         if rule is None:
             self._fail(errors.NoRoute(f"no route for {req.host or '(no host)'}{req.path}"))
@@ -445,9 +449,13 @@ class ClientConnection(asyncio.Protocol):
         self.request_deadline = req.started + timeout if timeout else 0.0
         chain = rule.chain
         if chain is not None:
+            # The chain's bookkeeping, stored on the exchange once: reading these later as the
+            # class's defaults would cost a slow lookup each.
             req.conn = self
-            if chain.done:
-                req.done_phases = chain.done  # whatever happens next, they hear the outcome
+            req.fields_edited = req.edits_response = False
+            req.response_fields = req.mirror_to = None
+            req.done_phases = chain.done  # whatever happens next, they hear the outcome
+            self.chained = req
             self._run_chain(req, chain, 0)
             return
         backend = rule.only_backend
@@ -660,7 +668,8 @@ class ClientConnection(asyncio.Protocol):
         # changes): the analysis of the last one is reused, a bytes comparison instead of a parse.
         key = (block, status, req.method, req.version, req.keep_alive, must_close)
         memo = self.resp_memo
-        if req.edits_response:
+        chained = self.chained
+        if chained is not None and chained.edits_response:
             # The chain edits this response head (header modifiers, fields earlier phases added).
             try:
                 block = self._response_phases(req, status, block)
@@ -1009,7 +1018,7 @@ class ClientConnection(asyncio.Protocol):
         rule = req.rule
         stats = rule.stats if rule is not None and rule.stats is not None else self.gw.no_route_stats
         stats.record(status, duration)
-        if req.done_phases:
+        if self.chained is req and req.done_phases:
             self._done_phases(req, req.done_phases, status)
         log = self.gw.access_log
         if log.enabled and (log.sample >= 1.0 or log.sampled()):

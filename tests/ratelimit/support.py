@@ -49,7 +49,7 @@ def request(client: bytes = b"10.0.0.1") -> Any:
 async def decide(limiter: PolicyLimiter, req: Any = None, fields: list[tuple[bytes, bytes]] | None = None) -> Verdict:
     """The verdict, now or once Redis answered."""
     later: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
-    verdict = limiter.decide(req or request(), fields or [], later.set_result)
+    verdict = limiter.decide(req or request(), fields or [], lambda _req, v: later.set_result(v))
     return verdict if verdict is not None else await asyncio.wait_for(later, 5)
 
 

@@ -219,7 +219,8 @@ async def test_exact_calls_of_one_loop_turn_on_a_cluster_each_get_their_own_deci
             for client_host in (b"10.0.0.1", b"10.0.0.2"):
                 for _ in range(5):
                     later: asyncio.Future[Verdict] = loop.create_future()
-                    assert limiter.decide(request(client_host), [], later.set_result) is None
+                    settle = later.set_result
+                    assert limiter.decide(request(client_host), [], lambda _req, v, f=settle: f(v)) is None
                     pending.append((n, client_host, later))
         assert len(worker.batcher.queue) == len(pending)  # queued for one pipeline
         verdicts = [(n, host, await asyncio.wait_for(later, 5)) for n, host, later in pending]

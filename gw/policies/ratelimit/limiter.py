@@ -61,7 +61,9 @@ class Verdict:
 
 
 ALLOWED = Verdict(True, [])
-Done = Callable[[Verdict], None]
+# Called with the request and its verdict when Redis answered: the caller passes a function it
+# keeps, so a decision made now allocates no closure.
+Done = Callable[[Any, Verdict], None]
 
 
 class Shared(Protocol):
@@ -85,7 +87,7 @@ class Lease:
         self.tokens = 0
         self.expires = 0.0
         self.refilling = False
-        self.waiters: list[Done] = []
+        self.waiters: list[tuple[Done, Any]] = []
         self.spent = 0  # tokens spent since the last refill: the observed rate
         self.last_refill = now
         self.low = 0  # refill in the background when this few tokens are left
@@ -137,7 +139,7 @@ class PolicyLimiter:
     # -- the decision ------------------------------------------------------------------------
 
     def decide(self, req: Any, fields: Fields, done: Done) -> Verdict | None:
-        """A verdict now, or None: `done(verdict)` is called later (the exchange waits on Redis)."""
+        """A verdict now, or None: `done(req, verdict)` is called later (the exchange waits on Redis)."""
         single = self.single_key
         if self.one_key:
             key = b""
@@ -172,14 +174,14 @@ class PolicyLimiter:
         if not self._redis_usable():
             return self._failed(key, now)
         if not self.leased:
-            self._call(key, parts, 1, lambda outcome: done(self._exact(key, outcome)))
+            self._call(key, parts, 1, lambda outcome: done(req, self._exact(key, outcome)))
             return None
         if lease is None:
             if len(self.leases) >= MAX_BLOCKED:
                 self.leases.clear()
             lease = self.leases[key] = Lease(now)
         lease.tokens = 0
-        lease.waiters.append(done)
+        lease.waiters.append((done, req))
         if not lease.refilling:
             self._refill(key, parts, lease, now)
         return None
@@ -225,8 +227,8 @@ class PolicyLimiter:
         waiters, lease.waiters = lease.waiters, []
         if isinstance(outcome, RedisUnavailable):
             now = monotonic()
-            for done in waiters:
-                done(self._failed(key, now))
+            for done, req in waiters:
+                done(req, self._failed(key, now))
             return
         now = monotonic()
         if now >= lease.expires:
@@ -242,18 +244,18 @@ class PolicyLimiter:
         if not outcome.granted:
             self._block(key, outcome.retry)
             self.count("limited")
-            for done in waiters:
-                done(self._limited(outcome.retry, outcome.limits))
+            for done, req in waiters:
+                done(req, self._limited(outcome.retry, outcome.limits))
             return
         served = 0
-        for done in waiters:
+        for done, req in waiters:
             if lease.tokens <= 0:
                 break
             lease.tokens -= 1
             lease.spent += 1
             served += 1
             self.count("allowed")
-            done(self._allowed(lease.limits, lease.spent) if self.headers else ALLOWED)
+            done(req, self._allowed(lease.limits, lease.spent) if self.headers else ALLOWED)
         rest = waiters[served:]
         if rest:  # more waiters than tokens: ask again for them (Redis says if the key is now out)
             lease.waiters = rest + lease.waiters

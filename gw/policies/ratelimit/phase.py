@@ -19,10 +19,11 @@ class RateLimitPhase(Phase):
         # Only a key on a header or on X-Forwarded-For splits the head into fields: a rule
         # whose only phase this is forwards its head as it came.
         self.reads_fields = limiter.reads_fields
+        self.decided = self._decided  # one bound method, not one closure per request
 
     def on_request(self, ex: Exchange) -> int:
         fields = ex.fields() if self.reads_fields else NO_FIELDS
-        verdict = self.limiter.decide(ex, fields, lambda later: self._decided(ex, later))
+        verdict = self.limiter.decide(ex, fields, self.decided)
         if verdict is None:
             return WAIT  # Redis is asked; the guard's budget bounds the wait
         if verdict.allowed:  # (_apply's common case, inlined: this runs per request)

@@ -137,12 +137,12 @@ class LimiterGroup:
         pending = 0
 
         def arrived(i: int) -> Done:
-            def record(verdict: Verdict) -> None:
+            def record(_req: Any, verdict: Verdict) -> None:
                 nonlocal pending
                 results[i] = verdict
                 pending -= 1
                 if pending == 0:
-                    done(_combine(results))
+                    done(req, _combine(results))
 
             return record
 
