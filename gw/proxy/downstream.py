@@ -999,15 +999,6 @@ class ClientConnection(asyncio.Protocol):
             self.upstream = None
         self.transport.abort()
 
-    def _done_phases(self, req: Exchange, phases: tuple[Any, ...], status: int) -> None:
-        """on_done of the chain: an outcome to account for; a failing phase is reported, nothing else."""
-        for phase in phases:
-            try:
-                phase.on_done(req, status)
-            except Exception as exc:
-                traceback.print_exception(exc)
-                self.gw.metrics.inc("gw_internal_errors_total")
-
     # -- telemetry --------------------------------------------------------------------------------
 
     def _record(self, req: Exchange, status: int, now: float = 0.0, error: str | None = None) -> float:
@@ -1019,7 +1010,12 @@ class ClientConnection(asyncio.Protocol):
         stats = rule.stats if rule is not None and rule.stats is not None else self.gw.no_route_stats
         stats.record(status, duration)
         if self.chained is req and req.done_phases:
-            self._done_phases(req, req.done_phases, status)
+            for phase in req.done_phases:  # the outcome, to phases that account for it
+                try:
+                    phase.on_done(req, status)
+                except Exception as exc:  # reported; the exchange is over either way
+                    traceback.print_exception(exc)
+                    self.gw.metrics.inc("gw_internal_errors_total")
         log = self.gw.access_log
         if log.enabled and (log.sample >= 1.0 or log.sampled()):
             # The request's own members are escaped once per distinct request line and host.
