@@ -124,7 +124,12 @@ def test_split_target_normalises_the_path_and_leaves_the_query() -> None:
     assert (req.path, req.query, req.url) == ("/b~", b"q=%2e%2e/../x&c=%7e", b"/b~?q=%2e%2e/../x&c=%7e")
 
 
-@pytest.mark.parametrize("url", ["/a?b#c", "/a#b", "http://example.test/#x"])
+def test_an_absolute_target_without_a_path_keeps_its_query() -> None:
+    req = split("http://example.test?x=1")
+    assert (req.path, req.query, req.url) == ("/", b"x=1", b"/?x=1")
+
+
+@pytest.mark.parametrize("url", ["/a?b#c", "/a#b", "http://example.test#x"])
 def test_a_fragment_anywhere_in_the_target_is_refused(url: str) -> None:
     with pytest.raises(BadRequest):
         split(url)

@@ -252,8 +252,14 @@ def split_target(req: Request, url: bytes) -> None:
     if url[:1] != b"/":
         if url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
             rest = url.split(b"//", 1)[1]
-            slash = rest.find(b"/")
-            url = rest[slash:] if slash >= 0 else b"/"
+            end = len(rest)  # the authority ends at the first "/", "?" or "#"
+            for sep in (b"/", b"?", b"#"):
+                i = rest.find(sep)
+                if 0 <= i < end:
+                    end = i
+            url = rest[end:]
+            if url[:1] != b"/":  # "http://host" or "http://host?q": the path is "/"
+                url = b"/" + url
         elif url == b"*":
             req.path, req.query, req.url = "*", b"", url
             return
