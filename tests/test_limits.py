@@ -1,7 +1,7 @@
 """Limits and timeouts that defend a worker, each answered with its status as problem+json.
 
 414 request line, 431 header block, 413 body (per route and global, declared or streamed),
-408 slow head (slowloris), the idle keep-alive timeout, and the per-worker connection cap.
+408 slow head (slowloris) and paused body, the idle keep-alive timeout, and the per-worker connection cap.
 """
 
 from __future__ import annotations
@@ -241,3 +241,18 @@ def test_connection_over_the_cap_503_carries_a_request_id(upstream: Upstream, st
         c.send(http_request("GET", "/echo"))
         assert c.read_response().status == 200
     assert_problem(wire(gw, timeout=5).read_response(), 503)
+
+
+def test_request_body_that_pauses_longer_than_the_body_timeout_gets_408(
+    upstream: Upstream, start_gateway: StartGateway
+) -> None:
+    """GW_BODY_TIMEOUT bounds the pause between two reads of a body, not the keep-alive timeout (75 s)."""
+    gw = start_gateway(
+        {"up": [("127.0.0.1", upstream.port)]},
+        [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}],
+        env={"GW_BODY_TIMEOUT": "1s"},
+    )
+    conn = wire(gw, timeout=10)
+    conn.send(http_request("POST", "/echo", {"Content-Length": "100"}) + b"x" * 10)
+    assert_problem(conn.read_response(), 408)
+    assert conn.closed_by_peer()

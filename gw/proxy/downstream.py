@@ -395,7 +395,7 @@ class ClientConnection(asyncio.Protocol):
         upstream = self.upstream
         if req is self.active and upstream is not None:
             if self.phase == BODY:
-                self.deadline = monotonic() + self.settings.keepalive_timeout
+                self.deadline = monotonic() + self.settings.body_timeout
             if req.chunked:
                 upstream.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
             else:
@@ -674,7 +674,7 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = (req.started if req.attempts == 0 else monotonic()) + timeout
         else:
             self.phase = BODY
-            self.deadline = monotonic() + self.settings.keepalive_timeout
+            self.deadline = monotonic() + self.settings.body_timeout
 
     def _await_response(self, req: Request, now: float) -> None:
         self.phase = WAIT
