@@ -195,11 +195,18 @@ class ClientConnection(asyncio.Protocol):
                 return True
             return None
         self._abandon_mirrors()
+        req = self.active
+        if req is None:
+            return None
+        if req.has_body and not req.complete and self.resp_head is None:
+            # (A half-close and a full close look the same here.) The body can never be completed,
+            # so no response can come: waiting would hold this socket in CLOSE-WAIT and the upstream
+            # connection, which has a partial request, until the body timeout.
+            self._client_gone(req)
+            return None
         # A client that half-closes after its request still gets its response.
-        if self.active is not None:
-            self.close_after = True
-            return True
-        return None
+        self.close_after = True
+        return True
 
     def _abandon_mirrors(self) -> None:
         """The client sends no more: mirror copies still waiting for body bytes will never get them."""
@@ -979,6 +986,15 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         self.out.clear()
         self.transport.abort()
+
+    def _client_gone(self, req: Request) -> None:
+        """The client closed before its request was complete: drop the exchange, logged as nginx's 499."""
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        self.active = None
+        self._record(req, 499, error="client closed the connection before its request body was complete")
+        self._close()  # (aborts the upstream connection: it holds a partial request)
 
     def _close(self) -> None:
         self.closed = True
