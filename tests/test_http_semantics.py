@@ -1,7 +1,7 @@
 """HTTP/1.1 message semantics through the gateway (RFC 9110, RFC 9112), against a real upstream.
 
-Keep-alive on both sides, HTTP/1.0 clients, HEAD, bodiless statuses, pipelining, Expect:
-100-continue, request and response body framing, interim responses, and the one safe retry
+Keep-alive on both sides, HTTP/1.0 clients, HEAD, bodiless statuses, pipelining, h2c upgrades
+served as HTTP/1.1, Expect: 100-continue, request and response body framing, interim responses, and the one safe retry
 of an idempotent request on a stale upstream connection.
 """
 
@@ -195,6 +195,44 @@ def test_malformed_pipelined_request_is_answered_in_turn_then_closed(conn: Wire,
     assert second.status == 400
     assert conn.closed_by_peer()
     assert not seen_for(module_upstream, "/x")
+
+
+# -- upgrades gw serves as plain HTTP/1.1 (h2c) ----------------------------------------------------
+
+H2C = {"Upgrade": "h2c", "Connection": "Upgrade, HTTP2-Settings", "HTTP2-Settings": "AAMAAABkAARAAAAAAAIAAAAA"}
+
+
+def tracebacks(gw: GatewayProcess) -> list[str]:
+    return [line for line in gw.log if "Traceback" in line]
+
+
+@pytest.mark.parametrize(
+    ("bad", "status"),
+    [
+        pytest.param(b"GET /x HTTP/1.1\r\nHost : bad\r\n\r\n", 400, id="a head llhttp refuses"),
+        pytest.param(b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, id="a head gw refuses"),
+        pytest.param(b"GET /%s HTTP/1.1\r\nHost: a\r\n\r\n" % (b"x" * 9000), 414, id="a target too long"),
+        pytest.param(b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n", 501, id="CONNECT"),
+    ],
+)
+def test_bad_request_pipelined_after_an_h2c_upgrade_is_answered_in_turn(
+    conn: Wire, gw: GatewayProcess, bad: bytes, status: int
+) -> None:
+    """The h2c request is answered as HTTP/1.1 and what follows parsed as the next request: a bad one
+    gets its status and the close, and the worker logs no traceback (it dropped the connection)."""
+    conn.send(http_request("GET", "/echo?h2c", H2C) + bad)
+    assert echoed(conn.read_response().body)["target"] == "/echo?h2c"
+    assert conn.read_response().status == status
+    assert conn.closed_by_peer()
+    assert not tracebacks(gw)
+
+
+def test_a_thousand_h2c_requests_pipelined_in_one_read_are_all_answered(conn: Wire, gw: GatewayProcess) -> None:
+    """Each upgrade request stops the parser; the next one must not cost a stack frame (it overflowed)."""
+    conn.send(http_request("GET", "/status/204", H2C) * 1000)
+    for _ in range(1000):
+        assert conn.read_response().status == 204
+    assert not tracebacks(gw)
 
 
 # -- Expect: 100-continue --------------------------------------------------------------------------

@@ -144,47 +144,57 @@ class ClientConnection(asyncio.Protocol):
         if self.phase == TUNNEL:
             self.tunnel_from_client(data)
             return
-        if self.req is None:
-            # Between messages: a read that is exactly one head (the usual GET) takes the fast
-            # parser, which reports no header callbacks; anything else the full one.
-            self.head_bytes += len(data)
-            if data[-4:] == b"\r\n\r\n" and data.find(b"\r\n\r\n") == len(data) - 4:
-                self.raw = data
-                self.parser = self.fast_parser
-            else:
-                self.parser = self.full_parser
-        elif self.phase == HEAD:
-            self.head_bytes += len(data)
-        try:
-            self.parser.feed_data(data)
-        except HttpParserUpgrade as upgrade:
-            self._client_upgrade(data[upgrade.args[0] :])
-        except HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, ProxyError):
-                self._reject(cause)
-            elif cause is not None:
-                self.crash(cause)
-            else:
+        while True:  # more than once only when an upgrade gw serves as plain HTTP (h2c) stopped the parser
+            if self.req is None:
+                # Between messages: a read that is exactly one head (the usual GET) takes the fast
+                # parser, which reports no header callbacks; anything else the full one.
+                self.head_bytes += len(data)
+                if data[-4:] == b"\r\n\r\n" and data.find(b"\r\n\r\n") == len(data) - 4:
+                    self.raw = data
+                    self.parser = self.fast_parser
+                else:
+                    self.parser = self.full_parser
+            elif self.phase == HEAD:
+                self.head_bytes += len(data)
+            try:
+                self.parser.feed_data(data)
+            except HttpParserUpgrade as upgrade:
+                upgraded_at = upgrade.args[0]
+            except HttpParserCallbackError as exc:
+                cause = exc.__context__
+                if isinstance(cause, ProxyError):
+                    self._reject(cause)
+                elif cause is not None:
+                    self.crash(cause)
+                else:
+                    self._reject(errors.BadRequest(str(exc)))
+                return
+            except HttpParserError as exc:
                 self._reject(errors.BadRequest(str(exc)))
-            return
-        except HttpParserError as exc:
-            self._reject(errors.BadRequest(str(exc)))
-            return
-        except ProxyError as exc:
-            self._reject(exc)
-            return
-        except Exception as exc:
-            self.crash(exc)
-            return
-        # httptools holds a header until its end arrives: bound the unparsed head by bytes read.
-        settings = self.settings
-        if (
-            self.req is not None
-            and self.head_bytes > settings.max_header_size + settings.max_request_line
-            and (self.phase == HEAD or self.active is None)
-        ):
-            self._reject(errors.HeadersTooLarge("request header block too large"))
+                return
+            except ProxyError as exc:
+                self._reject(exc)
+                return
+            except Exception as exc:
+                self.crash(exc)
+                return
+            else:
+                # httptools holds a header until its end arrives: bound the unparsed head by bytes read.
+                settings = self.settings
+                if (
+                    self.req is not None
+                    and self.head_bytes > settings.max_header_size + settings.max_request_line
+                    and (self.phase == HEAD or self.active is None)
+                ):
+                    self._reject(errors.HeadersTooLarge("request header block too large"))
+                return
+            # What follows the upgrade request is parsed here, outside the except clause and in a
+            # loop: a parse nested in the handler would make the HttpParserUpgrade the __context__
+            # of its callback errors (hiding their ProxyError: a traceback instead of a 4xx), and
+            # recursing once per pipelined upgrade request overflowed the stack.
+            data = data[upgraded_at:]
+            if not self._client_upgrade(data):
+                return
 
     def eof_received(self) -> bool | None:
         if self.phase == TUNNEL:
@@ -842,17 +852,19 @@ class ClientConnection(asyncio.Protocol):
 
     # -- upgrades (WebSocket) --------------------------------------------------------------------
 
-    def _client_upgrade(self, rest: bytes) -> None:
-        """The parser stopped after an upgrade request; hold what follows until the upstream answers."""
+    def _client_upgrade(self, rest: bytes) -> bool:
+        """The parser stopped after an upgrade request: True when `rest` is to be parsed as HTTP.
+
+        A WebSocket upgrade holds what follows until the upstream answers; an upgrade gw does not
+        proxy (h2c, …) was served as plain HTTP/1.1, so parsing goes on with fresh parsers.
+        """
         req = self.active if self.active is not None else (self.queue[-1] if self.queue else None)
         if req is not None and req.upgrade:
             self.early_data += rest
             self.pause_reading(PAUSE_TUNNEL)
-        else:
-            # An upgrade we do not proxy (h2c, …): served as plain HTTP; keep parsing.
-            self._new_parsers()
-            if rest:
-                self.data_received(rest)
+            return False
+        self._new_parsers()
+        return bool(rest) and not self.closed
 
     def upstream_upgraded(self, rest: bytes) -> None:
         """The upstream switched protocols (101): from now on bytes are piped both ways."""
