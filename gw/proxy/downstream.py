@@ -90,6 +90,7 @@ class ClientConnection(asyncio.Protocol):
         self.bytes_out = 0
         self.status = 0
         self.early_data = b""  # bytes after an upgrade request, held until the upstream answers
+        self.skipped_body: Request | None = None  # an upgrade served as HTTP whose body llhttp skipped
         self.fatal: ProxyError | None = None
         self.small_head = min(self.settings.max_request_line, self.settings.max_header_size)
         self.log_memo: tuple[Any, ...] | None = None
@@ -192,9 +193,10 @@ class ClientConnection(asyncio.Protocol):
             # loop: a parse nested in the handler would make the HttpParserUpgrade the __context__
             # of its callback errors (hiding their ProxyError: a traceback instead of a 4xx), and
             # recursing once per pipelined upgrade request overflowed the stack.
-            data = data[upgraded_at:]
-            if not self._client_upgrade(data):
+            following = self._client_upgrade(data[upgraded_at:])
+            if following is None:
                 return
+            data = following
 
     def eof_received(self) -> bool | None:
         if self.phase == TUNNEL:
@@ -296,6 +298,9 @@ class ClientConnection(asyncio.Protocol):
             self.port_bytes,
             self.gw.next_request_id(),
         )
+        if not req.upgrade and parser.should_upgrade() and req.has_body:
+            self.skipped_body = req  # routed once its body can be read (_client_upgrade)
+            return
         self._route(req)
 
     def on_raw_headers_complete(self) -> None:
@@ -349,6 +354,9 @@ class ClientConnection(asyncio.Protocol):
                 req, method, version, parser.should_keep_alive(), parser.should_upgrade(), self.client_host,
                 self.scheme, self.port_bytes, request_id,
             )
+            if not req.upgrade and parser.should_upgrade() and req.has_body:
+                self.skipped_body = req  # routed once its body can be read (_client_upgrade)
+                return
         self._route(req)
 
     def _route(self, req: Request) -> None:
@@ -852,8 +860,8 @@ class ClientConnection(asyncio.Protocol):
 
     # -- upgrades (WebSocket) --------------------------------------------------------------------
 
-    def _client_upgrade(self, rest: bytes) -> bool:
-        """The parser stopped after an upgrade request: True when `rest` is to be parsed as HTTP.
+    def _client_upgrade(self, rest: bytes) -> bytes | None:
+        """The parser stopped after an upgrade request: the bytes to parse as HTTP next, or None.
 
         A WebSocket upgrade holds what follows until the upstream answers; an upgrade gw does not
         proxy (h2c, …) was served as plain HTTP/1.1, so parsing goes on with fresh parsers.
@@ -862,9 +870,22 @@ class ClientConnection(asyncio.Protocol):
         if req is not None and req.upgrade:
             self.early_data += rest
             self.pause_reading(PAUSE_TUNNEL)
-            return False
+            return None
         self._new_parsers()
-        return bool(rest) and not self.closed
+        if self.closed:
+            return None
+        held = self.skipped_body
+        if held is not None:
+            # llhttp skips the body of any upgrade request and already called it complete. A parser
+            # primed with a head that frames the same body reads it, then the requests that follow.
+            self.skipped_body = None
+            held.complete = False
+            self.req = held
+            self.full_parser = self.parser = HttpRequestParser(ResumedBodyCallbacks(self, held))
+            framing = b"Transfer-Encoding: chunked" if held.chunked else b"Content-Length: %d" % held.content_length
+            close = b"" if held.keep_alive else b"Connection: close\r\n"
+            return b"PUT / HTTP/1.1\r\n%b\r\n%b\r\n%b" % (framing, close, rest)
+        return rest or None
 
     def upstream_upgraded(self, rest: bytes) -> None:
         """The upstream switched protocols (101): from now on bytes are piped both ways."""
@@ -1119,6 +1140,45 @@ class RawHeadCallbacks:
         self.on_headers_complete = conn.on_raw_headers_complete
         self.on_body = conn.on_body
         self.on_message_complete = conn.on_message_complete
+
+
+class ResumedBodyCallbacks:
+    """httptools callbacks of a parser primed with a made-up head to read the body of an upgrade
+    request gw serves as HTTP (llhttp skipped it): the made-up head routes the real request, its
+    body goes to the connection, and so does every request after it."""
+
+    __slots__ = ("conn", "held", "priming")
+
+    def __init__(self, conn: ClientConnection, held: Request) -> None:
+        self.conn = conn
+        self.held = held
+        self.priming = True
+
+    def on_message_begin(self) -> None:
+        if not self.priming:
+            self.conn.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self.priming:
+            self.conn.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.priming:
+            self.conn.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.priming:
+            self.priming = False
+            self.conn.head_bytes = 0
+            self.conn._route(self.held)
+        else:
+            self.conn.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.conn.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.conn.on_message_complete()
 
 
 _PROTOCOLS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
