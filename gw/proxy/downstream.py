@@ -9,6 +9,9 @@ pipelined ones queue behind it and are answered in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 import time
 from collections import deque
 from time import monotonic
@@ -47,6 +50,7 @@ PENDING_BODY_LIMIT = 256 * 1024  # body bytes buffered while the upstream connec
 REPLAY_LIMIT = 64 * 1024  # idempotent request bodies up to this size can be retried
 MAX_CONNECT_ATTEMPTS = 3  # endpoints tried when connects are refused (nothing was sent yet)
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a RST
 LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -839,8 +843,8 @@ class ClientConnection(asyncio.Protocol):
                 return
             self._fail(errors.UpstreamProtocolError("upstream closed the connection without a response"))
             return
-        if self.resp_head.until_close and not conn.message_done:
-            self.upstream_complete(conn)  # a close-delimited body ends with the connection
+        if self.resp_head.until_close and not conn.message_done and not conn.reset:
+            self.upstream_complete(conn)  # a close-delimited body ends with the connection (a FIN)
             return
         self._abort(req, "upstream connection lost mid-response")
 
@@ -1018,6 +1022,15 @@ class ClientConnection(asyncio.Protocol):
             upstream.abort()
         self.closed = True
         self.out.clear()
+        self._reset()
+
+    def _reset(self) -> None:
+        """Close the client connection with a RST: transport.abort() alone sends a FIN, which says
+        "complete" to a client reading a body to the close, and "closed cleanly" to any other."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # gone already (or not TCP): abort() is all that is left
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         self.transport.abort()
 
     def _client_gone(self, req: Request) -> None:
@@ -1078,7 +1091,7 @@ class ClientConnection(asyncio.Protocol):
         if self.upstream is not None:
             self.upstream.abort()
             self.upstream = None
-        self.transport.abort()
+        self._reset()  # (a response it cut short must not look complete)
 
     # -- telemetry --------------------------------------------------------------------------------
 
