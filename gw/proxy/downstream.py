@@ -47,6 +47,12 @@ RESPONSE = 5  # streaming the response body: abort
 TUNNEL = 6  # upgraded connection idle: close
 
 PENDING_BODY_LIMIT = 256 * 1024  # body bytes buffered while the upstream connection opens
+# Chunk framing is not body, but a client may send any amount of it (llhttp reads extensions and
+# trailers without a bound). As Go's net/http does: each chunk is allowed CHUNK_FRAMING bytes of
+# size line and CRLFs; beyond that, extensions and trailers count against the body limit and
+# may total FRAMING_EXCESS_LIMIT (Node's bound on chunk extensions) before a 413.
+CHUNK_FRAMING = 64
+FRAMING_EXCESS_LIMIT = 16 * 1024
 REPLAY_LIMIT = 64 * 1024  # idempotent request bodies up to this size can be retried
 MAX_CONNECT_ATTEMPTS = 3  # endpoints tried when connects are refused (nothing was sent yet)
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -103,6 +109,9 @@ class ClientConnection(asyncio.Protocol):
         self.resp_memo: tuple[tuple[object, ...], ResponseHead] | None = None
         self.client = ""
         self.writing_paused = False
+        self.chunk_lines = 0  # chunk-size lines parsed on this connection (on_chunk_header)
+        self.framed: Request | None = None  # the chunked request whose framing excess is counted
+        self.framing_excess = 0
 
     # -- asyncio.Protocol: client transport -------------------------------------------------
 
@@ -150,6 +159,7 @@ class ClientConnection(asyncio.Protocol):
             self.tunnel_from_client(data)
             return
         while True:  # more than once only when an upgrade gw serves as plain HTTP (h2c) stopped the parser
+            framed = None
             if self.req is None:
                 # Between messages: a read that is exactly one head (the usual GET) takes the fast
                 # parser, which reports no header callbacks; anything else the full one.
@@ -159,8 +169,13 @@ class ClientConnection(asyncio.Protocol):
                     self.parser = self.fast_parser
                 else:
                     self.parser = self.full_parser
-            elif self.phase == HEAD:
-                self.head_bytes += len(data)
+            else:
+                if self.phase == HEAD:
+                    self.head_bytes += len(data)
+                if self.req.chunked:  # (set once its head is parsed: this read starts in its body)
+                    framed = self.req
+                    received = framed.body_received
+                    lines = self.chunk_lines
             try:
                 self.parser.feed_data(data)
             except HttpParserUpgrade as upgrade:
@@ -184,6 +199,10 @@ class ClientConnection(asyncio.Protocol):
                 self.crash(exc)
                 return
             else:
+                if framed is not None and self.req is framed:  # a read wholly inside a chunked body
+                    excess = len(data) - (framed.body_received - received) - CHUNK_FRAMING * (self.chunk_lines - lines)
+                    if excess > 0 and not self._framing_fits(framed, excess):
+                        return
                 # httptools holds a header until its end arrives: bound the unparsed head by bytes read.
                 settings = self.settings
                 if (
@@ -438,6 +457,25 @@ class ClientConnection(asyncio.Protocol):
             req.body_buffered += len(body)
             if req.body_buffered > PENDING_BODY_LIMIT:
                 self.pause_reading(PAUSE_BODY_WAIT)
+
+    def on_chunk_header(self) -> None:
+        self.chunk_lines += 1
+
+    def _framing_fits(self, req: Request, excess: int) -> bool:
+        """Count chunk framing beyond CHUNK_FRAMING a chunk; False when that answered 413."""
+        if self.framed is not req:
+            self.framed = req
+            self.framing_excess = 0
+        total = self.framing_excess = self.framing_excess + excess
+        rule = req.rule
+        limit = (rule.max_body_size if rule is not None else 0) or self.settings.max_body_size
+        if total > FRAMING_EXCESS_LIMIT:
+            self._reject(errors.BodyTooLarge(f"chunk extensions and trailers exceed {FRAMING_EXCESS_LIMIT} bytes"))
+            return False
+        if 0 < limit < req.body_received + total:
+            self._reject(errors.BodyTooLarge(f"request body with its chunk extensions exceeds {limit} bytes"))
+            return False
+        return True
 
     def on_message_complete(self) -> None:
         req: Request = self.req  # type: ignore[assignment]
@@ -1147,11 +1185,12 @@ class RawHeadCallbacks:
     """httptools callbacks for a read holding exactly one request head: no on_url/on_header, so no
     Python call per field; the connection reads the head from the bytes instead."""
 
-    __slots__ = ("on_body", "on_headers_complete", "on_message_complete")
+    __slots__ = ("on_body", "on_chunk_header", "on_headers_complete", "on_message_complete")
 
     def __init__(self, conn: ClientConnection) -> None:
         self.on_headers_complete = conn.on_raw_headers_complete
         self.on_body = conn.on_body
+        self.on_chunk_header = conn.on_chunk_header
         self.on_message_complete = conn.on_message_complete
 
 
@@ -1189,6 +1228,9 @@ class ResumedBodyCallbacks:
 
     def on_body(self, body: bytes) -> None:
         self.conn.on_body(body)
+
+    def on_chunk_header(self) -> None:
+        self.conn.chunk_lines += 1
 
     def on_message_complete(self) -> None:
         self.conn.on_message_complete()
