@@ -162,6 +162,11 @@ class Settings:
         0, parse_size, "Default request body limit (0 = none); annotation gw.dev/max-body-size per HTTPRoute: 413."
     )
     header_timeout: float = _var(10.0, parse_positive_duration, "Time to receive a request's headers: 408.")
+    body_timeout: float = _var(
+        60.0,
+        parse_positive_duration,
+        "Longest pause between two reads of a request body (or before its first byte): 408.",
+    )
     keepalive_timeout: float = _var(75.0, parse_duration, "Idle client keep-alive connection lifetime.")
     upstream_connect_timeout: float = _var(5.0, parse_positive_duration, "Upstream connect timeout: 504.")
     upstream_response_timeout: float = _var(

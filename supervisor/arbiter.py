@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -41,6 +41,15 @@ RSS_CHECK_INTERVAL = 5.0
 EXIT_SETTINGS = 2  # a GW_* variable gw cannot use, as the README promises
 
 
+class PendingRestart(NamedTuple):
+    """A slot's next worker start, waiting out its backoff."""
+
+    timer: asyncio.Handle
+    # Kept here because the timer cannot say it: uvloop's call_later(0) returns a plain Handle
+    # (no when()), and a first failure restarts at once.
+    due: float  # loop.time() of the start
+
+
 class StartupError(RuntimeError):
     """The supervisor cannot start serving (config, sockets or first workers); `code` is the exit code."""
 
@@ -57,7 +66,7 @@ class Supervisor:
         self.workers: dict[int, WorkerProcess] = {}
         self.retiring: set[WorkerProcess] = set()
         self.failures: dict[int, int] = {}
-        self.restarts: dict[int, asyncio.TimerHandle] = {}
+        self.restarts: dict[int, PendingRestart] = {}
         self.last_exits: dict[int, str] = {}  # slot → how its last worker ended (for /status)
         self.sockets = ListenerSockets(listen_host)
         self.files: list[Source] = []  # the snapshot served: file names and bytes
@@ -186,7 +195,8 @@ class Supervisor:
             log(f"{what}; crash loop: {failures} failures in a row, next start in {delay:g}s")
         else:
             log(f"{what}; restarting{f' in {delay:g}s' if delay else ''}")
-        self.restarts[slot] = self.loop.call_later(delay, self._restart, slot, worker)
+        timer = self.loop.call_later(delay, self._restart, slot, worker)
+        self.restarts[slot] = PendingRestart(timer, self.loop.time() + delay)
         self.last_exits[slot] = exit_text(worker.exit_code)
 
     def _restart(self, slot: int, dead: WorkerProcess) -> None:
@@ -327,9 +337,9 @@ class Supervisor:
             self.slots -= 1
             slot = self.slots
             worker = self.workers.pop(slot, None)
-            timer = self.restarts.pop(slot, None)
-            if timer is not None:
-                timer.cancel()
+            pending = self.restarts.pop(slot, None)
+            if pending is not None:
+                pending.timer.cancel()
             first = self.workers.get(0)
             if first is not None:
                 self._send_sockets(first)
@@ -464,9 +474,9 @@ class Supervisor:
                     "slot": slot,
                     "last_exit": self.last_exits.get(slot),
                     "failures_in_a_row": self.failures.get(slot, 0),
-                    "next_start_in_seconds": round(max(0.0, timer.when() - self.loop.time()), 3),
+                    "next_start_in_seconds": round(max(0.0, pending.due - self.loop.time()), 3),
                 }
-                for slot, timer in sorted(self.restarts.items())
+                for slot, pending in sorted(self.restarts.items())
             ],
             "listeners": [
                 {"declared_port": p.declared_port, "bind_port": p.bind_port, "listeners": list(p.listeners)}

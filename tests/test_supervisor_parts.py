@@ -1,4 +1,4 @@
-"""Supervisor parts on their own: the CPU count, the control channel with descriptors, a drain."""
+"""Supervisor parts on their own: the CPU count, the control channel with descriptors, a drain, /status."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import socket
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from gw.control import Channel, Message
 from gw.settings import Settings
 from gw.worker import Worker, bind_listener, load
+from supervisor.arbiter import Supervisor
 from supervisor.cpus import available_cpus, cgroup_quota
+from supervisor.process import EXITED, WorkerProcess
 from tests.support.gateway import config_yaml, free_port
 from tests.support.upstream import Upstream
 
@@ -137,3 +140,24 @@ async def test_a_drain_answers_a_connection_opened_just_before_it(tmp_path: Path
     assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower()
     await asyncio.wait_for(drain, 10)
     writer.close()
+
+
+def test_status_lists_a_slot_whose_restart_is_due_at_once(tmp_path: Path) -> None:
+    """A first failure restarts at once: uvloop's call_later(0) returns a Handle, which has no
+    when(). /status asked in that loop turn answered 500 (on the supervisor's loop: uvloop)."""
+
+    async def status_after_a_first_exit() -> dict[str, object]:
+        supervisor = Supervisor(Settings(config=str(tmp_path), workers=1))
+        supervisor.serving = True
+        dead = WorkerProcess(0, supervisor._worker_exited)  # a worker just reaped: SIGKILLed
+        dead.state, dead.exit_code = EXITED, -9
+        supervisor.workers[0] = dead
+        supervisor._worker_exited(dead)
+        # No worker is live, so status() awaits nothing and runs before the restart does.
+        status = await supervisor.status()
+        supervisor.stopping = True  # the restart itself is not this test's business
+        return status
+
+    status = uvloop.run(status_after_a_first_exit())
+    (waiting,) = status["restarting"]  # type: ignore[misc]
+    assert waiting == {"slot": 0, "last_exit": "signal SIGKILL", "failures_in_a_row": 1, "next_start_in_seconds": 0.0}
