@@ -86,12 +86,11 @@ def _demo_socket(port: int) -> socket.socket:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate a config offline; print every error and each object's conditions; exit non-zero on error."""
-    from gw.config import ConfigError
+    from gw.config import ConfigError, load_with
     from gw.config.status import status_lines
-    from gw.worker import load
 
     try:
-        result = load(_settings(), args.path)
+        result = load_with(_settings(), args.path)
     except ConfigError as exc:
         print(f"error: {exc}")
         return 1
@@ -107,11 +106,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_routes(args: argparse.Namespace) -> int:
     """Print the compiled route table in precedence order."""
-    from gw.config import ConfigError, describe
-    from gw.worker import load
+    from gw.config import ConfigError, describe, load_with
 
     try:
-        result = load(_settings(), args.path)
+        result = load_with(_settings(), args.path)
     except ConfigError as exc:
         print(f"error: {exc}")
         return 1

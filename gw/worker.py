@@ -23,22 +23,20 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
 
 import uvloop
 
-from gw.config import ConfigError, LoadResult, load_config
-from gw.config.loader import Source, compile_sources
+from gw.config import ConfigError, LoadResult, compile_snapshot
 from gw.config.model import CompiledConfig
 from gw.control import Channel, Message
+from gw.listen import LISTEN_BACKLOG
 from gw.proxy.downstream import IDLE, TUNNEL, ClientConnection
 from gw.proxy.gateway import Gateway
 from gw.settings import Settings, SettingsError
 from gw.state import ConfigFollower, ConfigStore, Keys, RedisGuard, Version, connect, connect_request_path
 from gw.stdio import quiet_when_closed
+from gw.titles import set_title
 
-LISTEN_BACKLOG = 4096
 GC_THRESHOLD = 20000  # young-generation allocations between collections (CPython's default: 700)
 # While draining, a keep-alive connection idle for less than this may have a request on its way:
 # it is closed after its next response (which says Connection: close) instead of under that request.
@@ -48,51 +46,6 @@ IGNORED_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN,
 # worker of a broken install would (the supervisor has imported everything already, so breaking the
 # installed files cannot stand in for it at start).
 TEST_EXIT_AT_START = "GW_TEST_ONLY_WORKER_EXIT_IF_FILE"
-
-
-def bind_listener(host: str, port: int, *, reuse_port: bool = True) -> socket.socket:
-    """A listening TCP socket (SO_REUSEPORT for the data plane), non-blocking, ready to serve."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(LISTEN_BACKLOG)
-    sock.setblocking(False)
-    return sock
-
-
-def load(settings: Settings, path: str | None = None) -> LoadResult:
-    """Load the config at `path` (default GW_CONFIG) as the GW_* settings say."""
-    return load_config(path or settings.config, **compile_options(settings))
-
-
-def compile_options(settings: Settings) -> dict[str, Any]:
-    return {
-        "port_offset": settings.listener_port_offset,
-        "default_max_body_size": settings.max_body_size,
-        "controller_name": settings.controller_name,
-        "gateway": settings.gateway or None,
-    }
-
-
-def compile_snapshot(files: Sequence[Source], settings: Settings, source: str) -> LoadResult:
-    """Compile a config snapshot (the source files' names and bytes), exactly as `load` would."""
-    return compile_sources(files, source=source, **compile_options(settings))
-
-
-def report(result: LoadResult) -> None:
-    for error in result.errors:
-        print(f"gw: config: {error}", file=sys.stderr)
-
-
-def set_title(title: str) -> None:
-    """`ps` shows what each process is (gunicorn-style titles); best effort."""
-    try:
-        import setproctitle
-    except ImportError:  # pragma: no cover - it is a dependency; a broken install still serves
-        return
-    setproctitle.setproctitle(title)
 
 
 class Worker:

@@ -17,13 +17,14 @@ from typing import Any
 import psutil
 
 from gw.admin import AdminApp, admin_server
-from gw.config import ConfigError, LoadResult, status_document
+from gw.config import ConfigError, LoadResult, compile_snapshot, status_document
 from gw.config.fallback import keep_running_objects
 from gw.config.loader import Source, read_sources, sources_checksum
+from gw.listen import bind_listener
 from gw.observe.metrics import Registry
 from gw.settings import Settings, SettingsError, check_paths
 from gw.state import EmbeddedValkeyError, Version
-from gw.worker import bind_listener, compile_snapshot, report, set_title
+from gw.titles import set_title
 from supervisor.cpus import available_cpus
 from supervisor.log import log
 from supervisor.process import DRAINING, EXITED, READY, WorkerProcess, exit_text
@@ -83,7 +84,7 @@ class Supervisor:
             files, result = self._load()
         except ConfigError as exc:
             raise StartupError(f"config: {exc}") from None
-        report(result)
+        _report(result)
         try:
             self.sockets.ensure(self.slots, bind_ports(result.config))
         except SettingsError as exc:
@@ -233,7 +234,7 @@ class Supervisor:
                 log(f"reload rejected, keeping the running config: {exc}")
                 self.metrics.inc("gw_config_reloads_total", result="rejected")
                 return
-            report(result)
+            _report(result)
             number = await self.publisher.publish(files, self.settings.config)
             if number is None:
                 log(f"Redis unavailable ({self.publisher.last_error}): serving the new config unpublished for now")
@@ -500,6 +501,12 @@ class Supervisor:
                 requests=stats["requests"], connections=stats["connections"], websockets=stats.get("tunnels", 0)
             )
         return info
+
+
+def _report(result: LoadResult) -> None:
+    """Log the errors of a config about to be served (the objects they name are left out)."""
+    for error in result.errors:
+        log(f"config: {error}")
 
 
 def _rss(pid: int) -> int:

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from gw.config import load_with
 from gw.control import Channel, Message
+from gw.listen import bind_listener
 from gw.settings import Settings
-from gw.worker import Worker, bind_listener, load
+from gw.worker import Worker
 from supervisor.cpus import available_cpus, cgroup_quota
 from tests.support.gateway import config_yaml, free_port
 from tests.support.upstream import Upstream
@@ -121,7 +123,7 @@ async def test_a_drain_answers_a_connection_opened_just_before_it(tmp_path: Path
     routes = [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}]
     path.write_text(config_yaml(port, {"up": [("127.0.0.1", upstream.port)]}, routes))
     settings = Settings.from_env({"GW_CONFIG": str(path), "GW_ACCESS_LOG": "off"})
-    result = load(settings)
+    result = load_with(settings)
     worker = Worker(settings)
     worker.add_socket(port, 0, bind_listener("127.0.0.1", port))
     worker.install(result, version=1)

@@ -4,10 +4,14 @@ from gw.config.compile import DEFAULT_CONTROLLER_NAME, LoadResult, compile_resou
 from gw.config.describe import describe
 from gw.config.errors import Condition, ConfigError
 from gw.config.loader import (
+    CompileSettings,
     Source,
+    compile_options,
+    compile_snapshot,
     compile_sources,
     load_config,
     load_text,
+    load_with,
     read_documents,
     read_sources,
     sources_checksum,
@@ -18,16 +22,20 @@ from gw.config.tls import build_ssl_context
 
 __all__ = [
     "DEFAULT_CONTROLLER_NAME",
+    "CompileSettings",
     "Condition",
     "ConfigError",
     "LoadResult",
     "Source",
     "build_ssl_context",
+    "compile_options",
     "compile_resources",
+    "compile_snapshot",
     "compile_sources",
     "describe",
     "load_config",
     "load_text",
+    "load_with",
     "parse_documents",
     "read_documents",
     "read_sources",

@@ -6,7 +6,7 @@ import hashlib
 import os
 from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -159,6 +159,41 @@ def compile_sources(
         source=source,
         checksum=checksum,
     )
+
+
+class CompileSettings(Protocol):
+    """The GW_* settings a compile reads (gw.settings.Settings; config does not import the settings)."""
+
+    @property
+    def config(self) -> str: ...
+    @property
+    def listener_port_offset(self) -> int: ...
+    @property
+    def max_body_size(self) -> int: ...
+    @property
+    def controller_name(self) -> str: ...
+    @property
+    def gateway(self) -> str: ...
+
+
+def compile_options(settings: CompileSettings) -> dict[str, Any]:
+    """The options of compile_sources and load_config that the settings decide."""
+    return {
+        "port_offset": settings.listener_port_offset,
+        "default_max_body_size": settings.max_body_size,
+        "controller_name": settings.controller_name,
+        "gateway": settings.gateway or None,
+    }
+
+
+def compile_snapshot(files: Sequence[Source], settings: CompileSettings, source: str) -> LoadResult:
+    """Compile a config snapshot (the source files' names and bytes), exactly as `load_with` would."""
+    return compile_sources(files, source=source, **compile_options(settings))
+
+
+def load_with(settings: CompileSettings, path: str | None = None) -> LoadResult:
+    """Load the config at `path` (default GW_CONFIG) as the GW_* settings say."""
+    return load_config(path or settings.config, **compile_options(settings))
 
 
 def load_text(text: str, **options: Any) -> LoadResult:
