@@ -1,7 +1,9 @@
 """Shared state in Redis/Valkey: connection, key schema, scripts, guard, config versions, embedded server.
 
-Dependencies point inward: policies and the worker use this package; it imports only gw.config
-(the source snapshot type and checksum) and gw.observe (metrics).
+Dependencies point inward: policies, the worker, the supervisor and the `gw config` command use
+this package; it imports only gw.config (the source snapshot type and checksum), gw.observe
+(metrics) and gw.children (the embedded server's process), never the settings or the command
+line: what it needs from GW_* variables it is handed.
 """
 
 from gw.state.config_store import (

@@ -12,7 +12,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from gw.settings import Settings, SettingsError
+from gw.commands import settings as read_settings
+from gw.settings import Settings
 
 if TYPE_CHECKING:
     from gw.state.config_store import ConfigStore, PublishResult, Version
@@ -23,7 +24,7 @@ EXIT_INVALID = 1  # invalid config, unknown version
 EXIT_NO_REDIS = 2  # nothing to talk to, or it did not answer
 
 
-def add_config_parser(sub: Any) -> None:
+def register(sub: Any) -> None:
     """Register `gw config ...` on the top-level subparsers."""
     config = sub.add_parser("config", help="Inspect, push and roll back config versions in Redis.")
     commands = config.add_subparsers(dest="config_command", required=True)
@@ -67,11 +68,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     from gw.state.config_store import ConfigStoreError
 
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"gw: {exc}", file=sys.stderr)
-        return EXIT_NO_REDIS
+    settings = read_settings()
     if args.config_command == "push":
         # Validation needs no Redis: an invalid config is refused even when Redis is down.
         args.sources = _validated(settings, args.path)
@@ -99,19 +96,11 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def _validated(settings: Settings, path: str) -> list[tuple[str, bytes]] | None:
-    from gw.config import ConfigError, compile_sources, read_sources
+    from gw.config import ConfigError, compile_snapshot, read_sources
 
     try:
         sources = read_sources(path)
-        result = compile_sources(
-            sources,
-            source=path,
-            port_offset=settings.listener_port_offset,
-            controller_name=settings.controller_name,
-            default_max_body_size=settings.max_body_size,
-            gateway=settings.gateway or None,
-        )
-        errors = result.errors
+        errors = compile_snapshot(sources, settings, path).errors
     except ConfigError as exc:
         errors = [exc]
     for error in errors:
