@@ -1,4 +1,7 @@
-"""Shared state in Redis/Valkey: connection, key schema, scripts, guard, config versions, embedded server.
+"""Shared state in Redis/Valkey: connection, keys, scripts, guard, batching, heartbeats, config versions.
+
+Also the embedded server; `batch` sends one loop turn's script calls as one pipeline, `fleet` is
+the workers' heartbeat and live count.
 
 Dependencies point inward: policies, the worker, the supervisor and the `gw config` command use
 this package; it imports only gw.config (the source snapshot type and checksum), gw.observe
