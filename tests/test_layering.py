@@ -1,17 +1,184 @@
-"""gw's dependency structure: which modules a process loads, and which way imports point."""
+"""gw's dependency structure: which way imports point, and which modules a process loads.
+
+Dependencies point one way (DESIGN.md, Layout): proxy → policies → state; config never imports
+proxy; nothing imports the supervisor. The static tests read every module of gw/ and supervisor/
+with ast, imports inside functions and under TYPE_CHECKING included, so the structure cannot rot
+one convenient import at a time; the last test imports the supervisor for real.
+"""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 from tests.support.gateway import REPO
 
-# The data plane: what a worker runs per request. The supervisor never proxies, so it must not
-# load any of it (a supervisor that imports it pays its memory and start-up, and a bug there
-# could stop the process that keeps every socket open).
-DATA_PLANE = ("gw.proxy", "gw.worker", "gw.policies", "httptools")
+# Low to high: a module may import its own unit (a package or top-level module) and units of a
+# lower layer, never of its own layer or above. Every unit of gw/ and supervisor/ is listed.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    # Foundations, importing nothing of gw's.
+    (
+        "gw",
+        "gw.stdio",
+        "gw.children",
+        "gw.control",
+        "gw.listen",
+        "gw.titles",
+        "gw.observe",
+        "gw.admin",
+        "gw.demo_upstream",
+    ),
+    ("gw.routing", "gw.balancing"),  # the structures a compiled config is made of
+    ("gw.config",),  # parse → validate → compile
+    ("gw.state",),  # Redis: config versions, guard, scripts; handed what it needs from the settings
+    ("gw.settings",),  # GW_* variables (checks a Redis URL with gw.state)
+    ("gw.policies",),
+    ("gw.proxy",),
+    ("gw.worker",),
+    ("gw.gunicorn_worker", "supervisor"),
+    ("gw.commands",),  # the CLI's verbs: read the settings, call config, state or the supervisor
+    ("gw.cli",),
+    ("gw.__main__",),
+)
+# The supervisor never proxies: it sits above the data plane's layers but must not import them.
+DATA_PLANE = ("gw.proxy", "gw.policies", "gw.worker")
+# Nothing imports the supervisor but the verbs that start it (`gw run`, `gw demo`).
+SUPERVISOR_IMPORTERS = ("gw.commands",)
+# (importer unit, imported unit) pairs allowed under `if TYPE_CHECKING:` only, for a type hint
+# that would otherwise point upwards. None so far.
+TYPE_ONLY: frozenset[tuple[str, str]] = frozenset()
+
+ROOTS = {"gw": REPO / "gw", "supervisor": REPO / "supervisor"}
+LAYER = {unit: level for level, units in enumerate(LAYERS) for unit in units}
+
+
+@dataclass(frozen=True)
+class Import:
+    importer: str  # module names
+    imported: str
+    path: Path
+    line: int
+    type_only: bool  # under `if TYPE_CHECKING:`
+
+    def __str__(self) -> str:
+        where = f"{self.path.relative_to(REPO)}:{self.line}"
+        return f"{where}: {self.importer} imports {self.imported}{' (TYPE_CHECKING)' if self.type_only else ''}"
+
+
+def modules() -> Iterator[tuple[str, Path]]:
+    for top, folder in ROOTS.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = path.relative_to(folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            yield ".".join((top, *parts)), path
+
+
+def unit(module: str) -> str:
+    """The layered unit a module belongs to: gw.config for gw.config.loader, supervisor for supervisor.*."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "gw" else parts[0]
+
+
+def is_module(name: str) -> bool:
+    top, *rest = name.split(".")
+    base = ROOTS[top].joinpath(*rest)
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+class _Imports(ast.NodeVisitor):
+    """Every import of gw's own modules in one file, with whether it sits under `if TYPE_CHECKING:`."""
+
+    def __init__(self, module: str, path: Path) -> None:
+        self.module, self.path = module, path
+        self.package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        self.found: list[Import] = []
+        self.type_only = False
+
+    def visit_If(self, node: ast.If) -> None:
+        test = node.test
+        if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+            isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+        ):
+            outer, self.type_only = self.type_only, True
+            for child in node.body:
+                self.visit(child)
+            self.type_only = outer
+            for child in node.orelse:
+                self.visit(child)
+        else:
+            self.generic_visit(node)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            self._add(node, alias.name)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level:  # relative: resolved against this module's package
+            base = self.package.split(".")[: len(self.package.split(".")) - node.level + 1]
+            name = ".".join([*base, *([node.module] if node.module else [])])
+        else:
+            name = node.module or ""
+        for alias in node.names:  # `from gw import cli` imports the module gw.cli
+            self._add(node, f"{name}.{alias.name}" if self._ours(name) and is_module(f"{name}.{alias.name}") else name)
+
+    def _ours(self, name: str) -> bool:
+        return name.split(".")[0] in ROOTS
+
+    def _add(self, node: ast.stmt, name: str) -> None:
+        if self._ours(name):
+            self.found.append(Import(self.module, name, self.path, node.lineno, self.type_only))
+
+
+def imports() -> list[Import]:
+    found: list[Import] = []
+    for module, path in modules():
+        visitor = _Imports(module, path)
+        visitor.visit(ast.parse(path.read_text(), str(path)))
+        found += visitor.found
+    return found
+
+
+def test_every_unit_has_a_layer() -> None:
+    units = {unit(module) for module, _ in modules()}
+    assert sorted(units - LAYER.keys()) == [], "place each new package or module in LAYERS"
+    assert sorted(LAYER.keys() - units) == [], "LAYERS names a unit that no longer exists"
+
+
+def test_imports_point_down_the_layers() -> None:
+    upwards = []
+    for imp in imports():
+        importer, imported = unit(imp.importer), unit(imp.imported)
+        if importer == imported or LAYER[imported] < LAYER[importer]:
+            continue
+        if imp.type_only and (importer, imported) in TYPE_ONLY:
+            continue
+        upwards.append(str(imp))
+    assert upwards == []
+
+
+def test_the_proxy_policies_state_chain_and_config_below_them() -> None:
+    """The directions DESIGN.md names, whatever LAYERS says: the list must not drift from them."""
+    assert LAYER["gw.proxy"] > LAYER["gw.policies"] > LAYER["gw.state"] > LAYER["gw.config"]
+
+
+def test_nothing_imports_the_supervisor_but_the_commands_that_start_it() -> None:
+    importers = {
+        str(imp)
+        for imp in imports()
+        if unit(imp.imported) == "supervisor" and unit(imp.importer) not in ("supervisor", *SUPERVISOR_IMPORTERS)
+    }
+    assert importers == set()
+
+
+def test_the_supervisor_imports_nothing_of_the_data_plane() -> None:
+    found = [str(imp) for imp in imports() if unit(imp.importer) == "supervisor" and unit(imp.imported) in DATA_PLANE]
+    assert found == []
 
 
 def loaded_modules(statement: str) -> list[str]:
@@ -24,6 +191,8 @@ def loaded_modules(statement: str) -> list[str]:
 
 
 def test_the_supervisor_loads_no_data_plane_module() -> None:
+    """What the supervisor process loads: none of the proxy's modules, nor httptools under them."""
     modules = loaded_modules("import supervisor.arbiter")
     assert "supervisor.arbiter" in modules
-    assert [m for m in modules if m in DATA_PLANE or m.startswith(tuple(p + "." for p in DATA_PLANE))] == []
+    data_plane = (*DATA_PLANE, "httptools")
+    assert [m for m in modules if m in data_plane or m.startswith(tuple(p + "." for p in data_plane))] == []
