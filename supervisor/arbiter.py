@@ -24,13 +24,13 @@ from gw.listen import bind_listener
 from gw.observe.metrics import Registry
 from gw.settings import Settings, SettingsError, check_paths
 from gw.state import EmbeddedValkeyError, Version
+from gw.supervisor.cpus import available_cpus
+from gw.supervisor.log import log
+from gw.supervisor.process import DRAINING, EXITED, READY, WorkerProcess, exit_text
+from gw.supervisor.publisher import Publisher
+from gw.supervisor.signals import SIGNALS
+from gw.supervisor.sockets import ListenerSockets, bind_ports
 from gw.titles import set_title
-from supervisor.cpus import available_cpus
-from supervisor.log import log
-from supervisor.process import DRAINING, EXITED, READY, WorkerProcess, exit_text
-from supervisor.publisher import Publisher
-from supervisor.signals import SIGNALS
-from supervisor.sockets import ListenerSockets, bind_ports
 
 STARTUP_TIMEOUT = 30.0  # a worker not ready by then is considered failed
 EXIT_WAIT = 2.0  # a worker whose control channel closed is gone by then: its exit code says why

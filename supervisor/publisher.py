@@ -36,7 +36,7 @@ from gw.config.resources import KEPT_FILE
 from gw.settings import Settings
 from gw.state import ConfigFollower, ConfigStore, ConfigStoreError, EmbeddedValkey, Version, connect
 from gw.state.config_store import FILES, REPUBLISH, PublishResult
-from supervisor.log import log
+from gw.supervisor.log import log
 
 PUBLISH_TIMEOUT = 2.0  # a publish that takes longer is abandoned: serving must not wait on Redis
 UNREACHABLE = (RedisError, OSError, ConfigStoreError, TimeoutError)

@@ -12,6 +12,7 @@ import ast
 import os
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,20 +41,22 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("gw.policies",),
     ("gw.proxy",),
     ("gw.worker",),
-    ("gw.gunicorn_worker", "supervisor"),
+    ("gw.gunicorn_worker", "gw.supervisor"),
     ("gw.commands",),  # the CLI's verbs: read the settings, call config, state or the supervisor
     ("gw.cli",),
     ("gw.__main__",),
 )
 # The supervisor never proxies: it sits above the data plane's layers but must not import them.
 DATA_PLANE = ("gw.proxy", "gw.policies", "gw.worker")
-# Nothing imports the supervisor but the verbs that start it (`gw run`, `gw demo`).
+# Nothing imports the supervisor but the verbs that start it (`gw run`, `gw demo`). Its code is
+# the top-level supervisor/ folder, imported as gw.supervisor (gw/__init__.py, pyproject.toml).
 SUPERVISOR_IMPORTERS = ("gw.commands",)
 # (importer unit, imported unit) pairs allowed under `if TYPE_CHECKING:` only, for a type hint
 # that would otherwise point upwards. None so far.
 TYPE_ONLY: frozenset[tuple[str, str]] = frozenset()
 
-ROOTS = {"gw": REPO / "gw", "supervisor": REPO / "supervisor"}
+# Import name → folder. `supervisor` itself is supervisord's name: no module of ours may import it.
+ROOTS = {"gw": REPO / "gw", "gw.supervisor": REPO / "supervisor"}
 LAYER = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 
 
@@ -71,23 +74,27 @@ class Import:
 
 
 def modules() -> Iterator[tuple[str, Path]]:
-    for top, folder in ROOTS.items():
+    for root, folder in ROOTS.items():
         for path in sorted(folder.rglob("*.py")):
             parts = path.relative_to(folder).with_suffix("").parts
             if parts[-1] == "__init__":
                 parts = parts[:-1]
-            yield ".".join((top, *parts)), path
+            module = ".".join((root, *parts))
+            if root == "gw" or module.startswith("gw.supervisor"):  # gw/supervisor, were it there, is not ours
+                yield module, path
 
 
 def unit(module: str) -> str:
-    """The layered unit a module belongs to: gw.config for gw.config.loader, supervisor for supervisor.*."""
+    """The layered unit a module belongs to: gw.config for gw.config.loader, gw.worker for itself."""
     parts = module.split(".")
     return ".".join(parts[:2]) if parts[0] == "gw" else parts[0]
 
 
 def is_module(name: str) -> bool:
-    top, *rest = name.split(".")
-    base = ROOTS[top].joinpath(*rest)
+    root = "gw.supervisor" if name.startswith("gw.supervisor") else name.split(".")[0]
+    if root not in ROOTS:
+        return False
+    base = ROOTS[root].joinpath(*name.removeprefix(root).split(".")[1:])
     return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
 
 
@@ -128,7 +135,7 @@ class _Imports(ast.NodeVisitor):
             self._add(node, f"{name}.{alias.name}" if self._ours(name) and is_module(f"{name}.{alias.name}") else name)
 
     def _ours(self, name: str) -> bool:
-        return name.split(".")[0] in ROOTS
+        return name.split(".")[0] in ("gw", "supervisor")
 
     def _add(self, node: ast.stmt, name: str) -> None:
         if self._ours(name):
@@ -154,6 +161,9 @@ def test_imports_point_down_the_layers() -> None:
     upwards = []
     for imp in imports():
         importer, imported = unit(imp.importer), unit(imp.imported)
+        if imported not in LAYER:  # `supervisor`: supervisord's, wherever both are installed
+            upwards.append(f"{imp}, which is not gw's")
+            continue
         if importer == imported or LAYER[imported] < LAYER[importer]:
             continue
         if imp.type_only and (importer, imported) in TYPE_ONLY:
@@ -171,28 +181,65 @@ def test_nothing_imports_the_supervisor_but_the_commands_that_start_it() -> None
     importers = {
         str(imp)
         for imp in imports()
-        if unit(imp.imported) == "supervisor" and unit(imp.importer) not in ("supervisor", *SUPERVISOR_IMPORTERS)
+        if unit(imp.imported) == "gw.supervisor" and unit(imp.importer) not in ("gw.supervisor", *SUPERVISOR_IMPORTERS)
     }
     assert importers == set()
 
 
 def test_the_supervisor_imports_nothing_of_the_data_plane() -> None:
-    found = [str(imp) for imp in imports() if unit(imp.importer) == "supervisor" and unit(imp.imported) in DATA_PLANE]
+    supervisor = [imp for imp in imports() if unit(imp.importer) == "gw.supervisor"]
+    found = [str(imp) for imp in supervisor if unit(imp.imported) in DATA_PLANE]
     assert found == []
 
 
-def loaded_modules(statement: str) -> list[str]:
-    """sys.modules after `statement` in a fresh interpreter running this checkout."""
+def test_pyproject_installs_every_package_and_the_supervisor_as_gw_supervisor() -> None:
+    """The package list is explicit (find cannot see a mapped folder): a new package must be in it."""
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {"gw.supervisor": "supervisor"}
+    folders = {
+        ".".join((root, *path.relative_to(folder).parts))
+        for root, folder in ROOTS.items()
+        for path in (folder, *folder.rglob("*"))
+        if path.is_dir() and path.name != "__pycache__" and (root == "gw") == (folder == ROOTS["gw"])
+    }
+    assert sorted(setuptools["packages"]) == sorted(folders)
+
+
+def loaded_modules(statement: str, cwd: Path, path: str = str(REPO)) -> list[str]:
+    """sys.modules after `statement` in a fresh interpreter running this checkout (PYTHONPATH=path).
+
+    Run in `cwd`, not the checkout: `python -c` puts its working directory first on sys.path.
+    """
     code = f"{statement}\nimport sys\nprint('\\n'.join(sorted(sys.modules)))"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "PYTHONPATH": path}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.split()
 
 
-def test_the_supervisor_loads_no_data_plane_module() -> None:
+def test_the_supervisor_loads_no_data_plane_module(tmp_path: Path) -> None:
     """What the supervisor process loads: none of the proxy's modules, nor httptools under them."""
-    modules = loaded_modules("import supervisor.arbiter")
-    assert "supervisor.arbiter" in modules
+    modules = loaded_modules("import gw.supervisor.arbiter", tmp_path)
+    assert "gw.supervisor.arbiter" in modules
+    assert "supervisor" not in modules  # supervisord's name
     data_plane = (*DATA_PLANE, "httptools")
     assert [m for m in modules if m in data_plane or m.startswith(tuple(p + "." for p in data_plane))] == []
+
+
+def test_gw_runs_beside_supervisords_package(tmp_path: Path) -> None:
+    """supervisord's `supervisor` package first on the path: `gw run` still finds its supervisor,
+    and `import supervisor` still means supervisord's."""
+    (tmp_path / "supervisor").mkdir()
+    (tmp_path / "supervisor" / "__init__.py").write_text("SUPERVISORD = True\n")
+    path = f"{tmp_path}{os.pathsep}{REPO}"
+    modules = loaded_modules("import gw.supervisor.arbiter, supervisor; assert supervisor.SUPERVISORD", tmp_path, path)
+    assert "gw.supervisor.arbiter" in modules
+    env = {**os.environ, "PYTHONPATH": path, "GW_CONFIG": ""}
+    run = subprocess.run(
+        [sys.executable, "-m", "gw", "run"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    # The supervisor loaded and said what is missing (it asks for GW_CONFIG before anything starts).
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("gw: GW_CONFIG is not set"), run.stderr

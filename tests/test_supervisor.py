@@ -21,9 +21,9 @@ import psutil
 import pytest
 
 from gw.state.embedded import ping
+from gw.supervisor.arbiter import Supervisor
+from gw.supervisor.signals import SIGNALS
 from gw.worker import TEST_EXIT_AT_START
-from supervisor.arbiter import Supervisor
-from supervisor.signals import SIGNALS
 from tests.conftest import StartGateway
 from tests.support.gateway import Client, GatewayProcess, config_yaml, free_port
 from tests.support.servers import read_ws_frame

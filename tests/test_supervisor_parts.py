@@ -13,8 +13,8 @@ from gw.config import load_with
 from gw.control import Channel, Message
 from gw.listen import bind_listener
 from gw.settings import Settings
+from gw.supervisor.cpus import available_cpus, cgroup_quota
 from gw.worker import Worker
-from supervisor.cpus import available_cpus, cgroup_quota
 from tests.support.gateway import config_yaml, free_port
 from tests.support.upstream import Upstream
 

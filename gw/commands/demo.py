@@ -21,7 +21,7 @@ def register(sub: Any) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start two echo upstreams and the gateway on the bundled example config."""
     from gw.children import start_helper
-    from supervisor import run
+    from gw.supervisor import run
 
     config = str(resources.files("gw") / "examples" / "demo.yaml")
     demo_settings = replace(settings(), config=config)

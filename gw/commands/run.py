@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Start the gateway on GW_CONFIG: the supervisor and its workers."""
-    from supervisor import run
+    from gw.supervisor import run
 
     current = settings()
     if args.config:

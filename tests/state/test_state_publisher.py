@@ -13,7 +13,7 @@ import pytest
 from gw.settings import Settings
 from gw.state import ConfigStore, Keys, Version, connect
 from gw.state.config_store import PUSH
-from supervisor.publisher import Publisher
+from gw.supervisor.publisher import Publisher
 from tests.support import valkey
 
 
