@@ -2,9 +2,12 @@
 
 The supervisor starts `python -m gw.worker --slot N --control-fd FD`. Over the control channel
 (gw.control) it hands the worker its listening sockets (created once, by the supervisor, so that
-replacing a worker never closes one) and each config version as a snapshot of the source files;
-the worker compiles a version and swaps it in by reference, answers statistics requests, and
-drains when told to. Nothing here talks to the admin port: the supervisor serves it.
+replacing a worker never closes one) and each config version as a snapshot of the source files
+with their checksum: the one way a config reaches a worker, at start, on HUP and for versions
+the supervisor follows in Redis (it opens their new ports first, or refuses them). The worker
+compiles a version and swaps it in by reference, answers statistics requests, and drains when
+told to. Nothing here talks to the admin port: the supervisor serves it. Redis, for the worker,
+is only the policies' shared state.
 
 Signals, for operators who address a worker directly: TERM drains and exits, QUIT exits at once;
 INT, HUP, USR2, TTIN and TTOU are the supervisor's business and ignored here (a Ctrl-C in a
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import logging
 import os
@@ -26,14 +28,14 @@ import time
 
 import uvloop
 
-from gw.config import ConfigError, LoadResult, compile_snapshot
+from gw.config import ConfigError, LoadResult, Snapshot, compile_snapshot
 from gw.config.model import CompiledConfig
 from gw.control import Channel, Message
 from gw.listen import LISTEN_BACKLOG
 from gw.proxy.downstream import IDLE, TUNNEL, ClientConnection
 from gw.proxy.gateway import Gateway
 from gw.settings import Settings, SettingsError
-from gw.state import ConfigFollower, ConfigStore, Keys, RedisGuard, Version, connect, connect_request_path
+from gw.state import Keys, RedisGuard, connect_request_path
 from gw.stdio import quiet_when_closed
 from gw.titles import set_title
 
@@ -177,7 +179,6 @@ class SupervisedWorker:
     def __init__(self, settings: Settings, slot: int, control_fd: int) -> None:
         self.settings = settings
         self.worker = Worker(settings, slot)
-        self.follower: ConfigFollower | None = None
         self.done = asyncio.Event()
         self.ready_sent = False
         self.channel = Channel(socket.socket(fileno=control_fd), self.on_message, self.on_supervisor_lost)
@@ -199,15 +200,9 @@ class SupervisedWorker:
             self.apply_config(message)
         elif kind == "stats":
             stats = self.worker.stats()
-            follower = self.follower
-            if follower is not None:
-                guard = getattr(self.worker.gateway, "guard", None)
-                stats["redis"] = {
-                    "connected": follower.connected,
-                    "version": follower.version,
-                    "error": follower.error or follower.apply_error,
-                    "breaker": guard.state if guard is not None else None,
-                }
+            guard = getattr(self.worker.gateway, "guard", None)
+            if guard is not None:
+                stats["redis"] = {"breaker": guard.state}
             self.channel.reply(message, {"t": "stats", **stats})
         elif kind == "drain":
             self.begin_drain(float(message.get("timeout", self.settings.drain_timeout)))
@@ -219,9 +214,10 @@ class SupervisedWorker:
             self.worker.renumber(version)
             self.channel.reply(message, {"t": "config", "ok": True, "version": version})
             return
+        # The supervisor hashed these files when it read or fetched them: its checksum is theirs.
+        files = tuple((name, data) for name, data in message["files"])
         try:
-            files = [(name, data) for name, data in message["files"]]
-            result = compile_snapshot(files, self.settings, message["source"])
+            result = compile_snapshot(Snapshot(files, message["checksum"], message["source"]), self.settings)
         except ConfigError as exc:
             self.channel.reply(message, {"t": "config", "ok": False, "version": version, "error": str(exc)})
             return
@@ -229,30 +225,15 @@ class SupervisedWorker:
         task = self.worker.loop.create_task(self.worker.bind(result.config))
         task.add_done_callback(lambda t: self._bound(t, message, version))
 
-    async def apply_version(self, version: Version) -> None:
-        """A new current version in Redis (published by any replica or `gw config`)."""
-        if version.checksum == self.worker.checksum:
-            self.worker.renumber(version.number)
-            return
-        result = compile_snapshot(version.files, self.settings, version.label)  # raises: old config stays
-        self.worker.install(result, version.number)
-        await self.worker.bind(result.config)  # ports without a socket yet: the supervisor sends them
-
-    def follow_redis(self) -> None:
-        """Connect to the fleet's Redis (GW_REDIS_URL, set by the supervisor) and follow the config."""
+    def connect_redis(self) -> None:
+        """The policies' client of the fleet's Redis (GW_REDIS_URL, set by the supervisor)."""
         url = self.settings.redis_url
-        if not url or self.follower is not None:
-            return
         gateway = self.worker.gateway
+        if not url or getattr(gateway, "redis", None) is not None:
+            return
         gateway.keys = Keys(self.settings.redis_prefix)
         gateway.redis = connect_request_path(url)  # bounded by the guard's budget alone
         gateway.guard = RedisGuard.from_settings(self.settings, metrics=gateway.metrics)
-        store = ConfigStore.from_settings(connect(url), self.settings)
-        self.follower = ConfigFollower(
-            store, self.apply_version, poll_interval=self.settings.config_poll_interval, version=self.worker.version
-        )
-        self.follower.checksum = self.worker.checksum
-        self.follower.start()
 
     def _bound(self, task: asyncio.Task[None], message: Message, version: int) -> None:
         exc = task.exception()
@@ -264,7 +245,7 @@ class SupervisedWorker:
         if not self.ready_sent:
             self.ready_sent = True
             self.channel.send({"t": "ready", "pid": os.getpid(), "version": version})
-            self.follow_redis()
+            self.connect_redis()
 
     def begin_drain(self, timeout: float) -> None:
         if self.worker.draining:
@@ -280,19 +261,13 @@ class SupervisedWorker:
 
     async def run(self) -> None:
         await self.done.wait()
-        if self.follower is not None:
-            # Bounded: a follower stuck reconnecting to a Redis that died with the supervisor
-            # must not keep a drained worker alive.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self.follower.stop()
         if not self.channel.closed:
             self.channel.send({"t": "exiting", "metrics": self.worker.gateway.metrics.snapshot()})
 
 
 class _WorkerLogFormat(logging.Formatter):
-    """`gw[worker 1 pid 4242]: …`: the supervisor and every worker log some of the same lines
-    (the config follower's), and the reader must know who says it; the supervisor's say `gw: …`."""
+    """`gw[worker 1 pid 4242]: …`: the supervisor and every worker may log the same lines (gw.state's,
+    say), and the reader must know who says it; the supervisor's say `gw: …`."""
 
     def __init__(self, slot: int) -> None:
         super().__init__()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,9 +16,10 @@ from gw.config import load_with
 from gw.control import Channel, Message
 from gw.listen import bind_listener
 from gw.settings import Settings
+from gw.supervisor.arbiter import Supervisor
 from gw.supervisor.cpus import available_cpus, cgroup_quota
 from gw.worker import Worker
-from tests.support.gateway import config_yaml, free_port
+from tests.support.gateway import REPO, config_yaml, free_port
 from tests.support.upstream import Upstream
 
 
@@ -139,3 +143,41 @@ async def test_a_drain_answers_a_connection_opened_just_before_it(tmp_path: Path
     assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower()
     await asyncio.wait_for(drain, 10)
     writer.close()
+
+
+async def test_a_hup_hashes_the_files_once(
+    tmp_path: Path, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A HUP reads the files into one snapshot whose checksum travels with it: read, compile,
+    compare, publish and hand to the workers without hashing the files again."""
+    port = free_port()
+    path = tmp_path / "gw.yaml"
+    backends = {"up": [("127.0.0.1", upstream.port)]}
+    path.write_text(config_yaml(port, backends, [{"name": "a", "rules": [{"backendRefs": [{"backend": "up"}]}]}]))
+    env = {"GW_CONFIG": str(path), "GW_WORKERS": "2", "GW_ACCESS_LOG": "off", "GW_DRAIN_TIMEOUT": "5s",
+           "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-rt-"), "PYTHONPATH": str(REPO)}  # fmt: skip
+    for name, value in env.items():  # the workers' environment too
+        monkeypatch.setenv(name, value)
+    supervisor = Supervisor(Settings.from_env(), listen_host="127.0.0.1")
+    await supervisor.start()
+    try:
+        path.write_text(config_yaml(port, backends, [{"name": "b", "rules": [{"backendRefs": [{"backend": "up"}]}]}]))
+        hashes = 0
+        sha256 = hashlib.sha256
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal hashes
+            hashes += 1
+            return sha256(*args, **kwargs)
+
+        monkeypatch.setattr(hashlib, "sha256", counted)
+        await supervisor.reload()
+        monkeypatch.setattr(hashlib, "sha256", sha256)
+        assert supervisor.version == 2
+        stats = await supervisor._stats()
+        assert sorted(s["version"] for s in stats.values()) == [2, 2]
+        assert hashes == 1
+    finally:
+        await supervisor.shutdown()
+        supervisor.sockets.close()
+        await supervisor.publisher.stop()

@@ -13,10 +13,11 @@ from gw.config.loader import (
     load_text,
     load_with,
     read_documents,
+    read_snapshot,
     read_sources,
-    sources_checksum,
 )
 from gw.config.parse import parse_documents
+from gw.config.snapshot import Snapshot, sources_checksum
 from gw.config.status import status_document
 from gw.config.tls import build_ssl_context
 
@@ -26,6 +27,7 @@ __all__ = [
     "Condition",
     "ConfigError",
     "LoadResult",
+    "Snapshot",
     "Source",
     "build_ssl_context",
     "compile_options",
@@ -38,6 +40,7 @@ __all__ = [
     "load_with",
     "parse_documents",
     "read_documents",
+    "read_snapshot",
     "read_sources",
     "sources_checksum",
     "status_document",
