@@ -32,10 +32,11 @@ from gw.config import ConfigError, LoadResult, Snapshot, compile_snapshot
 from gw.config.model import CompiledConfig
 from gw.control import Channel, Message
 from gw.listen import LISTEN_BACKLOG
+from gw.observe.metrics import Registry
 from gw.proxy.downstream import IDLE, TUNNEL, ClientConnection
 from gw.proxy.gateway import Gateway
 from gw.settings import Settings, SettingsError
-from gw.state import Keys, RedisGuard, connect_request_path
+from gw.state import SharedState
 from gw.stdio import quiet_when_closed
 from gw.titles import set_title
 
@@ -53,11 +54,13 @@ TEST_EXIT_AT_START = "GW_TEST_ONLY_WORKER_EXIT_IF_FILE"
 class Worker:
     """The data plane of one process: gateway state, a server per listener port, draining."""
 
-    def __init__(self, settings: Settings, slot: int = 0) -> None:
+    def __init__(
+        self, settings: Settings, slot: int = 0, *, metrics: Registry | None = None, shared: SharedState | None = None
+    ) -> None:
         self.settings = settings
         self.slot = slot
         self.loop = asyncio.get_running_loop()
-        self.gateway = Gateway(self.loop, settings)
+        self.gateway = Gateway(self.loop, settings, metrics=metrics, shared=shared)
         # Listening sockets by (bind port, the supervisor's socket id): a worker may serve several
         # sockets of one port (those of a slot removed by TTOU are adopted by slot 0, so that no
         # listening socket ever closes while connections wait in its queue).
@@ -178,7 +181,9 @@ class SupervisedWorker:
 
     def __init__(self, settings: Settings, slot: int, control_fd: int) -> None:
         self.settings = settings
-        self.worker = Worker(settings, slot)
+        # The policies' Redis: GW_REDIS_URL, which the supervisor sets (its own, or its embedded Valkey's).
+        metrics = Registry()
+        self.worker = Worker(settings, slot, metrics=metrics, shared=SharedState.from_settings(settings, metrics))
         self.done = asyncio.Event()
         self.ready_sent = False
         self.channel = Channel(socket.socket(fileno=control_fd), self.on_message, self.on_supervisor_lost)
@@ -200,7 +205,7 @@ class SupervisedWorker:
             self.apply_config(message)
         elif kind == "stats":
             stats = self.worker.stats()
-            guard = getattr(self.worker.gateway, "guard", None)
+            guard = self.worker.gateway.guard
             if guard is not None:
                 stats["redis"] = {"breaker": guard.state}
             self.channel.reply(message, {"t": "stats", **stats})
@@ -225,16 +230,6 @@ class SupervisedWorker:
         task = self.worker.loop.create_task(self.worker.bind(result.config))
         task.add_done_callback(lambda t: self._bound(t, message, version))
 
-    def connect_redis(self) -> None:
-        """The policies' client of the fleet's Redis (GW_REDIS_URL, set by the supervisor)."""
-        url = self.settings.redis_url
-        gateway = self.worker.gateway
-        if not url or getattr(gateway, "redis", None) is not None:
-            return
-        gateway.keys = Keys(self.settings.redis_prefix)
-        gateway.redis = connect_request_path(url)  # bounded by the guard's budget alone
-        gateway.guard = RedisGuard.from_settings(self.settings, metrics=gateway.metrics)
-
     def _bound(self, task: asyncio.Task[None], message: Message, version: int) -> None:
         exc = task.exception()
         if exc is not None:
@@ -245,7 +240,6 @@ class SupervisedWorker:
         if not self.ready_sent:
             self.ready_sent = True
             self.channel.send({"t": "ready", "pid": os.getpid(), "version": version})
-            self.connect_redis()
 
     def begin_drain(self, timeout: float) -> None:
         if self.worker.draining:

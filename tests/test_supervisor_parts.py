@@ -15,7 +15,9 @@ import pytest
 from gw.config import load_with
 from gw.control import Channel, Message
 from gw.listen import bind_listener
+from gw.observe.metrics import Registry
 from gw.settings import Settings
+from gw.state import SharedState
 from gw.supervisor.arbiter import Supervisor
 from gw.supervisor.cpus import available_cpus, cgroup_quota
 from gw.worker import Worker
@@ -143,6 +145,20 @@ async def test_a_drain_answers_a_connection_opened_just_before_it(tmp_path: Path
     assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower()
     await asyncio.wait_for(drain, 10)
     writer.close()
+
+
+async def test_a_worker_is_built_with_its_redis_client_guard_and_keys() -> None:
+    """The policies' Redis pieces are handed to the data plane when it is built, not set on it later."""
+    settings = Settings.from_env({"GW_REDIS_URL": "redis://127.0.0.1:1/0", "GW_REDIS_PREFIX": "pfx"})
+    assert SharedState.from_settings(Settings.from_env({})) is None  # no Redis: policies' failure modes
+    metrics = Registry()
+    shared = SharedState.from_settings(settings, metrics)
+    assert shared is not None and shared.keys.prefix == "pfx"
+    worker = Worker(settings, metrics=metrics, shared=shared)
+    limits = worker.gateway.ratelimits
+    assert (limits.redis, limits.guard, limits.keys) == (shared.redis, shared.guard, shared.keys)
+    assert worker.gateway.metrics is metrics and "gw_redis_breaker_open" in metrics.render().decode()
+    await shared.redis.aclose()
 
 
 async def test_a_hup_hashes_the_files_once(

@@ -16,6 +16,7 @@ from gw.observe.metrics import Registry
 from gw.policies.ratelimit import RateLimits
 from gw.proxy.upstream import EndpointPool
 from gw.settings import Settings
+from gw.state import SharedState
 
 if TYPE_CHECKING:
     from gw.proxy.downstream import ClientConnection
@@ -27,7 +28,16 @@ SWEEP_INTERVAL = 0.25  # seconds between deadline checks; timeouts fire within t
 class Gateway:
     """One worker's proxy state. The config is an immutable snapshot swapped by `install`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, settings: Settings) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        settings: Settings,
+        *,
+        metrics: Registry | None = None,
+        shared: SharedState | None = None,
+    ) -> None:
+        """`metrics`: the worker's registry (its Redis guard counts into it too); `shared`: the
+        policies' Redis client, guard and key schema (None without Redis)."""
         self.loop = loop
         self.settings = settings
         self.config: CompiledConfig | None = None
@@ -35,7 +45,7 @@ class Gateway:
         self.pools: dict[tuple[str, int], EndpointPool] = {}
         self.connections: set[ClientConnection] = set()
         self.mirrors: set[MirrorRequest] = set()  # RequestMirror copies in flight
-        self.metrics = Registry()
+        self.metrics = metrics if metrics is not None else Registry()
         self.no_route_stats = self.metrics.route("")  # requests answered before a route matched
         self.access_log = AccessLog(settings.access_log, settings.access_log_sample)
         self.draining = False
@@ -49,7 +59,10 @@ class Gateway:
         # far cheaper than uuid4() per request.
         self._request_id_prefix = os.urandom(6).hex().encode()
         self._sweeper: asyncio.TimerHandle | None = None
-        self.ratelimits = RateLimits(self)  # reads redis, guard and keys when it first needs them
+        self.redis = shared.redis if shared is not None else None
+        self.guard = shared.guard if shared is not None else None
+        self.keys = shared.keys if shared is not None else None
+        self.ratelimits = RateLimits(self)  # reads redis, guard and keys above
         self.metrics.gauge("gw_client_connections", lambda: len(self.connections))
         self.metrics.gauge(
             "gw_upstream_connections", lambda: sum(p.connections for p in self.pools.values())

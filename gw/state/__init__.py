@@ -23,6 +23,7 @@ from gw.state.embedded import EmbeddedValkey, EmbeddedValkeyError, runtime_dir, 
 from gw.state.follower import ConfigFollower
 from gw.state.guard import RedisGuard, RedisUnavailable
 from gw.state.keys import ConfigKeys, Keys
+from gw.state.shared import SharedState
 
 __all__ = [
     "Client",
@@ -37,6 +38,7 @@ __all__ = [
     "RedisGuard",
     "RedisURLError",
     "RedisUnavailable",
+    "SharedState",
     "Version",
     "VersionConflict",
     "VersionCorrupt",
