@@ -207,7 +207,9 @@ class Settings:
     )
     config_history: int = _var(50, parse_positive_int, "Config versions kept in Redis for `gw config rollback`.")
     config_poll_interval: float = _var(
-        5.0, parse_positive_duration, "Workers poll the current config version this often (heals missed change events)."
+        5.0,
+        parse_positive_duration,
+        "The supervisor polls the current config version this often (heals missed change events).",
     )
     runtime_dir: str = _var(
         "",

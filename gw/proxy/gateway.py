@@ -16,6 +16,7 @@ from gw.observe.metrics import Registry
 from gw.policies.ratelimit import RateLimits
 from gw.proxy.upstream import EndpointPool
 from gw.settings import Settings
+from gw.state import SharedState
 
 if TYPE_CHECKING:
     from gw.proxy.downstream import ClientConnection
@@ -31,7 +32,16 @@ IO_TURN = 0.001  # a timer this short fires after the next poll for I/O, in libu
 class Gateway:
     """One worker's proxy state. The config is an immutable snapshot swapped by `install`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, settings: Settings) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        settings: Settings,
+        *,
+        metrics: Registry | None = None,
+        shared: SharedState | None = None,
+    ) -> None:
+        """`metrics`: the worker's registry (its Redis guard counts into it too); `shared`: the
+        policies' Redis client, guard and key schema (None without Redis)."""
         self.loop = loop
         self.settings = settings
         self.config: CompiledConfig | None = None
@@ -39,7 +49,7 @@ class Gateway:
         self.pools: dict[tuple[str, int], EndpointPool] = {}
         self.connections: set[ClientConnection] = set()
         self.mirrors: set[MirrorRequest] = set()  # RequestMirror copies in flight
-        self.metrics = Registry()
+        self.metrics = metrics if metrics is not None else Registry()
         self.no_route_stats = self.metrics.route("")  # requests answered before a route matched
         self.access_log = AccessLog(settings.access_log, settings.access_log_sample)
         self.draining = False
@@ -54,7 +64,10 @@ class Gateway:
         self._request_id_prefix = os.urandom(6).hex().encode()
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_due = 0.0  # when the next sweep should run (monotonic)
-        self.ratelimits = RateLimits(self)  # reads redis, guard and keys when it first needs them
+        self.redis = shared.redis if shared is not None else None
+        self.guard = shared.guard if shared is not None else None
+        self.keys = shared.keys if shared is not None else None
+        self.ratelimits = RateLimits(self)  # reads redis, guard and keys above
         self.metrics.gauge("gw_client_connections", lambda: len(self.connections))
         self.metrics.gauge(
             "gw_upstream_connections", lambda: sum(p.connections for p in self.pools.values())
