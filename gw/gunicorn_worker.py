@@ -20,9 +20,9 @@ from typing import Any
 import uvloop
 from gunicorn.workers.base import Worker as GunicornWorker
 
-from gw.config import ConfigError
+from gw.config import ConfigError, load_with
 from gw.settings import Settings, SettingsError
-from gw.worker import Worker, load, report
+from gw.worker import Worker
 
 WORKER_BOOT_ERROR = 3  # gunicorn's arbiter stops, rather than respawning a worker that cannot boot
 HEARTBEAT = 1.0  # gunicorn kills a worker that has not notified within its --timeout
@@ -47,11 +47,12 @@ class GwWorker(GunicornWorker):
     def run(self) -> None:
         try:
             settings = Settings.from_env()
-            result = load(settings)
+            result = load_with(settings)
         except (SettingsError, ConfigError) as exc:
             print(f"gw: {exc}", file=sys.stderr, flush=True)
             sys.exit(WORKER_BOOT_ERROR)
-        report(result)
+        for error in result.errors:  # those objects are left out; the rest serves
+            print(f"gw: config: {error}", file=sys.stderr, flush=True)
         uvloop.run(self._serve(settings, result))
 
     async def _serve(self, settings: Settings, result: Any) -> None:

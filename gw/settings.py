@@ -162,6 +162,11 @@ class Settings:
         0, parse_size, "Default request body limit (0 = none); annotation gw.dev/max-body-size per HTTPRoute: 413."
     )
     header_timeout: float = _var(10.0, parse_positive_duration, "Time to receive a request's headers: 408.")
+    body_timeout: float = _var(
+        60.0,
+        parse_positive_duration,
+        "Longest pause between two reads of a request body (or before its first byte): 408.",
+    )
     keepalive_timeout: float = _var(75.0, parse_duration, "Idle client keep-alive connection lifetime.")
     upstream_connect_timeout: float = _var(5.0, parse_positive_duration, "Upstream connect timeout: 504.")
     upstream_response_timeout: float = _var(
@@ -202,7 +207,9 @@ class Settings:
     )
     config_history: int = _var(50, parse_positive_int, "Config versions kept in Redis for `gw config rollback`.")
     config_poll_interval: float = _var(
-        5.0, parse_positive_duration, "Workers poll the current config version this often (heals missed change events)."
+        5.0,
+        parse_positive_duration,
+        "The supervisor polls the current config version this often (heals missed change events).",
     )
     runtime_dir: str = _var(
         "",

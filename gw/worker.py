@@ -2,9 +2,12 @@
 
 The supervisor starts `python -m gw.worker --slot N --control-fd FD`. Over the control channel
 (gw.control) it hands the worker its listening sockets (created once, by the supervisor, so that
-replacing a worker never closes one) and each config version as a snapshot of the source files;
-the worker compiles a version and swaps it in by reference, answers statistics requests, and
-drains when told to. Nothing here talks to the admin port: the supervisor serves it.
+replacing a worker never closes one) and each config version as a snapshot of the source files
+with their checksum: the one way a config reaches a worker, at start, on HUP and for versions
+the supervisor follows in Redis (it opens their new ports first, or refuses them). The worker
+compiles a version and swaps it in by reference, answers statistics requests, and drains when
+told to. Nothing here talks to the admin port: the supervisor serves it. Redis, for the worker,
+is only the policies' shared state.
 
 Signals, for operators who address a worker directly: TERM drains and exits, QUIT exits at once;
 INT, HUP, USR2, TTIN and TTOU are the supervisor's business and ignored here (a Ctrl-C in a
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import logging
 import os
@@ -23,22 +25,21 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
 
 import uvloop
 
-from gw.config import ConfigError, LoadResult, load_config
-from gw.config.loader import Source, compile_sources
+from gw.config import ConfigError, LoadResult, Snapshot, compile_snapshot
 from gw.config.model import CompiledConfig
 from gw.control import Channel, Message
+from gw.listen import LISTEN_BACKLOG
+from gw.observe.metrics import Registry
 from gw.proxy.downstream import IDLE, TUNNEL, ClientConnection
 from gw.proxy.gateway import Gateway
 from gw.settings import Settings, SettingsError
-from gw.state import ConfigFollower, ConfigStore, Keys, RedisGuard, Version, connect, connect_request_path
+from gw.state import SharedState
 from gw.stdio import quiet_when_closed
+from gw.titles import set_title
 
-LISTEN_BACKLOG = 4096
 GC_THRESHOLD = 20000  # young-generation allocations between collections (CPython's default: 700)
 # While draining, a keep-alive connection idle for less than this may have a request on its way:
 # it is closed after its next response (which says Connection: close) instead of under that request.
@@ -50,59 +51,16 @@ IGNORED_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN,
 TEST_EXIT_AT_START = "GW_TEST_ONLY_WORKER_EXIT_IF_FILE"
 
 
-def bind_listener(host: str, port: int, *, reuse_port: bool = True) -> socket.socket:
-    """A listening TCP socket (SO_REUSEPORT for the data plane), non-blocking, ready to serve."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(LISTEN_BACKLOG)
-    sock.setblocking(False)
-    return sock
-
-
-def load(settings: Settings, path: str | None = None) -> LoadResult:
-    """Load the config at `path` (default GW_CONFIG) as the GW_* settings say."""
-    return load_config(path or settings.config, **compile_options(settings))
-
-
-def compile_options(settings: Settings) -> dict[str, Any]:
-    return {
-        "port_offset": settings.listener_port_offset,
-        "default_max_body_size": settings.max_body_size,
-        "controller_name": settings.controller_name,
-        "gateway": settings.gateway or None,
-    }
-
-
-def compile_snapshot(files: Sequence[Source], settings: Settings, source: str) -> LoadResult:
-    """Compile a config snapshot (the source files' names and bytes), exactly as `load` would."""
-    return compile_sources(files, source=source, **compile_options(settings))
-
-
-def report(result: LoadResult) -> None:
-    for error in result.errors:
-        print(f"gw: config: {error}", file=sys.stderr)
-
-
-def set_title(title: str) -> None:
-    """`ps` shows what each process is (gunicorn-style titles); best effort."""
-    try:
-        import setproctitle
-    except ImportError:  # pragma: no cover - it is a dependency; a broken install still serves
-        return
-    setproctitle.setproctitle(title)
-
-
 class Worker:
     """The data plane of one process: gateway state, a server per listener port, draining."""
 
-    def __init__(self, settings: Settings, slot: int = 0) -> None:
+    def __init__(
+        self, settings: Settings, slot: int = 0, *, metrics: Registry | None = None, shared: SharedState | None = None
+    ) -> None:
         self.settings = settings
         self.slot = slot
         self.loop = asyncio.get_running_loop()
-        self.gateway = Gateway(self.loop, settings)
+        self.gateway = Gateway(self.loop, settings, metrics=metrics, shared=shared)
         # Listening sockets by (bind port, the supervisor's socket id): a worker may serve several
         # sockets of one port (those of a slot removed by TTOU are adopted by slot 0, so that no
         # listening socket ever closes while connections wait in its queue).
@@ -223,8 +181,9 @@ class SupervisedWorker:
 
     def __init__(self, settings: Settings, slot: int, control_fd: int) -> None:
         self.settings = settings
-        self.worker = Worker(settings, slot)
-        self.follower: ConfigFollower | None = None
+        # The policies' Redis: GW_REDIS_URL, which the supervisor sets (its own, or its embedded Valkey's).
+        metrics = Registry()
+        self.worker = Worker(settings, slot, metrics=metrics, shared=SharedState.from_settings(settings, metrics))
         self.done = asyncio.Event()
         self.ready_sent = False
         self.channel = Channel(socket.socket(fileno=control_fd), self.on_message, self.on_supervisor_lost)
@@ -246,15 +205,9 @@ class SupervisedWorker:
             self.apply_config(message)
         elif kind == "stats":
             stats = self.worker.stats()
-            follower = self.follower
-            if follower is not None:
-                guard = getattr(self.worker.gateway, "guard", None)
-                stats["redis"] = {
-                    "connected": follower.connected,
-                    "version": follower.version,
-                    "error": follower.error or follower.apply_error,
-                    "breaker": guard.state if guard is not None else None,
-                }
+            guard = self.worker.gateway.guard
+            if guard is not None:
+                stats["redis"] = {"breaker": guard.state}
             self.channel.reply(message, {"t": "stats", **stats})
         elif kind == "drain":
             self.begin_drain(float(message.get("timeout", self.settings.drain_timeout)))
@@ -266,40 +219,16 @@ class SupervisedWorker:
             self.worker.renumber(version)
             self.channel.reply(message, {"t": "config", "ok": True, "version": version})
             return
+        # The supervisor hashed these files when it read or fetched them: its checksum is theirs.
+        files = tuple((name, data) for name, data in message["files"])
         try:
-            files = [(name, data) for name, data in message["files"]]
-            result = compile_snapshot(files, self.settings, message["source"])
+            result = compile_snapshot(Snapshot(files, message["checksum"], message["source"]), self.settings)
         except ConfigError as exc:
             self.channel.reply(message, {"t": "config", "ok": False, "version": version, "error": str(exc)})
             return
         self.worker.install(result, version)
         task = self.worker.loop.create_task(self.worker.bind(result.config))
         task.add_done_callback(lambda t: self._bound(t, message, version))
-
-    async def apply_version(self, version: Version) -> None:
-        """A new current version in Redis (published by any replica or `gw config`)."""
-        if version.checksum == self.worker.checksum:
-            self.worker.renumber(version.number)
-            return
-        result = compile_snapshot(version.files, self.settings, version.label)  # raises: old config stays
-        self.worker.install(result, version.number)
-        await self.worker.bind(result.config)  # ports without a socket yet: the supervisor sends them
-
-    def follow_redis(self) -> None:
-        """Connect to the fleet's Redis (GW_REDIS_URL, set by the supervisor) and follow the config."""
-        url = self.settings.redis_url
-        if not url or self.follower is not None:
-            return
-        gateway = self.worker.gateway
-        gateway.keys = Keys(self.settings.redis_prefix)
-        gateway.redis = connect_request_path(url)  # bounded by the guard's budget alone
-        gateway.guard = RedisGuard.from_settings(self.settings, metrics=gateway.metrics)
-        store = ConfigStore.from_settings(connect(url), self.settings)
-        self.follower = ConfigFollower(
-            store, self.apply_version, poll_interval=self.settings.config_poll_interval, version=self.worker.version
-        )
-        self.follower.checksum = self.worker.checksum
-        self.follower.start()
 
     def _bound(self, task: asyncio.Task[None], message: Message, version: int) -> None:
         exc = task.exception()
@@ -311,7 +240,6 @@ class SupervisedWorker:
         if not self.ready_sent:
             self.ready_sent = True
             self.channel.send({"t": "ready", "pid": os.getpid(), "version": version})
-            self.follow_redis()
 
     def begin_drain(self, timeout: float) -> None:
         if self.worker.draining:
@@ -327,19 +255,13 @@ class SupervisedWorker:
 
     async def run(self) -> None:
         await self.done.wait()
-        if self.follower is not None:
-            # Bounded: a follower stuck reconnecting to a Redis that died with the supervisor
-            # must not keep a drained worker alive.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self.follower.stop()
         if not self.channel.closed:
             self.channel.send({"t": "exiting", "metrics": self.worker.gateway.metrics.snapshot()})
 
 
 class _WorkerLogFormat(logging.Formatter):
-    """`gw[worker 1 pid 4242]: …`: the supervisor and every worker log some of the same lines
-    (the config follower's), and the reader must know who says it; the supervisor's say `gw: …`."""
+    """`gw[worker 1 pid 4242]: …`: the supervisor and every worker may log the same lines (gw.state's,
+    say), and the reader must know who says it; the supervisor's say `gw: …`."""
 
     def __init__(self, slot: int) -> None:
         super().__init__()

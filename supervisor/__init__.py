@@ -1,7 +1,8 @@
 """The gw supervisor: pre-forked SO_REUSEPORT workers, signals, zero-downtime reload and upgrade.
 
-`gw run` starts it; see supervisor.arbiter for the process model and supervisor.signals for
-what each signal does.
+`gw run` starts it; see gw.supervisor.arbiter for the process model and gw.supervisor.signals for
+what each signal does. This folder is imported as gw.supervisor, never as `supervisor`, which is
+supervisord's name (pyproject.toml's package-dir; gw/__init__.py in a checkout).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from gw.settings import Settings
 
 def run(settings: Settings) -> int:
     """Serve until TERM/INT/QUIT; the process exit code."""
-    from supervisor.arbiter import serve
-    from supervisor.log import log
+    from gw.supervisor.arbiter import serve
+    from gw.supervisor.log import log
 
     if not settings.config:
         log("GW_CONFIG is not set: point it at a Gateway API YAML file or directory")

@@ -12,24 +12,25 @@ import contextlib
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
 from gw.admin import AdminApp, admin_server
-from gw.config import ConfigError, LoadResult, status_document
+from gw.config import ConfigError, LoadResult, Snapshot, compile_snapshot, read_snapshot, status_document
 from gw.config.fallback import keep_running_objects
-from gw.config.loader import Source, read_sources, sources_checksum
+from gw.config.snapshot import NOTHING
+from gw.listen import bind_listener
 from gw.observe.metrics import Registry
 from gw.settings import Settings, SettingsError, check_paths
 from gw.state import EmbeddedValkeyError, Version
-from gw.worker import bind_listener, compile_snapshot, report, set_title
-from supervisor.cpus import available_cpus
-from supervisor.log import log
-from supervisor.process import DRAINING, EXITED, READY, WorkerProcess, exit_text
-from supervisor.publisher import Publisher
-from supervisor.signals import SIGNALS
-from supervisor.sockets import ListenerSockets, bind_ports
+from gw.supervisor.cpus import available_cpus
+from gw.supervisor.log import log
+from gw.supervisor.process import DRAINING, EXITED, READY, WorkerProcess, exit_text
+from gw.supervisor.publisher import Publisher
+from gw.supervisor.signals import SIGNALS
+from gw.supervisor.sockets import ListenerSockets, bind_ports
+from gw.titles import set_title
 
 STARTUP_TIMEOUT = 30.0  # a worker not ready by then is considered failed
 EXIT_WAIT = 2.0  # a worker whose control channel closed is gone by then: its exit code says why
@@ -39,6 +40,15 @@ STABLE_AFTER = 30.0  # a worker ready this long resets its slot's failure count
 CRASH_LOOP = 5  # consecutive failures reported as a crash loop
 RSS_CHECK_INTERVAL = 5.0
 EXIT_SETTINGS = 2  # a GW_* variable gw cannot use, as the README promises
+
+
+class PendingRestart(NamedTuple):
+    """A slot's next worker start, waiting out its backoff."""
+
+    timer: asyncio.Handle
+    # Kept here because the timer cannot say it: uvloop's call_later(0) returns a plain Handle
+    # (no when()), and a first failure restarts at once.
+    due: float  # loop.time() of the start
 
 
 class StartupError(RuntimeError):
@@ -57,12 +67,10 @@ class Supervisor:
         self.workers: dict[int, WorkerProcess] = {}
         self.retiring: set[WorkerProcess] = set()
         self.failures: dict[int, int] = {}
-        self.restarts: dict[int, asyncio.TimerHandle] = {}
+        self.restarts: dict[int, PendingRestart] = {}
         self.last_exits: dict[int, str] = {}  # slot → how its last worker ended (for /status)
         self.sockets = ListenerSockets(listen_host)
-        self.files: list[Source] = []  # the snapshot served: file names and bytes
-        self.source = settings.config
-        self.checksum = ""
+        self.snapshot = NOTHING  # what the workers serve: files, checksum, source
         self.result: LoadResult | None = None
         self.version = 0
         self.reloads = 0
@@ -80,10 +88,11 @@ class Supervisor:
 
     async def start(self) -> None:
         try:
-            files, result = self._load()
+            snapshot = read_snapshot(self.settings.config)
+            result = compile_snapshot(snapshot, self.settings)
         except ConfigError as exc:
             raise StartupError(f"config: {exc}") from None
-        report(result)
+        _report(result)
         try:
             self.sockets.ensure(self.slots, bind_ports(result.config))
         except SettingsError as exc:
@@ -94,10 +103,10 @@ class Supervisor:
             self.env["GW_REDIS_URL"] = self.publisher.start_server()
         except (EmbeddedValkeyError, OSError) as exc:
             raise StartupError(f"cannot start the embedded Valkey: {exc}") from None
-        number = await self.publisher.publish(files, self.source, start=True)
+        number = await self.publisher.publish(snapshot, start=True)
         if self.publisher.unpublished is not None:
             log(f"Redis unavailable ({self.publisher.last_error}): serving the config unpublished for now")
-        self._commit(files, result, number or 0)
+        self._commit(snapshot, result, number or 0)
         if self.publisher.superseded is not None:  # files published before, then a push or rollback
             await self.apply_fleet_version(self.publisher.superseded)
         try:
@@ -108,31 +117,26 @@ class Supervisor:
         for sig, (method, _doc) in SIGNALS.items():
             self.loop.add_signal_handler(sig, self._on_signal, method)
         self.loop.create_task(self._watch_rss())
-        self.publisher.follow(self.version, self.checksum, lambda: (self.files, self.source))
+        self.publisher.follow(self.version, self.snapshot.checksum, lambda: self.snapshot)
         self.serving = True
         self._set_title()
-
-    def _load(self) -> tuple[list[Source], LoadResult]:
-        files = read_sources(self.settings.config)
-        return files, compile_snapshot(files, self.settings, self.settings.config)
 
     def _set_title(self) -> None:
         unpublished = "+unpublished" if self.publisher.unpublished else ""
         set_title(f"gw: supervisor [config v{self.version}{unpublished}]")
 
-    def _commit(self, files: list[Source], result: LoadResult, version: int) -> None:
-        self.files, self.result = files, result
-        self.checksum = sources_checksum(files)
-        self.source = result.config.source
-        self.version = version
+    def _commit(self, snapshot: Snapshot, result: LoadResult, version: int) -> None:
+        self.snapshot, self.result, self.version = snapshot, result, version
 
     def _config_message(self) -> dict[str, Any]:
+        """The snapshot served, with its checksum: the one way a config reaches a worker."""
+        snapshot = self.snapshot
         return {
             "t": "config",
             "version": self.version,
-            "source": self.source,
-            "checksum": self.checksum,
-            "files": [[name, data] for name, data in self.files],
+            "source": snapshot.source,
+            "checksum": snapshot.checksum,
+            "files": [[name, data] for name, data in snapshot.files],
         }
 
     def _send_sockets(self, worker: WorkerProcess) -> None:
@@ -186,7 +190,8 @@ class Supervisor:
             log(f"{what}; crash loop: {failures} failures in a row, next start in {delay:g}s")
         else:
             log(f"{what}; restarting{f' in {delay:g}s' if delay else ''}")
-        self.restarts[slot] = self.loop.call_later(delay, self._restart, slot, worker)
+        timer = self.loop.call_later(delay, self._restart, slot, worker)
+        self.restarts[slot] = PendingRestart(timer, self.loop.time() + delay)
         self.last_exits[slot] = exit_text(worker.exit_code)
 
     def _restart(self, slot: int, dead: WorkerProcess) -> None:
@@ -218,13 +223,14 @@ class Supervisor:
             if self.stopping:
                 return
             try:
-                files, result = self._load()
-                unchanged = self.publisher.files_unchanged(files)  # as last read: not to publish again
-                # Objects whose new version is invalid keep their running one (report() says which).
-                files, result, _kept = keep_running_objects(
-                    files, result, self.files, lambda f: compile_snapshot(f, self.settings, self.settings.config)
+                read = read_snapshot(self.settings.config)
+                result = compile_snapshot(read, self.settings)
+                unchanged = self.publisher.files_unchanged(read)  # as last read: not to publish again
+                # Objects whose new version is invalid keep their running one (_report() says which).
+                snapshot, result, _kept = keep_running_objects(
+                    read, result, self.snapshot, lambda s: compile_snapshot(s, self.settings)
                 )
-                if unchanged or (sources_checksum(files) == self.checksum and self.publisher.unpublished is None):
+                if unchanged or (snapshot.checksum == self.snapshot.checksum and self.publisher.unpublished is None):
                     log(f"config reloaded (unchanged, version {self.version})")
                     self.metrics.inc("gw_config_reloads_total", result="unchanged")
                     return
@@ -233,11 +239,11 @@ class Supervisor:
                 log(f"reload rejected, keeping the running config: {exc}")
                 self.metrics.inc("gw_config_reloads_total", result="rejected")
                 return
-            report(result)
-            number = await self.publisher.publish(files, self.settings.config)
+            _report(result)
+            number = await self.publisher.publish(snapshot, read=read.checksum)
             if number is None:
                 log(f"Redis unavailable ({self.publisher.last_error}): serving the new config unpublished for now")
-            self._commit(files, result, number if number is not None else self.version)
+            self._commit(snapshot, result, number if number is not None else self.version)
             self.reloads += 1
             self.metrics.inc("gw_config_reloads_total", result="applied")
             await self._push_config()
@@ -248,17 +254,18 @@ class Supervisor:
         async with self.ops:
             if self.stopping:
                 return
-            if version.checksum == self.checksum:
+            snapshot = version.snapshot
+            if snapshot.checksum == self.snapshot.checksum:
                 self.version = version.number
             else:
                 try:
-                    result = compile_snapshot(version.files, self.settings, version.label)
+                    result = compile_snapshot(snapshot, self.settings)
                     self.sockets.ensure(self.slots, bind_ports(result.config))
                 except (ConfigError, OSError, SettingsError) as exc:
                     log(f"config {version.label} from Redis rejected, keeping the running config: {exc}")
                     self.metrics.inc("gw_config_reloads_total", result="rejected")
                     return
-                self._commit(list(version.files), result, version.number)
+                self._commit(snapshot, result, version.number)
                 self.metrics.inc("gw_config_reloads_total", result="fleet")
             await self._push_config()
             log(f"config {version.label} from Redis applied")
@@ -327,9 +334,9 @@ class Supervisor:
             self.slots -= 1
             slot = self.slots
             worker = self.workers.pop(slot, None)
-            timer = self.restarts.pop(slot, None)
-            if timer is not None:
-                timer.cancel()
+            pending = self.restarts.pop(slot, None)
+            if pending is not None:
+                pending.timer.cancel()
             first = self.workers.get(0)
             if first is not None:
                 self._send_sockets(first)
@@ -464,9 +471,9 @@ class Supervisor:
                     "slot": slot,
                     "last_exit": self.last_exits.get(slot),
                     "failures_in_a_row": self.failures.get(slot, 0),
-                    "next_start_in_seconds": round(max(0.0, timer.when() - self.loop.time()), 3),
+                    "next_start_in_seconds": round(max(0.0, pending.due - self.loop.time()), 3),
                 }
-                for slot, timer in sorted(self.restarts.items())
+                for slot, pending in sorted(self.restarts.items())
             ],
             "listeners": [
                 {"declared_port": p.declared_port, "bind_port": p.bind_port, "listeners": list(p.listeners)}
@@ -500,6 +507,12 @@ class Supervisor:
                 requests=stats["requests"], connections=stats["connections"], websockets=stats.get("tunnels", 0)
             )
         return info
+
+
+def _report(result: LoadResult) -> None:
+    """Log the errors of a config about to be served (the objects they name are left out)."""
+    for error in result.errors:
+        log(f"config: {error}")
 
 
 def _rss(pid: int) -> int:

@@ -31,12 +31,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from redis.exceptions import RedisError
 
-from gw.config.loader import Source, sources_checksum
-from gw.config.resources import KEPT_FILE
+from gw.config.snapshot import Snapshot
 from gw.settings import Settings
 from gw.state import ConfigFollower, ConfigStore, ConfigStoreError, EmbeddedValkey, Version, connect
 from gw.state.config_store import FILES, REPUBLISH, PublishResult
-from supervisor.log import log
+from gw.supervisor.log import log
 
 PUBLISH_TIMEOUT = 2.0  # a publish that takes longer is abandoned: serving must not wait on Redis
 UNREACHABLE = (RedisError, OSError, ConfigStoreError, TimeoutError)
@@ -46,8 +45,7 @@ UNREACHABLE = (RedisError, OSError, ConfigStoreError, TimeoutError)
 class Unpublished:
     """A snapshot read from the files and served while Redis could not take it."""
 
-    files: list[Source]
-    source: str
+    snapshot: Snapshot
     hup: bool  # read on HUP (an operator's edit), not at start
     base: int  # the fleet's version we served when it was read (0: none known)
     base_checksum: str
@@ -77,9 +75,9 @@ class Publisher:
         self.store = ConfigStore.from_settings(client, self.settings)
         return self.url
 
-    def files_unchanged(self, files: list[Source]) -> bool:
+    def files_unchanged(self, read: Snapshot) -> bool:
         """A HUP read the files as they were last read (and published, or knowingly not)."""
-        return self.unpublished is None and sources_checksum(files) == self.files_checksum
+        return self.unpublished is None and read.checksum == self.files_checksum
 
     def describe(self, version: int) -> str:
         """The served config for logs: its version, or what an unpublished snapshot was based on."""
@@ -87,25 +85,25 @@ class Publisher:
             return f"version {version}"
         return f"unpublished, based on version {version}" if version else "unpublished"
 
-    async def publish(self, files: list[Source], source: str, *, start: bool = False) -> int | None:
-        """Publish files read at start or on HUP: their version, or None when they were not published.
+    async def publish(self, snapshot: Snapshot, *, read: str | None = None, start: bool = False) -> int | None:
+        """Publish a snapshot read at start or on HUP: its version, or None when it was not published.
 
-        None: Redis could not take them now (`unpublished`: published when it answers again) or,
+        None: Redis could not take it now (`unpublished`: published when it answers again) or,
         at start, the fleet has moved on from these very files (`superseded`: serve that version).
+        `read`: the checksum of the files as read, when the snapshot adds the running copies of
+        objects a reload keeps (KEPT_FILE), which the next HUP's fresh read does not have.
         """
         assert self.store is not None
-        checksum = sources_checksum(files)
-        # The files as read: a reload adds the running copies it keeps (KEPT_FILE), which the next
-        # HUP's fresh read does not have.
-        self.files_checksum = sources_checksum([f for f in files if f[0] != KEPT_FILE])
+        checksum = snapshot.checksum
+        self.files_checksum = read if read is not None else checksum
         self.superseded = None
         follower = self.follower
-        read = Unpublished(
-            files, source, not start, follower.version if follower else 0, follower.checksum if follower else "",
+        pending = Unpublished(
+            snapshot, not start, follower.version if follower else 0, follower.checksum if follower else "",
             time.time(),
         )  # fmt: skip
-        if self.unpublished is not None and sources_checksum(self.unpublished.files) == checksum:
-            read = self.unpublished  # the same files again: still the change (or start) they were
+        if self.unpublished is not None and self.unpublished.snapshot.checksum == checksum:
+            pending = self.unpublished  # the same files again: still the change (or start) they were
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
                 if start:
@@ -115,9 +113,9 @@ class Publisher:
                         self.unpublished = None
                         self.superseded = fleet
                         return None
-                result = await self._store(files, source)
+                result = await self._store(snapshot)
         except UNREACHABLE as exc:
-            self._pending(read, exc)
+            self._pending(pending, exc)
             return None
         return result.version
 
@@ -136,16 +134,14 @@ class Publisher:
         )
         return True
 
-    async def _store(
-        self, files: list[Source], source: str, *, expected: int | None = None, origin: str = FILES
-    ) -> PublishResult:
+    async def _store(self, snapshot: Snapshot, *, expected: int | None = None, origin: str = FILES) -> PublishResult:
         assert self.store is not None
-        result = await self.store.publish(files, author=self.author, source=source, expected=expected, origin=origin)
+        result = await self.store.publish(snapshot, author=self.author, expected=expected, origin=origin)
         self.unpublished = None
         self.last_error = ""
         if self.follower is not None:  # ours already: the follower need not hand it back
             self.follower.version = result.version
-            self.follower.checksum = sources_checksum(files)
+            self.follower.checksum = snapshot.checksum
         return result
 
     def _pending(self, snapshot: Unpublished, exc: BaseException) -> None:
@@ -154,7 +150,7 @@ class Publisher:
         if self.follower is not None:
             self.follower.pending = True  # settle it at Redis's next answer
 
-    def follow(self, version: int, checksum: str, current: Callable[[], tuple[list[Source], str]]) -> None:
+    def follow(self, version: int, checksum: str, current: Callable[[], Snapshot]) -> None:
         """Start following the fleet's current version (from `version`, which we serve)."""
         assert self.store is not None
         self.current_snapshot = current
@@ -178,7 +174,7 @@ class Publisher:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
                 publish = await self._settle(unpublished, version)
                 if publish:
-                    result = await self._store(unpublished.files, unpublished.source, expected=version.number)
+                    result = await self._store(unpublished.snapshot, expected=version.number)
                     version = await self.store.fetch(result.version)  # type: ignore[union-attr]
                     log(f"published the config served unpublished as {version.label} (over version {publish})")
         except UNREACHABLE as exc:  # gone again, or lost a race: settle at the next answer
@@ -189,7 +185,7 @@ class Publisher:
 
     async def _settle(self, unpublished: Unpublished, current: Version) -> int:
         """Whether the unpublished snapshot goes over `current`: its number if so, else 0."""
-        checksum = sources_checksum(unpublished.files)
+        checksum = unpublished.snapshot.checksum
         if current.checksum == checksum:
             return 0  # the fleet has it already (another replica read the same files)
         if not unpublished.hup:
@@ -208,16 +204,15 @@ class Publisher:
 
     async def _republish(self) -> None:
         if self.unpublished is not None:
-            files, source, origin = self.unpublished.files, self.unpublished.source, FILES
+            snapshot, origin = self.unpublished.snapshot, FILES
         else:
-            (files, source), origin = self.current_snapshot(), REPUBLISH
+            snapshot, origin = self.current_snapshot(), REPUBLISH
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
-                result = await self._store(files, source, origin=origin)
+                result = await self._store(snapshot, origin=origin)
                 version = await self.store.fetch(result.version)  # type: ignore[union-attr]
         except UNREACHABLE as exc:
-            read = self.unpublished or Unpublished(files, source, False, 0, "", time.time())
-            self._pending(read, exc)
+            self._pending(self.unpublished or Unpublished(snapshot, False, 0, "", time.time()), exc)
             return
         log(f"Redis held no config version: republished the served config as {version.label}")
         await self.on_fleet_version(version)  # the same content: only its number changes

@@ -11,8 +11,8 @@ from __future__ import annotations
 import socket
 
 from gw.config.model import CompiledConfig
+from gw.listen import bind_listener
 from gw.settings import SettingsError
-from gw.worker import bind_listener
 
 
 def bind_ports(config: CompiledConfig) -> list[int]:

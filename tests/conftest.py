@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.capture import CaptureUpstream
+from tests.support.desync import BACKENDS, Desync, desync_gateway
 from tests.support.gateway import GatewayProcess, config_yaml, free_port
 from tests.support.upstream import Upstream
 
@@ -88,3 +90,17 @@ def module_gateway(module_upstream: Upstream, module_start_gateway: StartGateway
         {"up": [("127.0.0.1", module_upstream.port)]},
         [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}],
     )
+
+
+@pytest.fixture(scope="module")
+def module_capture() -> Iterator[CaptureUpstream]:
+    """A capturing upstream with a port per desync backend, shared by a module's tests."""
+    capture = CaptureUpstream().start(BACKENDS)
+    yield capture
+    capture.stop()
+
+
+@pytest.fixture(scope="module")
+def module_desync(module_capture: CaptureUpstream, module_start_gateway: StartGateway) -> Desync:
+    """The differential desync check (tests.support.desync) against one gateway for the module."""
+    return Desync(desync_gateway(module_start_gateway, module_capture), module_capture)

@@ -68,6 +68,8 @@ def run_env(config: Path, **extra: str) -> dict[str, str]:
         ("GW_RUNTIME_DIR", "/proc/nope"),
         ("GW_CONFIG_POLL_INTERVAL", "0"),
         ("GW_REDIS_BUDGET", "0"),
+        ("GW_BODY_TIMEOUT", "0"),
+        ("GW_BODY_TIMEOUT", "-5s"),
     ],
 )
 def test_bad_setting_makes_run_exit_2_naming_the_variable(tmp_path: Path, variable: str, value: str) -> None:

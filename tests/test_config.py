@@ -241,6 +241,11 @@ class TestErrorMessages:
             ("/a%2fb", "must not contain '%2f'"),
             ("/a/.", "must not end with"),
             ("/a#b", "must not contain '#'"),
+            ("/a/%2e%2e/b", "encoded dot segment (it would match '/b')"),
+            ("/a/%2E", "encoded dot segment (it would match '/a/')"),
+            ("/a%00", "would never match: gw answers 400 to requests with an encoded NUL"),
+            ("/a/..;x/b", "would never match"),
+            ("/a%5c..", "would never match"),
         ],
     )
     def test_invalid_path_values(self, value, problem):
@@ -249,6 +254,15 @@ class TestErrorMessages:
         (err,) = result.errors
         assert err.field == "spec.rules[0].matches[0].path.value"
         assert problem in err.message
+
+    @pytest.mark.parametrize("path_type", ["Exact", "PathPrefix"])
+    def test_path_values_are_kept_in_the_normal_form_requests_are_matched_in(self, path_type):
+        body = "parentRefs: [{name: gw}]\nrules:\n"
+        body += f"- matches: [{{path: {{type: {path_type}, value: '/%7eteam/caf%c3%a9'}}}}]\n  backendRefs: [{ONE}]\n"
+        result = config(route(body=body))
+        assert not result.errors
+        assert match(result, "/~team/caf%C3%A9") is not None
+        assert f"{path_type} /~team/caf%C3%A9 " in "\n".join(describe(result.config))  # what `gw routes` shows
 
     def test_invalid_regex(self):
         body = "parentRefs: [{name: gw}]\nrules:\n- matches: [{path: {type: RegularExpression, value: '/(('}}]\n"

@@ -1,13 +1,15 @@
 """Config versions across the fleet: real supervisors and workers, real Valkey servers.
 
 The embedded Valkey by default; replicas sharing one server converge on one version; `gw config
-push` reaches every worker without a signal; Redis going away and coming back empty heals.
+push` reaches every worker without a signal, through its supervisor; Redis going away and coming
+back empty heals.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +19,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import yaml
 
 from tests.conftest import StartGateway
 from tests.support import valkey
@@ -93,6 +96,30 @@ def test_gw_config_push_reaches_every_worker_without_a_signal(
     assert 'gw_config_reloads_total{result="applied"} 0' in metrics
 
 
+def test_a_version_the_supervisor_refuses_is_served_by_none_of_its_workers(
+    start_gateway: StartGateway, upstream: Upstream, tmp_path: Path
+) -> None:
+    """Workers hear of versions only from their supervisor, which refuses one whose new listener
+    port it cannot bind: they keep the running config with it (they followed Redis on their own,
+    and served the refused version's routes while /status said the old version)."""
+    gw = start(start_gateway, upstream)
+    with socket.socket() as taken:  # no SO_REUSEPORT: the supervisor cannot bind this port too
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        only = routes_with("pushed.test")[1:]  # no catch-all
+        docs = list(yaml.safe_load_all(config_yaml(gw.port, {"up": [("127.0.0.1", upstream.port)]}, only)))
+        gateway = next(d for d in docs if d["kind"] == "Gateway")
+        gateway["spec"]["listeners"].append({"name": "more", "port": taken.getsockname()[1], "protocol": "HTTP"})
+        new = tmp_path / "new.yaml"
+        new.write_text(yaml.safe_dump_all(docs))
+        mark = len(gw.log)
+        pushed = gw_config(gw, "push", str(new))
+        assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+        gw.wait_for_log("gw: config version 2 from Redis rejected, keeping the running config", after=mark)
+        assert gw.status()["config"]["version"] == 1 and versions(gw) == {1}  # type: ignore[index]
+        assert served(gw, "other.test") == 200  # the running config's catch-all route; version 2 has none
+
+
 def test_replicas_reading_the_same_files_converge(
     start_gateway: StartGateway, upstream: Upstream, redis_server: valkey.Server
 ) -> None:
@@ -135,8 +162,8 @@ def test_redis_gone_keeps_serving_and_back_empty_is_republished(
     with redis_server.client() as client:
         current = client.get("{gw:config}:current")
     assert current is not None
-    wait_until(lambda: all((w.get("redis") or {}).get("connected") for w in gw.status()["workers"]),  # type: ignore[union-attr]
-               what="workers to reconnect")  # fmt: skip
+    wait_until(lambda: versions(gw) == {gw.status()["config"]["version"]},  # type: ignore[index]
+               what="workers to serve the republished version")  # fmt: skip
     assert "late" in {r["name"] for r in gw.status()["gatewayAPI"]["httpRoutes"]}  # type: ignore[index]
 
 

@@ -64,7 +64,12 @@ def gw(module_upstream: Upstream, module_start_gateway: StartGateway) -> Gateway
     return module_start_gateway(
         {"up": [("127.0.0.1", module_upstream.port)]},
         [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}],
-        env={"GW_HEADER_TIMEOUT": "500ms", "GW_KEEPALIVE_TIMEOUT": "500ms", "GW_ACCESS_LOG": "off"},
+        env={
+            "GW_HEADER_TIMEOUT": "500ms",
+            "GW_BODY_TIMEOUT": "500ms",
+            "GW_KEEPALIVE_TIMEOUT": "500ms",
+            "GW_ACCESS_LOG": "off",
+        },
     )
 
 

@@ -1,7 +1,7 @@
 """HTTP/1.1 message semantics through the gateway (RFC 9110, RFC 9112), against a real upstream.
 
-Keep-alive on both sides, HTTP/1.0 clients, HEAD, bodiless statuses, pipelining, Expect:
-100-continue, request and response body framing, interim responses, and the one safe retry
+Keep-alive on both sides, HTTP/1.0 clients, HEAD, bodiless statuses, pipelining, h2c upgrades
+served as HTTP/1.1, Expect: 100-continue, request and response body framing, interim responses, and the one safe retry
 of an idempotent request on a stale upstream connection.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -195,6 +196,74 @@ def test_malformed_pipelined_request_is_answered_in_turn_then_closed(conn: Wire,
     assert second.status == 400
     assert conn.closed_by_peer()
     assert not seen_for(module_upstream, "/x")
+
+
+# -- upgrades gw serves as plain HTTP/1.1 (h2c) ----------------------------------------------------
+
+H2C = {"Upgrade": "h2c", "Connection": "Upgrade, HTTP2-Settings", "HTTP2-Settings": "AAMAAABkAARAAAAAAAIAAAAA"}
+
+
+def tracebacks(gw: GatewayProcess) -> list[str]:
+    return [line for line in gw.log if "Traceback" in line]
+
+
+@pytest.mark.parametrize(
+    ("bad", "status"),
+    [
+        pytest.param(b"GET /x HTTP/1.1\r\nHost : bad\r\n\r\n", 400, id="a head llhttp refuses"),
+        pytest.param(b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, id="a head gw refuses"),
+        pytest.param(b"GET /%s HTTP/1.1\r\nHost: a\r\n\r\n" % (b"x" * 9000), 414, id="a target too long"),
+        pytest.param(b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n", 501, id="CONNECT"),
+    ],
+)
+def test_bad_request_pipelined_after_an_h2c_upgrade_is_answered_in_turn(
+    conn: Wire, gw: GatewayProcess, bad: bytes, status: int
+) -> None:
+    """The h2c request is answered as HTTP/1.1 and what follows parsed as the next request: a bad one
+    gets its status and the close, and the worker logs no traceback (it dropped the connection)."""
+    conn.send(http_request("GET", "/echo?h2c", H2C) + bad)
+    assert echoed(conn.read_response().body)["target"] == "/echo?h2c"
+    assert conn.read_response().status == status
+    assert conn.closed_by_peer()
+    assert not tracebacks(gw)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize("reads", ["one read", "body in a later read"])
+def test_h2c_upgrade_request_with_a_body_is_forwarded_with_its_body(
+    conn: Wire, module_upstream: Upstream, framing: str, reads: str
+) -> None:
+    """llhttp skips the body of any upgrade request; served as HTTP/1.1 it still has one (RFC 7540
+    §3.2 lets an h2c upgrade carry it). It went missing and was parsed as the next request."""
+    body = b"an h2c upgrade with a body"
+    target = f"/echo?h2c-body-{framing}-{reads.replace(' ', '-')}"
+    if framing == "chunked":
+        head = http_request("POST", target, {**H2C, "Transfer-Encoding": "chunked"})
+        sent = chunked(body[:10], body[10:])
+    else:
+        head = http_request("POST", target, {**H2C, "Content-Length": str(len(body))})
+        sent = body
+    after = http_request("GET", "/echo?after-h2c-body")
+    if reads == "one read":
+        conn.send(head + sent + after)
+    else:
+        conn.send(head + sent[:5])
+        deadline = time.monotonic() + 10
+        while not seen_for(module_upstream, target) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the head went upstream: the gateway has read what was sent so far
+        conn.send(sent[5:] + after)
+    first = echoed(conn.read_response().body)
+    assert (first["target"], first["body_bytes"]) == (target, len(body))
+    assert first["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert echoed(conn.read_response().body)["target"] == "/echo?after-h2c-body"
+
+
+def test_a_thousand_h2c_requests_pipelined_in_one_read_are_all_answered(conn: Wire, gw: GatewayProcess) -> None:
+    """Each upgrade request stops the parser; the next one must not cost a stack frame (it overflowed)."""
+    conn.send(http_request("GET", "/status/204", H2C) * 1000)
+    for _ in range(1000):
+        assert conn.read_response().status == 204
+    assert not tracebacks(gw)
 
 
 # -- Expect: 100-continue --------------------------------------------------------------------------

@@ -1,15 +1,18 @@
 """Limits and timeouts that defend a worker, each answered with its status as problem+json.
 
 414 request line, 431 header block, 413 body (per route and global, declared or streamed),
-408 slow head (slowloris), the idle keep-alive timeout, and the per-worker connection cap.
+408 slow head (slowloris) and paused body, the idle keep-alive timeout, and the per-worker connection cap.
 """
 
 from __future__ import annotations
 
 import json
+import select
 import socket
+import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from tests.conftest import StartGateway
@@ -146,6 +149,57 @@ def test_streamed_chunked_body_over_global_limit_is_413(conn: Wire) -> None:
     assert conn.closed_by_peer()
 
 
+def wait_seen(upstream: Upstream, target: str) -> None:
+    """The head reached the upstream: the gateway has read everything sent before it."""
+    deadline = time.monotonic() + 10
+    while target not in targets(upstream, target) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_chunk_extensions_count_against_the_body_limit(conn: Wire, module_upstream: Upstream) -> None:
+    """1 KiB of data and 4 KiB of chunk extension: within the extension bound, over GW_MAX_BODY_SIZE."""
+    head = http_request("POST", "/echo?extended", {"Transfer-Encoding": "chunked"})
+    conn.send(head + b"400\r\n" + b"a" * 1024 + b"\r\n")
+    wait_seen(module_upstream, "/echo?extended")
+    conn.send(b"1;ext=" + b"e" * 4096 + b"\r\nb\r\n")  # the end of the body is not sent: the 413 comes first
+    assert_problem(conn.read_response(), 413)
+    assert conn.closed_by_peer()
+
+
+def test_huge_chunk_extension_gets_413_and_the_worker_lives_on(upstream: Upstream, start_gateway: StartGateway) -> None:
+    """llhttp reads chunk extensions without a limit: 64 MiB of one were taken in and ignored."""
+    gw = start_gateway(
+        {"up": [("127.0.0.1", upstream.port)]}, [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}]
+    )
+    worker = psutil.Process(gw.worker_pid)
+    rss = worker.memory_info().rss
+    conn = wire(gw, timeout=10)
+    conn.send(http_request("POST", "/echo?huge-extension", {"Transfer-Encoding": "chunked"}) + b"1;ext=")
+    piece = b"e" * 65536
+    for _ in range(1024):  # 64 MiB, unless the gateway answers first
+        if select.select([conn.sock], [], [], 0)[0]:
+            break
+        try:
+            conn.send(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    else:
+        conn.send(b"\r\nx\r\n0\r\n\r\n")
+    assert_problem(conn.read_response(), 413)
+    assert worker.memory_info().rss - rss < 16 << 20
+    check = wire(gw)
+    check.send(http_request("GET", "/echo?still-serving"))
+    assert check.read_response().status == 200
+
+
+def test_trailers_count_against_the_body_limit(conn: Wire, module_upstream: Upstream) -> None:
+    """Trailer fields were kept in memory without a bound."""
+    conn.send(http_request("POST", "/echo?trailers", {"Transfer-Encoding": "chunked"}) + b"1\r\na\r\n0\r\n")
+    wait_seen(module_upstream, "/echo?trailers")
+    conn.send(b"".join(b"X-T%d: %s\r\n" % (i, b"t" * 50) for i in range(100)))
+    assert_problem(conn.read_response(), 413)
+
+
 def test_error_response_keeps_the_client_request_id(conn: Wire) -> None:
     """A valid X-Request-ID from the client identifies the request in every answer, errors included."""
     conn.send(http_request("POST", "/small/rid", [("X-Request-ID", "client-id-413")], body=b"x" * 2000))
@@ -241,3 +295,18 @@ def test_connection_over_the_cap_503_carries_a_request_id(upstream: Upstream, st
         c.send(http_request("GET", "/echo"))
         assert c.read_response().status == 200
     assert_problem(wire(gw, timeout=5).read_response(), 503)
+
+
+def test_request_body_that_pauses_longer_than_the_body_timeout_gets_408(
+    upstream: Upstream, start_gateway: StartGateway
+) -> None:
+    """GW_BODY_TIMEOUT bounds the pause between two reads of a body, not the keep-alive timeout (75 s)."""
+    gw = start_gateway(
+        {"up": [("127.0.0.1", upstream.port)]},
+        [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}],
+        env={"GW_BODY_TIMEOUT": "1s"},
+    )
+    conn = wire(gw, timeout=10)
+    conn.send(http_request("POST", "/echo", {"Content-Length": "100"}) + b"x" * 10)
+    assert_problem(conn.read_response(), 408)
+    assert conn.closed_by_peer()

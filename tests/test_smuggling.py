@@ -1,18 +1,17 @@
 """Request smuggling corpus: every ambiguous framing is refused, the connection closed, and the
 request hidden behind it never reaches the upstream (RFC 9112 §6.1, §6.3, §7.1, §5; RFC 9110 §5.5).
 
-Each attempt carries a second request at /smuggled-<case>; after the gateway's answer, the
-upstream must not have seen it, whichever way the framing could have been read.
+Each attempt carries a second request at /smuggled-<case>; each runs through the differential
+check of tests.support.desync (the upstream saw exactly what the client framed, the client got
+one answer per request, the worker serves on), then must be refused as the table says.
+tests/test_desync_corpus.py holds the rest of the corpus.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests.support.gateway import GatewayProcess, Wire, http_request, wire
-from tests.support.upstream import Upstream
+from tests.support.desync import Desync
 
 HEAD = b"POST /front HTTP/1.1\r\nHost: example.test\r\n"
 
@@ -157,40 +156,20 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def gw(module_gateway: GatewayProcess) -> GatewayProcess:
-    return module_gateway
+def desync(module_desync: Desync) -> Desync:
+    return module_desync
 
 
-@pytest.fixture
-def conn(gw: GatewayProcess) -> Iterator[Wire]:
-    c = wire(gw, timeout=5)
-    yield c
-    c.close()
-
-
+@pytest.mark.parametrize("how", ["alone", "behind"])  # in a read of its own, or pipelined behind a request
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_smuggling_attempt_is_refused_and_connection_closed(
-    case: str, conn: Wire, gw: GatewayProcess, module_upstream: Upstream
-) -> None:
-    conn.send(attempt(case))
-    resp = conn.read_response()
-    assert resp.status in CASES[case]
-    assert resp.header("content-type") == "application/problem+json"
-    assert (resp.header("connection") or "").lower() == "close"
-    assert conn.closed_by_peer()
-    # A request on a fresh connection is answered after anything the attempt could have sent upstream.
-    check = wire(gw, timeout=5)
-    check.send(http_request("GET", f"/echo?after-{case}"))
-    assert check.read_response().status == 200
-    check.close()
-    assert f"/smuggled-{case}" not in [s.target for s in module_upstream.seen]
+def test_smuggling_attempt_is_refused_and_connection_closed(case: str, how: str, desync: Desync) -> None:
+    outcome = desync.run(attempt(case), behind=how == "behind").check()
+    outcome.refused(CASES[case])
+    assert not [c for c in outcome.captured if c.message.target == b"/smuggled-" + case.encode()]
 
 
-def test_corpus_requests_are_well_formed_apart_from_their_trick(conn: Wire, module_upstream: Upstream) -> None:
+def test_corpus_requests_are_well_formed_apart_from_their_trick(desync: Desync) -> None:
     """Control: the same front request with honest framing is served, and the request behind it
     is answered as an ordinary pipelined one — so the refusals above are about the trick."""
-    honest = HEAD + b"Content-Length: 5\r\n\r\nhello" + smuggled("control")
-    conn.send(honest + b"GET /echo HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n")
-    assert conn.read_response().status == 200
-    assert conn.read_response().status == 200
-    assert [s.target for s in module_upstream.seen if s.target == "/smuggled-control"] == ["/smuggled-control"]
+    outcome = desync.run(HEAD + b"Content-Length: 5\r\n\r\nhello" + smuggled("control")).check().served()
+    assert [c.message.target for c in outcome.captured] == [b"/front", b"/smuggled-control", b"/__end__"]

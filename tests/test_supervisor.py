@@ -21,11 +21,11 @@ import psutil
 import pytest
 
 from gw.state.embedded import ping
+from gw.supervisor.arbiter import Supervisor
+from gw.supervisor.signals import SIGNALS
 from gw.worker import TEST_EXIT_AT_START
-from supervisor.arbiter import Supervisor
-from supervisor.signals import SIGNALS
 from tests.conftest import StartGateway
-from tests.support.gateway import Client, GatewayProcess, config_yaml, free_port
+from tests.support.gateway import REPO, Client, GatewayProcess, config_yaml, free_port
 from tests.support.servers import read_ws_frame
 from tests.support.upstream import Upstream, ws_frame
 
@@ -373,13 +373,23 @@ def test_an_rss_limit_below_a_fresh_workers_size_stops_replacements(
     ok(gw, 3)
 
 
-def test_a_workers_log_lines_name_the_worker(start_gateway: StartGateway, upstream: Upstream) -> None:
+def test_a_workers_log_lines_name_the_worker() -> None:
+    """gw's loggers in a worker (gw.state's, the policies') say which worker speaks; the supervisor says `gw: `."""
+    code = (
+        "import logging, os\nfrom gw.worker import log_as_worker\nlog_as_worker(3)\nprint(os.getpid())\n"
+        "logging.getLogger('gw.state').warning('gw: Redis holds no config version')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.stderr == f"gw[worker 3 pid {proc.stdout.strip()}]: Redis holds no config version\n"
+
+
+def test_only_the_supervisor_follows_the_config_in_redis(start_gateway: StartGateway, upstream: Upstream) -> None:
     gw = start(start_gateway, upstream, 1)
-    pid = ready_pids(gw)[0]
     valkey = next(p for p in psutil.Process(gw.pid).children() if "valkey" in p.name())
-    valkey.kill()  # supervisor and worker both follow the config in Redis: both say they lost it
-    gw.wait_for_log(f"gw[worker 0 pid {pid}]: config follower lost Redis")
+    valkey.kill()
     gw.wait_for_log("gw: config follower lost Redis")
+    assert [line for line in gw.log if "config follower" in line and not line.startswith("gw: ")] == []
 
 
 def test_a_bad_setting_stops_start_up_with_exit_code_2(tmp_path: Path) -> None:

@@ -1,19 +1,29 @@
-"""Supervisor parts on their own: the CPU count, the control channel with descriptors, a drain."""
+"""Supervisor parts on their own: the CPU count, the control channel with descriptors, a drain, /status."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvloop
 
+from gw.config import load_with
 from gw.control import Channel, Message
+from gw.listen import bind_listener
+from gw.observe.metrics import Registry
 from gw.settings import Settings
-from gw.worker import Worker, bind_listener, load
-from supervisor.cpus import available_cpus, cgroup_quota
-from tests.support.gateway import config_yaml, free_port
+from gw.state import SharedState
+from gw.supervisor.arbiter import Supervisor
+from gw.supervisor.cpus import available_cpus, cgroup_quota
+from gw.supervisor.process import EXITED, WorkerProcess
+from gw.worker import Worker
+from tests.support.gateway import REPO, config_yaml, free_port
 from tests.support.upstream import Upstream
 
 
@@ -121,7 +131,7 @@ async def test_a_drain_answers_a_connection_opened_just_before_it(tmp_path: Path
     routes = [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}]
     path.write_text(config_yaml(port, {"up": [("127.0.0.1", upstream.port)]}, routes))
     settings = Settings.from_env({"GW_CONFIG": str(path), "GW_ACCESS_LOG": "off"})
-    result = load(settings)
+    result = load_with(settings)
     worker = Worker(settings)
     worker.add_socket(port, 0, bind_listener("127.0.0.1", port))
     worker.install(result, version=1)
@@ -137,3 +147,76 @@ async def test_a_drain_answers_a_connection_opened_just_before_it(tmp_path: Path
     assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower()
     await asyncio.wait_for(drain, 10)
     writer.close()
+
+
+def test_status_lists_a_slot_whose_restart_is_due_at_once(tmp_path: Path) -> None:
+    """A first failure restarts at once: uvloop's call_later(0) returns a Handle, which has no
+    when(). /status asked in that loop turn answered 500 (on the supervisor's loop: uvloop)."""
+
+    async def status_after_a_first_exit() -> dict[str, object]:
+        supervisor = Supervisor(Settings(config=str(tmp_path), workers=1))
+        supervisor.serving = True
+        dead = WorkerProcess(0, supervisor._worker_exited)  # a worker just reaped: SIGKILLed
+        dead.state, dead.exit_code = EXITED, -9
+        supervisor.workers[0] = dead
+        supervisor._worker_exited(dead)
+        # No worker is live, so status() awaits nothing and runs before the restart does.
+        status = await supervisor.status()
+        supervisor.stopping = True  # the restart itself is not this test's business
+        return status
+
+    status = uvloop.run(status_after_a_first_exit())
+    (waiting,) = status["restarting"]  # type: ignore[misc]
+    assert waiting == {"slot": 0, "last_exit": "signal SIGKILL", "failures_in_a_row": 1, "next_start_in_seconds": 0.0}
+
+
+async def test_a_worker_is_built_with_its_redis_client_guard_and_keys() -> None:
+    """The policies' Redis pieces are handed to the data plane when it is built, not set on it later."""
+    settings = Settings.from_env({"GW_REDIS_URL": "redis://127.0.0.1:1/0", "GW_REDIS_PREFIX": "pfx"})
+    assert SharedState.from_settings(Settings.from_env({})) is None  # no Redis: policies' failure modes
+    metrics = Registry()
+    shared = SharedState.from_settings(settings, metrics)
+    assert shared is not None and shared.keys.prefix == "pfx"
+    worker = Worker(settings, metrics=metrics, shared=shared)
+    limits = worker.gateway.ratelimits
+    assert (limits.redis, limits.guard, limits.keys) == (shared.redis, shared.guard, shared.keys)
+    assert worker.gateway.metrics is metrics and "gw_redis_breaker_open" in metrics.render().decode()
+    await shared.redis.aclose()
+
+
+async def test_a_hup_hashes_the_files_once(
+    tmp_path: Path, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A HUP reads the files into one snapshot whose checksum travels with it: read, compile,
+    compare, publish and hand to the workers without hashing the files again."""
+    port = free_port()
+    path = tmp_path / "gw.yaml"
+    backends = {"up": [("127.0.0.1", upstream.port)]}
+    path.write_text(config_yaml(port, backends, [{"name": "a", "rules": [{"backendRefs": [{"backend": "up"}]}]}]))
+    env = {"GW_CONFIG": str(path), "GW_WORKERS": "2", "GW_ACCESS_LOG": "off", "GW_DRAIN_TIMEOUT": "5s",
+           "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-rt-"), "PYTHONPATH": str(REPO)}  # fmt: skip
+    for name, value in env.items():  # the workers' environment too
+        monkeypatch.setenv(name, value)
+    supervisor = Supervisor(Settings.from_env(), listen_host="127.0.0.1")
+    await supervisor.start()
+    try:
+        path.write_text(config_yaml(port, backends, [{"name": "b", "rules": [{"backendRefs": [{"backend": "up"}]}]}]))
+        hashes = 0
+        sha256 = hashlib.sha256
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal hashes
+            hashes += 1
+            return sha256(*args, **kwargs)
+
+        monkeypatch.setattr(hashlib, "sha256", counted)
+        await supervisor.reload()
+        monkeypatch.setattr(hashlib, "sha256", sha256)
+        assert supervisor.version == 2
+        stats = await supervisor._stats()
+        assert sorted(s["version"] for s in stats.values()) == [2, 2]
+        assert hashes == 1
+    finally:
+        await supervisor.shutdown()
+        supervisor.sockets.close()
+        await supervisor.publisher.stop()

@@ -1,5 +1,5 @@
 """Upstream failures: each is answered with the right status as problem+json, or the client
-connection is cut so a truncated body is never presented as complete; balancing and ejection.
+connection is reset so a truncated body is never presented as complete; balancing and ejection.
 
 Routes are chosen by Host so that the request path still selects the test upstream's behaviour.
 """
@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -53,6 +56,34 @@ def stall_mid_body(peer: Peer) -> None:
     peer.wait_for_close()
 
 
+BODY_START = b"x" * 10
+CUT_HEADS = {
+    b"length": b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + BODY_START,
+    b"chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n" + BODY_START + b"\r\n",
+    b"close": b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + BODY_START,  # a body the close ends
+}
+
+
+class CuttingServer(ScriptedServer):
+    """GET /<framing>-<ending>: a head and the start of a body, then (once `release` is set: the test
+    saw that start arrive through the gateway) the connection ends with a FIN or a RST."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        super().__init__(self.cut)
+
+    def cut(self, peer: Peer) -> None:
+        framing, ending = peer.head.split(b" ")[1].strip(b"/").split(b"-")
+        peer.sock.sendall(CUT_HEADS[framing])
+        self.release.wait(10)
+        if ending == b"fin":
+            peer.sock.shutdown(socket.SHUT_WR)
+            peer.wait_for_close()
+        else:
+            peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            peer.sock.close()
+
+
 @dataclass
 class Setup:
     gateway: GatewayProcess
@@ -61,6 +92,7 @@ class Setup:
     refused_port: int
     ejected_port: int
     stalling: ScriptedServer
+    cutting: CuttingServer
 
 
 def by_host(name: str, host: str, *refs: dict[str, object], **rule: object) -> dict[str, object]:
@@ -74,6 +106,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     blackhole = BlackholeListener()
     garbage = ScriptedServer(send_garbage)
     stalling = ScriptedServer(stall_mid_body)
+    cutting = CuttingServer()
     refused_port, ejected_port = free_port(), free_port()
     routes = [
         {"name": "default", "rules": [{"backendRefs": [{"backend": "up"}]}]},
@@ -81,6 +114,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         by_host("blackhole", "blackhole.test", {"backend": "blackhole"}),
         by_host("garbage", "garbage.test", {"backend": "garbage"}),
         by_host("stalling", "stalling.test", {"backend": "stalling"}),
+        by_host("cutting", "cutting.test", {"backend": "cutting"}),
         by_host("empty", "empty.test", {"name": "empty", "port": 80}),
         by_host("eject", "eject.test", {"backend": "pair"}),
         by_host(
@@ -98,6 +132,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         "blackhole": [("127.0.0.1", blackhole.port)],
         "garbage": [("127.0.0.1", garbage.port)],
         "stalling": [("127.0.0.1", stalling.port)],
+        "cutting": [("127.0.0.1", cutting.port)],
         "pair": [("127.0.0.1", ejected_port), ("127.0.0.1", upstream.port)],
         **{name: [("127.0.0.1", up.port)] for name, up in weighted.items()},
     }
@@ -112,10 +147,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         },
         extra_yaml=NOT_READY_SERVICE % upstream.port,
     )
-    yield Setup(gateway, upstream, weighted, refused_port, ejected_port, stalling)
+    yield Setup(gateway, upstream, weighted, refused_port, ejected_port, stalling, cutting)
     gateway.stop()
     garbage.stop()
     stalling.stop()
+    cutting.stop()
     blackhole.close()
     for up in (upstream, *weighted.values()):
         up.stop()
@@ -229,10 +265,45 @@ def test_request_timeout_of_the_route_bounds_the_whole_exchange(route_timeouts: 
 # -- failures in the middle of a response body ---------------------------------------------------
 
 
+def read_until_reset(client: Client) -> bytes:
+    """What arrives before the gateway resets the connection; a clean close (FIN) fails the test."""
+    received = [client.buffer]
+    client.buffer = b""
+    while True:
+        try:
+            data = client.sock.recv(1 << 20)
+        except ConnectionResetError:
+            return b"".join(received)
+        if not data:
+            raise AssertionError(f"closed with a FIN, not reset, after {b''.join(received)[:200]!r}")
+        received.append(data)
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+@pytest.mark.parametrize(
+    "path",
+    ["/length-fin", "/length-rst", "/chunked-fin", "/chunked-rst", "/close-rst"],
+)
+def test_upstream_ending_a_body_early_resets_the_client_connection(setup: Setup, path: str, version: str) -> None:
+    """A body cut short by the upstream (FIN or RST; for a body the close delimits, a RST) is passed on
+    as a RST: after a FIN an HTTP/1.0 client, reading to the close, would take it for complete."""
+    setup.cutting.release = threading.Event()
+    client = setup.gateway.connect()
+    client.send(f"GET {path} HTTP/{version}\r\nHost: cutting.test\r\n\r\n".encode())
+    while BODY_START not in client.buffer:  # the start of the body came through; now the upstream cuts
+        data = client.sock.recv(1 << 16)
+        assert data, "closed before the start of the body arrived"
+        client.buffer += data
+    setup.cutting.release.set()
+    raw = read_until_reset(client)
+    assert not message_is_complete(raw)
+    assert_serves(setup.gateway.connect())
+
+
 def test_reset_in_a_content_length_body_cuts_the_client_connection(setup: Setup) -> None:
     client = setup.gateway.connect()
     client.send(b"GET /reset/1048576 HTTP/1.1\r\nHost: example.test\r\n\r\n")
-    raw = client.read_until_close()  # returns only once the gateway closed or reset the connection
+    raw = read_until_reset(client)
     assert not message_is_complete(raw)
     head, _, body = raw.partition(b"\r\n\r\n")
     if head:  # whatever of the body arrived is shorter than the length the head promised
@@ -244,7 +315,7 @@ def test_reset_in_a_content_length_body_cuts_the_client_connection(setup: Setup)
 def test_reset_in_a_chunked_body_never_sends_the_last_chunk(setup: Setup) -> None:
     client = setup.gateway.connect()
     client.send(b"GET /reset-chunked/1048576 HTTP/1.1\r\nHost: example.test\r\n\r\n")
-    raw = client.read_until_close()
+    raw = read_until_reset(client)
     assert not message_is_complete(raw)
     assert not raw.endswith(b"0\r\n\r\n")
     assert_serves(setup.gateway.connect())
@@ -254,7 +325,7 @@ def test_upstream_stalling_mid_body_cuts_both_connections(setup: Setup) -> None:
     # GW_UPSTREAM_RESPONSE_TIMEOUT (1 s) also bounds the silence between body bytes.
     client = setup.gateway.connect(timeout=15)
     client.send(b"GET /echo HTTP/1.1\r\nHost: stalling.test\r\n\r\n")
-    raw = client.read_until_close()
+    raw = read_until_reset(client)
     assert not message_is_complete(raw)
     assert raw.startswith(b"HTTP/1.1 200")
     assert setup.stalling.peers[-1].closed.wait(10)

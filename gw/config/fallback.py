@@ -12,37 +12,38 @@ both the errors of the new copy and the carried-over object.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import yaml
 
 from gw.config.compile import LoadResult, describe_dropped
 from gw.config.errors import Condition, ConfigError
-from gw.config.loader import Source, parse_sources
+from gw.config.loader import parse_files
 from gw.config.parse import object_label, parse_object
 from gw.config.resources import KEPT_FILE, HTTPRoute
+from gw.config.snapshot import Snapshot
 
 
 def keep_running_objects(
-    files: list[Source],
+    read: Snapshot,
     result: LoadResult,
-    running: Sequence[Source],
-    compile_files: Callable[[list[Source]], LoadResult],
-) -> tuple[list[Source], LoadResult, list[str]]:
-    """`files` (compiled to `result`) plus the running copies of the objects they refuse.
+    running: Snapshot,
+    compile_snapshot: Callable[[Snapshot], LoadResult],
+) -> tuple[Snapshot, LoadResult, list[str]]:
+    """`read` (compiled to `result`) plus the running copies of the objects it refuses.
 
-    Returns the files to serve, their compiled result and the labels of the objects kept. An
+    Returns the snapshot to serve, its compiled result and the labels of the objects kept. An
     object that is new (nothing running to fall back to) is refused as before.
     """
     refused = set(result.resources.rejected)
     partial = {r.meta.label: r for r in result.resources.http_routes if r.dropped and r.meta.file != KEPT_FILE}
     refused |= partial.keys()
-    if not refused or not running:
-        return files, result, []
+    if not refused or not running.files:
+        return read, result, []
     try:
-        documents, _ = parse_sources(running)
+        documents = parse_files(running.files)
     except ConfigError:
-        return files, result, []  # the running snapshot parsed when it was loaded; be safe anyway
+        return read, result, []  # the running snapshot parsed when it was loaded; be safe anyway
     kept: dict[str, object] = {}
     for file, doc in documents:
         label = object_label(doc)
@@ -50,14 +51,14 @@ def keep_running_objects(
         if label in refused and label not in kept and _whole(parse_object(file, doc, [])):
             kept[label] = doc
     if not kept:
-        return files, result, []
+        return read, result, []
     text = yaml.safe_dump_all(list(kept.values()), sort_keys=False).encode()
-    with_kept = [*(s for s in files if s[0] != KEPT_FILE), (KEPT_FILE, text)]
-    merged = compile_files(with_kept)
+    with_kept = Snapshot.of([*(s for s in read.files if s[0] != KEPT_FILE), (KEPT_FILE, text)], read.source)
+    merged = compile_snapshot(with_kept)
     present = {obj.meta.label for obj in merged.resources.objects()}
     labels = sorted(kept.keys() & present)
     if not labels:
-        return files, result, []
+        return read, result, []
     for label in labels:
         merged.errors.append(
             ConfigError(KEPT_FILE, label, "", "its new version is invalid (see above): the running version is kept")

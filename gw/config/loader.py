@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from gw.config.compile import DEFAULT_CONTROLLER_NAME, LoadResult, compile_resources
 from gw.config.errors import ConfigError
 from gw.config.parse import Document, parse_documents
+from gw.config.snapshot import Snapshot, Source, sources_checksum
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -41,9 +41,6 @@ def config_files(path: str) -> list[Path]:
     raise ConfigError(path, "", "", "no such file or directory")
 
 
-Source = tuple[str, bytes]  # (file name, its bytes): a config snapshot as published to Redis
-
-
 def read_sources(path: str) -> list[Source]:
     """The bytes of every file a config path names, each with the name errors will quote."""
     sources = []
@@ -56,16 +53,13 @@ def read_sources(path: str) -> list[Source]:
     return sources
 
 
-def sources_checksum(sources: Iterable[Source]) -> str:
-    """sha256 over names and bytes: equal for equal snapshots, wherever they were read."""
-    digest = hashlib.sha256()
-    for name, data in sources:
-        digest.update(name.encode() + b"\0" + data + b"\0")
-    return digest.hexdigest()
+def read_snapshot(path: str) -> Snapshot:
+    """The files a config path names as one snapshot, named by the path as given."""
+    return Snapshot.of(read_sources(path), os.fspath(path))
 
 
-def parse_sources(sources: Sequence[Source]) -> tuple[list[Document], str]:
-    """All YAML documents of a snapshot and its checksum.
+def parse_files(sources: Iterable[Source]) -> list[Document]:
+    """All YAML documents of a snapshot's files.
 
     A file that is not valid YAML makes the whole config unusable (raises ConfigError with its
     line and column): serving half a directory would silently drop routes.
@@ -73,12 +67,13 @@ def parse_sources(sources: Sequence[Source]) -> tuple[list[Document], str]:
     documents: list[Document] = []
     for name, data in sources:
         documents += [(name, doc) for doc in parse_yaml(data, name)]
-    return documents, sources_checksum(sources)
+    return documents
 
 
 def read_documents(path: str) -> tuple[list[Document], str]:
     """All YAML documents under `path` and a checksum of the bytes they came from."""
-    return parse_sources(read_sources(path))
+    snapshot = read_snapshot(path)
+    return parse_files(snapshot.files), snapshot.checksum
 
 
 class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
@@ -138,17 +133,20 @@ def compile_sources(
     sources: Sequence[Source],
     *,
     source: str = "",
+    checksum: str | None = None,
     port_offset: int = 0,
     controller_name: str = DEFAULT_CONTROLLER_NAME,
     default_max_body_size: int = 0,
     gateway: str | None = None,
 ) -> LoadResult:
-    """Parse, validate and compile a snapshot of files (as read_sources returns, or a published version).
+    """Parse, validate and compile files (as read_sources returns them); compile_snapshot for a Snapshot.
 
-    `source` names where it came from (a path, "version 7"); errors name the files in `sources`.
+    `source` names where they came from (a path, "version 7"); errors name the files in `sources`.
+    `checksum`: their sources_checksum when the caller has it already.
     """
-    documents, checksum = parse_sources(sources)
-    resources, errors = parse_documents(documents)
+    resources, errors = parse_documents(parse_files(sources))
+    if checksum is None:
+        checksum = sources_checksum(sources)
     return compile_resources(
         resources,
         port_offset=port_offset,
@@ -159,6 +157,43 @@ def compile_sources(
         source=source,
         checksum=checksum,
     )
+
+
+class CompileSettings(Protocol):
+    """The GW_* settings a compile reads (gw.settings.Settings; config does not import the settings)."""
+
+    @property
+    def config(self) -> str: ...
+    @property
+    def listener_port_offset(self) -> int: ...
+    @property
+    def max_body_size(self) -> int: ...
+    @property
+    def controller_name(self) -> str: ...
+    @property
+    def gateway(self) -> str: ...
+
+
+def compile_options(settings: CompileSettings) -> dict[str, Any]:
+    """The options of compile_sources and load_config that the settings decide."""
+    return {
+        "port_offset": settings.listener_port_offset,
+        "default_max_body_size": settings.max_body_size,
+        "controller_name": settings.controller_name,
+        "gateway": settings.gateway or None,
+    }
+
+
+def compile_snapshot(snapshot: Snapshot, settings: CompileSettings) -> LoadResult:
+    """Compile a config snapshot exactly as `load_with` would compile its files, without hashing them."""
+    return compile_sources(
+        snapshot.files, source=snapshot.source, checksum=snapshot.checksum, **compile_options(settings)
+    )
+
+
+def load_with(settings: CompileSettings, path: str | None = None) -> LoadResult:
+    """Load the config at `path` (default GW_CONFIG) as the GW_* settings say."""
+    return load_config(path or settings.config, **compile_options(settings))
 
 
 def load_text(text: str, **options: Any) -> LoadResult:

@@ -31,6 +31,7 @@ from gw.config.resources import (
 )
 from gw.config.units import parse_duration, parse_quantity
 from gw.routing.match import PATH_EXACT, PATH_PREFIX, PATH_REGEX, RouteMatch, ValueMatch
+from gw.routing.paths import normal_route_path
 
 # Rule fields of the spec that gw does not implement yet: refusing them loudly beats silently
 # ignoring them.
@@ -309,6 +310,8 @@ def _match(r: Reader, raw: Any, field: str) -> RouteMatch | None:
     method = r.str(raw, "method", field, choices=v.METHODS)
     if r.count != before or path_type is None or value is None:
         return None
+    if path_type != PATH_REGEX:
+        value = normal_route_path(value)  # the form requests are matched in: "/%7euser" is "/~user"
     return RouteMatch(path_type, value, method, headers, query)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from gw.config.errors import Condition, ConfigError
 from gw.config.resources import KEPT_FILE, Gateway, Listener, Resources
+from gw.routing.paths import UnsafePath, normalize_escapes, normalize_path
 
 # RFC 1123 hostname, lower case, optionally with a leading "*." wildcard label (CRD pattern).
 _HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -84,6 +85,14 @@ def check_path(path_type: str, value: str) -> str | None:
         return f"path {value!r} must not end with '/..' or '/.'"
     if not _PATH_CHARS.match(value):
         return f"path {value!r} has characters a path may not hold unencoded (percent-encode them)"
+    # Requests are matched in their normal form (gw.routing.paths): a value that has none would
+    # never match, and one whose encoded dots resolve away ("/a/%2e%2e") would match elsewhere.
+    try:
+        normal = normalize_path(value.encode("ascii"))
+    except UnsafePath as exc:
+        return f"path {value!r} would never match: gw answers 400 to requests with {exc}"
+    if normal != normalize_escapes(value.encode("ascii")):
+        return f"path {value!r} holds an encoded dot segment (it would match {normal.decode()!r})"
     return None
 
 

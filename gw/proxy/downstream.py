@@ -9,6 +9,9 @@ pipelined ones queue behind it and are answered in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 import time
 import traceback
 from collections import deque
@@ -48,8 +51,15 @@ RESPONSE = 5  # streaming the response body: abort
 TUNNEL = 6  # upgraded connection idle: close
 
 PENDING_BODY_LIMIT = 256 * 1024  # body bytes buffered while the upstream connection opens
+# Chunk framing is not body, but a client may send any amount of it (llhttp reads extensions and
+# trailers without a bound). As Go's net/http does: each chunk is allowed CHUNK_FRAMING bytes of
+# size line and CRLFs; beyond that, extensions and trailers count against the body limit and
+# may total FRAMING_EXCESS_LIMIT (Node's bound on chunk extensions) before a 413.
+CHUNK_FRAMING = 64
+FRAMING_EXCESS_LIMIT = 16 * 1024
 MAX_CONNECT_ATTEMPTS = 3  # endpoints tried when connects are refused (nothing was sent yet)
 HTTP_100_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a RST
 LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -95,6 +105,7 @@ class ClientConnection(asyncio.Protocol):
         self.bytes_out = 0
         self.status = 0
         self.early_data = b""  # bytes after an upgrade request, held until the upstream answers
+        self.skipped_body: Exchange | None = None  # an upgrade served as HTTP whose body llhttp skipped
         self.fatal: ProxyError | None = None
         self.small_head = min(self.settings.max_request_line, self.settings.max_header_size)
         self.log_memo: tuple[Any, ...] | None = None
@@ -103,6 +114,9 @@ class ClientConnection(asyncio.Protocol):
         self.resp_memo: tuple[tuple[object, ...], ResponseHead] | None = None
         self.client = ""
         self.writing_paused = False
+        self.chunk_lines = 0  # chunk-size lines parsed on this connection (on_chunk_header)
+        self.framed: Exchange | None = None  # the chunked request whose framing excess is counted
+        self.framing_excess = 0
 
     # -- asyncio.Protocol: client transport -------------------------------------------------
 
@@ -149,47 +163,68 @@ class ClientConnection(asyncio.Protocol):
         if self.phase == TUNNEL:
             self.tunnel_from_client(data)
             return
-        if self.req is None:
-            # Between messages: a read that is exactly one head (the usual GET) takes the fast
-            # parser, which reports no header callbacks; anything else the full one.
-            self.head_bytes += len(data)
-            if data[-4:] == b"\r\n\r\n" and data.find(b"\r\n\r\n") == len(data) - 4:
-                self.raw = data
-                self.parser = self.fast_parser
+        while True:  # more than once only when an upgrade gw serves as plain HTTP (h2c) stopped the parser
+            framed = None
+            if self.req is None:
+                # Between messages: a read that is exactly one head (the usual GET) takes the fast
+                # parser, which reports no header callbacks; anything else the full one.
+                self.head_bytes += len(data)
+                if data[-4:] == b"\r\n\r\n" and data.find(b"\r\n\r\n") == len(data) - 4:
+                    self.raw = data
+                    self.parser = self.fast_parser
+                else:
+                    self.parser = self.full_parser
             else:
-                self.parser = self.full_parser
-        elif self.phase == HEAD:
-            self.head_bytes += len(data)
-        try:
-            self.parser.feed_data(data)
-        except HttpParserUpgrade as upgrade:
-            self._client_upgrade(data[upgrade.args[0] :])
-        except HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, ProxyError):
-                self._reject(cause)
-            elif cause is not None:
-                self.crash(cause)
-            else:
+                if self.phase == HEAD:
+                    self.head_bytes += len(data)
+                if self.req.chunked:  # (set once its head is parsed: this read starts in its body)
+                    framed = self.req
+                    received = framed.body_received
+                    lines = self.chunk_lines
+            try:
+                self.parser.feed_data(data)
+            except HttpParserUpgrade as upgrade:
+                upgraded_at = upgrade.args[0]
+            except HttpParserCallbackError as exc:
+                cause = exc.__context__
+                if isinstance(cause, ProxyError):
+                    self._reject(cause)
+                elif cause is not None:
+                    self.crash(cause)
+                else:
+                    self._reject(errors.BadRequest(str(exc)))
+                return
+            except HttpParserError as exc:
                 self._reject(errors.BadRequest(str(exc)))
-            return
-        except HttpParserError as exc:
-            self._reject(errors.BadRequest(str(exc)))
-            return
-        except ProxyError as exc:
-            self._reject(exc)
-            return
-        except Exception as exc:
-            self.crash(exc)
-            return
-        # httptools holds a header until its end arrives: bound the unparsed head by bytes read.
-        settings = self.settings
-        if (
-            self.req is not None
-            and self.head_bytes > settings.max_header_size + settings.max_request_line
-            and (self.phase == HEAD or self.active is None)
-        ):
-            self._reject(errors.HeadersTooLarge("request header block too large"))
+                return
+            except ProxyError as exc:
+                self._reject(exc)
+                return
+            except Exception as exc:
+                self.crash(exc)
+                return
+            else:
+                if framed is not None and self.req is framed:  # a read wholly inside a chunked body
+                    excess = len(data) - (framed.body_received - received) - CHUNK_FRAMING * (self.chunk_lines - lines)
+                    if excess > 0 and not self._framing_fits(framed, excess):
+                        return
+                # httptools holds a header until its end arrives: bound the unparsed head by bytes read.
+                settings = self.settings
+                if (
+                    self.req is not None
+                    and self.head_bytes > settings.max_header_size + settings.max_request_line
+                    and (self.phase == HEAD or self.active is None)
+                ):
+                    self._reject(errors.HeadersTooLarge("request header block too large"))
+                return
+            # What follows the upgrade request is parsed here, outside the except clause and in a
+            # loop: a parse nested in the handler would make the HttpParserUpgrade the __context__
+            # of its callback errors (hiding their ProxyError: a traceback instead of a 4xx), and
+            # recursing once per pipelined upgrade request overflowed the stack.
+            following = self._client_upgrade(data[upgraded_at:])
+            if following is None:
+                return
+            data = following
 
     def eof_received(self) -> bool | None:
         if self.phase == TUNNEL:
@@ -200,11 +235,18 @@ class ClientConnection(asyncio.Protocol):
                 return True
             return None
         self._abandon_mirrors()
+        req = self.active
+        if req is None:
+            return None
+        if req.has_body and not req.complete and self.resp_head is None:
+            # (A half-close and a full close look the same here.) The body can never be completed,
+            # so no response can come: waiting would hold this socket in CLOSE-WAIT and the upstream
+            # connection, which has a partial request, until the body timeout.
+            self._client_gone(req)
+            return None
         # A client that half-closes after its request still gets its response.
-        if self.active is not None:
-            self.close_after = True
-            return True
-        return None
+        self.close_after = True
+        return True
 
     def _abandon_mirrors(self) -> None:
         """The client sends no more: mirror copies still waiting for body bytes will never get them."""
@@ -284,6 +326,9 @@ class ClientConnection(asyncio.Protocol):
             self.port_bytes,
             self.gw.next_request_id(),
         )
+        if not req.upgrade and parser.should_upgrade() and req.has_body:
+            self.skipped_body = req  # routed once its body can be read (_client_upgrade)
+            return
         self._route(req)
 
     def on_raw_headers_complete(self) -> None:
@@ -337,6 +382,9 @@ class ClientConnection(asyncio.Protocol):
                 req, method, version, parser.should_keep_alive(), parser.should_upgrade(), self.client_host,
                 self.scheme, self.port_bytes, request_id,
             )
+            if not req.upgrade and parser.should_upgrade() and req.has_body:
+                self.skipped_body = req  # routed once its body can be read (_client_upgrade)
+                return
         self._route(req)
 
     def _route(self, req: Exchange) -> None:
@@ -398,7 +446,7 @@ class ClientConnection(asyncio.Protocol):
         upstream = self.upstream
         if req is self.active and upstream is not None:
             if self.phase == BODY:
-                self.deadline = monotonic() + self.settings.keepalive_timeout
+                self.deadline = monotonic() + self.settings.body_timeout
             if req.chunked:
                 upstream.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
             else:
@@ -412,6 +460,25 @@ class ClientConnection(asyncio.Protocol):
             req.body_buffered += len(body)
             if req.body_buffered > PENDING_BODY_LIMIT:
                 self.pause_reading(PAUSE_BODY_WAIT)
+
+    def on_chunk_header(self) -> None:
+        self.chunk_lines += 1
+
+    def _framing_fits(self, req: Exchange, excess: int) -> bool:
+        """Count chunk framing beyond CHUNK_FRAMING a chunk; False when that answered 413."""
+        if self.framed is not req:
+            self.framed = req
+            self.framing_excess = 0
+        total = self.framing_excess = self.framing_excess + excess
+        rule = req.rule
+        limit = (rule.max_body_size if rule is not None else 0) or self.settings.max_body_size
+        if total > FRAMING_EXCESS_LIMIT:
+            self._reject(errors.BodyTooLarge(f"chunk extensions and trailers exceed {FRAMING_EXCESS_LIMIT} bytes"))
+            return False
+        if 0 < limit < req.body_received + total:
+            self._reject(errors.BodyTooLarge(f"request body with its chunk extensions exceeds {limit} bytes"))
+            return False
+        return True
 
     def on_message_complete(self) -> None:
         req: Exchange = self.req  # type: ignore[assignment]
@@ -637,7 +704,7 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = (req.started if req.attempts == 0 else monotonic()) + timeout
         else:
             self.phase = BODY
-            self.deadline = monotonic() + self.settings.keepalive_timeout
+            self.deadline = monotonic() + self.settings.body_timeout
 
     def _await_response(self, req: Exchange, now: float) -> None:
         self.phase = WAIT
@@ -784,8 +851,8 @@ class ClientConnection(asyncio.Protocol):
                 return
             self._fail(errors.UpstreamProtocolError("upstream closed the connection without a response"))
             return
-        if self.resp_head.until_close and not conn.message_done:
-            self.upstream_complete(conn)  # a close-delimited body ends with the connection
+        if self.resp_head.until_close and not conn.message_done and not conn.reset:
+            self.upstream_complete(conn)  # a close-delimited body ends with the connection (a FIN)
             return
         self._abort(req, "upstream connection lost mid-response")
 
@@ -805,17 +872,32 @@ class ClientConnection(asyncio.Protocol):
 
     # -- upgrades (WebSocket) --------------------------------------------------------------------
 
-    def _client_upgrade(self, rest: bytes) -> None:
-        """The parser stopped after an upgrade request; hold what follows until the upstream answers."""
+    def _client_upgrade(self, rest: bytes) -> bytes | None:
+        """The parser stopped after an upgrade request: the bytes to parse as HTTP next, or None.
+
+        A WebSocket upgrade holds what follows until the upstream answers; an upgrade gw does not
+        proxy (h2c, …) was served as plain HTTP/1.1, so parsing goes on with fresh parsers.
+        """
         req = self.active if self.active is not None else (self.queue[-1] if self.queue else None)
         if req is not None and req.upgrade:
             self.early_data += rest
             self.pause_reading(PAUSE_TUNNEL)
-        else:
-            # An upgrade we do not proxy (h2c, …): served as plain HTTP; keep parsing.
-            self._new_parsers()
-            if rest:
-                self.data_received(rest)
+            return None
+        self._new_parsers()
+        if self.closed:
+            return None
+        held = self.skipped_body
+        if held is not None:
+            # llhttp skips the body of any upgrade request and already called it complete. A parser
+            # primed with a head that frames the same body reads it, then the requests that follow.
+            self.skipped_body = None
+            held.complete = False
+            self.req = held
+            self.full_parser = self.parser = HttpRequestParser(ResumedBodyCallbacks(self, held))
+            framing = b"Transfer-Encoding: chunked" if held.chunked else b"Content-Length: %d" % held.content_length
+            close = b"" if held.keep_alive else b"Connection: close\r\n"
+            return b"PUT / HTTP/1.1\r\n%b\r\n%b\r\n%b" % (framing, close, rest)
+        return rest or None
 
     def upstream_upgraded(self, rest: bytes) -> None:
         """The upstream switched protocols (101): from now on bytes are piped both ways."""
@@ -948,7 +1030,25 @@ class ClientConnection(asyncio.Protocol):
             upstream.abort()
         self.closed = True
         self.out.clear()
+        self._reset()
+
+    def _reset(self) -> None:
+        """Close the client connection with a RST: transport.abort() alone sends a FIN, which says
+        "complete" to a client reading a body to the close, and "closed cleanly" to any other."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # gone already (or not TCP): abort() is all that is left
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         self.transport.abort()
+
+    def _client_gone(self, req: Exchange) -> None:
+        """The client closed before its request was complete: drop the exchange, logged as nginx's 499."""
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        self.active = None
+        self._record(req, 499, error="client closed the connection before its request body was complete")
+        self._close()  # (aborts the upstream connection: it holds a partial request)
 
     def _close(self) -> None:
         self.closed = True
@@ -997,7 +1097,7 @@ class ClientConnection(asyncio.Protocol):
         if self.upstream is not None:
             self.upstream.abort()
             self.upstream = None
-        self.transport.abort()
+        self._reset()  # (a response it cut short must not look complete)
 
     # -- telemetry --------------------------------------------------------------------------------
 
@@ -1060,12 +1160,55 @@ class RawHeadCallbacks:
     """httptools callbacks for a read holding exactly one request head: no on_url/on_header, so no
     Python call per field; the connection reads the head from the bytes instead."""
 
-    __slots__ = ("on_body", "on_headers_complete", "on_message_complete")
+    __slots__ = ("on_body", "on_chunk_header", "on_headers_complete", "on_message_complete")
 
     def __init__(self, conn: ClientConnection) -> None:
         self.on_headers_complete = conn.on_raw_headers_complete
         self.on_body = conn.on_body
+        self.on_chunk_header = conn.on_chunk_header
         self.on_message_complete = conn.on_message_complete
+
+
+class ResumedBodyCallbacks:
+    """httptools callbacks of a parser primed with a made-up head to read the body of an upgrade
+    request gw serves as HTTP (llhttp skipped it): the made-up head routes the real request, its
+    body goes to the connection, and so does every request after it."""
+
+    __slots__ = ("conn", "held", "priming")
+
+    def __init__(self, conn: ClientConnection, held: Exchange) -> None:
+        self.conn = conn
+        self.held = held
+        self.priming = True
+
+    def on_message_begin(self) -> None:
+        if not self.priming:
+            self.conn.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self.priming:
+            self.conn.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.priming:
+            self.conn.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.priming:
+            self.priming = False
+            self.conn.head_bytes = 0
+            self.conn._route(self.held)
+        else:
+            self.conn.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.conn.on_body(body)
+
+    def on_chunk_header(self) -> None:
+        self.conn.chunk_lines += 1
+
+    def on_message_complete(self) -> None:
+        self.conn.on_message_complete()
 
 
 _PROTOCOLS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}

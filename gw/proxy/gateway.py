@@ -18,12 +18,17 @@ from gw.policies.ratelimit import Limiters
 from gw.policies.registry import PHASES, Build, build_chain
 from gw.proxy.upstream import EndpointPool
 from gw.settings import Settings
+from gw.state import SharedState
 
 if TYPE_CHECKING:
     from gw.proxy.downstream import ClientConnection
     from gw.proxy.mirror import MirrorRequest
 
 SWEEP_INTERVAL = 0.25  # seconds between deadline checks; timeouts fire within this of their time
+# A sweep this much later than planned means the loop did not run: the process was stopped
+# (SIGSTOP, a frozen container) or starved. The time lost is no peer's delay.
+STALL = SWEEP_INTERVAL
+IO_TURN = 0.001  # a timer this short fires after the next poll for I/O, in libuv as in asyncio
 
 
 class Gateway:
@@ -34,7 +39,13 @@ class Gateway:
         loop: asyncio.AbstractEventLoop,
         settings: Settings,
         phases: Sequence[tuple[str, Build]] = PHASES,
+        *,
+        metrics: Registry | None = None,
+        shared: SharedState | None = None,
     ) -> None:
+        """`phases`: the phase kinds rules are served with (gw.policies.registry); `metrics`: the
+        worker's registry (its Redis guard counts into it too); `shared`: the policies' Redis client,
+        guard and key schema (None without Redis)."""
         self.loop = loop
         self.settings = settings
         self.config: CompiledConfig | None = None
@@ -42,7 +53,7 @@ class Gateway:
         self.pools: dict[tuple[str, int], EndpointPool] = {}
         self.connections: set[ClientConnection] = set()
         self.mirrors: set[MirrorRequest] = set()  # RequestMirror copies in flight
-        self.metrics = Registry()
+        self.metrics = metrics if metrics is not None else Registry()
         self.no_route_stats = self.metrics.route("")  # requests answered before a route matched
         self.access_log = AccessLog(settings.access_log, settings.access_log_sample)
         self.draining = False
@@ -56,8 +67,12 @@ class Gateway:
         # far cheaper than uuid4() per request.
         self._request_id_prefix = os.urandom(6).hex().encode()
         self._sweeper: asyncio.TimerHandle | None = None
-        self.limiters = Limiters(self)  # reads redis, guard and keys when it first needs them
-        self.phases = phases  # the phase kinds rules are served with (gw.policies.registry)
+        self._sweep_due = 0.0  # when the next sweep should run (monotonic)
+        self.redis = shared.redis if shared is not None else None
+        self.guard = shared.guard if shared is not None else None
+        self.keys = shared.keys if shared is not None else None
+        self.limiters = Limiters(self)  # reads redis, guard and keys above
+        self.phases = phases
         self.metrics.gauge("gw_client_connections", lambda: len(self.connections))
         self.metrics.gauge(
             "gw_upstream_connections", lambda: sum(p.connections for p in self.pools.values())
@@ -139,11 +154,22 @@ class Gateway:
     # -- periodic work ----------------------------------------------------------------------
 
     def start(self) -> None:
+        self._sweep_due = monotonic() + SWEEP_INTERVAL
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _sweep(self) -> None:
         """Fire expired deadlines (timeouts without a timer per request), age pools, flush logs."""
         now = monotonic()  # the clock of every deadline (uvloop's loop.time() ticks in ms)
+        if now - self._sweep_due > STALL:
+            # The loop was not running. Whatever peers sent meanwhile waits in socket buffers, and
+            # after a stop libuv runs due timers before it polls (epoll_wait returns EINTR on
+            # SIGCONT): expiring now would turn answers that arrived into 504s. So this sweep
+            # first lets the loop read them, one poll, then runs. Deadlines are not shifted by the
+            # gap: a peer that sent nothing in all that time still times out, one poll later.
+            # The deferred sweep runs however late it is (an overloaded loop may always be late).
+            self._sweep_due = float("inf")
+            self._sweeper = self.loop.call_later(IO_TURN, self._sweep)
+            return
         for conn in [c for c in self.connections if c.deadline <= now or 0.0 < c.request_deadline <= now]:
             try:
                 conn.expire(now)
@@ -158,6 +184,7 @@ class Gateway:
         for pool in self.pools.values():
             pool.expire_idle(now)
         self.access_log.flush()
+        self._sweep_due = monotonic() + SWEEP_INTERVAL
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def stop(self) -> None:

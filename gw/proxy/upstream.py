@@ -69,6 +69,7 @@ class UpstreamConnection(asyncio.Protocol):
         "parser",
         "pool",
         "requests",
+        "reset",
         "reused",
         "status",
         "transport",
@@ -84,6 +85,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.reused = False
         self.closed = False
+        self.reset = False  # it ended with an error (a RST), not a FIN
         self.got_bytes = False  # any byte of the current exchange's response arrived
         self.head_only = False  # the current request is HEAD: the response has no body
         self.message_done = False
@@ -156,6 +158,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.reset = exc is not None
         self.pool.forget(self)
         client = self.client
         if client is not None:

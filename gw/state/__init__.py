@@ -1,7 +1,12 @@
-"""Shared state in Redis/Valkey: connection, key schema, scripts, guard, config versions, embedded server.
+"""Shared state in Redis/Valkey: connection, keys, scripts, guard, batching, heartbeats, config versions.
 
-Dependencies point inward: policies and the worker use this package; it imports only gw.config
-(the source snapshot type and checksum) and gw.observe (metrics).
+Also the embedded server; `batch` sends one loop turn's script calls as one pipeline, `fleet` is
+the workers' heartbeat and live count.
+
+Dependencies point inward: policies, the worker, the supervisor and the `gw config` command use
+this package; it imports only gw.config (the source snapshot type and checksum), gw.observe
+(metrics) and gw.children (the embedded server's process), never the settings or the command
+line: what it needs from GW_* variables it is handed.
 """
 
 from gw.state.config_store import (
@@ -18,6 +23,7 @@ from gw.state.embedded import EmbeddedValkey, EmbeddedValkeyError, runtime_dir, 
 from gw.state.follower import ConfigFollower
 from gw.state.guard import RedisGuard, RedisUnavailable
 from gw.state.keys import ConfigKeys, Keys
+from gw.state.shared import SharedState
 
 __all__ = [
     "Client",
@@ -32,6 +38,7 @@ __all__ = [
     "RedisGuard",
     "RedisURLError",
     "RedisUnavailable",
+    "SharedState",
     "Version",
     "VersionConflict",
     "VersionCorrupt",

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgpack
 
-from gw.config.loader import Source, sources_checksum
+from gw.config.snapshot import Snapshot, Source, sources_checksum
 from gw.state import scripts
 from gw.state.connect import Client
 from gw.state.keys import Keys
@@ -75,6 +75,11 @@ class Version:
     def label(self) -> str:
         """The name compile errors and /status use for this snapshot."""
         return f"version {self.number}"
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """Its files as a snapshot named by its label (verified against the checksum when fetched)."""
+        return Snapshot(self.files, self.checksum, self.label)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,25 +177,20 @@ class ConfigStore:
         return None
 
     async def publish(
-        self,
-        files: Sequence[Source],
-        *,
-        author: str,
-        source: str,
-        expected: int | None = None,
-        origin: str = FILES,
+        self, snapshot: Snapshot, *, author: str, expected: int | None = None, origin: str = FILES
     ) -> PublishResult:
-        """Store `files` as a new current version unless they equal the current one.
+        """Store `snapshot` as the new current version unless the current one has its content.
+
+        The snapshot's source is recorded as the version's, its checksum as the files' (not hashed again).
 
         `expected`: the version the caller based this on; if current has moved, VersionConflict.
         None: build on whatever is current, retrying when another publisher wins the race (every
         publish still gets its own version, each recording the one before it as parent).
         """
-        files = tuple(files)
-        checksum = sources_checksum(files)
+        checksum = snapshot.checksum
         parent = expected if expected is not None else await self.current()
         for _ in range(MAX_ATTEMPTS):
-            blob = encode(files, checksum, author, time.time(), source, parent, origin)
+            blob = encode(snapshot.files, checksum, author, time.time(), snapshot.source, parent, origin)
             k = self.keys
             status, number = await _publish(
                 self.client,
@@ -210,4 +210,4 @@ class ConfigStore:
     async def rollback(self, number: int, *, author: str) -> PublishResult:
         """Make version `number`'s content current again, as a new version (history stays linear)."""
         old = await self.fetch(number)
-        return await self.publish(old.files, author=author, source=f"rollback to version {number}", origin=ROLLBACK)
+        return await self.publish(old.snapshot.named(f"rollback to version {number}"), author=author, origin=ROLLBACK)

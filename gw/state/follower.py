@@ -1,11 +1,12 @@
 """Follow the current config version: pub/sub events for speed, a periodic poll so nothing is missed.
 
-Each worker runs one ConfigFollower. A change event triggers a check at once; the poll every
-GW_CONFIG_POLL_INTERVAL heals a missed event (dropped connection, failover, a message published
-while resubscribing). When Redis goes away the follower keeps the last version and reconnects;
-when Redis comes back without any version it says so (`empty`, `on_empty`) so the config source
-can republish. A source serving content Redis does not hold yet sets `pending`: the next answer
-hands on the current version even when its number is the one we serve, so the source can publish.
+The supervisor runs one (its workers hear of versions from it alone). A change event triggers a
+check at once; the poll every GW_CONFIG_POLL_INTERVAL heals a missed event (dropped connection,
+failover, a message published while resubscribing). When Redis goes away the follower keeps the
+last version and reconnects; when Redis comes back without any version it says so (`empty`,
+`on_empty`) so the config source can republish. A source serving content Redis does not hold yet
+sets `pending`: the next answer hands on the current version even when its number is the one we
+serve, so the source can publish.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bench_lib.reload import Gateway, Plan, read_response  # noqa: E402
-from gw.config.loader import read_sources  # noqa: E402
+from gw.config.loader import read_snapshot  # noqa: E402
 from gw.state import ConfigStore, Keys, connect  # noqa: E402
 from tests.support import valkey  # noqa: E402
 from tests.support.gateway import config_yaml, free_port  # noqa: E402
@@ -91,7 +91,7 @@ async def pushes(
             ]
             config.write_text(config_yaml(port, {"up": [("127.0.0.1", upstream)]}, routes))
             started = time.monotonic()
-            published = await store.publish(read_sources(str(config)), author="bench-config", source=str(config))
+            published = await store.publish(read_snapshot(str(config)), author="bench-config")
             while not await served_everywhere(http, admins, published.version, workers):
                 await asyncio.sleep(0.005)  # polling the replicas is the measurement
             result.rollout.append(time.monotonic() - started)

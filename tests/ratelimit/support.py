@@ -10,9 +10,9 @@ from typing import Any
 from gw.config.ratelimit import CLIENT_ADDRESS, GCRA, KeyPart, Limit, RateLimitPolicy
 from gw.config.resources import Meta
 from gw.policies.ratelimit import PolicyLimiter, Verdict
-from gw.policies.ratelimit.batch import ScriptBatcher
 from gw.policies.ratelimit.limiter import SCRIPT
 from gw.state import Keys
+from gw.state.batch import ScriptBatcher
 
 
 class Worker:

@@ -1,5 +1,5 @@
 """PolicyLimiter against a real Valkey: exact across workers, leases within their bound, the
-over-limit cache, failure modes, local scope and the fleet's heartbeats."""
+over-limit cache, failure modes (Local divides by the fleet's live count) and local scope."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from redis.cluster import key_slot
 
 from gw.config.ratelimit import CLOSED, EXACT, LEASED, LOCAL, OPEN, SLIDING_WINDOW
 from gw.policies.ratelimit import PolicyLimiter, Verdict
-from gw.policies.ratelimit.fleet import Fleet
 from gw.state import Keys, RedisGuard, connect, connect_request_path
+from gw.state.fleet import Fleet
 from tests.ratelimit.support import Worker, decide, make_policy, request, script_calls
 from tests.support import valkey
 
@@ -166,20 +166,6 @@ async def test_local_scope_counts_per_replica_without_redis(own_server: valkey.S
         assert sum([(await decide(limiter)).allowed for _ in range(10)]) == 5  # this worker's half
         assert script_calls(own_server) == before
     finally:
-        await client.aclose()
-
-
-async def test_workers_count_each_other_through_heartbeats(server: valkey.Server, keys: Keys) -> None:
-    client = connect(server.url)
-    loop = asyncio.get_running_loop()
-    fleets = [Fleet(loop, client, RedisGuard(1.0), keys.fleet.workers) for _ in range(3)]
-    try:
-        for fleet in fleets:
-            fleet.start()
-        await valkey.eventually(lambda: all(f.live == 3 for f in fleets), "three live workers", timeout=10)
-    finally:
-        for fleet in fleets:
-            fleet.stop()
         await client.aclose()
 
 

@@ -10,6 +10,7 @@ import trustme
 from redis.asyncio.cluster import RedisCluster
 from redis.cluster import key_slot
 
+from gw.config import Snapshot
 from gw.state import ConfigFollower, ConfigStore, Keys, RedisURLError, connect
 from gw.state.scripts import Script
 from tests.support import valkey
@@ -109,14 +110,14 @@ async def test_sentinel_url_finds_the_master_and_follows_a_failover(tmp_path: Pa
     follower = ConfigFollower(store, lambda v: numbers.append(v.number), poll_interval=0.2)
     follower.start()
     try:
-        await store.publish([("a.yaml", b"a")], author="t", source="t")
+        await store.publish(Snapshot.of([("a.yaml", b"a")], "t"), author="t")
         assert (await client.connection_pool.get_master_address())[1] == group.master.port
         await eventually(lambda: numbers == [1], "the follower to see version 1")
         new = group.failover()
         assert new is group.replica
         # The same client object keeps working: its connection to the dead master fails, it asks
         # the Sentinels again and the write lands on the promoted replica (which has version 1).
-        assert (await store.publish([("a.yaml", b"b")], author="t", source="t")).version == 2
+        assert (await store.publish(Snapshot.of([("a.yaml", b"b")], "t"), author="t")).version == 2
         with new.client() as direct:
             assert direct.get(Keys("gw").config.current) == b"2"
         # The follower lost its subscription with the old master and found the new one.

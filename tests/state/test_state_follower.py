@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from gw.config import Snapshot
 from gw.state import Client, ConfigFollower, ConfigStore, Keys, Version, connect
 from tests.support import valkey
 from tests.support.valkey import eventually
@@ -40,9 +41,9 @@ async def test_follower_hands_on_each_new_version_from_the_change_event(client: 
     try:
         await eventually(lambda: follower.checks >= 1, "the first check")
         assert follower.empty and seen.empty == 1  # nothing published yet: the source should publish
-        await store.publish(files("a"), author="a", source="s")
+        await store.publish(Snapshot.of(files("a"), "s"), author="a")
         await eventually(lambda: seen.numbers == [1], "version 1")
-        await store.publish(files("b"), author="a", source="s")
+        await store.publish(Snapshot.of(files("b"), "s"), author="a")
         await eventually(lambda: seen.numbers == [1, 2], "version 2")
         assert seen.versions[1].files == tuple(files("b"))
         assert follower.version == 2 and not follower.empty
@@ -60,7 +61,7 @@ async def test_follower_heals_a_missed_event_by_polling(client: Client, keys: Ke
     silent.keys = dataclasses.replace(keys.config, channel=f"{keys.prefix}:nobody-listens")
     try:
         await eventually(lambda: follower.checks >= 1, "the first check")
-        await silent.publish(files("a"), author="a", source="s")
+        await silent.publish(Snapshot.of(files("a"), "s"), author="a")
         await eventually(lambda: seen.numbers == [1], "version 1 by polling")
     finally:
         await follower.stop()
@@ -75,8 +76,8 @@ async def test_follower_keeps_its_version_while_redis_is_gone_and_reports_an_emp
     follower = ConfigFollower(store, seen.on_version, poll_interval=0.1, on_empty=seen.on_empty)
     follower.start()
     try:
-        await store.publish(files("a"), author="a", source="s")
-        await store.publish(files("b"), author="a", source="s")
+        await store.publish(Snapshot.of(files("a"), "s"), author="a")
+        await store.publish(Snapshot.of(files("b"), "s"), author="a")
         await eventually(lambda: follower.version == 2, "version 2")
         empty_before = seen.empty
 
@@ -90,7 +91,7 @@ async def test_follower_keeps_its_version_while_redis_is_gone_and_reports_an_emp
         assert follower.version == 2  # still serving what it had
 
         # The source republishes; numbering restarts at 1 and the follower takes it.
-        await store.publish(files("b"), author="source", source="republish")
+        await store.publish(Snapshot.of(files("b"), "republish"), author="source")
         await eventually(lambda: seen.numbers[-1:] == [1], "the republished version")
         assert not follower.empty
     finally:
@@ -110,10 +111,10 @@ async def test_a_failing_callback_does_not_stop_the_follower(client: Client, key
     follower = ConfigFollower(store, picky, poll_interval=3600)
     follower.start()
     try:
-        await store.publish(files("a"), author="a", source="s")
+        await store.publish(Snapshot.of(files("a"), "s"), author="a")
         await eventually(lambda: follower.version == 1, "version 1 tried")
         assert "does not compile here" in follower.apply_error
-        await store.publish(files("b"), author="a", source="s")
+        await store.publish(Snapshot.of(files("b"), "s"), author="a")
         await eventually(lambda: seen.numbers == [2], "version 2")
         assert follower.apply_error == ""
     finally:
@@ -128,7 +129,7 @@ async def test_follower_on_a_cluster_sees_events(cluster: valkey.Cluster, keys: 
     follower.start()
     try:
         await eventually(lambda: follower.checks >= 1, "the first check")
-        await store.publish(files("a"), author="a", source="s")
+        await store.publish(Snapshot.of(files("a"), "s"), author="a")
         await eventually(lambda: seen.numbers == [1], "version 1 via a Cluster event")
     finally:
         await follower.stop()

@@ -10,15 +10,21 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gw.config import Snapshot
 from gw.settings import Settings
 from gw.state import ConfigStore, Keys, Version, connect
 from gw.state.config_store import PUSH
-from supervisor.publisher import Publisher
+from gw.supervisor.publisher import Publisher
 from tests.support import valkey
 
 
 def files(text: str) -> list[tuple[str, bytes]]:
     return [("/etc/gw/routes.yaml", text.encode())]
+
+
+def read(text: str) -> Snapshot:
+    """The files as the supervisor reads them at start or on HUP."""
+    return Snapshot.of(files(text), "routes.yaml")
 
 
 class Served:
@@ -45,8 +51,8 @@ async def publisher(own_server: valkey.Server, keys: Keys) -> AsyncIterator[tupl
     settings = Settings.from_env({"GW_REDIS_URL": own_server.url, "GW_REDIS_PREFIX": keys.prefix})
     publisher = Publisher(settings, served.on_version)
     publisher.start_server()
-    assert await publisher.publish(files("a"), "routes.yaml", start=True) == 1
-    publisher.follow(1, publisher.files_checksum, lambda: (files("a"), "routes.yaml"))
+    assert await publisher.publish(read("a"), start=True) == 1
+    publisher.follow(1, publisher.files_checksum, lambda: read("a"))
     assert publisher.follower is not None
     await publisher.follower.stop()  # checks are driven by the test
     yield publisher, served
@@ -56,7 +62,7 @@ async def publisher(own_server: valkey.Server, keys: Keys) -> AsyncIterator[tupl
 async def hup_while_redis_is_paused(publisher: Publisher, server: valkey.Server, text: str) -> None:
     server.pause()
     try:
-        assert await publisher.publish(files(text), "routes.yaml") is None
+        assert await publisher.publish(read(text)) is None
     finally:
         server.resume()
     assert publisher.unpublished is not None and publisher.describe(1) == "unpublished, based on version 1"
@@ -78,7 +84,7 @@ async def test_a_push_made_after_the_unpublished_hup_wins(
 ) -> None:
     pub, served = publisher
     await hup_while_redis_is_paused(pub, own_server, "b")
-    await store.publish(files("pushed"), author="op", source="gw config push x.yaml", origin=PUSH)  # version 2
+    await store.publish(Snapshot.of(files("pushed"), "gw config push x.yaml"), author="op", origin=PUSH)  # version 2
     assert pub.follower is not None
     await pub.follower.check()
     assert await store.current() == 2  # the HUP's content was not published over the newer push
@@ -90,7 +96,7 @@ async def test_an_unpublished_hup_wins_over_a_push_made_before_it(
 ) -> None:
     pub, served = publisher
     # Published while this replica did not see it (its follower is not checking), then the HUP.
-    await store.publish(files("pushed"), author="op", source="gw config push x.yaml", origin=PUSH)  # version 2
+    await store.publish(Snapshot.of(files("pushed"), "gw config push x.yaml"), author="op", origin=PUSH)  # version 2
     await hup_while_redis_is_paused(pub, own_server, "b")
     assert pub.follower is not None
     await pub.follower.check()
@@ -106,6 +112,6 @@ async def test_files_read_again_unchanged_after_a_reload_that_kept_objects_are_u
     from gw.config.resources import KEPT_FILE
 
     pub, _ = publisher
-    read = files("b")
-    assert await pub.publish([*read, (KEPT_FILE, b"kind: Namespace\nmetadata: {name: kept}\n")], "routes.yaml") == 2
-    assert pub.files_unchanged(read)  # else a HUP of untouched files would publish over a later push
+    kept = Snapshot.of([*files("b"), (KEPT_FILE, b"kind: Namespace\nmetadata: {name: kept}\n")], "routes.yaml")
+    assert await pub.publish(kept, read=read("b").checksum) == 2
+    assert pub.files_unchanged(read("b"))  # else a HUP of untouched files would publish over a later push

@@ -33,9 +33,9 @@ from typing import Any, Protocol
 
 from gw.config.ratelimit import CLOSED, LEASED, LOCAL, OPEN, SLIDING_WINDOW, RateLimitPolicy
 from gw.policies.ratelimit.algorithms import LocalCounter, Outcome, Quota
-from gw.policies.ratelimit.batch import ScriptBatcher
 from gw.policies.ratelimit.headers import Fields, limit_names, policy_field, retry_after, state_field
 from gw.policies.ratelimit.identify import key_function, reads_fields
+from gw.state.batch import ScriptBatcher
 from gw.state.guard import RedisUnavailable
 from gw.state.scripts import load
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from gw.config.model import CompiledConfig
 from gw.config.ratelimit import LOCAL, RateLimitPolicy
-from gw.policies.ratelimit.batch import ScriptBatcher
-from gw.policies.ratelimit.fleet import Fleet
 from gw.policies.ratelimit.limiter import SCRIPT, Done, Fields, PolicyLimiter, Verdict
+from gw.state.batch import ScriptBatcher
+from gw.state.fleet import Fleet
 
 WARM_TRIES = 100  # polls for the worker's Redis client after a config with rate limits arrives
 WARM_INTERVAL = 0.1

@@ -12,9 +12,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from gw.settings import Settings, SettingsError
+from gw.commands import settings as read_settings
+from gw.settings import Settings
 
 if TYPE_CHECKING:
+    from gw.config import Snapshot
     from gw.state.config_store import ConfigStore, PublishResult, Version
 
 Command = Callable[["ConfigStore", argparse.Namespace], Awaitable[int]]
@@ -23,7 +25,7 @@ EXIT_INVALID = 1  # invalid config, unknown version
 EXIT_NO_REDIS = 2  # nothing to talk to, or it did not answer
 
 
-def add_config_parser(sub: Any) -> None:
+def register(sub: Any) -> None:
     """Register `gw config ...` on the top-level subparsers."""
     config = sub.add_parser("config", help="Inspect, push and roll back config versions in Redis.")
     commands = config.add_subparsers(dest="config_command", required=True)
@@ -67,15 +69,11 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     from gw.state.config_store import ConfigStoreError
 
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"gw: {exc}", file=sys.stderr)
-        return EXIT_NO_REDIS
+    settings = read_settings()
     if args.config_command == "push":
         # Validation needs no Redis: an invalid config is refused even when Redis is down.
-        args.sources = _validated(settings, args.path)
-        if args.sources is None:
+        args.snapshot = _validated(settings, args.path)
+        if args.snapshot is None:
             return EXIT_INVALID
     url = redis_url(settings)
     if url is None:
@@ -98,20 +96,12 @@ def cmd_config(args: argparse.Namespace) -> int:
         return EXIT_NO_REDIS
 
 
-def _validated(settings: Settings, path: str) -> list[tuple[str, bytes]] | None:
-    from gw.config import ConfigError, compile_sources, read_sources
+def _validated(settings: Settings, path: str) -> Snapshot | None:
+    from gw.config import ConfigError, compile_snapshot, read_snapshot
 
     try:
-        sources = read_sources(path)
-        result = compile_sources(
-            sources,
-            source=path,
-            port_offset=settings.listener_port_offset,
-            controller_name=settings.controller_name,
-            default_max_body_size=settings.max_body_size,
-            gateway=settings.gateway or None,
-        )
-        errors = result.errors
+        snapshot = read_snapshot(path)
+        errors = compile_snapshot(snapshot, settings).errors
     except ConfigError as exc:
         errors = [exc]
     for error in errors:
@@ -119,7 +109,7 @@ def _validated(settings: Settings, path: str) -> list[tuple[str, bytes]] | None:
     if errors:
         print(f"gw config: {path} is invalid: not pushed", file=sys.stderr)
         return None
-    return sources
+    return snapshot
 
 
 async def _with_store(settings: Settings, url: str, command: Command, args: argparse.Namespace) -> int:
@@ -187,8 +177,9 @@ async def _diff(store: ConfigStore, args: argparse.Namespace) -> int:
 async def _push(store: ConfigStore, args: argparse.Namespace) -> int:
     from gw.state.config_store import PUSH
 
-    # args.sources come from read_sources, as the supervisor's files do: equal content, equal checksum.
-    result = await store.publish(args.sources, author=args.author, source=f"gw config push {args.path}", origin=PUSH)
+    # Read as the supervisor reads its files: equal content, equal checksum.
+    snapshot = args.snapshot.named(f"gw config push {args.path}")
+    result = await store.publish(snapshot, author=args.author, origin=PUSH)
     _print_publish(result)
     return 0
 

@@ -1,0 +1,51 @@
+"""`gw check` and `gw routes`: a config compiled offline, as the gateway would, and reported."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from gw.commands import settings
+
+
+def register(sub: Any) -> None:
+    check = sub.add_parser("check", help=cmd_check.__doc__)
+    check.add_argument("path")
+    check.set_defaults(func=cmd_check)
+    routes = sub.add_parser("routes", help=cmd_routes.__doc__)
+    routes.add_argument("path")
+    routes.set_defaults(func=cmd_routes)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a config offline; print every error and each object's conditions; exit non-zero on error."""
+    from gw.config import ConfigError, load_with
+    from gw.config.status import status_lines
+
+    try:
+        result = load_with(settings(), args.path)
+    except ConfigError as exc:
+        print(f"error: {exc}")
+        return 1
+    rules = len(result.config.rules)
+    ports = ", ".join(f"{p.declared_port}/{p.protocol}" for p in result.config.ports)
+    print(f"{'invalid' if result.errors else 'ok'}: {rules} rules on ports {ports or '(none)'}")
+    for error in result.errors:
+        print(f"error: {error}")
+    for line in status_lines(result):
+        print(line)
+    return 1 if result.errors else 0
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    """Print the compiled route table in precedence order."""
+    from gw.config import ConfigError, describe, load_with
+
+    try:
+        result = load_with(settings(), args.path)
+    except ConfigError as exc:
+        print(f"error: {exc}")
+        return 1
+    for line in describe(result.config):
+        print(line)
+    return 0
