@@ -205,7 +205,7 @@ class SupervisedWorker:
             self.apply_config(message)
         elif kind == "stats":
             stats = self.worker.stats()
-            guard = self.worker.gateway.guard
+            guard = self.worker.gateway.limiters.guard
             if guard is not None:
                 stats["redis"] = {"breaker": guard.state}
             self.channel.reply(message, {"t": "stats", **stats})

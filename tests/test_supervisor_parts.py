@@ -178,7 +178,7 @@ async def test_a_worker_is_built_with_its_redis_client_guard_and_keys() -> None:
     shared = SharedState.from_settings(settings, metrics)
     assert shared is not None and shared.keys.prefix == "pfx"
     worker = Worker(settings, metrics=metrics, shared=shared)
-    limits = worker.gateway.ratelimits
+    limits = worker.gateway.limiters
     assert (limits.redis, limits.guard, limits.keys) == (shared.redis, shared.guard, shared.keys)
     assert worker.gateway.metrics is metrics and "gw_redis_breaker_open" in metrics.render().decode()
     await shared.redis.aclose()

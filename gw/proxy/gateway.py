@@ -68,10 +68,7 @@ class Gateway:
         self._request_id_prefix = os.urandom(6).hex().encode()
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_due = 0.0  # when the next sweep should run (monotonic)
-        self.redis = shared.redis if shared is not None else None
-        self.guard = shared.guard if shared is not None else None
-        self.keys = shared.keys if shared is not None else None
-        self.limiters = Limiters(self)  # reads redis, guard and keys above
+        self.limiters = Limiters(loop, settings, self.metrics, shared)
         self.phases = phases
         self.metrics.gauge("gw_client_connections", lambda: len(self.connections))
         self.metrics.gauge(

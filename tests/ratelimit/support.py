@@ -16,7 +16,7 @@ from gw.state.batch import ScriptBatcher
 
 
 class Worker:
-    """The Shared a PolicyLimiter runs on (what RateLimits lends it in a real worker)."""
+    """The Shared a PolicyLimiter runs on (what Limiters lends it in a real worker)."""
 
     def __init__(self, redis: Any, guard: Any, keys: Keys, local_workers: int = 1, fleet: Any = None) -> None:
         self.loop = asyncio.get_running_loop()

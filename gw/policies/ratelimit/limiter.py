@@ -21,7 +21,7 @@ divided by the replica's worker count.
 failureMode, when Redis cannot answer within the guard's budget (or its breaker is open); tokens a
 worker already leased are spent first (Redis counted them when it granted them):
   Open    allow; Closed  answer 503; Local  count in this worker with each limit divided by the
-  number of live workers of the fleet (heartbeats in Redis, gw.policies.ratelimit.fleet).
+  number of live workers of the fleet (heartbeats in Redis, gw.state.fleet).
 """
 
 from __future__ import annotations

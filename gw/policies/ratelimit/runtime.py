@@ -17,56 +17,38 @@ from gw.config.ratelimit import LOCAL, RateLimitPolicy
 from gw.policies.ratelimit.limiter import SCRIPT, Done, Fields, PolicyLimiter, Verdict
 from gw.state.batch import ScriptBatcher
 from gw.state.fleet import Fleet
+from gw.state.shared import SharedState
 
-WARM_TRIES = 100  # polls for the worker's Redis client after a config with rate limits arrives
-WARM_INTERVAL = 0.1
 WARM_TIMEOUT = 2.0
 
 
 class Limiters:
-    """The rate-limit state of one worker. `gateway` lends loop, settings, metrics, redis, guard, keys."""
+    """The rate-limit state of one worker: what its limiters share (gw.policies.ratelimit.limiter.Shared)."""
 
-    def __init__(self, gateway: Any) -> None:
-        self.gateway = gateway
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, settings: Any, metrics: Any, shared: SharedState | None
+    ) -> None:
+        self.loop = loop
+        # The worker's Redis client, guard and key schema; without Redis (None) every decision
+        # takes its policy's failureMode.
+        self.redis = shared.redis if shared is not None else None
+        self.guard = shared.guard if shared is not None else None
+        self.keys = shared.keys if shared is not None else None
+        self.counters: dict[Any, int] = metrics.counters  # the worker's, kept across reloads
         self.limiters: dict[str, PolicyLimiter] = {}
         self.needs_fleet = False
-        self._fleet: Fleet | None = None
+        self.fleet: Fleet | None = None
         self._batcher: ScriptBatcher | None = None
-        self._warming = False
         self._warm_task: asyncio.Task[None] | None = None
-        workers = gateway.settings.workers
+        workers = settings.workers
         self.local_workers = workers if workers > 0 else len(os.sched_getaffinity(0))
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self.gateway.loop  # type: ignore[no-any-return]
-
-    @property
-    def redis(self) -> Any:
-        return getattr(self.gateway, "redis", None)
-
-    @property
-    def guard(self) -> Any:
-        return getattr(self.gateway, "guard", None)
-
-    @property
-    def keys(self) -> Any:
-        return self.gateway.keys
 
     @property
     def batcher(self) -> ScriptBatcher:
         batcher = self._batcher
         if batcher is None:
-            batcher = self._batcher = ScriptBatcher(self.loop, SCRIPT, self.gateway.redis, self.gateway.guard)
+            batcher = self._batcher = ScriptBatcher(self.loop, SCRIPT, self.redis, self.guard)
         return batcher
-
-    @property
-    def fleet(self) -> Fleet | None:
-        return self._fleet
-
-    @property
-    def counters(self) -> dict[Any, int]:
-        return self.gateway.metrics.counters  # type: ignore[no-any-return]
 
     def install(self, config: CompiledConfig) -> None:
         """Make the limiters of a new snapshot's policies; unchanged policies keep theirs."""
@@ -75,35 +57,23 @@ class Limiters:
             for policy in rule.rate_limit_policies:
                 self._limiter(policy, old)
         self.needs_fleet = any(limiter.policy.failure_mode == LOCAL for limiter in self.limiters.values())
-        if self.limiters and not self._warming:
-            self._warming = True
-            self.loop.call_soon(self._prepare, WARM_TRIES)
+        if self.limiters and self.redis is not None and self._warm_task is None:
+            self.loop.call_soon(self._prepare)
 
-    def _prepare(self, tries: int) -> None:
-        """Once the worker has its Redis client: start heartbeats, load the script, open a connection.
+    def _prepare(self) -> None:
+        """Start heartbeats, load the script, open a connection: off the request path, so the first
+        decision does not pay a connect and a NOSCRIPT within its budget (and fail open or closed)."""
+        if self.needs_fleet and self.fleet is None:
+            self.fleet = Fleet(self.loop, self.redis, self.guard, self.keys.fleet.workers)
+            self.fleet.start()
+        self._warm_task = self.loop.create_task(self._warm())
 
-        Off the request path, so the first decision does not pay a connect and a NOSCRIPT within
-        its budget (and fail open or closed for it). The worker connects to Redis after its first
-        config is installed, hence the short poll.
-        """
-        redis = self.redis
-        if redis is None:
-            if tries > 0:
-                self.loop.call_later(WARM_INTERVAL, self._prepare, tries - 1)
-            else:
-                self._warming = False
-            return
-        if self.needs_fleet and self._fleet is None:
-            self._fleet = Fleet(self.loop, redis, self.gateway.guard, self.gateway.keys.fleet.workers)
-            self._fleet.start()
-        self._warm_task = self.loop.create_task(self._warm(redis))
-
-    async def _warm(self, redis: Any) -> None:
+    async def _warm(self) -> None:
         try:
             async with asyncio.timeout(WARM_TIMEOUT):
-                await redis.script_load(SCRIPT.source)
+                await self.redis.script_load(SCRIPT.source)
         except Exception:  # Redis away: decisions take their failureMode until it answers
-            self._warming = False
+            self._warm_task = None  # the next snapshot with limits tries again
 
     def for_policies(self, policies: Sequence[RateLimitPolicy]) -> PolicyLimiter | LimiterGroup:
         """What decides for a rule with these policies (installed): one limiter, or a group of them."""
@@ -121,8 +91,8 @@ class Limiters:
         return limiter
 
     def stop(self) -> None:
-        if self._fleet is not None:
-            self._fleet.stop()
+        if self.fleet is not None:
+            self.fleet.stop()
 
 
 class LimiterGroup:
