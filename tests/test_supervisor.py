@@ -434,8 +434,11 @@ def test_ctrl_c_leaves_the_embedded_valkey_serving_until_the_workers_have_draine
         client = gw.connect()
         client.send(b"GET /wait/ctrl-c HTTP/1.1\r\nHost: x\r\n\r\n")
         wait_until(lambda: any(s.target == "/wait/ctrl-c" for s in upstream.seen), what="the request upstream")
+        workers = [p for p in psutil.Process(gw.pid).children() if p is not valkey and p.pid != valkey.pid]
         os.killpg(gw.pid, signal.SIGINT)
         gw.wait_for_log("gw: shutting down")
+        # The worker hears of the drain over its control channel: after the supervisor's line.
+        wait_until(lambda: all("draining" in " ".join(w.cmdline()) for w in workers), what="the workers draining")
         # The worker drains with the request in flight; Redis is still there for it and the supervisor.
         assert valkey.is_running() and ping(runtime / "gw-valkey.sock")
         upstream.open_gate("ctrl-c")
