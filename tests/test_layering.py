@@ -1,6 +1,6 @@
 """gw's dependency structure: which way imports point, and which modules a process loads.
 
-Dependencies point one way (DESIGN.md, Layout): proxy → policies → state; config never imports
+Dependencies point one way (docs/architecture.md, Processes): proxy → policies → state; config never imports
 proxy; nothing imports the supervisor. The static tests read every module of gw/ and supervisor/
 with ast, imports inside functions and under TYPE_CHECKING included, so the structure cannot rot
 one convenient import at a time; the last test imports the supervisor for real.
@@ -174,7 +174,7 @@ def test_imports_point_down_the_layers() -> None:
 
 
 def test_the_proxy_policies_state_chain_and_config_below_them() -> None:
-    """The directions DESIGN.md names, whatever LAYERS says: the list must not drift from them."""
+    """The directions docs/architecture.md names, whatever LAYERS says: the list must not drift from them."""
     assert LAYER["gw.proxy"] > LAYER["gw.policies"] > LAYER["gw.state"] > LAYER["gw.config"]
 
 

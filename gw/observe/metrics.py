@@ -2,7 +2,7 @@
 
 prometheus_client's per-call label lookup and locking cost several µs per request; the data
 plane instead bumps plain integers in a preallocated RouteStats and renders the exposition text
-only when scraped (DESIGN.md §2: every hot-path step must earn its microseconds).
+only when scraped (docs/architecture.md, performance rules: every hot-path step must earn its microseconds).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Client side of the proxy: one asyncio.Protocol per client connection drives every exchange.
 
-No task or future per request (DESIGN.md §2): httptools callbacks record the request, the
+No task or future per request (docs/architecture.md, performance rules): httptools callbacks record the request, the
 exchange moves on from protocol callbacks of both sides, and timeouts are deadlines that the
 worker's sweeper checks, not a timer per request. One request is in flight per connection;
 pipelined ones queue behind it and are answered in order.

@@ -1,6 +1,6 @@
 """A request head: its validation (RFC 9110/9112) and the head that goes upstream, as bytes.
 
-Headers stay bytes end to end (DESIGN.md §2: no regex, no str round trips on the hot path).
+Headers stay bytes end to end (docs/architecture.md, performance rules: no regex, no str round trips).
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""scripts/bench: gw against nginx as a reverse proxy, measured as DESIGN.md §2 describes."""
+"""scripts/bench: gw against nginx as a reverse proxy, measured as docs/architecture.md describes."""

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-# 12 bytes, as in DESIGN.md §2: small enough that the proxies' per-request overhead dominates.
+# 12 bytes, as in the measurements docs/architecture.md cites: per-request overhead dominates.
 UPSTREAM_BODY = "hello world\n"
 GW_CONTROLLER = "gw.dev/gateway-controller"
 

@@ -28,7 +28,7 @@ FOREIGN_WARN = 0.10  # share of the proxy core used by other processes that make
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="scripts/bench",
-        description="gw vs nginx as a reverse proxy on one pinned core (DESIGN.md §2 method).",
+        description="gw vs nginx as a reverse proxy on one pinned core (docs/architecture.md, performance rules).",
     )
     p.add_argument("--runs", type=int, default=5, help="measured runs per proxy; the median is reported")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
@@ -44,7 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--baseline", action="store_true",
                    help="also run wrk straight at the upstream (the load side's ceiling)")
     p.add_argument("--nginx-access-log", action="store_true",
-                   help="turn the reference nginx's access log on (off by default, as in DESIGN.md §2)")
+                   help="turn the reference nginx's access log on (off by default, as measured before)")
     p.add_argument("--proxy-core", type=int, default=0, help="core for the proxy under test")
     p.add_argument("--load-core", type=int, default=1, help="core for wrk and the upstream nginx")
     p.add_argument("--python", default=sys.executable, help="interpreter that runs `-m gw run`")
