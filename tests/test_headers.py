@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.gateway import GatewayProcess, Wire, http_request, wire
+from tests.support.shapes import SHAPES, send_shaped, settle
 from tests.support.upstream import Seen, Upstream
 
 # Hop-by-hop fields of RFC 9110 §7.6.1 and the legacy Proxy-* ones a gateway must not forward.
@@ -189,3 +190,39 @@ def test_invalid_request_id_is_replaced(conn: Wire, module_upstream: Upstream, b
     (seen,) = [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
     assert seen.header_list("x-request-id") == [returned]
     assert not any(bad in value for _, value in seen.headers)
+
+
+# -- Connection cannot take away what the request depends on --------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_connection_naming_host_is_refused(
+    shape: str, conn: Wire, gw: GatewayProcess, module_upstream: Upstream
+) -> None:
+    """Removing Host as Connection asks would send the upstream an HTTP/1.1 request without one."""
+    marker = f"connection-host-{shape}"
+    head = f"GET /echo?{marker} HTTP/1.1\r\nHost: example.test\r\nConnection: close, Host\r\n\r\n".encode()
+    resp = send_shaped(conn, shape, head, marker)
+    assert resp.status == 400
+    settle(gw, marker)
+    assert not [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gateway_fields_survive_connection_naming_them(shape: str, conn: Wire, module_upstream: Upstream) -> None:
+    """A client's fields named in Connection are dropped; the ones the gateway sets are its own."""
+    marker = f"connection-gw-fields-{shape}"
+    names = "X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, X-Forwarded-Port, X-Request-ID"
+    head = http_request(
+        "GET", f"/echo?{marker}", [("Connection", names), ("X-Forwarded-Host", "evil.test"), ("X-Other", "kept")]
+    )
+    resp = send_shaped(conn, shape, head, marker)
+    assert resp.status == 200
+    (seen,) = [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+    assert seen.header_list("x-forwarded-for")[-1].endswith("127.0.0.1")
+    assert seen.header_list("x-forwarded-proto") == ["http"]
+    assert seen.header_list("x-forwarded-host") == ["example.test"]
+    assert len(seen.header_list("x-forwarded-port")) == 1
+    assert seen.header_list("x-request-id") == [resp.header("x-request-id")]
+    assert seen.header("x-other") == "kept"
+    assert seen.header_list("host") == ["example.test"]

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.gateway import GatewayProcess, Wire, http_request, wire
+from tests.support.shapes import SHAPES, send_shaped, settle
 from tests.support.upstream import Upstream
 
 HEAD = b"POST /front HTTP/1.1\r\nHost: example.test\r\n"
@@ -62,6 +63,19 @@ def attempt(case: str) -> bytes:
         "cl-hex": HEAD + b"Content-Length: 0x%x\r\n\r\n%b" % (n, S),
         "cl-empty": HEAD + b"Content-Length: \r\n\r\n" + S,
         "cl-overflow": HEAD + b"Content-Length: 99999999999999999999999\r\n\r\n" + S,
+        # -- Connection naming a framing field (RFC 9110 §7.6.1 would have it removed, and with it
+        # the framing the body was read with, or the Host the request was routed by)
+        "connection-names-content-length": HEAD
+        + b"Connection: Content-Length\r\nContent-Length: %d\r\n\r\n%b" % (n, S),
+        "connection-names-content-length-among-others": HEAD
+        + b"Connection: keep-alive, X-Trace, content-length\r\nContent-Length: %d\r\n\r\n%b" % (n, S),
+        "connection-names-content-length-second-line": HEAD
+        + b"Connection: keep-alive\r\nContent-Length: %d\r\nConnection: CONTENT-LENGTH\r\n\r\n%b" % (n, S),
+        "connection-names-transfer-encoding": HEAD
+        + b"Connection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + chunk_of(S)
+        + b"0\r\n\r\n",
+        "connection-names-host": b"GET /front HTTP/1.1\r\nHost: example.test\r\nConnection: close, Host\r\n\r\n" + S,
         # -- chunk-size tricks (RFC 9112 §7.1: chunk-size = 1*HEXDIG)
         "chunk-size-overflow": HEAD + b"Transfer-Encoding: chunked\r\n\r\nfffffffffffffffff1\r\n" + S,
         "chunk-size-negative": HEAD + b"Transfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n" + S,
@@ -125,6 +139,11 @@ CASES = {
     "cl-hex": {400},
     "cl-empty": {400},
     "cl-overflow": {400, 413},
+    "connection-names-content-length": {400},
+    "connection-names-content-length-among-others": {400},
+    "connection-names-content-length-second-line": {400},
+    "connection-names-transfer-encoding": {400},
+    "connection-names-host": {400},
     "chunk-size-overflow": {400, 413},
     "chunk-size-negative": {400},
     "chunk-size-0x-prefix": {400},
@@ -194,3 +213,47 @@ def test_corpus_requests_are_well_formed_apart_from_their_trick(conn: Wire, modu
     assert conn.read_response().status == 200
     assert conn.read_response().status == 200
     assert [s.target for s in module_upstream.seen if s.target == "/smuggled-control"] == ["/smuggled-control"]
+
+
+# -- a head alone in its read takes the gateway's fast path: the same refusals hold there ----------
+
+HEADS = {
+    "connection-names-content-length": b"POST /front-%s HTTP/1.1\r\nHost: example.test\r\n"
+    b"Connection: Content-Length\r\nContent-Length: 60\r\n\r\n",
+    "connection-names-transfer-encoding": b"POST /front-%s HTTP/1.1\r\nHost: example.test\r\n"
+    b"Connection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
+    "connection-names-host": b"GET /front-%s HTTP/1.1\r\nHost: example.test\r\nConnection: close, Host\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("case", list(HEADS))
+def test_framing_trick_is_refused_in_either_shape(
+    case: str, shape: str, conn: Wire, gw: GatewayProcess, module_upstream: Upstream
+) -> None:
+    """The head alone (no body sent: the answer comes at the head) and behind a pipelined request."""
+    marker = f"{case}-{shape}"
+    resp = send_shaped(conn, shape, HEADS[case] % marker.encode(), marker)
+    assert resp.status == 400
+    assert resp.header("content-type") == "application/problem+json"
+    assert conn.closed_by_peer()
+    settle(gw, marker)
+    assert f"/front-{marker}" not in [s.target for s in module_upstream.seen]
+
+
+def test_connection_naming_content_length_hides_nothing(
+    conn: Wire, gw: GatewayProcess, module_upstream: Upstream
+) -> None:
+    """The corpus's critical case spelled out: a request hidden in the body of a POST whose
+    Connection names Content-Length reaches the upstream neither as a body nor as a request."""
+    hidden = b"GET /admin/hidden HTTP/1.1\r\nHost: example.test\r\n\r\n"
+    conn.send(
+        b"POST /public HTTP/1.1\r\nHost: example.test\r\nConnection: Content-Length\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(hidden), hidden)
+    )
+    assert conn.read_response().status == 400
+    assert conn.closed_by_peer()
+    settle(gw, "hidden")
+    targets = [s.target for s in module_upstream.seen]
+    assert "/public" not in targets
+    assert "/admin/hidden" not in targets

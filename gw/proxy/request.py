@@ -37,6 +37,10 @@ _SPECIAL = HOP_BY_HOP | {
     b"x-request-id",
 }
 _CONNECTION_TOKENS_HANDLED = frozenset({b"close", b"keep-alive", b"upgrade", b""})
+# Fields that say where the request goes and where its body ends. A Connection token naming one
+# would have gw forward a body the upstream frames differently, or a request without its Host:
+# such a request is refused rather than forwarded as a different one.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 _MAX_REQUEST_ID = 200
 _TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ=:/@")
@@ -102,7 +106,8 @@ def prepare(
     """Validate the head of `req` and build the head that goes upstream (RFC 9110/9112).
 
     Raises BadRequest for anything that could smuggle or confuse: framing conflicts the parser
-    lets through, a Transfer-Encoding other than plain chunked, duplicate Host, a missing Host.
+    lets through, a Transfer-Encoding other than plain chunked, a Connection naming a framing
+    field, duplicate Host, a missing Host.
     """
     req.method = method
     req.version = version
@@ -163,6 +168,8 @@ def prepare(
     if connection_tokens is not None:
         extra = {t for t in connection_tokens if t not in _CONNECTION_TOKENS_HANDLED}
         if extra:
+            if not extra.isdisjoint(_FRAMING):
+                raise BadRequest("Connection names a field the request cannot go without")
             # Fields named in Connection are hop-by-hop too (RFC 9110 §7.6.1): a second pass
             # drops them; rare, so the common case pays nothing for it.
             copied = {b"content-length"} if authority is not None else {b"content-length", b"host"}
