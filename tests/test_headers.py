@@ -192,6 +192,102 @@ def test_invalid_request_id_is_replaced(conn: Wire, module_upstream: Upstream, b
     assert not any(bad in value for _, value in seen.headers)
 
 
+# -- Host (RFC 9112 §3.2, RFC 3986 §3.2.2) ---------------------------------------------------------
+
+INVALID_HOSTS = {
+    "empty": "",
+    "space": "a b",
+    "path": "a/b",
+    "userinfo": "a@evil.test",
+    "unclosed-ipv6": "[::1",
+    "not-ipv6": "[::g]",
+    "ipv4-in-brackets": "[127.0.0.1]",
+    "no-name-big-port": ":99999",
+    "port-not-digits": "host:abc",
+    "port-too-large": "host:65536",
+    "two-ports": "host:80:80",
+    "query": "host?x",
+    "backslash": "host\\x",
+    "non-ascii": "hôst.test",
+}
+VALID_HOSTS = {
+    "name": "api.example.test",
+    "name-port": "api.example.test:8080",
+    "fqdn": "api.example.test.",
+    "ipv4": "127.0.0.1",
+    "ipv6-port": "[::1]:8080",
+    "ipv4-mapped-ipv6": "[::ffff:127.0.0.1]",
+    "idna": "xn--bcher-kva.example",
+    "sub-delims": "a_b~c!d.example",
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("case", list(INVALID_HOSTS))
+def test_invalid_host_is_refused(
+    case: str, shape: str, conn: Wire, gw: GatewayProcess, module_upstream: Upstream
+) -> None:
+    """RFC 9112 §3.2: 400 for a Host that is not uri-host [":" port]. An empty Host is refused too
+    (it stands for a target without authority, which an http URI never is: RFC 9110 §4.2.1)."""
+    marker = f"bad-host-{case}-{shape}"
+    head = f"GET /echo?{marker} HTTP/1.1\r\nHost: {INVALID_HOSTS[case]}\r\n\r\n".encode()
+    resp = send_shaped(conn, shape, head, marker)
+    assert resp.status == 400
+    assert resp.header("content-type") == "application/problem+json"
+    assert conn.closed_by_peer()
+    settle(gw, marker)
+    assert not [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_empty_host_is_refused_in_http10(shape: str, conn: Wire, gw: GatewayProcess, module_upstream: Upstream) -> None:
+    """HTTP/1.0 may leave Host out (the gateway then names the endpoint); an empty one is still invalid."""
+    marker = f"http10-empty-host-{shape}"
+    resp = send_shaped(conn, shape, f"GET /echo?{marker} HTTP/1.0\r\nHost:\r\n\r\n".encode(), marker)
+    assert resp.status == 400
+    settle(gw, marker)
+    assert not [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("case", list(VALID_HOSTS))
+def test_valid_host_is_forwarded_once_and_unchanged(
+    case: str, shape: str, conn: Wire, module_upstream: Upstream
+) -> None:
+    marker = f"good-host-{case}-{shape}"
+    host = VALID_HOSTS[case]
+    resp = send_shaped(conn, shape, f"GET /echo?{marker} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(), marker)
+    assert resp.status == 200
+    (seen,) = [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+    assert seen.header_list("host") == [host]
+    assert seen.header_list("x-forwarded-host") == [host]
+
+
+INVALID_AUTHORITIES = {
+    "userinfo": "http://user@api.example.test",
+    "empty": "http://",
+    "unclosed-ipv6": "http://[::1",
+    "port-too-large": "http://api.example.test:99999",
+    "port-not-digits": "http://api.example.test:abc",
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("case", list(INVALID_AUTHORITIES))
+def test_absolute_form_with_invalid_authority_is_refused(
+    case: str, shape: str, conn: Wire, gw: GatewayProcess, module_upstream: Upstream
+) -> None:
+    """RFC 9112 §3.2.2: the target's authority is the request's host, so it is held to the same
+    grammar; userinfo in a target is an error (RFC 9110 §4.2.4)."""
+    marker = f"absolute-{case}-{shape}"
+    head = f"GET {INVALID_AUTHORITIES[case]}/echo?{marker} HTTP/1.1\r\nHost: api.example.test\r\n\r\n"
+    resp = send_shaped(conn, shape, head.encode(), marker)
+    assert resp.status == 400
+    assert conn.closed_by_peer()
+    settle(gw, marker)
+    assert not [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+
+
 # -- Connection cannot take away what the request depends on --------------------------------------
 
 

@@ -102,6 +102,13 @@ def attempt(case: str) -> bytes:
         "bare-cr-line-ending": b"POST /front HTTP/1.1\rHost: example.test\rContent-Length: 0\r\r" + S,
         "duplicate-host": b"GET /front HTTP/1.1\r\nHost: example.test\r\nHost: other.test\r\n\r\n" + S,
         "missing-host-http11": b"GET /front HTTP/1.1\r\nContent-Length: 0\r\n\r\n" + S,
+        # -- Host that is not uri-host [":" port] (RFC 9112 §3.2: 400)
+        "empty-host": b"GET /front HTTP/1.1\r\nHost:\r\n\r\n" + S,
+        "host-with-userinfo": b"GET /front HTTP/1.1\r\nHost: front@example.test\r\n\r\n" + S,
+        "host-with-path": b"GET /front HTTP/1.1\r\nHost: example.test/smuggled\r\n\r\n" + S,
+        "absolute-form-with-userinfo": b"GET http://front@example.test/front HTTP/1.1\r\nHost: example.test\r\n\r\n"
+        + S,
+        "absolute-form-empty-authority": b"GET http:///front HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
         # -- request line
         "http09-style-line": b"GET /front\r\n\r\n" + S,
         "space-in-target": b"GET /front /x HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
@@ -167,6 +174,11 @@ CASES = {
     "bare-cr-line-ending": {400},
     "duplicate-host": {400},
     "missing-host-http11": {400},
+    "empty-host": {400},
+    "host-with-userinfo": {400},
+    "host-with-path": {400},
+    "absolute-form-with-userinfo": {400},
+    "absolute-form-empty-authority": {400},
     "http09-style-line": {400},
     "space-in-target": {400},
     "unknown-version": {400, 505},

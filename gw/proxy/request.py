@@ -5,6 +5,7 @@ Headers stay bytes end to end (DESIGN.md §2: no regex, no str round trips on th
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, NamedTuple
 
@@ -107,7 +108,7 @@ def prepare(
 
     Raises BadRequest for anything that could smuggle or confuse: framing conflicts the parser
     lets through, a Transfer-Encoding other than plain chunked, a Connection naming a framing
-    field, duplicate Host, a missing Host.
+    field, a missing, repeated or invalid Host.
     """
     req.method = method
     req.version = version
@@ -134,7 +135,7 @@ def prepare(
             if host_seen:
                 raise BadRequest("more than one Host header")
             host_seen = True
-            host = value
+            host = value.rstrip(b" \t")  # (llhttp leaves trailing whitespace in a value)
             if authority is None:
                 add((name, COLON, value, CRLF))
         elif lname == b"content-length":
@@ -180,7 +181,13 @@ def prepare(
                 for p in (n, COLON, v, CRLF)
             ]
             add = parts.extend
+    # RFC 9112 §3.2: 400 for a Host that is not uri-host [":" port]. An empty one is refused too:
+    # it stands for a target without authority, which an http(s) URI never is (RFC 9110 §4.2.1).
+    if host_seen and not valid_host(host):
+        raise BadRequest("invalid Host header")
     if authority is not None:
+        if not valid_host(authority):
+            raise BadRequest("invalid authority in the request target")
         host, host_seen = authority, True
         add((b"Host: ", authority, CRLF))
     if not host_seen and version != b"1.0":
@@ -190,17 +197,7 @@ def prepare(
     if not request_id:
         request_id = new_request_id
     req.request_id = request_id
-
-    hostname = host
-    if hostname.startswith(b"["):  # IPv6 literal
-        end = hostname.find(b"]")
-        hostname = hostname[: end + 1]
-    else:
-        colon = hostname.find(b":")
-        if colon >= 0:
-            hostname = hostname[:colon]
-    # "example.com." is the same name as "example.com" (a fully qualified form): match it alike.
-    req.host = hostname.rstrip(b".").lower().decode("latin-1")
+    req.host = host_name(host)
 
     if upgrade and upgrade_value:
         # Only WebSocket is proxied as an upgrade; h2c and friends are served as plain HTTP/1.1.
@@ -231,7 +228,11 @@ def prepare(
 
 
 def absolute_authority(url: bytes) -> bytes | None:
-    """The host[:port] of an absolute-form target ("http://api.example/x"), else None."""
+    """The authority of an absolute-form target ("http://api.example/x"), else None.
+
+    Returned whole, userinfo included, for valid_host to judge: userinfo in a target is an error
+    (RFC 9110 §4.2.4), and an empty authority is not a host.
+    """
     if url[:1] == b"/" or not (url[:7].lower() == b"http://" or url[:8].lower() == b"https://"):
         return None
     rest = url.split(b"//", 1)[1]
@@ -240,8 +241,44 @@ def absolute_authority(url: bytes) -> bytes | None:
         i = rest.find(sep)
         if 0 <= i < end:
             end = i
-    authority = rest[:end].rpartition(b"@")[2]  # userinfo is not part of the host
-    return authority or None
+    return rest[:end]
+
+
+# RFC 3986 §3.2.2 host, RFC 9112 §3.2 Host = uri-host [ ":" port ]: a reg-name (which covers
+# IPv4address) or a bracketed IP-literal (IPv6address, checked apart, or IPvFuture). No
+# userinfo, no path, no whitespace, ASCII only.
+_HOST = re.compile(
+    rb"(?:(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+"
+    rb"|\[(?:([0-9A-Fa-f:.]+)|[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+)\])"
+    rb"(?::([0-9]*))?"
+)
+
+
+def valid_host(host: bytes) -> bool:
+    """True when `host` is uri-host [":" port] with a port up to 65535 (RFC 9112 §3.2)."""
+    match = _HOST.fullmatch(host)
+    if match is None:
+        return False
+    ipv6, port = match.groups()
+    if port and (len(port.lstrip(b"0")) > 5 or int(port) > 65535):
+        return False
+    if ipv6 is not None:
+        try:
+            ipaddress.IPv6Address(ipv6.decode())
+        except ValueError:
+            return False
+    return True
+
+
+def host_name(host: bytes) -> str:
+    """The name a (valid) Host routes by: no port, lower case, no trailing dot."""
+    if host[:1] == b"[":  # IPv6 literal
+        name = host[: host.find(b"]") + 1]
+    else:
+        colon = host.find(b":")
+        name = host[:colon] if colon >= 0 else host
+    # "example.com." is the same name as "example.com" (a fully qualified form): match it alike.
+    return name.rstrip(b".").lower().decode("latin-1")
 
 
 def split_target(req: Request, url: bytes) -> None:
@@ -341,7 +378,7 @@ def analyze_raw(block: bytes, version: bytes, client_host: bytes, scheme: bytes,
     """`prepare` for a header block kept as bytes; None when the block needs the general path.
 
     block: the header lines, starting with the CRLF that ends the request line and ending with
-    the CRLF of the last field. Raises BadRequest for a missing or repeated Host.
+    the CRLF of the last field. Raises BadRequest for a missing, repeated or invalid Host.
     """
     low = block.lower()
     if _REQUEST_SLOW.search(low) is not None:
@@ -363,13 +400,10 @@ def analyze_raw(block: bytes, version: bytes, client_host: bytes, scheme: bytes,
         if low.find(b"\r\nhost:", i + 7) >= 0:
             raise BadRequest("more than one Host header")
         host = block[i + 7 : block.find(b"\r\n", i + 7)].strip(b" \t")
-    colon = host.find(b":")
-    if host[:1] == b"[":
-        hostname = host[: host.find(b"]") + 1]
-    else:
-        hostname = host[:colon] if colon >= 0 else host
+        if not valid_host(host):
+            raise BadRequest("invalid Host header")
     forward = (
         b"%bX-Forwarded-For: %b\r\nX-Forwarded-Proto: %b\r\nX-Forwarded-Host: %b\r\nX-Forwarded-Port: %b\r\n"
         b"X-Request-ID: " % (block[2:], client_host, scheme, host, port)
     )
-    return RawHead(forward, host, hostname.rstrip(b".").lower().decode("latin-1"))
+    return RawHead(forward, host, host_name(host))
