@@ -63,6 +63,9 @@ def attempt(case: str) -> bytes:
         "cl-hex": HEAD + b"Content-Length: 0x%x\r\n\r\n%b" % (n, S),
         "cl-empty": HEAD + b"Content-Length: \r\n\r\n" + S,
         "cl-overflow": HEAD + b"Content-Length: 99999999999999999999999\r\n\r\n" + S,
+        # beyond a signed 64-bit length: what many upstreams cannot hold, llhttp (unsigned) lets through
+        "cl-over-int64": HEAD + b"Content-Length: 9223372036854775808\r\n\r\n" + S,
+        "cl-uint64-max": HEAD + b"Content-Length: 18446744073709551615\r\n\r\n" + S,
         # -- Connection naming a framing field (RFC 9110 §7.6.1 would have it removed, and with it
         # the framing the body was read with, or the Host the request was routed by)
         "connection-names-content-length": HEAD
@@ -112,7 +115,9 @@ def attempt(case: str) -> bytes:
         # -- request line
         "http09-style-line": b"GET /front\r\n\r\n" + S,
         "space-in-target": b"GET /front /x HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
-        "unknown-version": b"GET /front HTTP/1.7\r\nHost: example.test\r\n\r\n" + S,
+        "unknown-version": b"GET /front HTTP/7.1\r\nHost: example.test\r\n\r\n" + S,
+        "http2-version": b"GET /front HTTP/2.0\r\nHost: example.test\r\n\r\n" + S,
+        "http09-version": b"GET /front HTTP/0.9\r\nHost: example.test\r\n\r\n" + S,
         "lowercase-method": b"get /front HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
         # -- expectations we do not implement (RFC 9110 §10.1.1: 417)
         "expect-unknown": HEAD + b"Expect: 200-ok\r\nContent-Length: %d\r\n\r\n%b" % (n, S),
@@ -146,6 +151,8 @@ CASES = {
     "cl-hex": {400},
     "cl-empty": {400},
     "cl-overflow": {400, 413},
+    "cl-over-int64": {400},
+    "cl-uint64-max": {400},
     "connection-names-content-length": {400},
     "connection-names-content-length-among-others": {400},
     "connection-names-content-length-second-line": {400},
@@ -179,9 +186,11 @@ CASES = {
     "host-with-path": {400},
     "absolute-form-with-userinfo": {400},
     "absolute-form-empty-authority": {400},
-    "http09-style-line": {400},
+    "http09-style-line": {400, 505},
     "space-in-target": {400},
-    "unknown-version": {400, 505},
+    "unknown-version": {505},
+    "http2-version": {505},
+    "http09-version": {505},
     "lowercase-method": {400, 501},
     "expect-unknown": {417},
 }
@@ -235,6 +244,7 @@ HEADS = {
     "connection-names-transfer-encoding": b"POST /front-%s HTTP/1.1\r\nHost: example.test\r\n"
     b"Connection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
     "connection-names-host": b"GET /front-%s HTTP/1.1\r\nHost: example.test\r\nConnection: close, Host\r\n\r\n",
+    "cl-over-int64": b"POST /front-%s HTTP/1.1\r\nHost: example.test\r\nContent-Length: 9223372036854775808\r\n\r\n",
 }
 
 

@@ -20,7 +20,17 @@ from gw.observe.accesslog import LINE, NULL_UPSTREAM, members
 from gw.proxy import errors
 from gw.proxy.errors import ProxyError, problem_response
 from gw.proxy.mirror import MirrorRequest, start_mirrors
-from gw.proxy.request import CRLF, IDEMPOTENT, RawHead, Request, analyze_raw, prepare, split_fields, split_target
+from gw.proxy.request import (
+    CRLF,
+    IDEMPOTENT,
+    RawHead,
+    Request,
+    analyze_raw,
+    http_version,
+    prepare,
+    split_fields,
+    split_target,
+)
 from gw.proxy.response import CHUNKED, NO_BODY, ResponseHead, build_response_head_raw, status_line
 from gw.proxy.upstream import (
     PAUSE_BODY_WAIT,
@@ -65,8 +75,8 @@ class ClientConnection(asyncio.Protocol):
         self.resp_mods: tuple[Any, ...] | None = None  # ResponseHeaderModifiers of the exchange
         self.scheme = scheme
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.full_parser = self.parser = HttpRequestParser(self)
-        self.fast_parser = HttpRequestParser(RawHeadCallbacks(self))
+        self.full_parser = self.parser = request_parser(self)
+        self.fast_parser = request_parser(RawHeadCallbacks(self))
         self.raw = b""  # the read being parsed on the fast path
         self.client_host = b""
         self.phase = IDLE
@@ -223,8 +233,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _new_parsers(self) -> None:
         """Fresh parsers after an upgrade stopped the old ones mid-stream."""
-        self.full_parser = self.parser = HttpRequestParser(self)
-        self.fast_parser = HttpRequestParser(RawHeadCallbacks(self))
+        self.full_parser = self.parser = request_parser(self)
+        self.fast_parser = request_parser(RawHeadCallbacks(self))
 
     def pause_reading(self, reason: int) -> None:
         if not self.paused and not self.closed:
@@ -268,10 +278,11 @@ class ClientConnection(asyncio.Protocol):
         method = parser.get_method()
         if method == b"CONNECT":
             raise errors.MethodNotImplemented("CONNECT is not supported")
+        text = parser.get_http_version()
         prepare(
             req,
             method,
-            parser.get_http_version().encode(),
+            _VERSIONS.get(text) or http_version(text),
             parser.should_keep_alive(),
             parser.should_upgrade(),
             self.client_host,
@@ -302,7 +313,8 @@ class ClientConnection(asyncio.Protocol):
         req.url = url
         if method == b"CONNECT":
             raise errors.MethodNotImplemented("CONNECT is not supported")
-        version = _VERSIONS.get(parser.get_http_version()) or parser.get_http_version().encode()
+        text = parser.get_http_version()
+        version = _VERSIONS.get(text) or http_version(text)
         request_id = self.gw.next_request_id()
         # A client's consecutive heads are usually byte-identical (same fields, same cookies):
         # the analysis of the last one is reused after one bytes comparison.
@@ -1081,6 +1093,14 @@ class ClientConnection(asyncio.Protocol):
         return now
 
 
+def request_parser(callbacks: object) -> HttpRequestParser:
+    """A request parser that lets any HTTP/x.y version through: http_version() decides (a higher
+    HTTP/1 minor is served as 1.1, RFC 9112 §2.6; llhttp alone refuses 1.2 as invalid)."""
+    parser = HttpRequestParser(callbacks)
+    parser.set_dangerous_leniencies(lenient_version=True)
+    return parser
+
+
 class RawHeadCallbacks:
     """httptools callbacks for a read holding exactly one request head: no on_url/on_header, so no
     Python call per field; the connection reads the head from the bytes instead."""
@@ -1114,6 +1134,11 @@ class _AddFields:
 
     def apply(self, headers: list[tuple[bytes, bytes]]) -> None:
         headers.extend(self.fields)
+
+
+# The two usual versions, looked up here rather than in gw.proxy.request: Python 3.11 compiles a
+# method call on a name bound by `from … import` as LOAD_ATTR (a bound method object per call,
+# ~500 instructions a request measured with callgrind) instead of LOAD_METHOD.
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 

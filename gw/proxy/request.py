@@ -9,7 +9,7 @@ import ipaddress
 import re
 from typing import Any, NamedTuple
 
-from gw.proxy.errors import BadRequest, ExpectationFailed
+from gw.proxy.errors import BadRequest, ExpectationFailed, VersionNotSupported
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the legacy ones RFC 2616 listed. A gateway is not a
 # forward proxy, so Proxy-Authorization meant for one must not leak to a backend.
@@ -42,6 +42,7 @@ _CONNECTION_TOKENS_HANDLED = frozenset({b"close", b"keep-alive", b"upgrade", b""
 # would have gw forward a body the upstream frames differently, or a request without its Host:
 # such a request is refused rather than forwarded as a different one.
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
+MAX_CONTENT_LENGTH = (1 << 63) - 1  # what a signed 64-bit length (most upstreams' off_t) holds
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 _MAX_REQUEST_ID = 200
 _TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ=:/@")
@@ -93,6 +94,20 @@ class Request:
         return self.chunked or self.content_length > 0
 
 
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+
+
+def http_version(text: str) -> bytes:
+    """The version a request is served as: a higher HTTP/1 minor as 1.1 (RFC 9112 §2.6), any other
+    major version (0.9, 2.0, … in an HTTP/1-style request line) refused with 505."""
+    version = _VERSIONS.get(text)
+    if version is not None:
+        return version
+    if text[:2] == "1.":
+        return b"1.1"
+    raise VersionNotSupported(f"HTTP/{text} is not supported: this gateway speaks HTTP/1.1 and HTTP/1.0")
+
+
 def prepare(
     req: Request,
     method: bytes,
@@ -107,8 +122,8 @@ def prepare(
     """Validate the head of `req` and build the head that goes upstream (RFC 9110/9112).
 
     Raises BadRequest for anything that could smuggle or confuse: framing conflicts the parser
-    lets through, a Transfer-Encoding other than plain chunked, a Connection naming a framing
-    field, a missing, repeated or invalid Host.
+    lets through, a Transfer-Encoding other than plain chunked, a Content-Length beyond 2^63-1,
+    a Connection naming a framing field, a missing, repeated or invalid Host.
     """
     req.method = method
     req.version = version
@@ -139,7 +154,9 @@ def prepare(
             if authority is None:
                 add((name, COLON, value, CRLF))
         elif lname == b"content-length":
-            req.content_length = int(value)  # the parser has already checked the digits
+            length = req.content_length = int(value)  # the parser has already checked the digits
+            if length > MAX_CONTENT_LENGTH:
+                raise BadRequest("Content-Length too large")
             add((name, COLON, value, CRLF))
         elif lname == b"transfer-encoding":
             # llhttp accepts codings before the final "chunked" (e.g. "gzip, chunked"); a
