@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from gw.proxy.request import forwarded_element
 from tests.support.gateway import GatewayProcess, Wire, http_request, wire
 from tests.support.shapes import SHAPES, send_shaped, settle
 from tests.support.upstream import Seen, Upstream
@@ -308,9 +309,11 @@ def test_connection_naming_host_is_refused(
 def test_gateway_fields_survive_connection_naming_them(shape: str, conn: Wire, module_upstream: Upstream) -> None:
     """A client's fields named in Connection are dropped; the ones the gateway sets are its own."""
     marker = f"connection-gw-fields-{shape}"
-    names = "X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, X-Forwarded-Port, X-Request-ID"
+    names = "X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, X-Forwarded-Port, X-Request-ID, Forwarded, X-Real-IP"
     head = http_request(
-        "GET", f"/echo?{marker}", [("Connection", names), ("X-Forwarded-Host", "evil.test"), ("X-Other", "kept")]
+        "GET",
+        f"/echo?{marker}",
+        [("Connection", names), ("X-Forwarded-Host", "evil.test"), ("X-Real-IP", "203.0.113.9"), ("X-Other", "kept")],
     )
     resp = send_shaped(conn, shape, head, marker)
     assert resp.status == 200
@@ -320,5 +323,75 @@ def test_gateway_fields_survive_connection_naming_them(shape: str, conn: Wire, m
     assert seen.header_list("x-forwarded-host") == ["example.test"]
     assert len(seen.header_list("x-forwarded-port")) == 1
     assert seen.header_list("x-request-id") == [resp.header("x-request-id")]
+    assert seen.header_list("forwarded") == ["for=127.0.0.1;proto=http;host=example.test"]
+    assert seen.header_list("x-real-ip") == ["127.0.0.1"]
     assert seen.header("x-other") == "kept"
     assert seen.header_list("host") == ["example.test"]
+
+
+# -- Forwarded (RFC 7239) and X-Real-IP ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forwarded_is_this_hops_element_when_absent(shape: str, conn: Wire, module_upstream: Upstream) -> None:
+    marker = f"forwarded-absent-{shape}"
+    resp = send_shaped(conn, shape, http_request("GET", f"/echo?{marker}", host="api.example.test:8443"), marker)
+    assert resp.status == 200
+    (seen,) = [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+    # host=: a Host with a port is not a token, so it is quoted (RFC 7239 §4).
+    assert seen.header_list("forwarded") == ['for=127.0.0.1;proto=http;host="api.example.test:8443"']
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forwarded_appends_this_hops_element(shape: str, conn: Wire, module_upstream: Upstream) -> None:
+    """As X-Forwarded-For: the client's elements are kept (several fields joined in order) and
+    the element of this hop is appended, so the last element is the one the gateway vouches for."""
+    marker = f"forwarded-append-{shape}"
+    fields = [("Forwarded", 'for="[2001:db8::7]";proto=https'), ("Forwarded", "for=198.51.100.2")]
+    resp = send_shaped(conn, shape, http_request("GET", f"/echo?{marker}", fields), marker)
+    assert resp.status == 200
+    (seen,) = [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+    assert seen.header_list("forwarded") == [
+        'for="[2001:db8::7]";proto=https, for=198.51.100.2, for=127.0.0.1;proto=http;host=example.test'
+    ]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forwarded_with_an_open_quote_is_refused(
+    shape: str, conn: Wire, gw: GatewayProcess, module_upstream: Upstream
+) -> None:
+    """An unterminated quoted-string would swallow the element the gateway appends."""
+    marker = f"forwarded-open-quote-{shape}"
+    resp = send_shaped(conn, shape, http_request("GET", f"/echo?{marker}", [("Forwarded", 'for="203.0.113.7')]), marker)
+    assert resp.status == 400
+    settle(gw, marker)
+    assert not [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_x_real_ip_is_the_client_address(shape: str, conn: Wire, module_upstream: Upstream) -> None:
+    """The client's own X-Real-IP is a claim anyone can make: the gateway sets the address it sees."""
+    for spoofed in (False, True):
+        marker = f"x-real-ip-{shape}-{spoofed}"
+        fields = [("X-Real-IP", "203.0.113.9")] if spoofed else []
+        resp = send_shaped(conn, shape, http_request("GET", f"/echo?{marker}", fields), marker)
+        assert resp.status == 200
+        (seen,) = [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+        assert seen.header_list("x-real-ip") == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    ("client", "host", "element"),
+    [
+        (b"2001:db8::1", b"api.example.test", b'for="[2001:db8::1]";proto=http;host=api.example.test'),
+        (b"fe80::1%eth0", b"[::1]:8080", b'for="[fe80::1]";proto=http;host="[::1]:8080"'),
+        (b"unix", b"api.example.test", b"for=unknown;proto=http;host=api.example.test"),
+        (b"192.0.2.7", b"", b"for=192.0.2.7;proto=http"),
+    ],
+    ids=["ipv6", "ipv6-zone", "unix-socket", "no-host"],
+)
+def test_forwarded_element_forms(client: bytes, host: bytes, element: bytes) -> None:
+    """RFC 7239 §6: an IPv6 node is quoted and bracketed (a zone is no part of it); a peer without an
+    address is "unknown"; HTTP/1.0 without Host has no host parameter. (The test gateway listens on
+    127.0.0.1 only, so these shapes are checked on the function that builds the element.)"""
+    assert forwarded_element(client, b"http", host) == element
