@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gw.proxy.request import forwarded_element
+from gw.proxy.request import forwarded_element, forwarded_for
 from tests.support.gateway import GatewayProcess, Wire, http_request, wire
 from tests.support.shapes import SHAPES, send_shaped, settle
 from tests.support.upstream import Seen, Upstream
@@ -394,4 +394,4 @@ def test_forwarded_element_forms(client: bytes, host: bytes, element: bytes) -> 
     """RFC 7239 §6: an IPv6 node is quoted and bracketed (a zone is no part of it); a peer without an
     address is "unknown"; HTTP/1.0 without Host has no host parameter. (The test gateway listens on
     127.0.0.1 only, so these shapes are checked on the function that builds the element.)"""
-    assert forwarded_element(client, b"http", host) == element
+    assert forwarded_element(forwarded_for(client, b"http"), host) == element

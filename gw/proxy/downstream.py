@@ -26,6 +26,7 @@ from gw.proxy.request import (
     RawHead,
     Request,
     analyze_raw,
+    forwarded_for,
     http_version,
     prepare,
     split_fields,
@@ -79,6 +80,7 @@ class ClientConnection(asyncio.Protocol):
         self.fast_parser = request_parser(RawHeadCallbacks(self))
         self.raw = b""  # the read being parsed on the fast path
         self.client_host = b""
+        self.hop = b""  # this hop's Forwarded element up to its host (gw.proxy.request.forwarded_for)
         self.phase = IDLE
         self.deadline = 0.0
         self.idle_since = 0.0  # when the connection last became IDLE (opened or answered): drain's grace
@@ -116,6 +118,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) else "unix"
         self.client_host = self.client.encode()
+        self.hop = forwarded_for(self.client_host, self.scheme)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self.tls = True
@@ -289,6 +292,7 @@ class ClientConnection(asyncio.Protocol):
             self.scheme,
             self.port_bytes,
             self.gw.next_request_id(),
+            self.hop,
         )
         self._route(req)
 
@@ -324,7 +328,7 @@ class ClientConnection(asyncio.Protocol):
         elif memo is not None and memo[0] == block and memo[1] == version:
             head = memo[2]
         else:
-            head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes)
+            head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes, self.hop)
             self.req_memo = (block, version, head)
         if head is not None:
             req.method = method
@@ -342,7 +346,7 @@ class ClientConnection(asyncio.Protocol):
             req.headers = split_fields(block)
             prepare(
                 req, method, version, parser.should_keep_alive(), parser.should_upgrade(), self.client_host,
-                self.scheme, self.port_bytes, request_id,
+                self.scheme, self.port_bytes, request_id, self.hop,
             )
         self._route(req)
 
