@@ -19,6 +19,7 @@ _REASONS = {
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
 
 
@@ -82,6 +83,12 @@ class RouteMisconfigured(ProxyError):
 
 class MethodNotImplemented(ProxyError):
     status, kind, close = 501, "not-implemented", True
+
+
+class VersionNotSupported(ProxyError):
+    """A request line in HTTP/1 syntax with another major version (HTTP/2.0, HTTP/0.9): RFC 9110 §15.6.6."""
+
+    status, kind, close = 505, "http-version-not-supported", True
 
 
 class UpstreamRefused(ProxyError):

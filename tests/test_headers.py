@@ -8,7 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from gw.proxy.request import forwarded_element, forwarded_for
 from tests.support.gateway import GatewayProcess, Wire, http_request, wire
+from tests.support.shapes import SHAPES, send_shaped, settle
 from tests.support.upstream import Seen, Upstream
 
 # Hop-by-hop fields of RFC 9110 §7.6.1 and the legacy Proxy-* ones a gateway must not forward.
@@ -189,3 +191,207 @@ def test_invalid_request_id_is_replaced(conn: Wire, module_upstream: Upstream, b
     (seen,) = [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
     assert seen.header_list("x-request-id") == [returned]
     assert not any(bad in value for _, value in seen.headers)
+
+
+# -- Host (RFC 9112 §3.2, RFC 3986 §3.2.2) ---------------------------------------------------------
+
+INVALID_HOSTS = {
+    "empty": "",
+    "space": "a b",
+    "path": "a/b",
+    "userinfo": "a@evil.test",
+    "unclosed-ipv6": "[::1",
+    "not-ipv6": "[::g]",
+    "ipv4-in-brackets": "[127.0.0.1]",
+    "no-name-big-port": ":99999",
+    "port-not-digits": "host:abc",
+    "port-too-large": "host:65536",
+    "two-ports": "host:80:80",
+    "query": "host?x",
+    "backslash": "host\\x",
+    "non-ascii": "hôst.test",
+}
+VALID_HOSTS = {
+    "name": "api.example.test",
+    "name-port": "api.example.test:8080",
+    "fqdn": "api.example.test.",
+    "ipv4": "127.0.0.1",
+    "ipv6-port": "[::1]:8080",
+    "ipv4-mapped-ipv6": "[::ffff:127.0.0.1]",
+    "idna": "xn--bcher-kva.example",
+    "sub-delims": "a_b~c!d.example",
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("case", list(INVALID_HOSTS))
+def test_invalid_host_is_refused(
+    case: str, shape: str, conn: Wire, gw: GatewayProcess, module_upstream: Upstream
+) -> None:
+    """RFC 9112 §3.2: 400 for a Host that is not uri-host [":" port]. An empty Host is refused too
+    (it stands for a target without authority, which an http URI never is: RFC 9110 §4.2.1)."""
+    marker = f"bad-host-{case}-{shape}"
+    head = f"GET /echo?{marker} HTTP/1.1\r\nHost: {INVALID_HOSTS[case]}\r\n\r\n".encode()
+    resp = send_shaped(conn, shape, head, marker)
+    assert resp.status == 400
+    assert resp.header("content-type") == "application/problem+json"
+    assert conn.closed_by_peer()
+    settle(gw, marker)
+    assert not [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_empty_host_is_refused_in_http10(shape: str, conn: Wire, gw: GatewayProcess, module_upstream: Upstream) -> None:
+    """HTTP/1.0 may leave Host out (the gateway then names the endpoint); an empty one is still invalid."""
+    marker = f"http10-empty-host-{shape}"
+    resp = send_shaped(conn, shape, f"GET /echo?{marker} HTTP/1.0\r\nHost:\r\n\r\n".encode(), marker)
+    assert resp.status == 400
+    settle(gw, marker)
+    assert not [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("case", list(VALID_HOSTS))
+def test_valid_host_is_forwarded_once_and_unchanged(
+    case: str, shape: str, conn: Wire, module_upstream: Upstream
+) -> None:
+    marker = f"good-host-{case}-{shape}"
+    host = VALID_HOSTS[case]
+    resp = send_shaped(conn, shape, f"GET /echo?{marker} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(), marker)
+    assert resp.status == 200
+    (seen,) = [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+    assert seen.header_list("host") == [host]
+    assert seen.header_list("x-forwarded-host") == [host]
+
+
+INVALID_AUTHORITIES = {
+    "userinfo": "http://user@api.example.test",
+    "empty": "http://",
+    "unclosed-ipv6": "http://[::1",
+    "port-too-large": "http://api.example.test:99999",
+    "port-not-digits": "http://api.example.test:abc",
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("case", list(INVALID_AUTHORITIES))
+def test_absolute_form_with_invalid_authority_is_refused(
+    case: str, shape: str, conn: Wire, gw: GatewayProcess, module_upstream: Upstream
+) -> None:
+    """RFC 9112 §3.2.2: the target's authority is the request's host, so it is held to the same
+    grammar; userinfo in a target is an error (RFC 9110 §4.2.4)."""
+    marker = f"absolute-{case}-{shape}"
+    head = f"GET {INVALID_AUTHORITIES[case]}/echo?{marker} HTTP/1.1\r\nHost: api.example.test\r\n\r\n"
+    resp = send_shaped(conn, shape, head.encode(), marker)
+    assert resp.status == 400
+    assert conn.closed_by_peer()
+    settle(gw, marker)
+    assert not [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+
+
+# -- Connection cannot take away what the request depends on --------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_connection_naming_host_is_refused(
+    shape: str, conn: Wire, gw: GatewayProcess, module_upstream: Upstream
+) -> None:
+    """Removing Host as Connection asks would send the upstream an HTTP/1.1 request without one."""
+    marker = f"connection-host-{shape}"
+    head = f"GET /echo?{marker} HTTP/1.1\r\nHost: example.test\r\nConnection: close, Host\r\n\r\n".encode()
+    resp = send_shaped(conn, shape, head, marker)
+    assert resp.status == 400
+    settle(gw, marker)
+    assert not [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gateway_fields_survive_connection_naming_them(shape: str, conn: Wire, module_upstream: Upstream) -> None:
+    """A client's fields named in Connection are dropped; the ones the gateway sets are its own."""
+    marker = f"connection-gw-fields-{shape}"
+    names = "X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, X-Forwarded-Port, X-Request-ID, Forwarded, X-Real-IP"
+    head = http_request(
+        "GET",
+        f"/echo?{marker}",
+        [("Connection", names), ("X-Forwarded-Host", "evil.test"), ("X-Real-IP", "203.0.113.9"), ("X-Other", "kept")],
+    )
+    resp = send_shaped(conn, shape, head, marker)
+    assert resp.status == 200
+    (seen,) = [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+    assert seen.header_list("x-forwarded-for")[-1].endswith("127.0.0.1")
+    assert seen.header_list("x-forwarded-proto") == ["http"]
+    assert seen.header_list("x-forwarded-host") == ["example.test"]
+    assert len(seen.header_list("x-forwarded-port")) == 1
+    assert seen.header_list("x-request-id") == [resp.header("x-request-id")]
+    assert seen.header_list("forwarded") == ["for=127.0.0.1;proto=http;host=example.test"]
+    assert seen.header_list("x-real-ip") == ["127.0.0.1"]
+    assert seen.header("x-other") == "kept"
+    assert seen.header_list("host") == ["example.test"]
+
+
+# -- Forwarded (RFC 7239) and X-Real-IP ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forwarded_is_this_hops_element_when_absent(shape: str, conn: Wire, module_upstream: Upstream) -> None:
+    marker = f"forwarded-absent-{shape}"
+    resp = send_shaped(conn, shape, http_request("GET", f"/echo?{marker}", host="api.example.test:8443"), marker)
+    assert resp.status == 200
+    (seen,) = [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+    # host=: a Host with a port is not a token, so it is quoted (RFC 7239 §4).
+    assert seen.header_list("forwarded") == ['for=127.0.0.1;proto=http;host="api.example.test:8443"']
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forwarded_appends_this_hops_element(shape: str, conn: Wire, module_upstream: Upstream) -> None:
+    """As X-Forwarded-For: the client's elements are kept (several fields joined in order) and
+    the element of this hop is appended, so the last element is the one the gateway vouches for."""
+    marker = f"forwarded-append-{shape}"
+    fields = [("Forwarded", 'for="[2001:db8::7]";proto=https'), ("Forwarded", "for=198.51.100.2")]
+    resp = send_shaped(conn, shape, http_request("GET", f"/echo?{marker}", fields), marker)
+    assert resp.status == 200
+    (seen,) = [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+    assert seen.header_list("forwarded") == [
+        'for="[2001:db8::7]";proto=https, for=198.51.100.2, for=127.0.0.1;proto=http;host=example.test'
+    ]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forwarded_with_an_open_quote_is_refused(
+    shape: str, conn: Wire, gw: GatewayProcess, module_upstream: Upstream
+) -> None:
+    """An unterminated quoted-string would swallow the element the gateway appends."""
+    marker = f"forwarded-open-quote-{shape}"
+    resp = send_shaped(conn, shape, http_request("GET", f"/echo?{marker}", [("Forwarded", 'for="203.0.113.7')]), marker)
+    assert resp.status == 400
+    settle(gw, marker)
+    assert not [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_x_real_ip_is_the_client_address(shape: str, conn: Wire, module_upstream: Upstream) -> None:
+    """The client's own X-Real-IP is a claim anyone can make: the gateway sets the address it sees."""
+    for spoofed in (False, True):
+        marker = f"x-real-ip-{shape}-{spoofed}"
+        fields = [("X-Real-IP", "203.0.113.9")] if spoofed else []
+        resp = send_shaped(conn, shape, http_request("GET", f"/echo?{marker}", fields), marker)
+        assert resp.status == 200
+        (seen,) = [s for s in module_upstream.seen if s.target == f"/echo?{marker}"]
+        assert seen.header_list("x-real-ip") == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    ("client", "host", "element"),
+    [
+        (b"2001:db8::1", b"api.example.test", b'for="[2001:db8::1]";proto=http;host=api.example.test'),
+        (b"fe80::1%eth0", b"[::1]:8080", b'for="[fe80::1]";proto=http;host="[::1]:8080"'),
+        (b"unix", b"api.example.test", b"for=unknown;proto=http;host=api.example.test"),
+        (b"192.0.2.7", b"", b"for=192.0.2.7;proto=http"),
+    ],
+    ids=["ipv6", "ipv6-zone", "unix-socket", "no-host"],
+)
+def test_forwarded_element_forms(client: bytes, host: bytes, element: bytes) -> None:
+    """RFC 7239 §6: an IPv6 node is quoted and bracketed (a zone is no part of it); a peer without an
+    address is "unknown"; HTTP/1.0 without Host has no host parameter. (The test gateway listens on
+    127.0.0.1 only, so these shapes are checked on the function that builds the element.)"""
+    assert forwarded_element(forwarded_for(client, b"http"), host) == element

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import StartGateway
 from tests.support.gateway import GatewayProcess, Wire, chunked, http_request, parse_responses, wire
+from tests.support.shapes import SHAPES, send_shaped, settle
 from tests.support.upstream import PATTERN, Seen, Upstream, pattern_sha256
 
 
@@ -397,3 +398,41 @@ def test_non_idempotent_request_is_not_retried(conn: Wire, module_upstream: Upst
     assert resp.status == 502
     assert resp.header("content-type") == "application/problem+json"
     assert len(seen_for(module_upstream, "/hangup-reused?post")) == 1
+
+
+# -- HTTP versions (RFC 9112 §2.6) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("minor", ["2", "9"])
+def test_higher_http1_minor_version_is_served_as_http11(
+    minor: str, shape: str, conn: Wire, module_upstream: Upstream
+) -> None:
+    """A recipient SHOULD process a higher minor version as the highest it supports (RFC 9112 §2.6):
+    answered as HTTP/1.1, forwarded as HTTP/1.1, persistent as HTTP/1.1."""
+    marker = f"http1{minor}-{shape}"
+    resp = send_shaped(conn, shape, http_request("GET", f"/echo?{marker}", version=f"1.{minor}"), marker)
+    assert resp.status == 200
+    assert resp.version == "1.1"
+    (seen,) = seen_for(module_upstream, f"/echo?{marker}")
+    assert seen.version == "HTTP/1.1"
+    conn.send(http_request("POST", f"/echo?{marker}-next", version=f"1.{minor}", body=b"kept alive"))
+    nxt = conn.read_response()
+    assert echoed(nxt.body)["body_sha256"] == hashlib.sha256(b"kept alive").hexdigest()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("version", ["2.0", "3.0", "0.9"])
+def test_other_major_version_is_answered_505(
+    version: str, shape: str, conn: Wire, gw: GatewayProcess, module_upstream: Upstream
+) -> None:
+    """RFC 9110 §15.6.6: a request line in HTTP/1 syntax naming another major version is refused
+    with 505, not proxied as HTTP/1.1 (llhttp itself lets 2.0 and 0.9 through)."""
+    marker = f"http{version}-{shape}"
+    resp = send_shaped(conn, shape, http_request("GET", f"/echo?{marker}", version=version), marker)
+    assert resp.status == 505
+    assert resp.header("content-type") == "application/problem+json"
+    assert echoed(resp.body)["type"] == "urn:gw:problem:http-version-not-supported"
+    assert conn.closed_by_peer()
+    settle(gw, marker)
+    assert not seen_for(module_upstream, f"/echo?{marker}")

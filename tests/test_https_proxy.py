@@ -83,6 +83,7 @@ def test_request_over_tls_reaches_the_upstream_as_https(https: GatewayProcess, c
     assert resp.status == 200
     headers = {n.lower(): v for n, v in json.loads(resp.body)["headers"]}
     assert headers["x-forwarded-proto"] == "https"
+    assert headers["forwarded"] == "for=127.0.0.1;proto=https;host=a.test"
     # keep-alive over TLS
     assert client.request("GET", "/again", headers={"Host": "a.test"}).status == 200
 

@@ -9,9 +9,14 @@ tests/test_desync_corpus.py holds the rest of the corpus.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from tests.support.desync import Desync
+from tests.support.gateway import GatewayProcess, Wire, wire
+from tests.support.shapes import SHAPES, send_shaped, settle
+from tests.support.upstream import Upstream
 
 HEAD = b"POST /front HTTP/1.1\r\nHost: example.test\r\n"
 
@@ -61,6 +66,22 @@ def attempt(case: str) -> bytes:
         "cl-hex": HEAD + b"Content-Length: 0x%x\r\n\r\n%b" % (n, S),
         "cl-empty": HEAD + b"Content-Length: \r\n\r\n" + S,
         "cl-overflow": HEAD + b"Content-Length: 99999999999999999999999\r\n\r\n" + S,
+        # beyond a signed 64-bit length: what many upstreams cannot hold, llhttp (unsigned) lets through
+        "cl-over-int64": HEAD + b"Content-Length: 9223372036854775808\r\n\r\n" + S,
+        "cl-uint64-max": HEAD + b"Content-Length: 18446744073709551615\r\n\r\n" + S,
+        # -- Connection naming a framing field (RFC 9110 §7.6.1 would have it removed, and with it
+        # the framing the body was read with, or the Host the request was routed by)
+        "connection-names-content-length": HEAD
+        + b"Connection: Content-Length\r\nContent-Length: %d\r\n\r\n%b" % (n, S),
+        "connection-names-content-length-among-others": HEAD
+        + b"Connection: keep-alive, X-Trace, content-length\r\nContent-Length: %d\r\n\r\n%b" % (n, S),
+        "connection-names-content-length-second-line": HEAD
+        + b"Connection: keep-alive\r\nContent-Length: %d\r\nConnection: CONTENT-LENGTH\r\n\r\n%b" % (n, S),
+        "connection-names-transfer-encoding": HEAD
+        + b"Connection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + chunk_of(S)
+        + b"0\r\n\r\n",
+        "connection-names-host": b"GET /front HTTP/1.1\r\nHost: example.test\r\nConnection: close, Host\r\n\r\n" + S,
         # -- chunk-size tricks (RFC 9112 §7.1: chunk-size = 1*HEXDIG)
         "chunk-size-overflow": HEAD + b"Transfer-Encoding: chunked\r\n\r\nfffffffffffffffff1\r\n" + S,
         "chunk-size-negative": HEAD + b"Transfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n" + S,
@@ -87,10 +108,19 @@ def attempt(case: str) -> bytes:
         "bare-cr-line-ending": b"POST /front HTTP/1.1\rHost: example.test\rContent-Length: 0\r\r" + S,
         "duplicate-host": b"GET /front HTTP/1.1\r\nHost: example.test\r\nHost: other.test\r\n\r\n" + S,
         "missing-host-http11": b"GET /front HTTP/1.1\r\nContent-Length: 0\r\n\r\n" + S,
+        # -- Host that is not uri-host [":" port] (RFC 9112 §3.2: 400)
+        "empty-host": b"GET /front HTTP/1.1\r\nHost:\r\n\r\n" + S,
+        "host-with-userinfo": b"GET /front HTTP/1.1\r\nHost: front@example.test\r\n\r\n" + S,
+        "host-with-path": b"GET /front HTTP/1.1\r\nHost: example.test/smuggled\r\n\r\n" + S,
+        "absolute-form-with-userinfo": b"GET http://front@example.test/front HTTP/1.1\r\nHost: example.test\r\n\r\n"
+        + S,
+        "absolute-form-empty-authority": b"GET http:///front HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
         # -- request line
         "http09-style-line": b"GET /front\r\n\r\n" + S,
         "space-in-target": b"GET /front /x HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
-        "unknown-version": b"GET /front HTTP/1.7\r\nHost: example.test\r\n\r\n" + S,
+        "unknown-version": b"GET /front HTTP/7.1\r\nHost: example.test\r\n\r\n" + S,
+        "http2-version": b"GET /front HTTP/2.0\r\nHost: example.test\r\n\r\n" + S,
+        "http09-version": b"GET /front HTTP/0.9\r\nHost: example.test\r\n\r\n" + S,
         "lowercase-method": b"get /front HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
         # -- expectations we do not implement (RFC 9110 §10.1.1: 417)
         "expect-unknown": HEAD + b"Expect: 200-ok\r\nContent-Length: %d\r\n\r\n%b" % (n, S),
@@ -124,6 +154,13 @@ CASES = {
     "cl-hex": {400},
     "cl-empty": {400},
     "cl-overflow": {400, 413},
+    "cl-over-int64": {400},
+    "cl-uint64-max": {400},
+    "connection-names-content-length": {400},
+    "connection-names-content-length-among-others": {400},
+    "connection-names-content-length-second-line": {400},
+    "connection-names-transfer-encoding": {400},
+    "connection-names-host": {400},
     "chunk-size-overflow": {400, 413},
     "chunk-size-negative": {400},
     "chunk-size-0x-prefix": {400},
@@ -147,9 +184,16 @@ CASES = {
     "bare-cr-line-ending": {400},
     "duplicate-host": {400},
     "missing-host-http11": {400},
-    "http09-style-line": {400},
+    "empty-host": {400},
+    "host-with-userinfo": {400},
+    "host-with-path": {400},
+    "absolute-form-with-userinfo": {400},
+    "absolute-form-empty-authority": {400},
+    "http09-style-line": {400, 505},
     "space-in-target": {400},
-    "unknown-version": {400, 505},
+    "unknown-version": {505},
+    "http2-version": {505},
+    "http09-version": {505},
     "lowercase-method": {400, 501},
     "expect-unknown": {417},
 }
@@ -173,3 +217,60 @@ def test_corpus_requests_are_well_formed_apart_from_their_trick(desync: Desync) 
     is answered as an ordinary pipelined one — so the refusals above are about the trick."""
     outcome = desync.run(HEAD + b"Content-Length: 5\r\n\r\nhello" + smuggled("control")).check().served()
     assert [c.message.target for c in outcome.captured] == [b"/front", b"/smuggled-control", b"/__end__"]
+
+
+# -- a head alone in its read takes the gateway's fast path: the same refusals hold there ----------
+
+HEADS = {
+    "connection-names-content-length": b"POST /front-%s HTTP/1.1\r\nHost: example.test\r\n"
+    b"Connection: Content-Length\r\nContent-Length: 60\r\n\r\n",
+    "connection-names-transfer-encoding": b"POST /front-%s HTTP/1.1\r\nHost: example.test\r\n"
+    b"Connection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
+    "connection-names-host": b"GET /front-%s HTTP/1.1\r\nHost: example.test\r\nConnection: close, Host\r\n\r\n",
+    "cl-over-int64": b"POST /front-%s HTTP/1.1\r\nHost: example.test\r\nContent-Length: 9223372036854775808\r\n\r\n",
+}
+
+
+@pytest.fixture(scope="module")
+def gw(module_gateway: GatewayProcess) -> GatewayProcess:
+    return module_gateway
+
+
+@pytest.fixture
+def conn(gw: GatewayProcess) -> Iterator[Wire]:
+    c = wire(gw, timeout=5)
+    yield c
+    c.close()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("case", list(HEADS))
+def test_framing_trick_is_refused_in_either_shape(
+    case: str, shape: str, conn: Wire, gw: GatewayProcess, module_upstream: Upstream
+) -> None:
+    """The head alone (no body sent: the answer comes at the head) and behind a pipelined request."""
+    marker = f"{case}-{shape}"
+    resp = send_shaped(conn, shape, HEADS[case] % marker.encode(), marker)
+    assert resp.status == 400
+    assert resp.header("content-type") == "application/problem+json"
+    assert conn.closed_by_peer()
+    settle(gw, marker)
+    assert f"/front-{marker}" not in [s.target for s in module_upstream.seen]
+
+
+def test_connection_naming_content_length_hides_nothing(
+    conn: Wire, gw: GatewayProcess, module_upstream: Upstream
+) -> None:
+    """The corpus's critical case spelled out: a request hidden in the body of a POST whose
+    Connection names Content-Length reaches the upstream neither as a body nor as a request."""
+    hidden = b"GET /admin/hidden HTTP/1.1\r\nHost: example.test\r\n\r\n"
+    conn.send(
+        b"POST /public HTTP/1.1\r\nHost: example.test\r\nConnection: Content-Length\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(hidden), hidden)
+    )
+    assert conn.read_response().status == 400
+    assert conn.closed_by_peer()
+    settle(gw, "hidden")
+    targets = [s.target for s in module_upstream.seen]
+    assert "/public" not in targets
+    assert "/admin/hidden" not in targets

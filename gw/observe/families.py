@@ -33,6 +33,7 @@ class Family:
 
 # Proxy errors answered with a 5xx status (gw.errors: the `kind` of each ProxyError).
 PROXY_ERROR_KINDS = (
+    "http-version-not-supported",
     "internal-error",
     "not-implemented",
     "no-healthy-endpoint",

@@ -26,7 +26,17 @@ from gw.observe.accesslog import LINE, NULL_UPSTREAM, members
 from gw.policies.phase import Chain
 from gw.proxy.exchange import Exchange
 from gw.proxy.mirror import MirrorRequest, start_mirrors
-from gw.proxy.request import CRLF, IDEMPOTENT, RawHead, analyze_raw, prepare, split_fields, split_target
+from gw.proxy.request import (
+    CRLF,
+    IDEMPOTENT,
+    RawHead,
+    analyze_raw,
+    forwarded_for,
+    http_version,
+    prepare,
+    split_fields,
+    split_target,
+)
 from gw.proxy.response import CHUNKED, NO_BODY, ResponseHead, build_response_head_raw, status_line
 from gw.proxy.retry import REPLAY_LIMIT, keeps_replay, may_retry, rearm, replayable, retries_status
 from gw.proxy.upstream import (
@@ -80,10 +90,11 @@ class ClientConnection(asyncio.Protocol):
         # attribute, because testing one the exchange class only defaults costs a slow lookup.
         self.chained: Exchange | None = None
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.full_parser = self.parser = HttpRequestParser(self)
-        self.fast_parser = HttpRequestParser(RawHeadCallbacks(self))
+        self.full_parser = self.parser = request_parser(self)
+        self.fast_parser = request_parser(RawHeadCallbacks(self))
         self.raw = b""  # the read being parsed on the fast path
         self.client_host = b""
+        self.hop = b""  # this hop's Forwarded element up to its host (gw.proxy.request.forwarded_for)
         self.phase = IDLE
         self.deadline = 0.0
         self.idle_since = 0.0  # when the connection last became IDLE (opened or answered): drain's grace
@@ -125,6 +136,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) else "unix"
         self.client_host = self.client.encode()
+        self.hop = forwarded_for(self.client_host, self.scheme)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self.tls = True
@@ -270,8 +282,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _new_parsers(self) -> None:
         """Fresh parsers after an upgrade stopped the old ones mid-stream."""
-        self.full_parser = self.parser = HttpRequestParser(self)
-        self.fast_parser = HttpRequestParser(RawHeadCallbacks(self))
+        self.full_parser = self.parser = request_parser(self)
+        self.fast_parser = request_parser(RawHeadCallbacks(self))
 
     def pause_reading(self, reason: int) -> None:
         if not self.paused and not self.closed:
@@ -315,16 +327,18 @@ class ClientConnection(asyncio.Protocol):
         method = parser.get_method()
         if method == b"CONNECT":
             raise errors.MethodNotImplemented("CONNECT is not supported")
+        text = parser.get_http_version()
         prepare(
             req,
             method,
-            parser.get_http_version().encode(),
+            _VERSIONS.get(text) or http_version(text),
             parser.should_keep_alive(),
             parser.should_upgrade(),
             self.client_host,
             self.scheme,
             self.port_bytes,
             self.gw.next_request_id(),
+            self.hop,
         )
         if not req.upgrade and parser.should_upgrade() and req.has_body:
             self.skipped_body = req  # routed once its body can be read (_client_upgrade)
@@ -352,7 +366,8 @@ class ClientConnection(asyncio.Protocol):
         req.url = url
         if method == b"CONNECT":
             raise errors.MethodNotImplemented("CONNECT is not supported")
-        version = _VERSIONS.get(parser.get_http_version()) or parser.get_http_version().encode()
+        text = parser.get_http_version()
+        version = _VERSIONS.get(text) or http_version(text)
         request_id = self.gw.next_request_id()
         # A client's consecutive heads are usually byte-identical (same fields, same cookies):
         # the analysis of the last one is reused after one bytes comparison.
@@ -362,7 +377,7 @@ class ClientConnection(asyncio.Protocol):
         elif memo is not None and memo[0] == block and memo[1] == version:
             head = memo[2]
         else:
-            head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes)
+            head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes, self.hop)
             self.req_memo = (block, version, head)
         if head is not None:
             req.method = method
@@ -380,7 +395,7 @@ class ClientConnection(asyncio.Protocol):
             req.headers = split_fields(block)
             prepare(
                 req, method, version, parser.should_keep_alive(), parser.should_upgrade(), self.client_host,
-                self.scheme, self.port_bytes, request_id,
+                self.scheme, self.port_bytes, request_id, self.hop,
             )
             if not req.upgrade and parser.should_upgrade() and req.has_body:
                 self.skipped_body = req  # routed once its body can be read (_client_upgrade)
@@ -1156,6 +1171,14 @@ class ClientConnection(asyncio.Protocol):
         return now
 
 
+def request_parser(callbacks: object) -> HttpRequestParser:
+    """A request parser that lets any HTTP/x.y version through: http_version() decides (a higher
+    HTTP/1 minor is served as 1.1, RFC 9112 §2.6; llhttp alone refuses 1.2 as invalid)."""
+    parser = HttpRequestParser(callbacks)
+    parser.set_dangerous_leniencies(lenient_version=True)
+    return parser
+
+
 class RawHeadCallbacks:
     """httptools callbacks for a read holding exactly one request head: no on_url/on_header, so no
     Python call per field; the connection reads the head from the bytes instead."""
@@ -1214,6 +1237,9 @@ class ResumedBodyCallbacks:
 _PROTOCOLS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
 
 
+# The two usual versions, looked up here rather than in gw.proxy.request: Python 3.11 compiles a
+# method call on a name bound by `from … import` as LOAD_ATTR (a bound method object per call,
+# ~500 instructions a request measured with callgrind) instead of LOAD_METHOD.
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 
