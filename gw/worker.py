@@ -33,8 +33,8 @@ from gw.config.model import CompiledConfig
 from gw.control import Channel, Message
 from gw.listen import LISTEN_BACKLOG
 from gw.observe.metrics import Registry
+from gw.proxy.dataplane import DataPlane
 from gw.proxy.downstream import IDLE, TUNNEL, ClientConnection
-from gw.proxy.gateway import Gateway
 from gw.settings import Settings, SettingsError
 from gw.state import SharedState
 from gw.stdio import quiet_when_closed
@@ -60,7 +60,7 @@ class Worker:
         self.settings = settings
         self.slot = slot
         self.loop = asyncio.get_running_loop()
-        self.gateway = Gateway(self.loop, settings, metrics=metrics, shared=shared)
+        self.plane = DataPlane(self.loop, settings, metrics=metrics, shared=shared)
         # Listening sockets by (bind port, the supervisor's socket id): a worker may serve several
         # sockets of one port (those of a slot removed by TTOU are adopted by slot 0, so that no
         # listening socket ever closes while connections wait in its queue).
@@ -86,10 +86,10 @@ class Worker:
         self.result = result
         self.version = version
         self.checksum = result.config.checksum
-        self.gateway.install(result.config)
+        self.plane.install(result.config)
         if not self._frozen:
             self._frozen = True
-            self.gateway.start()
+            self.plane.start()
             # The config and the modules loaded so far live as long as the worker: move them out
             # of the collector's sight, and collect young objects less often (the data plane makes
             # no cycles per request; a collection every few hundred requests only adds latency).
@@ -111,10 +111,10 @@ class Worker:
             tls = port.tls is not None
             scheme = b"https" if tls else b"http"
             self.servers[key] = await self.loop.create_server(
-                lambda b=bind_port, d=declared, s=scheme: ClientConnection(self.gateway, b, d, s),  # type: ignore[misc]
+                lambda b=bind_port, d=declared, s=scheme: ClientConnection(self.plane, b, d, s),  # type: ignore[misc]
                 sock=sock,
                 backlog=LISTEN_BACKLOG,
-                ssl=self.gateway.listener_context(bind_port) if tls else None,
+                ssl=self.plane.listener_context(bind_port) if tls else None,
                 ssl_handshake_timeout=self.settings.header_timeout if tls else None,
             )
 
@@ -126,7 +126,7 @@ class Worker:
     def stop_accepting(self) -> None:
         """Close this process's listening sockets; the supervisor's copies keep them open."""
         self.draining = True
-        self.gateway.draining = True
+        self.plane.draining = True
         for server in self.servers.values():
             server.close()
         for sock in self.sockets.values():
@@ -141,7 +141,7 @@ class Worker:
         deadline: their clients reconnect to another worker only when they must.
         """
         self.stop_accepting()
-        gw = self.gateway
+        gw = self.plane
         deadline = self.loop.time() + timeout
         while self.loop.time() < deadline:
             now = time.monotonic()
@@ -162,7 +162,7 @@ class Worker:
         gw.stop()
 
     def stats(self) -> Message:
-        gw = self.gateway
+        gw = self.plane
         tunnels = sum(1 for c in gw.connections if c.phase == TUNNEL)
         return {
             "pid": os.getpid(),
@@ -205,7 +205,7 @@ class SupervisedWorker:
             self.apply_config(message)
         elif kind == "stats":
             stats = self.worker.stats()
-            guard = self.worker.gateway.limiters.guard
+            guard = self.worker.plane.limiters.guard
             if guard is not None:
                 stats["redis"] = {"breaker": guard.state}
             self.channel.reply(message, {"t": "stats", **stats})
@@ -256,7 +256,7 @@ class SupervisedWorker:
     async def run(self) -> None:
         await self.done.wait()
         if not self.channel.closed:
-            self.channel.send({"t": "exiting", "metrics": self.worker.gateway.metrics.snapshot()})
+            self.channel.send({"t": "exiting", "metrics": self.worker.plane.metrics.snapshot()})
 
 
 class _WorkerLogFormat(logging.Formatter):

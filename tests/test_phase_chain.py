@@ -18,8 +18,8 @@ import pytest
 from gw.config import load_text
 from gw.policies.phase import ANSWERED, CONTINUE, WAIT, Exchange, Fields, Phase
 from gw.policies.registry import PHASES, Build
+from gw.proxy.dataplane import DataPlane
 from gw.proxy.downstream import ClientConnection
-from gw.proxy.gateway import Gateway
 from gw.settings import Settings
 from tests.support import route_echo
 from tests.support.gateway import config_yaml, free_port
@@ -97,15 +97,15 @@ Serve = Callable[..., Any]
 
 
 class Served:
-    def __init__(self, port: int, gateway: Gateway) -> None:
+    def __init__(self, port: int, plane: DataPlane) -> None:
         self.port = port
-        self.gateway = gateway
+        self.plane = plane
 
 
 @pytest.fixture
 async def serve(upstream: Upstream) -> AsyncIterator[Serve]:
     """serve(*phases) → the port of a data plane whose registry is PHASES followed by `phases`."""
-    started: list[tuple[Gateway, asyncio.Server]] = []
+    started: list[tuple[DataPlane, asyncio.Server]] = []
 
     async def start(*phases: tuple[str, Build], paths: tuple[str, ...] = ("/free", "/chained")) -> Served:
         port = free_port()
@@ -117,17 +117,17 @@ async def serve(upstream: Upstream) -> AsyncIterator[Serve]:
         config = load_text(config_yaml(port, {"up": [("127.0.0.1", upstream.port)]}, [{"name": "r", "rules": rules}]))
         assert not config.errors, config.errors
         loop = asyncio.get_running_loop()
-        gateway = Gateway(loop, Settings.from_env({"GW_ACCESS_LOG": "off"}), (*PHASES, *phases))
-        gateway.install(config.config)
-        gateway.start()
-        server = await loop.create_server(lambda: ClientConnection(gateway, port, port), "127.0.0.1", port)
-        started.append((gateway, server))
-        return Served(port, gateway)
+        plane = DataPlane(loop, Settings.from_env({"GW_ACCESS_LOG": "off"}), (*PHASES, *phases))
+        plane.install(config.config)
+        plane.start()
+        server = await loop.create_server(lambda: ClientConnection(plane, port, port), "127.0.0.1", port)
+        started.append((plane, server))
+        return Served(port, plane)
 
     yield start
-    for gateway, server in started:
+    for plane, server in started:
         server.close()
-        gateway.stop()
+        plane.stop()
 
 
 async def fetch(served: Served, path: str) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -216,7 +216,7 @@ async def test_a_resume_after_the_client_left_does_nothing(serve: Serve, upstrea
     writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.close()
     async with asyncio.timeout(10):
-        while port.gateway.connections:  # until the gateway's connection_lost for it
+        while port.plane.connections:  # until the data plane's connection_lost for it
             await asyncio.sleep(0.01)
     ex.resume()
     status, _, _ = await fetch(port, "/free")  # the worker serves on

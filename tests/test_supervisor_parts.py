@@ -137,7 +137,7 @@ async def test_a_drain_answers_a_connection_opened_just_before_it(tmp_path: Path
     worker.install(result, version=1)
     await worker.bind(result.config)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    while not worker.gateway.connections:  # accepted by the worker's loop (this loop)
+    while not worker.plane.connections:  # accepted by the worker's loop (this loop)
         await asyncio.sleep(0)
     drain = asyncio.create_task(worker.drain(5.0))
     await asyncio.sleep(0)  # the drain's first sweep runs before the client's request is sent
@@ -178,9 +178,9 @@ async def test_a_worker_is_built_with_its_redis_client_guard_and_keys() -> None:
     shared = SharedState.from_settings(settings, metrics)
     assert shared is not None and shared.keys.prefix == "pfx"
     worker = Worker(settings, metrics=metrics, shared=shared)
-    limits = worker.gateway.limiters
+    limits = worker.plane.limiters
     assert (limits.redis, limits.guard, limits.keys) == (shared.redis, shared.guard, shared.keys)
-    assert worker.gateway.metrics is metrics and "gw_redis_breaker_open" in metrics.render().decode()
+    assert worker.plane.metrics is metrics and "gw_redis_breaker_open" in metrics.render().decode()
     await shared.redis.aclose()
 
 

@@ -115,7 +115,7 @@ class Rule:
     The proxy does not read the filters and policies itself: a worker turns them into the rule's
     phase chain when it installs the snapshot (gw.policies.registry). `chain` and `stats` (and
     each endpoint's `pool`) are the only attributes written after compile, once, by that install
-    (gw.proxy.gateway); a rule that nothing filters keeps `chain` None and the proxy pays one
+    (gw.proxy.dataplane); a rule that nothing filters keeps `chain` None and the proxy pays one
     test for it per request.
     """
 

@@ -49,7 +49,7 @@ from gw.proxy.upstream import (
 
 if TYPE_CHECKING:
     from gw.config.model import Backend, Endpoint
-    from gw.proxy.gateway import Gateway
+    from gw.proxy.dataplane import DataPlane
 
 # What the connection is waiting for; decides what an expired deadline means.
 IDLE = 0  # keep-alive, between requests: close quietly
@@ -76,10 +76,10 @@ LAST_CHUNK = b"0\r\n\r\n"
 class ClientConnection(asyncio.Protocol):
     """One client connection and the exchange it currently has in flight."""
 
-    def __init__(self, gateway: Gateway, bind_port: int, declared_port: int, scheme: bytes = b"http") -> None:
-        self.gw = gateway
-        self.loop = gateway.loop
-        self.settings = gateway.settings
+    def __init__(self, plane: DataPlane, bind_port: int, declared_port: int, scheme: bytes = b"http") -> None:
+        self.gw = plane  # this worker's data plane
+        self.loop = plane.loop
+        self.settings = plane.settings
         self.bind_port = bind_port
         self.port_bytes = str(declared_port).encode()
         self.declared_port = declared_port

@@ -26,8 +26,8 @@ from gw.proxy.request import CRLF
 if TYPE_CHECKING:
     from gw.config.filters import Mirror
     from gw.config.model import Backend
+    from gw.proxy.dataplane import DataPlane
     from gw.proxy.exchange import Exchange
-    from gw.proxy.gateway import Gateway
     from gw.proxy.upstream import UpstreamConnection
 
 # Bytes of one copy not yet taken by the kernel (waiting for its connection, or in its transport's
@@ -52,7 +52,7 @@ ERROR = "error"  # a bug in this module: the copy is dropped, the client's excha
 
 
 def start_mirrors(
-    gw: Gateway, mirrors: Sequence[Mirror], req: Exchange, early_body: list[bytes] | None, timeout: float
+    gw: DataPlane, mirrors: Sequence[Mirror], req: Exchange, early_body: list[bytes] | None, timeout: float
 ) -> list[MirrorRequest] | None:
     """Send a copy of `req` (head as it goes upstream) to each mirror its percent/fraction takes.
 
@@ -105,7 +105,7 @@ class MirrorRequest:
     )
 
     def __init__(
-        self, gw: Gateway, backend_name: str, req: Exchange, early_body: list[bytes] | None, timeout: float
+        self, gw: DataPlane, backend_name: str, req: Exchange, early_body: list[bytes] | None, timeout: float
     ) -> None:
         self.gw = gw
         self.backend_name = backend_name

@@ -9,20 +9,20 @@ from typing import Any
 
 from gw.config.model import CompiledConfig
 from gw.policies.registry import PHASES, Build
-from gw.proxy.gateway import Gateway
+from gw.proxy.dataplane import DataPlane
 from gw.settings import Settings
 
 
 @contextmanager
-def installed(config: CompiledConfig, phases: Sequence[tuple[str, Build]] = PHASES) -> Iterator[Gateway]:
+def installed(config: CompiledConfig, phases: Sequence[tuple[str, Build]] = PHASES) -> Iterator[DataPlane]:
     """The worker state serving `config`; its event loop never runs and is closed afterwards."""
     loop = asyncio.new_event_loop()
-    gateway = Gateway(loop, Settings.from_env({"GW_ACCESS_LOG": "off"}), phases)
+    plane = DataPlane(loop, Settings.from_env({"GW_ACCESS_LOG": "off"}), phases)
     try:
-        gateway.install(config)
-        yield gateway
+        plane.install(config)
+        yield plane
     finally:
-        gateway.stop()
+        plane.stop()
         loop.close()
 
 

@@ -31,7 +31,7 @@ STALL = SWEEP_INTERVAL
 IO_TURN = 0.001  # a timer this short fires after the next poll for I/O, in libuv as in asyncio
 
 
-class Gateway:
+class DataPlane:
     """One worker's proxy state. The config is an immutable snapshot swapped by `install`."""
 
     def __init__(
