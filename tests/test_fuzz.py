@@ -1,9 +1,10 @@
 """Hypothesis feeds one gateway malformed and mutated requests; no input crashes it or gets
 anything but a well-formed answer, and the worker keeps serving normal requests throughout.
 
-Each input is classified by a reference HTTP/1.1 parser (httptools, without gw's own checks):
+Each input is classified by a reference HTTP/1.1 parser (httptools, without gw's own checks, any
+HTTP/x.y version let through as gw lets it through, to serve 1.x as 1.1 or answer 505):
 - malformed before any complete request → exactly one 4xx (or 501) answer, then the close;
-- holding complete requests → well-formed answers, 2xx from the upstream or 4xx/501 from gw;
+- holding complete requests → well-formed answers, 2xx from the upstream or 4xx/501/505 from gw;
 - a mere prefix of a request → at most a 4xx (the client's half-close ends the wait), and
   nothing at all for empty input.
 The client half-closes after its bytes, so incomplete input costs no timeout.
@@ -149,6 +150,7 @@ def classify(data: bytes) -> tuple[bool, int]:
     """(malformed, complete requests) as a plain HTTP/1.1 parser reads `data`."""
     count = _Count()
     parser = HttpRequestParser(count)
+    parser.set_dangerous_leniencies(lenient_version=True)
     try:
         parser.feed_data(data)
     except HttpParserUpgrade:
@@ -184,7 +186,8 @@ def exchange(gw: GatewayProcess, data: bytes) -> list[Response]:
 
 
 def is_client_error(status: int) -> bool:
-    return 400 <= status < 500 or status == 501
+    # 501 (a method, CONNECT) and 505 (a version, HTTP/2.0 in an HTTP/1 line) answer the client's input too.
+    return 400 <= status < 500 or status in (501, 505)
 
 
 def check(gw: GatewayProcess, data: bytes) -> None:
