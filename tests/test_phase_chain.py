@@ -84,6 +84,15 @@ class Raising(Phase):
             raise RuntimeError("a bug in a response phase")
 
 
+class Adding(Phase):
+    """Adds a response field carrying the request's query, when it has one (as CORS does for an Origin)."""
+
+    def on_request(self, ex: Exchange) -> int:
+        if ex.query:
+            ex.add_response_fields([(b"X-Added", ex.query)])
+        return CONTINUE
+
+
 def every_rule(phase: Phase) -> Build:
     return lambda rule, services: phase
 
@@ -242,3 +251,23 @@ async def test_the_example_phase_echoes_the_route_it_matched(serve: Serve) -> No
     port = await serve(("route-echo", route_echo.build))
     status, fields, _ = await fetch(port, "/chained")
     assert status == 200 and values(fields, "x-route") == ["default/r"]
+
+
+async def test_added_response_fields_belong_to_their_own_response(serve: Serve) -> None:
+    """Fields a phase adds go on the response head the upstream's answer reuses from one response to
+    the next on a connection: each response carries its own request's fields, and only those."""
+    served = await serve(("adding", every_rule(Adding())))
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    try:
+        seen = []
+        for query in (b"?one", b"", b"?three"):
+            writer.write(b"GET /chained%s HTTP/1.1\r\nHost: example.test\r\n\r\n" % query)
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head[:-4].decode("latin-1").split("\r\n")
+            assert lines[0].startswith("HTTP/1.1 200")
+            fields = [(n.strip().lower(), v.strip()) for n, v in (line.split(":", 1) for line in lines[1:])]
+            await reader.readexactly(int(values(fields, "content-length")[0]))
+            seen.append(values(fields, "x-added"))
+        assert seen == [["one"], [], ["three"]]
+    finally:
+        writer.close()

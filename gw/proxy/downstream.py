@@ -751,8 +751,9 @@ class ClientConnection(asyncio.Protocol):
         key = (block, status, req.method, req.version, req.keep_alive, must_close)
         memo = self.resp_memo
         chained = self.chained
-        if chained is not None and chained.edits_response:
-            # The chain edits this response head (header modifiers, fields earlier phases added).
+        added = None  # fields phases add to the head as it is (CORS, RateLimit): no field-by-field pass
+        if chained is not None and chained.edits_response and chained.rule.chain.response:
+            # Phases edit this response head (header modifiers): field by field.
             try:
                 block = self._response_phases(req, status, block)
             except Exception as exc:
@@ -763,17 +764,30 @@ class ClientConnection(asyncio.Protocol):
                 self._phase_failed(req, exc)
                 return
             head = build_response_head_raw(status, block, req, must_close)
-        elif memo is not None and memo[0] == key:
-            head = memo[1]
         else:
-            head = build_response_head_raw(status, block, req, must_close)
-            self.resp_memo = (key, head) if head.cacheable else None
+            if memo is not None and memo[0] == key:
+                head = memo[1]
+            else:
+                head = build_response_head_raw(status, block, req, must_close)
+                self.resp_memo = (key, head) if head.cacheable else None
+            if chained is not None and chained.edits_response:
+                added = chained.response_fields
         self.resp_head = head
         self.status = status
         self.framing = head.framing
         self.close_after = head.close
         out = self.out
-        if head.request_id_at:
+        if added:
+            # Right after the status line, so the head built for the upstream's block is reused.
+            first = head.parts[0]
+            cut = first.find(b"\r\n") + 2
+            out.append(first[:cut])
+            out.append(b"".join(b"%b: %b\r\n" % field for field in added))
+            out.append(first[cut:])
+            if head.request_id_at:
+                out.append(req.request_id)
+                out.append(head.parts[1])
+        elif head.request_id_at:
             out.append(head.parts[0])
             out.append(req.request_id)
             out.append(head.parts[1])
