@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psutil
@@ -17,6 +16,7 @@ import pytest
 
 from tests.support.gateway import GatewayProcess, http_request
 from tests.support.servers import Peer, ScriptedServer, launch_gateway
+from tests.support.wait import wait_until
 
 
 @dataclass
@@ -42,14 +42,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     upstream.stop()
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def close_wait_sockets(gateway: GatewayProcess) -> list[object]:

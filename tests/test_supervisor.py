@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -28,20 +27,12 @@ from tests.conftest import StartGateway
 from tests.support.gateway import REPO, Client, GatewayProcess, config_yaml, free_port
 from tests.support.servers import read_ws_frame
 from tests.support.upstream import Upstream, ws_frame
+from tests.support.wait import wait_until
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 ROUTES = [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}]
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> object:
-    """Poll `condition` until it is truthy (the supervisor's state changes asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def workers(gw: GatewayProcess) -> list[dict[str, object]]:
