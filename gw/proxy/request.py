@@ -195,6 +195,11 @@ def prepare(
         # Only WebSocket is proxied as an upgrade; h2c and friends are served as plain HTTP/1.1.
         req.upgrade = upgrade_value.strip().lower() == b"websocket"
         if req.upgrade:
+            if req.chunked or req.content_length > 0:
+                # RFC 6455 §4.1: the handshake is a GET without content. gw would send the head
+                # alone and hold the body as tunnel bytes: an upstream that refuses the upgrade
+                # would read them as its next request, and gw would parse them as the client's.
+                raise BadRequest("a WebSocket upgrade request with a body")
             add((b"Connection: Upgrade\r\nUpgrade: ", upgrade_value, CRLF))
 
     client = client_host
