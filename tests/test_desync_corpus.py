@@ -27,7 +27,7 @@ from tests.support.desync import KNOWN, SMUGGLED, Desync
 
 # Defects the corpus found beyond the list; a fixed one maps to "".
 NEW = {
-    "after-close": "NEW: a request pipelined behind one gw answers itself and closes is still forwarded, unanswered",
+    "after-close": "",  # fixed
     "abs-no-host": "NEW: an HTTP/1.1 absolute-form request without Host is forwarded (RFC 9112 §3.2: 400)",
     "abs-empty-host": "",  # fixed
     "abs-userinfo": "",  # fixed

@@ -73,6 +73,10 @@ LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a RST
 LAST_CHUNK = b"0\r\n\r\n"
 
 
+class NothingMore(Exception):
+    """Raised from a parser callback to stop parsing: the connection closes after its response."""
+
+
 class ClientConnection(asyncio.Protocol):
     """One client connection and the exchange it currently has in flight."""
 
@@ -199,7 +203,9 @@ class ClientConnection(asyncio.Protocol):
                 upgraded_at = upgrade.args[0]
             except HttpParserCallbackError as exc:
                 cause = exc.__context__
-                if isinstance(cause, ProxyError):
+                if isinstance(cause, NothingMore):
+                    self.pause_reading(PAUSE_PIPELINE)  # (a no-op once closed) the close follows the response
+                elif isinstance(cause, ProxyError):
                     self._reject(cause)
                 elif cause is not None:
                     self.crash(cause)
@@ -299,6 +305,13 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks: the request --------------------------------------------------
 
     def on_message_begin(self) -> None:
+        # httptools goes on through the rest of the read after gw decided to close (it answered
+        # a request itself and closed, or the request before says close): what follows must not
+        # be routed, let alone forwarded. (Only the full parser calls this: the fast path's read
+        # holds one head and nothing after it.)
+        last = self.queue[-1] if self.queue else self.active
+        if self.closed or self.close_after or (last is not None and not last.keep_alive):
+            raise NothingMore
         now = monotonic()
         req = self.req = Exchange(now)
         req.headers = []
