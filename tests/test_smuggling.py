@@ -120,6 +120,7 @@ def attempt(case: str) -> bytes:
         "host-with-path": b"GET /front HTTP/1.1\r\nHost: example.test/smuggled\r\n\r\n" + S,
         "absolute-form-with-userinfo": b"GET http://front@example.test/front HTTP/1.1\r\nHost: example.test\r\n\r\n"
         + S,
+        "absolute-form-without-host-field": b"GET http://example.test/front HTTP/1.1\r\n\r\n" + S,
         "absolute-form-empty-authority": b"GET http:///front HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
         # -- request line
         "http09-style-line": b"GET /front\r\n\r\n" + S,
@@ -199,6 +200,7 @@ CASES = {
     "host-with-path": {400},
     "absolute-form-with-userinfo": {400},
     "absolute-form-empty-authority": {400},
+    "absolute-form-without-host-field": {400},
     "http09-style-line": {400, 505},
     "space-in-target": {400},
     "unknown-version": {505},

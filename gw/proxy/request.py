@@ -174,13 +174,13 @@ def prepare(
     # it stands for a target without authority, which an http(s) URI never is (RFC 9110 §4.2.1).
     if host_seen and not valid_host(host):
         raise BadRequest("invalid Host header")
+    if not host_seen and version != b"1.0":
+        raise BadRequest("missing Host header")  # absolute-form too (RFC 9112 §3.2)
     if authority is not None:
         if not valid_host(authority):
             raise BadRequest("invalid authority in the request target")
         host, host_seen = authority, True
         add((b"Host: ", authority, CRLF))
-    if not host_seen and version != b"1.0":
-        raise BadRequest("missing Host header")
     if forwarded and _FORWARDED.fullmatch(forwarded) is None:
         # An open quoted-string would swallow the element appended below.
         raise BadRequest("malformed Forwarded header")
