@@ -154,6 +154,25 @@ def test_head_is_forwarded_as_head(conn: Wire, module_upstream: Upstream) -> Non
     assert seen.method == "HEAD"
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HEAD /echo?bad-head HTTP/1.1\r\nHost: a b\r\n\r\n",  # alone in a read: the fast path
+        b"HEAD /echo?bad-head HTTP/1.1\r\nHost: example.test\r\nContent-Length: 0\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",  # llhttp's own refusal
+    ],
+    ids=["invalid-host", "cl-and-te"],
+)
+def test_refusal_of_a_head_request_has_no_content(conn: Wire, head: bytes) -> None:
+    """RFC 9110 §9.3.2: gw's own 400 to a malformed HEAD request ends at its head, as any answer to
+    HEAD does: a client reading it as such finds nothing after it but the close."""
+    conn.send(head)
+    resp = conn.read_response("HEAD")
+    assert resp.status == 400
+    assert int(resp.header("content-length") or 0) > 0
+    assert conn.closed_by_peer()
+
+
 @pytest.mark.parametrize("status", [204, 304])
 def test_bodiless_status_has_no_body_and_connection_goes_on(conn: Wire, status: int) -> None:
     """RFC 9110 §15.3.5, §15.4.5: 204 and 304 end at their head; the next response follows it."""

@@ -1038,7 +1038,10 @@ class ClientConnection(asyncio.Protocol):
             return
         # A request whose head was accepted keeps its id (the client's, if it sent a valid one).
         request_id = req.request_id if req is not None and req.request_id else self.gw.next_request_id()
-        self.transport.write(problem_response(error, request_id, close=True))
+        # A response to HEAD has no content (RFC 9110 §9.3.2): the method is known once the
+        # request line is parsed (the target is read after it).
+        head_only = req is not None and (req.method or (req.url and self.parser.get_method())) == b"HEAD"
+        self.transport.write(problem_response(error, request_id, close=True, head_only=head_only))
         if req is not None:
             req.request_id = request_id
             self._record(req, error.status)
