@@ -156,8 +156,16 @@ def prepare(
         # dropped: the gateway sets them itself below.
 
     if connection_tokens is not None:
+        if b"close" in connection_tokens:
+            # llhttp keeps an HTTP/1.0 request alive when keep-alive is named too: close wins
+            # (RFC 9112 §9.6), or the connection stays open for a client that will not use it.
+            req.keep_alive = False
         extra = {t for t in connection_tokens if t not in _CONNECTION_TOKENS_HANDLED}
         if extra:
+            if any(t.translate(None, _TCHAR) for t in extra):
+                # Connection = #token (RFC 9110 §7.6.1). llhttp reads "close x" as no close at
+                # all; another reader may see one: refused rather than guessed.
+                raise BadRequest("Connection is not a list of field names")
             if not extra.isdisjoint(_FRAMING):
                 raise BadRequest("Connection names a field the request cannot go without")
             # Fields named in Connection are hop-by-hop too (RFC 9110 §7.6.1): a second pass
@@ -424,8 +432,8 @@ def analyze_raw(
         if low.count(b"\r\nconnection:") > 1:
             return None
         tokens = field_value(low, low, b"\r\nconnection:").split(b",")
-        if any(t.strip() not in _PLAIN_CONNECTION for t in tokens):
-            return None
+        if len(tokens) > 1 or tokens[0].strip() not in _PLAIN_CONNECTION:
+            return None  # (keep-alive and close together: close wins, which llhttp does not see)
         block, low = drop_field(block, low, b"\r\nconnection:")
     i = low.find(b"\r\nhost:")
     if i < 0:
