@@ -38,7 +38,7 @@ NEW = {
     "no-version": "",  # fixed
     "http10-close": "",  # fixed
     "connection-syntax": "",  # fixed
-    "empty-line": "NEW: a lone head after an empty line is refused (fast path), served when pipelined (full parser)",
+    "empty-line": "",  # fixed
     "head-refusal": "",  # fixed
 }
 

@@ -368,6 +368,9 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         method = parser.get_method()
         line_end = data.find(b"\r\n")
+        if not line_end:  # empty lines before the request line: llhttp skipped them (RFC 9112 §2.2)
+            data = data.lstrip(b"\r\n")
+            line_end = data.find(b"\r\n")
         # llhttp has validated "METHOD SP target SP HTTP/x.y": the target sits between them.
         url = data[len(method) + 1 : line_end - 9]
         block = data[line_end:-2]
