@@ -34,7 +34,7 @@ NEW = {
     "chunk-2^63": "NEW: a chunk size of 2^63 or more is accepted and its data forwarded",
     "chunk-ext-value": "NEW: a chunk extension with '=' and no value (5;a=) is accepted",
     "upgrade-body": "",  # fixed
-    "request-line-spaces": "NEW: extra spaces in the request-line are forwarded in the target, or accepted pipelined",
+    "request-line-spaces": "",  # fixed
     "no-version": "",  # fixed
     "http10-close": "",  # fixed
     "connection-syntax": "",  # fixed

@@ -125,6 +125,8 @@ def attempt(case: str) -> bytes:
         # -- request line
         "http09-style-line": b"GET /front\r\n\r\n" + S,
         "space-in-target": b"GET /front /x HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
+        "space-before-version": b"GET /front  HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
+        "space-after-method": b"GET  /front HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
         "unknown-version": b"GET /front HTTP/7.1\r\nHost: example.test\r\n\r\n" + S,
         "http2-version": b"GET /front HTTP/2.0\r\nHost: example.test\r\n\r\n" + S,
         "http09-version": b"GET /front HTTP/0.9\r\nHost: example.test\r\n\r\n" + S,
@@ -203,6 +205,8 @@ CASES = {
     "absolute-form-without-host-field": {400},
     "http09-style-line": {400, 505},
     "space-in-target": {400},
+    "space-before-version": {400},
+    "space-after-method": {400},
     "unknown-version": {505},
     "http2-version": {505},
     "http09-version": {505},
@@ -242,6 +246,7 @@ HEADS = {
     b"Connection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
     "connection-names-host": b"GET /front-%s HTTP/1.1\r\nHost: example.test\r\nConnection: close, Host\r\n\r\n",
     "cl-over-int64": b"POST /front-%s HTTP/1.1\r\nHost: example.test\r\nContent-Length: 9223372036854775808\r\n\r\n",
+    "space-before-version": b"GET /front-%s  HTTP/1.1\r\nHost: example.test\r\n\r\n",
     "websocket-with-content-length": b"GET /front-%s HTTP/1.1\r\nHost: example.test\r\nConnection: Upgrade\r\n"
     b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
     b"Content-Length: 60\r\n\r\n",

@@ -97,6 +97,12 @@ class ClientConnection(asyncio.Protocol):
         self.full_parser = self.parser = request_parser(self)
         self.fast_parser = request_parser(RawHeadCallbacks(self))
         self.raw = b""  # the read being parsed on the fast path
+        # The full parser's reads, for the one check llhttp does not make: one SP on either side of
+        # the target (it skips any number). A head's reads from the one it began in; where in the
+        # last read the previous request line ended.
+        self.feeding = b""
+        self.head_reads: list[bytes] | None = None
+        self.line_at = 0
         self.client_host = b""
         self.hop = b""  # this hop's Forwarded element up to its host (gw.proxy.request.forwarded_for)
         self.phase = IDLE
@@ -190,9 +196,17 @@ class ClientConnection(asyncio.Protocol):
                     self.parser = self.fast_parser
                 else:
                     self.parser = self.full_parser
+                    self.feeding = data
+                    self.line_at = 0
             else:
                 if self.phase == HEAD:
                     self.head_bytes += len(data)
+                reads = self.head_reads
+                if reads is not None:  # a head the full parser began in an earlier read
+                    reads.append(data)
+                else:
+                    self.line_at = 0
+                self.feeding = data
                 if self.req.chunked:  # (set once its head is parsed: this read starts in its body)
                     framed = self.req
                     received = framed.body_received
@@ -290,6 +304,7 @@ class ClientConnection(asyncio.Protocol):
         """Fresh parsers after an upgrade stopped the old ones mid-stream."""
         self.full_parser = self.parser = request_parser(self)
         self.fast_parser = request_parser(RawHeadCallbacks(self))
+        self.head_reads = None
 
     def pause_reading(self, reason: int) -> None:
         if not self.paused and not self.closed:
@@ -312,6 +327,7 @@ class ClientConnection(asyncio.Protocol):
         last = self.queue[-1] if self.queue else self.active
         if self.closed or self.close_after or (last is not None and not last.keep_alive):
             raise NothingMore
+        self.head_reads = [self.feeding]
         now = monotonic()
         req = self.req = Exchange(now)
         req.headers = []
@@ -338,6 +354,10 @@ class ClientConnection(asyncio.Protocol):
         self.head_bytes = 0
         parser = self.parser
         method = parser.get_method()
+        reads = self.head_reads
+        if reads is not None:
+            self.head_reads = None
+            self._single_spaces(reads, method, req.url)
         if method == b"CONNECT":
             raise errors.MethodNotImplemented("CONNECT is not supported")
         text = parser.get_http_version()
@@ -357,6 +377,21 @@ class ClientConnection(asyncio.Protocol):
             self.skipped_body = req  # routed once its body can be read (_client_upgrade)
             return
         self._route(req)
+
+    def _single_spaces(self, reads: list[bytes], method: bytes, url: bytes) -> None:
+        """400 unless the request line is method SP target SP version (RFC 9112 §3): llhttp skips
+        extra SPs around the target, which the fast path would forward inside it."""
+        line = b"%b %b HTTP/" % (method, url)
+        buf = reads[0] if len(reads) == 1 else b"".join(reads)
+        at = self.line_at
+        if not buf.startswith(line, at):
+            # (A body need not end with CRLF, so the line may start anywhere. The same bytes earlier
+            # in a body, or later in a field value, can only make gw forward this line normalised:
+            # the framing is llhttp's either way, and gw writes its own request line.)
+            at = buf.find(line, at)
+            if at < 0:
+                raise errors.BadRequest("the request line is not method SP target SP version")
+        self.line_at = max(0, at + len(line) - len(buf) + len(reads[-1]))
 
     def on_raw_headers_complete(self) -> None:
         """The fast path: this read held exactly one request head (see RawHeadCallbacks)."""
