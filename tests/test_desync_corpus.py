@@ -27,19 +27,23 @@ from tests.support.desync import KNOWN, SMUGGLED, Desync
 
 # Defects the corpus found beyond the list; a fixed one maps to "".
 NEW = {
-    "after-close": "NEW: a request pipelined behind one gw answers itself and closes is still forwarded, unanswered",
-    "abs-no-host": "NEW: an HTTP/1.1 absolute-form request without Host is forwarded (RFC 9112 §3.2: 400)",
+    "after-close": "",  # fixed
+    "abs-no-host": "",  # fixed
     "abs-empty-host": "",  # fixed
     "abs-userinfo": "",  # fixed
+    # Open: httptools reports a chunk header without its size or extensions (on_chunk_header takes
+    # no argument) and no offset into the read, so gw would have to parse chunk framing in Python
+    # on every chunk to see either. (gw re-frames what it forwards: the upstream gets chunks of
+    # the sizes it read, never the client's size line or extensions.)
     "chunk-2^63": "NEW: a chunk size of 2^63 or more is accepted and its data forwarded",
     "chunk-ext-value": "NEW: a chunk extension with '=' and no value (5;a=) is accepted",
-    "upgrade-body": "NEW: an upgrade request's body is held as tunnel bytes; refused early, it is read as a request",
-    "request-line-spaces": "NEW: extra spaces in the request-line are forwarded in the target, or accepted pipelined",
+    "upgrade-body": "",  # fixed
+    "request-line-spaces": "",  # fixed
     "no-version": "",  # fixed
-    "http10-close": "NEW: an HTTP/1.0 request whose Connection names both keep-alive and close is kept alive",
-    "connection-syntax": "NEW: a Connection value that is no token list (close x) is read as keep-alive",
-    "empty-line": "NEW: a lone head after an empty line is refused (fast path), served when pipelined (full parser)",
-    "head-refusal": "NEW: gw's 400 to a malformed HEAD request carries content (RFC 9110 §9.3.2)",
+    "http10-close": "",  # fixed
+    "connection-syntax": "",  # fixed
+    "empty-line": "",  # fixed
+    "head-refusal": "",  # fixed
 }
 
 HOST = b"Host: example.test\r\n"
@@ -205,6 +209,7 @@ CASES: dict[str, Case] = {
     "head-refused-without-content": case(
         req(b"HEAD", fields=b"Content-Length: 0\r\n" + TE, body=b"0\r\n\r\n"),
         "RFC 9110 §9.3.2: no content in an answer to HEAD",
+        statuses={400},
         xfail=NEW["head-refusal"],
     ),
     "head-answered-by-gw": case(
@@ -272,7 +277,10 @@ CASES: dict[str, Case] = {
         req(target=b"http:///admin/x"), "RFC 9110 §4.2.1: MUST reject", xfail=NEW["abs-empty-host"]
     ),
     "absolute-form-without-host-field": case(
-        req(target=b"http://example.test/x", host=None), "RFC 9112 §3.2: MUST 400", xfail=NEW["abs-no-host"]
+        req(target=b"http://example.test/x", host=None),
+        "RFC 9112 §3.2: MUST 400",
+        statuses={400},
+        xfail=NEW["abs-no-host"],
     ),
     "absolute-form-with-userinfo": case(
         req(target=b"http://example.test@other.test/any/x"), "RFC 9110 §4.2.4", xfail=NEW["abs-userinfo"]
@@ -396,7 +404,10 @@ CASES: dict[str, Case] = {
         xfail=NEW["http10-close"],
     ),
     "connection-value-not-token-list": case(
-        req(fields=b"Connection: close x\r\n") + SMUGGLED, "RFC 9110 §7.6.1: #token", xfail=NEW["connection-syntax"]
+        req(fields=b"Connection: close x\r\n") + SMUGGLED,
+        "RFC 9110 §7.6.1: #token",
+        statuses={400},
+        xfail=NEW["connection-syntax"],
     ),
     "proxy-connection-is-not-connection": case(req(fields=b"Proxy-Connection: close\r\n") + SMUGGLED, "RFC 9112 §9.6"),
     # -- Upgrade (RFC 9110 §7.8) -----------------------------------------------------------------------
@@ -409,7 +420,8 @@ CASES: dict[str, Case] = {
     ),
     "websocket-refused-early-with-body": case(
         post(WS + length(SMUGGLED), SMUGGLED, b"/early/ws"),
-        "WebSocket smuggling via a failed upgrade; RFC 9110 §7.8: the switch follows the content",
+        "WebSocket smuggling via a failed upgrade; RFC 6455 §4.1: the handshake is a GET without content",
+        statuses={400},
         xfail=NEW["upgrade-body"],
     ),
     # -- client-side desync: gw's own answers before the body (Kettle 2022, 2025) ------------------

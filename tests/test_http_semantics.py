@@ -120,6 +120,30 @@ def test_http10_keepalive_connection_persists(conn: Wire) -> None:
     assert echoed(second.body)["target"] == "/echo?b"
 
 
+@pytest.mark.parametrize(
+    "connection",
+    [b"Connection: keep-alive, close\r\n", b"Connection: close\r\nConnection: keep-alive\r\n"],
+    ids=["one-line", "two-lines"],
+)
+def test_http10_close_wins_over_keepalive(conn: Wire, connection: bytes) -> None:
+    """RFC 9112 §9.6: a request naming close is the last on its connection, keep-alive named or not
+    (llhttp keeps such an HTTP/1.0 request alive). The head alone in its read: the fast path."""
+    conn.send(b"GET /echo?close-wins HTTP/1.0\r\nHost: example.test\r\n" + connection + b"\r\n")
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert (resp.header("connection") or "close").lower() == "close"
+    assert conn.closed_by_peer()
+
+
+@pytest.mark.parametrize("value", [b"close x", b"keep-alive;q=1", b'"close"'])
+def test_connection_value_that_is_no_token_list_is_refused(conn: Wire, value: bytes) -> None:
+    """RFC 9110 §7.6.1: Connection = #token. llhttp reads "close x" as no close at all, another
+    reader may see one: gw refuses what it would have to guess."""
+    conn.send(b"GET /echo HTTP/1.1\r\nHost: example.test\r\nConnection: " + value + b"\r\n\r\n")
+    assert conn.read_response().status == 400
+    assert conn.closed_by_peer()
+
+
 def test_http10_client_gets_close_delimited_body_when_upstream_chunks(conn: Wire) -> None:
     """RFC 9112 §6.1: no chunked to an HTTP/1.0 client; without a length the body ends with the close."""
     conn.send(b"GET /chunked/100000 HTTP/1.0\r\nHost: example.test\r\nConnection: keep-alive\r\n\r\n")
@@ -152,6 +176,25 @@ def test_head_is_forwarded_as_head(conn: Wire, module_upstream: Upstream) -> Non
     assert conn.read_response("HEAD").status == 200
     (seen,) = seen_for(module_upstream, "/echo?head-method")
     assert seen.method == "HEAD"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HEAD /echo?bad-head HTTP/1.1\r\nHost: a b\r\n\r\n",  # alone in a read: the fast path
+        b"HEAD /echo?bad-head HTTP/1.1\r\nHost: example.test\r\nContent-Length: 0\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",  # llhttp's own refusal
+    ],
+    ids=["invalid-host", "cl-and-te"],
+)
+def test_refusal_of_a_head_request_has_no_content(conn: Wire, head: bytes) -> None:
+    """RFC 9110 §9.3.2: gw's own 400 to a malformed HEAD request ends at its head, as any answer to
+    HEAD does: a client reading it as such finds nothing after it but the close."""
+    conn.send(head)
+    resp = conn.read_response("HEAD")
+    assert resp.status == 400
+    assert int(resp.header("content-length") or 0) > 0
+    assert conn.closed_by_peer()
 
 
 @pytest.mark.parametrize("status", [204, 304])

@@ -21,6 +21,12 @@ from tests.support.upstream import Upstream
 HEAD = b"POST /front HTTP/1.1\r\nHost: example.test\r\n"
 
 
+WS_HEAD = (
+    b"GET /front HTTP/1.1\r\nHost: example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
 def smuggled(case: str) -> bytes:
     return b"GET /smuggled-%s HTTP/1.1\r\nHost: example.test\r\n\r\n" % case.encode()
 
@@ -114,14 +120,21 @@ def attempt(case: str) -> bytes:
         "host-with-path": b"GET /front HTTP/1.1\r\nHost: example.test/smuggled\r\n\r\n" + S,
         "absolute-form-with-userinfo": b"GET http://front@example.test/front HTTP/1.1\r\nHost: example.test\r\n\r\n"
         + S,
+        "absolute-form-without-host-field": b"GET http://example.test/front HTTP/1.1\r\n\r\n" + S,
         "absolute-form-empty-authority": b"GET http:///front HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
         # -- request line
         "http09-style-line": b"GET /front\r\n\r\n" + S,
         "space-in-target": b"GET /front /x HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
+        "space-before-version": b"GET /front  HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
+        "space-after-method": b"GET  /front HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
         "unknown-version": b"GET /front HTTP/7.1\r\nHost: example.test\r\n\r\n" + S,
         "http2-version": b"GET /front HTTP/2.0\r\nHost: example.test\r\n\r\n" + S,
         "http09-version": b"GET /front HTTP/0.9\r\nHost: example.test\r\n\r\n" + S,
         "lowercase-method": b"get /front HTTP/1.1\r\nHost: example.test\r\n\r\n" + S,
+        # -- a WebSocket handshake is a GET without content (RFC 6455 §4.1): a body would be held as
+        # tunnel bytes, and read as a request once the upstream refuses the upgrade
+        "websocket-with-content-length": WS_HEAD + b"Content-Length: %d\r\n\r\n%b" % (n, S),
+        "websocket-chunked": WS_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + chunk_of(S) + b"0\r\n\r\n",
         # -- expectations we do not implement (RFC 9110 §10.1.1: 417)
         "expect-unknown": HEAD + b"Expect: 200-ok\r\nContent-Length: %d\r\n\r\n%b" % (n, S),
     }[case]
@@ -189,12 +202,17 @@ CASES = {
     "host-with-path": {400},
     "absolute-form-with-userinfo": {400},
     "absolute-form-empty-authority": {400},
+    "absolute-form-without-host-field": {400},
     "http09-style-line": {400, 505},
     "space-in-target": {400},
+    "space-before-version": {400},
+    "space-after-method": {400},
     "unknown-version": {505},
     "http2-version": {505},
     "http09-version": {505},
     "lowercase-method": {400, 501},
+    "websocket-with-content-length": {400},
+    "websocket-chunked": {400},
     "expect-unknown": {417},
 }
 
@@ -228,6 +246,10 @@ HEADS = {
     b"Connection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
     "connection-names-host": b"GET /front-%s HTTP/1.1\r\nHost: example.test\r\nConnection: close, Host\r\n\r\n",
     "cl-over-int64": b"POST /front-%s HTTP/1.1\r\nHost: example.test\r\nContent-Length: 9223372036854775808\r\n\r\n",
+    "space-before-version": b"GET /front-%s  HTTP/1.1\r\nHost: example.test\r\n\r\n",
+    "websocket-with-content-length": b"GET /front-%s HTTP/1.1\r\nHost: example.test\r\nConnection: Upgrade\r\n"
+    b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    b"Content-Length: 60\r\n\r\n",
 }
 
 

@@ -73,6 +73,10 @@ LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a RST
 LAST_CHUNK = b"0\r\n\r\n"
 
 
+class NothingMore(Exception):
+    """Raised from a parser callback to stop parsing: the connection closes after its response."""
+
+
 class ClientConnection(asyncio.Protocol):
     """One client connection and the exchange it currently has in flight."""
 
@@ -93,6 +97,12 @@ class ClientConnection(asyncio.Protocol):
         self.full_parser = self.parser = request_parser(self)
         self.fast_parser = request_parser(RawHeadCallbacks(self))
         self.raw = b""  # the read being parsed on the fast path
+        # The full parser's reads, for the one check llhttp does not make: one SP on either side of
+        # the target (it skips any number). A head's reads from the one it began in; where in the
+        # last read the previous request line ended.
+        self.feeding = b""
+        self.head_reads: list[bytes] | None = None
+        self.line_at = 0
         self.client_host = b""
         self.hop = b""  # this hop's Forwarded element up to its host (gw.proxy.request.forwarded_for)
         self.phase = IDLE
@@ -186,9 +196,17 @@ class ClientConnection(asyncio.Protocol):
                     self.parser = self.fast_parser
                 else:
                     self.parser = self.full_parser
+                    self.feeding = data
+                    self.line_at = 0
             else:
                 if self.phase == HEAD:
                     self.head_bytes += len(data)
+                reads = self.head_reads
+                if reads is not None:  # a head the full parser began in an earlier read
+                    reads.append(data)
+                else:
+                    self.line_at = 0
+                self.feeding = data
                 if self.req.chunked:  # (set once its head is parsed: this read starts in its body)
                     framed = self.req
                     received = framed.body_received
@@ -199,7 +217,9 @@ class ClientConnection(asyncio.Protocol):
                 upgraded_at = upgrade.args[0]
             except HttpParserCallbackError as exc:
                 cause = exc.__context__
-                if isinstance(cause, ProxyError):
+                if isinstance(cause, NothingMore):
+                    self.pause_reading(PAUSE_PIPELINE)  # (a no-op once closed) the close follows the response
+                elif isinstance(cause, ProxyError):
                     self._reject(cause)
                 elif cause is not None:
                     self.crash(cause)
@@ -284,6 +304,7 @@ class ClientConnection(asyncio.Protocol):
         """Fresh parsers after an upgrade stopped the old ones mid-stream."""
         self.full_parser = self.parser = request_parser(self)
         self.fast_parser = request_parser(RawHeadCallbacks(self))
+        self.head_reads = None
 
     def pause_reading(self, reason: int) -> None:
         if not self.paused and not self.closed:
@@ -299,6 +320,14 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks: the request --------------------------------------------------
 
     def on_message_begin(self) -> None:
+        # httptools goes on through the rest of the read after gw decided to close (it answered
+        # a request itself and closed, or the request before says close): what follows must not
+        # be routed, let alone forwarded. (Only the full parser calls this: the fast path's read
+        # holds one head and nothing after it.)
+        last = self.queue[-1] if self.queue else self.active
+        if self.closed or self.close_after or (last is not None and not last.keep_alive):
+            raise NothingMore
+        self.head_reads = [self.feeding]
         now = monotonic()
         req = self.req = Exchange(now)
         req.headers = []
@@ -325,6 +354,10 @@ class ClientConnection(asyncio.Protocol):
         self.head_bytes = 0
         parser = self.parser
         method = parser.get_method()
+        reads = self.head_reads
+        if reads is not None:
+            self.head_reads = None
+            self._single_spaces(reads, method, req.url)
         if method == b"CONNECT":
             raise errors.MethodNotImplemented("CONNECT is not supported")
         text = parser.get_http_version()
@@ -345,6 +378,21 @@ class ClientConnection(asyncio.Protocol):
             return
         self._route(req)
 
+    def _single_spaces(self, reads: list[bytes], method: bytes, url: bytes) -> None:
+        """400 unless the request line is method SP target SP version (RFC 9112 §3): llhttp skips
+        extra SPs around the target, which the fast path would forward inside it."""
+        line = b"%b %b HTTP/" % (method, url)
+        buf = reads[0] if len(reads) == 1 else b"".join(reads)
+        at = self.line_at
+        if not buf.startswith(line, at):
+            # (A body need not end with CRLF, so the line may start anywhere. The same bytes earlier
+            # in a body, or later in a field value, can only make gw forward this line normalised:
+            # the framing is llhttp's either way, and gw writes its own request line.)
+            at = buf.find(line, at)
+            if at < 0:
+                raise errors.BadRequest("the request line is not method SP target SP version")
+        self.line_at = max(0, at + len(line) - len(buf) + len(reads[-1]))
+
     def on_raw_headers_complete(self) -> None:
         """The fast path: this read held exactly one request head (see RawHeadCallbacks)."""
         data = self.raw
@@ -355,6 +403,9 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         method = parser.get_method()
         line_end = data.find(b"\r\n")
+        if not line_end:  # empty lines before the request line: llhttp skipped them (RFC 9112 §2.2)
+            data = data.lstrip(b"\r\n")
+            line_end = data.find(b"\r\n")
         # llhttp has validated "METHOD SP target SP HTTP/x.y": the target sits between them.
         url = data[len(method) + 1 : line_end - 9]
         block = data[line_end:-2]
@@ -1039,7 +1090,10 @@ class ClientConnection(asyncio.Protocol):
             return
         # A request whose head was accepted keeps its id (the client's, if it sent a valid one).
         request_id = req.request_id if req is not None and req.request_id else self.gw.next_request_id()
-        self.transport.write(problem_response(error, request_id, close=True))
+        # A response to HEAD has no content (RFC 9110 §9.3.2): the method is known once the
+        # request line is parsed (the target is read after it).
+        head_only = req is not None and (req.method or (req.url and self.parser.get_method())) == b"HEAD"
+        self.transport.write(problem_response(error, request_id, close=True, head_only=head_only))
         if req is not None:
             req.request_id = request_id
             self._record(req, error.status)

@@ -156,8 +156,16 @@ def prepare(
         # dropped: the gateway sets them itself below.
 
     if connection_tokens is not None:
+        if b"close" in connection_tokens:
+            # llhttp keeps an HTTP/1.0 request alive when keep-alive is named too: close wins
+            # (RFC 9112 §9.6), or the connection stays open for a client that will not use it.
+            req.keep_alive = False
         extra = {t for t in connection_tokens if t not in _CONNECTION_TOKENS_HANDLED}
         if extra:
+            if any(t.translate(None, _TCHAR) for t in extra):
+                # Connection = #token (RFC 9110 §7.6.1). llhttp reads "close x" as no close at
+                # all; another reader may see one: refused rather than guessed.
+                raise BadRequest("Connection is not a list of field names")
             if not extra.isdisjoint(_FRAMING):
                 raise BadRequest("Connection names a field the request cannot go without")
             # Fields named in Connection are hop-by-hop too (RFC 9110 §7.6.1): a second pass
@@ -174,13 +182,13 @@ def prepare(
     # it stands for a target without authority, which an http(s) URI never is (RFC 9110 §4.2.1).
     if host_seen and not valid_host(host):
         raise BadRequest("invalid Host header")
+    if not host_seen and version != b"1.0":
+        raise BadRequest("missing Host header")  # absolute-form too (RFC 9112 §3.2)
     if authority is not None:
         if not valid_host(authority):
             raise BadRequest("invalid authority in the request target")
         host, host_seen = authority, True
         add((b"Host: ", authority, CRLF))
-    if not host_seen and version != b"1.0":
-        raise BadRequest("missing Host header")
     if forwarded and _FORWARDED.fullmatch(forwarded) is None:
         # An open quoted-string would swallow the element appended below.
         raise BadRequest("malformed Forwarded header")
@@ -195,6 +203,11 @@ def prepare(
         # Only WebSocket is proxied as an upgrade; h2c and friends are served as plain HTTP/1.1.
         req.upgrade = upgrade_value.strip().lower() == b"websocket"
         if req.upgrade:
+            if req.chunked or req.content_length > 0:
+                # RFC 6455 §4.1: the handshake is a GET without content. gw would send the head
+                # alone and hold the body as tunnel bytes: an upstream that refuses the upgrade
+                # would read them as its next request, and gw would parse them as the client's.
+                raise BadRequest("a WebSocket upgrade request with a body")
             add((b"Connection: Upgrade\r\nUpgrade: ", upgrade_value, CRLF))
 
     client = client_host
@@ -317,6 +330,10 @@ def split_target(req: Exchange, url: bytes) -> None:
     receives; the query is left as it came. A path with nothing to normalise, nearly every path,
     costs two find() calls and one translate().
     """
+    if url.find(b" ") >= 0:
+        # The fast path slices the target out of the request line: llhttp let an extra SP
+        # through around it (RFC 9112 §3: one SP; the full parser's check is _single_spaces).
+        raise BadRequest("the request line is not method SP target SP version")
     if url[:1] != b"/":
         if url[:7].lower() == b"http://" or url[:8].lower() == b"https://":
             rest = url.split(b"//", 1)[1]
@@ -419,8 +436,8 @@ def analyze_raw(
         if low.count(b"\r\nconnection:") > 1:
             return None
         tokens = field_value(low, low, b"\r\nconnection:").split(b",")
-        if any(t.strip() not in _PLAIN_CONNECTION for t in tokens):
-            return None
+        if len(tokens) > 1 or tokens[0].strip() not in _PLAIN_CONNECTION:
+            return None  # (keep-alive and close together: close wins, which llhttp does not see)
         block, low = drop_field(block, low, b"\r\nconnection:")
     i = low.find(b"\r\nhost:")
     if i < 0:
