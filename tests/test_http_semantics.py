@@ -325,6 +325,26 @@ def test_expect_100_continue_gets_interim_then_final(conn: Wire) -> None:
     assert echoed(final.body)["body_sha256"] == hashlib.sha256(body).hexdigest()
 
 
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_request_pipelined_behind_a_body_whose_head_came_alone_is_served(conn: Wire, framing: str) -> None:
+    """A head alone in its read (the 100 Continue says gw has read it), then its body and the next
+    request in one read: the next request is served, not refused."""
+    body = b"x" * 100
+    fields = {"Expect": "100-continue"}
+    if framing == "chunked":
+        fields["Transfer-Encoding"] = "chunked"
+        wire_body = chunked(body)
+    else:
+        fields["Content-Length"] = str(len(body))
+        wire_body = body
+    conn.send(http_request("POST", "/echo?first", fields))
+    assert conn.read_response().status == 100
+    conn.send(wire_body + http_request("GET", "/echo?second"))
+    assert conn.read_response().status == 200
+    second = conn.read_response()
+    assert second.status == 200 and echoed(second.body)["target"] == "/echo?second"
+
+
 def test_http10_expect_100_continue_is_ignored(conn: Wire) -> None:
     """RFC 9110 §10.1.1 and §15.2: no 100 Continue (no 1xx at all) for an HTTP/1.0 client."""
     conn.send(b"GET /echo?warm HTTP/1.0\r\nHost: example.test\r\nConnection: keep-alive\r\n\r\n")

@@ -240,12 +240,19 @@ class ClientConnection(asyncio.Protocol):
                     excess = len(data) - (framed.body_received - received) - CHUNK_FRAMING * (self.chunk_lines - lines)
                     if excess > 0 and not self._framing_fits(framed, excess):
                         return
+                req = self.req
+                if req is None:
+                    return
+                if self.parser is self.fast_parser and not self.closed:
+                    # A head alone in its read whose body follows: the fast parser reports no head,
+                    # so it must not meet the request after that body (it would be refused for the
+                    # fields it cannot see). A full parser primed to read the same body takes over.
+                    self._prime_for_body(req)
+                    return
                 # httptools holds a header until its end arrives: bound the unparsed head by bytes read.
                 settings = self.settings
-                if (
-                    self.req is not None
-                    and self.head_bytes > settings.max_header_size + settings.max_request_line
-                    and (self.phase == HEAD or self.active is None)
+                if self.head_bytes > settings.max_header_size + settings.max_request_line and (
+                    self.phase == HEAD or self.active is None
                 ):
                     self._reject(errors.HeadersTooLarge("request header block too large"))
                 return
@@ -952,6 +959,12 @@ class ClientConnection(asyncio.Protocol):
 
     # -- upgrades (WebSocket) --------------------------------------------------------------------
 
+    def _prime_for_body(self, req: Exchange) -> None:
+        """Hand the body of `req`, whose head the fast parser read, and what follows to a full parser."""
+        self.fast_parser = HttpRequestParser(RawHeadCallbacks(self))  # the old one waits inside a body
+        parser = self.full_parser = self.parser = HttpRequestParser(ResumedBodyCallbacks(self, req, routed=True))
+        parser.feed_data(_priming_head(req))
+
     def _client_upgrade(self, rest: bytes) -> bytes | None:
         """The parser stopped after an upgrade request: the bytes to parse as HTTP next, or None.
 
@@ -974,9 +987,7 @@ class ClientConnection(asyncio.Protocol):
             held.complete = False
             self.req = held
             self.full_parser = self.parser = HttpRequestParser(ResumedBodyCallbacks(self, held))
-            framing = b"Transfer-Encoding: chunked" if held.chunked else b"Content-Length: %d" % held.content_length
-            close = b"" if held.keep_alive else b"Connection: close\r\n"
-            return b"PUT / HTTP/1.1\r\n%b\r\n%b\r\n%b" % (framing, close, rest)
+            return _priming_head(held) + rest
         return rest or None
 
     def upstream_upgraded(self, rest: bytes) -> None:
@@ -1260,17 +1271,29 @@ class RawHeadCallbacks:
         self.on_message_complete = conn.on_message_complete
 
 
+def _priming_head(req: Exchange) -> bytes:
+    """A made-up head that frames what is left of `req`'s body as the client framed it."""
+    if req.chunked:
+        framing = b"Transfer-Encoding: chunked"
+    else:
+        framing = b"Content-Length: %d" % (req.content_length - req.body_received)
+    close = b"" if req.keep_alive else b"Connection: close\r\n"
+    return b"PUT / HTTP/1.1\r\n%b\r\n%b\r\n" % (framing, close)
+
+
 class ResumedBodyCallbacks:
-    """httptools callbacks of a parser primed with a made-up head to read the body of an upgrade
-    request gw serves as HTTP (llhttp skipped it): the made-up head routes the real request, its
-    body goes to the connection, and so does every request after it."""
+    """httptools callbacks of a parser primed with a made-up head (_priming_head) to read a body
+    another parser could not: an upgrade request's that gw serves as HTTP (llhttp skipped it; the
+    made-up head then routes the real request), or one whose head the fast parser read (already
+    routed). The body goes to the connection, and so does every request after it."""
 
-    __slots__ = ("conn", "held", "priming")
+    __slots__ = ("conn", "held", "priming", "routed")
 
-    def __init__(self, conn: ClientConnection, held: Exchange) -> None:
+    def __init__(self, conn: ClientConnection, held: Exchange, routed: bool = False) -> None:
         self.conn = conn
         self.held = held
         self.priming = True
+        self.routed = routed
 
     def on_message_begin(self) -> None:
         if not self.priming:
@@ -1288,7 +1311,8 @@ class ResumedBodyCallbacks:
         if self.priming:
             self.priming = False
             self.conn.head_bytes = 0
-            self.conn._route(self.held)
+            if not self.routed:
+                self.conn._route(self.held)
         else:
             self.conn.on_headers_complete()
 
