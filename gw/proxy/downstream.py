@@ -810,7 +810,16 @@ class ClientConnection(asyncio.Protocol):
         memo = self.resp_memo
         chained = self.chained
         added = None  # fields phases add to the head as it is (CORS, RateLimit): no field-by-field pass
-        if chained is not None and chained.edits_response and chained.rule.chain.response:
+        if chained is None or not chained.edits_response:
+            if memo is not None and memo[0] == key:
+                head = memo[1]
+            else:
+                head = build_response_head_raw(status, block, req, must_close)
+                self.resp_memo = (key, head) if head.cacheable else None
+        elif not chained.rule.chain.response:
+            head = self._response_head(key, status, block, req, must_close)
+            added = chained.response_fields
+        else:
             # Phases edit this response head (header modifiers): field by field.
             try:
                 block = self._response_phases(req, status, block)
@@ -822,14 +831,6 @@ class ClientConnection(asyncio.Protocol):
                 self._phase_failed(req, exc)
                 return
             head = build_response_head_raw(status, block, req, must_close)
-        else:
-            if memo is not None and memo[0] == key:
-                head = memo[1]
-            else:
-                head = build_response_head_raw(status, block, req, must_close)
-                self.resp_memo = (key, head) if head.cacheable else None
-            if chained is not None and chained.edits_response:
-                added = chained.response_fields
         self.resp_head = head
         self.status = status
         self.framing = head.framing
@@ -852,6 +853,17 @@ class ClientConnection(asyncio.Protocol):
         else:
             out.extend(head.parts)
         self.phase = RESPONSE  # its idle deadline is set by flush() if the body is still coming
+
+    def _response_head(
+        self, key: tuple[object, ...], status: int, block: bytes, req: Exchange, close: bool
+    ) -> ResponseHead:
+        """The head for the upstream's block, reused from the connection's last response when the same."""
+        memo = self.resp_memo
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        head = build_response_head_raw(status, block, req, close)
+        self.resp_memo = (key, head) if head.cacheable else None
+        return head
 
     def _response_phases(self, req: Exchange, status: int, block: bytes) -> bytes:
         """The response head's block after the chain's on_response_head and the fields phases added."""
