@@ -343,6 +343,12 @@ def test_request_pipelined_behind_a_body_whose_head_came_alone_is_served(conn: W
     assert conn.read_response().status == 200
     second = conn.read_response()
     assert second.status == 200 and echoed(second.body)["target"] == "/echo?second"
+    # The parsers that took over serve later requests as the first ones did: HTTP/1.2 as 1.1,
+    # pipelined (full parser) and alone in its read (fast parser).
+    conn.send(http_request("GET", "/echo?third") + http_request("GET", "/echo?fourth", version="1.2"))
+    assert [conn.read_response().status for _ in range(2)] == [200, 200]
+    conn.send(http_request("GET", "/echo?fifth", version="1.2"))
+    assert conn.read_response().status == 200
 
 
 def test_http10_expect_100_continue_is_ignored(conn: Wire) -> None:

@@ -66,7 +66,7 @@ class Exchange(Protocol):
         ...
 
     def add_response_fields(self, fields: Fields) -> None:
-        """Fields appended to the response head (proxied responses and errors from later phases)."""
+        """Fields appended to the head of the upstream's response (not to answers gw makes itself)."""
         ...
 
     def answer(self, status: int, fields: Fields) -> None:

@@ -653,7 +653,12 @@ class ClientConnection(asyncio.Protocol):
         """A phase that returned WAIT is done waiting: go on with the chain after it."""
         if self.closed or self.active is not req:
             return  # the client left, or the exchange was answered meanwhile
-        self._run_chain(req, req.rule.chain, req.resume_at)
+        try:
+            self._run_chain(req, req.rule.chain, req.resume_at)
+        except Exception as exc:
+            # Called from whatever the phase waited on (a limiter's refill serving several waiters):
+            # a bug here ends this exchange only and never reaches the caller.
+            self.crash(exc)
 
     def fail_exchange(self, req: Exchange, error: ProxyError) -> None:
         if not self.closed and self.active is req:
@@ -973,8 +978,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _prime_for_body(self, req: Exchange) -> None:
         """Hand the body of `req`, whose head the fast parser read, and what follows to a full parser."""
-        self.fast_parser = HttpRequestParser(RawHeadCallbacks(self))  # the old one waits inside a body
-        parser = self.full_parser = self.parser = HttpRequestParser(ResumedBodyCallbacks(self, req, routed=True))
+        self.fast_parser = request_parser(RawHeadCallbacks(self))  # the old one waits inside a body
+        parser = self.full_parser = self.parser = request_parser(ResumedBodyCallbacks(self, req, routed=True))
         parser.feed_data(_priming_head(req))
 
     def _client_upgrade(self, rest: bytes) -> bytes | None:
@@ -998,7 +1003,7 @@ class ClientConnection(asyncio.Protocol):
             self.skipped_body = None
             held.complete = False
             self.req = held
-            self.full_parser = self.parser = HttpRequestParser(ResumedBodyCallbacks(self, held))
+            self.full_parser = self.parser = request_parser(ResumedBodyCallbacks(self, held))
             return _priming_head(held) + rest
         return rest or None
 
