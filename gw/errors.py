@@ -154,6 +154,13 @@ def problem_response(
     return b"".join(head)
 
 
+class PhaseTimeout(ProxyError):
+    """A phase that waited (on Redis, an auth server) did not decide in time: no attempt was made, so
+    no retry may follow (a retry would skip the phases after it)."""
+
+    status, kind = 504, "phase-timeout"
+
+
 class RouteTimeout(UpstreamTimeout):
     """`timeouts.request` spans every attempt (GEP-1742): when it passes, no retry follows."""
 

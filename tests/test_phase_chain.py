@@ -116,7 +116,9 @@ async def serve(upstream: Upstream) -> AsyncIterator[Serve]:
     """serve(*phases) → the port of a data plane whose registry is PHASES followed by `phases`."""
     started: list[tuple[DataPlane, asyncio.Server]] = []
 
-    async def start(*phases: tuple[str, Build], paths: tuple[str, ...] = ("/free", "/chained")) -> Served:
+    async def start(
+        *phases: tuple[str, Build], paths: tuple[str, ...] = ("/free", "/chained"), env: dict[str, str] | None = None
+    ) -> Served:
         port = free_port()
         rules = [
             {"name": p.strip("/"), "matches": [{"path": {"type": "PathPrefix", "value": p}}],
@@ -126,7 +128,7 @@ async def serve(upstream: Upstream) -> AsyncIterator[Serve]:
         config = load_text(config_yaml(port, {"up": [("127.0.0.1", upstream.port)]}, [{"name": "r", "rules": rules}]))
         assert not config.errors, config.errors
         loop = asyncio.get_running_loop()
-        plane = DataPlane(loop, Settings.from_env({"GW_ACCESS_LOG": "off"}), (*PHASES, *phases))
+        plane = DataPlane(loop, Settings.from_env({"GW_ACCESS_LOG": "off", **(env or {})}), (*PHASES, *phases))
         plane.install(config.config)
         plane.start()
         server = await loop.create_server(lambda: ClientConnection(plane, port, port), "127.0.0.1", port)
@@ -271,3 +273,17 @@ async def test_added_response_fields_belong_to_their_own_response(serve: Serve) 
         assert seen == [["one"], [], ["three"]]
     finally:
         writer.close()
+
+
+async def test_a_phase_that_never_decides_is_a_504_and_the_connection_serves_on(serve: Serve) -> None:
+    """A waiting phase has a backstop deadline (GW_UPSTREAM_RESPONSE_TIMEOUT): a 504 that is no
+    attempt, so no retry can skip the phases after it."""
+    waiting: asyncio.Queue[Exchange] = asyncio.Queue()
+    served = await serve(
+        ("waiting", only_path("/chained", Waiting(waiting))), env={"GW_UPSTREAM_RESPONSE_TIMEOUT": "300ms"}
+    )
+    status, _, body = await fetch(served, "/chained")
+    assert status == 504 and orjson.loads(body)["type"] == "urn:gw:problem:phase-timeout"
+    assert waiting.qsize() == 1  # it was asked once
+    status, _, _ = await fetch(served, "/free")
+    assert status == 200

@@ -38,6 +38,7 @@ PROXY_ERROR_KINDS = (
     "not-implemented",
     "no-healthy-endpoint",
     "overloaded",
+    "phase-timeout",
     "rate-limit-unavailable",
     "route-misconfigured",
     "upstream-connect-failed",
@@ -47,7 +48,7 @@ PROXY_ERROR_KINDS = (
 # A retry's reason: a status among the rule's codes, a pooled connection found closed, or the
 # kind of the failed attempt (the ProxyErrors with attempt_failed).
 RETRY_REASONS = ("status", "stale-connection", "upstream-connect-failed", "upstream-protocol-error", "upstream-timeout")
-TIMEOUT_KINDS = ("request", "header", "body", "connect", "response", "response-body")
+TIMEOUT_KINDS = ("request", "header", "body", "phase", "connect", "response", "response-body")
 
 FAMILIES: dict[str, Family] = {
     # -- requests (per route: gw.observe.metrics.RouteStats) ---------------------------------

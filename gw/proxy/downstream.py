@@ -23,6 +23,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 from gw import errors
 from gw.errors import ProxyError, problem_response
 from gw.observe.accesslog import LINE, NULL_UPSTREAM, members
+from gw.policies.phase import WAIT as WAIT_FOR_PHASE
 from gw.policies.phase import Chain
 from gw.proxy.exchange import Exchange
 from gw.proxy.mirror import MirrorRequest, start_mirrors
@@ -59,6 +60,7 @@ BODY = 3  # reading the request body from the client: 408
 WAIT = 4  # request sent, waiting for the response head: 504
 RESPONSE = 5  # streaming the response body: abort
 TUNNEL = 6  # upgraded connection idle: close
+DECIDE = 7  # a phase of the chain waits (Redis, an auth server) before the request may go on: 504
 
 PENDING_BODY_LIMIT = 256 * 1024  # body bytes buffered while the upstream connection opens
 # Chunk framing is not body, but a client may send any amount of it (llhttp reads extensions and
@@ -618,6 +620,10 @@ class ClientConnection(asyncio.Protocol):
                     verdict = phase.on_request(req)
                     if verdict:  # ANSWERED, or WAIT: resume() goes on from the next phase
                         req.resume_at = phases.index(phase) + 1
+                        if verdict == WAIT_FOR_PHASE and self.active is req:
+                            # A backstop: a phase bounds its own wait (the Redis guard's budget).
+                            self.phase = DECIDE
+                            self.deadline = monotonic() + self.settings.upstream_response_timeout
                         return
             rule = req.rule
             ref = rule.only_ref or rule.pick_backend()
@@ -1197,6 +1203,9 @@ class ClientConnection(asyncio.Protocol):
         elif phase == RESPONSE:
             self.gw.metrics.inc("gw_timeouts_total", kind="response-body")
             self._abort(self.active, "upstream stalled mid-response")  # type: ignore[arg-type]
+        elif phase == DECIDE:
+            self.gw.metrics.inc("gw_timeouts_total", kind="phase")
+            self._fail(errors.PhaseTimeout("a policy could not decide on the request in time"))
         elif phase == TUNNEL:
             self._close()
 
