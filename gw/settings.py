@@ -170,7 +170,11 @@ class Settings:
     keepalive_timeout: float = _var(75.0, parse_duration, "Idle client keep-alive connection lifetime.")
     upstream_connect_timeout: float = _var(5.0, parse_positive_duration, "Upstream connect timeout: 504.")
     upstream_response_timeout: float = _var(
-        60.0, parse_positive_duration, "Time from request sent to response headers received: 504."
+        60.0,
+        parse_positive_duration,
+        "Time from request sent to response headers received: 504. Also the longest a policy may keep a"
+        " request waiting before it goes upstream (504 `phase-timeout`; a rate limit's own bound is"
+        " `GW_REDIS_BUDGET`).",
     )
     upstream_max_idle: int = _var(64, parse_non_negative_int, "Idle connections kept per endpoint.")
     upstream_idle_timeout: float = _var(60.0, parse_duration, "Idle upstream connection lifetime.")
