@@ -49,7 +49,8 @@ from gw.proxy.upstream import (
 )
 
 if TYPE_CHECKING:
-    from gw.config.model import Backend, Endpoint
+    from plane.config.model import Backend, Endpoint
+
     from gw.proxy.dataplane import DataPlane
 
 # What the connection is waiting for; decides what an expired deadline means.
@@ -83,7 +84,7 @@ class ClientConnection(asyncio.Protocol):
     """One client connection and the exchange it currently has in flight."""
 
     def __init__(self, plane: DataPlane, bind_port: int, declared_port: int, scheme: bytes = b"http") -> None:
-        self.gw = plane  # this worker's data plane
+        self.plane = plane  # this worker's data plane
         self.loop = plane.loop
         self.settings = plane.settings
         self.bind_port = bind_port
@@ -152,21 +153,21 @@ class ClientConnection(asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self.tls = True
-            self.server_name = self.gw.server_names.pop(id(ssl_object), None)
-        gw = self.gw
-        gw.connections.add(self)
+            self.server_name = self.plane.server_names.pop(id(ssl_object), None)
+        plane = self.plane
+        plane.connections.add(self)
         self.idle_since = now = monotonic()
         self.deadline = now + self.settings.header_timeout
-        if len(gw.connections) > self.settings.max_connections or gw.draining:
+        if len(plane.connections) > self.settings.max_connections or plane.draining:
             self.closed = True
             error = errors.Overloaded("too many connections")
-            transport.write(problem_response(error, gw.next_request_id(), close=True))
+            transport.write(problem_response(error, plane.next_request_id(), close=True))
             transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._abandon_mirrors()
-        self.gw.connections.discard(self)
+        self.plane.connections.discard(self)
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
@@ -379,7 +380,7 @@ class ClientConnection(asyncio.Protocol):
             self.client_host,
             self.scheme,
             self.port_bytes,
-            self.gw.next_request_id(),
+            self.plane.next_request_id(),
             self.hop,
         )
         if not req.upgrade and parser.should_upgrade() and req.has_body:
@@ -428,7 +429,7 @@ class ClientConnection(asyncio.Protocol):
             raise errors.MethodNotImplemented("CONNECT is not supported")
         text = parser.get_http_version()
         version = _VERSIONS.get(text) or http_version(text)
-        request_id = self.gw.next_request_id()
+        request_id = self.plane.next_request_id()
         # A client's consecutive heads are usually byte-identical (same fields, same cookies):
         # the analysis of the last one is reused after one bytes comparison.
         memo = self.req_memo
@@ -449,7 +450,7 @@ class ClientConnection(asyncio.Protocol):
             req.host_header = head.host_header
             req.host = head.host
             req.head = [head.forward, request_id, CRLF]
-            if self.gw.header_matching:
+            if self.plane.header_matching:
                 req.headers = split_fields(block)
         else:
             req.headers = split_fields(block)
@@ -465,7 +466,7 @@ class ClientConnection(asyncio.Protocol):
     def _route(self, req: Exchange) -> None:
         """Find the rule for a prepared request, check its limits, then start it or queue it."""
         settings = self.settings
-        gw = self.gw
+        plane = self.plane
         # A keep-alive client often repeats its request line: reuse the last lookup when the
         # target, host, method and config are the same (never when rules match on headers).
         url = req.url
@@ -475,19 +476,19 @@ class ClientConnection(asyncio.Protocol):
             and memo[0] == url
             and memo[1] == req.host
             and memo[2] == req.method
-            and memo[3] is gw.config
-            and not gw.header_matching
+            and memo[3] is plane.config
+            and not plane.header_matching
         ):
             req.path, req.query, req.url, rule = memo[4]
         else:
             split_target(req, url)
-            port = gw.ports.get(self.bind_port)
+            port = plane.ports.get(self.bind_port)
             tls = port.tls if self.tls and port is not None else None
             if tls is not None and tls.misdirected(self.server_name, req.host):
                 # The Host belongs to another listener than the one the SNI chose (RFC 9110 §15.5.20).
                 raise errors.Misdirected(f"{req.host} is not served on the connection for {self.server_name}")
             rule = port.table.match(req.host, req.path, req.method, req.headers, req.query) if port else None
-            self.route_memo = (url, req.host, req.method, gw.config, (req.path, req.query, req.url, rule))
+            self.route_memo = (url, req.host, req.method, plane.config, (req.path, req.query, req.url, rule))
         req.rule = rule
         if rule is not None:
             limit = rule.max_body_size or settings.max_body_size
@@ -651,7 +652,7 @@ class ClientConnection(asyncio.Protocol):
         self._pick_and_go(req)
         if self.active is req and not self.closed:
             timeout = rule.backend_timeout or self.settings.upstream_response_timeout
-            req.mirrors = start_mirrors(self.gw, mirrors, req, early_body, timeout)
+            req.mirrors = start_mirrors(self.plane, mirrors, req, early_body, timeout)
 
     # -- what phases ask of the connection (through the exchange) -------------------------------
 
@@ -673,7 +674,7 @@ class ClientConnection(asyncio.Protocol):
     def _phase_failed(self, req: Exchange, exc: Exception) -> None:
         """A bug in a phase: answer 500 if nothing was sent yet, say why once, keep the worker serving."""
         traceback.print_exception(exc)
-        self.gw.metrics.inc("gw_internal_errors_total")
+        self.plane.metrics.inc("gw_internal_errors_total")
         if self.closed or self.active is not req:
             return
         if self.resp_head is not None or self.upstream is not None:
@@ -685,7 +686,7 @@ class ClientConnection(asyncio.Protocol):
         """A bodiless response from the gateway itself (a redirect, a preflight), then carry on."""
         if self.closed or self.active is not req:
             return
-        close = (req.has_body and not req.complete) or not req.keep_alive or self.gw.draining
+        close = (req.has_body and not req.complete) or not req.keep_alive or self.plane.draining
         self.close_after = close
         self.framing = NO_BODY
         if close:
@@ -738,7 +739,7 @@ class ClientConnection(asyncio.Protocol):
                 return
             req.attempts += 1
             endpoint = self.endpoint
-            self.gw.metrics.inc("gw_upstream_connect_errors_total", endpoint=f"{pool.address}:{pool.port}")
+            self.plane.metrics.inc("gw_upstream_connect_errors_total", endpoint=f"{pool.address}:{pool.port}")
             if endpoint is not None:
                 self.backend.connect_failed(endpoint, monotonic() + self.settings.endpoint_eject_time)  # type: ignore[union-attr]
             if req.attempts < MAX_CONNECT_ATTEMPTS and len(self.backend.endpoints) > req.attempts:  # type: ignore[union-attr]
@@ -814,7 +815,7 @@ class ClientConnection(asyncio.Protocol):
                 return
         # An upstream that answers before the whole body arrived (an early 413, say): the rest of
         # the body cannot be told apart from a next request, so the connection closes afterwards.
-        must_close = self.gw.draining or self.close_after or (not req.complete and status != 101 and req.has_body)
+        must_close = self.plane.draining or self.close_after or (not req.complete and status != 101 and req.has_body)
         # Consecutive responses on a connection usually carry the same head (until the Date
         # changes): the analysis of the last one is reused, a bytes comparison instead of a parse.
         key = (block, status, req.method, req.version, req.keep_alive, must_close)
@@ -894,7 +895,7 @@ class ClientConnection(asyncio.Protocol):
         delay = retry.delay(req.retries)
         req.retries += 1
         rearm(req)
-        self.gw.metrics.inc("gw_upstream_retries_total", reason=reason)
+        self.plane.metrics.inc("gw_upstream_retries_total", reason=reason)
         self.phase = CONNECT
         self.deadline = monotonic() + delay + self.settings.upstream_connect_timeout
         if delay > 0:
@@ -955,7 +956,7 @@ class ClientConnection(asyncio.Protocol):
             if conn.reused and not conn.got_bytes and req.idempotent and replayable(req):
                 # A keep-alive connection the upstream had closed just as we reused it: the
                 # request never reached it, so one retry on a fresh connection is safe.
-                self.gw.metrics.inc("gw_upstream_retries_total", reason="stale-connection")
+                self.plane.metrics.inc("gw_upstream_retries_total", reason="stale-connection")
                 rearm(req)
                 self._connect(req, conn.pool)
                 return
@@ -971,7 +972,7 @@ class ClientConnection(asyncio.Protocol):
         if self.upstream is conn:
             self.upstream = None
         conn.abort()
-        self.gw.metrics.inc("gw_upstream_protocol_errors_total")
+        self.plane.metrics.inc("gw_upstream_protocol_errors_total")
         req = self.active
         if req is None:
             return
@@ -1100,8 +1101,8 @@ class ClientConnection(asyncio.Protocol):
             self._abort(req, error.detail)
             return
         if error.status >= 500:
-            self.gw.metrics.inc("gw_proxy_errors_total", kind=error.kind)
-        close = error.close or (req.has_body and not req.complete) or not req.keep_alive or self.gw.draining
+            self.plane.metrics.inc("gw_proxy_errors_total", kind=error.kind)
+        close = error.close or (req.has_body and not req.complete) or not req.keep_alive or self.plane.draining
         self.close_after = close
         self.framing = NO_BODY
         self.out.clear()
@@ -1123,7 +1124,7 @@ class ClientConnection(asyncio.Protocol):
             self._fail(error)
             return
         # A request whose head was accepted keeps its id (the client's, if it sent a valid one).
-        request_id = req.request_id if req is not None and req.request_id else self.gw.next_request_id()
+        request_id = req.request_id if req is not None and req.request_id else self.plane.next_request_id()
         # A response to HEAD has no content (RFC 9110 §9.3.2): the method is known once the
         # request line is parsed (the target is read after it).
         head_only = req is not None and (req.method or (req.url and self.parser.get_method())) == b"HEAD"
@@ -1132,13 +1133,13 @@ class ClientConnection(asyncio.Protocol):
             req.request_id = request_id
             self._record(req, error.status)
         else:
-            self.gw.no_route_stats.record(error.status, 0.0)
+            self.plane.no_route_stats.record(error.status, 0.0)
         self._close()
 
     def _abort(self, req: Exchange, detail: str) -> None:
         """The response was already under way and cannot be completed: reset the client connection,
         so a truncated body is never presented as complete."""
-        self.gw.metrics.inc("gw_upstream_resets_total")
+        self.plane.metrics.inc("gw_upstream_resets_total")
         self._record(req, 502 if self.status < 500 else self.status, error=detail)
         self.active = None
         upstream = self.upstream
@@ -1180,7 +1181,7 @@ class ClientConnection(asyncio.Protocol):
         """A deadline passed (called by the sweeper)."""
         phase = self.phase
         if 0.0 < self.request_deadline <= now and self.active is not None and phase != TUNNEL:
-            self.gw.metrics.inc("gw_timeouts_total", kind="request")
+            self.plane.metrics.inc("gw_timeouts_total", kind="request")
             self._fail(errors.RouteTimeout("route request timeout exceeded"))
             return
         if self.deadline > now:
@@ -1188,23 +1189,23 @@ class ClientConnection(asyncio.Protocol):
         if phase == IDLE:
             self._close()
         elif phase == HEAD:
-            self.gw.metrics.inc("gw_timeouts_total", kind="header")
+            self.plane.metrics.inc("gw_timeouts_total", kind="header")
             if self.active is None:
                 self._reject(errors.RequestTimeout("request head not received in time"))
         elif phase == BODY:
-            self.gw.metrics.inc("gw_timeouts_total", kind="body")
+            self.plane.metrics.inc("gw_timeouts_total", kind="body")
             self._fail(errors.RequestTimeout("request body not received in time"))
         elif phase == CONNECT:
-            self.gw.metrics.inc("gw_timeouts_total", kind="connect")
+            self.plane.metrics.inc("gw_timeouts_total", kind="connect")
             self._fail(errors.UpstreamTimeout("upstream connect timeout"))
         elif phase == WAIT:
-            self.gw.metrics.inc("gw_timeouts_total", kind="response")
+            self.plane.metrics.inc("gw_timeouts_total", kind="response")
             self._fail(errors.UpstreamTimeout("upstream response timeout"))
         elif phase == RESPONSE:
-            self.gw.metrics.inc("gw_timeouts_total", kind="response-body")
+            self.plane.metrics.inc("gw_timeouts_total", kind="response-body")
             self._abort(self.active, "upstream stalled mid-response")  # type: ignore[arg-type]
         elif phase == DECIDE:
-            self.gw.metrics.inc("gw_timeouts_total", kind="phase")
+            self.plane.metrics.inc("gw_timeouts_total", kind="phase")
             self._fail(errors.PhaseTimeout("a policy could not decide on the request in time"))
         elif phase == TUNNEL:
             self._close()
@@ -1212,7 +1213,7 @@ class ClientConnection(asyncio.Protocol):
     def crash(self, exc: BaseException) -> None:
         """Last resort for a bug: drop this connection only, say why, keep the worker serving."""
         traceback.print_exception(exc)
-        self.gw.metrics.inc("gw_internal_errors_total")
+        self.plane.metrics.inc("gw_internal_errors_total")
         self.closed = True
         if self.upstream is not None:
             self.upstream.abort()
@@ -1227,7 +1228,7 @@ class ClientConnection(asyncio.Protocol):
             now = monotonic()
         duration = now - req.started
         rule = req.rule
-        stats = rule.stats if rule is not None and rule.stats is not None else self.gw.no_route_stats
+        stats = rule.stats if rule is not None and rule.stats is not None else self.plane.no_route_stats
         stats.record(status, duration)
         if self.chained is req and req.done_phases:
             for phase in req.done_phases:  # the outcome, to phases that account for it
@@ -1235,8 +1236,8 @@ class ClientConnection(asyncio.Protocol):
                     phase.on_done(req, status)
                 except Exception as exc:  # reported; the exchange is over either way
                     traceback.print_exception(exc)
-                    self.gw.metrics.inc("gw_internal_errors_total")
-        log = self.gw.access_log
+                    self.plane.metrics.inc("gw_internal_errors_total")
+        log = self.plane.access_log
         if log.enabled and (log.sample >= 1.0 or log.sampled()):
             # The request's own members are escaped once per distinct request line and host.
             memo = self.log_memo

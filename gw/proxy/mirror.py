@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING
 from gw.proxy.request import CRLF
 
 if TYPE_CHECKING:
-    from gw.config.filters import Mirror
-    from gw.config.model import Backend
+    from plane.config.filters import Mirror
+    from plane.config.model import Backend
+
     from gw.proxy.dataplane import DataPlane
     from gw.proxy.exchange import Exchange
     from gw.proxy.upstream import UpstreamConnection
@@ -52,7 +53,7 @@ ERROR = "error"  # a bug in this module: the copy is dropped, the client's excha
 
 
 def start_mirrors(
-    gw: DataPlane, mirrors: Sequence[Mirror], req: Exchange, early_body: list[bytes] | None, timeout: float
+    plane: DataPlane, mirrors: Sequence[Mirror], req: Exchange, early_body: list[bytes] | None, timeout: float
 ) -> list[MirrorRequest] | None:
     """Send a copy of `req` (head as it goes upstream) to each mirror its percent/fraction takes.
 
@@ -64,10 +65,10 @@ def start_mirrors(
     for mirror in mirrors:
         if not mirror.take():
             continue
-        if len(gw.mirrors) >= MAX_MIRRORS_IN_FLIGHT:
-            gw.metrics.inc("gw_mirror_requests_total", backend=mirror.name, result=OVERLOADED)
+        if len(plane.mirrors) >= MAX_MIRRORS_IN_FLIGHT:
+            plane.metrics.inc("gw_mirror_requests_total", backend=mirror.name, result=OVERLOADED)
             continue
-        copy = MirrorRequest(gw, mirror.name, req, early_body, timeout)
+        copy = MirrorRequest(plane, mirror.name, req, early_body, timeout)
         try:
             copy.start(mirror.backend, req)
         except Exception as exc:
@@ -96,18 +97,18 @@ class MirrorRequest:
         "deadline",
         "done",
         "got_head",
-        "gw",
         "head",
         "head_only",
         "pending",
+        "plane",
         "remaining",
         "timeout",
     )
 
     def __init__(
-        self, gw: DataPlane, backend_name: str, req: Exchange, early_body: list[bytes] | None, timeout: float
+        self, plane: DataPlane, backend_name: str, req: Exchange, early_body: list[bytes] | None, timeout: float
     ) -> None:
-        self.gw = gw
+        self.plane = plane
         self.backend_name = backend_name
         self.timeout = timeout
         self.head = [req.method, b" ", req.url, b" HTTP/1.1\r\n", *req.head]
@@ -138,12 +139,12 @@ class MirrorRequest:
         if self.done:
             return  # what the client had already sent is more than a mirror may hold
         now = monotonic()
-        gw = self.gw
+        plane = self.plane
         endpoint = backend.pick(req)
         if endpoint is None:
             self._end(NO_ENDPOINT)
             return
-        gw.mirrors.add(self)
+        plane.mirrors.add(self)
         pool = endpoint.pool  # bound when the snapshot was installed
         if self.head[-1] == b"":
             self.head[-1] = b"Host: %s:%d\r\n" % (pool.address.encode(), pool.port)
@@ -151,8 +152,8 @@ class MirrorRequest:
         if conn is not None:
             self._send(conn, now)
             return
-        self.deadline = now + gw.settings.upstream_connect_timeout
-        task = self.connecting = gw.loop.create_task(pool.open())
+        self.deadline = now + plane.settings.upstream_connect_timeout
+        task = self.connecting = plane.loop.create_task(pool.open())
         task.add_done_callback(self._connected)
 
     def body(self, chunk: bytes) -> None:
@@ -293,7 +294,7 @@ class MirrorRequest:
     def crash(self, exc: BaseException) -> None:
         """A bug on the mirror's side: drop this copy, say why, leave the client's exchange alone."""
         traceback.print_exception(exc)
-        self.gw.metrics.inc("gw_internal_errors_total")
+        self.plane.metrics.inc("gw_internal_errors_total")
         self._end(ERROR)
 
     # -- endings -----------------------------------------------------------------------------
@@ -307,9 +308,9 @@ class MirrorRequest:
             return
         self.done = True
         self.pending.clear()
-        gw = self.gw
-        gw.mirrors.discard(self)
-        gw.metrics.inc("gw_mirror_requests_total", backend=self.backend_name, result=result)
+        plane = self.plane
+        plane.mirrors.discard(self)
+        plane.metrics.inc("gw_mirror_requests_total", backend=self.backend_name, result=result)
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
