@@ -83,10 +83,10 @@ class Worker:
 
     def install(self, result: LoadResult, version: int) -> None:
         """Serve `result` from the next request on; requests in flight finish on the old config."""
+        self.plane.install(result.config)  # first: a snapshot it cannot install is not claimed below
         self.result = result
         self.version = version
         self.checksum = result.config.checksum
-        self.plane.install(result.config)
         if not self._frozen:
             self._frozen = True
             self.plane.start()
@@ -226,7 +226,13 @@ class SupervisedWorker:
         except ConfigError as exc:
             self.channel.reply(message, {"t": "config", "ok": False, "version": version, "error": str(exc)})
             return
-        self.worker.install(result, version)
+        try:
+            self.worker.install(result, version)
+        except Exception as exc:  # a bug in building what the snapshot needs (a phase's build, say)
+            logging.getLogger("gw").exception("cannot install config version %d", version)
+            error = f"cannot install: {exc!r}"
+            self.channel.reply(message, {"t": "config", "ok": False, "version": version, "error": error})
+            return
         task = self.worker.loop.create_task(self.worker.bind(result.config))
         task.add_done_callback(lambda t: self._bound(t, message, version))
 

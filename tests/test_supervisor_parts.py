@@ -170,6 +170,32 @@ def test_status_lists_a_slot_whose_restart_is_due_at_once(tmp_path: Path) -> Non
     assert waiting == {"slot": 0, "last_exit": "signal SIGKILL", "failures_in_a_row": 1, "next_start_in_seconds": 0.0}
 
 
+async def test_a_snapshot_a_worker_cannot_install_is_not_claimed(tmp_path: Path) -> None:
+    """A bug in building what a snapshot needs (a phase's build) leaves the worker serving, and
+    saying it serves, the snapshot it had: a later push of the same files must not be taken for
+    one it already serves."""
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    for path, name in ((first, "a"), (second, "b")):
+        routes = [{"name": name, "rules": [{"backendRefs": [{"backend": "up"}]}]}]
+        path.write_text(config_yaml(free_port(), {"up": [("127.0.0.1", 9)]}, routes))
+    settings = Settings.from_env({"GW_ACCESS_LOG": "off"})
+    worker = Worker(settings)
+    try:
+        served = load_with(settings, str(first))
+        worker.install(served, 1)
+
+        def broken(rule: Any, services: Any) -> Any:
+            raise RuntimeError("a bug in a phase's build")
+
+        worker.plane.phases = (("broken", broken),)
+        with pytest.raises(RuntimeError):
+            worker.install(load_with(settings, str(second)), 2)
+        assert (worker.version, worker.checksum) == (1, served.config.checksum)
+        assert worker.plane.config is served.config
+    finally:
+        worker.plane.stop()
+
+
 async def test_a_worker_is_built_with_its_redis_client_guard_and_keys() -> None:
     """The policies' Redis pieces are handed to the data plane when it is built, not set on it later."""
     settings = Settings.from_env({"GW_REDIS_URL": "redis://127.0.0.1:1/0", "GW_REDIS_PREFIX": "pfx"})

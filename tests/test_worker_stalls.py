@@ -83,6 +83,30 @@ def test_an_answer_that_arrived_while_the_worker_was_stopped_is_passed_on(setup:
     assert resp.body == b"ok"
 
 
+def test_a_short_stop_across_the_deadline_passes_on_an_answer_that_came_before_it(setup: Setup) -> None:
+    """A stop shorter than a sweep interval, across the response deadline: the answer came in time
+    (before the deadline, during the stop), so it is passed on, whichever comes first on SIGCONT."""
+    worker = psutil.Process(setup.gateway.worker_pid)
+    client = wire(setup.gateway, timeout=15)
+    sent = time.monotonic()
+    client.send(http_request("GET", "/slow"))
+    assert setup.upstream.connected.wait(10)
+    # The stop is the scenario: from just before the deadline to just after it.
+    time.sleep(max(0.0, RESPONSE_TIMEOUT - 0.08 - (time.monotonic() - sent)))
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        wait_for_status(worker, psutil.STATUS_STOPPED)
+        setup.script.cue.set()
+        assert setup.script.answered.wait(10)
+        answered = time.monotonic() - sent
+        time.sleep(max(0.0, RESPONSE_TIMEOUT + 0.12 - (time.monotonic() - sent)))
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    resp = client.read_response()
+    if answered < RESPONSE_TIMEOUT:  # (on a machine too loaded to answer in time, a 504 is right)
+        assert resp.status == 200, (answered, resp.body)
+
+
 def test_an_upstream_silent_through_the_stop_still_times_out(setup: Setup) -> None:
     """The sweep after a stop waits one poll, not the length of the stop."""
     worker = psutil.Process(setup.gateway.worker_pid)

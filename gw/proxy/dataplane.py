@@ -25,9 +25,6 @@ if TYPE_CHECKING:
     from gw.proxy.mirror import MirrorRequest
 
 SWEEP_INTERVAL = 0.25  # seconds between deadline checks; timeouts fire within this of their time
-# A sweep this much later than planned means the loop did not run: the process was stopped
-# (SIGSTOP, a frozen container) or starved. The time lost is no peer's delay.
-STALL = SWEEP_INTERVAL
 IO_TURN = 0.001  # a timer this short fires after the next poll for I/O, in libuv as in asyncio
 
 
@@ -67,7 +64,6 @@ class DataPlane:
         # far cheaper than uuid4() per request.
         self._request_id_prefix = os.urandom(6).hex().encode()
         self._sweeper: asyncio.TimerHandle | None = None
-        self._sweep_due = 0.0  # when the next sweep should run (monotonic)
         self.limiters = Limiters(loop, settings, self.metrics, shared)
         self.phases = phases
         self.metrics.gauge("gw_client_connections", lambda: len(self.connections))
@@ -151,22 +147,22 @@ class DataPlane:
     # -- periodic work ----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._sweep_due = monotonic() + SWEEP_INTERVAL
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _sweep(self) -> None:
+        """Every SWEEP_INTERVAL: let the loop poll for I/O once, then expire what is still due.
+
+        After a stop (SIGSTOP, a frozen container) or a starved loop, whatever peers sent meanwhile
+        waits in socket buffers, and libuv runs due timers before it polls (epoll_wait returns EINTR
+        on SIGCONT): expiring at once would turn answers that arrived into 504s, for a stop of any
+        length that spans a deadline. Deadlines are not shifted: a peer that sent nothing still
+        times out, one poll later.
+        """
+        self._sweeper = self.loop.call_later(IO_TURN, self._expire)
+
+    def _expire(self) -> None:
         """Fire expired deadlines (timeouts without a timer per request), age pools, flush logs."""
         now = monotonic()  # the clock of every deadline (uvloop's loop.time() ticks in ms)
-        if now - self._sweep_due > STALL:
-            # The loop was not running. Whatever peers sent meanwhile waits in socket buffers, and
-            # after a stop libuv runs due timers before it polls (epoll_wait returns EINTR on
-            # SIGCONT): expiring now would turn answers that arrived into 504s. So this sweep
-            # first lets the loop read them, one poll, then runs. Deadlines are not shifted by the
-            # gap: a peer that sent nothing in all that time still times out, one poll later.
-            # The deferred sweep runs however late it is (an overloaded loop may always be late).
-            self._sweep_due = float("inf")
-            self._sweeper = self.loop.call_later(IO_TURN, self._sweep)
-            return
         for conn in [c for c in self.connections if c.deadline <= now or 0.0 < c.request_deadline <= now]:
             try:
                 conn.expire(now)
@@ -181,7 +177,6 @@ class DataPlane:
         for pool in self.pools.values():
             pool.expire_idle(now)
         self.access_log.flush()
-        self._sweep_due = monotonic() + SWEEP_INTERVAL
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def stop(self) -> None:

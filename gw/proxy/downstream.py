@@ -49,8 +49,7 @@ from gw.proxy.upstream import (
 )
 
 if TYPE_CHECKING:
-    from plane.config.model import Backend, Endpoint
-
+    from gw.config.model import Backend, Endpoint
     from gw.proxy.dataplane import DataPlane
 
 # What the connection is waiting for; decides what an expired deadline means.

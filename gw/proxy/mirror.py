@@ -24,9 +24,8 @@ from typing import TYPE_CHECKING
 from gw.proxy.request import CRLF
 
 if TYPE_CHECKING:
-    from plane.config.filters import Mirror
-    from plane.config.model import Backend
-
+    from gw.config.filters import Mirror
+    from gw.config.model import Backend
     from gw.proxy.dataplane import DataPlane
     from gw.proxy.exchange import Exchange
     from gw.proxy.upstream import UpstreamConnection
