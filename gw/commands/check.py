@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gw.commands import settings
+
+if TYPE_CHECKING:
+    from gw.config import LoadResult
 
 
 def register(sub: Any) -> None:
@@ -17,15 +20,23 @@ def register(sub: Any) -> None:
     routes.set_defaults(func=cmd_routes)
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    """Validate a config offline; print every error and each object's conditions; exit non-zero on error."""
+def _loaded(path: str) -> LoadResult | None:
+    """The config at `path` compiled as `gw run` would; None (said) when nothing in it can be served."""
     from gw.config import ConfigError, load_with
-    from gw.config.status import status_lines
 
     try:
-        result = load_with(settings(), args.path)
+        return load_with(settings(), path)
     except ConfigError as exc:
         print(f"error: {exc}")
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a config offline; print every error and each object's conditions; exit non-zero on error."""
+    from gw.config.status import status_lines
+
+    result = _loaded(args.path)
+    if result is None:
         return 1
     rules = len(result.config.rules)
     ports = ", ".join(f"{p.declared_port}/{p.protocol}" for p in result.config.ports)
@@ -39,12 +50,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_routes(args: argparse.Namespace) -> int:
     """Print the compiled route table in precedence order."""
-    from gw.config import ConfigError, describe, load_with
+    from gw.config import describe
 
-    try:
-        result = load_with(settings(), args.path)
-    except ConfigError as exc:
-        print(f"error: {exc}")
+    result = _loaded(args.path)
+    if result is None:
         return 1
     for line in describe(result.config):
         print(line)
