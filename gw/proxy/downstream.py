@@ -821,7 +821,7 @@ class ClientConnection(asyncio.Protocol):
         memo = self.resp_memo
         chained = self.chained
         added = None  # fields phases add to the head as it is (CORS, RateLimit): no field-by-field pass
-        if chained is None or not chained.edits_response:
+        if chained is None or not chained.edits_response:  # (_response_head, inlined: once per response)
             if memo is not None and memo[0] == key:
                 head = memo[1]
             else:
@@ -1355,9 +1355,9 @@ class ResumedBodyCallbacks:
 _PROTOCOLS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
 
 
-# The two usual versions, looked up here rather than in gw.proxy.request: Python 3.11 compiles a
-# method call on a name bound by `from … import` as LOAD_ATTR (a bound method object per call,
-# ~500 instructions a request measured with callgrind) instead of LOAD_METHOD.
+# The two usual versions (gw.proxy.request has its own copy for http_version): Python 3.11's compiler
+# emits LOAD_ATTR, not LOAD_METHOD, for a method call on a name bound by `from … import` (a bound
+# method object per call, ~500 instructions a request measured with callgrind).
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 
