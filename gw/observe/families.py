@@ -76,7 +76,10 @@ FAMILIES: dict[str, Family] = {
     # -- rate limits and Redis ---------------------------------------------------------------
     "gw_ratelimit_decisions_total": Family(COUNTER, "Rate-limit decisions, by policy and outcome.", "policy"),
     "gw_redis_calls_total": Family(
-        COUNTER, "Redis calls on request paths that got no answer, by outcome.", "outcome", ("timeout", "error", "open")
+        COUNTER,
+        "Redis calls on request paths that got no answer in their budget, by outcome (late: answered after it).",
+        "outcome",
+        ("timeout", "late", "error", "open"),
     ),
     "gw_redis_call_duration_seconds": Family(HISTOGRAM, "Redis calls on request paths that got an answer."),
     "gw_redis_breaker_open": Family(GAUGE, "Workers whose Redis breaker is not closed."),

@@ -1,31 +1,41 @@
 """The guard around every Redis call on a request path: a time budget and a breaker around Redis.
 
-A slow Redis costs a request at most the budget (GW_REDIS_BUDGET), precisely:
+A slow Redis costs a request at most the budget (GW_REDIS_BUDGET) of Redis's own time:
 
-    added latency <= budget + the budget timer's lateness + one loop turn
+    added latency <= budget + the worker's own lateness + one loop turn
 
-The budget timer starts when the call is made, in the same step that writes its command (the
-request-path client has no socket timeout of its own: redis-py would send through a task of
-asyncio.wait_for, a loop turn later). When the timer runs and the call has no answer yet, the
-call is not failed at once: a worker that was descheduled or busy when the deadline passed runs
-due timers before it looks at its sockets (uvloop polls I/O, then runs timers, then the
-callbacks the poll queued), so a reply that came within the budget may be in the socket or read
-and not yet handed on. The call gets the next loop turn (one I/O poll and the callbacks it
-queues); at the start of the turn after, it fails unless its task has a reply to process (it
-waits on nothing, or on something done), which it may then finish, for at most GRACE_TURNS turns
-in all. "Lateness" is what no timer can avoid: how long past the deadline the process was busy
-or off the CPU. A call that waits through tasks of its own (a Cluster pipeline: one per node)
-gets the turn but not the extra steps, so a reply arriving then may still be dropped.
+The budget counts Redis's time, not the worker's. A worker on a saturated machine waits for a CPU
+for milliseconds at a time; while it waits, Redis's answer sits unread in its socket. So the time
+this thread spent runnable but off the CPU (Linux's schedstat run delay, read when the budget
+timer runs) is not charged: the timer re-arms for the part of the budget not yet spent, and so it
+does when it runs early (uvloop measures a timer from the time its loop turn began). The budget
+timer starts when the call is made, in the same step that writes its command (the request-path
+client has no socket timeout of its own: redis-py would send through a task of asyncio.wait_for,
+a loop turn later). When the budget is spent and the call has no answer yet, the call is not
+failed at once: due timers run before the loop looks at its sockets (uvloop polls I/O, then runs
+timers, then the callbacks the poll queued), so a reply that came within the budget may be in the
+socket or read and not yet handed on. The call gets the next loop turn (one I/O poll and the
+callbacks it queues); at the start of the turn after, it fails unless its task has a reply to
+process (it waits on nothing, or on something done), which it may then finish, for at most
+GRACE_TURNS turns in all. "Own lateness" is what no timer can avoid: how long the worker ran other
+callbacks past the deadline. A call that waits through tasks of its own (a Cluster pipeline: one
+per node) gets the turn but not the extra steps.
 
-After FAILURES_TO_OPEN consecutive failures or timeouts the breaker opens and calls fail at once,
-without touching the network, until COOLDOWN has passed; then one call probes (half-open) and its
-outcome closes or reopens the breaker. Callers get RedisUnavailable and apply their policy's
-failureMode.
+A caller that can use a late answer passes `overdue`: when the budget is spent, `overdue()` is
+called (the caller decides its requests without Redis) and the call goes on, for at most
+LATE_LIMIT, so that Redis's answer still updates what the caller knows (a rate limiter's tokens
+and over-limit keys); past LATE_LIMIT it is abandoned. Without `overdue` the call is cancelled.
+
+After FAILURES_TO_OPEN consecutive failures or overdue calls the breaker opens and calls fail at
+once, without touching the network, until COOLDOWN has passed; then one call probes (half-open)
+and its outcome closes or reopens the breaker; an answer, even a late one, closes it. Callers get
+RedisUnavailable and apply their policy's failureMode.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -45,6 +55,8 @@ T = TypeVar("T")
 FAILURES_TO_OPEN = 5
 COOLDOWN = 1.0
 GRACE_TURNS = 4  # loop turns a call past its budget may take while its reply is being read
+LATE_LIMIT = 1.0  # seconds an overdue call may still answer before it is abandoned
+SCHEDSTAT = "/proc/thread-self/schedstat"  # "<ns on CPU> <ns runnable, waiting for a CPU> <slices>"
 
 CLOSED, HALF_OPEN, OPEN = "closed", "half-open", "open"
 # Redis answers in tens of µs to a few ms; the budget is a few ms.
@@ -63,6 +75,34 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+class CpuWait:
+    """Seconds this thread has spent runnable but waiting for a CPU (0.0 where Linux does not say).
+
+    Opened by the thread that reads it (the worker's loop): /proc/thread-self names the opener.
+    """
+
+    __slots__ = ("fd",)
+
+    def __init__(self) -> None:
+        try:
+            self.fd: int | None = os.open(SCHEDSTAT, os.O_RDONLY)
+        except OSError:
+            self.fd = None
+
+    def __call__(self) -> float:
+        if self.fd is None:
+            return 0.0
+        try:
+            return int(os.pread(self.fd, 96, 0).split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 class RedisUnavailable(Exception):
     """A guarded Redis call did not complete: `reason` is "timeout", "error" or "open" (breaker)."""
 
@@ -75,6 +115,7 @@ class RedisGuard:
     """Budget and breaker for one process's Redis calls; one instance per worker, shared by all callers."""
 
     __slots__ = (
+        "_cpu_wait",
         "_failures",
         "_open_until",
         "_probing",
@@ -105,6 +146,7 @@ class RedisGuard:
         self._open_until = 0.0
         self._probing = False
         self.metrics = metrics
+        self._cpu_wait: CpuWait | None = None  # opened by the first call, in the loop's thread
         self.latency: Histogram | None = None
         if metrics is not None:
             # A gauge per process, summed by the supervisor: how many workers see Redis as unusable.
@@ -129,11 +171,12 @@ class RedisGuard:
         """
         return self.state != CLOSED and (self._probing or (self.state == OPEN and self.clock() < self._open_until))
 
-    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, overdue: Callable[[], None] | None = None) -> T:
         """`await fn(*args)` within the budget; raises RedisUnavailable instead of waiting on Redis.
 
         `fn` is called only when the breaker lets the call through, so an open breaker costs no
-        coroutine, no task and no I/O.
+        coroutine, no task and no I/O. With `overdue`, a call past its budget calls it and goes on
+        (see the module's docstring); it raises RedisUnavailable only past LATE_LIMIT.
         """
         if self.state != CLOSED and not self._admit():
             self._count("open")
@@ -141,18 +184,23 @@ class RedisGuard:
         start = time.perf_counter()
         task = asyncio.current_task()
         assert task is not None
-        budget = Budget(task, self.budget)
+        cpu_wait = self._cpu_wait
+        if cpu_wait is None:
+            cpu_wait = self._cpu_wait = CpuWait()
+        budget = Budget(task, self.budget, cpu_wait, None if overdue is None else self._overdue_then(overdue))
         try:
             result = await fn(*args)
         except asyncio.CancelledError:
             if budget.expired and task.uncancel() == 0:
-                self._failed()
-                self._count("timeout")
+                if not budget.late:  # an overdue call was counted when it became overdue
+                    self._failed()
+                    self._count("timeout")
                 raise RedisUnavailable("timeout", f"no answer within {self.budget * 1000:g} ms") from None
             self._probing = False  # cancelled from outside (a request gone, a worker stopping)
             raise
         except _UNAVAILABLE as exc:
-            self._failed()
+            if not budget.late:
+                self._failed()
             self._count("error")
             raise RedisUnavailable("error", str(exc) or type(exc).__name__) from exc
         except BaseException:
@@ -163,10 +211,20 @@ class RedisGuard:
             budget.handle.cancel()
         if budget.expired:  # an answer despite the cancellation (fn swallowed it): not ours to keep
             task.uncancel()
+        if budget.late:
+            self._count("late")
         self._succeeded()
         if self.latency is not None:
             self.latency.observe(time.perf_counter() - start)
         return result
+
+    def _overdue_then(self, overdue: Callable[[], None]) -> Callable[[], None]:
+        def became_overdue() -> None:
+            self._failed()
+            self._count("timeout")
+            overdue()
+
+        return became_overdue
 
     def _admit(self) -> bool:
         """Open: nothing passes until the cool-down ends; then exactly one probe at a time."""
@@ -199,20 +257,37 @@ class RedisGuard:
 
 
 class Budget:
-    """The deadline of one guarded call: cancels its task once the loop has looked for its reply.
+    """The deadline of one guarded call: cancels its task (or reports it overdue) once the budget
+    of Redis's time is spent and the loop has looked for its reply.
 
-    See the module's docstring for the turns a late reply is given and why.
+    See the module's docstring for what is charged, the turns a late reply is given, and why.
     """
 
-    __slots__ = ("expired", "handle", "task", "turns")
+    __slots__ = ("cpu_wait", "expired", "handle", "late", "overdue", "seconds", "start", "task", "turns", "waited")
 
-    def __init__(self, task: asyncio.Task[Any], seconds: float) -> None:
+    def __init__(
+        self, task: asyncio.Task[Any], seconds: float, cpu_wait: CpuWait, overdue: Callable[[], None] | None = None
+    ) -> None:
         self.task = task
+        self.seconds = seconds
+        self.cpu_wait = cpu_wait
+        self.overdue = overdue
         self.turns = 0
         self.expired = False
+        self.late = False
+        self.start = time.perf_counter()
+        self.waited = cpu_wait()
         self.handle: asyncio.Handle = task.get_loop().call_later(seconds, self._due)
 
+    def charged(self) -> float:
+        """Seconds of the call so far, less the time this worker waited for a CPU."""
+        return (time.perf_counter() - self.start) - (self.cpu_wait() - self.waited)
+
     def _due(self) -> None:
+        left = self.seconds - self.charged()
+        if left > 0:  # the timer ran early, or the worker was off the CPU: Redis has time left
+            self.handle = self.task.get_loop().call_later(left, self._due)
+            return
         # Due timers run before the callbacks of the poll that read a reply (uvloop): wait a turn.
         self.handle = self.task.get_loop().call_soon(self._check)
 
@@ -221,6 +296,16 @@ class Budget:
         if self.turns < 2 or (self.turns < GRACE_TURNS and self._has_reply()):
             self.handle = self.task.get_loop().call_soon(self._check)
             return
+        overdue = self.overdue
+        if overdue is not None:  # the caller can use a late answer: let the call go on a while
+            self.overdue = None
+            self.late = True
+            self.handle = self.task.get_loop().call_later(LATE_LIMIT, self._abandon)
+            overdue()
+            return
+        self._abandon()
+
+    def _abandon(self) -> None:
         self.expired = True
         self.task.cancel()
 

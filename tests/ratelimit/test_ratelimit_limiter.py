@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 from time import monotonic
+from typing import Any
 
 from redis.cluster import key_slot
 
@@ -147,11 +148,12 @@ async def test_exact_counting_resumes_when_redis_is_back(own_server: valkey.Serv
         own_server.pause()
         assert (await decide(limiter)).allowed  # failed open
         own_server.resume()
+        await asyncio.gather(*worker.batcher.tasks)  # the overdue call's late answer
         after = [(await decide(limiter)).allowed for _ in range(3)]
-        # Counted in Redis again. The abandoned call may have run once the server woke (a
-        # budget bounds the wait, not the server): one or two of the three are left.
-        assert after in ([True, False, False], [True, True, False])
-        assert worker.outcomes["limited"] >= 1
+        # Counted in Redis again: the overdue call was counted when the server woke, and the
+        # request it was for was admitted open, so one of the three is left.
+        assert after == [True, False, False]
+        assert worker.outcomes["cached"] == 2  # the last token's answer said the key is now out
     finally:
         own_server.resume()
         await client.aclose()
@@ -208,7 +210,9 @@ async def test_exact_calls_of_one_loop_turn_on_a_cluster_each_get_their_own_deci
                     settle = later.set_result
                     assert limiter.decide(request(client_host), [], lambda _req, v, f=settle: f(v)) is None
                     pending.append((n, client_host, later))
-        assert len(worker.batcher.queue) == len(pending)  # queued for one pipeline
+        # Queued for one pipeline: one call per key (policy x client), asking for all its requests.
+        assert len(worker.batcher.queue) == 2 * len(limiters)
+        assert {args[0] for _, args, _, _ in worker.batcher.queue} == {5}
         verdicts = [(n, host, await asyncio.wait_for(later, 5)) for n, host, later in pending]
         for n in range(len(limiters)):
             for host in (b"10.0.0.1", b"10.0.0.2"):
@@ -239,5 +243,81 @@ async def test_a_sliding_window_lease_is_not_spent_after_its_window(own_server: 
         await asyncio.sleep(max(0.0, lease.window_end - monotonic()) + 0.01)
         assert (await decide(limiter)).allowed
         assert script_calls(own_server) == before + 1  # a fresh lease, not the old window's tokens
+    finally:
+        await client.aclose()
+
+
+async def test_tokens_redis_counted_for_refused_requests_are_spent_by_the_next_ones(
+    own_server: valkey.Server, keys: Keys
+) -> None:
+    """Closed refuses while a call is overdue; its late answer's token is not lost (no under-admission)."""
+    client = connect(own_server.url)
+    try:
+        worker = Worker(client, RedisGuard(0.05), keys)
+        limiter = PolicyLimiter(make_policy(3, HOUR, failure_mode=CLOSED, mode=EXACT), worker)
+        await client.ping()
+        own_server.pause()
+        refused = await decide(limiter)
+        assert refused.status == 503
+        own_server.resume()
+        await asyncio.gather(*worker.batcher.tasks)  # the late answer: one token, counted
+        before = script_calls(own_server)
+        after = [(await decide(limiter)).allowed for _ in range(4)]
+        assert after == [True, True, True, False]  # exactly the limit, the first on the late token
+        assert script_calls(own_server) == before + 2  # the late token cost no call, the refusal neither
+        assert worker.outcomes["late_tokens"] == 1
+    finally:
+        own_server.resume()
+        await client.aclose()
+
+
+async def test_a_late_answer_over_the_limit_caches_the_key(own_server: valkey.Server, keys: Keys) -> None:
+    client = connect(own_server.url)
+    try:
+        worker = Worker(client, RedisGuard(0.05), keys)
+        limiter = PolicyLimiter(make_policy(2, HOUR, failure_mode=OPEN, mode=EXACT), worker)
+        assert (await decide(limiter)).allowed
+        own_server.pause()
+        assert (await decide(limiter)).allowed  # failed open while the call is overdue
+        own_server.resume()
+        await asyncio.gather(*worker.batcher.tasks)  # Redis granted the last token: the key is out
+        before = script_calls(own_server)
+        refused = await decide(limiter)
+        assert refused.status == 429 and script_calls(own_server) == before  # from the cache
+    finally:
+        own_server.resume()
+        await client.aclose()
+
+
+async def test_a_flood_on_one_key_sends_one_call_at_a_time_per_worker(own_server: valkey.Server, keys: Keys) -> None:
+    """Requests that arrive while a key's call is out wait for it; the next call asks for all of them."""
+    client = connect(own_server.url)
+    try:
+        workers = [Worker(client, RedisGuard(1.0), keys) for _ in range(2)]
+        policy = make_policy(300, HOUR, mode=EXACT)
+        limiters = [PolicyLimiter(policy, worker) for worker in workers]
+        in_flight = [0, 0]
+        most = [0, 0]
+        for i, worker in enumerate(workers):  # count each worker's script calls out at once
+            submit = worker.batcher.submit
+
+            def counted(keys_: Any, args: Any, then: Any, overdue: Any, i: int = i, submit: Any = submit) -> None:
+                in_flight[i] += 1
+                most[i] = max(most[i], in_flight[i])
+
+                def answered(reply: Any) -> None:
+                    in_flight[i] -= 1
+                    then(reply)
+
+                submit(keys_, args, answered, overdue)
+
+            worker.batcher.submit = counted  # type: ignore[method-assign]
+        before = script_calls(own_server)
+        verdicts: list[Verdict] = []
+        for _ in range(10):  # waves of concurrent requests, as a flood arrives
+            verdicts += await asyncio.gather(*(decide(limiters[j % 2]) for j in range(200)))
+        assert sum(v.allowed for v in verdicts) == 300
+        assert most == [1, 1]
+        assert script_calls(own_server) - before <= 2 * 10  # per wave and worker at most one, then the cache
     finally:
         await client.aclose()

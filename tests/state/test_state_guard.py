@@ -253,3 +253,94 @@ async def test_a_script_error_is_not_a_redis_failure(client: Client) -> None:
     with pytest.raises(ResponseError):
         await guard.call(client.eval, "return redis.call('NOSUCHCOMMAND')", 0)
     assert guard.state == CLOSED
+
+
+class FrozenCpuWait:
+    """Stands in for the worker's schedstat run delay: while `off_cpu`, all time passing is CPU wait."""
+
+    def __init__(self) -> None:
+        self.off_cpu = True
+        self.base = time.perf_counter()
+        self.frozen = 0.0
+
+    def __call__(self) -> float:
+        if self.off_cpu:
+            return time.perf_counter() - self.base
+        return self.frozen
+
+    def back_on_cpu(self) -> None:
+        self.frozen = self()
+        self.off_cpu = False
+
+
+async def test_time_the_worker_spent_waiting_for_a_cpu_is_not_charged_to_redis(own_server: valkey.Server) -> None:
+    """A worker descheduled on a saturated machine is late itself: Redis's answer sits in its socket."""
+    client = connect(own_server.url)
+    guard = RedisGuard(0.02)
+    cpu_wait = FrozenCpuWait()
+    guard._cpu_wait = cpu_wait  # type: ignore[assignment]
+    overdue = asyncio.Event()
+    try:
+        await client.ping()
+        own_server.pause()
+        call = asyncio.ensure_future(guard.call(client.get, "k", overdue=overdue.set))
+        # Time passing is the subject: 10 budgets, all of them spent waiting for a CPU.
+        await asyncio.sleep(0.2)
+        assert not overdue.is_set() and not call.done() and guard.state == CLOSED
+        cpu_wait.back_on_cpu()  # from now on the time is Redis's
+        async with asyncio.timeout(5):
+            await overdue.wait()
+        assert not call.done()  # overdue, not abandoned: its answer may still come
+        own_server.resume()
+        async with asyncio.timeout(5):
+            assert await call is None  # the late answer, and Redis is usable again
+        assert guard.state == CLOSED
+    finally:
+        own_server.resume()
+        await client.aclose()
+
+
+async def test_an_overdue_call_counts_towards_the_breaker_and_its_late_answer_closes_it(
+    own_server: valkey.Server,
+) -> None:
+    client = connect(own_server.url)
+    registry = Registry()
+    guard = RedisGuard(0.02, failures_to_open=1, metrics=registry)
+    try:
+        await client.ping()
+        own_server.pause()
+        overdue = asyncio.Event()
+        call = asyncio.ensure_future(guard.call(client.get, "k", overdue=overdue.set))
+        async with asyncio.timeout(5):
+            await overdue.wait()
+        assert guard.state == OPEN and guard.refuses()  # the next calls fail at once
+        own_server.resume()
+        async with asyncio.timeout(5):
+            await call
+        assert guard.state == CLOSED
+        counted = {dict(labels)["outcome"]: n for (name, labels), n in registry.counters.items()
+                   if name == "gw_redis_calls_total"}  # fmt: skip
+        assert counted == {"timeout": 1, "late": 1}
+    finally:
+        own_server.resume()
+        await client.aclose()
+
+
+async def test_an_overdue_call_is_abandoned_after_the_late_limit(
+    own_server: valkey.Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gw.state import guard as guard_module
+
+    monkeypatch.setattr(guard_module, "LATE_LIMIT", 0.05)
+    client = connect(own_server.url)
+    guard = RedisGuard(0.02)
+    try:
+        await client.ping()
+        own_server.pause()
+        with pytest.raises(RedisUnavailable) as caught:
+            async with asyncio.timeout(5):
+                await guard.call(client.get, "k", overdue=lambda: None)
+        assert caught.value.reason == "timeout"
+    finally:
+        own_server.resume()
+        await client.aclose()

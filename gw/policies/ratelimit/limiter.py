@@ -1,7 +1,11 @@
 """One RateLimitPolicy at run time: a request's keys → allowed or limited, counted in Redis or locally.
 
 Modes (per policy):
-  Exact   every decision is one call of gw/state/lua/ratelimit.lua (all the policy's limits at once).
+  Exact   every token is taken by a call of gw/state/lua/ratelimit.lua (all the policy's limits at
+          once) for a request waiting for it. A worker has at most one call in flight per key: the
+          requests that arrive while it is out wait for it (bounded by the budget), and the next
+          call asks for a token for each of them, so Redis traffic follows the number of keys and
+          the round-trip time, not the offered load.
   Leased  each worker takes tokens from Redis in batches and spends them locally; a batch is sized
           to the key's observed rate (RATE_HORIZON seconds of it), at most `max_batch` tokens, and
           the next one is fetched in the background when half a batch is left, so most
@@ -15,8 +19,16 @@ Modes (per policy):
           batch asked for near the end covers only the time left: a window admits no tokens of
           the one before, and loses at most the few its workers hold unspent at its end.
 Either mode caches a key found over the limit until the counter's retry time, so a flood of
-rejected requests costs no Redis call. `scope: Local` counts in this worker only, with each limit
-divided by the replica's worker count.
+rejected requests costs no Redis call.
+
+A call past the guard's budget is overdue: its requests, and the key's requests until it answers,
+are decided by failureMode (below) without waiting longer. The call goes on (gw.state.guard,
+LATE_LIMIT), and its late answer still counts: what Redis granted, less what failureMode admitted
+meanwhile, becomes tokens this worker holds for the key's next requests (a token Redis counted is
+spent by exactly one request, in either mode; Closed does not lose the tokens of the requests it
+refused), and a key Redis found over its limit is cached as such.
+
+`scope: Local` counts in this worker only, with each limit divided by the replica's worker count.
 
 failureMode, when Redis cannot answer within the guard's budget (or its breaker is open); tokens a
 worker already leased are spent first (Redis counted them when it granted them):
@@ -31,7 +43,7 @@ from collections.abc import Callable
 from time import monotonic, time
 from typing import Any, Protocol
 
-from gw.config.ratelimit import CLOSED, LEASED, LOCAL, OPEN, SLIDING_WINDOW, RateLimitPolicy
+from gw.config.ratelimit import CLOSED, GCRA, LEASED, LOCAL, OPEN, SLIDING_WINDOW, RateLimitPolicy
 from gw.policies.ratelimit.algorithms import LocalCounter, Outcome, Quota
 from gw.policies.ratelimit.headers import Fields, limit_names, policy_field, retry_after, state_field
 from gw.policies.ratelimit.identify import key_function, reads_fields
@@ -45,7 +57,7 @@ RATE_HORIZON = 0.5  # seconds of a key's observed rate one batch covers
 LEASE_TTL = 1.0  # seconds an unspent leased token stays usable
 MAX_BLOCKED = 100_000  # over-limit keys remembered before the cache is cleared
 OUTCOMES = ("allowed", "limited", "cached", "leased", "redis_unavailable_open", "redis_unavailable_closed",
-            "redis_unavailable_local")  # fmt: skip
+            "redis_unavailable_local", "late_tokens")  # fmt: skip
 
 
 class Verdict:
@@ -79,14 +91,19 @@ class Shared(Protocol):
 
 
 class Lease:
-    """Tokens of one key leased from Redis by this worker, and the requests waiting for more."""
+    """One key in this worker: the tokens Redis granted it (a lease, or a late answer's), the
+    requests waiting for Redis, and the one call in flight for it."""
 
-    __slots__ = ("expires", "last_refill", "limits", "low", "refilling", "spent", "tokens", "waiters", "window_end")
+    __slots__ = ("asking", "expires", "last_refill", "limits", "low", "overdue", "presumed", "refilling", "spent",
+                 "tokens", "waiters", "window_end")  # fmt: skip
 
     def __init__(self, now: float) -> None:
         self.tokens = 0
         self.expires = 0.0
-        self.refilling = False
+        self.refilling = False  # a call for this key is queued or in flight
+        self.asking: list[Any] | None = None  # Exact: that call's arguments, raised while it is queued
+        self.overdue = False  # that call is past its budget: decisions take the failureMode meanwhile
+        self.presumed = 0  # requests the failureMode admitted meanwhile: charged to the late answer
         self.waiters: list[tuple[Done, Any]] = []
         self.spent = 0  # tokens spent since the last refill: the observed rate
         self.last_refill = now
@@ -131,10 +148,10 @@ class PolicyLimiter:
         self.leased_metric = self.metric["leased"]
         self.counters = shared.counters  # the worker's, kept across reloads
 
-    def count(self, outcome: str) -> None:
+    def count(self, outcome: str, n: int = 1) -> None:
         counters = self.counters
         key = self.metric[outcome]
-        counters[key] = counters.get(key, 0) + 1
+        counters[key] = counters.get(key, 0) + n
 
     # -- the decision ------------------------------------------------------------------------
 
@@ -160,45 +177,37 @@ class PolicyLimiter:
                 del self.blocked[key]
         if self.local_scope:
             return self._from_local(key, now, self.shared.local_workers)
-        if self.leased:
-            lease = self.leases.get(key)
-            # Most decisions: a token Redis granted this worker (valid whatever Redis does now).
-            if lease is not None and lease.tokens > 0 and now < lease.expires:
+        lease = self.leases.get(key)
+        if lease is not None:
+            # Most decisions in Leased mode: a token Redis granted this worker (valid whatever Redis
+            # does now). In Exact mode, the tokens of a late answer.
+            if lease.tokens > 0 and now < lease.expires:
                 lease.tokens -= 1
                 lease.spent += 1
-                if lease.tokens <= lease.low and not lease.refilling and self._redis_usable():
+                if self.leased and lease.tokens <= lease.low and not lease.refilling and self._redis_usable():
                     self._refill(key, parts, lease, now)
                 counters, metric = self.counters, self.leased_metric
                 counters[metric] = counters.get(metric, 0) + 1
-                return self._allowed(lease.limits, lease.spent) if self.headers else ALLOWED
+                return self._allowed(lease.limits, lease.tokens) if self.headers else ALLOWED
+            if lease.overdue:  # this key's call is past its budget: Redis is not answering now
+                return self._presume(key, lease, now)
         if not self._redis_usable():
             return self._failed(key, now)
-        if not self.leased:
-            self._call(key, parts, 1, lambda outcome: done(req, self._exact(key, outcome)))
-            return None
         if lease is None:
             if len(self.leases) >= MAX_BLOCKED:
                 self.leases.clear()
             lease = self.leases[key] = Lease(now)
-        lease.tokens = 0
+        lease.tokens = 0  # what was left expired
         lease.waiters.append((done, req))
         if not lease.refilling:
             self._refill(key, parts, lease, now)
+        elif lease.asking is not None:
+            lease.asking[0] += 1  # the call is not sent yet (else this is ignored and asked for after it)
         return None
 
     def _redis_usable(self) -> bool:
         guard = self.shared.guard  # set together with the worker's Redis client, after it
         return guard is not None and not guard.refuses()
-
-    def _exact(self, key: bytes, outcome: Outcome | RedisUnavailable) -> Verdict:
-        if isinstance(outcome, RedisUnavailable):
-            return self._failed(key, monotonic())
-        if outcome.granted:
-            self.count("allowed")
-            return self._allowed(outcome.limits, 0) if self.headers else ALLOWED
-        self._block(key, outcome.retry)
-        self.count("limited")
-        return self._limited(outcome.retry, outcome.limits)
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -213,19 +222,30 @@ class PolicyLimiter:
         return max(1, min(self.max_batch, math.ceil(lease.spent / elapsed * horizon)))
 
     def _refill(self, key: bytes, parts: list[bytes] | None, lease: Lease, now: float) -> None:
-        wanted = max(self._batch(lease, now), min(len(lease.waiters), self.max_batch))
-        lease.low = wanted // 2  # refill early: a request that finds the lease empty waits for Redis
+        if self.leased:
+            wanted = max(self._batch(lease, now), min(len(lease.waiters), self.max_batch))
+            lease.low = wanted // 2  # refill early: a request that finds the lease empty waits for Redis
+        else:
+            wanted = len(lease.waiters)  # a token for each request waiting, none to spare
         lease.refilling = True
         lease.spent = 0
         lease.last_refill = now
-        self._call(key, parts, wanted, lambda outcome: self._refilled(key, parts, lease, outcome))
+        args = self._call(
+            key, parts, wanted, lambda outcome: self._refilled(key, parts, lease, outcome),
+            lambda: self._overdue(key, lease),
+        )  # fmt: skip
+        if not self.leased:
+            lease.asking = args
 
     def _refilled(
         self, key: bytes, parts: list[bytes] | None, lease: Lease, outcome: Outcome | RedisUnavailable
     ) -> None:
         lease.refilling = False
+        lease.asking = None
         waiters, lease.waiters = lease.waiters, []
         if isinstance(outcome, RedisUnavailable):
+            lease.overdue = False
+            lease.presumed = 0
             now = monotonic()
             for done, req in waiters:
                 done(req, self._failed(key, now))
@@ -233,7 +253,16 @@ class PolicyLimiter:
         now = monotonic()
         if now >= lease.expires:
             lease.tokens = 0  # what is left was counted in a window that has ended
-        lease.tokens += outcome.granted
+        granted = outcome.granted
+        if lease.overdue:
+            # A late answer: Redis counted `granted` tokens for requests already decided. Those the
+            # failureMode admitted spent them; the rest are this worker's to spend.
+            lease.overdue = False
+            granted = max(0, granted - lease.presumed)
+            lease.presumed = 0
+            if granted:
+                self.count("late_tokens", granted)
+        lease.tokens += granted
         lease.expires = now + LEASE_TTL
         if self.windowed and outcome.limits:
             # The window ends `reset` ms after Redis counted, which was after we asked: from the
@@ -241,12 +270,6 @@ class PolicyLimiter:
             lease.window_end = lease.last_refill + min(reset for _, reset in outcome.limits) / 1000.0
             lease.expires = min(lease.expires, lease.window_end)
         lease.limits = outcome.limits
-        if not outcome.granted:
-            self._block(key, outcome.retry)
-            self.count("limited")
-            for done, req in waiters:
-                done(req, self._limited(outcome.retry, outcome.limits))
-            return
         served = 0
         for done, req in waiters:
             if lease.tokens <= 0:
@@ -255,15 +278,68 @@ class PolicyLimiter:
             lease.spent += 1
             served += 1
             self.count("allowed")
-            done(req, self._allowed(lease.limits, lease.spent) if self.headers else ALLOWED)
+            done(req, self._allowed(lease.limits, lease.tokens) if self.headers else ALLOWED)
         rest = waiters[served:]
-        if rest:  # more waiters than tokens: ask again for them (Redis says if the key is now out)
+        exhausted = not outcome.granted or (outcome.limits and min(r for r, _ in outcome.limits) == 0)
+        if exhausted and lease.tokens > 0:
+            # Redis has no more, but this worker still holds tokens it granted: spend them first,
+            # and ask again (and learn the key is over) only when they are gone.
+            lease.low = -1
+        elif exhausted:  # none left for the rest, nor for the next requests until the retry time
+            retry = outcome.retry or self._retry(outcome.limits)
+            self._block(key, retry)
+            for done, req in rest:
+                self.count("limited")
+                done(req, self._limited(retry, outcome.limits))
+        elif rest:  # more waiters than tokens: ask again for them (Redis says if the key is now out)
             lease.waiters = rest + lease.waiters
             self._refill(key, parts, lease, now)
+            return
+        self._forget(key, lease)
+
+    def _forget(self, key: bytes, lease: Lease) -> None:
+        """Exact: a key with no tokens, no call and no waiters needs no entry (a key flood keeps none)."""
+        if not self.leased and not lease.tokens and not lease.refilling and self.leases.get(key) is lease:
+            del self.leases[key]
+
+    def _overdue(self, key: bytes, lease: Lease) -> None:
+        """The key's call passed its budget: decide its waiters without Redis (its answer still counts)."""
+        if not lease.refilling:
+            return  # answered meanwhile
+        lease.overdue = True
+        waiters, lease.waiters = lease.waiters, []
+        now = monotonic()
+        for done, req in waiters:
+            done(req, self._presume(key, lease, now))
+
+    def _presume(self, key: bytes, lease: Lease, now: float) -> Verdict:
+        verdict = self._failed(key, now)
+        if verdict.allowed:
+            lease.presumed += 1
+        return verdict
+
+    def _retry(self, limits: tuple[tuple[int, float], ...]) -> float:
+        """ms until a key Redis left at 0 may have a token again (GCRA: one interval past its reset
+        minus the burst; a window: its end), never less than 1 ms."""
+        retry = 1.0
+        for quota, (remaining, reset) in zip(self.quotas, limits, strict=False):
+            if remaining > 0:
+                continue
+            if quota.algorithm == GCRA:
+                interval = quota.period / quota.requests
+                wait = reset + interval - quota.burst * interval
+            else:
+                wait = reset
+            retry = max(retry, math.ceil(wait))
+        return retry
 
     # -- Redis ---------------------------------------------------------------------------------
 
-    def _call(self, key: bytes, parts: list[bytes] | None, wanted: int, then: Callable[[Any], None]) -> None:
+    def _call(
+        self, key: bytes, parts: list[bytes] | None, wanted: int, then: Callable[[Any], None],
+        overdue: Callable[[], None],
+    ) -> list[Any]:  # fmt: skip
+        """Ask Redis for `wanted` tokens of the key; returns the call's arguments ([0] is `wanted`)."""
         if parts is None:
             parts = [key] * len(self.limit_names)  # one key function, or none (b"" for every limit)
         shared = self.shared
@@ -271,7 +347,9 @@ class PolicyLimiter:
         if stem is None:
             stem = self.stem = shared.keys.ratelimit(self.name).encode()
         keys = [b"%s:%s:%s" % (stem, name, part) for name, part in zip(self.limit_names, parts, strict=True)]
-        shared.batcher.submit(keys, [wanted, *self.argv], lambda reply: then(_outcome(reply)))
+        args = [wanted, *self.argv]
+        shared.batcher.submit(keys, args, lambda reply: then(_outcome(reply)), overdue)
+        return args
 
     def _block(self, key: bytes, retry_ms: float) -> None:
         if len(self.blocked) >= MAX_BLOCKED:
@@ -310,11 +388,11 @@ class PolicyLimiter:
 
     # -- verdicts --------------------------------------------------------------------------------
 
-    def _allowed(self, limits: tuple[tuple[int, float], ...], spent_since: int) -> Verdict:
+    def _allowed(self, limits: tuple[tuple[int, float], ...], held: int) -> Verdict:
         if not limits:
             return Verdict(True, [self.policy_field])
-        if spent_since:  # a lease: Redis's last count minus what this worker spent since
-            limits = tuple((remaining - spent_since, reset) for remaining, reset in limits)
+        if held:  # Redis's last count plus the tokens this worker still holds of it
+            limits = tuple((remaining + held, reset) for remaining, reset in limits)
         return Verdict(True, [self.policy_field, state_field(self.names, limits)])
 
     def _limited(self, retry_ms: float, limits: tuple[tuple[int, float], ...]) -> Verdict:
