@@ -15,7 +15,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, ResponseError
 
 from gw.state.guard import RedisUnavailable
 from gw.state.scripts import Script
@@ -70,23 +71,54 @@ class ScriptBatcher:
 
     async def _pipeline(self, calls: list[Call]) -> list[Any]:
         script = self.script
-        pipe = self.redis.pipeline(transaction=False)
-        for keys, args, _, _ in calls:
-            # Not pipe.evalsha(): redis-py's Cluster pipeline refuses it by name (the command
-            # itself routes by its first key like any other).
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        replies = await pipe.execute(raise_on_error=False)
+        execute = _on_one_connection if isinstance(self.redis, Redis) else _by_redis_py
+        # Not pipe.evalsha(): redis-py's Cluster pipeline refuses it by name (the command itself
+        # routes by its first key like any other).
+        replies = await execute(
+            self.redis, [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args, _, _ in calls]
+        )
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
-            pipe = self.redis.pipeline(transaction=False)
-            for i in missing:
-                keys, args, _, _ = calls[i]
-                pipe.eval(script.source, len(keys), *keys, *args)
-            for i, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+            evals = [("EVAL", script.source, len(calls[i][0]), *calls[i][0], *calls[i][1]) for i in missing]
+            for i, reply in zip(missing, await execute(self.redis, evals), strict=True):
                 replies[i] = reply
-        # Connection trouble raises out of execute() (the guard counts it); an error reply (a
+        # Connection trouble raises out of execute (the guard counts it); an error reply (a
         # read-only replica, a script bug) fails only its own decision.
         return [RedisUnavailable("error", str(r)) if isinstance(r, Exception) else r for r in replies]
+
+
+async def _on_one_connection(redis: Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """The commands written at once on one pooled connection, their replies read in order.
+
+    What redis-py's pipeline does, without its last step: it returns the connection to the pool
+    through asyncio.shield, a task of its own, so the replies reach the caller a loop turn after
+    they were read, and on a saturated worker a loop turn is milliseconds of the budget.
+    """
+    pool = redis.connection_pool
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:  # this command's error reply (NOSCRIPT among them)
+                replies.append(exc)
+    except BaseException:
+        # Cut short (an error, the budget, a stopping worker): replies may be left unread on it.
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(conn)
+    return replies
+
+
+async def _by_redis_py(redis: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """A Cluster: redis-py's pipeline routes each command to its node by its first key."""
+    pipe = redis.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return list(await pipe.execute(raise_on_error=False))
 
 
 def _overdue(calls: list[Call]) -> None:

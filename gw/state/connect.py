@@ -70,6 +70,24 @@ def connect_request_path(url: str) -> Client:
     return connect(url, socket_timeout=None, retries=0)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+async def local_server_pid(client: Client) -> int | None:
+    """The pid of the Redis server `client` talks to when it runs on this machine (a unix socket or
+    a loopback address, as the embedded Valkey); None for a remote one, Sentinel or Cluster."""
+    if not isinstance(client, Redis):
+        return None
+    pool = client.connection_pool
+    if issubclass(pool.connection_class, SentinelManagedConnection):
+        return None
+    kwargs = pool.connection_kwargs
+    if not kwargs.get("path") and kwargs.get("host") not in LOOPBACK:
+        return None
+    info = await client.info("server")
+    return int(info.get("process_id") or 0) or None
+
+
 def _hosts(netloc: str) -> list[tuple[str, int]]:
     hosts = []
     for item in netloc.rpartition("@")[2].split(","):

@@ -4,11 +4,13 @@ A slow Redis costs a request at most the budget (GW_REDIS_BUDGET) of Redis's own
 
     added latency <= budget + the worker's own lateness + one loop turn
 
-The budget counts Redis's time, not the worker's. A worker on a saturated machine waits for a CPU
-for milliseconds at a time; while it waits, Redis's answer sits unread in its socket. So the time
-this thread spent runnable but off the CPU (Linux's schedstat run delay, read when the budget
-timer runs) is not charged: the timer re-arms for the part of the budget not yet spent, and so it
-does when it runs early (uvloop measures a timer from the time its loop turn began). The budget
+The budget counts Redis's time, not the machine's. On a saturated machine (a flood) the worker
+waits for a CPU for milliseconds at a time, and so does a Redis that runs on the same machine (the
+embedded Valkey, a sidecar): neither is Redis being slow. So the longer of the times this thread
+and a local Redis process (`watch_server`) spent runnable but off a CPU (Linux's schedstat run
+delay, read when the budget timer runs) is not charged: the timer re-arms for the part of the
+budget not yet spent, and so it does when it runs early (uvloop measures a timer from the time its
+loop turn began). A stopped or hung Redis is not runnable, so its outage is charged in full. The budget
 timer starts when the call is made, in the same step that writes its command (the request-path
 client has no socket timeout of its own: redis-py would send through a task of asyncio.wait_for,
 a loop turn later). When the budget is spent and the call has no answer yet, the call is not
@@ -76,31 +78,56 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 
 class CpuWait:
-    """Seconds this thread has spent runnable but waiting for a CPU (0.0 where Linux does not say).
+    """Seconds spent runnable but waiting for a CPU, from Linux's schedstat (0.0 where it does not
+    say): this thread's, and the Redis server's when it runs on this machine (`watch_server`).
 
-    Opened by the thread that reads it (the worker's loop): /proc/thread-self names the opener.
+    A saturated machine delays both; neither is Redis being slow. Opened by the thread that reads
+    it (the worker's loop): /proc/thread-self names the opener.
     """
 
-    __slots__ = ("fd",)
+    __slots__ = ("own", "server")
 
     def __init__(self) -> None:
-        try:
-            self.fd: int | None = os.open(SCHEDSTAT, os.O_RDONLY)
-        except OSError:
-            self.fd = None
+        self.own = _open(SCHEDSTAT)
+        self.server: int | None = None
 
-    def __call__(self) -> float:
-        if self.fd is None:
-            return 0.0
+    def watch_server(self, pid: int) -> bool:
+        """Also read the local Redis process `pid` (its main thread runs the commands), if it is one."""
         try:
-            return int(os.pread(self.fd, 96, 0).split()[1]) / 1e9
-        except (OSError, IndexError, ValueError):
-            return 0.0
+            comm = open(f"/proc/{pid}/comm").read()  # noqa: SIM115 - one read
+        except OSError:
+            return False
+        if not any(name in comm for name in ("redis", "valkey")):
+            return False  # a pid of another pid namespace (Redis in a container of its own)
+        if self.server is not None:
+            os.close(self.server)
+        self.server = _open(f"/proc/{pid}/schedstat")
+        return self.server is not None
+
+    def __call__(self) -> tuple[float, float]:
+        return _run_delay(self.own), _run_delay(self.server)
 
     def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        for fd in (self.own, self.server):
+            if fd is not None:
+                os.close(fd)
+        self.own = self.server = None
+
+
+def _open(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def _run_delay(fd: int | None) -> float:
+    if fd is None:
+        return 0.0
+    try:
+        return int(os.pread(fd, 96, 0).split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 class RedisUnavailable(Exception):
@@ -164,6 +191,17 @@ class RedisGuard:
         """True while Redis is considered unusable (readiness reports this; serving goes on)."""
         return self.state != CLOSED
 
+    @property
+    def cpu_wait(self) -> CpuWait:
+        cpu_wait = self._cpu_wait
+        if cpu_wait is None:  # opened in the loop's thread, by its first call
+            cpu_wait = self._cpu_wait = CpuWait()
+        return cpu_wait
+
+    def watch_server(self, pid: int) -> bool:
+        """Redis runs on this machine as process `pid`: the time it waits for a CPU is not charged."""
+        return self.cpu_wait.watch_server(pid)
+
     def refuses(self) -> bool:
         """True when a call now would fail at once (breaker open, cool-down running or a probe out).
 
@@ -184,10 +222,7 @@ class RedisGuard:
         start = time.perf_counter()
         task = asyncio.current_task()
         assert task is not None
-        cpu_wait = self._cpu_wait
-        if cpu_wait is None:
-            cpu_wait = self._cpu_wait = CpuWait()
-        budget = Budget(task, self.budget, cpu_wait, None if overdue is None else self._overdue_then(overdue))
+        budget = Budget(task, self.budget, self.cpu_wait, None if overdue is None else self._overdue_then(overdue))
         try:
             result = await fn(*args)
         except asyncio.CancelledError:
@@ -276,12 +311,14 @@ class Budget:
         self.expired = False
         self.late = False
         self.start = time.perf_counter()
-        self.waited = cpu_wait()
+        self.waited: tuple[float, float] = cpu_wait()
         self.handle: asyncio.Handle = task.get_loop().call_later(seconds, self._due)
 
     def charged(self) -> float:
-        """Seconds of the call so far, less the time this worker waited for a CPU."""
-        return (time.perf_counter() - self.start) - (self.cpu_wait() - self.waited)
+        """Seconds of the call so far, less the longer of the times this worker and a local Redis
+        waited for a CPU (they may have waited at once: subtracting both could hide a stuck Redis)."""
+        own, server = self.cpu_wait()
+        return (time.perf_counter() - self.start) - max(own - self.waited[0], server - self.waited[1])
 
     def _due(self) -> None:
         left = self.seconds - self.charged()

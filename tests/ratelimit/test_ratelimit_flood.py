@@ -1,6 +1,6 @@
 """A flood far above the limit, through one replica of two workers on a real Valkey: the fleet admits
 the limit (Exact: within 1%, Leased: within 3%), refuses the rest with 429, and never answers 503
-with Redis up (the default 5 ms budget: a worker saturated by the flood is not an outage)."""
+with Redis up (a worker saturated by the flood is not an outage)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ LIMIT = 500  # one key; the keyed cases split it over KEYS keys
 KEYS = 20
 OFFERED = 16  # times the limit
 GOAL = {"Exact": 0.01, "Leased": 0.03}
+# Not the default 5 ms: on a shared CI VM a Redis off its CPU for 5 ms in a way no process sees
+# (the hypervisor's steal time) does happen, and Open then admits what it must. At 10 ms the
+# flaw this guards against (the worker's own lateness charged to Redis) failed it every time
+# (574, 597, 560 of 500); scripts/bench-ratelimit --flood measures the default.
+BUDGET = "10ms"
 CASES = [(mode, keyed) for mode in ("Exact", "Leased") for keyed in (False, True)]
 
 
@@ -77,7 +82,7 @@ def gateway(tmp_path: Path, upstream: Upstream) -> Any:
     port = free_port()
     config = tmp_path / "gateway.yaml"
     config.write_text(flood_yaml(port, upstream.port))
-    env = {"GW_WORKERS": "2", "GW_REDIS_URL": server.url, "GW_ACCESS_LOG": "off"}
+    env = {"GW_WORKERS": "2", "GW_REDIS_URL": server.url, "GW_ACCESS_LOG": "off", "GW_REDIS_BUDGET": BUDGET}
     gw = GatewayProcess(config, port, free_port(), env, tmp_path / "access.log")
     try:
         yield gw.start()

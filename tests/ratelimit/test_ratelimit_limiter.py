@@ -321,3 +321,26 @@ async def test_a_flood_on_one_key_sends_one_call_at_a_time_per_worker(own_server
         assert script_calls(own_server) - before <= 2 * 10  # per wave and worker at most one, then the cache
     finally:
         await client.aclose()
+
+
+async def test_requests_that_arrive_while_a_call_is_overdue_wait_for_its_late_answer(
+    own_server: valkey.Server, keys: Keys
+) -> None:
+    """Only the requests that waited a whole budget take the failureMode; the next ones wait (a budget
+    at most) for the late answer, and are decided by it."""
+    client = connect(own_server.url)
+    try:
+        worker = Worker(client, RedisGuard(0.3), keys)
+        limiter = PolicyLimiter(make_policy(10, HOUR, failure_mode=CLOSED, mode=EXACT), worker)
+        await client.ping()
+        own_server.pause()
+        assert (await decide(limiter)).status == 503  # waited the budget
+        later: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        assert limiter.decide(request(), [], lambda _req, v: later.set_result(v)) is None  # waits
+        own_server.resume()
+        verdict = await asyncio.wait_for(later, 5)
+        assert verdict.allowed  # on the token the late answer granted for the refused request
+        assert worker.outcomes["redis_unavailable_closed"] == 1 and worker.outcomes["late_tokens"] == 1
+    finally:
+        own_server.resume()
+        await client.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -263,13 +264,13 @@ class FrozenCpuWait:
         self.base = time.perf_counter()
         self.frozen = 0.0
 
-    def __call__(self) -> float:
+    def __call__(self) -> tuple[float, float]:
         if self.off_cpu:
-            return time.perf_counter() - self.base
-        return self.frozen
+            return time.perf_counter() - self.base, 0.0
+        return self.frozen, 0.0
 
     def back_on_cpu(self) -> None:
-        self.frozen = self()
+        self.frozen = self()[0]
         self.off_cpu = False
 
 
@@ -341,6 +342,30 @@ async def test_an_overdue_call_is_abandoned_after_the_late_limit(
             async with asyncio.timeout(5):
                 await guard.call(client.get, "k", overdue=lambda: None)
         assert caught.value.reason == "timeout"
+    finally:
+        own_server.resume()
+        await client.aclose()
+
+
+async def test_a_local_server_is_watched_and_a_paused_one_still_fails_within_the_budget(
+    own_server: valkey.Server,
+) -> None:
+    """A stopped server does not wait for a CPU (it is not runnable): watching it hides no outage."""
+    from gw.state.connect import local_server_pid
+
+    client = connect(own_server.url)
+    guard = RedisGuard(0.05)
+    try:
+        pid = await local_server_pid(client)
+        assert own_server.process is not None and pid == own_server.process.pid
+        assert guard.watch_server(pid)
+        assert not guard.watch_server(os.getpid())  # not a Redis: never read
+        own_server.pause()
+        overdue = asyncio.Event()
+        with pytest.raises(RedisUnavailable):
+            async with asyncio.timeout(5):
+                await guard.call(client.get, "k", overdue=overdue.set)
+        assert overdue.is_set()
     finally:
         own_server.resume()
         await client.aclose()

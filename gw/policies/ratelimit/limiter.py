@@ -21,8 +21,9 @@ Modes (per policy):
 Either mode caches a key found over the limit until the counter's retry time, so a flood of
 rejected requests costs no Redis call.
 
-A call past the guard's budget is overdue: its requests, and the key's requests until it answers,
-are decided by failureMode (below) without waiting longer. The call goes on (gw.state.guard,
+A call past the guard's budget is overdue: its requests are decided by failureMode (below)
+without waiting longer, and the key's next requests wait for its late answer, a budget at most,
+before they are too. The call goes on (gw.state.guard,
 LATE_LIMIT), and its late answer still counts: what Redis granted, less what failureMode admitted
 meanwhile, becomes tokens this worker holds for the key's next requests (a token Redis counted is
 spent by exactly one request, in either mode; Closed does not lose the tokens of the requests it
@@ -81,6 +82,7 @@ Done = Callable[[Any, Verdict], None]
 class Shared(Protocol):
     """What a worker lends its limiters: the loop, Redis (None without one), guard, key schema, fleet."""
 
+    loop: Any
     redis: Any
     guard: Any
     keys: Any
@@ -95,7 +97,7 @@ class Lease:
     requests waiting for Redis, and the one call in flight for it."""
 
     __slots__ = ("asking", "expires", "last_refill", "limits", "low", "overdue", "presumed", "refilling", "spent",
-                 "tokens", "waiters", "window_end")  # fmt: skip
+                 "tokens", "waiters", "wave", "window_end")  # fmt: skip
 
     def __init__(self, now: float) -> None:
         self.tokens = 0
@@ -104,6 +106,7 @@ class Lease:
         self.asking: list[Any] | None = None  # Exact: that call's arguments, raised while it is queued
         self.overdue = False  # that call is past its budget: decisions take the failureMode meanwhile
         self.presumed = 0  # requests the failureMode admitted meanwhile: charged to the late answer
+        self.wave: Any = None  # the timer of the requests waiting for that late answer
         self.waiters: list[tuple[Done, Any]] = []
         self.spent = 0  # tokens spent since the last refill: the observed rate
         self.last_refill = now
@@ -132,6 +135,7 @@ class PolicyLimiter:
         self.max_batch = max(1, math.floor(LEASE_FRACTION * min(limit.requests for limit in policy.limits)))
         self.leased = policy.mode == LEASED
         self.windowed = policy.algorithm == SLIDING_WINDOW
+        self.gcra_only = policy.algorithm == GCRA
         self.headers = policy.response_headers
         self.names = limit_names(policy)
         self.policy_field = policy_field(policy)
@@ -189,8 +193,17 @@ class PolicyLimiter:
                 counters, metric = self.counters, self.leased_metric
                 counters[metric] = counters.get(metric, 0) + 1
                 return self._allowed(lease.limits, lease.tokens) if self.headers else ALLOWED
-            if lease.overdue:  # this key's call is past its budget: Redis is not answering now
-                return self._presume(key, lease, now)
+            if lease.overdue:
+                # This key's call is past its budget. Its answer may still come: wait for it, a
+                # budget at most (a timer per key, not per request), unless the breaker says
+                # Redis is out.
+                if not self._redis_usable():
+                    return self._presume(key, lease, now)
+                lease.waiters.append((done, req))
+                if lease.wave is None:
+                    budget = self.shared.guard.budget
+                    lease.wave = self.shared.loop.call_later(budget, self._overdue, key, lease)
+                return None
         if not self._redis_usable():
             return self._failed(key, now)
         if lease is None:
@@ -242,6 +255,9 @@ class PolicyLimiter:
     ) -> None:
         lease.refilling = False
         lease.asking = None
+        if lease.wave is not None:
+            lease.wave.cancel()
+            lease.wave = None
         waiters, lease.waiters = lease.waiters, []
         if isinstance(outcome, RedisUnavailable):
             lease.overdue = False
@@ -280,7 +296,11 @@ class PolicyLimiter:
             self.count("allowed")
             done(req, self._allowed(lease.limits, lease.tokens) if self.headers else ALLOWED)
         rest = waiters[served:]
-        exhausted = not outcome.granted or (outcome.limits and min(r for r, _ in outcome.limits) == 0)
+        # GCRA's "none left" lasts exactly one interval; a sliding window's ends as the previous
+        # window's share decays, which only Redis's own retry time says (it answers 0 with it).
+        exhausted = not outcome.granted or (
+            self.gcra_only and outcome.limits and min(r for r, _ in outcome.limits) == 0
+        )
         if exhausted and lease.tokens > 0:
             # Redis has no more, but this worker still holds tokens it granted: spend them first,
             # and ask again (and learn the key is over) only when they are gone.
@@ -303,7 +323,9 @@ class PolicyLimiter:
             del self.leases[key]
 
     def _overdue(self, key: bytes, lease: Lease) -> None:
-        """The key's call passed its budget: decide its waiters without Redis (its answer still counts)."""
+        """The key's call (or the wait for its late answer) passed its budget: decide the requests
+        waiting without Redis (its answer still counts when it comes)."""
+        lease.wave = None
         if not lease.refilling:
             return  # answered meanwhile
         lease.overdue = True
@@ -319,18 +341,13 @@ class PolicyLimiter:
         return verdict
 
     def _retry(self, limits: tuple[tuple[int, float], ...]) -> float:
-        """ms until a key Redis left at 0 may have a token again (GCRA: one interval past its reset
-        minus the burst; a window: its end), never less than 1 ms."""
+        """ms until a GCRA key Redis left at 0 has a token again: one interval past the time it is
+        full (`reset`) less its burst; never less than 1 ms."""
         retry = 1.0
         for quota, (remaining, reset) in zip(self.quotas, limits, strict=False):
-            if remaining > 0:
-                continue
-            if quota.algorithm == GCRA:
+            if remaining <= 0:
                 interval = quota.period / quota.requests
-                wait = reset + interval - quota.burst * interval
-            else:
-                wait = reset
-            retry = max(retry, math.ceil(wait))
+                retry = max(retry, math.ceil(reset + interval - quota.burst * interval))
         return retry
 
     # -- Redis ---------------------------------------------------------------------------------

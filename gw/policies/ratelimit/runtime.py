@@ -16,6 +16,7 @@ from gw.config.model import CompiledConfig
 from gw.config.ratelimit import LOCAL, RateLimitPolicy
 from gw.policies.ratelimit.limiter import SCRIPT, Done, Fields, PolicyLimiter, Verdict
 from gw.state.batch import ScriptBatcher
+from gw.state.connect import local_server_pid
 from gw.state.fleet import Fleet
 from gw.state.shared import SharedState
 
@@ -72,8 +73,14 @@ class Limiters:
         try:
             async with asyncio.timeout(WARM_TIMEOUT):
                 await self.redis.script_load(SCRIPT.source)
+                # A Redis on this machine waits for a CPU when the machine is saturated (by a
+                # flood, say): that is not Redis being slow, and the guard does not charge it.
+                pid = await local_server_pid(self.redis)
         except Exception:  # Redis away: decisions take their failureMode until it answers
             self._warm_task = None  # the next snapshot with limits tries again
+            return
+        if pid is not None:
+            self.guard.watch_server(pid)
 
     def for_policies(self, policies: Sequence[RateLimitPolicy]) -> PolicyLimiter | LimiterGroup:
         """What decides for a rule with these policies (installed): one limiter, or a group of them."""
