@@ -142,11 +142,11 @@ def problem_response(
     )
     head = [
         b"HTTP/1.1 %d %s\r\n" % (status, reason(status)),
-        b"content-type: application/problem+json\r\n",
-        b"content-length: %d\r\n" % len(body),
-        b"x-request-id: " + request_id + b"\r\n" if request_id else b"",
+        b"Content-Type: application/problem+json\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+        b"X-Request-ID: " + request_id + b"\r\n" if request_id else b"",
         *(b"%b: %b\r\n" % field for field in error.fields),
-        b"connection: close\r\n" if close else (b"connection: keep-alive\r\n" if version == b"1.0" else b""),
+        b"Connection: close\r\n" if close else (b"Connection: keep-alive\r\n" if version == b"1.0" else b""),
         b"\r\n",
     ]
     if not head_only:
