@@ -128,8 +128,9 @@ class UpstreamTimeout(ProxyError):
 
 def problem_response(
     error: ProxyError, request_id: bytes, *, close: bool, head_only: bool = False, version: bytes = b"1.1"
-) -> bytes:
-    """A complete HTTP response carrying an RFC 9457 problem document for `error`."""
+) -> tuple[bytes, int]:
+    """A complete HTTP response carrying an RFC 9457 problem document for `error`, and how many
+    content bytes it sends (the access log's bytes_out: none when `head_only`)."""
     status = error.status
     body = orjson.dumps(
         {
@@ -149,9 +150,10 @@ def problem_response(
         b"Connection: close\r\n" if close else (b"Connection: keep-alive\r\n" if version == b"1.0" else b""),
         b"\r\n",
     ]
-    if not head_only:
-        head.append(body)
-    return b"".join(head)
+    if head_only:
+        return b"".join(head), 0
+    head.append(body)
+    return b"".join(head), len(body)
 
 
 class PhaseTimeout(ProxyError):

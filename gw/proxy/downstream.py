@@ -160,7 +160,7 @@ class ClientConnection(asyncio.Protocol):
         if len(plane.connections) > self.settings.max_connections or plane.draining:
             self.closed = True
             error = errors.Overloaded("too many connections")
-            transport.write(problem_response(error, plane.next_request_id(), close=True))
+            transport.write(problem_response(error, plane.next_request_id(), close=True)[0])
             transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -1105,9 +1105,10 @@ class ClientConnection(asyncio.Protocol):
         self.close_after = close
         self.framing = NO_BODY
         self.out.clear()
-        self.transport.write(
-            problem_response(error, req.request_id, close=close, head_only=req.method == b"HEAD", version=req.version)
+        response, self.bytes_out = problem_response(
+            error, req.request_id, close=close, head_only=req.method == b"HEAD", version=req.version
         )
+        self.transport.write(response)
         self._finish(req, error.status)
 
     def _reject(self, error: ProxyError) -> None:
@@ -1127,7 +1128,8 @@ class ClientConnection(asyncio.Protocol):
         # A response to HEAD has no content (RFC 9110 §9.3.2): the method is known once the
         # request line is parsed (the target is read after it).
         head_only = req is not None and (req.method or (req.url and self.parser.get_method())) == b"HEAD"
-        self.transport.write(problem_response(error, request_id, close=True, head_only=head_only))
+        response, self.bytes_out = problem_response(error, request_id, close=True, head_only=head_only)
+        self.transport.write(response)
         if req is not None:
             req.request_id = request_id
             self._record(req, error.status)
