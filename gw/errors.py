@@ -115,7 +115,8 @@ class RateLimited(ProxyError):
     status, kind = 429, "rate-limited"
 
     def __init__(self, detail: str, status: int, fields: list[tuple[bytes, bytes]]) -> None:
-        super().__init__(detail)
+        Exception.__init__(self, detail)  # (ProxyError's, without two super() calls: one per refusal)
+        self.detail = detail
         self.fields = fields
         if status != 429:
             self.status, self.kind = status, "rate-limit-unavailable"

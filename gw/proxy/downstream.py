@@ -619,11 +619,12 @@ class ClientConnection(asyncio.Protocol):
                 for phase in phases[start:] if start else phases:
                     verdict = phase.on_request(req)
                     if verdict:  # ANSWERED, or WAIT: resume() goes on from the next phase
-                        req.resume_at = phases.index(phase) + 1
-                        if verdict == WAIT_FOR_PHASE and self.active is req:
-                            # A backstop: a phase bounds its own wait (the Redis guard's budget).
-                            self.phase = DECIDE
-                            self.deadline = monotonic() + self.settings.upstream_response_timeout
+                        if verdict == WAIT_FOR_PHASE:
+                            req.resume_at = phases.index(phase) + 1
+                            if self.active is req:
+                                # A backstop: a phase bounds its own wait (the Redis guard's budget).
+                                self.phase = DECIDE
+                                self.deadline = monotonic() + self.settings.upstream_response_timeout
                         return
             rule = req.rule
             ref = rule.only_ref or rule.pick_backend()
@@ -1101,7 +1102,12 @@ class ClientConnection(asyncio.Protocol):
             return
         if error.status >= 500:
             self.plane.metrics.inc("gw_proxy_errors_total", kind=error.kind)
-        close = error.close or (req.has_body and not req.complete) or not req.keep_alive or self.plane.draining
+        close = (
+            error.close
+            or not req.keep_alive
+            or ((req.chunked or req.content_length > 0) and not req.complete)  # (has_body, inlined)
+            or self.plane.draining
+        )
         self.close_after = close
         self.framing = NO_BODY
         self.out.clear()

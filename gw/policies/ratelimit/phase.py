@@ -26,11 +26,12 @@ class RateLimitPhase(Phase):
         verdict = self.limiter.decide(ex, fields, self.decided)
         if verdict is None:
             return WAIT  # Redis is asked; the guard's budget bounds the wait
-        if verdict.allowed:  # (_apply's common case, inlined: this runs per request)
+        if verdict.allowed:  # (_apply, inlined: this runs per request, and under a flood per refusal)
             if verdict.fields:
                 ex.add_response_fields(verdict.fields)
             return CONTINUE
-        return _apply(ex, verdict)
+        ex.fail(RateLimited(verdict.detail, verdict.status, verdict.fields))
+        return ANSWERED
 
     def _decided(self, ex: Exchange, verdict: Verdict) -> None:
         if _apply(ex, verdict) == CONTINUE:
