@@ -215,11 +215,15 @@ def answering(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     gateway.stop()
 
 
-def logged_bytes_out(gateway: GatewayProcess, resp: Response) -> object:
+def logged(gateway: GatewayProcess, resp: Response) -> dict[str, object]:
     request_id = resp.header("X-Request-ID") or ""
     (line,) = wait_for_lines(gateway.access_log, {request_id})
     assert line["status"] == resp.status
-    return line["bytes_out"]
+    return line
+
+
+def logged_bytes_out(gateway: GatewayProcess, resp: Response) -> object:
+    return logged(gateway, resp)["bytes_out"]
 
 
 def proxied_first(gateway: GatewayProcess) -> Client:
@@ -236,6 +240,14 @@ def test_a_429_is_logged_with_the_bytes_of_its_problem_document(answering: Gatew
     refused = statuses[-1]
     assert refused.status == 429 and len(refused.body) == int(refused.header("Content-Length") or "") > 100
     assert logged_bytes_out(answering, refused) == len(refused.body)
+
+
+def test_a_refusal_after_a_proxied_response_names_no_upstream_in_its_log_line(answering: GatewayProcess) -> None:
+    """The upstream member says where the request went: a refused one went nowhere."""
+    client = proxied_first(answering)
+    refused = [client.request("GET", "/echo", {"Host": "limited.test"}) for _ in range(2)][-1]
+    assert refused.status == 429
+    assert logged(answering, refused)["upstream"] is None
 
 
 def test_a_400_for_a_malformed_request_is_logged_with_the_bytes_of_its_problem_document(

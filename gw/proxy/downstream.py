@@ -585,7 +585,10 @@ class ClientConnection(asyncio.Protocol):
         if rule is None:
             self._fail(errors.NoRoute(f"no route for {req.host or '(no host)'}{req.path}"))
             return
+        # self.endpoint is the last exchange's until one is picked: each way of answering before
+        # that clears it, so the log line names no upstream (the usual request costs no store).
         if rule.invalid_reason:
+            self.endpoint = None
             self._fail(errors.RouteMisconfigured(rule.invalid_reason))
             return
         timeout = rule.request_timeout
@@ -599,12 +602,14 @@ class ClientConnection(asyncio.Protocol):
             req.response_fields = req.mirror_to = None
             req.done_phases = chain.done  # whatever happens next, they hear the outcome
             self.chained = req
+            self.endpoint = None  # (a phase may answer)
             self._run_chain(req, chain, 0)
             return
         backend = rule.only_backend
         if backend is None:
             ref = rule.pick_backend()
             if ref is None or ref.backend is None:
+                self.endpoint = None
                 self._fail(errors.RouteMisconfigured("the route has no usable backend"))
                 return
             backend = ref.backend
@@ -710,6 +715,7 @@ class ClientConnection(asyncio.Protocol):
     def _pick_and_go(self, req: Exchange) -> None:
         endpoint = self.backend.pick(req)  # type: ignore[union-attr]
         if endpoint is None:
+            self.endpoint = None
             self._fail(errors.NoEndpoint(f"backend {self.backend.name} has no endpoints"))  # type: ignore[union-attr]
             return
         self.endpoint = endpoint
