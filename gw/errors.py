@@ -115,7 +115,8 @@ class RateLimited(ProxyError):
     status, kind = 429, "rate-limited"
 
     def __init__(self, detail: str, status: int, fields: list[tuple[bytes, bytes]]) -> None:
-        super().__init__(detail)
+        Exception.__init__(self, detail)  # (ProxyError's, without two super() calls: one per refusal)
+        self.detail = detail
         self.fields = fields
         if status != 429:
             self.status, self.kind = status, "rate-limit-unavailable"
@@ -126,32 +127,54 @@ class UpstreamTimeout(ProxyError):
     attempt_failed = True
 
 
+# What JSON carries as it is: a request id made only of these (gw's own ids and the tokens it accepts
+# from clients, gw.proxy.request) goes into the problem document without an encoder's pass.
+_PLAIN_ID = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ=:/@"
+# Per problem kind, what every answer of it shares: (status, head up to the Content-Length value,
+# document up to the detail). A refusal repeated under a flood formats only what differs.
+_FIXED: dict[str, tuple[int, bytes, bytes]] = {}
+CLOSE_END = b"Connection: close\r\n\r\n"
+KEEP_ALIVE_END = b"Connection: keep-alive\r\n\r\n"  # HTTP/1.0 closes unless told otherwise
+
+
+def _fixed(kind: str, status: int) -> tuple[int, bytes, bytes]:
+    title = reason(status)
+    document = orjson.dumps({"type": "urn:gw:problem:" + kind, "title": title.decode(), "status": status})
+    fixed = _FIXED[kind] = (
+        status,
+        b"HTTP/1.1 %d %b\r\nContent-Type: application/problem+json\r\nContent-Length: " % (status, title),
+        document[:-1] + b',"detail":',
+    )
+    return fixed
+
+
 def problem_response(
     error: ProxyError, request_id: bytes, *, close: bool, head_only: bool = False, version: bytes = b"1.1"
-) -> bytes:
-    """A complete HTTP response carrying an RFC 9457 problem document for `error`."""
+) -> tuple[bytes, int]:
+    """A complete HTTP response carrying an RFC 9457 problem document for `error`, and how many
+    content bytes it sends (the access log's bytes_out: none when `head_only`)."""
     status = error.status
-    body = orjson.dumps(
-        {
-            "type": "urn:gw:problem:" + error.kind,
-            "title": reason(status).decode(),
-            "status": status,
-            "detail": error.detail,
-            "request_id": request_id.decode("latin-1"),
-        }
-    )
-    head = [
-        b"HTTP/1.1 %d %s\r\n" % (status, reason(status)),
-        b"content-type: application/problem+json\r\n",
-        b"content-length: %d\r\n" % len(body),
-        b"x-request-id: " + request_id + b"\r\n" if request_id else b"",
-        *(b"%b: %b\r\n" % field for field in error.fields),
-        b"connection: close\r\n" if close else (b"connection: keep-alive\r\n" if version == b"1.0" else b""),
-        b"\r\n",
-    ]
-    if not head_only:
-        head.append(body)
-    return b"".join(head)
+    fixed = _FIXED.get(error.kind)
+    if fixed is None or fixed[0] != status:
+        fixed = _fixed(error.kind, status)
+    if request_id.isalnum() or not request_id.translate(None, _PLAIN_ID):
+        quoted_id = b'"%b"}' % request_id
+    else:
+        quoted_id = orjson.dumps(request_id.decode("latin-1")) + b"}"
+    detail = orjson.dumps(error.detail)
+    document = fixed[2]
+    length = len(document) + len(detail) + 14 + len(quoted_id)  # 14: ',"request_id":'
+    end = CLOSE_END if close else (KEEP_ALIVE_END if version == b"1.0" else b"\r\n")
+    fields = error.fields
+    if fields:  # (most often one: a refusal's Retry-After)
+        added = b"%b: %b\r\n" % fields[0] if len(fields) == 1 else b"".join([b"%b: %b\r\n" % f for f in fields])
+        end = added + end
+    id_field = b"X-Request-ID: %b\r\n" % request_id if request_id else b""
+    if head_only:
+        return b"%b%d\r\n%b%b" % (fixed[1], length, id_field, end), 0
+    return b"".join(
+        (fixed[1], b"%d\r\n" % length, id_field, end, document, detail, b',"request_id":', quoted_id)
+    ), length
 
 
 class PhaseTimeout(ProxyError):

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gw.errors import ProxyError
 from gw.observe.families import FAMILIES, PROXY_ERROR_KINDS, RETRY_REASONS, TIMEOUT_KINDS
 from tests.conftest import StartGateway
-from tests.support.gateway import REPO, GatewayProcess, Response, config_yaml, free_port
+from tests.support.gateway import REPO, Client, GatewayProcess, Response, config_yaml, free_port
 from tests.support.servers import launch_gateway
 from tests.support.upstream import Upstream
 
@@ -189,6 +189,94 @@ def test_access_log_records_a_gateway_error_under_the_id_of_its_problem(setup: S
     (line,) = wait_for_lines(setup.gateway.access_log, {request_id})
     assert line["status"] == 502
     assert line["route"] == "default/broken"
+
+
+# Answers gw makes itself: no upstream body, but bytes_out still counts the content they send.
+ANSWERING: list[dict[str, object]] = [
+    {"name": "proxied", "hostnames": ["proxied.test"], "rules": [{"backendRefs": [{"backend": "up"}]}]},
+    {"name": "limited", "hostnames": ["limited.test"], "rules": [{"backendRefs": [{"backend": "up"}]}]},
+    {"name": "moved", "hostnames": ["moved.test"],
+     "rules": [{"filters": [{"type": "RequestRedirect", "requestRedirect": {"hostname": "proxied.test"}}]}]},
+]  # fmt: skip
+LIMITED = """apiVersion: gw.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: one-an-hour, namespace: default}
+spec:
+  targetRefs: [{kind: HTTPRoute, name: limited}]
+  limits: [{requests: 1, per: 1h}]
+"""
+
+
+@pytest.fixture(scope="module")
+def answering(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """A gateway with a limited route, a redirecting one and no catch-all (other hosts get 404)."""
+    gateway = launch_gateway(tmp_path_factory.mktemp("answering"), setup.backends, ANSWERING, extra_yaml=LIMITED)
+    yield gateway
+    gateway.stop()
+
+
+def logged(gateway: GatewayProcess, resp: Response) -> dict[str, object]:
+    request_id = resp.header("X-Request-ID") or ""
+    (line,) = wait_for_lines(gateway.access_log, {request_id})
+    assert line["status"] == resp.status
+    return line
+
+
+def logged_bytes_out(gateway: GatewayProcess, resp: Response) -> object:
+    return logged(gateway, resp)["bytes_out"]
+
+
+def proxied_first(gateway: GatewayProcess) -> Client:
+    """A connection whose first response carried an upstream body (what bytes_out counted last)."""
+    client = gateway.connect()
+    first = client.request("GET", "/echo/a-body-of-some-length", {"Host": "proxied.test"})
+    assert first.status == 200 and logged_bytes_out(gateway, first) == len(first.body) > 0
+    return client
+
+
+def test_a_429_is_logged_with_the_bytes_of_its_problem_document(answering: GatewayProcess) -> None:
+    client = proxied_first(answering)
+    statuses = [client.request("GET", "/echo", {"Host": "limited.test"}) for _ in range(2)]
+    refused = statuses[-1]
+    assert refused.status == 429 and len(refused.body) == int(refused.header("Content-Length") or "") > 100
+    assert logged_bytes_out(answering, refused) == len(refused.body)
+
+
+def test_a_refusal_after_a_proxied_response_names_no_upstream_in_its_log_line(answering: GatewayProcess) -> None:
+    """The upstream member says where the request went: a refused one went nowhere."""
+    client = proxied_first(answering)
+    refused = [client.request("GET", "/echo", {"Host": "limited.test"}) for _ in range(2)][-1]
+    assert refused.status == 429
+    assert logged(answering, refused)["upstream"] is None
+
+
+def test_a_400_for_a_malformed_request_is_logged_with_the_bytes_of_its_problem_document(
+    answering: GatewayProcess,
+) -> None:
+    client = proxied_first(answering)
+    client.send(b"GET / HTTP/1.1\r\nHost: proxied.test\r\nHost: other.test\r\n\r\n")
+    resp = client.read_response()
+    assert resp.status == 400 and len(resp.body) == int(resp.header("Content-Length") or "") > 100
+    assert logged_bytes_out(answering, resp) == len(resp.body)
+
+
+def test_a_404_without_a_route_is_logged_with_the_bytes_of_its_problem_document(answering: GatewayProcess) -> None:
+    client = proxied_first(answering)
+    resp = client.request("GET", "/anything", {"Host": "nowhere.test"})
+    assert resp.status == 404 and len(resp.body) == int(resp.header("Content-Length") or "") > 100
+    assert logged_bytes_out(answering, resp) == len(resp.body)
+
+
+def test_gw_s_answers_to_head_and_its_redirects_are_logged_with_no_bytes_out(answering: GatewayProcess) -> None:
+    """bytes_out counts content sent: none for HEAD (RFC 9110 §9.3.2) nor for a bodiless redirect."""
+    client = proxied_first(answering)
+    head = client.request("HEAD", "/anything", {"Host": "nowhere.test"})
+    assert head.status == 404 and int(head.header("Content-Length") or "") > 100 and head.body == b""
+    assert logged_bytes_out(answering, head) == 0
+    client = proxied_first(answering)
+    moved = client.request("GET", "/x", {"Host": "moved.test"})
+    assert moved.status == 302 and moved.header("Content-Length") == "0"
+    assert logged_bytes_out(answering, moved) == 0
 
 
 def run_counting_lines(

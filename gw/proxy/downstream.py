@@ -134,6 +134,7 @@ class ClientConnection(asyncio.Protocol):
         self.log_memo: tuple[Any, ...] | None = None
         self.route_memo: tuple[Any, ...] | None = None
         self.req_memo: tuple[bytes, bytes, RawHead | None] | None = None
+        self.fields_memo: tuple[bytes, tuple[tuple[bytes, bytes], ...]] | None = None  # (Exchange.fields)
         self.resp_memo: tuple[tuple[object, ...], ResponseHead] | None = None
         self.client = ""
         self.writing_paused = False
@@ -160,7 +161,7 @@ class ClientConnection(asyncio.Protocol):
         if len(plane.connections) > self.settings.max_connections or plane.draining:
             self.closed = True
             error = errors.Overloaded("too many connections")
-            transport.write(problem_response(error, plane.next_request_id(), close=True))
+            transport.write(problem_response(error, plane.next_request_id(), close=True)[0])
             transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -584,7 +585,10 @@ class ClientConnection(asyncio.Protocol):
         if rule is None:
             self._fail(errors.NoRoute(f"no route for {req.host or '(no host)'}{req.path}"))
             return
+        # self.endpoint is the last exchange's until one is picked: each way of answering before
+        # that clears it, so the log line names no upstream (the usual request costs no store).
         if rule.invalid_reason:
+            self.endpoint = None
             self._fail(errors.RouteMisconfigured(rule.invalid_reason))
             return
         timeout = rule.request_timeout
@@ -598,12 +602,14 @@ class ClientConnection(asyncio.Protocol):
             req.response_fields = req.mirror_to = None
             req.done_phases = chain.done  # whatever happens next, they hear the outcome
             self.chained = req
+            self.endpoint = None  # (a phase may answer)
             self._run_chain(req, chain, 0)
             return
         backend = rule.only_backend
         if backend is None:
             ref = rule.pick_backend()
             if ref is None or ref.backend is None:
+                self.endpoint = None
                 self._fail(errors.RouteMisconfigured("the route has no usable backend"))
                 return
             backend = ref.backend
@@ -619,11 +625,12 @@ class ClientConnection(asyncio.Protocol):
                 for phase in phases[start:] if start else phases:
                     verdict = phase.on_request(req)
                     if verdict:  # ANSWERED, or WAIT: resume() goes on from the next phase
-                        req.resume_at = phases.index(phase) + 1
-                        if verdict == WAIT_FOR_PHASE and self.active is req:
-                            # A backstop: a phase bounds its own wait (the Redis guard's budget).
-                            self.phase = DECIDE
-                            self.deadline = monotonic() + self.settings.upstream_response_timeout
+                        if verdict == WAIT_FOR_PHASE:
+                            req.resume_at = phases.index(phase) + 1
+                            if self.active is req:
+                                # A backstop: a phase bounds its own wait (the Redis guard's budget).
+                                self.phase = DECIDE
+                                self.deadline = monotonic() + self.settings.upstream_response_timeout
                         return
             rule = req.rule
             ref = rule.only_ref or rule.pick_backend()
@@ -708,6 +715,7 @@ class ClientConnection(asyncio.Protocol):
     def _pick_and_go(self, req: Exchange) -> None:
         endpoint = self.backend.pick(req)  # type: ignore[union-attr]
         if endpoint is None:
+            self.endpoint = None
             self._fail(errors.NoEndpoint(f"backend {self.backend.name} has no endpoints"))  # type: ignore[union-attr]
             return
         self.endpoint = endpoint
@@ -1101,13 +1109,19 @@ class ClientConnection(asyncio.Protocol):
             return
         if error.status >= 500:
             self.plane.metrics.inc("gw_proxy_errors_total", kind=error.kind)
-        close = error.close or (req.has_body and not req.complete) or not req.keep_alive or self.plane.draining
+        close = (
+            error.close
+            or not req.keep_alive
+            or ((req.chunked or req.content_length > 0) and not req.complete)  # (has_body, inlined)
+            or self.plane.draining
+        )
         self.close_after = close
         self.framing = NO_BODY
         self.out.clear()
-        self.transport.write(
-            problem_response(error, req.request_id, close=close, head_only=req.method == b"HEAD", version=req.version)
+        response, self.bytes_out = problem_response(
+            error, req.request_id, close=close, head_only=req.method == b"HEAD", version=req.version
         )
+        self.transport.write(response)
         self._finish(req, error.status)
 
     def _reject(self, error: ProxyError) -> None:
@@ -1127,7 +1141,8 @@ class ClientConnection(asyncio.Protocol):
         # A response to HEAD has no content (RFC 9110 §9.3.2): the method is known once the
         # request line is parsed (the target is read after it).
         head_only = req is not None and (req.method or (req.url and self.parser.get_method())) == b"HEAD"
-        self.transport.write(problem_response(error, request_id, close=True, head_only=head_only))
+        response, self.bytes_out = problem_response(error, request_id, close=True, head_only=head_only)
+        self.transport.write(response)
         if req is not None:
             req.request_id = request_id
             self._record(req, error.status)

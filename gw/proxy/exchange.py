@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from gw.proxy.request import split_fields
+from gw.proxy.request import REQUEST_ID_NAME, forward_fields, split_fields
 
 if TYPE_CHECKING:
     from gw.errors import ProxyError
@@ -87,7 +87,18 @@ class Exchange:
     def fields(self) -> Fields:
         fields = self._fields
         if fields is None:
-            fields = self._fields = split_fields(b"\r\n" + b"".join(self.head))
+            head = self.head
+            conn = self.conn
+            if len(head) == 3 and conn is not None:
+                # The fast path's head, [RawHead.forward, request id, CRLF]: the fields before the id
+                # are split once per distinct head of the connection, as the head is analysed once.
+                forward = head[0]
+                memo = conn.fields_memo
+                if memo is None or memo[0] is not forward:
+                    memo = conn.fields_memo = (forward, forward_fields(forward))
+                fields = self._fields = [*memo[1], (REQUEST_ID_NAME, head[1])]
+            else:
+                fields = self._fields = split_fields(b"\r\n" + b"".join(head))
         return fields
 
     def edit_fields(self) -> Fields:

@@ -54,6 +54,7 @@ _MAX_REQUEST_ID = 200
 _TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ=:/@")
 CRLF = b"\r\n"
 COLON = b": "
+REQUEST_ID_NAME = b"X-Request-ID"
 # Bytes that send a path to normalize_path, besides "/." and "//": deleting them changes the path.
 # (One translate() call: under callgrind ~1k instructions, what one find() costs; three finds or
 # a character-class regex cost more on paths of a few dozen bytes.)
@@ -393,6 +394,11 @@ def split_fields(block: bytes) -> list[tuple[bytes, bytes]]:
         name, _, value = line.partition(b":")
         fields.append((name, value.strip(b" \t")))
     return fields
+
+
+def forward_fields(forward: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    """The fields of a RawHead's `forward` up to its X-Request-ID, whose value the head adds after it."""
+    return tuple(split_fields(b"\r\n" + forward[: -len(REQUEST_ID_NAME) - 2]))
 
 
 def field_value(block: bytes, low: bytes, needle: bytes) -> bytes:

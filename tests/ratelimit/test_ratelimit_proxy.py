@@ -91,6 +91,28 @@ def test_over_the_limit_answers_429_problem_json_with_retry_after_and_ratelimit_
     assert refused.header("RateLimit-Policy") == '"api-limit/hourly";q=3;w=3600'
 
 
+def test_a_refusal_spells_its_fields_as_proxied_responses_do(start: Start) -> None:
+    """gw's own answer writes X-Request-ID (and Content-Type, Content-Length) as a proxied response
+    and answer() write them: a client or a log matching bytes sees one spelling."""
+    gw = start({"limits": [{"requests": 1, "per": "1h"}], "responseHeaders": True})
+    assert get(gw).status == 200
+    client = gw.connect()
+    try:
+        client.send(b"GET /limited HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = client.sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    finally:
+        client.close()
+    head = data.split(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
+    names = [line.split(b":")[0] for line in head.split(b"\r\n")[1:]]
+    assert b"X-Request-ID" in names and b"\r\nX-Request-ID: " in head
+    assert {b"Content-Type", b"Content-Length", b"Retry-After", b"RateLimit-Policy", b"RateLimit"} <= set(names)
+
+
 def test_rules_without_the_policy_are_not_limited(start: Start) -> None:
     gw = start({"limits": [{"requests": 1, "per": "1h"}]})
     assert statuses(gw, 2) == [200, 429]

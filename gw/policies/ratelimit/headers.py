@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from math import ceil
 
 from gw.config.ratelimit import RateLimitPolicy
 
@@ -40,7 +41,9 @@ def state_field(names: Sequence[bytes], limits: Sequence[tuple[int, float]]) -> 
 
 
 def retry_after(retry_ms: float) -> tuple[bytes, bytes]:
-    return (b"Retry-After", b"%d" % max(1, seconds(retry_ms)))
+    """At least 1 s (`seconds`, inlined: every refusal carries one)."""
+    whole = ceil(retry_ms / 1000.0)
+    return (b"Retry-After", b"%d" % whole if whole > 1 else b"1")
 
 
 def seconds(ms: float) -> int:
