@@ -134,7 +134,6 @@ class ClientConnection(asyncio.Protocol):
         self.log_memo: tuple[Any, ...] | None = None
         self.route_memo: tuple[Any, ...] | None = None
         self.req_memo: tuple[bytes, bytes, RawHead | None] | None = None
-        self.fields_memo: tuple[bytes, tuple[tuple[bytes, bytes], ...]] | None = None  # (Exchange.fields)
         self.resp_memo: tuple[tuple[object, ...], ResponseHead] | None = None
         self.client = ""
         self.writing_paused = False

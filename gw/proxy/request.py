@@ -396,9 +396,25 @@ def split_fields(block: bytes) -> list[tuple[bytes, bytes]]:
     return fields
 
 
+# Splits of RawHead.forward (forward_fields): a phase reading the fields of heads that change from
+# request to request (a flood cycling over keys) splits each distinct head once. Bounded in
+# entries and in the size of a head remembered: new heads every time cost a clear now and then.
+MEMO_HEADS = 256
+MEMO_HEAD_BYTES = 2048
+_SPLITS: dict[bytes, tuple[tuple[bytes, bytes], ...]] = {}
+
+
 def forward_fields(forward: bytes) -> tuple[tuple[bytes, bytes], ...]:
-    """The fields of a RawHead's `forward` up to its X-Request-ID, whose value the head adds after it."""
-    return tuple(split_fields(b"\r\n" + forward[: -len(REQUEST_ID_NAME) - 2]))
+    """The fields of a RawHead's `forward` up to its X-Request-ID, whose value the head adds after it
+    (remembered per distinct forward: one head analysed once is one object, its hash kept)."""
+    fields = _SPLITS.get(forward)
+    if fields is None:
+        fields = tuple(split_fields(b"\r\n" + forward[: -len(REQUEST_ID_NAME) - 2]))
+        if len(forward) <= MEMO_HEAD_BYTES + 1024:  # (the block, and the X-Forwarded-* lines gw adds)
+            if len(_SPLITS) >= MEMO_HEADS:
+                _SPLITS.clear()
+            _SPLITS[forward] = fields
+    return fields
 
 
 def field_value(block: bytes, low: bytes, needle: bytes) -> bytes:
