@@ -396,12 +396,23 @@ def split_fields(block: bytes) -> list[tuple[bytes, bytes]]:
     return fields
 
 
-# Splits of RawHead.forward (forward_fields): a phase reading the fields of heads that change from
-# request to request (a flood cycling over keys) splits each distinct head once. Bounded in
-# entries and in the size of a head remembered: new heads every time cost a clear now and then.
+# Heads a worker analysed (analyze_raw, by block, version and the connection's client, scheme and
+# port) and the fields of their forwarded form (forward_fields): a client whose heads change from
+# request to request among a few (a flood cycling over keys) has each analysed and split once.
+# Bounded in entries and in the size of a head remembered: new heads every time cost a clear now
+# and then, not memory.
 MEMO_HEADS = 256
 MEMO_HEAD_BYTES = 2048
+HEADS: dict[tuple[bytes, bytes, bytes, bytes, bytes], RawHead | None] = {}
 _SPLITS: dict[bytes, tuple[tuple[bytes, bytes], ...]] = {}
+
+
+def remember(key: tuple[bytes, bytes, bytes, bytes, bytes], head: RawHead | None) -> None:
+    """Keep analyze_raw's answer for the head (see HEADS)."""
+    if len(key[0]) <= MEMO_HEAD_BYTES:
+        if len(HEADS) >= MEMO_HEADS:
+            HEADS.clear()
+        HEADS[key] = head
 
 
 def forward_fields(forward: bytes) -> tuple[tuple[bytes, bytes], ...]:
