@@ -4,12 +4,15 @@ X-Forwarded-* family describes the client's hop, X-Request-ID ties client, gatew
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
 from gw.proxy.request import forwarded_element, forwarded_for
-from tests.support.gateway import GatewayProcess, Wire, http_request, wire
+from tests.conftest import StartGateway
+from tests.support.gateway import GatewayProcess, Wire, config_yaml, free_port, http_request, wire
 from tests.support.shapes import SHAPES, send_shaped, settle
 from tests.support.upstream import Seen, Upstream
 
@@ -22,6 +25,9 @@ HOP_BY_HOP_REQUEST = [
     ("Proxy-Authorization", "Basic c2VjcmV0"),
     ("Proxy-Connection", "keep-alive"),
 ]
+
+
+ROUTE_ALL: list[dict[str, object]] = [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}]
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +137,27 @@ def test_x_forwarded_host_is_the_request_host(conn: Wire, module_upstream: Upstr
 def test_x_forwarded_port_is_the_listener_port(conn: Wire, module_upstream: Upstream, gw: GatewayProcess) -> None:
     seen = forward(conn, module_upstream, "xfport", [("X-Forwarded-Port", "1")])
     assert seen.header_list("x-forwarded-port") == [str(gw.port)]
+
+
+def test_the_same_head_on_two_listeners_is_forwarded_with_each_listener_s_port(
+    start_gateway: StartGateway, upstream: Upstream
+) -> None:
+    """A worker remembers heads it analysed (gw.proxy.request.HEADS) for the listener they came on:
+    the same bytes on another listener get that listener's X-Forwarded-Port and Forwarded."""
+    ports = [free_port(), free_port()]
+    docs = list(yaml.safe_load_all(config_yaml(ports[0], {"up": [("127.0.0.1", upstream.port)]}, ROUTE_ALL)))
+    gateway_doc = next(d for d in docs if d["kind"] == "Gateway")
+    gateway_doc["spec"]["listeners"].append({"name": "other", "port": ports[1], "protocol": "HTTP"})
+    gw = start_gateway({}, [], yaml_text=yaml.safe_dump_all(docs))
+    for n, port in enumerate([*ports, *ports]):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            conn = Wire(sock)
+            for key in ("a", "b"):  # two heads: the second is not the connection's last one
+                conn.send(http_request("GET", f"/echo?{n}{key}", [("X-Key", key)]))
+                assert conn.read_response().status == 200
+                (seen,) = [s for s in upstream.seen if s.target == f"/echo?{n}{key}"]
+                assert seen.header_list("x-forwarded-port") == [str(port)], (n, key)
+    assert gw.alive()
 
 
 def test_host_is_passed_through_unchanged(conn: Wire, module_upstream: Upstream) -> None:

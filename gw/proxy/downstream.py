@@ -29,12 +29,14 @@ from gw.proxy.exchange import Exchange
 from gw.proxy.mirror import MirrorRequest, start_mirrors
 from gw.proxy.request import (
     CRLF,
+    HEADS,
     IDEMPOTENT,
     RawHead,
     analyze_raw,
     forwarded_for,
     http_version,
     prepare,
+    remember,
     split_fields,
     split_target,
 )
@@ -63,6 +65,10 @@ TUNNEL = 6  # upgraded connection idle: close
 DECIDE = 7  # a phase of the chain waits (Redis, an auth server) before the request may go on: 504
 
 PENDING_BODY_LIMIT = 256 * 1024  # body bytes buffered while the upstream connection opens
+# A connection whose heads are new every time (a trace id in each) stops looking for them in the
+# worker's memo (gw.proxy.request.HEADS) after this many more misses than hits: looking and
+# remembering cost ~3% of such a request, and it would clear the memo for the clients it serves.
+RECALL = 32
 # Chunk framing is not body, but a client may send any amount of it (llhttp reads extensions and
 # trailers without a bound). As Go's net/http does: each chunk is allowed CHUNK_FRAMING bytes of
 # size line and CRLFs; beyond that, extensions and trailers count against the body limit and
@@ -134,7 +140,7 @@ class ClientConnection(asyncio.Protocol):
         self.log_memo: tuple[Any, ...] | None = None
         self.route_memo: tuple[Any, ...] | None = None
         self.req_memo: tuple[bytes, bytes, RawHead | None] | None = None
-        self.fields_memo: tuple[bytes, tuple[tuple[bytes, bytes], ...]] | None = None  # (Exchange.fields)
+        self.recall = RECALL  # looks in HEADS left: one less per head not there, one more per head found
         self.resp_memo: tuple[tuple[object, ...], ResponseHead] | None = None
         self.client = ""
         self.writing_paused = False
@@ -437,6 +443,17 @@ class ClientConnection(asyncio.Protocol):
             head = None  # absolute-form: its authority replaces Host (general path)
         elif memo is not None and memo[0] == block and memo[1] == version:
             head = memo[2]
+        elif self.recall:
+            # Another head than the last: the worker may know it (a client cycling over a few).
+            key = (block, version, self.client_host, self.scheme, self.port_bytes)
+            head = HEADS.get(key, HEADS)  # type: ignore[arg-type]
+            if head is HEADS:
+                self.recall -= 1
+                head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes, self.hop)
+                remember(key, head)
+            elif self.recall < RECALL:
+                self.recall += 1
+            self.req_memo = (block, version, head)
         else:
             head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes, self.hop)
             self.req_memo = (block, version, head)

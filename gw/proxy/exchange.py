@@ -88,15 +88,10 @@ class Exchange:
         fields = self._fields
         if fields is None:
             head = self.head
-            conn = self.conn
-            if len(head) == 3 and conn is not None:
+            if len(head) == 3:
                 # The fast path's head, [RawHead.forward, request id, CRLF]: the fields before the id
-                # are split once per distinct head of the connection, as the head is analysed once.
-                forward = head[0]
-                memo = conn.fields_memo
-                if memo is None or memo[0] is not forward:
-                    memo = conn.fields_memo = (forward, forward_fields(forward))
-                fields = self._fields = [*memo[1], (REQUEST_ID_NAME, head[1])]
+                # are split once per distinct head, as the head is analysed once.
+                fields = self._fields = [*forward_fields(head[0]), (REQUEST_ID_NAME, head[1])]
             else:
                 fields = self._fields = split_fields(b"\r\n" + b"".join(head))
         return fields

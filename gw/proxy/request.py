@@ -396,9 +396,36 @@ def split_fields(block: bytes) -> list[tuple[bytes, bytes]]:
     return fields
 
 
+# Heads a worker analysed (analyze_raw, by block, version and the connection's client, scheme and
+# port) and the fields of their forwarded form (forward_fields): a client whose heads change from
+# request to request among a few (a flood cycling over keys) has each analysed and split once.
+# Bounded in entries and in the size of a head remembered: new heads every time cost a clear now
+# and then, not memory.
+MEMO_HEADS = 256
+MEMO_HEAD_BYTES = 2048
+HEADS: dict[tuple[bytes, bytes, bytes, bytes, bytes], RawHead | None] = {}
+_SPLITS: dict[bytes, tuple[tuple[bytes, bytes], ...]] = {}
+
+
+def remember(key: tuple[bytes, bytes, bytes, bytes, bytes], head: RawHead | None) -> None:
+    """Keep analyze_raw's answer for the head (see HEADS)."""
+    if len(key[0]) <= MEMO_HEAD_BYTES:
+        if len(HEADS) >= MEMO_HEADS:
+            HEADS.clear()
+        HEADS[key] = head
+
+
 def forward_fields(forward: bytes) -> tuple[tuple[bytes, bytes], ...]:
-    """The fields of a RawHead's `forward` up to its X-Request-ID, whose value the head adds after it."""
-    return tuple(split_fields(b"\r\n" + forward[: -len(REQUEST_ID_NAME) - 2]))
+    """The fields of a RawHead's `forward` up to its X-Request-ID, whose value the head adds after it
+    (remembered per distinct forward: one head analysed once is one object, its hash kept)."""
+    fields = _SPLITS.get(forward)
+    if fields is None:
+        fields = tuple(split_fields(b"\r\n" + forward[: -len(REQUEST_ID_NAME) - 2]))
+        if len(forward) <= MEMO_HEAD_BYTES + 1024:  # (the block, and the X-Forwarded-* lines gw adds)
+            if len(_SPLITS) >= MEMO_HEADS:
+                _SPLITS.clear()
+            _SPLITS[forward] = fields
+    return fields
 
 
 def field_value(block: bytes, low: bytes, needle: bytes) -> bytes:
