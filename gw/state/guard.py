@@ -107,11 +107,6 @@ class CpuWait:
     def __call__(self) -> tuple[float, float]:
         return _run_delay(self.own), _run_delay(self.server)
 
-    def close(self) -> None:
-        for fd in (self.own, self.server):
-            if fd is not None:
-                os.close(fd)
-        self.own = self.server = None
 
 
 def _open(path: str) -> int | None:
