@@ -40,10 +40,16 @@ class Backend:
     the balancer and the endpoints' health (gw.balancing.health), as Envoy's cluster owns them.
     """
 
-    __slots__ = ("_balancer", "_only", "endpoints", "health", "name")
+    __slots__ = ("_balancer", "_only", "endpoints", "health", "name", "resilience", "state")
 
     def __init__(self, name: str, endpoints: Sequence[Endpoint]) -> None:
         self.name = name
+        # The BackendTrafficPolicy sections that apply (gw.config.backend_policy.Resilience), set
+        # while compiling (gw.config.backend_attach); None: no policy, and the proxy pays nothing.
+        self.resilience: Any = None
+        # The worker's run-time state for a backend with a policy (gw.balancing.resilience),
+        # bound once when it installs the snapshot; None otherwise.
+        self.state: Any = None
         self.endpoints = tuple(endpoints)
         self._balancer = SmoothWeightedRoundRobin(self.endpoints, [e.weight for e in self.endpoints])
         usable = [e for e in self.endpoints if e.weight > 0]

@@ -36,10 +36,28 @@ class FleetKeys:
     workers: str  # sorted set: worker id → server time (ms) of its last heartbeat
 
 
+@dataclass(frozen=True, slots=True)
+class BackendKeys:
+    """One backend's fleet-wide resilience state (gw/state/lua/backend_*.lua, probe_*.lua).
+
+    Every change of an item (the circuit, an endpoint's ejection, an endpoint's probe health)
+    takes the next number of `version` and is published on `Keys.backend_events` as an event
+    (gw.state.backend_events), so a worker applies an item's events in order and ignores a stale
+    one; `Keys.backend_events` subscribers heal a missed message by reading these hashes.
+    """
+
+    version: str  # string: the backend's last event number
+    circuit: str  # hash: s (closed|open|half-open), v, since, until (ms, server clock), why, by, granted, ok
+    window: str  # hash: "<bucket>:c|f|s" → calls, failures, slow calls in that bucket of the window
+    endpoints: str  # hash: "<address:port>|<field>": c5 cg cl (consecutive counts), until times ev since why by
+    #                 (ejection), pv pok psince pwhy pby (probe health)
+    lease: str  # string: the id of the fleet's active checker of this backend, with a TTL
+
+
 class Keys:
     """Key and channel names under one prefix."""
 
-    __slots__ = ("config", "fleet", "prefix")
+    __slots__ = ("backend_events", "config", "fleet", "prefix")
 
     def __init__(self, prefix: str = "gw") -> None:
         self.prefix = prefix
@@ -53,6 +71,18 @@ class Keys:
             channel=f"{prefix}:config:events",
         )
         self.fleet = FleetKeys(workers=f"{self._family('fleet')}:workers")
+        self.backend_events = f"{prefix}:backend:events"  # pub/sub: every BackendKeys change, as JSON
+
+    def backend(self, name: str) -> BackendKeys:
+        """The keys of one backend (`model.Backend.name`, e.g. "Service default/api:8080")."""
+        stem = self._family(f"be:{name}")
+        return BackendKeys(
+            version=f"{stem}:version",
+            circuit=f"{stem}:circuit",
+            window=f"{stem}:window",
+            endpoints=f"{stem}:endpoints",
+            lease=f"{stem}:lease",
+        )
 
     def ratelimit(self, policy: str) -> str:
         """The stem of one RateLimitPolicy's counters ("namespace/name"): `<stem>:<limit>:<key>`.

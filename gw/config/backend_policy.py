@@ -1,0 +1,162 @@
+"""BackendTrafficPolicy (gw.dev/v1alpha1), typed: what gw.config.parse_backend_policy reads from YAML.
+
+Field names follow Envoy Gateway's BackendTrafficPolicy (users move between gateways); the fleet-wide
+breaker fields are gw's own, and the retry budget is the Gateway API's (XBackendTrafficPolicy
+`retryConstraint`, GEP-3388).
+
+    apiVersion: gw.dev/v1alpha1
+    kind: BackendTrafficPolicy
+    metadata: {name: orders, namespace: default}
+    spec:
+      targetRefs:                          # a Service or gw Backend: the backend whatever route reaches it;
+      - {group: "", kind: Service, name: orders}   # a Gateway or HTTPRoute: defaults for the backends they reach
+      circuitBreaker:
+        maxConnections: 1024               # per backend, per replica (Envoy's thresholds)
+        maxPendingRequests: 1024
+        maxParallelRequests: 1024
+        maxParallelRetries: 1024
+        failureRatio: 0.5                  # the fleet-wide breaker: share of failed calls in `window`
+        slowCallDuration: 2s               #   a call slower than this is slow;
+        slowCallRatio: 0.8                 #   this share of slow calls opens it too
+        window: 10s
+        minimumRequests: 20                #   calls in the window before a ratio counts
+        openDuration: 30s
+        halfOpenRequests: 3                #   trial calls, fleet-wide
+      healthCheck:
+        panicThreshold: 50                 # percent: below this share of healthy endpoints, health is ignored
+        passive:                           # outlier detection, per endpoint, fleet-wide
+          consecutive5XxErrors: 5
+          consecutiveGatewayErrors: 0      # 502/503/504 and local-origin failures; 0 = off
+          consecutiveLocalOriginFailures: 5
+          interval: 3s
+          baseEjectionTime: 30s            # times the times ejected
+          maxEjectionPercent: 10
+        active:
+          type: HTTP                       # HTTP | TCP
+          http: {path: /healthz, method: GET, hostname: orders.internal, expectedStatuses: [200]}
+          interval: 3s
+          timeout: 1s
+          unhealthyThreshold: 3
+          healthyThreshold: 1
+          initialJitter: 1s
+      retry:                               # also accepted as `retryConstraint` (the Gateway API's name)
+        budget: {percent: 20, interval: 10s}
+        minRetryRate: {count: 10, interval: 1s}
+
+Attachment and precedence (gw.config.backend_attach): a policy targeting the backend itself wins
+over one on an HTTPRoute reaching it, which wins over one on its Gateway; each section
+(circuitBreaker, healthCheck.passive, healthCheck.active, retry) is taken whole from the most
+specific policy that sets it. Two policies at the same level for the same backend conflict: the
+oldest (then by namespace/name) wins, as GEP-713 says, and the other's status names the conflict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gw.config.ratelimit import TargetRef
+
+if TYPE_CHECKING:
+    from gw.config.resources import Meta
+
+KIND = "BackendTrafficPolicy"
+HTTP, TCP = "HTTP", "TCP"
+# Precedence of a target kind, most specific first (lower wins).
+SPECIFICITY = {"Service": 0, "Backend": 0, "HTTPRoute": 1, "Gateway": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreaker:
+    """Envoy's per-replica concurrency thresholds (0 = unlimited) and gw's fleet-wide breaker.
+
+    The breaker is on when `failure_ratio` or `slow_call_ratio` is set (> 0).
+    """
+
+    max_connections: int = 0
+    max_pending_requests: int = 0
+    max_parallel_requests: int = 0
+    max_parallel_retries: int = 0
+    failure_ratio: float = 0.0  # 0 < r <= 1; 0 = the failure ratio does not open it
+    slow_call_duration: float = 0.0  # seconds; 0 = no call is slow
+    slow_call_ratio: float = 0.0
+    window: float = 10.0
+    minimum_requests: int = 20
+    open_duration: float = 30.0
+    half_open_requests: int = 3
+
+    @property
+    def breaks(self) -> bool:
+        """Whether the fleet-wide breaker is configured (not only concurrency thresholds)."""
+        return self.failure_ratio > 0 or (self.slow_call_ratio > 0 and self.slow_call_duration > 0)
+
+    @property
+    def limits_concurrency(self) -> bool:
+        return bool(
+            self.max_connections or self.max_pending_requests or self.max_parallel_requests or self.max_parallel_retries
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PassiveHealthCheck:
+    """Envoy's outlier detection by consecutive errors, decided once for the fleet (0 = that check off)."""
+
+    consecutive_5xx_errors: int = 5
+    consecutive_gateway_errors: int = 0
+    consecutive_local_origin_failures: int = 5
+    interval: float = 3.0  # a healthy interval takes one off the times-ejected multiplier
+    base_ejection_time: float = 30.0
+    max_ejection_percent: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveHealthCheck:
+    """Probes of every endpoint, by one checker for the whole fleet (gw.balancing.probe)."""
+
+    type: str = HTTP
+    path: str = "/"
+    method: str = "GET"
+    hostname: str | None = None  # Host of the probe; default: the endpoint's address:port
+    expected_statuses: tuple[int, ...] = (200,)
+    interval: float = 3.0
+    timeout: float = 1.0
+    unhealthy_threshold: int = 3
+    healthy_threshold: int = 1
+    initial_jitter: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """GEP-3388: retries may be at most `percent` of the requests in `interval`, but `min_count`
+    per `min_interval` are always allowed."""
+
+    percent: int = 20
+    interval: float = 10.0
+    min_count: int = 10
+    min_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class BackendTrafficPolicy:
+    """One policy object as written; None sections are not set by it (a less specific one may)."""
+
+    meta: Meta
+    targets: tuple[TargetRef, ...]
+    circuit_breaker: CircuitBreaker | None = None
+    passive: PassiveHealthCheck | None = None
+    active: ActiveHealthCheck | None = None
+    panic_threshold: int | None = None  # percent
+    retry_budget: RetryBudget | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resilience:
+    """What applies to one backend after precedence: each section from the most specific policy
+    setting it. `sources` names those policies ("ns/name"), for /status and logs."""
+
+    circuit_breaker: CircuitBreaker | None = None
+    passive: PassiveHealthCheck | None = None
+    active: ActiveHealthCheck | None = None
+    panic_threshold: int = 50  # Envoy's default
+    retry_budget: RetryBudget | None = None
+    sources: tuple[str, ...] = ()
