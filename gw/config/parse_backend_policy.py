@@ -71,7 +71,8 @@ def _targets(r: Reader, spec: dict[str, Any], field: str) -> tuple[TargetRef, ..
         if group == "core" and kind == "Service":
             group = CORE_GROUP
         if group is not None and group != expected:
-            r.error(f"{t_field}.group", f"{group!r}: a {kind} is in group {expected or 'core'!r}")
+            home = f"group {expected!r}" if expected else "the core group ('' or 'core')"
+            r.error(f"{t_field}.group", f"{group!r}: a {kind} is in {home}")
         if section is not None and kind in ("Backend", "Gateway"):
             what = "a gw Backend has no sections" if kind == "Backend" else "a policy on a Gateway covers all of it"
             r.error(f"{t_field}.sectionName", f"is not supported for a {kind}: {what}")
