@@ -454,3 +454,23 @@ class TestCheck:
         ) in out.splitlines()
         assert "BackendTrafficPolicy default/first: Accepted=True (Accepted): attached to Backend default/app" in out
         assert "default/second:" not in out.replace(f"error: {path}: BackendTrafficPolicy default/second:", "")
+
+
+def test_a_reload_with_an_invalid_policy_keeps_the_running_version() -> None:
+    """An invalid policy is refused whole; on a reload its running version keeps protecting the backend."""
+    from gw.config import Snapshot, compile_sources
+    from gw.config.fallback import keep_running_objects
+
+    def compile_files(snapshot: Snapshot) -> Any:
+        return compile_sources(list(snapshot.files), source="test")
+
+    running = [("gw.yaml", CHECKED.encode())]
+    new = [("gw.yaml", CHECKED.replace("window: 10s", "window: 0s").encode())]
+    result = compile_files(Snapshot.of(new, "test"))
+    assert [e.field for e in result.errors] == ["spec.circuitBreaker.window"]
+    assert result.config.rules[0].backend_refs[0].backend.resilience.sources == ("default/second",)
+    _, merged, kept = keep_running_objects(
+        Snapshot.of(new, "test"), result, Snapshot.of(running, "test"), compile_files
+    )
+    assert kept == ["BackendTrafficPolicy default/first"]
+    assert merged.config.rules[0].backend_refs[0].backend.resilience.sources == ("default/first",)
