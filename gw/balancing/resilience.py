@@ -449,13 +449,14 @@ class BackendState:
 
     # -- the fleet's events ---------------------------------------------------------------------------
 
-    def apply(self, event: dict[str, Any], now: float) -> None:
-        """One fleet event (gw.state.backend_events) for this backend; stale ones are ignored."""
+    def apply(self, event: dict[str, Any], now: float) -> bool:
+        """One fleet event (gw.state.backend_events) for this backend; stale ones are ignored.
+        Returns whether it changed what this worker does (a state entered, an ejection, a probe)."""
         kind, v = event["k"], event["v"]
         left = max(0.0, (event.get("until", 0) - event.get("now", 0)) / 1000.0)
         if kind == "circuit":
             if v < self.circuit_v or (v == self.circuit_v and self.fleet):
-                return
+                return False
             was = self.circuit
             self.circuit_v = v
             to = {"open": OPEN, "half-open": HALF_OPEN}.get(event.get("s", ""), CLOSED)
@@ -463,13 +464,13 @@ class BackendState:
                 self._enter(to, event.get("why", ""), event.get("by", ""), now + left if to is OPEN else 0.0)
             if to is not HALF_OPEN:
                 self.permits = self.trials = self.trial_ok = self.trial_fail = 0
-            return
+            return to != was
         state = self.endpoints.get(event.get("e", ""))
         if state is None:
-            return
+            return False
         if kind == "eject":
             if v <= state.eject_v:
-                return
+                return False
             state.eject_v = v
             ejected = event.get("s") == "ejected" and left > 0
             state.until = now + left if ejected else 0.0
@@ -483,9 +484,10 @@ class BackendState:
             if ejected and state.eject_by == self.who:
                 self.ejections += 1
                 log_transition(self.name, state.label, "ejected", state.eject_why, state.eject_by)
+            return ejected
         elif kind == "probe":
             if v <= state.probe_v:
-                return
+                return False
             state.probe_v = v
             ok = event.get("s") == "healthy"
             state.probe_ok = ok
@@ -494,6 +496,8 @@ class BackendState:
             state.probe_why = event.get("why", "")
             state.probe_by = event.get("by", "")
             state.probe_at = time.time()
+            return True
+        return False
 
     def granted(self, permit: bool) -> None:
         """The fleet's answer to a trial request."""
