@@ -6,9 +6,10 @@ import asyncio
 import itertools
 import os
 import ssl
+from collections import deque
 from collections.abc import Sequence
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gw.config import build_ssl_context
 from gw.config.model import Backend, CompiledConfig, Endpoint, PortConfig
@@ -74,6 +75,9 @@ class DataPlane:
             "gw_upstream_connections_idle", lambda: sum(len(p.idle) for p in self.pools.values())
         )
         self.metrics.gauge("gw_mirror_requests_in_flight", lambda: len(self.mirrors))
+        # The fleet's backend events the supervisor relayed, last ones kept (a stand-in until the
+        # backends' run-time state applies them).
+        self.backend_events: deque[dict[str, Any]] = deque(maxlen=1000)
 
     def install(self, config: CompiledConfig) -> None:
         """Serve `config` from the next request on; requests in flight finish on the old one."""
@@ -98,6 +102,11 @@ class DataPlane:
         # Only when some rule matches on headers does the fast path split a head into fields.
         self.header_matching = any(getattr(p.table, "uses_headers", True) for p in config.ports)
         self.config = config
+
+    def apply_backend_events(self, events: list[dict[str, Any]]) -> None:
+        """The fleet's circuit, ejection and probe-health changes (gw.state.backend_events), as
+        the supervisor relays them from Redis or from its own checker."""
+        self.backend_events.extend(events)
 
     def listener_context(self, bind_port: int) -> ssl.SSLContext:
         """The SSLContext an HTTPS listener socket is served with, for the life of the socket.
