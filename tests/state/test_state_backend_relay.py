@@ -12,7 +12,9 @@ from gw.config.backend_policy import ActiveHealthCheck, Resilience
 from gw.config.model import Backend, BackendRef, CompiledConfig, Endpoint, Rule
 from gw.state import Client, Keys, connect
 from gw.supervisor.backends import BackendRelay, backends_with_policy
+from tests.conftest import StartGateway
 from tests.support import valkey
+from tests.support.upstream import Upstream
 from tests.support.valkey import eventually
 
 BACKEND = "Backend default/api"
@@ -134,3 +136,19 @@ def test_backends_with_a_policy_are_found_behind_every_rule(tmp_path: Path) -> N
     )
     assert backends_with_policy(CompiledConfig(ports=(), rules=rules)) == {BACKEND: guarded}
     assert backends_with_policy(None) == {}
+
+
+def test_a_gateway_relays_the_fleets_events_to_its_workers(
+    server: valkey.Server, keys: Keys, start_gateway: StartGateway, upstream: Upstream
+) -> None:
+    env = {"GW_REDIS_URL": server.url, "GW_REDIS_PREFIX": keys.prefix, "GW_WORKERS": "2"}
+    routes: list[dict[str, object]] = [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}]
+    gw = start_gateway({"up": [("127.0.0.1", upstream.port)]}, routes, env)
+    valkey.wait_until(lambda: gw.status()["backend_events"]["connected"], "the relay to subscribe")  # type: ignore[index]
+    with server.client() as publisher:
+        publisher.publish(keys.backend_events, orjson.dumps(event(1)))
+        publisher.publish(keys.backend_events, orjson.dumps(event(2, "healthy")))
+    valkey.wait_until(lambda: gw.status()["backend_events"]["relayed"] == 2, "both events relayed")  # type: ignore[index]
+    # The workers took the message (a worker failing on it would log a traceback) and serve on.
+    assert gw.connect().request("GET", "/echo").status == 200
+    assert not [line for line in gw.log if "Traceback" in line or "Exception" in line], gw.log
