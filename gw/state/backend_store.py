@@ -25,20 +25,20 @@ Event = dict[str, Any]
 
 async def read_events(client: Any, keys: Keys, names: Iterable[str]) -> list[Event]:
     """Every stored item of the backends `names` (circuit, ejections, probe health) as events, in
-    one pipeline; `now` is Redis's clock, read in the same pipeline."""
+    one pipeline; `now` is Redis's clock, read just before (a Cluster pipeline refuses TIME, which
+    has no key to route by)."""
     names = list(names)
+    seconds, micros = await client.time()
+    now = int(seconds) * 1000 + int(micros) // 1000
     pipe = client.pipeline(transaction=False)
-    pipe.time()
     for name in names:
         backend = keys.backend(name)
         pipe.hgetall(backend.circuit)
         pipe.hgetall(backend.endpoints)
-    replies = await pipe.execute()
-    seconds, micros = replies[0]
-    now = int(seconds) * 1000 + int(micros) // 1000
+    replies = await pipe.execute() if names else []
     events: list[Event] = []
     for i, name in enumerate(names):
-        circuit, endpoints = replies[1 + 2 * i], replies[2 + 2 * i]
+        circuit, endpoints = replies[2 * i], replies[2 * i + 1]
         if circuit:
             events += _circuit(name, _text(circuit), now)
         if endpoints:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gw.state import Client, Keys
+from gw.state import Client, Keys, connect
 from gw.state.backend_events import decode
 from gw.state.backend_store import hold_lease, probe_result, probe_resync, read_events, release_lease
+from tests.support import valkey
 
 BACKEND = "Backend default/api"
 
@@ -128,3 +129,24 @@ async def test_resync_renumbers_stored_health_above_a_local_floor(client: Client
         assert stored == {("10.0.0.1:80", 103, "healthy"), ("10.0.0.2:80", 102, "healthy")}
     finally:
         await pubsub.aclose()
+
+
+async def test_the_backend_store_works_on_a_cluster(cluster: valkey.Cluster, keys: Keys) -> None:
+    client = connect(cluster.url)
+    try:
+        await client.initialize()
+        pubsub = client.pubsub()
+        await pubsub.subscribe(keys.backend_events)
+        try:
+            names = [f"Backend default/b{i}" for i in range(6)]  # spread over the nodes' slots
+            for name in names:
+                assert await hold_lease(client, keys, name, "c1", 10.0)
+                assert await probe_result(client, keys, name, "10.0.0.1:80", False, "down", "c1") == 1
+            assert {e["b"] for e in await next_events(pubsub, len(names))} == set(names)
+            stored = await read_events(client, keys, names)
+            assert sorted((e["b"], e["v"], e["s"]) for e in stored) == [(n, 1, "unhealthy") for n in names]
+            assert await probe_resync(client, keys, names[0], ["10.0.0.1:80"], 10, "c2") == 11
+        finally:
+            await pubsub.aclose()
+    finally:
+        await client.aclose()
