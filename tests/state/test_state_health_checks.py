@@ -169,7 +169,7 @@ async def test_one_checker_probes_for_the_fleet_and_another_takes_over_when_it_s
     await eventually(lambda: other.count("pass") > before, "the other checker to probe", timeout=10)
     ttl = interval * 2 + check.timeout
     took = loop.time() - stopped
-    assert took <= interval + ttl + 1.0, took  # + slack for a loaded machine
+    assert took <= interval + ttl + 2.0, took  # + slack for a loaded machine
     assert other.checker.checks[BACKEND].mode == "holder"
 
 
