@@ -3,6 +3,7 @@ real upstreams that go bad, the fleet's circuit and ejections as clients see the
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -180,7 +181,8 @@ def test_without_redis_each_worker_breaks_the_circuit_alone(
     redis_server.stop()
     for up in upstreams:
         up.fault = "status/500"
-    wait_until(lambda: get(gw).status_code == 503, what="a worker to open its own circuit")
+    wait_until(lambda: get(gw).status_code == 503 and circuit_states([gw]) == {"open"},
+               what="both workers to open their own circuits")  # fmt: skip
     circuit = backend_status(gw)["circuit"]
     assert "Redis unavailable" in circuit["by"]  # type: ignore[index]
 
@@ -221,3 +223,86 @@ def test_the_retry_budget_stops_retries_beyond_it(
 
 def _counter(metrics: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(name + "{"))
+
+
+def one_bad_endpoint(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_url: str, fault: str, passive: dict[str, object],
+    routes: list[dict[str, object]] = ROUTES,
+) -> tuple[GatewayProcess, Upstream]:
+    """One replica of two workers; the second endpoint goes bad with `fault`."""
+    spec = policy(healthCheck={"passive": {"baseEjectionTime": "60s", "maxEjectionPercent": 50, **passive}})
+    (gw,) = fleet(start_gateway, upstreams, spec, redis_url, replicas=1, routes=routes)
+    bad = upstreams[1]
+    bad.fault = fault
+    return gw, bad
+
+
+def ejected_reason(gw: GatewayProcess, bad: Upstream) -> str | None:
+    for e in backend_status(gw)["endpoints"]:  # type: ignore[union-attr]
+        if e["endpoint"] == f"127.0.0.1:{bad.port}" and e["ejected"]:
+            return e["ejection"]["reason"]  # type: ignore[no-any-return]
+    return None
+
+
+def test_an_endpoint_resetting_mid_body_is_ejected(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    passive = {"consecutiveLocalOriginFailures": 3, "consecutive5XxErrors": 0}
+    gw, bad = one_bad_endpoint(start_gateway, upstreams, redis_server.url, "reset/5000", passive)
+    for _ in range(30):
+        with contextlib.suppress(httpx.HTTPError):  # the client sees the reset: the body was cut off
+            get(gw)
+    wait_until(lambda: ejected_reason(gw, bad) is not None, what="the resetting endpoint to be ejected")
+    assert "3 consecutive local-origin failures" in ejected_reason(gw, bad)  # type: ignore[operator]
+    seen = len(bad.seen)
+    assert all(get(gw).status_code == 200 for _ in range(20)) and len(bad.seen) == seen
+
+
+def test_a_hanging_endpoint_is_ejected_after_its_timeouts(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    rule = {"backendRefs": [{"backend": "api"}], "timeouts": {"backendRequest": "300ms"}}
+    routes = [{"name": "api", "rules": [rule]}]
+    passive = {"consecutiveGatewayErrors": 2, "consecutive5XxErrors": 0, "consecutiveLocalOriginFailures": 0}
+    gw, bad = one_bad_endpoint(start_gateway, upstreams, redis_server.url, "never", passive, routes)
+    timeouts = 0
+    while ejected_reason(gw, bad) is None:
+        timeouts += get(gw).status_code == 504
+        assert timeouts <= 4, "still not ejected"
+    assert timeouts >= 2 and "consecutive gateway errors" in ejected_reason(gw, bad)  # type: ignore[operator]
+    assert all(get(gw).status_code == 200 for _ in range(10))
+
+
+def test_slow_calls_open_the_circuit(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    breaker = {"slowCallDuration": "100ms", "slowCallRatio": 0.5, "minimumRequests": 4, "window": "30s",
+               "openDuration": "30s"}  # fmt: skip
+    (gw,) = fleet(start_gateway, upstreams[:1], policy(circuitBreaker=breaker), redis_server.url, replicas=1)
+    statuses = [get(gw, "/status/200?delay=0.15").status_code for _ in range(6)]
+    assert statuses[:4] == [200] * 4 and statuses[-1] == 503, statuses
+    circuit = backend_status(gw)["circuit"]
+    assert circuit["state"] == "open" and "slow call ratio 1.00 over 4 calls" in circuit["reason"]  # type: ignore[index]
+
+
+def test_a_paused_redis_costs_requests_no_wait_and_the_workers_decide_alone(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    (gw,) = fleet(start_gateway, upstreams, policy(circuitBreaker=BREAKER), redis_server.url, replicas=1)
+    assert get(gw).status_code == 200
+    redis_server.pause()
+    try:
+        for up in upstreams:
+            up.fault = "status/500"
+        # Every request is answered (the reports time out within GW_REDIS_BUDGET, off the request
+        # path), and each worker opens its own circuit after its own minimumRequests.
+        wait_until(lambda: get(gw).status_code == 503 and circuit_states([gw]) == {"open"},
+                   what="both workers to open their own circuits")  # fmt: skip
+        assert "Redis unavailable" in backend_status(gw)["circuit"]["by"]  # type: ignore[index]
+    finally:
+        redis_server.resume()
+    for up in upstreams:
+        up.fault = None
+    # Back with Redis: the fleet's state (closed: the fleet's window never saw the failures) returns.
+    wait_until(lambda: set(backend_status(gw)["circuit_by_worker"].values()) == {"closed"},  # type: ignore[union-attr]
+               what="the workers to take the fleet's closed circuit back", timeout=15)  # fmt: skip

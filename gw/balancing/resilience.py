@@ -120,7 +120,7 @@ class EndpointState:
             elif failed & bit:
                 counts[i] += 1
                 added[i] += 1
-        self.fresh = not failed
+        self.fresh = not failed and self.mask == C5 | CG | CL and not any(added)
 
     def usable(self, now: float) -> bool:
         return self.probe_ok and self.until <= now
@@ -286,19 +286,18 @@ class BackendState:
             if self.passive is not None:
                 state = self.endpoints.get(endpoint.label)
                 if state is not None and not state.fresh:
-                    state.outcome(0, C5 | CG | CL)
+                    state.outcome(0, C5 | CG)  # (the local-origin count restarts when the body is whole)
             if not self.dirty:
                 self.dirty = True
                 self.sync(self, False)
-            # Until the next report, the next successes change nothing but `calls`.
-            self.quiet = self.fleet and not self.slow_after and all(s.fresh for s in self.endpoints.values())
+            self._settle()
             return
         self.quiet = False
         failed = status >= 500
         state = self.endpoints.get(endpoint.label)
         if state is not None and self.passive is not None:
             if not failed:
-                state.outcome(0, C5 | CG | CL)
+                state.outcome(0, C5 | CG)
             elif status in GATEWAY_ERRORS:
                 state.outcome(C5 | CG, 0)
             else:
@@ -309,6 +308,26 @@ class BackendState:
             self._local_eject(state, now)
         self.dirty = True
         self.sync(self, failed or trial)
+
+    def completed(self, endpoint: Any) -> None:
+        """A response arrived whole: the endpoint's consecutive local-origin failures restart (an
+        answer whose body is then cut off counts as one, after its head restarted the 5xx count)."""
+        state = self.endpoints.get(endpoint.label) if endpoint is not None else None
+        if state is not None and self.passive is not None and not state.fresh:
+            state.outcome(0, CL)
+            if not self.dirty:
+                self.dirty = True
+                self.sync(self, False)
+        self._settle()
+
+    def _settle(self) -> None:
+        """Until the next report, may the next successes change nothing but `calls`? (Endpoints
+        taken out of picks get none: they need not be fresh.)"""
+        self.quiet = (
+            self.fleet
+            and not self.slow_after
+            and (self.passive is None or all(s.fresh or s.label in self.ejected for s in self.endpoints.values()))
+        )
 
     def failed(self, endpoint: Any, now: float) -> None:
         """A local-origin failure: the connection was refused, reset, or timed out."""

@@ -37,6 +37,7 @@ from gw.state.scripts import load
 REPORT = load("backend_report")
 TRIAL = load("backend_trial")
 REPORT_INTERVAL = 0.1  # seconds: successes (which restart counts and fill the window) wait at most this
+REVISIT = 1.0  # seconds between asks for the fleet's state while Redis does not answer
 DELAY_HELP = "From a backend event's decision (Redis's clock) to a worker applying it (circuit, ejection, probe)."
 DELAY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -57,6 +58,7 @@ class BackendStates:
         self.in_flight: set[str] = set()  # backends whose report is out
         self.asking: set[str] = set()  # backends whose trial request is out
         self._soon: asyncio.Handle | None = None
+        self._revisit: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reports = self._trials = None
@@ -130,7 +132,9 @@ class BackendStates:
             self.dirty.discard(state)
             report = state.report()
             if report is None:
-                continue
+                if state.fleet:
+                    continue
+                report = ([0, 0, 0, 0, 0], [])  # deciding alone: ask for the fleet's state anyway
             counts, endpoints = report
             self.in_flight.add(name)
             self._reports.submit(  # type: ignore[union-attr]
@@ -144,6 +148,9 @@ class BackendStates:
         self.in_flight.discard(state.name)
         if isinstance(reply, RedisUnavailable):
             state.fleet = False  # this worker's own rules, until a report is answered again
+            state.quiet = False
+            if self._revisit is None:
+                self._revisit = self.loop.call_later(REVISIT, self._ask_again)
         else:
             events = orjson.loads(reply)
             now = monotonic()
@@ -156,6 +163,14 @@ class BackendStates:
         if state in self.dirty and self._timer is None and self._soon is None:
             self._timer = self.loop.call_later(REPORT_INTERVAL, self._flush)
         self._count()
+
+    def _ask_again(self) -> None:
+        """Backends decided alone (Redis did not answer) ask for the fleet's state again: with no
+        traffic of their own (an open circuit admits none) they would otherwise never learn it."""
+        self._revisit = None
+        for state in self.states.values():
+            if not state.fleet:
+                self.sync(state, True)
 
     def _granted(self, state: BackendState, reply: Any) -> None:
         self.asking.discard(state.name)
@@ -194,7 +209,7 @@ class BackendStates:
         return out
 
     def stop(self) -> None:
-        for handle in (self._soon, self._timer):
+        for handle in (self._soon, self._timer, self._revisit):
             if handle is not None:
                 handle.cancel()
 

@@ -994,6 +994,9 @@ class ClientConnection(asyncio.Protocol):
             out.clear()
         req: Exchange = self.active  # type: ignore[assignment]
         self.upstream = None
+        held = self.held
+        if held is not None and not held.quiet:
+            held.completed(self.endpoint)  # a whole response: the endpoint's local-origin count restarts
         now = monotonic()
         if conn.keep_alive and req.complete and not conn.closed:
             if self.writing_paused:
