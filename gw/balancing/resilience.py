@@ -77,6 +77,7 @@ class EndpointState:
         "eject_why",
         "ejected_at",
         "endpoint",
+        "failed_at",
         "fresh",
         "label",
         "local_times",
@@ -87,6 +88,7 @@ class EndpointState:
         "probe_ok",
         "probe_v",
         "probe_why",
+        "succeeded_at",
         "until",
     )
 
@@ -95,6 +97,7 @@ class EndpointState:
         self.label: str = endpoint.label
         self.mask = 0  # to report: counts that restarted (a success) since the last report
         self.fresh = False  # a success is the last outcome since the last report: another changes nothing
+        self.succeeded_at = self.failed_at = 0.0  # monotonic: the last outcomes to report
         self.added = [0, 0, 0]  # to report: failures after that
         self.counts = [0, 0, 0]  # this worker's own consecutive counts (the rules without Redis)
         self.until = 0.0  # ejected until (monotonic); 0 = not ejected
@@ -111,7 +114,10 @@ class EndpointState:
         self.probe_at = 0.0
 
     def outcome(self, failed: int, succeeded: int) -> None:
-        """Failed counts go up by one; succeeded ones restart (both reported and local)."""
+        """Failed counts go up by one; succeeded ones restart (both reported and local).
+
+        When each happened goes with the report: a success another worker reports late must not
+        restart counts that failures seen after it have raised (the script compares the times)."""
         counts, added = self.counts, self.added
         for i, bit in enumerate((C5, CG, CL)):
             if succeeded & bit:
@@ -120,6 +126,10 @@ class EndpointState:
             elif failed & bit:
                 counts[i] += 1
                 added[i] += 1
+        if succeeded:
+            self.succeeded_at = monotonic()
+        if failed:
+            self.failed_at = monotonic()
         self.fresh = not failed and self.mask == C5 | CG | CL and not any(added)
 
     def usable(self, now: float) -> bool:
@@ -447,9 +457,9 @@ class BackendState:
             passive.consecutive_5xx_errors,
             passive.consecutive_gateway_errors,
             passive.consecutive_local_origin_failures,
-        )
+        )  # (checked local-origin first: the most specific reason)
         names = ("consecutive 5xx responses", "consecutive gateway errors", "consecutive local-origin failures")
-        hit = next((i for i in range(3) if limits[i] and state.counts[i] >= limits[i]), None)
+        hit = next((i for i in (2, 1, 0) if limits[i] and state.counts[i] >= limits[i]), None)
         if hit is None:
             return
         ejected = sum(1 for s in self.endpoints.values() if s.until > now)
@@ -536,14 +546,17 @@ class BackendState:
         """What to send to backend_report.lua since the last report (None: nothing), and reset it.
 
         Returns (breaker args: calls, failures, slow, trial successes, trial failures; per-endpoint
-        args: endpoint, mask, 5xx, gateway, local-origin)."""
+        args: endpoint, mask, 5xx, gateway, local-origin failures, ms since its last success, ms
+        since its last failure)."""
         counts = [self.calls, self.failures, self.slow, self.trial_ok, self.trial_fail]
         self.calls = self.failures = self.slow = self.trial_ok = self.trial_fail = 0
         self.dirty = self.quiet = False
         endpoints: list[Any] = []
+        now = monotonic()
         for state in self.endpoints.values():
             if state.mask or any(state.added):
-                endpoints += [state.label, state.mask, *state.added]
+                ages = [int((now - state.succeeded_at) * 1000), int((now - state.failed_at) * 1000)]
+                endpoints += [state.label, state.mask, *state.added, *ages]
                 state.mask = 0
                 state.added = [0, 0, 0]
                 state.fresh = False

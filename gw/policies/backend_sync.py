@@ -55,6 +55,7 @@ class BackendStates:
         self.who = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(2).hex()}"  # unique, as in gw.state.fleet
         self.states: dict[str, BackendState] = {}
         self.dirty: set[BackendState] = set()
+        self.urgent: set[BackendState] = set()  # of those, the ones with a failure or a trial to tell
         self.in_flight: set[str] = set()  # backends whose report is out
         self.asking: set[str] = set()  # backends whose trial request is out
         self._soon: asyncio.Handle | None = None
@@ -84,6 +85,7 @@ class BackendStates:
             seen[backend.name] = state
         self.states = seen
         self.dirty &= set(seen.values())
+        self.urgent &= self.dirty
 
     def apply(self, events: Iterable[dict[str, Any]]) -> None:
         """Events decided elsewhere, relayed by the supervisor. How long each took from its decision
@@ -99,6 +101,8 @@ class BackendStates:
     def sync(self, state: BackendState, urgent: bool) -> None:
         """`state` has something to report (urgent: a failure, or a trial to ask for)."""
         self.dirty.add(state)
+        if urgent:
+            self.urgent.add(state)
         if self.shared is None:
             self.dirty.discard(state)
             self._count()
@@ -130,6 +134,7 @@ class BackendStates:
             if name in self.in_flight:
                 continue  # its reply flushes again
             self.dirty.discard(state)
+            self.urgent.discard(state)
             report = state.report()
             if report is None:
                 if state.fleet:
@@ -160,7 +165,9 @@ class BackendStates:
                 state.apply(event, now)
             state.apply(events[0], now)
             state.fleet = True
-        if state in self.dirty and self._timer is None and self._soon is None:
+        if state in self.urgent and self._soon is None:
+            self._soon = self.loop.call_soon(self._flush)  # a failure came while this report was out
+        elif state in self.dirty and self._timer is None and self._soon is None:
             self._timer = self.loop.call_later(REPORT_INTERVAL, self._flush)
         self._count()
 

@@ -135,6 +135,25 @@ async def test_a_success_restarts_the_fleet_count(
     assert not [e for e in relay if e["k"] == "eject"]
 
 
+async def test_a_success_reported_late_does_not_restart_failures_seen_after_it(
+    server: valkey.Server, keys: Keys, relay: list[dict[str, Any]]
+) -> None:
+    workers = [Worker(server, keys, Resilience(passive=PASSIVE)) for _ in range(2)]
+    now = monotonic()
+    workers[0].state.responded(workers[0].endpoint(0), 200, now)  # reported with the next batch
+    # (Ten ms before the failures: times go to the script in ms, and a success and a failure in the
+    # same ms have no order.)
+    workers[0].state.endpoints["127.0.0.1:9001"].succeeded_at -= 0.01
+    for _ in range(4):
+        workers[1].state.responded(workers[1].endpoint(0), 500, now)
+    await asyncio.sleep(0.02)
+    await valkey.eventually(lambda: not workers[1].states.in_flight, "failures reported")
+    workers[0].states._flush()  # the older success arrives after them
+    await valkey.eventually(lambda: not workers[0].states.in_flight, "success reported")
+    workers[1].state.responded(workers[1].endpoint(0), 500, now)
+    await valkey.eventually(lambda: [e for e in relay if e["k"] == "eject"], "the fifth failure ejects")
+
+
 async def test_the_circuit_opens_for_the_fleet_and_half_open_admits_trials_fleet_wide(
     server: valkey.Server, keys: Keys, relay: list[dict[str, Any]]
 ) -> None:
