@@ -109,6 +109,24 @@ class Overloaded(ProxyError):
     status, kind, close = 503, "overloaded", True
 
 
+class CircuitOpen(ProxyError):
+    """The backend's circuit is open (a BackendTrafficPolicy's circuitBreaker): answered without
+    touching it, with Retry-After the seconds until it may take trial calls."""
+
+    status, kind = 503, "circuit-open"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.fields = [(b"Retry-After", b"%d" % max(1, retry_after))]
+
+
+class BackendOverflow(ProxyError):
+    """A circuitBreaker concurrency threshold (maxParallelRequests, maxPendingRequests,
+    maxConnections) is reached: Envoy's overflow, answered at once rather than queued."""
+
+    status, kind = 503, "backend-overflow"
+
+
 class RateLimited(ProxyError):
     """A RateLimitPolicy refused the request: 429, or 503 when its counter cannot be read (failureMode: Closed)."""
 

@@ -173,6 +173,9 @@ class Worker:
             "tunnels": tunnels,
             "requests": sum(sum(s.counts) for s in gw.metrics.routes.values()),
             "metrics": gw.metrics.snapshot(),
+            # Backends with a BackendTrafficPolicy as this worker sees them (/status, gauges for /metrics).
+            "backends": gw.backend_states.status(),
+            "backend_gauges": [[n, list(labels), v] for (n, labels), v in gw.backend_states.gauges().items()],
         }
 
 
@@ -209,6 +212,8 @@ class SupervisedWorker:
             if guard is not None:
                 stats["redis"] = {"breaker": guard.state}
             self.channel.reply(message, {"t": "stats", **stats})
+        elif kind == "backend-events":
+            self.worker.plane.apply_backend_events(message.get("events", []))
         elif kind == "drain":
             self.begin_drain(float(message.get("timeout", self.settings.drain_timeout)))
 

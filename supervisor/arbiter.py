@@ -445,6 +445,11 @@ class Supervisor:
         registry.gauge_values["gw_config_unpublished"] = float(self.publisher.unpublished is not None)
         for slot in range(self.slots):  # at 0 before a first restart, so increase() sees that one
             registry.counters.setdefault(("gw_worker_restarts_total", (("slot", str(slot)),)), 0)
+        # A backend's circuit and endpoint health as the first worker sees them (every worker
+        # applies the same fleet events; /status shows where one differs).
+        first = min(stats, key=lambda w: w.slot, default=None)
+        for name, labels, value in stats[first].get("backend_gauges", ()) if first is not None else ():
+            registry.labelled_gauges[(name, tuple(tuple(pair) for pair in labels))] = float(value)
         # Per worker, not summed: which version each one serves (a lagging worker stands out).
         for worker, worker_stats in stats.items():
             labels = (("pid", str(worker.pid)), ("slot", str(worker.slot)))
@@ -480,6 +485,7 @@ class Supervisor:
                 for p in (config.ports if config else ())
             ],
             "connections": sum(s.get("connections", 0) for s in stats.values()),
+            "backends": _backends_status(stats),
             # Gateway API conditions of every object, as `gw check` reports them.
             "gatewayAPI": status_document(self.result, self.settings.controller_name) if self.result else None,
         }
@@ -507,6 +513,21 @@ class Supervisor:
                 requests=stats["requests"], connections=stats["connections"], websockets=stats.get("tunnels", 0)
             )
         return info
+
+
+def _backends_status(stats: dict[WorkerProcess, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every backend with a policy: the first worker's view, and each worker's circuit state."""
+    views = [(w.slot, s.get("backends", [])) for w, s in sorted(stats.items(), key=lambda item: item[0].slot)]
+    if not views:
+        return []
+    out = []
+    for backend in views[0][1]:
+        name = backend["backend"]
+        per_worker = {
+            str(slot): next((b["circuit"]["state"] for b in view if b["backend"] == name), None) for slot, view in views
+        }
+        out.append({**backend, "circuit_by_worker": per_worker})
+    return out
 
 
 def _report(result: LoadResult) -> None:

@@ -61,8 +61,12 @@ class Backend:
         round robin, skipping ejected endpoints; None when the backend has none.
 
         When every endpoint is ejected, the next one is tried anyway (Envoy's panic mode): a
-        backend that may have recovered beats answering 503 without trying.
+        backend that may have recovered beats answering 503 without trying. A backend with a
+        BackendTrafficPolicy picks through its state (outlier ejections, probes, panicThreshold).
         """
+        state = self.state
+        if state is not None:
+            return state.pick(self._balancer, self.health, exchange.started)
         if self._only is not None:
             return self._only  # one endpoint: nothing to balance (and panic mode would pick it anyway)
         balancer = self._balancer

@@ -33,6 +33,8 @@ class Family:
 
 # Proxy errors answered with a 5xx status (gw.errors: the `kind` of each ProxyError).
 PROXY_ERROR_KINDS = (
+    "backend-overflow",
+    "circuit-open",
     "http-version-not-supported",
     "internal-error",
     "not-implemented",
@@ -62,6 +64,22 @@ FAMILIES: dict[str, Family] = {
     "gw_timeouts_total": Family(COUNTER, "Deadlines that passed, by what was awaited.", "kind", TIMEOUT_KINDS),
     "gw_upstream_retries_total": Family(COUNTER, "Upstream attempts retried, by reason.", "reason", RETRY_REASONS),
     "gw_upstream_connect_errors_total": Family(COUNTER, "Upstream connections that failed, by endpoint.", "endpoint"),
+    # -- backend resilience (BackendTrafficPolicy: gw.balancing.resilience) ----------------------
+    "gw_circuit_state": Family(
+        GAUGE, "A backend's circuit as this replica sees it: 0 closed, 1 open, 2 half-open.", "backend"
+    ),
+    "gw_circuit_transitions_total": Family(
+        COUNTER, "Circuit transitions decided by this replica, by backend and state entered.", "backend"
+    ),
+    "gw_endpoint_health": Family(
+        GAUGE, "An endpoint's health as this replica sees it: 1 usable, 0 ejected or failing its probes.", "backend"
+    ),
+    "gw_endpoint_ejections_total": Family(
+        COUNTER, "Outlier ejections decided by this replica (fleet-wide ejections count once), by endpoint.", "backend"
+    ),
+    "gw_retries_refused_total": Family(
+        COUNTER, "Retries not sent: over the retry budget or maxParallelRetries, by backend.", "backend"
+    ),
     "gw_upstream_protocol_errors_total": Family(COUNTER, "Upstream responses that were not valid HTTP/1.1."),
     "gw_upstream_resets_total": Family(COUNTER, "Upstream connections lost in the middle of a response."),
     # -- connections -------------------------------------------------------------------------

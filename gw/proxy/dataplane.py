@@ -8,12 +8,13 @@ import os
 import ssl
 from collections.abc import Sequence
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gw.config import build_ssl_context
 from gw.config.model import Backend, CompiledConfig, Endpoint, PortConfig
 from gw.observe.accesslog import AccessLog
 from gw.observe.metrics import Registry
+from gw.policies.backend_sync import BackendStates
 from gw.policies.ratelimit import Limiters
 from gw.policies.registry import PHASES, Build, build_chain
 from gw.proxy.upstream import EndpointPool
@@ -65,6 +66,10 @@ class DataPlane:
         self._request_id_prefix = os.urandom(6).hex().encode()
         self._sweeper: asyncio.TimerHandle | None = None
         self.limiters = Limiters(loop, settings, self.metrics, shared)
+        # Backends with a BackendTrafficPolicy: circuit, endpoint health, shared with the fleet.
+        # (Per-replica thresholds are shared by the replica's workers: GW_WORKERS, or one per CPU.)
+        workers = settings.workers or len(os.sched_getaffinity(0))
+        self.backend_states = BackendStates(loop, workers, self.metrics, shared)
         self.phases = phases
         self.metrics.gauge("gw_client_connections", lambda: len(self.connections))
         self.metrics.gauge(
@@ -78,6 +83,7 @@ class DataPlane:
     def install(self, config: CompiledConfig) -> None:
         """Serve `config` from the next request on; requests in flight finish on the old one."""
         self.limiters.install(config)
+        self.backend_states.install(config)
         for rule in config.rules:
             # The worker's binding of the snapshot: its metrics and its phase chain per rule, and
             # the connection pool of every endpoint (pools outlive snapshots: keep-alive
@@ -98,6 +104,11 @@ class DataPlane:
         # Only when some rule matches on headers does the fast path split a head into fields.
         self.header_matching = any(getattr(p.table, "uses_headers", True) for p in config.ports)
         self.config = config
+
+    def apply_backend_events(self, events: list[dict[str, Any]]) -> None:
+        """Backend state decided elsewhere in the fleet (gw.state.backend_events), relayed by the
+        supervisor: circuits, ejections, probe health. Stale events (lower `v` per item) are ignored."""
+        self.backend_states.apply(events)
 
     def listener_context(self, bind_port: int) -> ssl.SSLContext:
         """The SSLContext an HTTPS listener socket is served with, for the life of the socket.
@@ -183,6 +194,7 @@ class DataPlane:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.limiters.stop()
+        self.backend_states.stop()
         for pool in self.pools.values():
             pool.close_all()
         self.access_log.close()

@@ -50,7 +50,11 @@ from gw.proxy.upstream import (
     UpstreamConnection,
 )
 
+# The endpoint's own failures (local origin) a ProxyError can stand for, besides a refused connection.
+UPSTREAM_FAILURES = (errors.UpstreamTimeout, errors.UpstreamProtocolError)
+
 if TYPE_CHECKING:
+    from gw.balancing.resilience import BackendState
     from gw.config.model import Backend, Endpoint
     from gw.proxy.dataplane import DataPlane
 
@@ -127,6 +131,9 @@ class ClientConnection(asyncio.Protocol):
         self.connecting: asyncio.Task[UpstreamConnection] | None = None
         self.endpoint: Endpoint | None = None
         self.backend: Backend | None = None
+        # The BackendState (gw.balancing.resilience) the exchange in flight entered: its backend
+        # has a policy, and the exchange leaves it when it ends (_record).
+        self.held: BackendState | None = None
         self.resp_head = None
         self.framing = NO_BODY
         self.close_after = False
@@ -730,10 +737,20 @@ class ClientConnection(asyncio.Protocol):
         self._finish(req, status)
 
     def _pick_and_go(self, req: Exchange) -> None:
-        endpoint = self.backend.pick(req)  # type: ignore[union-attr]
+        backend: Backend = self.backend  # type: ignore[assignment]
+        state = backend.state
+        if state is not None and self.held is not state:
+            # A backend with a policy: its circuit and concurrency thresholds admit the exchange once.
+            refusal = state.enter(req.started)
+            if refusal is not None:
+                self.endpoint = None
+                self._fail(refusal)
+                return
+            self.held = state
+        endpoint = backend.pick(req)
         if endpoint is None:
             self.endpoint = None
-            self._fail(errors.NoEndpoint(f"backend {self.backend.name} has no endpoints"))  # type: ignore[union-attr]
+            self._fail(errors.NoEndpoint(f"backend {backend.name} has no endpoints"))
             return
         self.endpoint = endpoint
         pool = endpoint.pool  # bound when the snapshot was installed
@@ -747,12 +764,22 @@ class ClientConnection(asyncio.Protocol):
         self._connect(req, pool)
 
     def _connect(self, req: Exchange, pool: EndpointPool) -> None:
+        held = self.held
+        if held is not None:
+            refusal = held.may_connect(sum(e.pool.connections for e in held.backend.endpoints))
+            if refusal is not None:
+                self._fail(refusal)
+                return
         self.phase = CONNECT
         self.deadline = monotonic() + self.settings.upstream_connect_timeout
         task = self.connecting = self.loop.create_task(pool.open())
-        task.add_done_callback(lambda t: self._connected(t, req, pool))
+        task.add_done_callback(lambda t: self._connected(t, req, pool, held))
 
-    def _connected(self, task: asyncio.Task[UpstreamConnection], req: Exchange, pool: EndpointPool) -> None:
+    def _connected(
+        self, task: asyncio.Task[UpstreamConnection], req: Exchange, pool: EndpointPool, held: BackendState | None
+    ) -> None:
+        if held is not None:
+            held.connected()
         if task.cancelled():
             return
         if self.connecting is task:
@@ -766,6 +793,8 @@ class ClientConnection(asyncio.Protocol):
             self.plane.metrics.inc("gw_upstream_connect_errors_total", endpoint=f"{pool.address}:{pool.port}")
             if endpoint is not None:
                 self.backend.connect_failed(endpoint, monotonic() + self.settings.endpoint_eject_time)  # type: ignore[union-attr]
+                if self.held is not None:
+                    self.held.failed(endpoint, monotonic())
             if req.attempts < MAX_CONNECT_ATTEMPTS and len(self.backend.endpoints) > req.attempts:  # type: ignore[union-attr]
                 self._pick_and_go(req)  # nothing was sent: any method may try another endpoint
                 return
@@ -831,8 +860,12 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_head(self, status: int, block: bytes) -> None:
         req: Exchange = self.active  # type: ignore[assignment]
+        held = self.held
+        if held is not None:
+            now = monotonic()
+            held.responded(self.endpoint, status, now - req.started, now)
         rule = req.rule
-        if rule is not None and rule.retry is not None and retries_status(req, status):
+        if rule is not None and rule.retry is not None and retries_status(req, status) and self._backend_retries(req):
             upstream = self.upstream
             if upstream is not None:
                 self._retry(req, upstream)
@@ -909,6 +942,14 @@ class ClientConnection(asyncio.Protocol):
         if req.response_fields:
             fields += req.response_fields
         return b"\r\n" + b"".join(b"%b: %b\r\n" % field for field in fields)
+
+    def _backend_retries(self, req: Exchange) -> bool:
+        """The backend's retry budget and maxParallelRetries allow this retry (always, without a policy)."""
+        held = self.held
+        if held is None or held.may_retry(monotonic(), req.retries == 0):
+            return True
+        self.plane.metrics.inc("gw_retries_refused_total", backend=held.name)
+        return False
 
     def _retry(self, req: Exchange, rejected: UpstreamConnection | None, reason: str = "status") -> None:
         """GEP-1731: drop a response whose status the rule retries, and try again after the backoff."""
@@ -1109,7 +1150,16 @@ class ClientConnection(asyncio.Protocol):
         """Answer the request in flight with a problem response (nothing was sent to the client yet)."""
         req: Exchange = self.active  # type: ignore[assignment]
         upstream = self.upstream
-        if error.attempt_failed and self.resp_head is None and may_retry(req, error):
+        held = self.held
+        if (
+            held is not None
+            and self.endpoint is not None
+            and isinstance(error, UPSTREAM_FAILURES)
+            and not isinstance(error, errors.RouteTimeout)
+        ):
+            # A timeout or a lost connection (refusals were counted as they happened).
+            held.failed(self.endpoint, monotonic())
+        if error.attempt_failed and self.resp_head is None and may_retry(req, error) and self._backend_retries(req):
             if self.connecting is not None:
                 self.connecting.cancel()
                 self.connecting = None
@@ -1171,6 +1221,9 @@ class ClientConnection(asyncio.Protocol):
         """The response was already under way and cannot be completed: reset the client connection,
         so a truncated body is never presented as complete."""
         self.plane.metrics.inc("gw_upstream_resets_total")
+        held = self.held
+        if held is not None and self.endpoint is not None and self.resp_head is not None:
+            held.lost_mid_body(self.endpoint, monotonic())
         self._record(req, 502 if self.status < 500 else self.status, error=detail)
         self.active = None
         upstream = self.upstream
@@ -1257,6 +1310,10 @@ class ClientConnection(asyncio.Protocol):
         """Count the exchange in the route's metrics and the access log; returns the time used."""
         if not now:
             now = monotonic()
+        held = self.held
+        if held is not None:
+            self.held = None
+            held.leave(req.retries > 0)
         duration = now - req.started
         rule = req.rule
         stats = rule.stats if rule is not None and rule.stats is not None else self.plane.no_route_stats

@@ -51,6 +51,7 @@ class BackendKeys:
     window: str  # hash: "<bucket>:c|f|s" → calls, failures, slow calls in that bucket of the window
     endpoints: str  # hash: "<address:port>|<field>": c5 cg cl (consecutive counts), until times ev since why by
     #                 (ejection), pv pok psince pwhy pby (probe health)
+    ejected: str  # sorted set: endpoint → until (ms): the ejections in force, for maxEjectionPercent
     lease: str  # string: the id of the fleet's active checker of this backend, with a TTL
 
 
@@ -81,6 +82,7 @@ class Keys:
             circuit=f"{stem}:circuit",
             window=f"{stem}:window",
             endpoints=f"{stem}:endpoints",
+            ejected=f"{stem}:ejected",
             lease=f"{stem}:lease",
         )
 

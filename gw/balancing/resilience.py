@@ -1,0 +1,507 @@
+"""One worker's run-time state of a backend with a BackendTrafficPolicy: circuit, endpoint health,
+concurrency, retry budget.
+
+The fleet decides (gw/state/lua/backend_report.lua, backend_trial.lua): this worker reports the
+outcomes of its calls (gw.policies.backend_sync sends them) and applies the fleet's events, each
+item (the circuit, an endpoint's ejection, an endpoint's probe health) in the order of its event
+number. While Redis cannot answer, the same rules run here on this worker's own outcomes (`fleet`
+False), and the fleet's state replaces them when it answers again.
+
+Nothing here does I/O or awaits: the proxy calls `enter`, `pick`, `responded`, `failed` and
+`leave` from its protocol callbacks, and `sync` is told when there is something to report.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gw.errors import BackendOverflow, CircuitOpen, ProxyError
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+CIRCUIT_GAUGE = {CLOSED: 0.0, OPEN: 1.0, HALF_OPEN: 2.0}
+BUCKETS = 10  # a window is counted in this many buckets
+GATEWAY_ERRORS = (502, 503, 504)
+C5, CG, CL = 1, 2, 4  # the consecutive counts: 5xx, gateway errors, local-origin failures
+LOCAL = "this worker (Redis unavailable)"
+# Transitions are logged by whoever decides them (the worker whose report made them, or a worker
+# deciding alone without Redis): one line per transition for the whole fleet.
+LOG = logging.getLogger("gw.backends")
+
+
+class Window:
+    """Calls, failures and slow calls over the last `length` seconds, in BUCKETS buckets."""
+
+    __slots__ = ("buckets", "size")
+
+    def __init__(self, length: float) -> None:
+        self.size = max(length / BUCKETS, 0.001)
+        self.buckets: dict[int, list[int]] = {}
+
+    def add(self, now: float, calls: int, failures: int, slow: int) -> None:
+        index = int(now / self.size)
+        bucket = self.buckets.get(index)
+        if bucket is None:
+            for old in [i for i in self.buckets if i <= index - BUCKETS]:
+                del self.buckets[old]
+            bucket = self.buckets[index] = [0, 0, 0]
+        bucket[0] += calls
+        bucket[1] += failures
+        bucket[2] += slow
+
+    def totals(self, now: float) -> tuple[int, int, int]:
+        first = int(now / self.size) - BUCKETS
+        calls = failures = slow = 0
+        for index, (c, f, s) in self.buckets.items():
+            if index > first:
+                calls, failures, slow = calls + c, failures + f, slow + s
+        return calls, failures, slow
+
+    def clear(self) -> None:
+        self.buckets.clear()
+
+
+class EndpointState:
+    """One endpoint as this worker knows it: consecutive counts (reported and local), ejection, probes."""
+
+    __slots__ = (
+        "added",
+        "counts",
+        "eject_by",
+        "eject_v",
+        "eject_why",
+        "ejected_at",
+        "endpoint",
+        "label",
+        "local_times",
+        "local_until",
+        "mask",
+        "probe_at",
+        "probe_by",
+        "probe_ok",
+        "probe_v",
+        "probe_why",
+        "until",
+    )
+
+    def __init__(self, endpoint: Any) -> None:
+        self.endpoint = endpoint
+        self.label: str = endpoint.label
+        self.mask = 0  # to report: counts that restarted (a success) since the last report
+        self.added = [0, 0, 0]  # to report: failures after that
+        self.counts = [0, 0, 0]  # this worker's own consecutive counts (the rules without Redis)
+        self.until = 0.0  # ejected until (monotonic); 0 = not ejected
+        self.eject_v = 0
+        self.eject_why = ""
+        self.eject_by = ""
+        self.ejected_at = 0.0  # unix time, for /status
+        self.local_times = 0
+        self.local_until = 0.0
+        self.probe_ok = True
+        self.probe_v = 0
+        self.probe_why = ""
+        self.probe_by = ""
+        self.probe_at = 0.0
+
+    def outcome(self, failed: int, succeeded: int) -> None:
+        """Failed counts go up by one; succeeded ones restart (both reported and local)."""
+        counts, added = self.counts, self.added
+        for i, bit in enumerate((C5, CG, CL)):
+            if succeeded & bit:
+                counts[i] = added[i] = 0
+                self.mask |= bit
+            elif failed & bit:
+                counts[i] += 1
+                added[i] += 1
+
+    def usable(self, now: float) -> bool:
+        return self.probe_ok and self.until <= now
+
+
+class BackendState:
+    """A backend with a policy, in one worker (see the module docstring)."""
+
+    def __init__(
+        self, backend: Any, resilience: Any, workers: int, who: str, sync: Callable[[Any, bool], None]
+    ) -> None:
+        self.name: str = backend.name
+        self.who = who
+        self.sync = sync  # sync(state, urgent): there is something to report
+        self.fleet = True  # the fleet's state is live (its last report or event arrived)
+        self.circuit = CLOSED
+        self.circuit_v = 0
+        self.circuit_until = 0.0  # monotonic: an open circuit may ask for trials from then on
+        self.circuit_why = ""
+        self.circuit_by = ""
+        self.circuit_at = time.time()
+        self.permits = 0  # trial calls the fleet handed this worker
+        self.trials = 0  # trial calls in flight
+        self.asking = False  # a trial request is out
+        self.parallel = self.pending = self.retrying = 0
+        self.calls = self.failures = self.slow = self.trial_ok = self.trial_fail = 0  # to report
+        self.transitions: list[tuple[str, str]] = []  # (state entered, who) decided here, for metrics
+        self.ejections = 0  # ejections decided here
+        self.endpoints: dict[str, EndpointState] = {}
+        self.bind(backend, resilience, workers)
+
+    def bind(self, backend: Any, resilience: Any, workers: int) -> None:
+        """(Re)bind to a snapshot's backend: state survives a reload; settings are the new ones."""
+        self.backend = backend
+        self.resilience = resilience
+        cb = resilience.circuit_breaker
+        self.breaker = cb if cb is not None and cb.breaks else None
+        self.passive = resilience.passive
+        self.active = resilience.active
+        self.panic = resilience.panic_threshold
+        # Envoy counts thresholds per process; a replica is `workers` processes sharing them.
+        share = max(1, workers)
+        self.max_parallel = math.ceil(cb.max_parallel_requests / share) if cb and cb.max_parallel_requests else 0
+        self.max_pending = math.ceil(cb.max_pending_requests / share) if cb and cb.max_pending_requests else 0
+        self.max_connections = math.ceil(cb.max_connections / share) if cb and cb.max_connections else 0
+        self.max_retrying = math.ceil(cb.max_parallel_retries / share) if cb and cb.max_parallel_retries else 0
+        self.slow_after = cb.slow_call_duration if cb is not None and cb.slow_call_ratio > 0 else 0.0
+        self.window = Window(self.breaker.window if self.breaker else 10.0)
+        budget = resilience.retry_budget
+        self.budget = budget
+        self.requests_window = Window(budget.interval) if budget else None
+        self.retries_window = Window(budget.interval) if budget else None
+        self.min_retries_window = Window(budget.min_interval) if budget else None
+        known = self.endpoints
+        self.endpoints = {e.label: known.get(e.label) or EndpointState(e) for e in backend.endpoints}
+        for state in self.endpoints.values():
+            state.endpoint = next(e for e in backend.endpoints if e.label == state.label)
+        self.by_endpoint = {id(s.endpoint): s for s in self.endpoints.values()}
+        backend.state = self
+
+    # -- the request path ---------------------------------------------------------------------
+
+    def enter(self, now: float) -> ProxyError | None:
+        """An exchange wants this backend: None (go on; `leave` when it ends) or why not."""
+        if self.circuit is not CLOSED:
+            refusal = self._circuit_refusal(now)
+            if refusal is not None:
+                return refusal
+        if self.max_parallel and self.parallel >= self.max_parallel:
+            return BackendOverflow(f"backend {self.name} has {self.parallel} requests in flight (maxParallelRequests)")
+        self.parallel += 1
+        if self.requests_window is not None:
+            self.requests_window.add(now, 1, 0, 0)
+        return None
+
+    def leave(self, retried: bool) -> None:
+        self.parallel -= 1
+        if retried:
+            self.retrying -= 1
+
+    def may_connect(self, connections: int) -> ProxyError | None:
+        """A new upstream connection is about to be opened (no idle one): within the thresholds?"""
+        if self.max_connections and connections >= self.max_connections:
+            return BackendOverflow(f"backend {self.name} has {connections} connections (maxConnections)")
+        if self.max_pending and self.pending >= self.max_pending:
+            return BackendOverflow(f"backend {self.name} has {self.pending} requests waiting for a connection")
+        self.pending += 1
+        return None
+
+    def connected(self) -> None:
+        self.pending -= 1
+
+    def may_retry(self, now: float, first: bool) -> bool:
+        """The retry budget and maxParallelRetries allow one more retry (`first`: of this exchange)."""
+        if first and self.max_retrying and self.retrying >= self.max_retrying:
+            return False
+        budget = self.budget
+        if budget is not None:
+            assert self.retries_window is not None and self.requests_window is not None
+            assert self.min_retries_window is not None
+            retries = self.retries_window.totals(now)[0]
+            requests = self.requests_window.totals(now)[0]
+            if retries + 1 > requests * budget.percent / 100 and (
+                self.min_retries_window.totals(now)[0] >= budget.min_count
+            ):
+                return False
+            self.retries_window.add(now, 1, 0, 0)
+            self.min_retries_window.add(now, 1, 0, 0)
+        if first:
+            self.retrying += 1
+        return True
+
+    def pick(self, balancer: Any, health: Any, now: float) -> Any:
+        """The next endpoint by the balancer that is usable (its probes pass, neither the policy
+        nor a refused connection ejected it); below panicThreshold usable, any."""
+        first = balancer.next()
+        if first is None:
+            return None
+        states = self.by_endpoint
+        if states[id(first)].usable(now) and (not health.ejected or health.usable(first, now)):
+            return first
+        usable = sum(1 for s in states.values() if s.usable(now) and health.usable(s.endpoint, now))
+        if usable * 100 < self.panic * len(states) or not usable:
+            return first  # panic: health is ignored rather than answering 503 for everything
+        for _ in range(len(balancer) - 1):
+            endpoint = balancer.next()
+            if endpoint is not None and states[id(endpoint)].usable(now) and health.usable(endpoint, now):
+                return endpoint
+        return first
+
+    def responded(self, endpoint: Any, status: int, elapsed: float, now: float) -> None:
+        """The endpoint answered with `status` after `elapsed` seconds."""
+        failed = status >= 500
+        state = self.by_endpoint.get(id(endpoint))
+        if state is not None and self.passive is not None:
+            if failed:
+                state.outcome(C5 | CG if status in GATEWAY_ERRORS else C5, CL if status not in GATEWAY_ERRORS else 0)
+                if status not in GATEWAY_ERRORS:
+                    state.outcome(0, CG | CL)
+            else:
+                state.outcome(0, C5 | CG | CL)
+        slow = 1 if self.slow_after and elapsed >= self.slow_after else 0
+        trial = self._count(now, failed, slow)
+        if failed and state is not None:
+            self._local_eject(state, now)
+        self.sync(self, failed or trial)
+
+    def failed(self, endpoint: Any, now: float) -> None:
+        """A local-origin failure: the connection was refused, reset, or timed out."""
+        state = self.by_endpoint.get(id(endpoint))
+        if state is not None and self.passive is not None:
+            state.outcome(C5 | CG | CL, 0)
+        self._count(now, True, 0)
+        if state is not None:
+            self._local_eject(state, now)
+        self.sync(self, True)
+
+    def lost_mid_body(self, endpoint: Any, now: float) -> None:
+        """An answer counted as a success turned into a failure (reset mid-body): one more failure."""
+        state = self.by_endpoint.get(id(endpoint))
+        if state is not None and self.passive is not None:
+            state.outcome(C5 | CG | CL, 0)
+        if self.breaker is not None and self.circuit is CLOSED:
+            self.failures += 1
+            self.window.add(now, 0, 1, 0)
+        if state is not None:
+            self._local_eject(state, now)
+        self.sync(self, True)
+
+    def _count(self, now: float, failed: bool, slow: int) -> bool:
+        """Count a call for the circuit; True when it was a trial call (its outcome is urgent)."""
+        if self.breaker is None:
+            return False
+        if self.trials and self.circuit is HALF_OPEN:
+            self.trials -= 1
+            if failed:
+                self.trial_fail += 1
+                if not self.fleet:
+                    self._local_transition(OPEN, "a trial call failed", now)
+            else:
+                self.trial_ok += 1
+                if not self.fleet and self.trial_ok >= self.breaker.half_open_requests:
+                    self._local_transition(CLOSED, f"{self.trial_ok} trial calls succeeded", now)
+            return True
+        if self.circuit is not CLOSED:
+            return False
+        self.calls += 1
+        if failed:
+            self.failures += 1
+        self.slow += slow
+        self.window.add(now, 1, 1 if failed else 0, slow)
+        if not self.fleet:
+            self._local_breaker(now)
+        return False
+
+    # -- the circuit ----------------------------------------------------------------------------
+
+    def _circuit_refusal(self, now: float) -> ProxyError | None:
+        if self.circuit is HALF_OPEN:
+            if self.permits > 0:
+                self.permits -= 1
+                self.trials += 1
+                return None
+            return CircuitOpen(f"backend {self.name} is half-open and its trial calls are taken", 1)
+        if now < self.circuit_until:
+            left = math.ceil(self.circuit_until - now)
+            return CircuitOpen(f"backend {self.name}'s circuit is open: {self.circuit_why}", left)
+        if not self.fleet:
+            self._local_transition(HALF_OPEN, "open duration over", now)
+            self.permits = self.breaker.half_open_requests - 1 if self.breaker else 0
+            self.trials += 1
+            return None
+        if not self.asking:
+            self.asking = True
+            self.sync(self, True)  # the sync asks the fleet for a trial call (backend_trial.lua)
+        return CircuitOpen(f"backend {self.name}'s circuit is open and asks the fleet for a trial call", 1)
+
+    def _local_breaker(self, now: float) -> None:
+        cb = self.breaker
+        calls, failures, slow = self.window.totals(now)
+        if calls < cb.minimum_requests:
+            return
+        if cb.failure_ratio > 0 and failures / calls >= cb.failure_ratio:
+            self._local_transition(OPEN, f"failure ratio {failures / calls:.2f} over {calls} calls", now)
+        elif cb.slow_call_ratio > 0 and slow / calls >= cb.slow_call_ratio:
+            self._local_transition(OPEN, f"slow call ratio {slow / calls:.2f} over {calls} calls", now)
+
+    def _local_transition(self, to: str, why: str, now: float) -> None:
+        """Without Redis: this worker decides for itself (its version stays: the fleet's next one wins)."""
+        self._enter(to, why, LOCAL, now + (self.breaker.open_duration if to is OPEN and self.breaker else 0.0))
+        if to is not HALF_OPEN:
+            self.permits = self.trials = self.trial_ok = self.trial_fail = 0
+
+    def _enter(self, to: str, why: str, by: str, until: float) -> None:
+        if to != self.circuit:
+            self.circuit_at = time.time()
+            if by in (LOCAL, self.who):
+                log_transition(self.name, "circuit", to, why, by)
+                self.transitions.append((to, by))
+        self.circuit = to
+        self.circuit_why = why
+        self.circuit_by = by
+        self.circuit_until = until
+        if to is CLOSED:
+            self.window.clear()
+
+    # -- outlier ejection without Redis -----------------------------------------------------------
+
+    def _local_eject(self, state: EndpointState, now: float) -> None:
+        passive = self.passive
+        if self.fleet or passive is None or state.until > now:
+            return
+        limits = (
+            passive.consecutive_5xx_errors,
+            passive.consecutive_gateway_errors,
+            passive.consecutive_local_origin_failures,
+        )
+        names = ("consecutive 5xx responses", "consecutive gateway errors", "consecutive local-origin failures")
+        hit = next((i for i in range(3) if limits[i] and state.counts[i] >= limits[i]), None)
+        if hit is None:
+            return
+        ejected = sum(1 for s in self.endpoints.values() if s.until > now)
+        if passive.max_ejection_percent <= 0 or ejected >= max(
+            1, len(self.endpoints) * passive.max_ejection_percent // 100
+        ):
+            return
+        if state.local_until:
+            state.local_times = max(0, state.local_times - int((now - state.local_until) / passive.interval))
+        state.local_times += 1
+        duration = min(passive.base_ejection_time * state.local_times, max(passive.base_ejection_time, 300.0))
+        state.until = state.local_until = now + duration
+        state.eject_why = f"{state.counts[hit]} {names[hit]}"
+        state.eject_by = LOCAL
+        state.ejected_at = time.time()
+        state.counts = [0, 0, 0]
+        self.ejections += 1
+        log_transition(self.name, state.label, "ejected", state.eject_why, LOCAL)
+
+    # -- the fleet's events ---------------------------------------------------------------------------
+
+    def apply(self, event: dict[str, Any], now: float) -> None:
+        """One fleet event (gw.state.backend_events) for this backend; stale ones are ignored."""
+        kind, v = event["k"], event["v"]
+        left = max(0.0, (event.get("until", 0) - event.get("now", 0)) / 1000.0)
+        if kind == "circuit":
+            if v < self.circuit_v or (v == self.circuit_v and self.fleet):
+                return
+            was = self.circuit
+            self.circuit_v = v
+            to = {"open": OPEN, "half-open": HALF_OPEN}.get(event.get("s", ""), CLOSED)
+            if to != was or not self.fleet or self.circuit_by == LOCAL:
+                self._enter(to, event.get("why", ""), event.get("by", ""), now + left if to is OPEN else 0.0)
+            if to is not HALF_OPEN:
+                self.permits = self.trials = self.trial_ok = self.trial_fail = 0
+            return
+        state = self.endpoints.get(event.get("e", ""))
+        if state is None:
+            return
+        if kind == "eject":
+            if v <= state.eject_v:
+                return
+            state.eject_v = v
+            ejected = event.get("s") == "ejected" and left > 0
+            state.until = now + left if ejected else 0.0
+            state.eject_why = event.get("why", "")
+            state.eject_by = event.get("by", "")
+            state.ejected_at = time.time() - max(
+                0.0, (event.get("now", 0) - event.get("since", event.get("now", 0))) / 1000
+            )
+            if ejected and state.eject_by == self.who:
+                self.ejections += 1
+                log_transition(self.name, state.label, "ejected", state.eject_why, state.eject_by)
+        elif kind == "probe":
+            if v <= state.probe_v:
+                return
+            state.probe_v = v
+            ok = event.get("s") == "healthy"
+            state.probe_ok = ok
+            state.probe_why = event.get("why", "")
+            state.probe_by = event.get("by", "")
+            state.probe_at = time.time()
+
+    def granted(self, permit: bool) -> None:
+        """The fleet's answer to a trial request."""
+        self.asking = False
+        if permit:
+            self.permits += 1
+
+    def report(self) -> tuple[list[Any], list[Any]] | None:
+        """What to send to backend_report.lua since the last report (None: nothing), and reset it.
+
+        Returns (breaker args: calls, failures, slow, trial successes, trial failures; per-endpoint
+        args: endpoint, mask, 5xx, gateway, local-origin)."""
+        counts = [self.calls, self.failures, self.slow, self.trial_ok, self.trial_fail]
+        self.calls = self.failures = self.slow = self.trial_ok = self.trial_fail = 0
+        endpoints: list[Any] = []
+        for state in self.endpoints.values():
+            if state.mask or any(state.added):
+                endpoints += [state.label, state.mask, *state.added]
+                state.mask = 0
+                state.added = [0, 0, 0]
+        if not any(counts) and not endpoints:
+            return None
+        return counts, endpoints
+
+    # -- what /status and /metrics show ------------------------------------------------------------
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "policies": list(self.resilience.sources),
+            "circuit": {
+                "state": self.circuit,
+                "reason": self.circuit_why,
+                "by": self.circuit_by,
+                "since": _iso(self.circuit_at),
+                "retry_after_seconds": max(0, math.ceil(self.circuit_until - now)) if self.circuit is OPEN else None,
+                "fleet": self.fleet,
+            },
+            "endpoints": [
+                {
+                    "endpoint": s.label,
+                    "healthy": s.usable(now),
+                    "ejected": s.until > now,
+                    "ejection": {
+                        "reason": s.eject_why,
+                        "by": s.eject_by,
+                        "since": _iso(s.ejected_at),
+                        "seconds_left": round(s.until - now, 3),
+                    }
+                    if s.until > now
+                    else None,
+                    "probe": {"healthy": s.probe_ok, "reason": s.probe_why, "by": s.probe_by, "since": _iso(s.probe_at)}
+                    if s.probe_v
+                    else None,
+                }
+                for s in self.endpoints.values()
+            ],
+            "in_flight": self.parallel,
+        }
+
+
+def _iso(t: float) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else None
+
+
+def log_transition(backend: str, what: str, to: str, why: str, by: str) -> None:
+    """One line per transition, naming backend, endpoint (or circuit), reason and who decided."""
+    LOG.warning("backend %s: %s %s (%s; decided by %s)", backend, what, to, why, by)
