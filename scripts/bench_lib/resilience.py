@@ -208,6 +208,11 @@ class Bench:
             "failures_from_endpoint": sum(1 for r in failed if r.endpoint == victim),
             "failures_by_replica": [sum(1 for r in failed if r.replica == i) for i in range(self.replicas)],
             "failure_statuses": _tally(r.status for r in failed),
+            # When each replica last passed on an answer the failing endpoint made (None: never did).
+            "last_from_endpoint_by_replica": [
+                max((round(r.sent - t0, 3) for r in failed if r.replica == i and r.endpoint == victim), default=None)
+                for i in range(self.replicas)
+            ],
             "endpoint_received": counts["requests"] - before,
             "connects_refused": refused - refused_before if not mode.startswith("status") else None,
             "stopped_after_s": round(last - t0, 3) if end - last >= args.quiet else None,
@@ -375,6 +380,8 @@ def table(result: dict[str, Any]) -> str:
             row("", "  of which 500s from the endpoint", e["failures_from_endpoint"], f"about {goal}")
             row("", "requests the endpoint received after the switch", e["endpoint_received"])
             row("", "s until no replica sends to it", e["stopped_after_s"])
+            last = e["last_from_endpoint_by_replica"]
+            row("", "  last 500 from it, per replica (s)", "/".join("-" if v is None else f"{v:.2f}" for v in last))
         else:
             row("", "connects refused (all replicas' metrics)", e["connects_refused"], f"about {goal}")
             row("", "s until no replica connects to it", e["stopped_after_s"])
