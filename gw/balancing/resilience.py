@@ -173,8 +173,7 @@ class BackendState:
         self.endpoints = {e.label: known.get(e.label) or EndpointState(e) for e in backend.endpoints}
         for state in self.endpoints.values():
             state.endpoint = next(e for e in backend.endpoints if e.label == state.label)
-        self.by_endpoint = {id(s.endpoint): s for s in self.endpoints.values()}
-        backend.state = self
+        backend.use_state(self)
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -228,28 +227,33 @@ class BackendState:
             self.retrying += 1
         return True
 
-    def pick(self, balancer: Any, health: Any, now: float) -> Any:
-        """The next endpoint by the balancer that is usable (its probes pass, neither the policy
-        nor a refused connection ejected it); below panicThreshold usable, any."""
-        first = balancer.next()
-        if first is None:
-            return None
-        states = self.by_endpoint
-        if states[id(first)].usable(now) and (not health.ejected or health.usable(first, now)):
-            return first
-        usable = sum(1 for s in states.values() if s.usable(now) and health.usable(s.endpoint, now))
-        if usable * 100 < self.panic * len(states) or not usable:
-            return first  # panic: health is ignored rather than answering 503 for everything
-        for _ in range(len(balancer) - 1):
-            endpoint = balancer.next()
-            if endpoint is not None and states[id(endpoint)].usable(now) and health.usable(endpoint, now):
-                return endpoint
-        return first
+    # -- health, as Backend.pick asks it (in place of gw.balancing.health.EndpointHealth) -----------
+
+    @property
+    def ejected(self) -> bool:
+        """Always true: Backend.pick asks `usable` about every endpoint it picks."""
+        return True
+
+    def usable(self, endpoint: Any, now: float) -> bool:
+        """Whether to send to `endpoint`: its probes pass and it is not ejected (by the fleet's
+        outlier detection, or here for a refused connection); below panicThreshold, every one is."""
+        state = self.endpoints.get(endpoint.label)
+        if state is None or state.usable(now):
+            return True
+        states = self.endpoints.values()
+        healthy = sum(1 for s in states if s.usable(now))
+        return healthy * 100 < self.panic * len(states)  # panic: health is ignored rather than 503 for all
+
+    def eject(self, endpoint: Any, until: float) -> None:
+        """The proxy could not connect to `endpoint` (GW_ENDPOINT_EJECT_TIME): skip it until then."""
+        state = self.endpoints.get(endpoint.label)
+        if state is not None and state.until < until:
+            state.until = until
 
     def responded(self, endpoint: Any, status: int, elapsed: float, now: float) -> None:
         """The endpoint answered with `status` after `elapsed` seconds."""
         failed = status >= 500
-        state = self.by_endpoint.get(id(endpoint))
+        state = self.endpoints.get(endpoint.label)
         if state is not None and self.passive is not None:
             if failed:
                 state.outcome(C5 | CG if status in GATEWAY_ERRORS else C5, CL if status not in GATEWAY_ERRORS else 0)
@@ -265,7 +269,7 @@ class BackendState:
 
     def failed(self, endpoint: Any, now: float) -> None:
         """A local-origin failure: the connection was refused, reset, or timed out."""
-        state = self.by_endpoint.get(id(endpoint))
+        state = self.endpoints.get(endpoint.label)
         if state is not None and self.passive is not None:
             state.outcome(C5 | CG | CL, 0)
         self._count(now, True, 0)
@@ -275,7 +279,7 @@ class BackendState:
 
     def lost_mid_body(self, endpoint: Any, now: float) -> None:
         """An answer counted as a success turned into a failure (reset mid-body): one more failure."""
-        state = self.by_endpoint.get(id(endpoint))
+        state = self.endpoints.get(endpoint.label)
         if state is not None and self.passive is not None:
             state.outcome(C5 | CG | CL, 0)
         if self.breaker is not None and self.circuit is CLOSED:

@@ -44,9 +44,10 @@ breaker fields are gw's own, and the retry budget is the Gateway API's (XBackend
         minRetryRate: {count: 10, interval: 1s}
 
 Attachment and precedence (gw.config.backend_attach): a policy targeting the backend itself wins
-over one on an HTTPRoute reaching it, which wins over one on its Gateway; each section
-(circuitBreaker, healthCheck.passive, healthCheck.active, retry) is taken whole from the most
-specific policy that sets it. Two policies at the same level for the same backend conflict: the
+over one on an HTTPRoute reaching it, which wins over one on its Gateway (at each level, a target
+with a sectionName over one without: a Service port, a route rule); each section (circuitBreaker,
+healthCheck.passive, healthCheck.active, healthCheck.panicThreshold, retry) is taken whole from the
+most specific policy that sets it. Two policies at the same level for the same backend conflict: the
 oldest (then by namespace/name) wins, as GEP-713 says, and the other's status names the conflict.
 """
 

@@ -27,6 +27,12 @@ BACKEND_NOT_FOUND = "BackendNotFound"
 REF_NOT_PERMITTED = "RefNotPermitted"
 
 
+def backend_name(kind: str, namespace: str, name: str, port: int | None = None) -> str:
+    """The name of the model.Backend a Service port or gw Backend compiles into: its identity in
+    logs, metrics and Redis (BackendTrafficPolicy state), the same for every rule reaching it."""
+    return f"{kind} {namespace}/{name}" + (f":{port}" if port is not None else "")
+
+
 @dataclass(frozen=True, slots=True)
 class Unresolved:
     """Why a backendRef has no backend: a ResolvedRefs reason and a message naming the target."""
@@ -98,11 +104,11 @@ class BackendResolver:
                     continue
                 for address in endpoint.addresses:
                     endpoints.setdefault((address, slice_port.port), model.Endpoint(address, slice_port.port))
-        return model.Backend(ref.label, list(endpoints.values()))
+        return model.Backend(backend_name("Service", ref.namespace, ref.name, port.port), list(endpoints.values()))
 
     def _static_backend(self, ref: BackendRefSpec) -> model.Backend | Unresolved:
         backend: StaticBackend | None = self._backends.get((ref.namespace, ref.name))
         if backend is None:
             return Unresolved(BACKEND_NOT_FOUND, f"Backend {ref.namespace}/{ref.name} not found")
         endpoints = [model.Endpoint(e.address, e.port, e.weight) for e in backend.endpoints if e.weight > 0]
-        return model.Backend(f"Backend {ref.namespace}/{ref.name}", endpoints)
+        return model.Backend(backend_name("Backend", ref.namespace, ref.name), endpoints)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from gw.config import model
 from gw.config.attach import Attacher, Attachment
+from gw.config.backend_attach import attach_backend_policies
 from gw.config.backends import BackendResolver
 from gw.config.errors import Condition, ConfigError
 from gw.config.filters import DATA_PLANE_FEATURES
@@ -105,6 +106,7 @@ def compile_resources(
 
     attach_rate_limits(resources.rate_limit_policies, compiled_routes, conditions, errors)
     attach_extension_rate_limits(compiled_routes)
+    attach_backend_policies(resources.backend_traffic_policies, compiled_routes, resources.services, conditions, errors)
 
     ports: dict[int, list[tuple[Gateway, Listener]]] = {}
     for gw, listeners in gateways.values():

@@ -67,3 +67,41 @@ STATIC_ENDPOINT = F({"address", "port", "weight"})
 REFERENCE_GRANT_SPEC = F({"from", "to"})
 REFERENCE_GRANT_FROM = F({"group", "kind", "namespace"})
 REFERENCE_GRANT_TO = F({"group", "kind", "name"})
+
+# gw.dev/v1alpha1 BackendTrafficPolicy (gw.config.backend_policy): Envoy Gateway's names, gw's
+# fleet-wide breaker, and the Gateway API's retry budget under either of its names.
+BACKEND_TRAFFIC_POLICY_SPEC = F({"targetRefs", "circuitBreaker", "healthCheck", "retry", "retryConstraint"})
+POLICY_TARGET_REF = F({"group", "kind", "name", "namespace", "sectionName"})
+CIRCUIT_BREAKER = F(
+    {
+        "maxConnections",
+        "maxPendingRequests",
+        "maxParallelRequests",
+        "maxParallelRetries",
+        "failureRatio",
+        "slowCallDuration",
+        "slowCallRatio",
+        "window",
+        "minimumRequests",
+        "openDuration",
+        "halfOpenRequests",
+    }
+)
+HEALTH_CHECK = F({"passive", "active", "panicThreshold"})
+PASSIVE_HEALTH_CHECK = F(
+    {
+        "consecutive5XxErrors",
+        "consecutiveGatewayErrors",
+        "consecutiveLocalOriginFailures",
+        "interval",
+        "baseEjectionTime",
+        "maxEjectionPercent",
+    }
+)
+ACTIVE_HEALTH_CHECK = F(
+    {"type", "http", "interval", "timeout", "unhealthyThreshold", "healthyThreshold", "initialJitter"}
+)
+HTTP_HEALTH_CHECK = F({"path", "method", "hostname", "expectedStatuses"})
+RETRY_CONSTRAINT = F({"budget", "minRetryRate"})
+RETRY_BUDGET = F({"percent", "interval"})
+RETRY_RATE = F({"count", "interval"})

@@ -54,7 +54,7 @@ class Backend:
         self._balancer = SmoothWeightedRoundRobin(self.endpoints, [e.weight for e in self.endpoints])
         usable = [e for e in self.endpoints if e.weight > 0]
         self._only = usable[0] if len(usable) == 1 else None
-        self.health = EndpointHealth()
+        self.health: Any = EndpointHealth()
 
     def pick(self, exchange: Any) -> Endpoint | None:
         """The endpoint for `exchange` (its `started` time is the clock of health): smooth weighted
@@ -62,11 +62,9 @@ class Backend:
 
         When every endpoint is ejected, the next one is tried anyway (Envoy's panic mode): a
         backend that may have recovered beats answering 503 without trying. A backend with a
-        BackendTrafficPolicy picks through its state (outlier ejections, probes, panicThreshold).
+        BackendTrafficPolicy has its run-time state as `health` (outlier ejections, probes,
+        panicThreshold: gw.balancing.resilience), bound by `use_state`.
         """
-        state = self.state
-        if state is not None:
-            return state.pick(self._balancer, self.health, exchange.started)
         if self._only is not None:
             return self._only  # one endpoint: nothing to balance (and panic mode would pick it anyway)
         balancer = self._balancer
@@ -82,6 +80,11 @@ class Backend:
             if endpoint is not None and health.usable(endpoint, now):
                 return endpoint
         return first
+
+    def use_state(self, state: Any) -> None:
+        """A worker's BackendState takes over health (and, for one endpoint, picks go through it)."""
+        self.state = self.health = state
+        self._only = None
 
     def connect_failed(self, endpoint: Endpoint, until: float) -> None:
         """The proxy could not connect to `endpoint`: skip it in picks until `until` (monotonic)."""

@@ -16,7 +16,9 @@ from typing import Any
 
 from gw.config import fields
 from gw.config import validate as v
+from gw.config.backend_policy import KIND as BACKEND_TRAFFIC_POLICY
 from gw.config.errors import ConfigError
+from gw.config.parse_backend_policy import parse_backend_traffic_policy
 from gw.config.parse_core import (
     parse_backend,
     parse_endpoint_slice,
@@ -208,6 +210,7 @@ _PARSERS: dict[str, _Parser] = {
     "Namespace": parse_namespace,
     "Secret": parse_secret,
     RATE_LIMIT_POLICY: parse_rate_limit_policy,
+    BACKEND_TRAFFIC_POLICY: parse_backend_traffic_policy,
 }
 
 # Strict validation of the spec of the kinds whose schema gw owns or follows to the letter (core
@@ -219,6 +222,7 @@ _SPEC_FIELDS = {
     "HTTPRoute": fields.HTTP_ROUTE_SPEC,
     "ReferenceGrant": fields.REFERENCE_GRANT_SPEC,
     "Backend": fields.BACKEND_SPEC,
+    BACKEND_TRAFFIC_POLICY: fields.BACKEND_TRAFFIC_POLICY_SPEC,
 }
 
 # Gateway API kinds gw does not serve (yet): skipped, and listed as ignored by `gw check`.
@@ -250,4 +254,5 @@ KIND_GROUPS = {
     "Namespace": CORE_GROUP,
     "Secret": CORE_GROUP,
     RATE_LIMIT_POLICY: GW_GROUP,
+    BACKEND_TRAFFIC_POLICY: GW_GROUP,
 }

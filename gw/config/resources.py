@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from gw.config.backend_policy import BackendTrafficPolicy
 from gw.config.filters import CORS, HeaderModifier, Redirect, Retry, URLRewrite
 from gw.config.ratelimit import RateLimitPolicy
 from gw.routing.match import RouteMatch
@@ -317,6 +318,7 @@ Resource = (
     | Secret
     | Policy
     | RateLimitPolicy
+    | BackendTrafficPolicy
 )
 
 
@@ -335,6 +337,7 @@ class Resources:
     secrets: list[Secret] = field(default_factory=list)
     policies: list[Policy] = field(default_factory=list)
     rate_limit_policies: list[RateLimitPolicy] = field(default_factory=list)
+    backend_traffic_policies: list[BackendTrafficPolicy] = field(default_factory=list)
     # Kinds gw does not read (Deployments in the same manifests, ...): "Kind ns/name" per object.
     ignored: list[str] = field(default_factory=list)
     # Objects of gw's kinds refused as invalid: "Kind ns/name" (see gw.config.fallback).
@@ -354,6 +357,7 @@ class Resources:
             self.secrets,
             self.policies,
             self.rate_limit_policies,
+            self.backend_traffic_policies,
         )
 
     def objects(self) -> list[Resource]:
@@ -372,5 +376,6 @@ class Resources:
             Secret: self.secrets,
             Policy: self.policies,
             RateLimitPolicy: self.rate_limit_policies,
+            BackendTrafficPolicy: self.backend_traffic_policies,
         }[type(obj)]
         bucket.append(obj)  # type: ignore[arg-type]

@@ -73,7 +73,7 @@ def status_document(result: LoadResult, controller_name: str = DEFAULT_CONTROLLE
                     ],
                 }
             )
-        for policy in resources.rate_limit_policies:
+        for policy in [*resources.rate_limit_policies, *resources.backend_traffic_policies]:
             # GEP-713 policy status, reduced to what gw knows: its targets and its Accepted condition.
             doc["policies"].append(
                 {

@@ -67,7 +67,7 @@ class BackendStates:
         for backend in _backends(config):
             if backend.resilience is None or backend.name in seen:
                 if backend.resilience is not None:
-                    backend.state = seen[backend.name]
+                    backend.use_state(seen[backend.name])
                 continue
             state = self.states.get(backend.name)
             if state is None:
