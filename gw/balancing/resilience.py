@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from time import monotonic
 from typing import Any
 
 from gw.errors import BackendOverflow, CircuitOpen, ProxyError
@@ -75,6 +76,7 @@ class EndpointState:
         "eject_why",
         "ejected_at",
         "endpoint",
+        "fresh",
         "label",
         "local_times",
         "local_until",
@@ -91,6 +93,7 @@ class EndpointState:
         self.endpoint = endpoint
         self.label: str = endpoint.label
         self.mask = 0  # to report: counts that restarted (a success) since the last report
+        self.fresh = False  # a success is the last outcome since the last report: another changes nothing
         self.added = [0, 0, 0]  # to report: failures after that
         self.counts = [0, 0, 0]  # this worker's own consecutive counts (the rules without Redis)
         self.until = 0.0  # ejected until (monotonic); 0 = not ejected
@@ -116,6 +119,7 @@ class EndpointState:
             elif failed & bit:
                 counts[i] += 1
                 added[i] += 1
+        self.fresh = not failed
 
     def usable(self, now: float) -> bool:
         return self.probe_ok and self.until <= now
@@ -137,6 +141,16 @@ class BackendState:
         self.circuit_why = ""
         self.circuit_by = ""
         self.circuit_at = time.time()
+        self.dirty = False  # something to report since the last report
+        # A success needs only `calls += 1` (the proxy does it inline): the circuit is closed, no
+        # call can be slow, the fleet decides, every endpoint's counts restarted since the last report.
+        self.quiet = False
+        # The proxy must call `enter` (not just count `parallel`): the circuit is not closed, or a
+        # threshold or retry budget counts requests.
+        self.gate = False
+        # Labels of endpoints ejected or failing probes, until a pick finds them usable again: as
+        # EndpointHealth.ejected, empty in the common case so Backend.pick pays one test.
+        self.ejected: set[str] = set()
         self.permits = 0  # trial calls the fleet handed this worker
         self.trials = 0  # trial calls in flight
         self.asking = False  # a trial request is out
@@ -169,6 +183,7 @@ class BackendState:
         self.requests_window = Window(budget.interval) if budget else None
         self.retries_window = Window(budget.interval) if budget else None
         self.min_retries_window = Window(budget.min_interval) if budget else None
+        self._gate()
         known = self.endpoints
         self.endpoints = {e.label: known.get(e.label) or EndpointState(e) for e in backend.endpoints}
         for state in self.endpoints.values():
@@ -177,8 +192,13 @@ class BackendState:
 
     # -- the request path ---------------------------------------------------------------------
 
+    def _gate(self) -> None:
+        self.gate = self.circuit is not CLOSED or bool(self.max_parallel) or self.budget is not None
+
     def enter(self, now: float) -> ProxyError | None:
-        """An exchange wants this backend: None (go on; `leave` when it ends) or why not."""
+        """An exchange wants this backend: None (go on; `leave` when it ends) or why not.
+
+        The proxy calls it only when `gate` is set; otherwise it counts `parallel` itself."""
         if self.circuit is not CLOSED:
             refusal = self._circuit_refusal(now)
             if refusal is not None:
@@ -191,7 +211,7 @@ class BackendState:
         return None
 
     def leave(self, retried: bool) -> None:
-        self.parallel -= 1
+        """The exchange that entered is over (the proxy takes one off `parallel` itself)."""
         if retried:
             self.retrying -= 1
 
@@ -229,16 +249,15 @@ class BackendState:
 
     # -- health, as Backend.pick asks it (in place of gw.balancing.health.EndpointHealth) -----------
 
-    @property
-    def ejected(self) -> bool:
-        """Always true: Backend.pick asks `usable` about every endpoint it picks."""
-        return True
-
     def usable(self, endpoint: Any, now: float) -> bool:
         """Whether to send to `endpoint`: its probes pass and it is not ejected (by the fleet's
-        outlier detection, or here for a refused connection); below panicThreshold, every one is."""
+        outlier detection, or here for a refused connection); below panicThreshold, every one is.
+
+        Backend.pick asks only while `ejected` (the endpoints not known usable) is not empty."""
         state = self.endpoints.get(endpoint.label)
         if state is None or state.usable(now):
+            if state is not None and state.probe_ok:
+                self.ejected.discard(state.label)  # its ejection is over
             return True
         states = self.endpoints.values()
         healthy = sum(1 for s in states if s.usable(now))
@@ -249,26 +268,49 @@ class BackendState:
         state = self.endpoints.get(endpoint.label)
         if state is not None and state.until < until:
             state.until = until
+            self.ejected.add(state.label)
 
-    def responded(self, endpoint: Any, status: int, elapsed: float, now: float) -> None:
-        """The endpoint answered with `status` after `elapsed` seconds."""
+    def responded(self, endpoint: Any, status: int, started: float) -> None:
+        """The endpoint answered with `status` to an attempt made at `started` (monotonic).
+
+        While `quiet`, the proxy counts a success itself (`calls`): nothing else would change."""
+        now = monotonic()
+        elapsed = now - started
+        if status < 500 and self.circuit is CLOSED and not (self.slow_after and elapsed >= self.slow_after):
+            # The usual answer: a call for the window, the endpoint's counts restarted.
+            self.calls += 1
+            if not self.fleet:
+                self.window.add(now, 1, 0, 0)
+            if self.passive is not None:
+                state = self.endpoints.get(endpoint.label)
+                if state is not None and not state.fresh:
+                    state.outcome(0, C5 | CG | CL)
+            if not self.dirty:
+                self.dirty = True
+                self.sync(self, False)
+            # Until the next report, the next successes change nothing but `calls`.
+            self.quiet = self.fleet and not self.slow_after and all(s.fresh for s in self.endpoints.values())
+            return
+        self.quiet = False
         failed = status >= 500
         state = self.endpoints.get(endpoint.label)
         if state is not None and self.passive is not None:
-            if failed:
-                state.outcome(C5 | CG if status in GATEWAY_ERRORS else C5, CL if status not in GATEWAY_ERRORS else 0)
-                if status not in GATEWAY_ERRORS:
-                    state.outcome(0, CG | CL)
-            else:
+            if not failed:
                 state.outcome(0, C5 | CG | CL)
+            elif status in GATEWAY_ERRORS:
+                state.outcome(C5 | CG, 0)
+            else:
+                state.outcome(C5, CG | CL)
         slow = 1 if self.slow_after and elapsed >= self.slow_after else 0
         trial = self._count(now, failed, slow)
         if failed and state is not None:
             self._local_eject(state, now)
+        self.dirty = True
         self.sync(self, failed or trial)
 
     def failed(self, endpoint: Any, now: float) -> None:
         """A local-origin failure: the connection was refused, reset, or timed out."""
+        self.quiet = False
         state = self.endpoints.get(endpoint.label)
         if state is not None and self.passive is not None:
             state.outcome(C5 | CG | CL, 0)
@@ -279,6 +321,7 @@ class BackendState:
 
     def lost_mid_body(self, endpoint: Any, now: float) -> None:
         """An answer counted as a success turned into a failure (reset mid-body): one more failure."""
+        self.quiet = False
         state = self.endpoints.get(endpoint.label)
         if state is not None and self.passive is not None:
             state.outcome(C5 | CG | CL, 0)
@@ -310,9 +353,12 @@ class BackendState:
         if failed:
             self.failures += 1
         self.slow += slow
-        self.window.add(now, 1, 1 if failed else 0, slow)
         if not self.fleet:
+            # (While the fleet decides, only failures are kept here: a fallback starts from them.)
+            self.window.add(now, 1, 1 if failed else 0, slow)
             self._local_breaker(now)
+        elif failed:
+            self.window.add(now, 0, 1, 0)
         return False
 
     # -- the circuit ----------------------------------------------------------------------------
@@ -354,6 +400,7 @@ class BackendState:
             self.permits = self.trials = self.trial_ok = self.trial_fail = 0
 
     def _enter(self, to: str, why: str, by: str, until: float) -> None:
+        self.quiet = False
         if to != self.circuit:
             self.circuit_at = time.time()
             if by in (LOCAL, self.who):
@@ -365,6 +412,7 @@ class BackendState:
         self.circuit_until = until
         if to is CLOSED:
             self.window.clear()
+        self._gate()
 
     # -- outlier ejection without Redis -----------------------------------------------------------
 
@@ -391,6 +439,7 @@ class BackendState:
         state.local_times += 1
         duration = min(passive.base_ejection_time * state.local_times, max(passive.base_ejection_time, 300.0))
         state.until = state.local_until = now + duration
+        self.ejected.add(state.label)
         state.eject_why = f"{state.counts[hit]} {names[hit]}"
         state.eject_by = LOCAL
         state.ejected_at = time.time()
@@ -400,13 +449,14 @@ class BackendState:
 
     # -- the fleet's events ---------------------------------------------------------------------------
 
-    def apply(self, event: dict[str, Any], now: float) -> None:
-        """One fleet event (gw.state.backend_events) for this backend; stale ones are ignored."""
+    def apply(self, event: dict[str, Any], now: float) -> bool:
+        """One fleet event (gw.state.backend_events) for this backend; stale ones are ignored.
+        Returns whether it changed what this worker does (a state entered, an ejection, a probe)."""
         kind, v = event["k"], event["v"]
         left = max(0.0, (event.get("until", 0) - event.get("now", 0)) / 1000.0)
         if kind == "circuit":
             if v < self.circuit_v or (v == self.circuit_v and self.fleet):
-                return
+                return False
             was = self.circuit
             self.circuit_v = v
             to = {"open": OPEN, "half-open": HALF_OPEN}.get(event.get("s", ""), CLOSED)
@@ -414,16 +464,18 @@ class BackendState:
                 self._enter(to, event.get("why", ""), event.get("by", ""), now + left if to is OPEN else 0.0)
             if to is not HALF_OPEN:
                 self.permits = self.trials = self.trial_ok = self.trial_fail = 0
-            return
+            return to != was
         state = self.endpoints.get(event.get("e", ""))
         if state is None:
-            return
+            return False
         if kind == "eject":
             if v <= state.eject_v:
-                return
+                return False
             state.eject_v = v
             ejected = event.get("s") == "ejected" and left > 0
             state.until = now + left if ejected else 0.0
+            if ejected:
+                self.ejected.add(state.label)
             state.eject_why = event.get("why", "")
             state.eject_by = event.get("by", "")
             state.ejected_at = time.time() - max(
@@ -432,15 +484,20 @@ class BackendState:
             if ejected and state.eject_by == self.who:
                 self.ejections += 1
                 log_transition(self.name, state.label, "ejected", state.eject_why, state.eject_by)
+            return ejected
         elif kind == "probe":
             if v <= state.probe_v:
-                return
+                return False
             state.probe_v = v
             ok = event.get("s") == "healthy"
             state.probe_ok = ok
+            if not ok:
+                self.ejected.add(state.label)
             state.probe_why = event.get("why", "")
             state.probe_by = event.get("by", "")
             state.probe_at = time.time()
+            return True
+        return False
 
     def granted(self, permit: bool) -> None:
         """The fleet's answer to a trial request."""
@@ -455,12 +512,14 @@ class BackendState:
         args: endpoint, mask, 5xx, gateway, local-origin)."""
         counts = [self.calls, self.failures, self.slow, self.trial_ok, self.trial_fail]
         self.calls = self.failures = self.slow = self.trial_ok = self.trial_fail = 0
+        self.dirty = self.quiet = False
         endpoints: list[Any] = []
         for state in self.endpoints.values():
             if state.mask or any(state.added):
                 endpoints += [state.label, state.mask, *state.added]
                 state.mask = 0
                 state.added = [0, 0, 0]
+                state.fresh = False
         if not any(counts) and not endpoints:
             return None
         return counts, endpoints

@@ -77,6 +77,9 @@ FAMILIES: dict[str, Family] = {
     "gw_endpoint_ejections_total": Family(
         COUNTER, "Outlier ejections decided by this replica (fleet-wide ejections count once), by endpoint.", "backend"
     ),
+    "gw_backend_event_delay_seconds": Family(
+        HISTOGRAM, "From a backend event's decision (Redis's clock) to a worker applying it (circuit, ejection, probe)."
+    ),
     "gw_retries_refused_total": Family(
         COUNTER, "Retries not sent: over the retry budget or maxParallelRetries, by backend.", "backend"
     ),

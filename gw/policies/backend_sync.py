@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Iterable
 from time import monotonic
 from typing import Any
@@ -36,6 +37,8 @@ from gw.state.scripts import load
 REPORT = load("backend_report")
 TRIAL = load("backend_trial")
 REPORT_INTERVAL = 0.1  # seconds: successes (which restart counts and fill the window) wait at most this
+DELAY_HELP = "From a backend event's decision (Redis's clock) to a worker applying it (circuit, ejection, probe)."
+DELAY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class BackendStates:
@@ -57,6 +60,7 @@ class BackendStates:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reports = self._trials = None
+        self.delay = metrics.histogram("gw_backend_event_delay_seconds", DELAY_HELP, DELAY_BOUNDS)
         if shared is not None:
             self._reports = ScriptBatcher(loop, REPORT, shared.redis, shared.guard)
             self._trials = ScriptBatcher(loop, TRIAL, shared.redis, shared.guard)
@@ -80,11 +84,14 @@ class BackendStates:
         self.dirty &= set(seen.values())
 
     def apply(self, events: Iterable[dict[str, Any]]) -> None:
+        """Events decided elsewhere, relayed by the supervisor. How long each took from its decision
+        (Redis's clock) to taking effect here is observed: the fleet's propagation delay."""
         now = monotonic()
+        wall = time.time() * 1000
         for event in events:
             state = self.states.get(event.get("b", ""))
-            if state is not None:
-                state.apply(event, now)
+            if state is not None and state.apply(event, now) and event.get("by") != state.who:
+                self.delay.observe(max(0.0, wall - event.get("now", wall)) / 1000)
         self._count()
 
     def sync(self, state: BackendState, urgent: bool) -> None:

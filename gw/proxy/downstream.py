@@ -741,11 +741,14 @@ class ClientConnection(asyncio.Protocol):
         state = backend.state
         if state is not None and self.held is not state:
             # A backend with a policy: its circuit and concurrency thresholds admit the exchange once.
-            refusal = state.enter(req.started)
-            if refusal is not None:
-                self.endpoint = None
-                self._fail(refusal)
-                return
+            if state.gate:
+                refusal = state.enter(req.started)
+                if refusal is not None:
+                    self.endpoint = None
+                    self._fail(refusal)
+                    return
+            else:
+                state.parallel += 1
             self.held = state
         endpoint = backend.pick(req)
         if endpoint is None:
@@ -862,8 +865,10 @@ class ClientConnection(asyncio.Protocol):
         req: Exchange = self.active  # type: ignore[assignment]
         held = self.held
         if held is not None:
-            now = monotonic()
-            held.responded(self.endpoint, status, now - req.started, now)
+            if status < 500 and held.quiet:
+                held.calls += 1
+            else:
+                held.responded(self.endpoint, status, req.started)
         rule = req.rule
         if rule is not None and rule.retry is not None and retries_status(req, status) and self._backend_retries(req):
             upstream = self.upstream
@@ -1313,7 +1318,9 @@ class ClientConnection(asyncio.Protocol):
         held = self.held
         if held is not None:
             self.held = None
-            held.leave(req.retries > 0)
+            held.parallel -= 1
+            if req.retries:
+                held.leave(True)
         duration = now - req.started
         rule = req.rule
         stats = rule.stats if rule is not None and rule.stats is not None else self.plane.no_route_stats

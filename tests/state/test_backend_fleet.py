@@ -92,11 +92,11 @@ async def test_an_ejection_counts_failures_from_every_worker(
     now = monotonic()
     # Four 500s spread over three workers: no worker saw five, and the fleet has not either.
     for i in range(4):
-        workers[i % 3].state.responded(workers[i % 3].endpoint(bad), 500, 0.001, now)
+        workers[i % 3].state.responded(workers[i % 3].endpoint(bad), 500, now)
     await asyncio.sleep(0.05)  # (the reports go out at the end of this loop turn; let them land)
     await valkey.eventually(lambda: not any(w.states.in_flight for w in workers), "reports answered")
     assert not [e for e in relay if e["k"] == "eject"]
-    workers[0].state.responded(workers[0].endpoint(bad), 500, 0.001, now)
+    workers[0].state.responded(workers[0].endpoint(bad), 500, now)
     await valkey.eventually(lambda: [e for e in relay if e["k"] == "eject"], "an ejection event")
     (event,) = [e for e in relay if e["k"] == "eject"]
     assert event["e"] == "127.0.0.1:9002" and event["s"] == "ejected"
@@ -110,7 +110,7 @@ async def test_an_ejection_counts_failures_from_every_worker(
         assert picked == {"127.0.0.1:9001", "127.0.0.1:9003"}
     # maxEjectionPercent (34% of 3: one endpoint): a second bad endpoint is not ejected.
     for _ in range(6):
-        workers[1].state.responded(workers[1].endpoint(0), 503, 0.001, now)
+        workers[1].state.responded(workers[1].endpoint(0), 503, now)
     await asyncio.sleep(0.05)
     await valkey.eventually(lambda: not workers[1].states.in_flight, "report answered")
     assert len([e for e in relay if e["k"] == "eject"]) == 1
@@ -122,14 +122,14 @@ async def test_a_success_restarts_the_fleet_count(
     workers = [Worker(server, keys, Resilience(passive=PASSIVE)) for _ in range(2)]
     now = monotonic()
     for _ in range(4):
-        workers[0].state.responded(workers[0].endpoint(0), 500, 0.001, now)
+        workers[0].state.responded(workers[0].endpoint(0), 500, now)
     await asyncio.sleep(0.05)
     await valkey.eventually(lambda: not workers[0].states.in_flight, "report answered")
-    workers[1].state.responded(workers[1].endpoint(0), 200, 0.001, now)
+    workers[1].state.responded(workers[1].endpoint(0), 200, now)
     workers[1].states._flush()  # (successes ride along every REPORT_INTERVAL; send now)
     await valkey.eventually(lambda: not workers[1].states.in_flight, "report answered")
     for _ in range(4):
-        workers[0].state.responded(workers[0].endpoint(0), 500, 0.001, now)
+        workers[0].state.responded(workers[0].endpoint(0), 500, now)
     await asyncio.sleep(0.05)
     await valkey.eventually(lambda: not workers[0].states.in_flight, "report answered")
     assert not [e for e in relay if e["k"] == "eject"]
@@ -143,7 +143,7 @@ async def test_the_circuit_opens_for_the_fleet_and_half_open_admits_trials_fleet
     # 12 calls over three workers, 6 failed: ratio 0.5 over >= 10 calls opens the circuit.
     for i in range(12):
         w = workers[i % 3]
-        w.state.responded(w.endpoint(0), 500 if i % 2 else 200, 0.001, now)
+        w.state.responded(w.endpoint(0), 500 if i % 2 else 200, now)
         w.states._flush()
         await valkey.eventually(lambda w=w: not w.states.in_flight, "report answered")
     opened = [e for e in relay if e["k"] == "circuit" and e["s"] == "open"]
@@ -164,11 +164,11 @@ async def test_the_circuit_opens_for_the_fleet_and_half_open_admits_trials_fleet
     admitted = [w for w in workers if w.state.enter(monotonic()) is None]
     assert len(admitted) == 2 and all(w.state.circuit is HALF_OPEN for w in workers)
     w = admitted[0]
-    w.state.responded(w.endpoint(0), 200, 0.001, monotonic())
+    w.state.responded(w.endpoint(0), 200, monotonic())
     await valkey.eventually(lambda: w.state.trial_ok == 0 and not w.states.in_flight, "trial reported")
     assert not [e for e in relay if e["k"] == "circuit" and e["s"] == "closed"]  # one of two
     w = admitted[1]
-    w.state.responded(w.endpoint(0), 200, 0.001, monotonic())
+    w.state.responded(w.endpoint(0), 200, monotonic())
     await valkey.eventually(lambda: [e for e in relay if e["k"] == "circuit" and e["s"] == "closed"], "closed")
     closed = [e for e in relay if e["k"] == "circuit" and e["s"] == "closed"]
     assert len(closed) == 1 and closed[0]["why"] == "2 trial calls succeeded"
@@ -193,11 +193,11 @@ async def test_without_redis_each_worker_decides_alone(own_server: valkey.Server
     own_server.stop()
     now = monotonic()
     for _ in range(12):
-        w.state.responded(w.endpoint(2), 500, 0.001, now)
+        w.state.responded(w.endpoint(2), 500, now)
         await asyncio.sleep(0)
     await valkey.eventually(lambda: not w.state.fleet, "the worker falls back to its own rules")
     for _ in range(12):
-        w.state.responded(w.endpoint(2), 500, 0.001, now)
+        w.state.responded(w.endpoint(2), 500, now)
     assert w.state.circuit is OPEN and "this worker" in w.state.circuit_by
     assert w.state.endpoints["127.0.0.1:9003"].until > now
     assert isinstance(w.state.enter(monotonic()), CircuitOpen)

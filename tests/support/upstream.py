@@ -51,6 +51,9 @@ class Upstream:
     seen: list[Seen] = field(default_factory=list)
     connections: int = 0
     gates: dict[str, asyncio.Event] = field(default_factory=dict)  # /wait/<gate> blocks on these
+    # Every request answered as if it asked for this path ("status/500", "reset/1000", "never"):
+    # an endpoint gone bad whatever it is asked. None: as asked.
+    fault: str | None = None
     flaky: dict[str, int] = field(default_factory=dict)  # /flaky/<key>/<n>: requests seen per key
     loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.base_events.Server | None = None
@@ -166,7 +169,7 @@ class Upstream:
             self._writers.discard(writer)
 
     async def _respond(self, req: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        url = urlsplit(req.target)
+        url = urlsplit("/" + self.fault if self.fault else req.target)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         parts = [p for p in url.path.split("/") if p]
         kind = parts[0] if parts else ""

@@ -1,0 +1,221 @@
+"""BackendTrafficPolicy end to end: real gateways (several replicas and workers sharing one Valkey),
+real upstreams that go bad, the fleet's circuit and ejections as clients see them."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import StartGateway
+from tests.support import valkey
+from tests.support.gateway import GatewayProcess, config_yaml, free_port
+from tests.support.upstream import Upstream
+from tests.test_supervisor import wait_until
+
+ROUTES = [{"name": "api", "rules": [{"backendRefs": [{"backend": "api"}]}]}]
+
+
+def policy(**spec: object) -> str:
+    doc = {
+        "apiVersion": "gw.dev/v1alpha1",
+        "kind": "BackendTrafficPolicy",
+        "metadata": {"name": "api", "namespace": "default"},
+        "spec": {"targetRefs": [{"group": "gw.dev", "kind": "Backend", "name": "api"}], **spec},
+    }
+    return "---\n" + yaml.safe_dump(doc, sort_keys=False)
+
+
+@pytest.fixture
+def upstreams() -> Iterator[list[Upstream]]:
+    ups = [Upstream(name).start() for name in ("a", "b", "c")]
+    yield ups
+    for up in ups:
+        up.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[valkey.Server]:
+    server = valkey.standalone(tmp_path / "valkey")
+    yield server
+    server.stop()
+
+
+def fleet(
+    start_gateway: StartGateway,
+    upstreams: list[Upstream],
+    spec: str,
+    redis_url: str,
+    replicas: int = 2,
+    workers: int = 2,
+    routes: list[dict[str, object]] = ROUTES,
+) -> list[GatewayProcess]:
+    """`replicas` supervisors of `workers` each on the same files, listener port and Redis."""
+    port = free_port()
+    text = config_yaml(port, {"api": [("127.0.0.1", u.port) for u in upstreams]}, routes) + spec
+    env = {"GW_WORKERS": str(workers), "GW_REDIS_URL": redis_url, "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-rt-")}
+    first = start_gateway({}, [], env=env, yaml_text=text)
+    first.port = port  # (the starter picked a port for a config of its own making)
+    others = [
+        GatewayProcess(
+            config_path=first.config_path,
+            port=first.port,
+            admin=free_port(),
+            env=env,
+            access_log=first.access_log.with_suffix(f".{i}"),
+        ).start()
+        for i in range(1, replicas)
+    ]
+    return [first, *others]
+
+
+def get(gw: GatewayProcess, path: str = "/status/200") -> httpx.Response:
+    """One request on a connection of its own: the kernel spreads them over every worker of
+    every replica listening on the port (SO_REUSEPORT)."""
+    return httpx.get(gw.url(path), timeout=10, headers={"Connection": "close"})
+
+
+def backend_status(gw: GatewayProcess) -> dict[str, object]:
+    (backend,) = gw.status()["backends"]  # type: ignore[misc]
+    return backend  # type: ignore[no-any-return]
+
+
+def circuit_states(replicas: list[GatewayProcess]) -> set[str]:
+    return {s for gw in replicas for s in backend_status(gw)["circuit_by_worker"].values()}  # type: ignore[union-attr]
+
+
+def test_an_endpoint_answering_500_is_ejected_by_every_worker_of_every_replica_after_the_threshold(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    passive = {"consecutive5XxErrors": 5, "baseEjectionTime": "60s", "maxEjectionPercent": 50}
+    spec = policy(healthCheck={"passive": passive})
+    replicas = fleet(start_gateway, upstreams, spec, redis_server.url)
+    for _ in range(12):
+        assert get(replicas[0]).status_code == 200
+    bad = upstreams[1]
+    bad.fault = "status/500"
+    failures = sum(1 for _ in range(60) if get(replicas[0]).status_code == 500)
+    # The threshold counts the fleet's failures, not each worker's (4 workers here: not 20).
+    assert 5 <= failures <= 7, failures
+    seen = len(bad.seen)
+    assert all(get(replicas[0]).status_code == 200 for _ in range(40))
+    assert len(bad.seen) == seen  # no replica sends to it any more
+    for gw in replicas:
+        (ejected,) = [e for e in backend_status(gw)["endpoints"] if e["ejected"]]  # type: ignore[union-attr]
+        assert ejected["endpoint"] == f"127.0.0.1:{bad.port}"
+        assert "5 consecutive 5xx responses" in ejected["ejection"]["reason"]
+    metrics = httpx.get(f"http://127.0.0.1:{replicas[1].admin}/metrics", timeout=10).text
+    assert f'gw_endpoint_health{{backend="Backend default/api",endpoint="127.0.0.1:{bad.port}"}} 0' in metrics
+    ejections = sum(
+        _counter(httpx.get(f"http://127.0.0.1:{gw.admin}/metrics", timeout=10).text, "gw_endpoint_ejections_total")
+        for gw in replicas
+    )
+    assert ejections == 1  # decided once, for the fleet
+    assert sum(1 for gw in replicas for line in gw.log if "ejected (5 consecutive 5xx" in line) == 1
+
+
+def test_a_refusing_endpoint_is_ejected_for_the_fleet(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    spec = policy(healthCheck={"passive": {"consecutiveLocalOriginFailures": 3, "consecutive5XxErrors": 0,
+                                           "baseEjectionTime": "60s", "maxEjectionPercent": 50}})  # fmt: skip
+    replicas = fleet(start_gateway, upstreams, spec, redis_server.url)
+    gone = upstreams[2]
+    gone.stop()  # connections to it are refused from now on
+    statuses = [get(replicas[i % 2]).status_code for i in range(40)]
+    assert set(statuses) == {200}  # a refused connection is retried on another endpoint
+    wait_until(
+        lambda: all(any(e["ejected"] for e in backend_status(gw)["endpoints"]) for gw in replicas),  # type: ignore[union-attr]
+        what="every replica to show the ejection",
+    )
+    for gw in replicas:
+        (ejected,) = [e for e in backend_status(gw)["endpoints"] if e["ejected"]]  # type: ignore[union-attr]
+        assert ejected["endpoint"] == f"127.0.0.1:{gone.port}"
+        assert "local-origin" in ejected["ejection"]["reason"]
+
+
+BREAKER = {"failureRatio": 0.5, "window": "10s", "minimumRequests": 10, "openDuration": "1s", "halfOpenRequests": 2}
+
+
+def test_the_circuit_opens_for_the_fleet_and_half_open_lets_through_exactly_the_trial_calls(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    replicas = fleet(start_gateway, upstreams, policy(circuitBreaker=BREAKER), redis_server.url)
+    for up in upstreams:
+        up.fault = "status/500"
+    statuses = [get(replicas[0]).status_code for _ in range(30)]
+    assert statuses[:10] == [500] * 10 and statuses[-1] == 503
+    wait_until(lambda: circuit_states(replicas) == {"open"}, what="every worker of every replica to see it open")
+    calls = sum(len(u.seen) for u in upstreams)
+    refusals = [get(replicas[0]) for _ in range(20)]
+    assert all(r.status_code == 503 for r in refusals)
+    problem = refusals[0].json()
+    assert problem["type"] == "urn:gw:problem:circuit-open" and int(refusals[0].headers["Retry-After"]) >= 1
+    assert sum(len(u.seen) for u in upstreams) == calls  # answered without touching the backend
+    for up in upstreams:
+        up.fault = None  # the backend recovers
+    successes = 0
+    while successes < BREAKER["halfOpenRequests"]:  # type: ignore[operator]
+        successes += get(replicas[0]).status_code == 200
+    wait_until(lambda: circuit_states(replicas) == {"closed"}, what="every worker to see it closed")
+    # The trial calls are the fleet's, not each worker's: two reached the backend while half-open.
+    assert sum(len(u.seen) for u in upstreams) - calls == BREAKER["halfOpenRequests"]
+    assert all(get(replicas[1]).status_code == 200 for _ in range(10))
+    status = backend_status(replicas[1])["circuit"]
+    assert status["state"] == "closed" and "trial calls succeeded" in status["reason"]  # type: ignore[index]
+
+
+def test_without_redis_each_worker_breaks_the_circuit_alone(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    (gw,) = fleet(start_gateway, upstreams, policy(circuitBreaker=BREAKER), redis_server.url, replicas=1)
+    assert get(gw).status_code == 200
+    redis_server.stop()
+    for up in upstreams:
+        up.fault = "status/500"
+    wait_until(lambda: get(gw).status_code == 503, what="a worker to open its own circuit")
+    circuit = backend_status(gw)["circuit"]
+    assert "Redis unavailable" in circuit["by"]  # type: ignore[index]
+
+
+def test_max_parallel_requests_answers_overflow_at_once_and_frees_its_slots(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    spec = policy(circuitBreaker={"maxParallelRequests": 2})
+    (gw,) = fleet(start_gateway, upstreams[:1], spec, redis_server.url, replicas=1, workers=1)
+    waiting = [threading.Thread(target=get, args=(gw, "/wait/g")) for _ in range(2)]
+    for t in waiting:
+        t.start()
+    wait_until(lambda: len(upstreams[0].seen) == 2, what="two requests in flight")
+    overflow = get(gw)
+    assert overflow.status_code == 503 and overflow.json()["type"] == "urn:gw:problem:backend-overflow"
+    upstreams[0].open_gate("g")
+    for t in waiting:
+        t.join(10)
+    assert all(get(gw).status_code == 200 for _ in range(5))
+
+
+def test_the_retry_budget_stops_retries_beyond_it(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    routes = [{"name": "api", "rules": [{"backendRefs": [{"backend": "api"}],
+                                         "retry": {"attempts": 3, "codes": [503]}}]}]  # fmt: skip
+    spec = policy(retry={"budget": {"percent": 0, "interval": "60s"}, "minRetryRate": {"count": 1, "interval": "60s"}})
+    (gw,) = fleet(start_gateway, upstreams[:1], spec, redis_server.url, replicas=1, workers=1, routes=routes)
+    up = upstreams[0]
+    up.fault = "status/503"
+    assert get(gw).status_code == 503
+    assert len(up.seen) == 2  # one retry: the minimum rate allows it
+    assert get(gw).status_code == 503
+    assert len(up.seen) == 3  # no retry: the budget is spent
+    metrics = httpx.get(f"http://127.0.0.1:{gw.admin}/metrics", timeout=10).text
+    assert _counter(metrics, "gw_retries_refused_total") >= 1
+
+
+def _counter(metrics: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(name + "{"))
