@@ -54,6 +54,7 @@ from tests.support.gateway import config_yaml, free_port  # noqa: E402
 CIRCUIT_OPEN = "urn:gw:problem:circuit-open"
 BACKENDS = ("a", "b", "c", "d")
 ENDPOINTS = 3
+MARGIN = 0.25  # seconds around a half-open episode within which a call reaching the backend is its trial
 
 
 def policy(backend: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -171,6 +172,23 @@ class Bench:
             total += sum(int(float(v)) for v in re.findall(pattern, text, re.M))
         return total
 
+    async def propagation(self) -> dict[str, Any]:
+        """gw_backend_event_delay_seconds over every replica: events decided elsewhere, as workers applied them."""
+        buckets: dict[float, int] = {}
+        for admin in self.admins:
+            text = await http_get(admin, "/metrics")
+            for le, value in re.findall(r'^gw_backend_event_delay_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\} (\S+)$',
+                                        text, re.M):  # fmt: skip
+                bound = float("inf") if le == "+Inf" else float(le)
+                buckets[bound] = buckets.get(bound, 0) + int(float(value))
+        count = buckets.get(float("inf"), 0)
+
+        def quantile(q: float) -> float | None:
+            bound = next((b for b in sorted(buckets) if count and buckets[b] >= q * count), None)
+            return None if bound is None else bound
+
+        return {"events_applied": count, "p50_le_s": quantile(0.5), "p99_le_s": quantile(0.99)}
+
     def rows(self, since: float, until: float = float("inf")) -> list[Row]:
         return [r for r in self.load.rows if since <= r.sent < until]
 
@@ -239,17 +257,20 @@ class Bench:
         await self.switch(names, "ok")
         closed = await self._first_per_replica(t_recover, lambda r: r.status == 200)
         all_closed = max(closed.values()) if len(closed) == self.replicas else None
-        # Calls that reached the backend while it was open everywhere: the half-open trials, by episode.
-        trials = [r for r in self.rows(all_open or hold_from, t_recover) if r.endpoint in names]
-        episodes: list[int] = []
-        last = -1e9
-        for r in sorted(trials, key=lambda r: r.sent):
-            if r.sent - last > args.open_duration / 2:
-                episodes.append(0)
-            episodes[-1] += 1
-            last = r.sent
-        before_open = [r for r in self.rows(t0, all_open or hold_from) if r.endpoint in names and r.status >= 500]
+        # Calls that reached the backend while it was open everywhere: the half-open trials, by episode
+        # (a half-open event to the next transition, with a margin for the clocks of client and Redis),
+        # and the others: calls a worker let through while its circuit should have been open.
+        reached = sorted((r for r in self.rows(all_open or hold_from, t_recover) if r.endpoint in names),
+                         key=lambda r: r.sent)  # fmt: skip
         circuit_events = self.events.about(None, t0, backend=f"/{backend}")
+        windows = [
+            (t - MARGIN, (circuit_events[i + 1][0] if i + 1 < len(circuit_events) else t_recover) + MARGIN)
+            for i, (t, e) in enumerate(circuit_events)
+            if e.get("s") == "half-open" and t < t_recover
+        ]
+        episodes = [sum(1 for r in reached if a <= r.sent < b) for a, b in windows]
+        trials = [r for r in reached if any(a <= r.sent < b for a, b in windows)]
+        before_open = [r for r in self.rows(t0, all_open or hold_from) if r.endpoint in names and r.status >= 500]
         return {
             "failed_before_open": len(before_open),
             "all_open_after_s": round(all_open - t0, 3) if all_open else None,
@@ -259,7 +280,9 @@ class Bench:
             "held_open_s": round(t_recover - hold_from, 3),
             "backend_received_while_open": sum(at_recover[n]["requests"] - at_open[n]["requests"] for n in names),
             "trials_seen_by_clients": len(trials),
+            "leaked_while_open": len(reached) - len(trials),
             "trial_episodes": episodes,
+            "reached_while_open": [(round(r.sent - t0, 3), r.replica, r.status) for r in reached],
             "all_closed_after_s": round(all_closed - t_recover, 3) if all_closed else None,
             "circuit_events": [_event(e, t0) for e in circuit_events],
         }
@@ -332,6 +355,7 @@ async def scenarios(bench: Bench, started: float, only: set[str]) -> dict[str, A
             until = time.time()
             # The first intervals are skipped: probes start with their initial jitter.
             out["c"] = bench.probes(await bench.counts(), started + 2 * bench.args.probe_interval, until, "c")
+        out["propagation"] = await bench.propagation()
     finally:
         bench.load.stop.set()
         await load
@@ -403,12 +427,17 @@ def table(result: dict[str, Any]) -> str:
         row("", f"calls reaching the backend in {d['held_open_s']:.0f}s open", d["backend_received_while_open"])
         row("", "  trial calls per half-open episode", ",".join(map(str, d["trial_episodes"])) or "0",
             f"{args['half_open']} each")  # fmt: skip
+        row("", "  other calls let through while open", d["leaked_while_open"], "0")
         row("", "s after recovery until every replica answers 200", d["all_closed_after_s"],
             f"<= openDuration {args['open_duration']:g}s + one trial")  # fmt: skip
         for ev in d["circuit_events"][:12]:
             lines.append(
                 f"{'':<28}   circuit {ev.get('s')} at +{ev['after_s']:.2f}s by {ev.get('by')}: {ev.get('why')}"
             )
+    if "propagation" in s:
+        p = s["propagation"]
+        le = f"<= {p['p99_le_s'] * 1000:g} ms" if p["p99_le_s"] not in (None, float("inf")) else p["p99_le_s"]
+        row("propagation", f"event applied by other workers: p99 (of {p['events_applied']})", le, "<= 100 ms")
     load = s["load"]
     lines.append(f"\nload: {load['requests']} requests; client-side errors {load['errors'] or 'none'}")
     return "\n".join(lines)
