@@ -216,6 +216,8 @@ class SupervisedWorker:
             self.worker.plane.apply_backend_events(message.get("events", []))
         elif kind == "drain":
             self.begin_drain(float(message.get("timeout", self.settings.drain_timeout)))
+        elif kind == "backend-events":  # the fleet's circuits, ejections, probe health (gw.state.backend_events)
+            self.worker.plane.apply_backend_events(message["events"])
 
     def apply_config(self, message: Message) -> None:
         """The supervisor's snapshot (at start, on HUP, or a fleet version it follows)."""

@@ -23,8 +23,10 @@ from gw.config.snapshot import NOTHING
 from gw.listen import bind_listener
 from gw.observe.metrics import Registry
 from gw.settings import Settings, SettingsError, check_paths
-from gw.state import EmbeddedValkeyError, Version
+from gw.state import EmbeddedValkeyError, Keys, Version
+from gw.supervisor.backends import BackendRelay, backends_with_policy
 from gw.supervisor.cpus import available_cpus
+from gw.supervisor.health import HealthChecker
 from gw.supervisor.log import log
 from gw.supervisor.process import DRAINING, EXITED, READY, WorkerProcess, exit_text
 from gw.supervisor.publisher import Publisher
@@ -66,6 +68,7 @@ class Supervisor:
         self.slots = settings.workers or available_cpus()
         self.workers: dict[int, WorkerProcess] = {}
         self.retiring: set[WorkerProcess] = set()
+        self.starting: set[WorkerProcess] = set()  # spawned, not yet in `workers`: backend events reach them too
         self.failures: dict[int, int] = {}
         self.restarts: dict[int, PendingRestart] = {}
         self.last_exits: dict[int, str] = {}  # slot → how its last worker ended (for /status)
@@ -83,6 +86,9 @@ class Supervisor:
         self.retired = Registry()  # what workers that exited had counted, so totals never go back
         self.env = dict(os.environ)
         self.publisher = Publisher(settings, self.apply_fleet_version)
+        # Backend resilience shared by the fleet: events from Redis to the workers, active checks.
+        self.relay: BackendRelay | None = None
+        self.checker: HealthChecker | None = None
 
     # -- start -----------------------------------------------------------------------------
 
@@ -118,6 +124,7 @@ class Supervisor:
             self.loop.add_signal_handler(sig, self._on_signal, method)
         self.loop.create_task(self._watch_rss())
         self.publisher.follow(self.version, self.snapshot.checksum, lambda: self.snapshot)
+        self._start_backends()
         self.serving = True
         self._set_title()
 
@@ -127,6 +134,39 @@ class Supervisor:
 
     def _commit(self, snapshot: Snapshot, result: LoadResult, version: int) -> None:
         self.snapshot, self.result, self.version = snapshot, result, version
+        self._backends_changed()
+
+    # -- backend resilience (gw.supervisor.backends, gw.supervisor.health) -----------------
+
+    def _start_backends(self) -> None:
+        store = self.publisher.store
+        assert store is not None  # start_server made it: there is always a Redis to try
+        keys = Keys(self.settings.redis_prefix)
+        self.relay = BackendRelay(store.client, keys, self._send_backend_events)
+        self.checker = HealthChecker(store.client, keys, self.relay, self.metrics)
+        self._backends_changed()
+        self.relay.start()
+
+    def _backends_changed(self) -> None:
+        if self.relay is None or self.checker is None:
+            return
+        config = self.result.config if self.result else None
+        self.relay.update(backends_with_policy(config))
+        self.checker.update(config)
+
+    def _send_backend_events(self, events: list[dict[str, Any]]) -> None:
+        if not events:
+            return
+        message = {"t": "backend-events", "events": events}
+        for worker in (*self._live(), *self.starting):
+            worker.send(message)
+
+    async def stop_backends(self) -> None:
+        """Stop relaying and checking; the leases this replica held go to other replicas at once."""
+        if self.checker is not None:
+            await self.checker.stop()
+        if self.relay is not None:
+            await self.relay.stop()
 
     def _config_message(self) -> dict[str, Any]:
         """The snapshot served, with its checksum: the one way a config reaches a worker."""
@@ -150,11 +190,22 @@ class Supervisor:
         """Start a worker for `slot` and return it once it serves the current config."""
         worker = WorkerProcess(slot, self._worker_exited)
         await worker.spawn(self.env)
+        self.starting.add(worker)
+        try:
+            return await self._start_spawned(worker)
+        finally:
+            self.starting.discard(worker)
+
+    async def _start_spawned(self, worker: WorkerProcess) -> WorkerProcess:
+        slot = worker.slot
         previous = self.workers.get(slot)
         if previous is None or previous.state == EXITED:
             self.workers[slot] = worker  # a restart: the slot is its from the start
         self._send_sockets(worker)
         reply = await worker.request(self._config_message(), STARTUP_TIMEOUT)
+        if self.relay is not None and reply is not None and reply.get("ok") and (known := self.relay.snapshot()):
+            # What the fleet decided about backends before this worker existed (or had a config).
+            worker.send({"t": "backend-events", "events": known})
         if reply is None and worker.channel is not None and worker.channel.closed:
             # Not silence but a process on its way out (an import error, a setting it refuses).
             with contextlib.suppress(TimeoutError):
@@ -278,6 +329,8 @@ class Supervisor:
             self._send_sockets(worker)
         replies = await asyncio.gather(*(w.request(message, STARTUP_TIMEOUT) for w in live))
         failed = [w.slot for w, r in zip(live, replies, strict=True) if r is None or not r.get("ok")]
+        if self.relay is not None:  # backends new in this config: what the fleet knows of them
+            self._send_backend_events(self.relay.snapshot())
         self._set_title()
         if failed:
             log(f"workers {failed} did not confirm config version {self.version}")
@@ -486,6 +539,9 @@ class Supervisor:
             ],
             "connections": sum(s.get("connections", 0) for s in stats.values()),
             "backends": _backends_status(stats),
+            # The relay of the fleet's backend events and this replica's active checks.
+            "backend_events": self.relay.status() if self.relay else None,
+            "health_checks": self.checker.status() if self.checker else None,
             # Gateway API conditions of every object, as `gw check` reports them.
             "gatewayAPI": status_document(self.result, self.settings.controller_name) if self.result else None,
         }
@@ -582,6 +638,7 @@ async def serve(settings: Settings) -> int:
         await admin_task
     finally:  # the embedded Valkey goes whatever happened
         supervisor.sockets.close()
+        await supervisor.stop_backends()
         await supervisor.publisher.stop()
     log("stopped")
     return 0

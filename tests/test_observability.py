@@ -18,6 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gw.balancing.probe import ERROR, FAIL, PASS
 from gw.errors import ProxyError
 from gw.observe.families import FAMILIES, PROXY_ERROR_KINDS, RETRY_REASONS, TIMEOUT_KINDS
 from tests.conftest import StartGateway
@@ -400,6 +401,7 @@ def test_a_fresh_gateway_exports_every_family_with_help_type_and_its_counters_at
         *(("gw_upstream_retries_total", (("reason", r),)) for r in RETRY_REASONS),
         *(("gw_timeouts_total", (("kind", k),)) for k in TIMEOUT_KINDS),
         *(("gw_redis_calls_total", (("outcome", o),)) for o in ("timeout", "error", "open")),
+        *(("gw_health_checks_total", (("result", r),)) for r in ("pass", "fail", "error")),
     }
     for name, labels in zeros:
         assert samples.get((name, frozenset(labels))) == 0, (name, labels)
@@ -434,6 +436,7 @@ def test_the_zero_series_name_what_the_code_counts() -> None:
     assert set(FAMILIES["gw_redis_calls_total"].values) == set(
         re.findall(r'_count\("(\w+)"\)', (REPO / "gw/state/guard.py").read_text())
     )
+    assert set(FAMILIES["gw_health_checks_total"].values) == {PASS, FAIL, ERROR}
     assert set(FAMILIES["gw_config_reloads_total"].values) == set(
         re.findall(r'"gw_config_reloads_total", result="(\w+)"', _source("supervisor"))
     )

@@ -326,8 +326,9 @@ class BackendState:
         if state is not None and self.passive is not None:
             state.outcome(C5 | CG | CL, 0)
         if self.breaker is not None and self.circuit is CLOSED:
-            self.failures += 1
-            self.window.add(now, 0, 1, 0)
+            self.failures += 1  # (its call was counted when its head arrived)
+            if not self.fleet:
+                self.window.add(now, 0, 1, 0)
         if state is not None:
             self._local_eject(state, now)
         self.sync(self, True)
@@ -354,11 +355,9 @@ class BackendState:
             self.failures += 1
         self.slow += slow
         if not self.fleet:
-            # (While the fleet decides, only failures are kept here: a fallback starts from them.)
+            # (While the fleet decides, its window is the one that counts: a fallback starts afresh.)
             self.window.add(now, 1, 1 if failed else 0, slow)
             self._local_breaker(now)
-        elif failed:
-            self.window.add(now, 0, 1, 0)
         return False
 
     # -- the circuit ----------------------------------------------------------------------------

@@ -117,6 +117,13 @@ FAMILIES: dict[str, Family] = {
         GAUGE, "1 while the supervisor serves a snapshot Redis does not hold yet (based on gw_config_version)."
     ),
     "gw_worker_config_version": Family(GAUGE, "The config version each worker serves.", "slot"),
+    # Fixed values: gw.balancing.probe's PASS, FAIL (an unexpected status), ERROR (no valid answer in time).
+    "gw_health_checks_total": Family(
+        COUNTER,
+        "Active health probes this replica sent, by result: pass, fail (an unexpected status), error (no answer).",
+        "result",
+        ("pass", "fail", "error"),
+    ),
     "gw_config_reloads_total": Family(
         COUNTER,
         "Config reloads, by result: applied (a HUP's new config), unchanged, rejected, fleet (a version from Redis).",
