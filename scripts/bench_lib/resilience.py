@@ -139,6 +139,20 @@ class Events:
             await pubsub.aclose()
             await client.aclose()
 
+    async def circuit(self, backend: str | None) -> dict[str, str]:
+        """The backend's circuit hash in Redis (gw.state.keys.BackendKeys.circuit), for the record."""
+        if backend is None:
+            return {}
+        import redis.asyncio
+
+        from gw.state.keys import Keys
+
+        client = redis.asyncio.Redis.from_url(self.url, decode_responses=True)
+        try:
+            return await client.hgetall(Keys(self.channel.split(":")[0]).backend(backend).circuit)  # type: ignore[no-any-return,misc]
+        finally:
+            await client.aclose()
+
     def about(self, endpoint: str | None, since: float, backend: str = "") -> list[tuple[float, dict[str, Any]]]:
         """Events after `since` about one endpoint ("address:port"), or about a backend's circuit."""
         if endpoint is not None:
@@ -257,6 +271,7 @@ class Bench:
         at_recover = await self.counts()
         await self.switch(names, "ok")
         closed = await self._first_per_replica(t_recover, lambda r: r.status == 200)
+        circuit_hash = await self.events.circuit(circuit_events_name(self.events, t0, backend))
         all_closed = max(closed.values()) if len(closed) == self.replicas else None
         # Calls that reached the backend while it was open everywhere: the half-open trials, by episode
         # (a half-open event to the next transition, with a margin for the clocks of client and Redis),
@@ -289,6 +304,12 @@ class Bench:
             "reached_while_open": [(round(r.sent - t0, 3), r.replica, r.status) for r in reached],
             "all_closed_after_s": round(all_closed - t_recover, 3) if all_closed else None,
             "circuit_events": [_event(e, t0) for e in circuit_events],
+            "circuit_in_redis_at_end": circuit_hash,
+            # What clients were answered, by status and problem type, while open and after recovery.
+            "answers_while_open": _tally(
+                f"{r.status} {r.problem}".strip() for r in self.rows(all_open or hold_from, t_recover)
+            ),
+            "answers_after_recovery": _tally(f"{r.status} {r.problem}".strip() for r in self.rows(t_recover)),
         }
 
     async def _first_per_replica(self, since: float, match: Any) -> dict[int, float]:
@@ -317,6 +338,12 @@ class Bench:
             peak = max([peak, *buckets.values()])
         return {"intervals": intervals, "interval_s": interval, "per_endpoint_per_interval": per,
                 "max_in_one_interval": peak, "without_lease": self.replicas * self.args.workers}  # fmt: skip
+
+
+def circuit_events_name(events: Events, since: float, backend: str) -> str | None:
+    """The backend's name as gw's events give it (e.g. "Backend default/d")."""
+    found = events.about(None, since, backend=f"/{backend}")
+    return found[0][1]["b"] if found else None
 
 
 async def http_get(port: int, path: str) -> str:
@@ -504,9 +531,10 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args, int(ctl.base.rsplit(":", 1)[1]), endpoints, ports, admins, Events(server.url))
         figures = asyncio.run(scenarios(bench, started, set(args.scenarios.split(","))))
     finally:
-        for replica in replicas:
+        for i, replica in enumerate(replicas):
             with contextlib.suppress(Exception):
                 replica.stop()
+            (directory / f"replica-{i}.log").write_text("\n".join(line for _, line in replica.lines) + "\n")
         if faulty is not None:
             faulty.terminate()
             faulty.wait(10)
