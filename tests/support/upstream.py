@@ -82,7 +82,9 @@ class Upstream:
         self.port = self._server.sockets[0].getsockname()[1]
 
     def stop(self) -> None:
-        if self.loop is None:
+        """Stop serving (connections are then refused); a second call does nothing, so a test may
+        stop an upstream its fixture stops again."""
+        if self.loop is None or not self.loop.is_running():
             return
 
         async def close() -> None:
