@@ -159,8 +159,10 @@ def test_the_circuit_opens_for_the_fleet_and_half_open_lets_through_exactly_the_
     assert sum(len(u.seen) for u in upstreams) == calls  # answered without touching the backend
     for up in upstreams:
         up.fault = None  # the backend recovers
-    successes = 0
+    successes = tries = 0
     while successes < BREAKER["halfOpenRequests"]:  # type: ignore[operator]
+        tries += 1
+        assert tries < 500, [backend_status(gw) for gw in replicas]
         successes += get(replicas[0]).status_code == 200
     wait_until(lambda: circuit_states(replicas) == {"closed"}, what="every worker to see it closed")
     # The trial calls are the fleet's, not each worker's: two reached the backend while half-open.

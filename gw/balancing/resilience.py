@@ -25,6 +25,7 @@ from gw.errors import BackendOverflow, CircuitOpen, ProxyError
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 CIRCUIT_GAUGE = {CLOSED: 0.0, OPEN: 1.0, HALF_OPEN: 2.0}
 BUCKETS = 10  # a window is counted in this many buckets
+ASK_AGAIN = 0.1  # seconds a worker refused a trial call waits before asking the fleet again
 GATEWAY_ERRORS = (502, 503, 504)
 C5, CG, CL = 1, 2, 4  # the consecutive counts: 5xx, gateway errors, local-origin failures
 LOCAL = "this worker (Redis unavailable)"
@@ -154,6 +155,7 @@ class BackendState:
         self.permits = 0  # trial calls the fleet handed this worker
         self.trials = 0  # trial calls in flight
         self.asking = False  # a trial request is out
+        self.ask_after = 0.0  # monotonic: no trial request before then (the last was refused)
         self.parallel = self.pending = self.retrying = 0
         self.calls = self.failures = self.slow = self.trial_ok = self.trial_fail = 0  # to report
         self.transitions: list[tuple[str, str]] = []  # (state entered, who) decided here, for metrics
@@ -368,6 +370,9 @@ class BackendState:
                 self.permits -= 1
                 self.trials += 1
                 return None
+            if self.fleet and not self.asking and now >= self.ask_after:
+                self.asking = True  # the fleet may have trial calls left
+                self.sync(self, True)
             return CircuitOpen(f"backend {self.name} is half-open and its trial calls are taken", 1)
         if now < self.circuit_until:
             left = math.ceil(self.circuit_until - now)
@@ -503,6 +508,10 @@ class BackendState:
         self.asking = False
         if permit:
             self.permits += 1
+        else:
+            # Every trial call is out; their outcomes will close or reopen the circuit. Ask again
+            # after a while (a holder that died has its trial handed out again by the script).
+            self.ask_after = monotonic() + ASK_AGAIN
 
     def report(self) -> tuple[list[Any], list[Any]] | None:
         """What to send to backend_report.lua since the last report (None: nothing), and reset it.

@@ -104,6 +104,7 @@ class Upstream:
         self.loop.call_soon_threadsafe(self.loop.stop)
         assert self._thread is not None
         self._thread.join(5)
+        self.loop = None  # stopped: a second stop (a test's, then its fixture's) does nothing
 
     def call(self, fn: Callable[[], Awaitable[object]]) -> object:
         """Run a coroutine function on the upstream's loop and wait for its result."""
