@@ -74,11 +74,11 @@ def policy(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                     "consecutive5XxErrors": args.threshold, "consecutiveLocalOriginFailures": args.threshold,
                     "interval": "1s", "baseEjectionTime": "30s", "maxEjectionPercent": 50,
                 },
-                "active": {
+                **({} if not args.active else {"active": {
                     "type": "HTTP", "http": {"path": "/healthz", "expectedStatuses": [200]},
                     "interval": f"{args.probe_interval:g}s", "timeout": "500ms",
                     "unhealthyThreshold": 2, "healthyThreshold": 1,
-                },
+                }}),
             },
         },
     }  # fmt: skip
@@ -287,6 +287,14 @@ class Bench:
         decided = [t for t, e in circuit_events if e.get("s") == "open"]
         episodes = [sum(1 for r in reached if a <= r.sent < b) for a, b in windows]
         trials = [r for r in reached if any(a <= r.sent < b for a, b in windows)]
+        # The episode that closed it (after recovery): its trials are the calls from its half-open event to closing.
+        closing = next(
+            (i for i, (t, e) in enumerate(circuit_events) if t >= t_recover and e.get("s") == "closed"), None
+        )
+        closing_trials = None
+        if closing is not None and closing > 0 and circuit_events[closing - 1][1].get("s") == "half-open":
+            a, b = circuit_events[closing - 1][0] - MARGIN, circuit_events[closing][0] + MARGIN
+            closing_trials = sum(1 for r in self.rows(a, b) if r.endpoint in names)
         before_open = [r for r in self.rows(t0, all_open or hold_from) if r.endpoint in names and r.status >= 500]
         return {
             "failed_before_open": len(before_open),
@@ -301,6 +309,7 @@ class Bench:
             "trials_seen_by_clients": len(trials),
             "leaked_while_open": len(reached) - len(trials),
             "trial_episodes": episodes,
+            "closing_trials": closing_trials,
             "reached_while_open": [(round(r.sent - t0, 3), r.replica, r.status) for r in reached],
             "all_closed_after_s": round(all_closed - t_recover, 3) if all_closed else None,
             "circuit_events": [_event(e, t0) for e in circuit_events],
@@ -425,8 +434,9 @@ def table(result: dict[str, Any]) -> str:
         f"bench-resilience: {args['replicas']} replicas x {args['workers']} workers, one Redis ({result['redis']}), "
         f"3 endpoints per backend, {args['rate']:g} req/s over {args['replicas'] * args['connections']} connections; "
         f"CPU {result['cpu']} ({result['cpus']} CPUs)",
-        f"policy: consecutive5XxErrors/LocalOriginFailures {goal}, active probes every {args['probe_interval']:g}s, "
-        f"failureRatio 0.5 minimumRequests 20 openDuration {args['open_duration']:g}s "
+        f"policy: consecutive5XxErrors/LocalOriginFailures {goal}, "
+        + (f"active probes every {args['probe_interval']:g}s, " if args["active"] else "no active checks, ")
+        + f"failureRatio 0.5 minimumRequests 20 openDuration {args['open_duration']:g}s "
         f"halfOpenRequests {args['half_open']}",
         "",
         f"{'scenario':<28} {'figure':<52} {'measured':>14}  goal",
@@ -467,8 +477,9 @@ def table(result: dict[str, Any]) -> str:
         row("", "  after the open decision (its Redis event)", d["all_open_after_decision_s"])
         row("", "  per replica", "/".join("-" if v is None else f"{v:.2f}" for v in d["open_after_s_by_replica"]))
         row("", f"calls reaching the backend in {d['held_open_s']:.0f}s open", d["backend_received_while_open"])
-        row("", "  trial calls per half-open episode", ",".join(map(str, d["trial_episodes"])) or "0",
-            f"{args['half_open']} each")  # fmt: skip
+        row("", "  trial calls per half-open episode (failing)", ",".join(map(str, d["trial_episodes"])) or "0",
+            f"<= {args['half_open']} each")  # fmt: skip
+        row("", "  trial calls of the episode that closed it", d["closing_trials"], str(args["half_open"]))
         row("", "  other calls let through while open", d["leaked_while_open"], "0")
         row("", "s after recovery until every replica answers 200", d["all_closed_after_s"],
             f"<= openDuration {args['open_duration']:g}s + one trial")  # fmt: skip
@@ -505,6 +516,12 @@ def main(argv: list[str] | None = None) -> int:
         "--hold", type=float, default=0.0, help="seconds the circuit is held failing (default 3.5 x open)"
     )
     parser.add_argument("--scenarios", default="a,b,c,d")
+    parser.add_argument(
+        "--no-active",
+        dest="active",
+        action="store_false",
+        help="policies without active checks (passive effects alone)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     args = parser.parse_args(argv)
     # Recovery lands mid-way through an open period, not just as one ends.
