@@ -293,7 +293,8 @@ class Bench:
         )
         closing_trials = None
         if closing is not None and closing > 0 and circuit_events[closing - 1][1].get("s") == "half-open":
-            a, b = circuit_events[closing - 1][0] - MARGIN, circuit_events[closing][0] + MARGIN
+            # No margin after closing: from then on every call goes through.
+            a, b = circuit_events[closing - 1][0] - MARGIN, circuit_events[closing][0]
             closing_trials = sum(1 for r in self.rows(a, b) if r.endpoint in names)
         before_open = [r for r in self.rows(t0, all_open or hold_from) if r.endpoint in names and r.status >= 500]
         return {
