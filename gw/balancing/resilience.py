@@ -97,7 +97,9 @@ class EndpointState:
         self.label: str = endpoint.label
         self.mask = 0  # to report: counts that restarted (a success) since the last report
         self.fresh = False  # a success is the last outcome since the last report: another changes nothing
-        self.succeeded_at = self.failed_at = 0.0  # monotonic: the last outcomes to report
+        # Monotonic, per count: its last restart and its last failure, whose ages go with a report.
+        self.succeeded_at = [0.0, 0.0, 0.0]
+        self.failed_at = [0.0, 0.0, 0.0]
         self.added = [0, 0, 0]  # to report: failures after that
         self.counts = [0, 0, 0]  # this worker's own consecutive counts (the rules without Redis)
         self.until = 0.0  # ejected until (monotonic); 0 = not ejected
@@ -119,17 +121,16 @@ class EndpointState:
         When each happened goes with the report: a success another worker reports late must not
         restart counts that failures seen after it have raised (the script compares the times)."""
         counts, added = self.counts, self.added
+        now = monotonic()
         for i, bit in enumerate((C5, CG, CL)):
             if succeeded & bit:
                 counts[i] = added[i] = 0
                 self.mask |= bit
+                self.succeeded_at[i] = now
             elif failed & bit:
                 counts[i] += 1
                 added[i] += 1
-        if succeeded:
-            self.succeeded_at = monotonic()
-        if failed:
-            self.failed_at = monotonic()
+                self.failed_at[i] = now
         self.fresh = not failed and self.mask == C5 | CG | CL and not any(added)
 
     def usable(self, now: float) -> bool:
@@ -546,8 +547,8 @@ class BackendState:
         """What to send to backend_report.lua since the last report (None: nothing), and reset it.
 
         Returns (breaker args: calls, failures, slow, trial successes, trial failures; per-endpoint
-        args: endpoint, mask, 5xx, gateway, local-origin failures, ms since its last success, ms
-        since its last failure)."""
+        args: endpoint, mask, 5xx, gateway and local-origin failures, then per count the ms since it
+        last restarted and since its last failure)."""
         counts = [self.calls, self.failures, self.slow, self.trial_ok, self.trial_fail]
         self.calls = self.failures = self.slow = self.trial_ok = self.trial_fail = 0
         self.dirty = self.quiet = False
@@ -555,7 +556,7 @@ class BackendState:
         now = monotonic()
         for state in self.endpoints.values():
             if state.mask or any(state.added):
-                ages = [int((now - state.succeeded_at) * 1000), int((now - state.failed_at) * 1000)]
+                ages = [int((now - at) * 1000) for at in (*state.succeeded_at, *state.failed_at)]
                 endpoints += [state.label, state.mask, *state.added, *ages]
                 state.mask = 0
                 state.added = [0, 0, 0]

@@ -146,6 +146,9 @@ class BackendStates:
                 [k.encode() for k in (family.version, family.circuit, family.window, family.endpoints, family.ejected)],
                 [channel, name, self.who, _breaker_args(state), *counts, _passive_args(state), *endpoints],
                 lambda reply, s=state: self._reported(s, reply),
+                # Past the budget this worker decides alone, and the call goes on: its late answer
+                # still counts these outcomes for the fleet (none lost, none sent twice).
+                lambda s=state: self._overdue(s),
             )
         self._count()
 
@@ -170,6 +173,10 @@ class BackendStates:
         elif state in self.dirty and self._timer is None and self._soon is None:
             self._timer = self.loop.call_later(REPORT_INTERVAL, self._flush)
         self._count()
+
+    def _overdue(self, state: BackendState) -> None:
+        state.fleet = False
+        state.quiet = False
 
     def _ask_again(self) -> None:
         """Backends decided alone (Redis did not answer) ask for the fleet's state again: with no

@@ -143,7 +143,8 @@ async def test_a_success_reported_late_does_not_restart_failures_seen_after_it(
     workers[0].state.responded(workers[0].endpoint(0), 200, now)  # reported with the next batch
     # (Ten ms before the failures: times go to the script in ms, and a success and a failure in the
     # same ms have no order.)
-    workers[0].state.endpoints["127.0.0.1:9001"].succeeded_at -= 0.01
+    early = workers[0].state.endpoints["127.0.0.1:9001"]
+    early.succeeded_at = [at - 0.01 for at in early.succeeded_at]
     for _ in range(4):
         workers[1].state.responded(workers[1].endpoint(0), 500, now)
     await asyncio.sleep(0.02)
@@ -152,6 +153,29 @@ async def test_a_success_reported_late_does_not_restart_failures_seen_after_it(
     await valkey.eventually(lambda: not workers[0].states.in_flight, "success reported")
     workers[1].state.responded(workers[1].endpoint(0), 500, now)
     await valkey.eventually(lambda: [e for e in relay if e["k"] == "eject"], "the fifth failure ejects")
+
+
+async def test_six_workers_eject_after_exactly_the_threshold_with_successes_batched_before_it(
+    server: valkey.Server, keys: Keys, relay: list[dict[str, Any]]
+) -> None:
+    """Each worker's batch holds successes on the endpoint from before it went bad (reported with
+    the worker's first failure): they restart nothing another worker's failures counted."""
+    workers = [Worker(server, keys, Resilience(passive=PASSIVE)) for _ in range(6)]
+    for w in workers:
+        for i in range(3):
+            w.state.responded(w.endpoint(i), 200, monotonic())
+            w.state.completed(w.endpoint(i))
+    failures = 0
+    while not [e for e in relay if e["k"] == "eject"]:
+        w = workers[failures % 6]
+        w.state.responded(w.endpoint(1), 500, monotonic())
+        w.state.responded(w.endpoint(0), 200, monotonic())  # (the others answer well meanwhile)
+        failures += 1
+        assert failures <= 5, "not ejected at the threshold"
+        await asyncio.sleep(0)
+        await valkey.eventually(lambda w=w: not w.states.in_flight and not w.states.urgent, "reported")
+        await valkey.eventually(lambda: failures < 5 or relay, "the ejection event", timeout=2)
+    assert failures == 5
 
 
 async def test_the_circuit_opens_for_the_fleet_and_half_open_admits_trials_fleet_wide(

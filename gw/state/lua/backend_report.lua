@@ -5,8 +5,8 @@
 -- KEYS[1]  version    string  the backend's last event number
 -- KEYS[2]  circuit    hash    s v since until why by granted ok
 -- KEYS[3]  window     hash    "<bucket>:c|f|s" -> calls, failures, slow calls
--- KEYS[4]  endpoints  hash    "<ep>|c5|cg|cl" consecutive counts, "<ep>|lf" when its last failure
---                             happened (ms); "<ep>|until|times|ev|since|why|by" its ejection
+-- KEYS[4]  endpoints  hash    "<ep>|c5|cg|cl" consecutive counts, "<ep>|f5|fg|fl" when each last
+--                             failed (ms); "<ep>|until|times|ev|since|why|by" its ejection
 -- KEYS[5]  ejected    zset    endpoint -> until (ms)
 -- ARGV[1]  channel to publish events on
 -- ARGV[2]  backend name (events' b)
@@ -14,10 +14,10 @@
 -- ARGV[4]  breaker: "window_ms,buckets,minimum,failure_ratio,slow_ratio,open_ms,half_open", or "" (none)
 -- ARGV[5..9]  calls, failures, slow calls (closed state), trial successes, trial failures
 -- ARGV[10] passive: "c5,cg,cl,base_ms,max_percent,interval_ms,endpoints", or "" (none)
--- ARGV[11..] per endpoint, seven values: endpoint, reset mask (1 c5, 2 cg, 4 cl: a success came,
---            counts restart), then 5xx, gateway and local-origin failures after the last success,
---            ms since that success, ms since the last failure. A success older than a failure
---            already counted (another worker's, reported first) restarts nothing: the counts
+-- ARGV[11..] per endpoint, eleven values: endpoint, reset mask (1 c5, 2 cg, 4 cl: a success came,
+--            counts restart), the 5xx, gateway and local-origin failures after it, then per count
+--            the ms since its restart and the ms since its last failure. A restart older than a
+--            failure already counted (another worker's, reported first) restarts nothing: counts
 --            follow when things happened, not when they were reported.
 --
 -- Returns a JSON array: the circuit as an event (always), then the events this call made.
@@ -109,23 +109,22 @@ if ARGV[10] ~= '' and #ARGV > 10 then
     local reasons = {'consecutive 5xx responses', 'consecutive gateway errors', 'consecutive local-origin failures'}
     local allowed = math.max(1, math.floor(total * max_percent / 100))
     if max_percent <= 0 then allowed = 0 end
-    for i = 11, #ARGV, 7 do
+    local last = {'|f5', '|fg', '|fl'}
+    for i = 11, #ARGV, 11 do
         local ep, mask = ARGV[i], tonumber(ARGV[i + 1])
         local h = redis.call('HMGET', KEYS[4], ep .. '|c5', ep .. '|cg', ep .. '|cl', ep .. '|until', ep .. '|times',
-            ep .. '|lf')
-        local until_ms, times, last_failure = tonumber(h[4] or '0'), tonumber(h[5] or '0'), tonumber(h[6] or '0')
-        local succeeded_at, failed_at = now - tonumber(ARGV[i + 5]), now - tonumber(ARGV[i + 6])
-        if succeeded_at <= last_failure then mask = 0 end
+            ep .. '|f5', ep .. '|fg', ep .. '|fl')
+        local until_ms, times = tonumber(h[4] or '0'), tonumber(h[5] or '0')
         local counts = {}
-        local failures = 0
         for j = 1, 3 do
             local n = tonumber(h[j] or '0')
-            if math.floor(mask / 2 ^ (j - 1)) % 2 == 1 then n = 0 end
-            failures = failures + tonumber(ARGV[i + 1 + j])
-            counts[j] = n + tonumber(ARGV[i + 1 + j])
-        end
-        if failures > 0 and failed_at > last_failure then
-            redis.call('HSET', KEYS[4], ep .. '|lf', failed_at)
+            local last_failure = tonumber(h[5 + j] or '0')
+            local restarted_at = now - tonumber(ARGV[i + 4 + j])
+            if math.floor(mask / 2 ^ (j - 1)) % 2 == 1 and restarted_at > last_failure then n = 0 end
+            local added = tonumber(ARGV[i + 1 + j])
+            counts[j] = n + added
+            local failed_at = now - tonumber(ARGV[i + 7 + j])
+            if added > 0 and failed_at > last_failure then redis.call('HSET', KEYS[4], ep .. last[j], failed_at) end
         end
         local hit = 0
         for _, j in ipairs({3, 2, 1}) do  -- the most specific reason first: local-origin, gateway, 5xx
