@@ -593,6 +593,26 @@ class TestExtensionRef:
         assert rule.invalid_reason and "not found" in rule.invalid_reason
         assert fields(result) == ["spec.rules[0].filters[0].extensionRef"]
 
+    def test_a_backend_traffic_policy_is_not_a_filter(self):
+        policy = """
+---
+apiVersion: gw.dev/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: bt, namespace: default}
+spec:
+  targetRefs: [{group: gw.dev, kind: Backend, name: nowhere}]
+  circuitBreaker: {failureRatio: 0.5}
+"""
+        result, rule = compile_rule(
+            f"""
+            backendRefs: [{ONE}]
+            filters: [{{type: ExtensionRef, extensionRef: {{group: gw.dev, kind: BackendTrafficPolicy, name: bt}}}}]
+            """,
+            policy,
+        )
+        assert rule.invalid_reason and "attaches by its targetRefs" in rule.invalid_reason
+        assert "spec.rules[0].filters[0].extensionRef" in fields(result)
+
     def test_foreign_group_is_invalid_kind(self):
         result, rule = compile_rule(
             f"""

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gw.config import model
+from gw.config.backend_policy import KIND as BACKEND_TRAFFIC_POLICY
 from gw.config.backends import BACKEND_NOT_FOUND, INVALID_KIND, BackendResolver, Unresolved
 from gw.config.errors import Condition, ConfigError
 from gw.config.filters import EXTENSION_REF, RETRY, SERVED_EXTENSION_KINDS, ExtensionRef, Mirror
@@ -161,6 +162,13 @@ class RuleCompiler:
         for e in f.extensions:
             if e.group != GW_GROUP:
                 message = f"ExtensionRef {e.kind} ({e.group or 'core'}) is not a gw policy kind (group {GW_GROUP})"
+                reason = INVALID_KIND
+            elif e.kind == BACKEND_TRAFFIC_POLICY:
+                # It protects a backend whatever route reaches it, so it is not a filter of one rule.
+                message = (
+                    f"ExtensionRef {e.kind} {route.meta.namespace}/{e.name}: a {e.kind} attaches by its "
+                    "targetRefs (a Service, Backend, HTTPRoute or Gateway), not as a rule's filter"
+                )
                 reason = INVALID_KIND
             elif (e.kind, route.meta.namespace, e.name) not in self._policies:
                 message = f"ExtensionRef {e.kind} {route.meta.namespace}/{e.name} not found"
