@@ -84,6 +84,23 @@ class Raising(Phase):
             raise RuntimeError("a bug in a response phase")
 
 
+class Pinning(Phase):
+    """Sends the exchange to the endpoint whose port the query names (`?to=<port>`), as a session
+    phase pins a session: it chooses the backendRef and the endpoint; the balancer is skipped."""
+
+    def on_request(self, ex: Exchange) -> int:
+        if ex.query.startswith(b"to="):
+            port = int(ex.query[3:])
+            for ref in ex.rule.backend_refs:
+                for endpoint in ref.backend.endpoints:
+                    if endpoint.port == port:
+                        ex.ref, ex.pin = ref, endpoint
+        return CONTINUE
+
+    def on_response_head(self, ex: Exchange, fields: Fields) -> None:
+        fields.append((b"X-Sent-To", str(ex.endpoint.port).encode()))
+
+
 class Adding(Phase):
     """Adds a response field carrying the request's query, when it has one (as CORS does for an Origin)."""
 
@@ -117,7 +134,10 @@ async def serve(upstream: Upstream) -> AsyncIterator[Serve]:
     started: list[tuple[DataPlane, asyncio.Server]] = []
 
     async def start(
-        *phases: tuple[str, Build], paths: tuple[str, ...] = ("/free", "/chained"), env: dict[str, str] | None = None
+        *phases: tuple[str, Build],
+        paths: tuple[str, ...] = ("/free", "/chained"),
+        env: dict[str, str] | None = None,
+        endpoints: list[tuple[str, int]] | None = None,
     ) -> Served:
         port = free_port()
         rules = [
@@ -125,7 +145,8 @@ async def serve(upstream: Upstream) -> AsyncIterator[Serve]:
              "backendRefs": [{"backend": "up"}]}
             for p in paths
         ]  # fmt: skip
-        config = load_text(config_yaml(port, {"up": [("127.0.0.1", upstream.port)]}, [{"name": "r", "rules": rules}]))
+        backends = {"up": endpoints or [("127.0.0.1", upstream.port)]}
+        config = load_text(config_yaml(port, backends, [{"name": "r", "rules": rules}]))
         assert not config.errors, config.errors
         loop = asyncio.get_running_loop()
         plane = DataPlane(loop, Settings.from_env({"GW_ACCESS_LOG": "off", **(env or {})}), (*PHASES, *phases))
@@ -287,3 +308,19 @@ async def test_a_phase_that_never_decides_is_a_504_and_the_connection_serves_on(
     assert waiting.qsize() == 1  # it was asked once
     status, _, _ = await fetch(served, "/free")
     assert status == 200
+
+
+async def test_a_phase_may_pin_the_endpoint_and_the_balancer_is_skipped(serve: Serve, upstream: Upstream) -> None:
+    other = Upstream("other").start()
+    try:
+        served = await serve(("pinning", only_path("/chained", Pinning())),
+                             endpoints=[("127.0.0.1", upstream.port), ("127.0.0.1", other.port)])  # fmt: skip
+        for _ in range(4):  # round robin would alternate; the pin holds
+            status, fields, _ = await fetch(served, f"/chained?to={other.port}")
+            assert status == 200 and values(fields, "x-sent-to") == [str(other.port)]
+        assert len(other.seen) == 4 and upstream.seen == []
+        status, _, _ = await fetch(served, "/chained")
+        status2, _, _ = await fetch(served, "/chained")
+        assert (status, status2) == (200, 200) and len(upstream.seen) == 1  # unpinned: balanced again
+    finally:
+        other.stop()

@@ -48,7 +48,11 @@ class Exchange(Protocol):
     client_host: bytes  # the peer address, as bytes
     upgrade: bool
     rule: Any  # gw.config.model.Rule
-    ref: Any  # gw.config.model.BackendRef chosen for this exchange; None before on_upstream_request
+    # gw.config.model.BackendRef chosen for this exchange; an on_request phase may set it (a session
+    # pinned to one of its endpoints), otherwise it is chosen by weight before on_upstream_request.
+    ref: Any
+    pin: Any  # the endpoint an on_request phase chose for the exchange (with `ref`); None: the backend picks
+    endpoint: Any  # the endpoint the exchange went to (on_response_head, on_done); None if gw answered
     identity: Any  # who the caller is, once authentication established it (None: anonymous)
     scheme: bytes  # b"http" or b"https" of the listener
     listener_port: int  # the listener's declared port (redirects, X-Forwarded-Port)

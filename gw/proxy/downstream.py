@@ -657,7 +657,8 @@ class ClientConnection(asyncio.Protocol):
                                 self.deadline = monotonic() + self.settings.upstream_response_timeout
                         return
             rule = req.rule
-            ref = rule.only_ref or rule.pick_backend()
+            # (A phase may have chosen the backendRef: a session pinned to one of its endpoints.)
+            ref = req.ref or rule.only_ref or rule.pick_backend()
             if ref is None or ref.backend is None:
                 self._fail(errors.RouteMisconfigured("the route has no usable backend"))
                 return
@@ -673,13 +674,20 @@ class ClientConnection(asyncio.Protocol):
             req.edits_response = True
         self.backend = ref.backend
         mirrors = req.mirror_to
+        pin = req.pin
         if mirrors is None:
-            self._pick_and_go(req)
+            if pin is None:
+                self._pick_and_go(req)
+            else:
+                self._go_pinned(req, pin)
             return
         # The primary goes first: it gets the pick of idle pooled connections, and a request it
         # cannot even start (no endpoint) is not copied. Its _send takes the body read so far.
         early_body = req.pending_body
-        self._pick_and_go(req)
+        if pin is None:
+            self._pick_and_go(req)
+        else:
+            self._go_pinned(req, pin)
         if self.active is req and not self.closed:
             timeout = rule.backend_timeout or self.settings.upstream_response_timeout
             req.mirrors = start_mirrors(self.plane, mirrors, req, early_body, timeout)
@@ -765,6 +773,30 @@ class ClientConnection(asyncio.Protocol):
                 self._send(req, conn)
                 return
         self._connect(req, pool)
+
+    def _go_pinned(self, req: Exchange, endpoint: Endpoint) -> None:
+        """_pick_and_go for an endpoint a phase chose (a session's): the backend's policy still
+        admits the exchange; only the pick is skipped. (Its own method: the usual request pays no
+        test for it.)"""
+        backend: Backend = self.backend  # type: ignore[assignment]
+        state = backend.state
+        if state is not None and self.held is not state:
+            refusal = state.enter(req.started) if state.gate else None
+            if refusal is not None:
+                self.endpoint = None
+                self._fail(refusal)
+                return
+            if not state.gate:
+                state.parallel += 1
+            self.held = state
+        self.endpoint = endpoint
+        pool = endpoint.pool
+        conn = pool.acquire()
+        if conn is not None:
+            conn.reused = True
+            self._send(req, conn)
+        else:
+            self._connect(req, pool)
 
     def _connect(self, req: Exchange, pool: EndpointPool) -> None:
         held = self.held

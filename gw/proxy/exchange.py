@@ -58,7 +58,8 @@ class Exchange:
     # -- the phase chain (set only for a rule that has one) --
     conn: ClientConnection | None = None
     resume_at = 0  # the request phase a WAIT resumes from
-    ref: Any = None  # the BackendRef chosen for this exchange
+    ref: Any = None  # the BackendRef chosen for this exchange (a phase may choose it)
+    pin: Any = None  # the endpoint a phase chose (a session's), or None: the backend picks
     identity: Any = None
     response_fields: Fields | None = None
     mirror_to: list[Any] | None = None  # gw.config.filters.Mirror chosen by phases
@@ -83,6 +84,11 @@ class Exchange:
     @property
     def listener_port(self) -> int:
         return self.conn.declared_port  # type: ignore[union-attr]
+
+    @property
+    def endpoint(self) -> Any:
+        """The endpoint the exchange was sent to (None before one is picked, or when answered by gw)."""
+        return self.conn.endpoint  # type: ignore[union-attr]
 
     def fields(self) -> Fields:
         fields = self._fields
