@@ -94,6 +94,11 @@ class Keys:
         """
         return self._family(f"rl:{policy}")
 
+    def sessions(self, name: str) -> str:
+        """The stem of one session name's table (header-type sessionPersistence): `<stem>:<id>` is
+        the endpoint ("address:port") the session with that id is pinned to, with its timeout."""
+        return self._family(f"sess:{name}")
+
     def _family(self, family: str) -> str:
         """The hash-tagged stem of a key family: every key built on it lands in one Cluster slot."""
         return f"{{{self.prefix}:{family}}}"

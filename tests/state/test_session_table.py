@@ -1,0 +1,68 @@
+"""Header-type sessions against a real Valkey: the first proposal for an id wins for the fleet,
+re-pinning moves a session off a gone endpoint, and without Redis every replica hashes alike."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gw.policies.session_table import SessionTable, rendezvous
+from gw.state import Keys, RedisGuard, SharedState, connect
+from tests.support import valkey
+
+ENDPOINTS = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]
+
+
+def table(server: valkey.Server | None, keys: Keys, idle: bool = False) -> SessionTable:
+    shared = SharedState(connect(server.url), RedisGuard(1.0), keys) if server is not None else None
+    return SessionTable(asyncio.get_running_loop(), shared, "route-0", 60.0, idle)
+
+
+async def settle(t: SessionTable, sid: bytes, proposed: str, gone: str = "") -> tuple[str, bool]:
+    answer: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
+    t.settle(sid, proposed, ENDPOINTS, lambda endpoint, fleet: answer.set_result((endpoint, fleet)), gone)
+    return await answer
+
+
+async def test_the_first_proposal_for_an_id_wins_for_every_worker(server: valkey.Server, keys: Keys) -> None:
+    a, b = table(server, keys), table(server, keys)
+    first = await settle(a, b"user-1", ENDPOINTS[0])
+    second = await settle(b, b"user-1", ENDPOINTS[2])  # another replica's balancer picked another
+    assert first == second == (ENDPOINTS[0], True)
+    assert b.cached(b"user-1", 0.0) == ENDPOINTS[0] and a.created == 1 and b.created == 0
+
+
+async def test_two_workers_seeing_a_new_id_at_once_agree(server: valkey.Server, keys: Keys) -> None:
+    workers = [table(server, keys) for _ in range(4)]
+    answers = await asyncio.gather(*(settle(w, b"new", ENDPOINTS[i % 3]) for i, w in enumerate(workers)))
+    assert len({endpoint for endpoint, _ in answers}) == 1
+
+
+async def test_a_session_on_a_gone_endpoint_is_re_pinned_once(server: valkey.Server, keys: Keys) -> None:
+    a, b = table(server, keys), table(server, keys)
+    assert (await settle(a, b"s", ENDPOINTS[1]))[0] == ENDPOINTS[1]
+    moved = await settle(a, b"s", ENDPOINTS[2], gone=ENDPOINTS[1])
+    # The other worker, finding the same endpoint gone, follows the move instead of making its own.
+    assert moved[0] == ENDPOINTS[2] and (await settle(b, b"s", ENDPOINTS[0], gone=ENDPOINTS[1]))[0] == ENDPOINTS[2]
+    assert a.repinned == 1
+
+
+async def test_without_redis_every_replica_hashes_an_id_to_the_same_endpoint(
+    keys: Keys, own_server: valkey.Server
+) -> None:
+    a = table(own_server, keys)
+    own_server.stop()
+    b = table(None, keys)
+    ids = [b"id-%d" % i for i in range(50)]
+    got_a = [await settle(a, i, ENDPOINTS[0]) for i in ids]
+    got_b = [await settle(b, i, ENDPOINTS[0]) for i in ids]
+    assert got_a == got_b and all(not fleet for _, fleet in got_a)
+    assert len({e for e, _ in got_a}) == 3  # spread over the endpoints
+
+
+def test_rendezvous_moves_only_the_sessions_of_a_removed_endpoint() -> None:
+    ids = [b"id-%d" % i for i in range(3000)]
+    before = {i: rendezvous(i, ENDPOINTS) for i in ids}
+    after = {i: rendezvous(i, ENDPOINTS[:2]) for i in ids}
+    moved = [i for i in ids if before[i] != after[i]]
+    assert all(before[i] == ENDPOINTS[2] for i in moved)
+    assert abs(len(moved) / len(ids) - 1 / 3) < 0.05
