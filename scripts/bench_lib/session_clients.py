@@ -35,6 +35,7 @@ class Row:
     status: int
     endpoint: str
     after_switch: bool  # sent once the phase's switch had completed
+    pins: bool = False  # the session's first answer: it defines the endpoint, it cannot move off it
 
 
 @dataclass
