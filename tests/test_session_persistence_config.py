@@ -41,8 +41,9 @@ def route(*rules: dict[str, Any], name: str = "shop") -> dict[str, Any]:
 
 
 def policy(name: str, target: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    targets = [{"group": "gw.dev", "kind": "Backend", "name": target["name"]}]
     return {"apiVersion": "gw.dev/v1alpha1", "kind": "BackendTrafficPolicy", "metadata": {"name": name},
-            "spec": {"targetRefs": [{"group": "gw.dev", "kind": "Backend", "name": target["name"]}], **spec}}  # fmt: skip
+            "spec": {"targetRefs": targets, **spec}}  # fmt: skip
 
 
 def compiled(*docs: dict[str, Any], features: frozenset[str] = ALL_FEATURES) -> Any:
@@ -186,7 +187,7 @@ def test_client_ip_affinity_alone_is_fine() -> None:
 
 def test_a_bad_session_affinity_is_named() -> None:
     bad = {**SERVICE, "spec": {"sessionAffinity": "Cookie", "ports": [{"port": 80}]}}
-    resources, errors = parse_documents([("s.yaml", bad)])
+    _, errors = parse_documents([("s.yaml", bad)])
     assert any(e.field == "spec.sessionAffinity" for e in errors)
 
 
