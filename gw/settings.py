@@ -252,7 +252,8 @@ class Settings:
             try:
                 values[f.name] = f.metadata["parse"](raw)
             except ValueError as exc:
-                raise SettingsError(f"{name}={raw!r}: {exc}") from None
+                shown = repr(raw) if f.repr else "(secret)"  # a secret's value stays out of logs
+                raise SettingsError(f"{name}={shown}: {exc}") from None
         return cls(**values)
 
     @classmethod

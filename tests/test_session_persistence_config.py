@@ -13,7 +13,9 @@ from gw.cli import main
 from gw.config import compile_resources
 from gw.config.filters import ALL_FEATURES
 from gw.config.parse import parse_documents
-from gw.config.session import COOKIE, HEADER, PERMANENT, SESSION, SessionPersistence, scope_tag
+from gw.config.session import COOKIE, HEADER, PERMANENT, SESSION, SessionPersistence, cookie_path, scope_tag
+from gw.routing.match import PATH_EXACT, PATH_PREFIX, PATH_REGEX, RouteMatch
+from gw.settings import Settings, SettingsError
 
 GATEWAY = "gateway.networking.k8s.io/v1"
 BASE = [
@@ -206,3 +208,39 @@ def test_gw_routes_describes_the_session() -> None:
     sp = {"sessionName": "cart", "absoluteTimeout": "1h", "cookieConfig": {"lifetimeType": "Permanent"}}
     (rule,) = compiled(route({"sessionPersistence": sp})).config.rules
     assert "session=Cookie cart permanent cookie path=/shop/0 timeout=3600s" in describe_rule(rule)
+
+
+@pytest.mark.parametrize(
+    ("matches", "path"),
+    [
+        ([], "/"),
+        ([RouteMatch()], "/"),
+        ([RouteMatch(PATH_PREFIX, "/shop")], "/shop"),
+        ([RouteMatch(PATH_EXACT, "/shop/cart")], "/shop/cart"),
+        ([RouteMatch(PATH_PREFIX, "/shop/a"), RouteMatch(PATH_PREFIX, "/shop/b")], "/shop"),
+        ([RouteMatch(PATH_PREFIX, "/ab"), RouteMatch(PATH_PREFIX, "/ac")], "/"),
+        ([RouteMatch(PATH_REGEX, "/p1/p2/.*/p3")], "/p1/p2"),  # GEP-1619's example
+        ([RouteMatch(PATH_REGEX, "^/api")], "/"),
+    ],
+)
+def test_the_cookie_path_is_what_every_match_lies_under(matches: list[RouteMatch], path: str) -> None:
+    assert cookie_path(matches) == path
+
+
+def test_a_policy_session_on_a_client_ip_affinity_service_rejects_the_routes_reaching_it() -> None:
+    ref = {"kind": "Service", "name": "legacy", "port": 80}
+    sticky = {"apiVersion": "gw.dev/v1alpha1", "kind": "BackendTrafficPolicy", "metadata": {"name": "sticky"},
+              "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "legacy"}],
+                       "sessionPersistence": {}}}  # fmt: skip
+    result = compiled(SERVICE, SLICE, route({"backendRefs": [ref]}), sticky)
+    accepted = [c for c in result.conditions["HTTPRoute default/shop"] if c.type == "Accepted"]
+    assert accepted and not accepted[0].status and "BackendTrafficPolicy default/sticky" in accepted[0].message
+
+
+def test_session_keys_are_a_list_the_first_signs() -> None:
+    settings = Settings.from_env({"GW_SESSION_KEYS": "new-key-0123456789, old-key-0123456789"})
+    assert settings.session_keys == (b"new-key-0123456789", b"old-key-0123456789")
+    assert "new-key" not in repr(settings)  # secrets stay out of logs and tracebacks
+    with pytest.raises(SettingsError, match=r"GW_SESSION_KEYS=\(secret\): key 2 is shorter than 16 bytes"):
+        Settings.from_env({"GW_SESSION_KEYS": "new-key-0123456789,short"})
+    assert Settings().session_keys == ()
