@@ -124,10 +124,20 @@ def parse_key_prefix(text: str) -> str:
     return text
 
 
-def _var(default: Any, parse: Callable[[str], Any], doc: str) -> Any:
+def parse_session_keys(text: str) -> tuple[bytes, ...]:
+    keys = tuple(k.strip().encode() for k in text.split(",") if k.strip())
+    if not keys:
+        raise ValueError("no key (a comma-separated list of secrets)")
+    short = [i for i, k in enumerate(keys) if len(k) < 16]
+    if short:
+        raise ValueError(f"key {short[0] + 1} is shorter than 16 bytes (use e.g. `openssl rand -hex 32`)")
+    return keys
+
+
+def _var(default: Any, parse: Callable[[str], Any], doc: str, *, secret: bool = False) -> Any:
     from dataclasses import field
 
-    return field(default=default, metadata={"parse": parse, "doc": doc})
+    return field(default=default, repr=not secret, metadata={"parse": parse, "doc": doc})
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +231,14 @@ class Settings:
         "Directory for the embedded Valkey's socket and log (the log is removed when it stops cleanly); "
         "empty: $XDG_RUNTIME_DIR or the temp dir.",
     )
+    session_keys: tuple[bytes, ...] = _var(
+        (),
+        parse_session_keys,
+        "Secrets signing session-persistence cookies, comma-separated, each at least 16 bytes: the first "
+        "signs, all verify (rotate by putting the new key first); every replica needs the same list. "
+        "Empty: one random key is generated once and kept in Redis under GW_REDIS_PREFIX, shared by the fleet.",
+        secret=True,
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -234,7 +252,8 @@ class Settings:
             try:
                 values[f.name] = f.metadata["parse"](raw)
             except ValueError as exc:
-                raise SettingsError(f"{name}={raw!r}: {exc}") from None
+                shown = repr(raw) if f.repr else "(secret)"  # a secret's value stays out of logs
+                raise SettingsError(f"{name}={shown}: {exc}") from None
         return cls(**values)
 
     @classmethod
@@ -243,7 +262,9 @@ class Settings:
         rows = []
         for f in fields(cls):
             default = f.default
-            if isinstance(default, tuple):
+            if default == ():
+                default = ""
+            elif isinstance(default, tuple):
                 default = f"{default[0]}:{default[1]}"
             elif f.metadata["parse"] in (parse_duration, parse_positive_duration):
                 default = f"{default:g}s"

@@ -42,11 +42,13 @@ breaker fields are gw's own, and the retry budget is the Gateway API's (XBackend
       retry:                               # also accepted as `retryConstraint` (the Gateway API's name)
         budget: {percent: 20, interval: 10s}
         minRetryRate: {count: 10, interval: 1s}
+      sessionPersistence:                  # GEP-1619, as on a route rule (gw.config.session); a rule's
+        type: Cookie                       #   own sessionPersistence overrides it
 
 Attachment and precedence (gw.config.backend_attach): a policy targeting the backend itself wins
 over one on an HTTPRoute reaching it, which wins over one on its Gateway (at each level, a target
 with a sectionName over one without: a Service port, a route rule); each section (circuitBreaker,
-healthCheck.passive, healthCheck.active, healthCheck.panicThreshold, retry) is taken whole from the
+healthCheck.passive, healthCheck.active, healthCheck.panicThreshold, retry, sessionPersistence) is taken whole from the
 most specific policy that sets it. Two policies at the same level for the same backend conflict: the
 oldest (then by namespace/name) wins, as GEP-713 says, and the other's status names the conflict.
 """
@@ -57,6 +59,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gw.config.ratelimit import TargetRef
+from gw.config.session import SessionPersistence
 
 if TYPE_CHECKING:
     from gw.config.resources import Meta
@@ -148,6 +151,7 @@ class BackendTrafficPolicy:
     active: ActiveHealthCheck | None = None
     panic_threshold: int | None = None  # percent
     retry_budget: RetryBudget | None = None
+    session_persistence: SessionPersistence | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,3 +165,5 @@ class Resilience:
     panic_threshold: int = 50  # Envoy's default
     retry_budget: RetryBudget | None = None
     sources: tuple[str, ...] = ()
+    # Not for the backend's run-time state: gw.config.session settles it onto each rule reaching it.
+    session_persistence: SessionPersistence | None = None

@@ -20,6 +20,7 @@ from gw.config.gateways import serve_gateways
 from gw.config.policy_attach import CompiledRoute, attach_extension_rate_limits, attach_rate_limits
 from gw.config.resources import Gateway, HTTPRoute, Listener, Resources
 from gw.config.rules import RuleCompiler
+from gw.config.session import settle_sessions
 from gw.config.tls import port_tls
 from gw.config.validate import check_duplicates
 from gw.routing.table import ListenerRoutes, RouteEntry, build_table
@@ -107,6 +108,8 @@ def compile_resources(
     attach_rate_limits(resources.rate_limit_policies, compiled_routes, conditions, errors)
     attach_extension_rate_limits(compiled_routes)
     attach_backend_policies(resources.backend_traffic_policies, compiled_routes, resources.services, conditions, errors)
+    # After backend policies: a rule's own sessionPersistence overrides its backends' (GEP-1619).
+    settle_sessions(compiled_routes, resources.services, features, conditions, errors)
 
     ports: dict[int, list[tuple[Gateway, Listener]]] = {}
     for gw, listeners in gateways.values():

@@ -27,6 +27,8 @@ def describe_rule(rule: Rule) -> str:
         limits.append(f"max-body={rule.max_body_size}")
     if rule.retry is not None:
         limits.append(rule.retry.describe())
+    if rule.session_persistence is not None:
+        limits.append(rule.session_persistence.describe())
     for label, f in (("request headers", rule.request_headers), ("response headers", rule.response_headers)):
         if f is not None:
             limits.append(f"{label}: {f.describe()}")

@@ -70,7 +70,9 @@ REFERENCE_GRANT_TO = F({"group", "kind", "name"})
 
 # gw.dev/v1alpha1 BackendTrafficPolicy (gw.config.backend_policy): Envoy Gateway's names, gw's
 # fleet-wide breaker, and the Gateway API's retry budget under either of its names.
-BACKEND_TRAFFIC_POLICY_SPEC = F({"targetRefs", "circuitBreaker", "healthCheck", "retry", "retryConstraint"})
+BACKEND_TRAFFIC_POLICY_SPEC = F(
+    {"targetRefs", "circuitBreaker", "healthCheck", "retry", "retryConstraint", "sessionPersistence"}
+)
 POLICY_TARGET_REF = F({"group", "kind", "name", "namespace", "sectionName"})
 CIRCUIT_BREAKER = F(
     {

@@ -35,16 +35,18 @@ FILTER_TYPES = (
 # Rule features beyond filters that the data plane must implement to honour a rule.
 RETRY = "retry"
 HTTPS = "HTTPS"  # listener protocol: TLS termination
+SESSION_PERSISTENCE = "sessionPersistence"  # a rule's own or its backends' (gw.config.session)
 
-ALL_FEATURES: frozenset[str] = frozenset((*FILTER_TYPES, RETRY, HTTPS))
+ALL_FEATURES: frozenset[str] = frozenset((*FILTER_TYPES, RETRY, HTTPS, SESSION_PERSISTENCE))
 # ExtensionRef kinds the data plane applies when a rule's filter names them (on rules, not backendRefs).
 SERVED_EXTENSION_KINDS: frozenset[str] = frozenset({"RateLimitPolicy"})
 
 # What the data plane applies today: all but ExtensionRef to kinds outside SERVED_EXTENSION_KINDS
 # (or on a backendRef). A rule using anything else is compiled (so `gw check` shows it) but
 # answers 500, as the spec asks for filters that cannot be honoured: skipping an auth
-# ExtensionRef silently would be worse.
-DATA_PLANE_FEATURES: frozenset[str] = ALL_FEATURES - {EXTENSION_REF}
+# ExtensionRef silently would be worse. Session persistence is parsed and settled per rule, but
+# the proxy does not pin sessions yet (issue 15): such a rule answers 500 until it does.
+DATA_PLANE_FEATURES: frozenset[str] = ALL_FEATURES - {EXTENSION_REF, SESSION_PERSISTENCE}
 
 _SET_COOKIE = b"set-cookie"
 

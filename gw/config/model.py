@@ -124,6 +124,8 @@ class Rule:
       extensions        gw policy objects (ExtensionRef), for the policy layer
     rate_limit_policies: RateLimitPolicies attached by targetRefs or ExtensionRef (gw.config.policy_attach).
     retry: Retry or None; request_timeout / backend_timeout in seconds (0 = disabled, None = unset).
+    session_persistence: gw.config.session.SessionPersistence or None: the rule's own or its
+    backends' (BackendTrafficPolicy), settled after backend policies attach (gw.config.session).
 
     The proxy does not read the filters and policies itself: a worker turns them into the rule's
     phase chain when it installs the snapshot (gw.policies.registry). `chain` and `stats` (and
@@ -155,6 +157,7 @@ class Rule:
         "retry",
         "rewrite",
         "route",
+        "session_persistence",
         "stats",
     )
 
@@ -198,6 +201,8 @@ class Rule:
         self.retry = retry
         # RateLimitPolicies reaching this rule, added while compiling (gw.config.policy_attach).
         self.rate_limit_policies: tuple[Any, ...] = ()
+        # Set while compiling, after backend policies attach (gw.config.session.settle_sessions).
+        self.session_persistence: Any = None
         # The worker's, bound once when it installs the snapshot (see the class docstring).
         self.stats: Any = None
         self.chain: Any = None

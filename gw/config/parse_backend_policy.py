@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -19,6 +20,7 @@ from gw.config.backend_policy import (
 from gw.config.ratelimit import TargetRef
 from gw.config.reader import Reader, type_name
 from gw.config.resources import CORE_GROUP, GATEWAY_GROUP, GW_GROUP, Meta
+from gw.config.session import parse_session_persistence
 from gw.config.units import parse_duration
 
 # The group of each kind a policy may target; a Service's may also be written "core".
@@ -45,9 +47,12 @@ def parse_backend_traffic_policy(
             r.error(f"{field}.retryConstraint", "is the Gateway API's name for `retry`: set one of them, not both")
         retry_field, raw_retry = "retryConstraint", spec["retryConstraint"]
     retry = _retry(r, raw_retry, f"{field}.{retry_field}")
+    session = parse_session_persistence(r, spec.get("sessionPersistence"), f"{field}.sessionPersistence")
+    if session is not None:
+        session = dataclasses.replace(session, source=f"BackendTrafficPolicy {meta.key}")
     if r.count != before:
         return None  # a half-read policy would protect a backend otherwise than written
-    return BackendTrafficPolicy(meta, targets, breaker, passive, active, panic, retry)
+    return BackendTrafficPolicy(meta, targets, breaker, passive, active, panic, retry, session_persistence=session)
 
 
 def _targets(r: Reader, spec: dict[str, Any], field: str) -> tuple[TargetRef, ...]:

@@ -40,7 +40,8 @@ def parse_service(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: 
         protocol = r.str(p, "protocol", p_field, default="TCP") or "TCP"
         if port is not None:
             ports.append(ServicePort(port, name, target, protocol))
-    return Service(meta, tuple(ports))
+    affinity = r.str(spec, "sessionAffinity", field, default="None", choices=("None", "ClientIP")) or "None"
+    return Service(meta, tuple(ports), affinity)
 
 
 def parse_endpoint_slice(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: str) -> EndpointSlice | None:

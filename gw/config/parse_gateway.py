@@ -29,13 +29,11 @@ from gw.config.resources import (
     RouteRule,
     SecretRef,
 )
+from gw.config.session import parse_session_persistence
 from gw.config.units import parse_duration, parse_quantity
 from gw.routing.match import PATH_EXACT, PATH_PREFIX, PATH_REGEX, RouteMatch, ValueMatch
 from gw.routing.paths import normal_route_path
 
-# Rule fields of the spec that gw does not implement yet: refusing them loudly beats silently
-# ignoring them.
-_UNSUPPORTED_RULE_FIELDS = ("sessionPersistence",)
 # The API server's limits for an HTTPRoute (CRD maxItems and CEL rules of gateway-api v1).
 MAX_RULES = 16
 MAX_MATCHES = 64  # per rule
@@ -263,9 +261,7 @@ def _rule(r: Reader, meta: Meta, raw: Any, field: str, index: int) -> RouteRule:
     backend = _duration(r, timeouts, "backendRequest", f"{field}.timeouts")
     if request and backend and backend > request:
         r.error(f"{field}.timeouts.backendRequest", "must not be longer than timeouts.request")
-    for key in _UNSUPPORTED_RULE_FIELDS:
-        if raw.get(key):
-            r.error(f"{field}.{key}", f"{key} is not supported yet")
+    session = parse_session_persistence(r, raw.get("sessionPersistence"), f"{field}.sessionPersistence")
     return RouteRule(
         index=index,
         matches=tuple(matches),
@@ -276,6 +272,7 @@ def _rule(r: Reader, meta: Meta, raw: Any, field: str, index: int) -> RouteRule:
         invalid_reason=_first_problem(r, before) if r.count != before else None,
         filters=filters,
         retry=retry,
+        session_persistence=session,
     )
 
 

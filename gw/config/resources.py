@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from gw.config.backend_policy import BackendTrafficPolicy
 from gw.config.filters import CORS, HeaderModifier, Redirect, Retry, URLRewrite
 from gw.config.ratelimit import RateLimitPolicy
+from gw.config.session import SessionPersistence
 from gw.routing.match import RouteMatch
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -197,6 +198,7 @@ class RouteRule:
     invalid_reason: str | None = None
     filters: FilterSpecs = NO_FILTERS
     retry: Retry | None = None
+    session_persistence: SessionPersistence | None = None  # the rule's own (gw.config.session)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +223,7 @@ class ServicePort:
 class Service:
     meta: Meta
     ports: tuple[ServicePort, ...]
+    session_affinity: str = "None"  # spec.sessionAffinity: None | ClientIP (conflicts with sessionPersistence)
 
 
 @dataclass(frozen=True, slots=True)
