@@ -147,7 +147,7 @@ class Fleet:
         out = subprocess.run([sys.executable, "-m", "gw", "check", str(self.path)], capture_output=True, text=True,
                              env=env, timeout=60)  # fmt: skip
         errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("error:")]
-        refused = [e for e in errors if "sessionPersistence" in e]
+        refused = [e for e in errors if "HTTPRoute default/sessions" in e and "sessionPersistence" in e]
         if refused:
             self.persistence = False
             notes.append(f"sessions measured without persistence: {refused[0].split(': ', 2)[-1]}")
