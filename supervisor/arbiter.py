@@ -109,6 +109,8 @@ class Supervisor:
             self.env["GW_REDIS_URL"] = self.publisher.start_server()
         except (EmbeddedValkeyError, OSError) as exc:
             raise StartupError(f"cannot start the embedded Valkey: {exc}") from None
+        if not self.settings.session_keys:
+            self.env["GW_SESSION_KEYS"] = await self.publisher.session_key()
         number = await self.publisher.publish(snapshot, start=True)
         if self.publisher.unpublished is not None:
             log(f"Redis unavailable ({self.publisher.last_error}): serving the config unpublished for now")

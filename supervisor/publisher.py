@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,8 @@ from gw.config.snapshot import Snapshot
 from gw.settings import Settings
 from gw.state import ConfigFollower, ConfigStore, ConfigStoreError, EmbeddedValkey, Version, connect
 from gw.state.config_store import FILES, REPUBLISH, PublishResult
+from gw.state.keys import Keys
+from gw.state.session_key import fleet_session_key
 from gw.supervisor.log import log
 
 PUBLISH_TIMEOUT = 2.0  # a publish that takes longer is abandoned: serving must not wait on Redis
@@ -74,6 +77,21 @@ class Publisher:
         client = connect(self.url)
         self.store = ConfigStore.from_settings(client, self.settings)
         return self.url
+
+    async def session_key(self) -> str:
+        """The fleet's session-cookie key (gw.state.session_key); without Redis, one of this replica's
+        own, said in the log: its cookies are honoured by its own workers only until a restart."""
+        assert self.store is not None
+        try:
+            return await asyncio.wait_for(
+                fleet_session_key(self.store.client, Keys(self.settings.redis_prefix)), PUBLISH_TIMEOUT
+            )
+        except UNREACHABLE as exc:
+            log(
+                f"Redis unavailable ({exc!r}): session cookies are signed with this replica's own key; "
+                "set GW_SESSION_KEYS so that every replica honours every cookie"
+            )
+            return secrets.token_hex(32)
 
     def files_unchanged(self, read: Snapshot) -> bool:
         """A HUP read the files as they were last read (and published, or knowingly not)."""

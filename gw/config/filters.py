@@ -44,9 +44,8 @@ SERVED_EXTENSION_KINDS: frozenset[str] = frozenset({"RateLimitPolicy"})
 # What the data plane applies today: all but ExtensionRef to kinds outside SERVED_EXTENSION_KINDS
 # (or on a backendRef). A rule using anything else is compiled (so `gw check` shows it) but
 # answers 500, as the spec asks for filters that cannot be honoured: skipping an auth
-# ExtensionRef silently would be worse. Session persistence is parsed and settled per rule, but
-# the proxy does not pin sessions yet (issue 15): such a rule answers 500 until it does.
-DATA_PLANE_FEATURES: frozenset[str] = ALL_FEATURES - {EXTENSION_REF, SESSION_PERSISTENCE}
+# ExtensionRef silently would be worse.
+DATA_PLANE_FEATURES: frozenset[str] = ALL_FEATURES - {EXTENSION_REF}
 
 _SET_COOKIE = b"set-cookie"
 

@@ -1,6 +1,6 @@
 """The phase kinds gw serves, in the one order they run, and the chain each rule gets from them.
 
-Order: tracing → authentication → rate limit → CORS/redirect → request edits → mirror. Later
+Order: tracing → authentication → rate limit → session → CORS/redirect → request edits → mirror. Later
 phases read what earlier ones established (a rate-limit key reads the identity authentication
 set); the request edits come after every phase that may answer, so nothing is edited for a
 request that never goes upstream; mirrors copy the request as it finally goes upstream.
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from gw.policies import cors, header_modifier, mirror, redirect, url_rewrite
+from gw.policies import cors, header_modifier, mirror, redirect, session, url_rewrite
 from gw.policies.phase import Chain, Phase
 from gw.policies.ratelimit import phase as rate_limit
 
@@ -24,12 +24,18 @@ class Services(Protocol):
     """What a worker lends phase builders: its long-lived runtime state, kept across reloads."""
 
     limiters: Any  # gw.policies.ratelimit.Limiters, installed for the snapshot being built
+    settings: Any  # gw.settings.Settings (GW_SESSION_KEYS)
+
+    def session_table(self, persistence: Any) -> Any:
+        """The worker's table of a header-type session name (gw.policies.session_table)."""
+        ...
 
 
 Build = Callable[[Any, Services], Phase | None]
 
 PHASES: tuple[tuple[str, Build], ...] = (
     ("rate-limit", rate_limit.build),
+    ("session", session.build),  # after the limit: a refused request settles no session
     ("cors", cors.build),
     ("redirect", redirect.build),
     ("request-header-modifier", header_modifier.build_request),

@@ -17,6 +17,7 @@ from gw.observe.metrics import Registry
 from gw.policies.backend_sync import BackendStates
 from gw.policies.ratelimit import Limiters
 from gw.policies.registry import PHASES, Build, build_chain
+from gw.policies.session_table import SessionTable
 from gw.proxy.upstream import EndpointPool
 from gw.settings import Settings
 from gw.state import SharedState
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from gw.proxy.mirror import MirrorRequest
 
 SWEEP_INTERVAL = 0.25  # seconds between deadline checks; timeouts fire within this of their time
+# A header-type session without absoluteTimeout: its table entry lasts this long after its last
+# settlement (GEP-1619 v1.6 has no idle timeout; the endpoint's life bounds it in practice).
+DEFAULT_SESSION_TIMEOUT = 24 * 3600.0
 IO_TURN = 0.001  # a timer this short fires after the next poll for I/O, in libuv as in asyncio
 
 
@@ -66,6 +70,8 @@ class DataPlane:
         self._request_id_prefix = os.urandom(6).hex().encode()
         self._sweeper: asyncio.TimerHandle | None = None
         self.limiters = Limiters(loop, settings, self.metrics, shared)
+        self.shared = shared
+        self.session_tables: dict[tuple[str, str], SessionTable] = {}
         # Backends with a BackendTrafficPolicy: circuit, endpoint health, shared with the fleet.
         # (Per-replica thresholds are shared by the replica's workers: GW_WORKERS, or one per CPU.)
         workers = settings.workers or len(os.sched_getaffinity(0))
@@ -104,6 +110,18 @@ class DataPlane:
         # Only when some rule matches on headers does the fast path split a head into fields.
         self.header_matching = any(getattr(p.table, "uses_headers", True) for p in config.ports)
         self.config = config
+
+    def session_table(self, persistence: Any) -> SessionTable:
+        """The table of one header-type session (its rule's scope): kept across reloads, so a
+        worker's cache of ids survives them."""
+        key = (persistence.scope, persistence.name)
+        table = self.session_tables.get(key)
+        if table is None or table.timeout != (persistence.absolute_timeout or DEFAULT_SESSION_TIMEOUT):
+            table = self.session_tables[key] = SessionTable(
+                self.loop, self.shared, f"{persistence.scope}:{persistence.name}",
+                persistence.absolute_timeout or DEFAULT_SESSION_TIMEOUT, idle=False,
+            )  # fmt: skip
+        return table
 
     def apply_backend_events(self, events: list[dict[str, Any]]) -> None:
         """Backend state decided elsewhere in the fleet (gw.state.backend_events), relayed by the

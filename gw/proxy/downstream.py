@@ -832,6 +832,10 @@ class ClientConnection(asyncio.Protocol):
                     self.held.failed(endpoint, monotonic())
             if req.attempts < MAX_CONNECT_ATTEMPTS and len(self.backend.endpoints) > req.attempts:  # type: ignore[union-attr]
                 self._pick_and_go(req)  # nothing was sent: any method may try another endpoint
+                repin = req.repin
+                if repin is not None and self.active is req and self.endpoint is not None:
+                    req.repin = None
+                    repin(req, self.endpoint)  # a session's endpoint refused: it moves to this one
                 return
             self._fail(errors.UpstreamRefused(f"cannot connect to {pool.address}:{pool.port}: {exc}"))
             return

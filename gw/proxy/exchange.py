@@ -60,6 +60,8 @@ class Exchange:
     resume_at = 0  # the request phase a WAIT resumes from
     ref: Any = None  # the BackendRef chosen for this exchange (a phase may choose it)
     pin: Any = None  # the endpoint a phase chose (a session's), or None: the backend picks
+    session: Any = None  # what the session phase found in the request (gw.policies.session)
+    repin: Any = None  # repin(ex, endpoint): the pinned endpoint refused and the exchange went there
     identity: Any = None
     response_fields: Fields | None = None
     mirror_to: list[Any] | None = None  # gw.config.filters.Mirror chosen by phases

@@ -94,6 +94,11 @@ class Keys:
         """
         return self._family(f"rl:{policy}")
 
+    @property
+    def session_key(self) -> str:
+        """string: the fleet's session-cookie signing key (hex), made once when GW_SESSION_KEYS is unset."""
+        return f"{self.prefix}:session:key"
+
     def sessions(self, name: str) -> str:
         """The stem of one session name's table (header-type sessionPersistence): `<stem>:<id>` is
         the endpoint ("address:port") the session with that id is pinned to, with its timeout."""

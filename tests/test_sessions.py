@@ -1,0 +1,89 @@
+"""Session persistence (GEP-1619) end to end: real replicas sharing a Valkey and a listener port,
+real upstreams; a session stays on its endpoint whichever replica and worker serves it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import StartGateway
+from tests.support import valkey
+from tests.support.upstream import Upstream
+from tests.test_backend_resilience import fleet
+
+COOKIE = [{"name": "api", "rules": [{"backendRefs": [{"backend": "api"}],
+                                     "sessionPersistence": {"sessionName": "cart"}}]}]  # fmt: skip
+HEADER_SESSION = {"type": "Header", "sessionName": "X-Session"}
+HEADER = [{"name": "api", "rules": [{"backendRefs": [{"backend": "api"}], "sessionPersistence": HEADER_SESSION}]}]
+
+
+@pytest.fixture
+def upstreams() -> Iterator[list[Upstream]]:
+    ups = [Upstream(name).start() for name in ("a", "b", "c")]
+    yield ups
+    for up in ups:
+        up.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[valkey.Server]:
+    server = valkey.standalone(tmp_path / "valkey")
+    yield server
+    server.stop()
+
+
+def get(url: str, **headers: str) -> httpx.Response:
+    return httpx.get(url, timeout=10, headers={"Connection": "close", **headers})
+
+
+def test_a_cookie_session_stays_on_its_endpoint_across_replicas_and_workers(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    replicas = fleet(start_gateway, upstreams, "", redis_server.url, routes=COOKIE)
+    url = replicas[0].url("/status/200")
+    first = get(url)
+    cookie = first.headers["set-cookie"]
+    assert cookie.startswith("cart=") and "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
+    assert "Secure" not in cookie  # an HTTP listener
+    value = cookie.split(";")[0].split("=", 1)[1]
+    home = first.headers["x-upstream"]
+    for _ in range(30):  # round robin over 3 endpoints would have moved it
+        r = get(url, Cookie=f"cart={value}")
+        assert r.headers["x-upstream"] == home and "set-cookie" not in r.headers
+    # Without the cookie, requests are balanced (and each starts a session of its own).
+    assert len({get(url).headers["x-upstream"] for _ in range(9)}) == 3
+    # A tampered cookie pins nothing: a new session, a new cookie.
+    tampered = get(url, Cookie=f"cart={value[:-2]}AA")
+    assert tampered.headers["set-cookie"].startswith("cart=")
+
+
+def test_a_session_whose_endpoint_is_gone_is_re_pinned_with_a_new_cookie(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    (gw,) = fleet(start_gateway, upstreams, "", redis_server.url, replicas=1, routes=COOKIE)
+    url = gw.url("/status/200")
+    first = get(url)
+    value = first.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    home = next(u for u in upstreams if u.name == first.headers["x-upstream"])
+    home.stop()
+    moved = get(url, Cookie=f"cart={value}")
+    assert moved.status_code == 200 and moved.headers["x-upstream"] != home.name
+    new_value = moved.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    assert all(get(url, Cookie=f"cart={new_value}").headers["x-upstream"] == moved.headers["x-upstream"]
+               for _ in range(10))  # fmt: skip
+
+
+def test_a_header_session_is_settled_once_for_the_fleet(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    replicas = fleet(start_gateway, upstreams, "", redis_server.url, routes=HEADER)
+    url = replicas[0].url("/status/200")
+    for user in ("u1", "u2", "u3", "u4"):
+        homes = {get(url, **{"X-Session": user}).headers["x-upstream"] for _ in range(12)}
+        assert len(homes) == 1, (user, homes)
+    with redis_server.client() as client:
+        stored = [k for k in client.keys("*sess:*")]
+    assert len(stored) == 4
