@@ -1322,6 +1322,8 @@ class ClientConnection(asyncio.Protocol):
         if held is not None:
             self.held = None
             held.parallel -= 1
+            if req.counted is not None:
+                held.picker.release(req)
             if req.retries:
                 held.leave(True)
         duration = now - req.started
