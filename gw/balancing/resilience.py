@@ -216,6 +216,14 @@ class BackendState:
         )
         backend.use_state(self)
 
+    def release(self, exchange: Any) -> None:
+        """The exchange that LeastRequest counted in flight is over (even if a reload since took
+        LeastRequest away: then nothing counts it any more)."""
+        picker = self.picker
+        if picker is not None:
+            picker.release(exchange)
+        exchange.counted = None
+
     def _ready_at(self, label: str) -> float:
         state = self.endpoints.get(label)
         return state.ready_at if state is not None else 0.0

@@ -1323,7 +1323,7 @@ class ClientConnection(asyncio.Protocol):
             self.held = None
             held.parallel -= 1
             if req.counted is not None:
-                held.picker.release(req)
+                held.release(req)  # LeastRequest's in-flight count
             if req.retries:
                 held.leave(True)
         duration = now - req.started
