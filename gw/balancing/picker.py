@@ -12,33 +12,24 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from gw.balancing.kinds import CONSISTENT_HASH, COOKIE, HEADER, LEAST_REQUEST, QUERY_PARAMS, RANDOM, SOURCE_IP
 from gw.balancing.least_request import LeastRequest
 from gw.balancing.maglev import Maglev
 from gw.balancing.slow_start import LiveRoundRobin, ramped
 from gw.balancing.swrr import SmoothWeightedRoundRobin
 from gw.balancing.weighted_random import WeightedRandom
-from gw.config.backend_policy import (
-    CONSISTENT_HASH,
-    COOKIE,
-    HEADER,
-    LEAST_REQUEST,
-    QUERY_PARAMS,
-    RANDOM,
-    SOURCE_IP,
-    ConsistentHash,
-    LoadBalancer,
-)
 
 
 class Picker:
-    """Picks an endpoint for an exchange by the policy's loadBalancer (see the module docstring).
+    """Picks an endpoint for an exchange by the policy's loadBalancer (gw.config.backend_policy.
+    LoadBalancer; see the module docstring).
 
     `usable(endpoint, now)` is the backend's health; `ready_at(label)` when that endpoint became
     ready (monotonic), for slow start."""
 
     def __init__(
         self,
-        lb: LoadBalancer,
+        lb: Any,
         endpoints: Sequence[Any],
         usable: Callable[[Any, float], bool],
         ready_at: Callable[[str], float],
@@ -53,7 +44,7 @@ class Picker:
         self.window = lb.slow_start_window
         self.ramp_until = 0.0  # monotonic: until then some endpoint's weight is still ramping up
         self.least: LeastRequest[Any] | None = None
-        self.hashing: ConsistentHash | None = lb.consistent_hash if lb.type == CONSISTENT_HASH else None
+        self.hashing: Any = lb.consistent_hash if lb.type == CONSISTENT_HASH else None
         self.maglev: Maglev[Any] | None = None
         self.key: Callable[[Any], bytes | None] = _no_key
         self.balancer: Any
@@ -135,7 +126,7 @@ def _no_key(exchange: Any) -> bytes | None:
     return None
 
 
-def _key_reader(hashing: ConsistentHash) -> Callable[[Any], bytes | None]:
+def _key_reader(hashing: Any) -> Callable[[Any], bytes | None]:
     """What of an exchange is hashed; None when the request lacks it (then it is balanced round robin)."""
     if hashing.type == SOURCE_IP:
         return lambda exchange: exchange.client_host or None

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
+from gw.balancing.kinds import ROUND_ROBIN
 from gw.balancing.picker import Picker
-from gw.config.backend_policy import ROUND_ROBIN
 from gw.errors import BackendOverflow, CircuitOpen, ProxyError
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"

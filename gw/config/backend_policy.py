@@ -65,6 +65,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gw.balancing.kinds import (  # noqa: F401  (the names parse_backend_policy and users import from here)
+    CONSISTENT_HASH,
+    COOKIE,
+    HEADER,
+    LEAST_REQUEST,
+    MAX_TABLE_SIZE,
+    QUERY_PARAMS,
+    RANDOM,
+    ROUND_ROBIN,
+    SOURCE_IP,
+    TABLE_SIZE,
+)
 from gw.config.ratelimit import TargetRef
 
 if TYPE_CHECKING:
@@ -72,12 +84,6 @@ if TYPE_CHECKING:
 
 KIND = "BackendTrafficPolicy"
 HTTP, TCP = "HTTP", "TCP"
-# loadBalancer.type
-ROUND_ROBIN, RANDOM, LEAST_REQUEST, CONSISTENT_HASH = "RoundRobin", "Random", "LeastRequest", "ConsistentHash"
-# loadBalancer.consistentHash.type
-SOURCE_IP, HEADER, COOKIE, QUERY_PARAMS = "SourceIP", "Header", "Cookie", "QueryParams"
-TABLE_SIZE = 65537  # Envoy's default Maglev table size
-MAX_TABLE_SIZE = 5000011
 # Precedence of a target kind, most specific first (lower wins).
 SPECIFICITY = {"Service": 0, "Backend": 0, "HTTPRoute": 1, "Gateway": 2}
 
