@@ -20,6 +20,8 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
+from gw.balancing.kinds import ROUND_ROBIN
+from gw.balancing.picker import Picker
 from gw.errors import BackendOverflow, CircuitOpen, ProxyError
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
@@ -88,6 +90,7 @@ class EndpointState:
         "probe_ok",
         "probe_v",
         "probe_why",
+        "ready_at",
         "succeeded_at",
         "until",
     )
@@ -114,6 +117,7 @@ class EndpointState:
         self.probe_why = ""
         self.probe_by = ""
         self.probe_at = 0.0
+        self.ready_at = monotonic()  # joined the backend, or its probes passed again: slow start's clock
 
     def outcome(self, failed: int, succeeded: int) -> None:
         """Failed counts go up by one; succeeded ones restart (both reported and local).
@@ -172,6 +176,7 @@ class BackendState:
         self.transitions: list[tuple[str, str]] = []  # (state entered, who) decided here, for metrics
         self.ejections = 0  # ejections decided here
         self.endpoints: dict[str, EndpointState] = {}
+        self.picker: Picker | None = None  # the loadBalancer's, when not plain round robin
         self.bind(backend, resilience, workers)
 
     def bind(self, backend: Any, resilience: Any, workers: int) -> None:
@@ -201,7 +206,27 @@ class BackendState:
         self.endpoints = {e.label: known.get(e.label) or EndpointState(e) for e in backend.endpoints}
         for state in self.endpoints.values():
             state.endpoint = next(e for e in backend.endpoints if e.label == state.label)
+        lb = resilience.load_balancer
+        # Built here, not at compile: slow start's clocks and LeastRequest's in-flight counts are
+        # this worker's and outlive a reload (the previous picker hands them on).
+        self.picker = (
+            Picker(lb, backend.endpoints, self.usable, self._ready_at, self.picker)
+            if lb is not None and (lb.type != ROUND_ROBIN or lb.slow_start_window)
+            else None
+        )
         backend.use_state(self)
+
+    def release(self, exchange: Any) -> None:
+        """The exchange that LeastRequest counted in flight is over (even if a reload since took
+        LeastRequest away: then nothing counts it any more)."""
+        picker = self.picker
+        if picker is not None:
+            picker.release(exchange)
+        exchange.counted = None
+
+    def _ready_at(self, label: str) -> float:
+        state = self.endpoints.get(label)
+        return state.ready_at if state is not None else 0.0
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -524,6 +549,10 @@ class BackendState:
                 return False
             state.probe_v = v
             ok = event.get("s") == "healthy"
+            if ok and not state.probe_ok:
+                state.ready_at = monotonic()  # back from failing probes: slow start again (Envoy's rule)
+                if self.picker is not None and self.picker.window:
+                    self.picker.ramp(state.ready_at)
             state.probe_ok = ok
             if not ok:
                 self.ejected.add(state.label)

@@ -44,13 +44,22 @@ breaker fields are gw's own, and the retry budget is the Gateway API's (XBackend
         minRetryRate: {count: 10, interval: 1s}
       sessionPersistence:                  # GEP-1619, as on a route rule (gw.config.session); a rule's
         type: Cookie                       #   own sessionPersistence overrides it
+      loadBalancer:
+        type: ConsistentHash               # RoundRobin (the default) | Random | LeastRequest | ConsistentHash
+        consistentHash:                    # only with type ConsistentHash, and required by it
+          type: Header                     # SourceIP | Header | Cookie | QueryParams: what is hashed
+          header: {name: X-User}           # with type Header
+          # cookie: {name: session, ttl: 1h}     with type Cookie
+          # queryParams: [{name: user}]          with type QueryParams
+          tableSize: 65537                 # Maglev's table: a prime, at most 5000011
+        # slowStart: {window: 30s}         # RoundRobin and LeastRequest: a new endpoint's weight ramps up
 
 Attachment and precedence (gw.config.backend_attach): a policy targeting the backend itself wins
 over one on an HTTPRoute reaching it, which wins over one on its Gateway (at each level, a target
 with a sectionName over one without: a Service port, a route rule); each section (circuitBreaker,
-healthCheck.passive, healthCheck.active, healthCheck.panicThreshold, retry, sessionPersistence) is taken whole from the
-most specific policy that sets it. Two policies at the same level for the same backend conflict: the
-oldest (then by namespace/name) wins, as GEP-713 says, and the other's status names the conflict.
+healthCheck.passive, healthCheck.active, healthCheck.panicThreshold, retry, sessionPersistence,
+loadBalancer) is taken whole from the most specific policy that sets it. Two policies at the same
+level for the same backend conflict: the oldest (then by namespace/name) wins, as GEP-713 says, and the other's status names the conflict.
 """
 
 from __future__ import annotations
@@ -58,6 +67,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gw.balancing.kinds import (  # noqa: F401  (the names parse_backend_policy and users import from here)
+    CONSISTENT_HASH,
+    COOKIE,
+    HEADER,
+    LEAST_REQUEST,
+    MAX_TABLE_SIZE,
+    QUERY_PARAMS,
+    RANDOM,
+    ROUND_ROBIN,
+    SOURCE_IP,
+    TABLE_SIZE,
+)
 from gw.config.ratelimit import TargetRef
 from gw.config.session import SessionPersistence
 
@@ -141,6 +162,29 @@ class RetryBudget:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsistentHash:
+    """What a request is hashed on to pick its endpoint (Maglev, gw.balancing.maglev).
+
+    `name` is the header (lower-case), cookie or query parameter read, per `type`; `params` are the
+    query parameters' names for QueryParams (their values joined in this order form the key)."""
+
+    type: str = SOURCE_IP
+    name: str = ""
+    params: tuple[str, ...] = ()
+    cookie_ttl: float | None = None  # seconds; Envoy's cookie.ttl (the Max-Age of a generated cookie)
+    table_size: int = TABLE_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancer:
+    """Envoy Gateway's loadBalancer: the algorithm that picks an endpoint of the backend."""
+
+    type: str = ROUND_ROBIN
+    consistent_hash: ConsistentHash | None = None  # set exactly when type is ConsistentHash
+    slow_start_window: float = 0.0  # seconds; 0 = a new endpoint takes its full weight at once
+
+
+@dataclass(frozen=True, slots=True)
 class BackendTrafficPolicy:
     """One policy object as written; None sections are not set by it (a less specific one may)."""
 
@@ -152,6 +196,7 @@ class BackendTrafficPolicy:
     panic_threshold: int | None = None  # percent
     retry_budget: RetryBudget | None = None
     session_persistence: SessionPersistence | None = None
+    load_balancer: LoadBalancer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +209,7 @@ class Resilience:
     active: ActiveHealthCheck | None = None
     panic_threshold: int = 50  # Envoy's default
     retry_budget: RetryBudget | None = None
+    load_balancer: LoadBalancer | None = None  # None: smooth weighted round robin, as without a policy
     sources: tuple[str, ...] = ()
     # Not for the backend's run-time state: gw.config.session settles it onto each rule reaching it.
     session_persistence: SessionPersistence | None = None

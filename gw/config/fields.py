@@ -71,7 +71,7 @@ REFERENCE_GRANT_TO = F({"group", "kind", "name"})
 # gw.dev/v1alpha1 BackendTrafficPolicy (gw.config.backend_policy): Envoy Gateway's names, gw's
 # fleet-wide breaker, and the Gateway API's retry budget under either of its names.
 BACKEND_TRAFFIC_POLICY_SPEC = F(
-    {"targetRefs", "circuitBreaker", "healthCheck", "retry", "retryConstraint", "sessionPersistence"}
+    {"targetRefs", "circuitBreaker", "healthCheck", "retry", "retryConstraint", "sessionPersistence", "loadBalancer"}
 )
 POLICY_TARGET_REF = F({"group", "kind", "name", "namespace", "sectionName"})
 CIRCUIT_BREAKER = F(
@@ -107,3 +107,9 @@ HTTP_HEALTH_CHECK = F({"path", "method", "hostname", "expectedStatuses"})
 RETRY_CONSTRAINT = F({"budget", "minRetryRate"})
 RETRY_BUDGET = F({"percent", "interval"})
 RETRY_RATE = F({"count", "interval"})
+LOAD_BALANCER = F({"type", "consistentHash", "slowStart", "endpointOverride", "zoneAware"})
+CONSISTENT_HASH = F({"type", "header", "headers", "cookie", "queryParams", "tableSize"})
+HASH_HEADER = F({"name"})
+HASH_COOKIE = F({"name", "ttl", "attributes"})
+HASH_QUERY_PARAM = F({"name"})
+SLOW_START = F({"window"})

@@ -82,9 +82,15 @@ class Backend:
         return first
 
     def use_state(self, state: Any) -> None:
-        """A worker's BackendState takes over health (and, for one endpoint, picks go through it)."""
+        """A worker's BackendState takes over health (and, for one endpoint, picks go through it);
+        with a loadBalancer other than plain round robin, its picker takes over picks."""
         self.state = self.health = state
         self._only = None
+        if state.picker is not None:
+            # A class of its own rather than a test in `pick`: a backend without a policy pays nothing.
+            self.__class__ = PolicyBackend
+        elif type(self) is PolicyBackend:
+            self.__class__ = Backend
 
     def connect_failed(self, endpoint: Endpoint, until: float) -> None:
         """The proxy could not connect to `endpoint`: skip it in picks until `until` (monotonic)."""
@@ -92,6 +98,16 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, {len(self.endpoints)} endpoints)"
+
+
+class PolicyBackend(Backend):
+    """A backend whose BackendTrafficPolicy names a loadBalancer: its worker's picker
+    (gw.balancing.picker) chooses, with the same health and panic rules."""
+
+    __slots__ = ()
+
+    def pick(self, exchange: Any) -> Endpoint | None:
+        return self.state.picker.pick(exchange)  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True, eq=False)

@@ -9,11 +9,23 @@ from typing import Any
 from gw.config import fields as f
 from gw.config import validate as v
 from gw.config.backend_policy import (
+    CONSISTENT_HASH,
+    COOKIE,
+    HEADER,
     HTTP,
+    LEAST_REQUEST,
+    MAX_TABLE_SIZE,
+    QUERY_PARAMS,
+    RANDOM,
+    ROUND_ROBIN,
+    SOURCE_IP,
+    TABLE_SIZE,
     TCP,
     ActiveHealthCheck,
     BackendTrafficPolicy,
     CircuitBreaker,
+    ConsistentHash,
+    LoadBalancer,
     PassiveHealthCheck,
     RetryBudget,
 )
@@ -50,9 +62,12 @@ def parse_backend_traffic_policy(
     session = parse_session_persistence(r, spec.get("sessionPersistence"), f"{field}.sessionPersistence")
     if session is not None:
         session = dataclasses.replace(session, source=f"BackendTrafficPolicy {meta.key}")
+    balancer = _load_balancer(r, spec.get("loadBalancer"), f"{field}.loadBalancer")
     if r.count != before:
         return None  # a half-read policy would protect a backend otherwise than written
-    return BackendTrafficPolicy(meta, targets, breaker, passive, active, panic, retry, session_persistence=session)
+    return BackendTrafficPolicy(
+        meta, targets, breaker, passive, active, panic, retry, session_persistence=session, load_balancer=balancer
+    )
 
 
 def _targets(r: Reader, spec: dict[str, Any], field: str) -> tuple[TargetRef, ...]:
@@ -170,6 +185,91 @@ def _retry(r: Reader, raw: Any, field: str) -> RetryBudget | None:
         min_count=_count(r, rate, "count", f"{field}.minRetryRate", d.min_count),
         min_interval=_or(_retry_interval(r, rate, f"{field}.minRetryRate"), d.min_interval),
     )
+
+
+def _load_balancer(r: Reader, raw: Any, field: str) -> LoadBalancer | None:
+    if raw is None:
+        return None
+    lb = r.map(raw, field, f.LOAD_BALANCER)
+    if not isinstance(raw, dict):
+        return None  # (named by r.map; its type would be reported missing too)
+    kind = r.str(lb, "type", field, required=True, choices=(ROUND_ROBIN, RANDOM, LEAST_REQUEST, CONSISTENT_HASH))
+    for key in ("endpointOverride", "zoneAware"):
+        if lb.get(key) is not None:
+            r.error(f"{field}.{key}", "is not supported by gw")
+    hashing = None
+    if lb.get("consistentHash") is not None and kind != CONSISTENT_HASH:
+        r.error(f"{field}.consistentHash", f"applies to type ConsistentHash only (this balancer is {kind})")
+    elif kind == CONSISTENT_HASH:
+        if lb.get("consistentHash") is None:
+            r.error(f"{field}.consistentHash", "is required by type ConsistentHash: what to hash on")
+        else:
+            hashing = _consistent_hash(r, lb["consistentHash"], f"{field}.consistentHash")
+    window = 0.0
+    if lb.get("slowStart") is not None:
+        s_field = f"{field}.slowStart"
+        if kind in (RANDOM, CONSISTENT_HASH):
+            r.error(s_field, f"applies to RoundRobin and LeastRequest only (this balancer is {kind})")
+        else:
+            slow = r.map(lb["slowStart"], s_field, f.SLOW_START)
+            if slow.get("window") is None and isinstance(lb["slowStart"], dict):
+                r.error(f"{s_field}.window", "is required: how long a new endpoint's weight ramps up")
+            window = _or(_duration(r, slow, "window", s_field), 0.0)
+    return LoadBalancer(type=kind or ROUND_ROBIN, consistent_hash=hashing, slow_start_window=window)
+
+
+def _consistent_hash(r: Reader, raw: Any, field: str) -> ConsistentHash | None:
+    ch = r.map(raw, field, f.CONSISTENT_HASH)
+    kind = r.str(ch, "type", field, required=True, choices=(SOURCE_IP, HEADER, COOKIE, QUERY_PARAMS))
+    if ch.get("headers") is not None:
+        r.error(f"{field}.headers", "is not supported by gw: hash on one header with type Header and `header`")
+    # Each input's section goes with its type, and only with it (Envoy Gateway's rules).
+    for key, owner in (("header", HEADER), ("cookie", COOKIE), ("queryParams", QUERY_PARAMS)):
+        if ch.get(key) is not None and kind is not None and kind != owner:
+            r.error(f"{field}.{key}", f"applies to type {owner} only (this hash is on {kind})")
+        elif ch.get(key) is None and kind == owner:
+            r.error(f"{field}.{key}", f"is required by type {owner}: which one to hash on")
+    name, params, ttl = "", (), None
+    if kind == HEADER and ch.get("header") is not None:
+        h = r.map(ch["header"], f"{field}.header", f.HASH_HEADER)
+        name = (r.str(h, "name", f"{field}.header", required=True, check=v.check_header_name) or "").lower()
+    elif kind == COOKIE and ch.get("cookie") is not None:
+        c_field = f"{field}.cookie"
+        c = r.map(ch["cookie"], c_field, f.HASH_COOKIE)
+        name = r.str(c, "name", c_field, required=True, check=_check_cookie_name) or ""
+        ttl = _duration(r, c, "ttl", c_field)
+        if c.get("attributes") is not None:
+            r.error(f"{c_field}.attributes", "is not supported by gw: it does not generate the cookie")
+    elif kind == QUERY_PARAMS and ch.get("queryParams") is not None:
+        q_field = f"{field}.queryParams"
+        raw_params = r.list(ch["queryParams"], q_field)
+        if not raw_params and isinstance(ch["queryParams"], list):
+            r.error(q_field, "must name at least one query parameter")
+        names = []
+        for i, p in enumerate(raw_params):
+            p = r.map(p, f"{q_field}[{i}]", f.HASH_QUERY_PARAM)
+            param = r.str(p, "name", f"{q_field}[{i}]", required=True, check=_check_param_name)
+            if param is not None and param not in names:
+                names.append(param)
+        params = tuple(names)
+    size = _count(r, ch, "tableSize", field, TABLE_SIZE, lo=2, hi=MAX_TABLE_SIZE)
+    if not _prime(size):
+        r.error(f"{field}.tableSize", f"{size} is not a prime number (Maglev's table size must be prime)")
+    return ConsistentHash(type=kind or SOURCE_IP, name=name, params=params, cookie_ttl=ttl, table_size=size)
+
+
+def _prime(n: int) -> bool:
+    if n < 2:
+        return False
+    return all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+def _check_cookie_name(value: str) -> str | None:
+    return None if _TOKEN.match(value) else f"{value!r} is not a cookie name (a token, RFC 6265)"
+
+
+def _check_param_name(value: str) -> str | None:
+    return None if value else "must not be empty"
 
 
 def _count(

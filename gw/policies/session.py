@@ -25,7 +25,7 @@ from gw.policies.phase import CONTINUE, WAIT, Exchange, Fields, Phase
 from gw.policies.session_table import SessionTable
 
 NEW, PINNED = 1, 2  # what a header session's on_request found, for the response
-VERIFIED_CACHE = 10_000  # cookie values a worker remembers having verified
+READ_CACHE = 10_000  # Cookie headers a worker remembers having read, per rule
 
 
 class CookieSession(Phase):
@@ -39,9 +39,10 @@ class CookieSession(Phase):
         self.scope = persistence.scope
         self.name = persistence.name
         self.endpoints = _endpoints(rule)
-        # Cookie values this worker verified, with the endpoint and expiry they name: a client sends
-        # the same value on every request, and an HMAC per request would cost more than the proxying.
-        self.verified: dict[str, tuple[str, int]] = {}
+        # Cookie headers this worker read, with what they say for this rule: whether they carry its
+        # cookie, and the endpoint and expiry of the first value that verifies. A client sends the
+        # same header on every request, and an HMAC per request would cost more than the proxying.
+        self.read: dict[bytes, tuple[bool, str | None, int]] = {}
         self.stats = {"created": 0, "repinned": 0, "invalid": 0}
 
     def on_request(self, ex: Exchange) -> int:
@@ -50,12 +51,14 @@ class CookieSession(Phase):
         for name, value in ex.fields():
             if name.lower() != b"cookie":
                 continue
-            for candidate in session_cookie.cookie_values(value, self.name):
-                seen = True
-                label = self._verify(candidate, now)
-                if label is not None and _pin(ex, self.endpoints, label):
-                    ex.repin = self._repin
-                    return CONTINUE
+            known = self.read.get(value)
+            if known is None:
+                known = self._read(value, now)
+            carries, label, expires = known
+            seen = seen or carries
+            if label is not None and (not expires or expires > now) and _pin(ex, self.endpoints, label):
+                ex.repin = self._repin
+                return CONTINUE
         if seen:
             self.stats["invalid"] += 1  # tampered, expired, another rule's, or its endpoint is gone
         # A new session (or one whose cookie is bad or names an endpoint gone): the balancer's pick.
@@ -84,17 +87,19 @@ class CookieSession(Phase):
         ex.add_response_fields([(b"Set-Cookie", self._cookie(ex, endpoint, time.time()))])
         ex.edits_response = True  # type: ignore[attr-defined]
 
-    def _verify(self, value: str, now: float) -> str | None:
-        known = self.verified.get(value)
-        if known is not None:
-            label, expires = known
-            return label if not expires or expires > now else None
-        label = session_cookie.decode(value, self.keys, now, self.scope)
-        if label is not None:
-            if len(self.verified) >= VERIFIED_CACHE:
-                del self.verified[next(iter(self.verified))]
-            self.verified[value] = (label, session_cookie.expiry(value))
-        return label
+    def _read(self, header: bytes, now: float) -> tuple[bool, str | None, int]:
+        carries, found = False, (None, 0)
+        for candidate in session_cookie.cookie_values(header, self.name):
+            carries = True
+            label = session_cookie.decode(candidate, self.keys, now, self.scope)
+            if label is not None:
+                found = (label, session_cookie.expiry(candidate))
+                break
+        known = (carries, *found)
+        if len(self.read) >= READ_CACHE:
+            del self.read[next(iter(self.read))]
+        self.read[header] = known
+        return known
 
 
 class HeaderSession(Phase):

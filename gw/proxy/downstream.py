@@ -1358,6 +1358,8 @@ class ClientConnection(asyncio.Protocol):
         if held is not None:
             self.held = None
             held.parallel -= 1
+            if req.counted is not None:
+                held.release(req)  # LeastRequest's in-flight count
             if req.retries:
                 held.leave(True)
         duration = now - req.started

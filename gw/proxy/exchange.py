@@ -55,6 +55,7 @@ class Exchange:
     # -- attempts --
     attempts = 0
     retries = 0  # GEP-1731 retries made (responses dropped for their status)
+    counted: str | None = None  # the endpoint whose in-flight count this exchange holds (LeastRequest)
     # -- the phase chain (set only for a rule that has one) --
     conn: ClientConnection | None = None
     resume_at = 0  # the request phase a WAIT resumes from
