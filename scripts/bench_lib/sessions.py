@@ -408,8 +408,10 @@ async def scenarios(bench: Bench) -> dict[str, Any]:
     started = time.monotonic()
     out.update(await sessions_scenarios(bench))
     out["consistent-hash"] = await hash_scenario(bench)
+    by_replica = dict(sorted(Counter(r.replica for r in bench.rows).items()))
     out["client"] = {"retries": bench.pool.retries, "errors": dict(bench.pool.errors),
-                     "requests": len(bench.rows), "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
+                     "requests": len(bench.rows), "seconds": round(time.monotonic() - started, 1),
+                     "session_requests_by_replica": by_replica}  # fmt: skip
     return out
 
 
@@ -472,7 +474,8 @@ def table(result: dict[str, Any]) -> str:
     lines.append(f"{'':<26}   balancer: {h['balancer']}; switch: {h['switch']}")
     c = s["client"]
     lines.append(f"\nclient: {c['requests']} session requests + {3 * h['keys']} keyed, {c['seconds']} s; "
-                 f"retries on closed keep-alive {c['retries']}; errors {c['errors'] or 'none'}")  # fmt: skip
+                 f"retries on closed keep-alive {c['retries']}; errors {c['errors'] or 'none'}; "
+                 f"session requests by replica {_fmt(c['session_requests_by_replica'])}")  # fmt: skip
     lines.append(f"logs: {result['logs']}")
     return "\n".join(lines)
 
