@@ -59,7 +59,8 @@ over one on an HTTPRoute reaching it, which wins over one on its Gateway (at eac
 with a sectionName over one without: a Service port, a route rule); each section (circuitBreaker,
 healthCheck.passive, healthCheck.active, healthCheck.panicThreshold, retry, sessionPersistence,
 loadBalancer) is taken whole from the most specific policy that sets it. Two policies at the same
-level for the same backend conflict: the oldest (then by namespace/name) wins, as GEP-713 says, and the other's status names the conflict.
+level for the same backend conflict: the oldest (then by namespace/name) wins, as GEP-713 says, and
+the other's status names the conflict.
 """
 
 from __future__ import annotations
