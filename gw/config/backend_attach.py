@@ -7,8 +7,9 @@ healthCheck.panicThreshold, retry, sessionPersistence, loadBalancer) is taken wh
 specific policy setting it for that backend: one on the Service or Backend itself, then one on an
 HTTPRoute reaching it, then one on a Gateway; at each level a target with a sectionName (a Service
 port, a route rule) is more specific than one without (GEP-713). Two policies at the same level
-setting one section for one backend conflict: the oldest (then by namespace/name) wins, and the other's status says which
-policy won for which backend, so a conflict is visible in `gw check` and /status.
+setting one section for one backend conflict: the oldest (then by namespace/name) wins, and the
+other's status says which policy won for which backend, so a conflict is visible in `gw check` and
+/status.
 """
 
 from __future__ import annotations
