@@ -87,3 +87,28 @@ def test_a_header_session_is_settled_once_for_the_fleet(
     with redis_server.client() as client:
         stored = [k for k in client.keys("*sess:*")]
     assert len(stored) == 4
+
+
+def test_a_session_stays_on_a_backend_whose_weight_drops_to_zero(
+    start_gateway: StartGateway, upstreams: list[Upstream]
+) -> None:
+    import os
+    import signal
+
+    from tests.support.gateway import config_yaml
+    from tests.test_supervisor import wait_until
+
+    def routes(weight_b: int) -> list[dict[str, object]]:
+        refs = [{"backend": "a", "weight": 1}, {"backend": "b", "weight": weight_b}]
+        return [{"name": "api", "rules": [{"backendRefs": refs, "sessionPersistence": {"sessionName": "cart"}}]}]
+
+    backends = {"a": [("127.0.0.1", upstreams[0].port)], "b": [("127.0.0.1", upstreams[1].port)]}
+    gw = start_gateway(backends, routes(1))
+    url = gw.url("/status/200")
+    first = next(r for r in (get(url) for _ in range(6)) if r.headers["x-upstream"] == "b")
+    value = first.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    gw.config_path.write_text(config_yaml(gw.port, backends, routes(0)))  # b drained of new sessions
+    os.kill(gw.pid, signal.SIGHUP)
+    wait_until(lambda: {w["config_version"] for w in gw.status()["workers"]} == {2}, what="the reload")  # type: ignore[index,union-attr]
+    assert {get(url).headers["x-upstream"] for _ in range(6)} == {"a"}  # new sessions: weight 0 gets none
+    assert all(get(url, Cookie=f"cart={value}").headers["x-upstream"] == "b" for _ in range(6))
