@@ -60,19 +60,12 @@ def fleet(
     port = free_port()
     text = config_yaml(port, {"api": [("127.0.0.1", u.port) for u in upstreams]}, routes) + spec
     env = {"GW_WORKERS": str(workers), "GW_REDIS_URL": redis_url, "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-rt-")}
-    first = start_gateway({}, [], env=env, yaml_text=text)
-    first.port = port  # (the starter picked a port for a config of its own making)
-    others = [
-        GatewayProcess(
-            config_path=first.config_path,
-            port=first.port,
-            admin=free_port(),
-            env=env,
-            access_log=first.access_log.with_suffix(f".{i}"),
-        ).start()
-        for i in range(1, replicas)
-    ]
-    return [first, *others]
+    # Every replica through the fixture's starter, so the test's teardown stops each one (same
+    # file contents: they converge on one published version).
+    replicas = [start_gateway({}, [], env=env, yaml_text=text) for _ in range(replicas)]
+    for gw in replicas:
+        gw.port = port  # (the starter picked a port for a config of its own making)
+    return replicas
 
 
 def get(gw: GatewayProcess, path: str = "/status/200") -> httpx.Response:
