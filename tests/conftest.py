@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import valkey
 from tests.support.capture import CaptureUpstream
 from tests.support.desync import BACKENDS, Desync, desync_gateway
 from tests.support.gateway import GatewayProcess, config_yaml, free_port
@@ -20,6 +21,22 @@ def upstream() -> Iterator[Upstream]:
     up = Upstream("up").start()
     yield up
     up.stop()
+
+
+@pytest.fixture
+def upstreams() -> Iterator[list[Upstream]]:
+    ups = [Upstream(name).start() for name in ("a", "b", "c")]
+    yield ups
+    for up in ups:
+        up.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[valkey.Server]:
+    """A Valkey of the test's own (replicas share it; a test may stop, pause or restart it)."""
+    server = valkey.standalone(tmp_path / "valkey")
+    yield server
+    server.stop()
 
 
 def _gateway_starter(tmp_path: Path, started: list[GatewayProcess]) -> StartGateway:

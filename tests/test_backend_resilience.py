@@ -6,11 +6,8 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 import yaml
 
 from tests.conftest import StartGateway
@@ -30,21 +27,6 @@ def policy(**spec: object) -> str:
         "spec": {"targetRefs": [{"group": "gw.dev", "kind": "Backend", "name": "api"}], **spec},
     }
     return "---\n" + yaml.safe_dump(doc, sort_keys=False)
-
-
-@pytest.fixture
-def upstreams() -> Iterator[list[Upstream]]:
-    ups = [Upstream(name).start() for name in ("a", "b", "c")]
-    yield ups
-    for up in ups:
-        up.stop()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[valkey.Server]:
-    server = valkey.standalone(tmp_path / "valkey")
-    yield server
-    server.stop()
 
 
 def fleet(

@@ -13,12 +13,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
-import pytest
 import yaml
 
 from tests.conftest import StartGateway
@@ -50,13 +48,6 @@ def gw_config(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str
     env = {**os.environ, **gw.env}
     return subprocess.run([sys.executable, "-m", "gw", "config", *args], env=env, capture_output=True, text=True,
                           timeout=30)  # fmt: skip
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[valkey.Server]:
-    server = valkey.standalone(tmp_path / "valkey")
-    yield server
-    server.stop()
 
 
 def start(start_gateway: StartGateway, upstream: Upstream, workers: int = 2, **env: str) -> GatewayProcess:

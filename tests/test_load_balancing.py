@@ -7,9 +7,7 @@ import httpx
 from tests.conftest import StartGateway
 from tests.support import valkey
 from tests.support.upstream import Upstream
-from tests.test_backend_resilience import fleet, policy, redis_server, upstreams
-
-__all__ = ["redis_server", "upstreams"]  # (fixtures)
+from tests.test_backend_resilience import fleet, policy
 
 CONSISTENT_HASH = {"type": "ConsistentHash", "consistentHash": {"type": "Header", "header": {"name": "X-User"}}}
 

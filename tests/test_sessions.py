@@ -3,11 +3,7 @@ real upstreams; a session stays on its endpoint whichever replica and worker ser
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
-import pytest
 
 from tests.conftest import StartGateway
 from tests.support import valkey
@@ -18,21 +14,6 @@ COOKIE = [{"name": "api", "rules": [{"backendRefs": [{"backend": "api"}],
                                      "sessionPersistence": {"sessionName": "cart"}}]}]  # fmt: skip
 HEADER_SESSION = {"type": "Header", "sessionName": "X-Session"}
 HEADER = [{"name": "api", "rules": [{"backendRefs": [{"backend": "api"}], "sessionPersistence": HEADER_SESSION}]}]
-
-
-@pytest.fixture
-def upstreams() -> Iterator[list[Upstream]]:
-    ups = [Upstream(name).start() for name in ("a", "b", "c")]
-    yield ups
-    for up in ups:
-        up.stop()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[valkey.Server]:
-    server = valkey.standalone(tmp_path / "valkey")
-    yield server
-    server.stop()
 
 
 def get(url: str, **headers: str) -> httpx.Response:

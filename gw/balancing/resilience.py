@@ -248,10 +248,9 @@ class BackendState:
             self.requests_window.add(now, 1, 0, 0)
         return None
 
-    def leave(self, retried: bool) -> None:
-        """The exchange that entered is over (the proxy takes one off `parallel` itself)."""
-        if retried:
-            self.retrying -= 1
+    def leave(self) -> None:
+        """An exchange that entered and retried is over (the proxy takes one off `parallel` itself)."""
+        self.retrying -= 1
 
     def may_connect(self, connections: int) -> ProxyError | None:
         """A new upstream connection is about to be opened (no idle one): within the thresholds?"""

@@ -748,16 +748,13 @@ class ClientConnection(asyncio.Protocol):
         backend: Backend = self.backend  # type: ignore[assignment]
         state = backend.state
         if state is not None and self.held is not state:
-            # A backend with a policy: its circuit and concurrency thresholds admit the exchange once.
+            # A backend with a policy (_admit, inlined for its common case: nothing gates it).
             if state.gate:
-                refusal = state.enter(req.started)
-                if refusal is not None:
-                    self.endpoint = None
-                    self._fail(refusal)
+                if not self._admit(req, state):
                     return
             else:
                 state.parallel += 1
-            self.held = state
+                self.held = state
         endpoint = backend.pick(req)
         if endpoint is None:
             self.endpoint = None
@@ -778,17 +775,9 @@ class ClientConnection(asyncio.Protocol):
         """_pick_and_go for an endpoint a phase chose (a session's): the backend's policy still
         admits the exchange; only the pick is skipped. (Its own method: the usual request pays no
         test for it.)"""
-        backend: Backend = self.backend  # type: ignore[assignment]
-        state = backend.state
-        if state is not None and self.held is not state:
-            refusal = state.enter(req.started) if state.gate else None
-            if refusal is not None:
-                self.endpoint = None
-                self._fail(refusal)
-                return
-            if not state.gate:
-                state.parallel += 1
-            self.held = state
+        state = self.backend.state  # type: ignore[union-attr]
+        if state is not None and self.held is not state and not self._admit(req, state):
+            return
         self.endpoint = endpoint
         pool = endpoint.pool
         conn = pool.acquire()
@@ -797,6 +786,20 @@ class ClientConnection(asyncio.Protocol):
             self._send(req, conn)
         else:
             self._connect(req, pool)
+
+    def _admit(self, req: Exchange, state: BackendState) -> bool:
+        """A backend with a policy: its circuit and concurrency thresholds admit the exchange once
+        (it leaves in _record). False: refused, and answered."""
+        if state.gate:
+            refusal = state.enter(req.started)
+            if refusal is not None:
+                self.endpoint = None
+                self._fail(refusal)
+                return False
+        else:
+            state.parallel += 1  # (enter's count, without the call: nothing else gates the backend)
+        self.held = state
+        return True
 
     def _connect(self, req: Exchange, pool: EndpointPool) -> None:
         held = self.held
@@ -1361,7 +1364,7 @@ class ClientConnection(asyncio.Protocol):
             if req.counted is not None:
                 held.release(req)  # LeastRequest's in-flight count
             if req.retries:
-                held.leave(True)
+                held.leave()
         duration = now - req.started
         rule = req.rule
         stats = rule.stats if rule is not None and rule.stats is not None else self.plane.no_route_stats
