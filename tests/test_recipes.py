@@ -51,11 +51,11 @@ def start(
     return gw
 
 
-def reload(gw: GatewayProcess, name: str, first: Upstream, second: Upstream) -> None:
-    """Serve another recipe on the same port: the file rewritten and HUP, as an operator does."""
+def reload(gw: GatewayProcess, text: str) -> None:
+    """Serve another config on the same port: the file rewritten and HUP, as an operator does."""
     before = {w["config_version"] for w in gw.status()["workers"]}  # type: ignore[index,union-attr]
     (version,) = before
-    gw.config_path.write_text(served(name, gw.port, first, second))
+    gw.config_path.write_text(text)
     os.kill(gw.pid, signal.SIGHUP)
     wait_until(
         lambda: {w["config_version"] for w in gw.status()["workers"]} == {version + 1},  # type: ignore[index,union-attr]
@@ -194,7 +194,7 @@ def test_ab_switch_draws_new_users_by_the_new_weights_and_moves_nobody(
     before = [Visitor(gw) for _ in range(100)]
     arm_before = [user.arm() for user in before]
     assert Counter(arm_before) == {"stable": 90, "canary": 10}
-    reload(gw, "ab-switch", *arms)
+    reload(gw, served("ab-switch", gw.port, *arms))
     # Every user who had an arm keeps it, and gets no new cookie.
     assert [user.arm() for user in before] == arm_before
     assert all(user.issued == 1 for user in before)
@@ -286,3 +286,21 @@ def test_a_deprecated_version_announces_its_deprecation_and_sunset_and_the_curre
     for line in shown.splitlines():
         name, _, value = line.partition(": ")
         assert v1.header(name) == value, line
+
+
+def test_a_split_rule_that_changes_index_draws_everyone_again_as_the_doc_warns(
+    start_gateway: StartGateway, arms: tuple[Upstream, Upstream]
+) -> None:
+    import yaml
+
+    gw = start(start_gateway, "ab-select", *arms)
+    users = [Visitor(gw) for _ in range(10)]
+    assert Counter(user.arm() for user in users) == {"stable": 9, "canary": 1}
+    # The same route with choose-b moved in front: the split is rule 1 now, its sessions another scope.
+    docs = list(yaml.safe_load_all(served("ab-switch", gw.port, *arms)))
+    route = next(d for d in docs if d["kind"] == "HTTPRoute")
+    route["spec"]["rules"].reverse()
+    reload(gw, yaml.safe_dump_all(docs))
+    # Nothing fails, but each cookie is refused and its user drawn again, by the new 50/50.
+    assert Counter(user.arm() for user in users) == {"stable": 5, "canary": 5}
+    assert all(user.issued == 2 for user in users)
