@@ -128,7 +128,7 @@ def _describe(version: Version, current: int) -> str:
     mark = "*" if version.number == current else " "
     return (
         f"{mark} {version.number:>4}  {when}  {version.checksum[:12]}  parent {version.parent}  "
-        f"by {version.author}  from {version.source}"
+        f"by {version.author}  from {version.source}" + ("  (secrets sealed)" if version.sealed else "")
     )
 
 
@@ -137,19 +137,20 @@ async def _current(store: ConfigStore, args: argparse.Namespace) -> int:
     if not current:
         print("no config version published")
         return EXIT_INVALID
-    print(_describe(await store.fetch(current), current))
+    print(_describe(await store.view(current), current))
     return 0
 
 
 async def _history(store: ConfigStore, args: argparse.Namespace) -> int:
     current = await store.current()
     for number in await store.history():
-        print(_describe(await store.fetch(number), current))
+        print(_describe(await store.view(number), current))
     return 0
 
 
 async def _show(store: ConfigStore, args: argparse.Namespace) -> int:
-    version = await store.fetch(args.version)
+    # Secrets' data is shown hidden, sealed or not: a terminal is no place for private keys.
+    version = await store.view(args.version)
     print(_describe(version, await store.current()))
     for name, data in version.files:
         print(f"--- {name} ({len(data)} bytes)")
@@ -160,7 +161,7 @@ async def _show(store: ConfigStore, args: argparse.Namespace) -> int:
 
 
 async def _diff(store: ConfigStore, args: argparse.Namespace) -> int:
-    a, b = await store.fetch(args.a), await store.fetch(args.b)
+    a, b = await store.view(args.a), await store.view(args.b)
     files_a, files_b = dict(a.files), dict(b.files)
     same = True
     for name in sorted(files_a.keys() | files_b.keys()):
@@ -169,7 +170,9 @@ async def _diff(store: ConfigStore, args: argparse.Namespace) -> int:
         lines = list(difflib.unified_diff(old, new, f"{args.a}:{name}", f"{args.b}:{name}"))
         same = same and not lines
         sys.stdout.writelines(line if line.endswith("\n") else line + "\n" for line in lines)
-    if same:
+    if same and a.checksum != b.checksum:
+        print(f"versions {args.a} and {args.b} differ only in secret material (not shown)")
+    elif same:
         print(f"versions {args.a} and {args.b} have identical files")
     return 0
 
