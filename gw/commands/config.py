@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
     commands = config.add_subparsers(dest="config_command", required=True)
     commands.add_parser("current", help="Print the current version.")
     commands.add_parser("history", help="List the versions kept, newest first (* = current).")
-    show = commands.add_parser("show", help="Print a version's metadata and files.")
+    show = commands.add_parser("show", help="Print a version's metadata and files (Secrets' data hidden).")
     show.add_argument("version", type=int)
     diff = commands.add_parser("diff", help="Unified diff of two versions' files.")
     diff.add_argument("a", type=int)
@@ -40,6 +40,11 @@ def register(sub: Any) -> None:
     push.add_argument("path", help="config file or directory")
     rollback = commands.add_parser("rollback", help="Publish an old version's content as a new version.")
     rollback.add_argument("version", type=int)
+    commands.add_parser(
+        "reseal",
+        help="Seal every kept version's secrets with the first GW_CONFIG_KEYS key (after a rotation, or "
+        "when keys were set after Secrets were published in the clear).",
+    )
     for parser in (push, rollback):
         parser.add_argument("--author", default=default_author(), help="recorded with the version (%(default)s)")
     config.set_defaults(func=cmd_config)
@@ -193,6 +198,16 @@ async def _rollback(store: ConfigStore, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _reseal(store: ConfigStore, args: argparse.Namespace) -> int:
+    done = await store.reseal()
+    key = store.config_keys.ids[0]  # type: ignore[union-attr]  # reseal refuses to run without keys
+    if done:
+        print(f"resealed with key {key}: version{'s' if len(done) > 1 else ''} {', '.join(map(str, done))}")
+    else:
+        print(f"every kept version's secrets are sealed with key {key} already")
+    return 0
+
+
 def _print_publish(result: PublishResult) -> None:
     if result.created:
         print(f"published version {result.version}")
@@ -207,4 +222,5 @@ _COMMANDS: dict[str, Command] = {
     "diff": _diff,
     "push": _push,
     "rollback": _rollback,
+    "reseal": _reseal,
 }

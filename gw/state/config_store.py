@@ -15,6 +15,7 @@ without keys, for the CLI.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -45,6 +46,7 @@ ROLLBACK = "rollback"
 REPUBLISH = "republish"  # what a replica served, written back into a Redis that came back empty
 
 _publish = scripts.load("config_publish")
+_reseal = scripts.load("config_reseal")
 
 
 class ConfigStoreError(Exception):
@@ -295,6 +297,36 @@ class ConfigStore:
                 stored.append((name, sealed[0]))
                 how[name] = sealed[1]
         return tuple(stored), how
+
+    async def reseal(self) -> list[int]:
+        """Seal every kept version's secrets with the first key, where they are not yet: the numbers done.
+
+        Rotation (a new key put first) and a fleet that set GW_CONFIG_KEYS after publishing Secrets
+        in the clear: afterwards no kept version needs an older key, nor holds a secret in the clear.
+        """
+        if self.config_keys is None:
+            raise ConfigStoreError("GW_CONFIG_KEYS is not set: there is no key to seal with")
+        first = self.config_keys.ids[0]
+        done = []
+        for number in await self.history():
+            try:
+                blob = await self._blob(number)
+            except VersionMissing:
+                continue  # trimmed since the history was read
+            raw = msgpack.unpackb(blob, raw=False)
+            how = raw.get("sealed") or {}
+            unsealed = any(n not in how and sealing.holds_secrets(n, d) for n, d in raw["files"])
+            if not unsealed and all(sealing.key_ids_in(bytes(d)) <= {first} for n, d in raw["files"] if n in how):
+                continue
+            version = decode(number, blob, self.config_keys)
+            files, how = self._seal(version.files)
+            new = encode(
+                files, version.checksum, version.author, version.created, version.source, version.parent,
+                version.origin, how,
+            )  # fmt: skip
+            if await _reseal(self.client, [self.keys.versions], [number, hashlib.sha1(blob).hexdigest(), new]):
+                done.append(number)
+        return done
 
     async def rollback(self, number: int, *, author: str) -> PublishResult:
         """Make version `number`'s content current again, as a new version (history stays linear)."""

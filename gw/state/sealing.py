@@ -18,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ FIELDS = "fields"  # a file's secret fields are sealed one by one
 WHOLE = "file"  # the file is sealed whole
 _AD = b"gw config sealed v1\0"
 _WHOLE_FILE = "(whole file)"
+_KEY_ID = re.compile(re.escape(PREFIX.encode()) + rb"([0-9a-f]{8}):")
 _KINDS = tuple(kind.encode() for kind in SECRET_FIELDS)
 
 
@@ -90,6 +92,11 @@ class SealingKeys:
             raise Tampered(f"{where}: the sealed value does not open (changed, or moved from elsewhere)") from None
 
 
+def key_ids_in(data: bytes) -> set[str]:
+    """The ids of the keys a stored file's sealed values need."""
+    return {m.decode() for m in _KEY_ID.findall(data)}
+
+
 def has_secrets(data: bytes) -> bool:
     """Whether a file may hold secret material (a cheap test before parsing)."""
     return any(kind in data for kind in _KINDS)
@@ -128,10 +135,14 @@ def open_file(name: str, data: bytes, how: str, keys: SealingKeys | None) -> byt
         token, where = data.decode("ascii", "replace"), f"{name} {_WHOLE_FILE}"
         return _require(keys, token, where).open(token, where)
     text = data.decode("utf-8")
+    # Opened front to back (the first problem is the one reported), put back from the end (the
+    # cuts' offsets hold until then).
+    opened = []
+    for start, end, where in _secret_fields(text, name, sealed=True):
+        token = text[start:end].strip('"')
+        opened.append((start, end, _require(keys, token, where).open(token, where).decode("utf-8")))
     out = text
-    for start, end, where in reversed(list(_secret_fields(text, name, sealed=True))):
-        token = out[start:end].strip('"')
-        plain = _require(keys, token, where).open(token, where).decode("utf-8")
+    for start, end, plain in reversed(opened):
         out = out[:start] + plain + out[end:]
     return out.encode()
 
