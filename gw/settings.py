@@ -267,8 +267,9 @@ class Settings:
         parse_config_keys,
         "Keys sealing the secret material (Secrets' data) of config versions in Redis (AES-256-GCM), "
         "comma-separated, each 32 bytes as base64 or 64 hex digits (`openssl rand -base64 32`): the first "
-        "seals, all open (rotate by putting the new key first). Every replica and the controller need the "
-        "list, from a Kubernetes Secret. Empty: Secrets are stored in the clear (a warning says so).",
+        "seals, all open (rotate: put the new key first everywhere, run `gw config reseal`, then drop the "
+        "old key). Every replica, the controller and `gw config` need the list, from a Kubernetes Secret. "
+        "Empty: Secrets are stored in the clear (a warning says so).",
         secret=True,
     )
 
