@@ -31,7 +31,8 @@ from gw.controller.render import render
 from gw.controller.status import StatusUpdate, updates
 from gw.controller.watch import Backoff, Reflector
 from gw.settings import Settings
-from gw.state.config_store import CONTROLLER, ConfigStore, ConfigStoreError
+from gw.state.config_store import CONTROLLER, ConfigStore, ConfigStoreError, Version
+from gw.state.follower import ConfigFollower
 
 log = logging.getLogger("gw.controller")
 
@@ -82,12 +83,19 @@ class Controller:
         self.counters: dict[str, int] = {
             "versions_published": 0,
             "renders": 0,
+            "reconciles": 0,
             "status_patches": 0,
             "status_conflicts": 0,
             "watch_restarts": 0,
         }
         self._retry = Backoff(cap=backoff_cap)
         self._tasks: list[asyncio.Task[None]] = []
+        self._election: asyncio.Task[None] | None = None
+        # The cluster is the config's source: a version published by anything else (a replica's
+        # files, a push, a rollback, an emptied Redis) is replaced by the cluster's again.
+        self.follower = ConfigFollower(
+            store, self._on_version, poll_interval=settings.config_poll_interval, on_empty=self._on_empty
+        )
 
     # -- state --------------------------------------------------------------------------------
 
@@ -149,6 +157,19 @@ class Controller:
     def _on_restart(self, kind: str, why: str) -> None:
         self.counters["watch_restarts"] += 1
 
+    def _on_version(self, version: Version) -> None:
+        if self.published and version.checksum != self.published:
+            log.info(
+                "version %d (%s, by %s) is not the cluster's config: publishing the cluster's again",
+                version.number, version.origin, version.author,
+            )  # fmt: skip
+            self.published = ""
+            self.changed.set()
+
+    def _on_empty(self) -> None:
+        self.published = ""
+        self.changed.set()
+
     def _on_leading(self, leading: bool) -> None:
         if leading:
             self.changed.set()  # publish and write status for what the cache holds now
@@ -160,16 +181,22 @@ class Controller:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(r.run(), name=f"watch {r.kind.plural}") for r in self.reflectors]
         if self.elector is not None:
-            self._tasks.append(loop.create_task(self.elector.run(), name="leader election"))
+            self._election = loop.create_task(self.elector.run(), name="leader election")
+            self._tasks.append(self._election)
+        self.follower.start()
         try:
             await self._reconcile_loop()
         finally:
+            await self.follower.stop()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def stop(self) -> None:
-        """A clean stop: give the Lease up so another controller takes over at once."""
+        """A clean stop: no more renewals, and the Lease given up so another controller takes over at once."""
+        if self._election is not None:
+            self._election.cancel()
+            await asyncio.gather(self._election, return_exceptions=True)
         if self.elector is not None:
             await self.elector.release()
 
@@ -221,6 +248,7 @@ class Controller:
             return
         if self.document is not None:
             await self._write_status()
+        self.counters["reconciles"] += 1
 
     async def _publish(self, snapshot: Snapshot) -> bool:
         if not self.leading:
@@ -233,6 +261,7 @@ class Controller:
             self._retry_later()
             return False
         self.published, self.version = snapshot.checksum, result.version
+        self.follower.version, self.follower.checksum = result.version, snapshot.checksum  # ours: no echo
         self._retry.reset()
         if result.created:
             self.counters["versions_published"] += 1
