@@ -68,8 +68,12 @@ def connect_http() -> httpx.AsyncClient:
     """An httpx client for the cluster: the pod's service account inside one, KUBECONFIG outside."""
     from lightkube.config.client_adapter import AsyncClient, ConnectionParams
     from lightkube.config.kubeconfig import KubeConfig
+    from lightkube.core.exceptions import ConfigError
 
-    config = KubeConfig.from_env().get()
+    try:
+        config = KubeConfig.from_env().get()
+    except ConfigError as exc:  # neither a pod's service account nor a readable KUBECONFIG
+        raise ApiError(0, f"no Kubernetes configuration: not in a pod, and {exc}") from None
     if config is None:
         raise ApiError(0, "no Kubernetes configuration: not in a pod and no current context in KUBECONFIG")
     timeout = httpx.Timeout(REQUEST_TIMEOUT)

@@ -153,3 +153,15 @@ def test_the_controller_probes_while_the_api_server_goes_and_comes_back(
     fake.start()
     wait_until(lambda: controller_process.get("/readyz").status_code == 200, "ready again")
     assert controller_process.stop() == 0
+
+
+def test_without_a_cluster_configuration_the_controller_says_so_and_exits_2(tmp_path: Path) -> None:
+    env = {**os.environ, "KUBECONFIG": str(tmp_path / "missing"), "GW_REDIS_URL": "redis://127.0.0.1:1",
+           "PYTHONPATH": str(REPO)}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "gw", "controller"], env=env, capture_output=True, text=True,
+                          timeout=30)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"gw controller: cannot reach the cluster: no Kubernetes configuration: not in a pod, and "
+        f"Configuration file {tmp_path / 'missing'} not found"
+    ]
