@@ -1,18 +1,19 @@
-"""The `gw` command: run the gateway, run the demo, check a config, print the route table, manage versions."""
+"""The `gw` command: run the gateway, run the demo, check a config, print the route table, manage versions,
+watch a cluster."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from gw.commands import check, config, demo, run
+from gw.commands import check, config, controller, demo, run
 from gw.stdio import quiet_when_closed
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gw", description="gw: an API gateway for Kubernetes")
     sub = parser.add_subparsers(dest="command", required=True)
-    for family in (run, demo, check, config):  # the order `gw --help` lists them in
+    for family in (run, demo, check, config, controller):  # the order `gw --help` lists them in
         family.register(sub)
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

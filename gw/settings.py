@@ -273,6 +273,45 @@ class Settings:
         secret=True,
     )
 
+    # The cluster controller (`gw controller`)
+    controller_debounce: float = _var(
+        0.2,
+        parse_duration,
+        "`gw controller`: quiet time after a cluster change before the config is rendered and published "
+        "(a burst of changes makes one version).",
+    )
+    controller_debounce_max: float = _var(
+        2.0,
+        parse_positive_duration,
+        "`gw controller`: longest a change waits for the quiet time while changes keep coming.",
+    )
+    gateway_service: str = _var(
+        "",
+        parse_gateway_key,
+        "`gw controller`: the Service (namespace/name) in front of the gateway replicas; its load-balancer "
+        "addresses become the Gateways' status.addresses. Empty: no addresses written.",
+    )
+    leader_election: bool = _var(
+        True, parse_bool, "`gw controller`: elect one active controller with a Lease (false: a single controller)."
+    )
+    leader_election_namespace: str = _var(
+        "", str, "`gw controller`: namespace of the Lease; empty: the pod's namespace (default outside a cluster)."
+    )
+    leader_election_name: str = _var("gw-controller", str, "`gw controller`: name of the Lease.")
+    leader_election_lease_duration: float = _var(
+        15.0,
+        parse_positive_duration,
+        "`gw controller`: how long a leader's Lease holds without renewal; a follower takes over after it.",
+    )
+    leader_election_renew_deadline: float = _var(
+        10.0,
+        parse_positive_duration,
+        "`gw controller`: a leader that could not renew its Lease for this long stops publishing.",
+    )
+    leader_election_retry_period: float = _var(
+        2.0, parse_positive_duration, "`gw controller`: how often the Lease is renewed or tried."
+    )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env

@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from gw.config.snapshot import Snapshot
 from gw.settings import Settings
 from gw.state import ConfigFollower, ConfigStore, ConfigStoreError, EmbeddedValkey, Version, connect
-from gw.state.config_store import FILES, REPUBLISH, PublishResult
+from gw.state.config_store import CONTROLLER, FILES, REPUBLISH, PublishResult
 from gw.state.keys import Keys
 from gw.state.session_key import fleet_session_key
 from gw.supervisor.log import log
@@ -138,10 +138,14 @@ class Publisher:
         return result.version
 
     async def _superseded(self, checksum: str, fleet: Version) -> bool:
-        """True when files with `checksum` were published before and the fleet has moved on since."""
+        """True when the fleet has moved on from files with `checksum` (published before, or a controller's fleet)."""
         assert self.store is not None
         if fleet.checksum == checksum:
             return False
+        if fleet.origin == CONTROLLER:
+            # In a cluster the controller is the config's source; a new pod's files only bootstrap it.
+            log(f"the fleet serves version {fleet.number}, published by `gw controller`: serving it, not these files")
+            return True
         older = await self.store.published_from_files(checksum)
         if older is None:
             return False

@@ -42,7 +42,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("gw.policies",),
     ("gw.proxy",),
     ("gw.worker",),
-    ("gw.gunicorn_worker", "gw.supervisor"),
+    ("gw.gunicorn_worker", "gw.supervisor", "gw.controller"),
     ("gw.commands",),  # the CLI's verbs: read the settings, call config, state or the supervisor
     ("gw.cli",),
     ("gw.__main__",),

@@ -1,8 +1,9 @@
 """Config versions in Redis: immutable numbered snapshots, a `current` pointer moved by compare-and-set.
 
 A version is the config's source files as (name, bytes) pairs plus who published it, when, from
-where, how (`origin`: the files of a replica, `gw config push`, a rollback, or a replica
-republishing what it served into an emptied Redis) and the version it was built on; stored as
+where, how (`origin`: the files of a replica, `gw config push`, a rollback, a replica
+republishing what it served into an emptied Redis, or `gw controller` rendering the cluster's
+objects) and the version it was built on; stored as
 msgpack with a sha256 of the files. Publishing
 content identical to the current version creates nothing; a rollback is a new version with old
 content, so history stays linear. The caller validates and compiles before publishing.
@@ -44,6 +45,7 @@ FILES = "files"
 PUSH = "push"
 ROLLBACK = "rollback"
 REPUBLISH = "republish"  # what a replica served, written back into a Redis that came back empty
+CONTROLLER = "controller"  # rendered from the cluster's objects by `gw controller`
 
 _publish = scripts.load("config_publish")
 _reseal = scripts.load("config_reseal")
@@ -85,7 +87,7 @@ class Version:
     created: float  # unix time
     source: str  # where it came from: a path, "gw config push PATH", "rollback of 3"
     parent: int  # the current version when it was published (0: none)
-    origin: str = FILES  # FILES, PUSH, ROLLBACK or REPUBLISH
+    origin: str = FILES  # FILES, PUSH, ROLLBACK, REPUBLISH or CONTROLLER
     sealed: bool = False  # its secret material is stored sealed
 
     @property

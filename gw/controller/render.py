@@ -1,0 +1,155 @@
+"""Render the cached cluster objects that concern gw as the YAML files `gw run` serves.
+
+Only GatewayClasses with gw's controllerName and what hangs off them: their Gateways, the
+HTTPRoutes attached to those, the Services, EndpointSlices and Backends the routes and policies
+name, the TLS Secrets the listeners name, gw's own policy kinds, ReferenceGrants, and Namespaces
+when a listener selects namespaces by label. Which object is valid, attached or served is not
+decided here: the files go through the same parse and compile as `gw check` and `gw run`.
+
+Each object is one file, `Kind/namespace/name.yaml`, written with sorted keys: equal objects give
+equal bytes, so an unchanged cluster gives an unchanged checksum and no new version. What the
+API server adds (status, resourceVersion, uid, generation, managedFields, kubectl's
+last-applied copy) is left out; creationTimestamp stays, as route precedence (and GEP-713 policy
+precedence) orders by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import yaml
+
+from gw.config.resources import GATEWAY_GROUP, GW_GROUP, SERVICE_NAME_LABEL
+from gw.config.snapshot import Snapshot
+from gw.controller import kinds
+from gw.controller.cache import Cache, Key, Object
+
+KEPT_METADATA = ("name", "namespace", "labels", "annotations", "creationTimestamp")
+DROPPED_ANNOTATIONS = frozenset({"kubectl.kubernetes.io/last-applied-configuration"})
+SOURCE = "cluster"  # the snapshot's name in compile errors, /status and `gw config history`
+
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def clean(obj: Object) -> Object:
+    """The object as a user would write it: no status, no server-managed metadata."""
+    meta = obj.get("metadata") or {}
+    kept: dict[str, Any] = {k: meta[k] for k in KEPT_METADATA if meta.get(k)}
+    if "annotations" in kept:
+        annotations = {k: v for k, v in kept["annotations"].items() if k not in DROPPED_ANNOTATIONS}
+        if annotations:
+            kept["annotations"] = annotations
+        else:
+            del kept["annotations"]
+    return {**{k: v for k, v in obj.items() if k not in ("metadata", "status")}, "metadata": kept}
+
+
+def file_name(kind: str, key: Key) -> str:
+    namespace, name = key
+    return f"{kind}/{namespace}/{name}.yaml" if namespace else f"{kind}/{name}.yaml"
+
+
+def selection(cache: Cache, controller_name: str) -> dict[str, list[Key]]:
+    """The objects gw's config is made of, per kind."""
+    classes = {
+        key[1]
+        for key, obj in cache.of("GatewayClass").items()
+        if (obj.get("spec") or {}).get("controllerName") == controller_name
+    }
+    gateways = [
+        key for key, obj in cache.of("Gateway").items() if (obj.get("spec") or {}).get("gatewayClassName") in classes
+    ]
+    ours = set(gateways)
+    routes = [key for key, obj in cache.of("HTTPRoute").items() if ours & set(_parents(obj))]
+    policies = {k.kind: list(cache.of(k.kind)) for k in (kinds.RATE_LIMIT_POLICY, kinds.BACKEND_TRAFFIC_POLICY)}
+    backends: set[tuple[str, str, str]] = set()  # (kind, namespace, name)
+    for key in routes:
+        backends.update(_backend_refs(cache.of("HTTPRoute")[key]))
+    for kind, keys in policies.items():
+        for key in keys:
+            backends.update(_targets(cache.of(kind)[key]))
+    services = sorted((ns, name) for kind, ns, name in backends if kind == "Service")
+    wanted = set(services)
+    slices = [
+        key
+        for key, obj in cache.of("EndpointSlice").items()
+        if (key[0], ((obj.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL, "")) in wanted
+    ]
+    secrets: set[Key] = set()
+    selects_namespaces = False
+    for key in gateways:
+        for listener in (cache.of("Gateway")[key].get("spec") or {}).get("listeners") or ():
+            if not isinstance(listener, dict):
+                continue
+            allowed = ((listener.get("allowedRoutes") or {}).get("namespaces") or {}).get("from")
+            selects_namespaces = selects_namespaces or allowed == "Selector"
+            for ref in (listener.get("tls") or {}).get("certificateRefs") or ():
+                if isinstance(ref, dict) and ref.get("kind", "Secret") == "Secret" and not ref.get("group"):
+                    secrets.add((str(ref.get("namespace") or key[0]), str(ref.get("name"))))
+    return {
+        "GatewayClass": [("", name) for name in classes],
+        "Gateway": gateways,
+        "HTTPRoute": routes,
+        "ReferenceGrant": list(cache.of("ReferenceGrant")),
+        "Service": [key for key in services if key in cache.of("Service")],
+        "EndpointSlice": slices,
+        "Backend": [
+            (ns, name) for kind, ns, name in backends if kind == "Backend" and (ns, name) in cache.of("Backend")
+        ],
+        "Secret": [key for key in secrets if key in cache.of("Secret")],
+        "Namespace": list(cache.of("Namespace")) if selects_namespaces else [],
+        **policies,
+    }
+
+
+def render(cache: Cache, controller_name: str) -> Snapshot:
+    """The snapshot of the selected objects, one YAML file each, in a fixed order."""
+    files = []
+    for kind, keys in selection(cache, controller_name).items():
+        store = cache.of(kind)
+        for key in set(keys):
+            data = yaml.dump(clean(store[key]), Dumper=_Dumper, sort_keys=True, default_flow_style=False)
+            files.append((file_name(kind, key), data.encode()))
+    files.sort()
+    return Snapshot.of(files, SOURCE)
+
+
+def _parents(route: Object) -> Iterator[Key]:
+    namespace = (route.get("metadata") or {}).get("namespace") or "default"
+    for ref in (route.get("spec") or {}).get("parentRefs") or ():
+        if not isinstance(ref, dict):
+            continue
+        if ref.get("group", GATEWAY_GROUP) == GATEWAY_GROUP and ref.get("kind", "Gateway") == "Gateway":
+            yield str(ref.get("namespace") or namespace), str(ref.get("name"))
+
+
+def _backend_refs(route: Object) -> Iterator[tuple[str, str, str]]:
+    """(kind, namespace, name) of every backendRef in the route: rules' and filters' (mirrors)."""
+    namespace = (route.get("metadata") or {}).get("namespace") or "default"
+
+    def walk(value: Any, is_ref: bool) -> Iterator[tuple[str, str, str]]:
+        if isinstance(value, dict):
+            if is_ref and isinstance(value.get("name"), str):
+                group = value.get("group") or ""
+                kind = value.get("kind") or "Service"
+                if (group, kind) in (("", "Service"), (GW_GROUP, "Backend")):
+                    yield kind, str(value.get("namespace") or namespace), value["name"]
+            for k, v in value.items():
+                if k == "backendRefs" and isinstance(v, list):
+                    for item in v:
+                        yield from walk(item, True)
+                else:
+                    yield from walk(v, k == "backendRef")
+        elif isinstance(value, list):
+            for item in value:
+                yield from walk(item, False)
+
+    yield from walk(route.get("spec") or {}, False)
+
+
+def _targets(policy: Object) -> Iterator[tuple[str, str, str]]:
+    namespace = (policy.get("metadata") or {}).get("namespace") or "default"
+    for ref in (policy.get("spec") or {}).get("targetRefs") or ():
+        if isinstance(ref, dict) and ref.get("kind") in ("Service", "Backend") and isinstance(ref.get("name"), str):
+            yield ref["kind"], namespace, ref["name"]

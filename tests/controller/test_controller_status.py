@@ -1,0 +1,121 @@
+"""Status written back by `gw controller` (FAKE API server): `gw check`'s conditions, with observedGeneration.
+
+Patched through the /status subresource only when something changed; other controllers' entries
+in a route's parents[] are kept; Gateway addresses come from the gateway Service's load balancer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gw.config import DEFAULT_CONTROLLER_NAME, load_text, status_document
+from gw.state.config_store import ConfigStore
+from tests.controller import cluster
+from tests.controller.conftest import eventually, new_controller, running
+from tests.support.fake_apiserver import FakeApiServer
+
+PORT = 18080
+
+
+def bare(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Conditions without what the cluster adds (observedGeneration, lastTransitionTime)."""
+    return [{k: c[k] for k in ("type", "status", "reason", "message")} for c in conditions]
+
+
+def status_of(fake: FakeApiServer, kind: str, name: str, namespace: str = "default") -> dict[str, Any]:
+    return (fake.get(kind, namespace, name) or {}).get("status") or {}
+
+
+async def test_the_status_is_what_gw_check_computes_with_observed_generation(
+    fake: FakeApiServer, store: ConfigStore, prefix: str
+) -> None:
+    objects = cluster.basic(PORT, 9999)
+    for obj in objects:
+        fake.put(obj)
+    async with running(new_controller(store, prefix)):
+        await eventually(lambda: status_of(fake, "HTTPRoute", "app").get("parents"), "the route's status")
+        await eventually(lambda: status_of(fake, "Gateway", "web").get("listeners"), "the gateway's status")
+        await eventually(lambda: status_of(fake, "GatewayClass", "gw", "").get("conditions"), "the class's status")
+        # What `gw check` says of the same objects, compiled from files.
+        import yaml
+
+        expected = status_document(load_text(yaml.safe_dump_all(objects)))
+        gateway = status_of(fake, "Gateway", "web")
+        assert bare(gateway["conditions"]) == expected["gateways"][0]["conditions"]
+        listener = gateway["listeners"][0]
+        assert listener["attachedRoutes"] == 1
+        assert bare(listener["conditions"]) == expected["gateways"][0]["listeners"][0]["conditions"]
+        assert {c["observedGeneration"] for c in gateway["conditions"] + listener["conditions"]} == {1}
+        gc = status_of(fake, "GatewayClass", "gw", "")
+        assert [c["type"] for c in gc["conditions"]] == ["Accepted", "SupportedVersion"]
+        [parent] = status_of(fake, "HTTPRoute", "app")["parents"]
+        assert parent["controllerName"] == DEFAULT_CONTROLLER_NAME
+        assert parent["parentRef"]["name"] == "web"
+        assert bare(parent["conditions"]) == expected["httpRoutes"][0]["parents"][0]["conditions"]
+        assert {c["observedGeneration"] for c in parent["conditions"]} == {1}
+
+        # A spec change bumps the generation: the status follows it.
+        fake.put(cluster.route("app", "missing-service"))
+        await eventually(
+            lambda: {c["observedGeneration"] for c in status_of(fake, "HTTPRoute", "app")["parents"][0]["conditions"]}
+            == {2}, "observedGeneration 2",
+        )  # fmt: skip
+        [parent] = status_of(fake, "HTTPRoute", "app")["parents"]
+        resolved = next(c for c in parent["conditions"] if c["type"] == "ResolvedRefs")
+        assert resolved["status"] == "False"
+        assert resolved["reason"] == "BackendNotFound"
+
+
+async def test_status_is_patched_only_when_it_changes(fake: FakeApiServer, store: ConfigStore, prefix: str) -> None:
+    for obj in cluster.basic(PORT, 9999):
+        fake.put(obj)
+    async with running(new_controller(store, prefix)) as controller:
+        await eventually(lambda: len(fake.status_patches()) == 3, "class, gateway and route status")
+        await eventually(lambda: not controller.changed.is_set(), "the echo of its own patches reconciled")
+        reconciles = controller.counters["reconciles"]
+        # An endpoint change: a new version, the same status.
+        fake.put(cluster.endpoint_slice("app", 9998))
+        fake.bookmark()
+        await eventually(lambda: controller.counters["reconciles"] > reconciles and not controller.changed.is_set(),
+                         "the change reconciled")  # fmt: skip
+        assert controller.version == 2
+        assert len(fake.status_patches()) == 3
+        # A route that changes: its status is rewritten (observedGeneration), the others are not.
+        fake.put(cluster.route("app", "app", hostname="app.example"))
+        await eventually(lambda: len(fake.status_patches()) == 4, "the route's status patched")
+        assert "/httproutes/app/status" in fake.status_patches()[-1][0]
+
+
+async def test_other_controllers_parent_entries_are_kept(fake: FakeApiServer, store: ConfigStore, prefix: str) -> None:
+    for obj in cluster.basic(PORT, 9999):
+        fake.put(obj)
+    theirs = {
+        "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "default", "name": "x"},
+        "controllerName": "example.net/other",
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+    }  # fmt: skip
+    route = cluster.route("app", "app")
+    route["spec"]["parentRefs"].append({"name": "x"})
+    route["status"] = {"parents": [theirs]}
+    fake.put(route)
+    async with running(new_controller(store, prefix)):
+        await eventually(lambda: len(status_of(fake, "HTTPRoute", "app")["parents"]) == 2, "gw's entry added")
+        parents = status_of(fake, "HTTPRoute", "app")["parents"]
+        assert parents[0] == theirs
+        assert parents[1]["controllerName"] == DEFAULT_CONTROLLER_NAME
+
+
+async def test_gateway_addresses_come_from_the_gateway_service(
+    fake: FakeApiServer, store: ConfigStore, prefix: str
+) -> None:
+    for obj in cluster.basic(PORT, 9999):
+        fake.put(obj)
+    lb = cluster.service("gw", namespace="gw-system")
+    lb["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}, {"hostname": "lb.example"}]}}
+    fake.put(lb)
+    async with running(new_controller(store, prefix, GW_GATEWAY_SERVICE="gw-system/gw")):
+        await eventually(lambda: status_of(fake, "Gateway", "web").get("addresses"), "the gateway's addresses")
+        assert status_of(fake, "Gateway", "web")["addresses"] == [
+            {"type": "IPAddress", "value": "203.0.113.7"}, {"type": "Hostname", "value": "lb.example"},
+        ]  # fmt: skip
