@@ -734,3 +734,14 @@ def test_the_dockerfile_builds_from_files_that_exist_and_runs_gw() -> None:
     assert re.search(r"\brun\b", out.stdout), out.stdout + out.stderr
     assert re.search(r"^USER \d+:\d+$", final, re.M), "a numeric user, so runAsNonRoot can check it"
     assert (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
+
+
+def test_the_demo_app_passes_the_kubernetes_schemas_and_gw_check_with_the_base_gateway() -> None:
+    docs = [d for d in yaml.safe_load_all((K8S / "examples" / "demo-app.yaml").read_text()) if d]
+    for obj in docs:
+        if obj["kind"] != "HTTPRoute":
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    gateway = [d for d in yaml.safe_load_all((K8S / "base" / "gateway-api.yaml").read_text()) if d]
+    resources, errors = parse_documents(("k8s.yaml", d) for d in gateway + docs)
+    assert not errors
+    assert len(resources.http_routes) == 2
