@@ -198,7 +198,7 @@ def test_the_probes_and_ports_are_gws(overlay: str) -> None:
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         _, admin_port = parse_addr(container_env(objects, deployment)["GW_ADMIN_ADDR"] or "")
         assert ports["admin"] == admin_port
-        for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"), ("startupProbe", "/healthz")):
             assert container[probe]["httpGet"] == {"path": path, "port": "admin"}
             assert f'"{path}"' in admin_source
     # The Service's ports are the served Gateway's listeners; the pod binds them + the offset.
