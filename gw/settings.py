@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -134,6 +135,28 @@ def parse_session_keys(text: str) -> tuple[bytes, ...]:
     return keys
 
 
+def parse_config_keys(text: str) -> tuple[bytes, ...]:
+    """Comma-separated 32-byte keys, each as 64 hex digits or base64 (`openssl rand -base64 32`)."""
+    keys: list[bytes] = []
+    for i, item in enumerate((k.strip() for k in text.split(",") if k.strip()), 1):
+        if re.fullmatch(r"[0-9a-fA-F]{64}", item):
+            keys.append(bytes.fromhex(item))
+            continue
+        try:
+            standard = item.replace("-", "+").replace("_", "/")  # the URL-safe alphabet too
+            key = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise ValueError(
+                f"key {i} is not 32 bytes as 64 hex digits or base64 (make one with `openssl rand -base64 32`)"
+            )
+        keys.append(key)
+    if not keys:
+        raise ValueError("no key (a comma-separated list of 32-byte keys, e.g. `openssl rand -base64 32`)")
+    return tuple(keys)
+
+
 def _var(default: Any, parse: Callable[[str], Any], doc: str, *, secret: bool = False) -> Any:
     from dataclasses import field
 
@@ -237,6 +260,16 @@ class Settings:
         "Secrets signing session-persistence cookies, comma-separated, each at least 16 bytes: the first "
         "signs, all verify (rotate by putting the new key first); every replica needs the same list. "
         "Empty: one random key is generated once and kept in Redis under GW_REDIS_PREFIX, shared by the fleet.",
+        secret=True,
+    )
+    config_keys: tuple[bytes, ...] = _var(
+        (),
+        parse_config_keys,
+        "Keys sealing the secret material (Secrets' data) of config versions in Redis (AES-256-GCM), "
+        "comma-separated, each 32 bytes as base64 or 64 hex digits (`openssl rand -base64 32`): the first "
+        "seals, all open (rotate: put the new key first everywhere, run `gw config reseal`, then drop the "
+        "old key). Every replica, the controller and `gw config` need the list, from a Kubernetes Secret. "
+        "Empty: Secrets are stored in the clear (a warning says so).",
         secret=True,
     )
 

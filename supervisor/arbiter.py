@@ -17,10 +17,13 @@ from typing import Any, NamedTuple
 import psutil
 
 from gw.admin import AdminApp, admin_server
+from gw.balancing.kinds import ROUND_ROBIN
 from gw.config import ConfigError, LoadResult, Snapshot, compile_snapshot, read_snapshot, status_document
 from gw.config.fallback import keep_running_objects
+from gw.config.model import CompiledConfig
 from gw.config.snapshot import NOTHING
 from gw.listen import bind_listener
+from gw.observe.families import SESSION_RESULTS
 from gw.observe.metrics import Registry
 from gw.settings import Settings, SettingsError, check_paths
 from gw.state import EmbeddedValkeyError, Keys, Version
@@ -42,6 +45,10 @@ STABLE_AFTER = 30.0  # a worker ready this long resets its slot's failure count
 CRASH_LOOP = 5  # consecutive failures reported as a crash loop
 RSS_CHECK_INTERVAL = 5.0
 EXIT_SETTINGS = 2  # a GW_* variable gw cannot use, as the README promises
+# Labelled gauges whose workers' values add up (each worker counts its own share); the others
+# are every worker's view of the same fleet state, shown as the first worker sees it.
+SUMMED_GAUGES = frozenset({"gw_endpoint_in_flight"})
+DEFAULT_BALANCER = {"type": ROUND_ROBIN}  # a backend no BackendTrafficPolicy gives a loadBalancer
 
 
 class PendingRestart(NamedTuple):
@@ -488,13 +495,18 @@ class Supervisor:
         replies = await asyncio.gather(*(w.request({"t": "stats"}, STATS_TIMEOUT) for w in live))
         return {w: r for w, r in zip(live, replies, strict=True) if r is not None}
 
-    async def render_metrics(self) -> bytes:
+    def _registry(self, stats: dict[WorkerProcess, dict[str, Any]]) -> Registry:
+        """What the replica counted: its exited workers', its own, and its live workers' counts."""
         registry = Registry()
         registry.absorb(self.retired.snapshot())
         registry.absorb(self.metrics.snapshot())
-        stats = await self._stats()
         for worker_stats in stats.values():
             registry.absorb(worker_stats["metrics"])
+        return registry
+
+    async def render_metrics(self) -> bytes:
+        stats = await self._stats()
+        registry = self._registry(stats)
         registry.gauge_values["gw_workers"] = float(len(self.workers))
         registry.gauge_values["gw_config_version"] = float(self.version)
         registry.gauge_values["gw_config_unpublished"] = float(self.publisher.unpublished is not None)
@@ -504,7 +516,16 @@ class Supervisor:
         # applies the same fleet events; /status shows where one differs).
         first = min(stats, key=lambda w: w.slot, default=None)
         for name, labels, value in stats[first].get("backend_gauges", ()) if first is not None else ():
-            registry.labelled_gauges[(name, tuple(tuple(pair) for pair in labels))] = float(value)
+            if name not in SUMMED_GAUGES:
+                registry.labelled_gauges[(name, tuple(tuple(pair) for pair in labels))] = float(value)
+        for worker_stats in stats.values():
+            for name, labels, value in worker_stats.get("backend_gauges", ()):
+                if name in SUMMED_GAUGES:
+                    key = (name, tuple(tuple(pair) for pair in labels))
+                    registry.labelled_gauges[key] = registry.labelled_gauges.get(key, 0.0) + float(value)
+        for balancer in _balancers(self.result.config if self.result else None):
+            labels = (("backend", balancer["backend"]), ("type", balancer["type"]))
+            registry.labelled_gauges[("gw_backend_load_balancer", labels)] = 1.0
         # Per worker, not summed: which version each one serves (a lagging worker stands out).
         for worker, worker_stats in stats.items():
             labels = (("pid", str(worker.pid)), ("slot", str(worker.slot)))
@@ -541,6 +562,9 @@ class Supervisor:
             ],
             "connections": sum(s.get("connections", 0) for s in stats.values()),
             "backends": _backends_status(stats),
+            # Every backend's balancer, and each rule's sessions as this replica counted them.
+            "load_balancers": _balancers(config),
+            "sessions": _sessions_status(self._registry(stats)),
             # The relay of the fleet's backend events and this replica's active checks.
             "backend_events": self.relay.status() if self.relay else None,
             "health_checks": self.checker.status() if self.checker else None,
@@ -574,7 +598,8 @@ class Supervisor:
 
 
 def _backends_status(stats: dict[WorkerProcess, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every backend with a policy: the first worker's view, and each worker's circuit state."""
+    """Every backend with a policy: the first worker's view, each worker's circuit state, and the
+    requests in flight to each endpoint summed over the workers (LeastRequest counts them)."""
     views = [(w.slot, s.get("backends", [])) for w, s in sorted(stats.items(), key=lambda item: item[0].slot)]
     if not views:
         return []
@@ -584,8 +609,41 @@ def _backends_status(stats: dict[WorkerProcess, dict[str, Any]]) -> list[dict[st
         per_worker = {
             str(slot): next((b["circuit"]["state"] for b in view if b["backend"] == name), None) for slot, view in views
         }
-        out.append({**backend, "circuit_by_worker": per_worker})
+        endpoints = backend["endpoints"]
+        if endpoints and "in_flight" in endpoints[0]:
+            totals: dict[str, int] = {}
+            for _, view in views:
+                for b in view:
+                    if b["backend"] == name:
+                        for e in b["endpoints"]:
+                            totals[e["endpoint"]] = totals.get(e["endpoint"], 0) + e.get("in_flight", 0)
+            endpoints = [{**e, "in_flight": totals.get(e["endpoint"], 0)} for e in endpoints]
+        out.append({**backend, "endpoints": endpoints, "circuit_by_worker": per_worker})
     return out
+
+
+def _balancers(config: CompiledConfig | None) -> list[dict[str, Any]]:
+    """The loadBalancer of every backend the config's rules send to, by name."""
+    found: dict[str, dict[str, Any]] = {}
+    for rule in config.rules if config is not None else ():
+        for ref in rule.backend_refs:
+            backend = ref.backend
+            if backend is not None and backend.name not in found:
+                lb = backend.resilience.load_balancer if backend.resilience is not None else None
+                found[backend.name] = {"backend": backend.name, **(lb.status() if lb is not None else DEFAULT_BALANCER)}
+    return [found[name] for name in sorted(found)]
+
+
+def _sessions_status(registry: Registry) -> list[dict[str, Any]]:
+    """gw_sessions_total by rule: {rule, type, created, repinned, invalid, hashed}."""
+    rules: dict[tuple[str, str], dict[str, Any]] = {}
+    for (name, labels), value in registry.counters.items():
+        if name == "gw_sessions_total":
+            label = dict(labels)
+            key = (label["rule"], label["type"])
+            entry = rules.setdefault(key, {"rule": key[0], "type": key[1], **dict.fromkeys(SESSION_RESULTS, 0)})
+            entry[label["result"]] += value
+    return [rules[key] for key in sorted(rules)]
 
 
 def _report(result: LoadResult) -> None:

@@ -243,6 +243,10 @@ class Publisher:
             "connected": bool(follower and follower.connected),
             "error": (follower.error if follower else "") or self.last_error,
             "unpublished": self.unpublished is not None,
+            # Secret material is sealed in Redis (GW_CONFIG_KEYS set); "refused": the fleet's current
+            # version cannot be opened here (a key missing), so the one served stays.
+            "sealed": bool(self.store and self.store.config_keys),
+            "refused": follower.refused if follower else "",
         }
 
     async def stop(self) -> None:

@@ -7,6 +7,7 @@ back empty heals.
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -17,14 +18,20 @@ from pathlib import Path
 
 import httpx
 import psutil
+import redis
+import trustme
 import yaml
+from cryptography import x509
 
+from gw.settings import Settings
+from gw.state import Keys
 from tests.conftest import StartGateway
 from tests.support import valkey
 from tests.support.gateway import GatewayProcess, config_yaml, free_port
 from tests.support.upstream import Upstream
 from tests.test_supervisor import wait_until
 
+KEY = os.urandom(32)
 ROUTES = [{"name": "all", "rules": [{"backendRefs": [{"backend": "up"}]}]}]
 
 
@@ -243,3 +250,73 @@ def test_a_hup_with_unchanged_files_does_not_undo_a_push_and_an_edit_publishes_o
     assert "version 3" in gw.wait_for_log("gw: config reloaded", after=mark)
     assert current_version(gw) == 3
     wait_until(lambda: versions(gw) == {3}, what="the edit to be served")
+
+
+def test_tls_keys_reach_replicas_sealed_and_a_replica_without_the_key_keeps_its_own(
+    start_gateway: StartGateway, upstream: Upstream, redis_server: valkey.Server, tmp_path: Path
+) -> None:
+    """GW_CONFIG_KEYS: the private key never sits in Redis in the clear, a replica holding the key
+    serves a pushed certificate, one holding another key refuses that version and serves its own."""
+    from tests.test_https_proxy import _secret, connect
+
+    ca = trustme.CA()
+    env = {"GW_WORKERS": "1", "GW_REDIS_URL": redis_server.url, "GW_CONFIG_KEYS": base64.b64encode(KEY).decode()}
+
+    def tls_config(port: int, leaf: trustme.LeafCert) -> str:
+        docs = [
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "gw"},
+             "spec": {"controllerName": "gw.dev/gateway-controller"}},
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+             "metadata": {"name": "tls", "namespace": "default"},
+             "spec": {"gatewayClassName": "gw", "listeners": [
+                 {"name": "a", "port": port, "protocol": "HTTPS", "hostname": "a.test",
+                  "tls": {"certificateRefs": [{"name": "a-cert"}]}}]}},
+            _secret("a-cert", leaf),
+            {"apiVersion": "gw.dev/v1alpha1", "kind": "Backend", "metadata": {"name": "up", "namespace": "default"},
+             "spec": {"endpoints": [{"address": "127.0.0.1", "port": upstream.port}]}},
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "site", "namespace": "default"},
+             "spec": {"parentRefs": [{"name": "tls"}],
+                      "rules": [{"backendRefs": [{"group": "gw.dev", "kind": "Backend", "name": "up"}]}]}},
+        ]  # fmt: skip
+        return yaml.safe_dump_all(docs)
+
+    def served_serial(gw: GatewayProcess) -> int:
+        client = connect(gw, ca, "a.test")
+        try:
+            assert client.request("GET", "/", headers={"Host": "a.test"}).status == 200
+            return int(client.sock.getpeercert()["serialNumber"], 16)  # type: ignore[attr-defined]
+        finally:
+            client.close()
+
+    def serial(leaf: trustme.LeafCert) -> int:
+        return x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).serial_number
+
+    first, second = ca.issue_cert("a.test"), ca.issue_cert("a.test")
+    port = free_port()
+    keyed = start_gateway({}, [], env=env, yaml_text=tls_config(port, first))
+    keyed.port = port
+    assert keyed.status()["redis"]["sealed"] is True  # type: ignore[index]
+    pushed = tmp_path / "pushed.yaml"
+    pushed.write_text(tls_config(port, second))
+    result = gw_config(keyed, "push", str(pushed))
+    assert result.returncode == 0, result.stdout + result.stderr
+    wait_until(lambda: versions(keyed) == {2}, what="version 2")
+    assert served_serial(keyed) == serial(second)  # opened from Redis: the pushed key and certificate
+    raw = redis.Redis.from_url(redis_server.url)
+    try:
+        blobs = list(raw.hvals(Keys(Settings().redis_prefix).config.versions))
+    finally:
+        raw.close()
+    assert len(blobs) == 2 and not any(b"PRIVATE KEY" in b for b in blobs)
+    assert not any(base64.b64encode(leaf.private_key_pem.bytes())[:40] in b for b in blobs for leaf in (first, second))
+
+    # Another key: version 2 is refused, the replica serves its own files and says why.
+    other = {**env, "GW_CONFIG_KEYS": base64.b64encode(os.urandom(32)).decode()}
+    own_port = free_port()
+    stranger = start_gateway({}, [], env=other, yaml_text=tls_config(own_port, first))
+    stranger.port = own_port
+    wait_until(lambda: stranger.status()["redis"]["refused"], what="the stranger to refuse version 2")  # type: ignore[index]
+    refused = stranger.status()["redis"]["refused"]  # type: ignore[index]
+    assert refused.startswith("version 2: ") and "is sealed with key" in refused, refused
+    assert served_serial(stranger) == serial(first) and keyed.status()["config"]["version"] == 2  # type: ignore[index]

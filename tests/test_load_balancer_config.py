@@ -195,3 +195,44 @@ class TestPrecedence:
         assert r is not None and r.load_balancer == LoadBalancer("Random")
         conds = [str(c) for c in result.conditions.get("BackendTrafficPolicy default/new", [])]
         assert any("wins loadBalancer" in c for c in conds), conds
+
+
+class TestShown:
+    """`gw routes` and /status show each backend's balancer in the policy's own words."""
+
+    def test_gw_routes_shows_the_balancer_of_each_backend_and_the_policies_of_the_rule(self) -> None:
+        from gw.config.describe import describe_rule
+
+        lb = {"type": "ConsistentHash", "consistentHash": {"type": "Header", "header": {"name": "X-User"}}}
+        result = compiled(route("r", [APP_REF]), policy("hash", [on("Backend", "app")], loadBalancer=lb))
+        assert result.errors == []
+        (rule,) = [r for r in result.config.rules if r.route.endswith("/r")]
+        text = describe_rule(rule)
+        assert "[1 endpoint, ConsistentHash(Header x-user, table 65537)]" in text, text
+        assert "policies: BackendTrafficPolicy default/hash" in text, text
+        slow = parsed({"type": "LeastRequest", "slowStart": {"window": "30s"}})
+        assert slow is not None and slow.describe() == "LeastRequest, slowStart 30s"
+
+    def test_a_backend_without_a_policy_is_round_robin(self) -> None:
+        from gw.config.describe import describe_rule
+
+        (rule,) = [r for r in compiled(route("r", [APP_REF])).config.rules if r.route.endswith("/r")]
+        assert describe_rule(rule) == "default/r#0 → Backend default/app w=1 [1 endpoint, RoundRobin]"
+
+    @pytest.mark.parametrize(
+        ("lb", "shown"),
+        [
+            ({"type": "LeastRequest"}, {"type": "LeastRequest"}),
+            ({"type": "ConsistentHash", "consistentHash": {"type": "QueryParams", "queryParams": [{"name": "u"}]}},
+             {"type": "ConsistentHash", "consistentHash": {"type": "QueryParams", "tableSize": 65537,
+                                                           "queryParams": ["u"]}}),
+            ({"type": "ConsistentHash", "consistentHash": {"type": "Cookie", "cookie": {"name": "sid"}}},
+             {"type": "ConsistentHash", "consistentHash": {"type": "Cookie", "tableSize": 65537,
+                                                           "cookie": {"name": "sid"}}}),
+            ({"type": "RoundRobin", "slowStart": {"window": "1m"}},
+             {"type": "RoundRobin", "slowStart": {"window": "60s"}}),
+        ],
+    )  # fmt: skip
+    def test_status_shows_the_balancer_in_the_policys_field_names(self, lb: Any, shown: Any) -> None:
+        balancer = parsed(lb)
+        assert balancer is not None and balancer.status() == shown

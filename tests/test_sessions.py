@@ -93,3 +93,35 @@ def test_a_session_stays_on_a_backend_whose_weight_drops_to_zero(
     wait_until(lambda: {w["config_version"] for w in gw.status()["workers"]} == {2}, what="the reload")  # type: ignore[index,union-attr]
     assert {get(url).headers["x-upstream"] for _ in range(6)} == {"a"}  # new sessions: weight 0 gets none
     assert all(get(url, Cookie=f"cart={value}").headers["x-upstream"] == "b" for _ in range(6))
+
+
+def test_status_and_metrics_count_sessions_created_re_pinned_and_bad_cookies(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    (gw,) = fleet(start_gateway, upstreams, "", redis_server.url, replicas=1, routes=COOKIE)
+    url = gw.url("/status/200")
+    first = get(url)  # created
+    value = first.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    for _ in range(4):  # the session's own requests count nothing
+        get(url, Cookie=f"cart={value}")
+    get(url, Cookie=f"cart={value[:-2]}AA")  # invalid, and a new session: created
+    get(url, Cookie="other=1")  # no cookie of this rule: created, not invalid
+    next(u for u in upstreams if u.name == first.headers["x-upstream"]).stop()
+    get(url, Cookie=f"cart={value}")  # its endpoint is gone: repinned
+    counts = {"rule": "default/api#0", "type": "Cookie", "created": 3, "repinned": 1, "invalid": 1, "hashed": 0}
+    assert gw.status()["sessions"] == [counts]  # summed over both workers
+    metrics = httpx.get(f"http://127.0.0.1:{gw.admin}/metrics", timeout=10).text
+    for result in ("created", "repinned", "invalid"):
+        assert f'gw_sessions_total{{result="{result}",rule="default/api#0",type="Cookie"}} {counts[result]}' in metrics
+
+
+def test_status_counts_header_sessions_settled_by_the_fleet(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    (gw,) = fleet(start_gateway, upstreams, "", redis_server.url, replicas=1, routes=HEADER)
+    url = gw.url("/status/200")
+    for user in ("u1", "u2", "u3"):
+        for _ in range(3):
+            get(url, **{"X-Session": user})
+    (entry,) = gw.status()["sessions"]
+    assert (entry["rule"], entry["type"], entry["created"], entry["hashed"]) == ("default/api#0", "Header", 3, 0)

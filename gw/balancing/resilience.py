@@ -20,7 +20,7 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
-from gw.balancing.kinds import ROUND_ROBIN
+from gw.balancing.kinds import LEAST_REQUEST, ROUND_ROBIN
 from gw.balancing.picker import Picker
 from gw.errors import BackendOverflow, CircuitOpen, ProxyError
 
@@ -595,10 +595,18 @@ class BackendState:
 
     # -- what /status and /metrics show ------------------------------------------------------------
 
+    def in_flight(self) -> dict[str, int]:
+        """Requests in flight per endpoint, as LeastRequest counts them ({} for other balancers)."""
+        least = self.picker.least if self.picker is not None else None
+        return dict(least.in_flight) if least is not None else {}
+
     def status(self, now: float) -> dict[str, Any]:
+        lb = self.resilience.load_balancer
+        least = self.in_flight() if lb is not None and lb.type == LEAST_REQUEST else None
         return {
             "backend": self.name,
             "policies": list(self.resilience.sources),
+            "loadBalancer": lb.status() if lb is not None else {"type": ROUND_ROBIN},
             "circuit": {
                 "state": self.circuit,
                 "reason": self.circuit_why,
@@ -623,6 +631,7 @@ class BackendState:
                     "probe": {"healthy": s.probe_ok, "reason": s.probe_why, "by": s.probe_by, "since": _iso(s.probe_at)}
                     if s.probe_v
                     else None,
+                    **({"in_flight": least.get(s.label, 0)} if least is not None else {}),
                 }
                 for s in self.endpoints.values()
             ],

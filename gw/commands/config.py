@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
     commands = config.add_subparsers(dest="config_command", required=True)
     commands.add_parser("current", help="Print the current version.")
     commands.add_parser("history", help="List the versions kept, newest first (* = current).")
-    show = commands.add_parser("show", help="Print a version's metadata and files.")
+    show = commands.add_parser("show", help="Print a version's metadata and files (Secrets' data hidden).")
     show.add_argument("version", type=int)
     diff = commands.add_parser("diff", help="Unified diff of two versions' files.")
     diff.add_argument("a", type=int)
@@ -40,6 +40,11 @@ def register(sub: Any) -> None:
     push.add_argument("path", help="config file or directory")
     rollback = commands.add_parser("rollback", help="Publish an old version's content as a new version.")
     rollback.add_argument("version", type=int)
+    commands.add_parser(
+        "reseal",
+        help="Seal every kept version's secrets with the first GW_CONFIG_KEYS key (after a rotation, or "
+        "when keys were set after Secrets were published in the clear).",
+    )
     for parser in (push, rollback):
         parser.add_argument("--author", default=default_author(), help="recorded with the version (%(default)s)")
     config.set_defaults(func=cmd_config)
@@ -128,7 +133,7 @@ def _describe(version: Version, current: int) -> str:
     mark = "*" if version.number == current else " "
     return (
         f"{mark} {version.number:>4}  {when}  {version.checksum[:12]}  parent {version.parent}  "
-        f"by {version.author}  from {version.source}"
+        f"by {version.author}  from {version.source}" + ("  (secrets sealed)" if version.sealed else "")
     )
 
 
@@ -137,19 +142,20 @@ async def _current(store: ConfigStore, args: argparse.Namespace) -> int:
     if not current:
         print("no config version published")
         return EXIT_INVALID
-    print(_describe(await store.fetch(current), current))
+    print(_describe(await store.view(current), current))
     return 0
 
 
 async def _history(store: ConfigStore, args: argparse.Namespace) -> int:
     current = await store.current()
     for number in await store.history():
-        print(_describe(await store.fetch(number), current))
+        print(_describe(await store.view(number), current))
     return 0
 
 
 async def _show(store: ConfigStore, args: argparse.Namespace) -> int:
-    version = await store.fetch(args.version)
+    # Secrets' data is shown hidden, sealed or not: a terminal is no place for private keys.
+    version = await store.view(args.version)
     print(_describe(version, await store.current()))
     for name, data in version.files:
         print(f"--- {name} ({len(data)} bytes)")
@@ -160,7 +166,7 @@ async def _show(store: ConfigStore, args: argparse.Namespace) -> int:
 
 
 async def _diff(store: ConfigStore, args: argparse.Namespace) -> int:
-    a, b = await store.fetch(args.a), await store.fetch(args.b)
+    a, b = await store.view(args.a), await store.view(args.b)
     files_a, files_b = dict(a.files), dict(b.files)
     same = True
     for name in sorted(files_a.keys() | files_b.keys()):
@@ -169,7 +175,9 @@ async def _diff(store: ConfigStore, args: argparse.Namespace) -> int:
         lines = list(difflib.unified_diff(old, new, f"{args.a}:{name}", f"{args.b}:{name}"))
         same = same and not lines
         sys.stdout.writelines(line if line.endswith("\n") else line + "\n" for line in lines)
-    if same:
+    if same and a.checksum != b.checksum:
+        print(f"versions {args.a} and {args.b} differ only in secret material (not shown)")
+    elif same:
         print(f"versions {args.a} and {args.b} have identical files")
     return 0
 
@@ -190,6 +198,16 @@ async def _rollback(store: ConfigStore, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _reseal(store: ConfigStore, args: argparse.Namespace) -> int:
+    done = await store.reseal()
+    key = store.config_keys.ids[0]  # type: ignore[union-attr]  # reseal refuses to run without keys
+    if done:
+        print(f"resealed with key {key}: version{'s' if len(done) > 1 else ''} {', '.join(map(str, done))}")
+    else:
+        print(f"every kept version's secrets are sealed with key {key} already")
+    return 0
+
+
 def _print_publish(result: PublishResult) -> None:
     if result.created:
         print(f"published version {result.version}")
@@ -204,4 +222,5 @@ _COMMANDS: dict[str, Command] = {
     "diff": _diff,
     "push": _push,
     "rollback": _rollback,
+    "reseal": _reseal,
 }

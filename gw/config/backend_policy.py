@@ -184,6 +184,32 @@ class LoadBalancer:
     consistent_hash: ConsistentHash | None = None  # set exactly when type is ConsistentHash
     slow_start_window: float = 0.0  # seconds; 0 = a new endpoint takes its full weight at once
 
+    def describe(self) -> str:
+        """One line for `gw routes`: "ConsistentHash(Header x-user, table 65537), slowStart 30s"."""
+        text = self.type
+        ch = self.consistent_hash
+        if ch is not None:
+            key = ",".join(ch.params) if ch.type == QUERY_PARAMS else ch.name
+            text += f"({ch.type}{' ' + key if key else ''}, table {ch.table_size})"
+        if self.slow_start_window:
+            text += f", slowStart {self.slow_start_window:g}s"
+        return text
+
+    def status(self) -> dict[str, object]:
+        """The balancer as /status shows it, in the policy's own field names."""
+        out: dict[str, object] = {"type": self.type}
+        ch = self.consistent_hash
+        if ch is not None:
+            hashed: dict[str, object] = {"type": ch.type, "tableSize": ch.table_size}
+            if ch.type == QUERY_PARAMS:
+                hashed["queryParams"] = list(ch.params)
+            elif ch.name:
+                hashed[ch.type.lower()] = {"name": ch.name}
+            out["consistentHash"] = hashed
+        if self.slow_start_window:
+            out["slowStart"] = {"window": f"{self.slow_start_window:g}s"}
+        return out
+
 
 @dataclass(frozen=True, slots=True)
 class BackendTrafficPolicy:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from gw.config.model import CompiledConfig, Rule
+from gw.balancing.kinds import ROUND_ROBIN
+from gw.config.model import Backend, CompiledConfig, Rule
 from gw.routing.table import HostTable
 
 
@@ -17,7 +18,7 @@ def describe_rule(rule: Rule) -> str:
         if ref.backend is None:
             targets.append(f"{ref.name} w={ref.weight} [unresolved → 500]")
         else:
-            targets.append(f"{ref.name} w={ref.weight} [{len(ref.backend.endpoints)} endpoints]")
+            targets.append(f"{ref.name} w={ref.weight} [{_backend(ref.backend)}]")
     limits = []
     if rule.request_timeout is not None:
         limits.append(f"timeout={rule.request_timeout:g}s")
@@ -35,8 +36,28 @@ def describe_rule(rule: Rule) -> str:
     for f in (rule.rewrite, rule.cors, *rule.mirrors, *rule.extensions):
         if f is not None:
             limits.append(f.describe())
+    policies = _policies(rule)
+    if policies:
+        limits.append("policies: " + ", ".join(policies))
     suffix = f" ({', '.join(limits)})" if limits else ""
     return f"{name} → {', '.join(targets)}{suffix}"
+
+
+def _backend(backend: Backend) -> str:
+    """A backend's endpoint count and balancer: "4 endpoints, LeastRequest"."""
+    n = len(backend.endpoints)
+    lb = backend.resilience.load_balancer if backend.resilience is not None else None
+    return f"{n} endpoint{'' if n == 1 else 's'}, {lb.describe() if lb is not None else ROUND_ROBIN}"
+
+
+def _policies(rule: Rule) -> list[str]:
+    """The policy objects that apply to the rule: its rate limits (by targetRefs or ExtensionRef)
+    and the BackendTrafficPolicies of its backends, each once."""
+    names = [f"RateLimitPolicy {p.meta.namespace}/{p.meta.name}" for p in rule.rate_limit_policies]
+    for ref in rule.backend_refs:
+        if ref.backend is not None and ref.backend.resilience is not None:
+            names += [f"BackendTrafficPolicy {source}" for source in ref.backend.resilience.sources]
+    return list(dict.fromkeys(names))
 
 
 def describe(config: CompiledConfig) -> list[str]:

@@ -50,6 +50,10 @@ PROXY_ERROR_KINDS = (
 # A retry's reason: a status among the rule's codes, a pooled connection found closed, or the
 # kind of the failed attempt (the ProxyErrors with attempt_failed).
 RETRY_REASONS = ("status", "stale-connection", "upstream-connect-failed", "upstream-protocol-error", "upstream-timeout")
+# gw_sessions_total's results (gw.policies.session): a new session; one moved off an endpoint gone,
+# ejected or refusing; a cookie that failed verification (tampered, expired, another rule's or
+# key's); a request whose header id went by the hash because Redis did not answer.
+SESSION_RESULTS = ("created", "repinned", "invalid", "hashed")
 TIMEOUT_KINDS = ("request", "header", "body", "phase", "connect", "response", "response-body")
 
 FAMILIES: dict[str, Family] = {
@@ -82,6 +86,21 @@ FAMILIES: dict[str, Family] = {
     ),
     "gw_retries_refused_total": Family(
         COUNTER, "Retries not sent: over the retry budget or maxParallelRetries, by backend.", "backend"
+    ),
+    # -- load balancing and sessions (gw.balancing.picker, gw.policies.session) ------------------
+    "gw_backend_load_balancer": Family(
+        GAUGE, "1 for each backend of the served config, labelled with its loadBalancer type (RoundRobin by default).",
+        "backend",
+    ),
+    "gw_endpoint_in_flight": Family(
+        GAUGE, "Requests in flight to an endpoint of a LeastRequest backend, over this replica's workers.", "backend"
+    ),
+    "gw_sessions_total": Family(
+        COUNTER,
+        "Sessions (sessionPersistence) by rule, type and result: created, repinned (its endpoint gone, ejected or "
+        "refusing), invalid (a cookie tampered, expired or another rule's), hashed (a request whose id went by "
+        "the hash: no Redis).",
+        "rule",
     ),
     "gw_upstream_protocol_errors_total": Family(COUNTER, "Upstream responses that were not valid HTTP/1.1."),
     "gw_upstream_resets_total": Family(COUNTER, "Upstream connections lost in the middle of a response."),

@@ -212,14 +212,19 @@ class BackendStates:
         return [state.status(now) for state in self.states.values()]
 
     def gauges(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        """gw_circuit_state and gw_endpoint_health as this worker sees them."""
+        """gw_circuit_state and gw_endpoint_health as this worker sees them; gw_endpoint_in_flight
+        of its LeastRequest backends (the supervisor sums that one over its workers)."""
         now = monotonic()
         out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         for state in self.states.values():
             out[("gw_circuit_state", (("backend", state.name),))] = CIRCUIT_GAUGE[state.circuit]
+            least = state.picker is not None and state.picker.least is not None
+            counts = state.in_flight()
             for e in state.endpoints.values():
                 key = ("gw_endpoint_health", (("backend", state.name), ("endpoint", e.label)))
                 out[key] = 1.0 if e.usable(now) else 0.0
+                if least:
+                    out[("gw_endpoint_in_flight", key[1])] = float(counts.get(e.label, 0))
         return out
 
     def stop(self) -> None:

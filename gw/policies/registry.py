@@ -30,6 +30,10 @@ class Services(Protocol):
         """The worker's table of a header-type session name (gw.policies.session_table)."""
         ...
 
+    def session_counts(self, rule: str, kind: str) -> Any:
+        """A rule's session counters in the worker's metrics (gw.policies.session_table.SessionCounts)."""
+        ...
+
 
 Build = Callable[[Any, Services], Phase | None]
 

@@ -22,7 +22,7 @@ from typing import Any
 from gw.balancing import session_cookie
 from gw.config.session import COOKIE
 from gw.policies.phase import CONTINUE, WAIT, Exchange, Fields, Phase
-from gw.policies.session_table import SessionTable
+from gw.policies.session_table import SessionCounts, SessionTable
 
 NEW, PINNED = 1, 2  # what a header session's on_request found, for the response
 READ_CACHE = 10_000  # Cookie headers a worker remembers having read, per rule
@@ -33,7 +33,7 @@ class CookieSession(Phase):
     is chosen here (the balancer's pick, pinned) and its cookie added to the response as it is, so
     a session's requests cost a cookie lookup and its responses nothing."""
 
-    def __init__(self, rule: Any, persistence: Any, keys: tuple[bytes, ...]) -> None:
+    def __init__(self, rule: Any, persistence: Any, keys: tuple[bytes, ...], counts: SessionCounts) -> None:
         self.persistence = persistence
         self.keys = keys
         self.scope = persistence.scope
@@ -43,10 +43,10 @@ class CookieSession(Phase):
         # cookie, and the endpoint and expiry of the first value that verifies. A client sends the
         # same header on every request, and an HMAC per request would cost more than the proxying.
         self.read: dict[bytes, tuple[bool, str | None, int]] = {}
-        self.stats = {"created": 0, "repinned": 0, "invalid": 0}
+        self.counts = counts
 
     def on_request(self, ex: Exchange) -> int:
-        seen = False
+        verified = invalid = False
         now = time.time()
         for name, value in ex.fields():
             if name.lower() != b"cookie":
@@ -55,12 +55,15 @@ class CookieSession(Phase):
             if known is None:
                 known = self._read(value, now)
             carries, label, expires = known
-            seen = seen or carries
-            if label is not None and (not expires or expires > now) and _pin(ex, self.endpoints, label):
+            if label is None or (expires and expires <= now):
+                invalid = invalid or carries  # tampered, expired, another rule's or key's
+                continue
+            if _pin(ex, self.endpoints, label):
                 ex.repin = self._repin
                 return CONTINUE
-        if seen:
-            self.stats["invalid"] += 1  # tampered, expired, another rule's, or its endpoint is gone
+            verified = True  # a good cookie whose endpoint is gone, or not usable now
+        if invalid and not verified:
+            self.counts.add("invalid")
         # A new session (or one whose cookie is bad or names an endpoint gone): the balancer's pick.
         ref = ex.rule.only_ref or ex.rule.pick_backend()
         if ref is None or ref.backend is None:
@@ -69,7 +72,7 @@ class CookieSession(Phase):
         if endpoint is None:
             return CONTINUE
         ex.ref, ex.pin = ref, endpoint
-        self.stats["repinned" if seen else "created"] += 1
+        self.counts.add("repinned" if verified else "created")
         ex.add_response_fields([(b"Set-Cookie", self._cookie(ex, endpoint, now))])
         return CONTINUE
 
@@ -83,7 +86,7 @@ class CookieSession(Phase):
     def _repin(self, ex: Exchange, endpoint: Any) -> None:
         """The session's endpoint refused the connection and the exchange went to `endpoint`: the
         response carries a cookie naming it (the proxy calls this; the head is not written yet)."""
-        self.stats["repinned"] += 1
+        self.counts.add("repinned")
         ex.add_response_fields([(b"Set-Cookie", self._cookie(ex, endpoint, time.time()))])
         ex.edits_response = True  # type: ignore[attr-defined]
 
@@ -185,5 +188,6 @@ def build(rule: Any, services: Any) -> Phase | None:
     if persistence is None or not rule.backend_refs:
         return None
     if persistence.type == COOKIE:
-        return CookieSession(rule, persistence, services.settings.session_keys)
+        counts = services.session_counts(persistence.scope, COOKIE)
+        return CookieSession(rule, persistence, services.settings.session_keys, counts)
     return HeaderSession(rule, persistence, services.session_table(persistence))

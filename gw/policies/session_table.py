@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from time import monotonic
 from typing import Any
 
+from gw.observe.families import SESSION_RESULTS
 from gw.state import SharedState
 from gw.state.batch import ScriptBatcher
 from gw.state.guard import RedisUnavailable
@@ -28,6 +29,25 @@ CACHE_SIZE = 100_000  # ids per worker and session name; the oldest go first
 LOG = logging.getLogger("gw.sessions")
 
 Settled = Callable[[str, bool], None]  # (endpoint "address:port", decided by the fleet)
+CounterKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+class SessionCounts:
+    """One rule's session counters in the worker's metrics (gw_sessions_total{rule,type,result}),
+    their keys built once: counting is one dict update, and the counts outlive reloads."""
+
+    __slots__ = ("counters", "keys")
+
+    def __init__(self, counters: dict[CounterKey, int] | None, rule: str, kind: str) -> None:
+        self.counters: dict[CounterKey, int] = counters if counters is not None else {}
+        self.keys = {r: ("gw_sessions_total", (("result", r), ("rule", rule), ("type", kind))) for r in SESSION_RESULTS}
+
+    def add(self, result: str) -> None:
+        key = self.keys[result]
+        self.counters[key] = self.counters.get(key, 0) + 1
+
+    def __getitem__(self, result: str) -> int:
+        return self.counters.get(self.keys[result], 0)
 
 
 def rendezvous(session_id: bytes, endpoints: Sequence[str]) -> str | None:
@@ -45,7 +65,13 @@ class SessionTable:
     """One session name's table in one worker (see the module docstring)."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, shared: SharedState | None, name: str, timeout: float, idle: bool
+        self,
+        loop: asyncio.AbstractEventLoop,
+        shared: SharedState | None,
+        name: str,
+        timeout: float,
+        idle: bool,
+        counts: SessionCounts | None = None,
     ) -> None:
         self.name = name
         self.timeout = timeout
@@ -56,7 +82,15 @@ class SessionTable:
         # id → (endpoint, monotonic time until which it is used without asking Redis again)
         self.cache: dict[bytes, tuple[str, float]] = {}
         self.degraded = False  # the last settlement fell back to the hash (logged once per outage)
-        self.created = self.repinned = 0
+        self.counts = counts if counts is not None else SessionCounts(None, name, "Header")
+
+    @property
+    def created(self) -> int:
+        return self.counts["created"]
+
+    @property
+    def repinned(self) -> int:
+        return self.counts["repinned"]
 
     def cached(self, session_id: bytes, now: float) -> str | None:
         entry = self.cache.get(session_id)
@@ -75,15 +109,13 @@ class SessionTable:
             if isinstance(reply, RedisUnavailable):
                 self._fallback(session_id, endpoints, then, str(reply))
                 return
-            endpoint = reply.decode() if isinstance(reply, bytes) else str(reply)
+            pinned, by_us = reply
+            endpoint = pinned.decode() if isinstance(pinned, bytes) else str(pinned)
             if self.degraded:
                 self.degraded = False
                 LOG.warning("sessions %s: Redis answers again; ids are settled by the fleet", self.name)
-            if endpoint == proposed:
-                if gone:
-                    self.repinned += 1
-                else:
-                    self.created += 1
+            if by_us:
+                self.counts.add("repinned" if gone else "created")
             self._remember(session_id, endpoint)
             then(endpoint, True)
 
@@ -99,6 +131,7 @@ class SessionTable:
             )
         endpoint = rendezvous(session_id, sorted(endpoints))
         if endpoint is not None:
+            self.counts.add("hashed")
             then(endpoint, False)
 
     def _remember(self, session_id: bytes, endpoint: str) -> None:

@@ -17,7 +17,7 @@ from gw.observe.metrics import Registry
 from gw.policies.backend_sync import BackendStates
 from gw.policies.ratelimit import Limiters
 from gw.policies.registry import PHASES, Build, build_chain
-from gw.policies.session_table import SessionTable
+from gw.policies.session_table import SessionCounts, SessionTable
 from gw.proxy.upstream import EndpointPool
 from gw.settings import Settings
 from gw.state import SharedState
@@ -111,6 +111,10 @@ class DataPlane:
         self.header_matching = any(getattr(p.table, "uses_headers", True) for p in config.ports)
         self.config = config
 
+    def session_counts(self, rule: str, kind: str) -> SessionCounts:
+        """gw_sessions_total of one rule's sessions, in this worker's metrics."""
+        return SessionCounts(self.metrics.counters, rule, kind)
+
     def session_table(self, persistence: Any) -> SessionTable:
         """The table of one header-type session (its rule's scope): kept across reloads, so a
         worker's cache of ids survives them."""
@@ -120,6 +124,7 @@ class DataPlane:
             table = self.session_tables[key] = SessionTable(
                 self.loop, self.shared, f"{persistence.scope}:{persistence.name}",
                 persistence.absolute_timeout or DEFAULT_SESSION_TIMEOUT, idle=False,
+                counts=self.session_counts(persistence.scope, persistence.type),
             )  # fmt: skip
         return table
 

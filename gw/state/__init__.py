@@ -17,6 +17,7 @@ from gw.state.config_store import (
     VersionConflict,
     VersionCorrupt,
     VersionMissing,
+    VersionSealed,
 )
 from gw.state.connect import Client, RedisURLError, connect, connect_request_path
 from gw.state.embedded import EmbeddedValkey, EmbeddedValkeyError, runtime_dir, socket_path
@@ -43,6 +44,7 @@ __all__ = [
     "VersionConflict",
     "VersionCorrupt",
     "VersionMissing",
+    "VersionSealed",
     "connect",
     "connect_request_path",
     "runtime_dir",

@@ -6,21 +6,32 @@ republishing what it served into an emptied Redis) and the version it was built 
 msgpack with a sha256 of the files. Publishing
 content identical to the current version creates nothing; a rollback is a new version with old
 content, so history stays linear. The caller validates and compiles before publishing.
+
+Secret material is sealed here (gw.state.sealing, GW_CONFIG_KEYS) on the way in and opened on the
+way out, whoever publishes or reads; the checksum stays over the plain files, so the same config
+sealed twice (fresh nonces) is still "unchanged". `view` reads a version with its secrets hidden,
+without keys, for the CLI.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
+import yaml
 
 from gw.config.snapshot import Snapshot, Source, sources_checksum
-from gw.state import scripts
+from gw.state import scripts, sealing
 from gw.state.connect import Client
 from gw.state.keys import Keys
+from gw.state.sealing import SealingKeys
+
+log = logging.getLogger("gw.state")
 
 FORMAT = 1
 # A publisher that loses the compare-and-set rebuilds on the new current and tries again; this
@@ -35,6 +46,7 @@ ROLLBACK = "rollback"
 REPUBLISH = "republish"  # what a replica served, written back into a Redis that came back empty
 
 _publish = scripts.load("config_publish")
+_reseal = scripts.load("config_reseal")
 
 
 class ConfigStoreError(Exception):
@@ -47,6 +59,10 @@ class VersionMissing(ConfigStoreError):
 
 class VersionCorrupt(ConfigStoreError):
     """The stored files do not match the version's checksum."""
+
+
+class VersionSealed(ConfigStoreError):
+    """The version's secret material is sealed with a key this process does not hold."""
 
 
 class VersionConflict(ConfigStoreError):
@@ -70,6 +86,7 @@ class Version:
     source: str  # where it came from: a path, "gw config push PATH", "rollback of 3"
     parent: int  # the current version when it was published (0: none)
     origin: str = FILES  # FILES, PUSH, ROLLBACK or REPUBLISH
+    sealed: bool = False  # its secret material is stored sealed
 
     @property
     def label(self) -> str:
@@ -89,11 +106,20 @@ class PublishResult:
 
 
 def encode(
-    files: Sequence[Source], checksum: str, author: str, created: float, source: str, parent: int, origin: str = FILES
+    files: Sequence[Source],
+    checksum: str,
+    author: str,
+    created: float,
+    source: str,
+    parent: int,
+    origin: str = FILES,
+    sealed: Mapping[str, str] | None = None,
 ) -> bytes:
+    """The stored form; `files` as stored (sealed ones sealed), `sealed` says which and how."""
     return msgpack.packb(
         {
             "format": FORMAT,
+            **({"sealed": dict(sealed)} if sealed else {}),
             "files": [[name, data] for name, data in files],
             "checksum": checksum,
             "author": author,
@@ -106,21 +132,53 @@ def encode(
     )
 
 
-def decode(number: int, blob: bytes) -> Version:
-    """The version stored as `blob`, its checksum verified (VersionCorrupt otherwise)."""
+def decode(number: int, blob: bytes, keys: SealingKeys | None = None, *, reveal: bool = True) -> Version:
+    """The version stored as `blob`, opened with `keys` and its checksum verified.
+
+    VersionSealed: a sealed value's key is not in `keys`; VersionCorrupt: the blob does not decode,
+    a sealed value does not open, or the files do not match the checksum. reveal=False: the files
+    with their secret fields hidden instead, no key needed (a sealed version is then not verified).
+    """
     try:
         data = msgpack.unpackb(blob, raw=False)
-        files = tuple((str(name), bytes(content)) for name, content in data["files"])
+        stored = tuple((str(name), bytes(content)) for name, content in data["files"])
+        how = {str(name): str(h) for name, h in (data.get("sealed") or {}).items()}
         source = data["source"]
         version = Version(
-            number, files, data["checksum"], data["author"], float(data["time"]), source, int(data["parent"]),
-            data.get("origin") or _origin_of(source),
+            number, stored, data["checksum"], data["author"], float(data["time"]), source, int(data["parent"]),
+            data.get("origin") or _origin_of(source), bool(how),
         )  # fmt: skip
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
         raise VersionCorrupt(f"version {number} cannot be decoded: {exc}") from None
-    if sources_checksum(files) != version.checksum:
-        raise VersionCorrupt(f"version {number}: files do not match checksum {version.checksum}")
+    if not reveal:
+        if not how:
+            _verify(version)
+        hidden = tuple((name, sealing.redact(name, content, how.get(name))) for name, content in stored)
+        return replace(version, files=hidden)
+    if how:
+        version = replace(version, files=_open(number, stored, how, keys))
+    _verify(version)
     return version
+
+
+def _open(
+    number: int, stored: Sequence[Source], how: Mapping[str, str], keys: SealingKeys | None
+) -> tuple[Source, ...]:
+    files: list[Source] = []
+    try:
+        for name, content in stored:
+            files.append((name, sealing.open_file(name, content, how[name], keys) if name in how else content))
+    except sealing.KeyMissing as exc:
+        held = f"it holds {', '.join(keys.ids)}" if keys is not None else "it is not set"
+        raise VersionSealed(f"version {number}: {exc} ({held})") from None
+    except (sealing.SealingError, ValueError, yaml.YAMLError) as exc:
+        raise VersionCorrupt(f"version {number}: {exc}") from None
+    return tuple(files)
+
+
+def _verify(version: Version) -> None:
+    if sources_checksum(version.files) != version.checksum:
+        raise VersionCorrupt(f"version {version.number}: files do not match checksum {version.checksum}")
 
 
 def _origin_of(source: str) -> str:
@@ -135,14 +193,19 @@ def _origin_of(source: str) -> str:
 class ConfigStore:
     """Publish, read and roll back config versions under one key prefix."""
 
-    def __init__(self, client: Client, keys: Keys, *, history: int = 50) -> None:
+    def __init__(
+        self, client: Client, keys: Keys, *, history: int = 50, config_keys: SealingKeys | None = None
+    ) -> None:
         self.client = client
         self.keys = keys.config
         self.history_limit = history
+        self.config_keys = config_keys  # GW_CONFIG_KEYS; None: secret material is stored in the clear
+        self._warned = False
 
     @classmethod
     def from_settings(cls, client: Client, settings: Any) -> ConfigStore:
-        return cls(client, Keys(settings.redis_prefix), history=settings.config_history)
+        keys = SealingKeys(settings.config_keys) if settings.config_keys else None
+        return cls(client, Keys(settings.redis_prefix), history=settings.config_history, config_keys=keys)
 
     @property
     def channel(self) -> str:
@@ -154,11 +217,18 @@ class ConfigStore:
         return int(value) if value is not None else 0
 
     async def fetch(self, number: int) -> Version:
-        """Version `number`, verified against its checksum."""
+        """Version `number`, opened and verified against its checksum (VersionSealed: a key is missing)."""
+        return decode(number, await self._blob(number), self.config_keys)
+
+    async def view(self, number: int) -> Version:
+        """Version `number` with its secret fields hidden, for showing (no key needed)."""
+        return decode(number, await self._blob(number), reveal=False)
+
+    async def _blob(self, number: int) -> bytes:
         blob = await self.client.hget(self.keys.versions, str(number))
         if blob is None:
             raise VersionMissing(f"version {number} does not exist (never published or trimmed from history)")
-        return decode(number, blob)
+        return blob  # type: ignore[no-any-return]
 
     async def history(self) -> list[int]:
         """Version numbers kept, newest first."""
@@ -170,7 +240,7 @@ class ConfigStore:
         numbers = [int(n) for n, c in checksums.items() if c.decode() == checksum]
         for number in sorted(numbers, reverse=True):
             try:
-                if (await self.fetch(number)).origin == FILES:
+                if (await self.view(number)).origin == FILES:  # its origin only: no key needed
                     return number
             except VersionMissing:  # trimmed since the read above
                 continue
@@ -188,9 +258,10 @@ class ConfigStore:
         publish still gets its own version, each recording the one before it as parent).
         """
         checksum = snapshot.checksum
+        files, how = self._seal(snapshot.files)
         parent = expected if expected is not None else await self.current()
         for _ in range(MAX_ATTEMPTS):
-            blob = encode(snapshot.files, checksum, author, time.time(), snapshot.source, parent, origin)
+            blob = encode(files, checksum, author, time.time(), snapshot.source, parent, origin, how)
             k = self.keys
             status, number = await _publish(
                 self.client,
@@ -206,6 +277,56 @@ class ConfigStore:
                 raise VersionConflict(expected, int(number))
             parent = int(number)
         raise ConfigStoreError(f"gave up after losing {MAX_ATTEMPTS} compare-and-set races in a row")
+
+    def _seal(self, files: Sequence[Source]) -> tuple[tuple[Source, ...], dict[str, str]]:
+        """The files as stored, and which are sealed how; without keys, as they are (said once)."""
+        if self.config_keys is None:
+            if not self._warned and any(sealing.holds_secrets(name, data) for name, data in files):
+                self._warned = True
+                log.warning(
+                    "gw: publishing a config with Secrets in the clear: set GW_CONFIG_KEYS to seal them in Redis"
+                )
+            return tuple(files), {}
+        stored: list[Source] = []
+        how: dict[str, str] = {}
+        for name, data in files:
+            sealed = sealing.seal_file(name, data, self.config_keys)
+            if sealed is None:
+                stored.append((name, data))
+            else:
+                stored.append((name, sealed[0]))
+                how[name] = sealed[1]
+        return tuple(stored), how
+
+    async def reseal(self) -> list[int]:
+        """Seal every kept version's secrets with the first key, where they are not yet: the numbers done.
+
+        Rotation (a new key put first) and a fleet that set GW_CONFIG_KEYS after publishing Secrets
+        in the clear: afterwards no kept version needs an older key, nor holds a secret in the clear.
+        """
+        if self.config_keys is None:
+            raise ConfigStoreError("GW_CONFIG_KEYS is not set: there is no key to seal with")
+        first = self.config_keys.ids[0]
+        done = []
+        for number in await self.history():
+            try:
+                blob = await self._blob(number)
+            except VersionMissing:
+                continue  # trimmed since the history was read
+            raw = msgpack.unpackb(blob, raw=False)
+            how = raw.get("sealed") or {}
+            unsealed = any(n not in how and sealing.holds_secrets(n, d) for n, d in raw["files"])
+            if not unsealed and all(sealing.key_ids_in(bytes(d)) <= {first} for n, d in raw["files"] if n in how):
+                continue
+            version = decode(number, blob, self.config_keys)
+            files, how = self._seal(version.files)
+            new = encode(
+                files, version.checksum, version.author, version.created, version.source, version.parent,
+                version.origin, how,
+            )  # fmt: skip
+            if await _reseal(self.client, [self.keys.versions], [number, hashlib.sha1(blob).hexdigest(), new]):
+                done.append(number)
+        return done
 
     async def rollback(self, number: int, *, author: str) -> PublishResult:
         """Make version `number`'s content current again, as a new version (history stays linear)."""

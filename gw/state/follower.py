@@ -6,7 +6,9 @@ failover, a message published while resubscribing). When Redis goes away the fol
 last version and reconnects; when Redis comes back without any version it says so (`empty`,
 `on_empty`) so the config source can republish. A source serving content Redis does not hold yet
 sets `pending`: the next answer hands on the current version even when its number is the one we
-serve, so the source can publish.
+serve, so the source can publish. A version this process cannot open (sealed with a key it does
+not hold, or corrupt) is refused: the one served stays, `refused` says why, and the next check
+tries again.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from gw.state.config_store import ConfigStore, ConfigStoreError, Version
+from gw.state.config_store import ConfigStore, ConfigStoreError, Version, VersionCorrupt, VersionSealed
 
 log = logging.getLogger("gw.state")
 
@@ -57,6 +59,8 @@ class ConfigFollower:
         self.checks = 0  # completed checks (tests and /status can watch progress)
         self.error = ""  # why the last check could not reach Redis, for /status
         self.apply_error = ""  # why on_version failed for `version` ("" once one succeeds)
+        self.refused = ""  # why the current version cannot be opened here ("" once one can)
+        self._refused_number = 0  # the version `refused` is about, so it is logged once
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopped = False
@@ -147,7 +151,13 @@ class ConfigFollower:
             # A Redis that came back empty and was republished restarts numbering: any difference
             # counts, not only a higher number.
             if current != self.version or self.pending:
-                version = await self.store.fetch(current)
+                try:
+                    version = await self.store.fetch(current)
+                except (VersionSealed, VersionCorrupt) as exc:
+                    self._refuse(current, exc)
+                    self.checks += 1
+                    return
+                self.refused = ""
                 # Before the callback, which may publish and move us on (or set `pending` again).
                 self.version = version.number
                 self.checksum = version.checksum
@@ -161,6 +171,13 @@ class ConfigFollower:
                     log.exception("gw: applying config %s failed", version.label)
                     self.apply_error = f"{version.label}: {exc}"
         self.checks += 1
+
+    def _refuse(self, number: int, exc: ConfigStoreError) -> None:
+        """Keep serving our version; say once per version why the current one cannot be used."""
+        if number != self._refused_number:
+            log.error("gw: refusing config version %d, keeping version %d: %s", number, self.version, exc)
+            self._refused_number = number
+        self.refused = str(exc)
 
     def _failed(self, exc: BaseException) -> None:
         if self.connected or not self.error:

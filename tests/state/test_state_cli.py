@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -116,3 +117,33 @@ def test_an_unreachable_redis_is_reported_not_raised(tmp_path: Path) -> None:
     result = gw_config("history", env={"GW_REDIS_URL": f"redis://127.0.0.1:{free_port()}"})
     assert result.returncode == 2 and "Redis at redis://127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_show_and_diff_hide_secrets_and_reseal_seals_the_kept_versions(tmp_path: Path, env: dict[str, str]) -> None:
+    key = base64.b64encode(os.urandom(32)).decode()
+    config = write_config(tmp_path / "gw.yaml", 9001)
+    secret = "\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: api}\nstringData: {token: s3cret-%s}\n"
+    config.write_text(config.read_text() + secret % "one")
+    assert "published version 1" in gw_config("push", str(config), env=env).stdout  # in the clear: no keys
+    config.write_text(config.read_text().replace("s3cret-one", "s3cret-two"))
+    keyed = {**env, "GW_CONFIG_KEYS": key}
+    assert "published version 2" in gw_config("push", str(config), env=keyed).stdout
+
+    for number, environment in (("1", env), ("2", env), ("2", keyed)):
+        shown = gw_config("show", number, env=environment)
+        assert shown.returncode == 0, shown.stderr
+        assert "s3cret" not in shown.stdout and 'stringData: "(hidden: stringData)"' in shown.stdout
+    diff = gw_config("diff", "1", "2", env=env)
+    assert diff.stdout == "versions 1 and 2 differ only in secret material (not shown)\n"
+    assert "(secrets sealed)" in gw_config("history", env=env).stdout.splitlines()[0]
+
+    refused = gw_config("rollback", "2", env=env)
+    assert refused.returncode != 0 and "is sealed with key" in refused.stderr and "it is not set" in refused.stderr
+    assert "GW_CONFIG_KEYS is not set" in gw_config("reseal", env=env).stderr
+    resealed = gw_config("reseal", env=keyed)
+    assert resealed.returncode == 0 and resealed.stdout.startswith("resealed with key ") and "version 1" in (
+        resealed.stdout
+    )
+    assert "already" in gw_config("reseal", env=keyed).stdout
+    history = gw_config("history", env=env).stdout.splitlines()
+    assert [line[1:].split()[0] for line in history] == ["2", "1"] and all("(secrets sealed)" in h for h in history)

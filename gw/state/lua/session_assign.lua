@@ -7,12 +7,14 @@
 -- ARGV[3]  "1": the timeout is an idle one (each use extends it); "0": absolute
 -- ARGV[4]  "" or an endpoint that is gone: if the session is pinned to it, re-pin to ARGV[1]
 --
--- Returns the endpoint the session is pinned to.
+-- Returns {endpoint the session is pinned to, 1 if this call pinned it (to ARGV[1]) else 0}: the
+-- proposer counts a session it created or re-pinned, the others (whose pick may be the same
+-- endpoint by chance) count nothing.
 
 local current = redis.call('GET', KEYS[1])
 if current and current ~= ARGV[4] then
     if ARGV[3] == '1' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-    return current
+    return {current, 0}
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return ARGV[1]
+return {ARGV[1], 1}
