@@ -9,6 +9,7 @@ skipping them).
 from __future__ import annotations
 
 import ast
+import base64
 import copy
 import functools
 import os
@@ -39,7 +40,6 @@ OUR_KINDS = ("Backend", "RateLimitPolicy", "BackendTrafficPolicy")
 UPSTREAM_CRD_KINDS = {"GatewayClass", "Gateway"}
 # Set by the controller's issue (16), not in gw/settings.py yet: each must be documented in k8s/README.md.
 CONTROLLER_VARIABLES = {
-    "GW_CONFIG_KEYS",
     "GW_LEADER_ELECTION_LEASE",
     "GW_LEADER_ELECTION_NAMESPACE",
     "GW_LEADER_ELECTION_IDENTITY",
@@ -88,13 +88,19 @@ def one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 
 
 def container_env(objects: list[dict[str, Any]], deployment: dict[str, Any]) -> dict[str, str | None]:
-    """The container's GW_* variables: envFrom ConfigMaps' values, then env (None: from a Secret or field)."""
+    """The container's GW_* variables: envFrom ConfigMaps' values, then env; a Secret's value when the
+    overlay makes the Secret, else None (a Secret the user creates, or the pod's own fields)."""
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env: dict[str, str | None] = {}
     for source in container.get("envFrom", []):
         env.update(one(objects, "ConfigMap", source["configMapRef"]["name"])["data"])
     for var in container.get("env", []):
-        env[var["name"]] = var.get("value")
+        value = var.get("value")
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        secrets = [o for o in objects if o["kind"] == "Secret" and ref and o["metadata"]["name"] == ref["name"]]
+        if secrets:
+            value = base64.b64decode(secrets[0]["data"][ref["key"]]).decode()
+        env[var["name"]] = value
     return env
 
 
@@ -183,7 +189,9 @@ def test_every_gw_setting_in_the_manifests_is_known_parses_and_is_documented(ove
         assert name in known or name in CONTROLLER_VARIABLES, f"{name} is not a gw setting"
         assert f"| `{name}` |" in readme, f"{name} is not in k8s/README.md's table"
     # Parsed as gw parses them at start (a value gw refuses would crash-loop the pods).
-    Settings.from_env({k: v for k, v in env.items() if k in known and v is not None})
+    settings = Settings.from_env({k: v for k, v in env.items() if k in known and v is not None})
+    if overlay == "dev":  # its Secret is in the overlay: the key is checked too
+        assert settings.config_keys
     # Without GW_REDIS_URL every pod would start its own embedded Valkey: a fleet sharing nothing.
     assert "GW_REDIS_URL" in env
 
@@ -204,7 +212,7 @@ def test_the_probes_and_ports_are_gws(overlay: str) -> None:
     # The Service's ports are the served Gateway's listeners; the pod binds them + the offset.
     deployment = one(objects, "Deployment", "gw-gateway")
     env = container_env(objects, deployment)
-    settings = Settings.from_env({k: v for k, v in env.items() if v is not None and k != "GW_CONFIG_KEYS"})
+    settings = Settings.from_env({k: v for k, v in env.items() if v is not None})
     namespace, gateway_name = settings.gateway.split("/")
     gateway = one(objects, "Gateway", gateway_name)
     assert gateway["metadata"]["namespace"] == namespace
