@@ -21,9 +21,7 @@ the runtime directory and hands its URL to the workers.
 from __future__ import annotations
 
 import asyncio
-import getpass
 import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,7 +33,7 @@ from redis.exceptions import RedisError
 from gw.config.snapshot import Snapshot
 from gw.settings import Settings
 from gw.state import ConfigFollower, ConfigStore, ConfigStoreError, EmbeddedValkey, Version, connect
-from gw.state.config_store import CONTROLLER, FILES, REPUBLISH, PublishResult
+from gw.state.config_store import CONTROLLER, FILES, REPUBLISH, PublishResult, local_author
 from gw.state.keys import Keys
 from gw.state.session_key import fleet_session_key
 from gw.supervisor.log import log
@@ -67,7 +65,7 @@ class Publisher:
         self.superseded: Version | None = None  # at start: the fleet's version to serve instead of the files
         self.files_checksum = ""  # the files as last read: a HUP reading them unchanged publishes nothing
         self.last_error = ""
-        self.author = f"{getpass.getuser()}@{socket.gethostname()}"
+        self.author = local_author()
 
     def start_server(self) -> str:
         """The Redis URL workers use: GW_REDIS_URL, or the embedded Valkey started now."""

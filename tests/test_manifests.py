@@ -39,14 +39,8 @@ OUR_KINDS = ("Backend", "RateLimitPolicy", "BackendTrafficPolicy")
 # Kinds whose schema is not bundled with kubernetes-validate: the Gateway API's own CRDs.
 UPSTREAM_CRD_KINDS = {"GatewayClass", "Gateway"}
 # Set by the controller's issue (16), not in gw/settings.py yet: each must be documented in k8s/README.md.
-CONTROLLER_VARIABLES = {
-    "GW_LEADER_ELECTION_LEASE",
-    "GW_LEADER_ELECTION_NAMESPACE",
-    "GW_LEADER_ELECTION_IDENTITY",
-    "GW_LEADER_ELECTION_LEASE_DURATION",
-    "GW_LEADER_ELECTION_RENEW_DEADLINE",
-    "GW_LEADER_ELECTION_RETRY_PERIOD",
-}
+# Set from the downward API, not gw settings: the controller's Lease holder names its pod.
+DOWNWARD_VARIABLES = {"POD_NAME"}
 # supervisor/arbiter.py, Supervisor.shutdown: the workers get GW_DRAIN_TIMEOUT plus this to exit.
 WORKER_EXIT_MARGIN = 5.0
 
@@ -184,9 +178,9 @@ def test_every_gw_setting_in_the_manifests_is_known_parses_and_is_documented(ove
     env = container_env(objects, one(objects, "Deployment", deployment))
     known = {name for name, _, _ in Settings.table()}
     readme = (K8S / "README.md").read_text()
-    for name in env:
+    for name in set(env) - DOWNWARD_VARIABLES:
         assert name.startswith("GW_")
-        assert name in known or name in CONTROLLER_VARIABLES, f"{name} is not a gw setting"
+        assert name in known, f"{name} is not a gw setting"
         assert f"| `{name}` |" in readme, f"{name} is not in k8s/README.md's table"
     # Parsed as gw parses them at start (a value gw refuses would crash-loop the pods).
     settings = Settings.from_env({k: v for k, v in env.items() if k in known and v is not None})
@@ -308,7 +302,7 @@ def test_rbac_grants_the_controller_no_more_than_it_needs() -> None:
     role = one(objects, "Role", "gw-controller-leader-election")
     env = container_env(objects, one(objects, "Deployment", "gw-controller"))
     assert all(
-        r.get("resourceNames") == [env["GW_LEADER_ELECTION_LEASE"]]
+        r.get("resourceNames") == [env["GW_LEADER_ELECTION_NAME"]]
         for r in role["rules"]
         if set(r["verbs"]) - {"create"}
     )
@@ -753,3 +747,21 @@ def test_the_demo_app_passes_the_kubernetes_schemas_and_gw_check_with_the_base_g
     resources, errors = parse_documents(("k8s.yaml", d) for d in gateway + docs)
     assert not errors
     assert len(resources.http_routes) == 2
+
+
+def test_rbac_grants_every_kind_the_controller_watches_and_the_status_it_writes() -> None:
+    from gw.controller.kinds import GATEWAY, GATEWAY_CLASS, GW_API, HTTP_ROUTE, WATCHED
+
+    objects = render("overlays/dev")
+    granted = {
+        (g, r, v)
+        for rule in one(objects, "ClusterRole", "gw-controller")["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    for kind in WATCHED:
+        assert {(kind.group, kind.plural, v) for v in ("list", "watch")} <= granted, kind.kind
+    # Status is written on the Gateway API's objects and gw's policies (not on core kinds or grants).
+    for kind in (*(k for k in WATCHED if k.api_version == GW_API), GATEWAY_CLASS, GATEWAY, HTTP_ROUTE):
+        assert kind in WATCHED and (kind.group, f"{kind.plural}/status", "patch") in granted, kind.kind

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import difflib
-import getpass
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -45,17 +43,11 @@ def register(sub: Any) -> None:
         help="Seal every kept version's secrets with the first GW_CONFIG_KEYS key (after a rotation, or "
         "when keys were set after Secrets were published in the clear).",
     )
+    from gw.state.config_store import local_author  # here: `gw --help` need not load the state layer
+
     for parser in (push, rollback):
-        parser.add_argument("--author", default=default_author(), help="recorded with the version (%(default)s)")
+        parser.add_argument("--author", default=local_author(), help="recorded with the version (%(default)s)")
     config.set_defaults(func=cmd_config)
-
-
-def default_author() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
 
 
 def redis_url(settings: Settings) -> str | None:

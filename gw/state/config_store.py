@@ -16,8 +16,11 @@ without keys, for the CLI.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -49,6 +52,16 @@ CONTROLLER = "controller"  # rendered from the cluster's objects by `gw controll
 
 _publish = scripts.load("config_publish")
 _reseal = scripts.load("config_reseal")
+
+
+def local_author() -> str:
+    """"user@host" of this process, for a version's author: a UID without a passwd entry (a
+    container's arbitrary UID) is "uid<N>", not a crash."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
 
 
 class ConfigStoreError(Exception):
