@@ -431,7 +431,7 @@ def test_ctrl_c_leaves_the_embedded_valkey_serving_until_the_workers_have_draine
         # The worker hears of the drain over its control channel: after the supervisor's line.
         wait_until(lambda: all("draining" in " ".join(w.cmdline()) for w in workers), what="the workers draining")
         # The worker drains with the request in flight; Redis is still there for it and the supervisor.
-        assert valkey.is_running() and ping(runtime / "gw-valkey.sock")
+        assert valkey.is_running() and ping(runtime / f"gw-valkey-{gw.admin}.sock")
         upstream.open_gate("ctrl-c")
         resp = client.read_response()
         assert resp.status == 200 and (resp.header("connection") or "").lower() == "close"
