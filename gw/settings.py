@@ -43,6 +43,15 @@ def parse_addr(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def parse_ip_address(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text.strip().strip("[]")))
+    except ValueError:
+        raise ValueError(f"not an IP address: {text!r} (use e.g. 0.0.0.0, 127.0.0.1 or ::)") from None
+
+
 def parse_bool(text: str) -> bool:
     low = text.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -155,6 +164,12 @@ class Settings:
     )
     admin_addr: tuple[str, int] = _var(
         ("127.0.0.1", 9901), parse_addr, "Admin endpoint address (/healthz, /readyz, /metrics)."
+    )
+    listener_address: str = _var(
+        "0.0.0.0",
+        parse_ip_address,
+        "Address the listeners bind (`::` for IPv6 and IPv4, `127.0.0.1` for this host only); `gw demo` binds "
+        "127.0.0.1 unless it is set.",
     )
     listener_port_offset: int = _var(
         0,

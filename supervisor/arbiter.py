@@ -62,7 +62,7 @@ class StartupError(RuntimeError):
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, listen_host: str = "0.0.0.0") -> None:
+    def __init__(self, settings: Settings, listen_host: str | None = None) -> None:
         self.settings = settings
         self.loop = asyncio.get_running_loop()
         self.slots = settings.workers or available_cpus()
@@ -72,7 +72,7 @@ class Supervisor:
         self.failures: dict[int, int] = {}
         self.restarts: dict[int, PendingRestart] = {}
         self.last_exits: dict[int, str] = {}  # slot → how its last worker ended (for /status)
-        self.sockets = ListenerSockets(listen_host)
+        self.sockets = ListenerSockets(settings.listener_address if listen_host is None else listen_host)
         self.snapshot = NOTHING  # what the workers serve: files, checksum, source
         self.result: LoadResult | None = None
         self.version = 0
@@ -103,8 +103,8 @@ class Supervisor:
             self.sockets.ensure(self.slots, bind_ports(result.config))
         except SettingsError as exc:
             raise StartupError(str(exc), EXIT_SETTINGS) from None
-        except OSError as exc:
-            raise StartupError(f"cannot listen: {exc}") from None
+        except OSError as exc:  # ListenError names the port
+            raise StartupError(str(exc)) from None
         try:
             self.env["GW_REDIS_URL"] = self.publisher.start_server()
         except (EmbeddedValkeyError, OSError) as exc:
@@ -536,7 +536,12 @@ class Supervisor:
                 for slot, pending in sorted(self.restarts.items())
             ],
             "listeners": [
-                {"declared_port": p.declared_port, "bind_port": p.bind_port, "listeners": list(p.listeners)}
+                {
+                    "address": self.sockets.host,
+                    "declared_port": p.declared_port,
+                    "bind_port": p.bind_port,
+                    "listeners": list(p.listeners),
+                }
                 for p in (config.ports if config else ())
             ],
             "connections": sum(s.get("connections", 0) for s in stats.values()),

@@ -211,6 +211,9 @@ def test_demo_serves_and_ctrl_c_stops_the_gateway_before_its_upstreams(tmp_path:
         resp = httpx.get("http://127.0.0.1:8080/", timeout=10)
         assert resp.status_code == 200
         assert resp.json()["upstream"] in ("blue", "green")
+        # As the banner says: loopback only (GW_LISTENER_ADDRESS unset).
+        listening = {c.laddr for c in psutil.Process(proc.pid).net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        assert ("127.0.0.1", 8080) in listening and ("0.0.0.0", 8080) not in listening, listening
         os.killpg(proc.pid, signal.SIGINT)
         while not (line := proc.stderr.readline()).startswith(b"gw: shutting down"):
             assert line, "gw demo exited without draining"
