@@ -77,6 +77,9 @@ class Supervisor:
         self.result: LoadResult | None = None
         self.version = 0
         self.reloads = 0
+        # The config the source offers but we refused (HUP, or a version from Redis): until a
+        # reload succeeds, /status says what and since when, and /readyz says degraded.
+        self.rejected: dict[str, Any] | None = None
         self.started = time.time()
         self.serving = False  # until then a worker's exit is the start path's to report
         self.stopping = False
@@ -134,8 +137,15 @@ class Supervisor:
         unpublished = "+unpublished" if self.publisher.unpublished else ""
         set_title(f"gw: supervisor [config v{self.version}{unpublished}]")
 
+    def _rejected(self, what: str, exc: Exception) -> None:
+        """Remember a refused config for /status and /readyz; `since` is the first refusal in a row."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        since = self.rejected["since"] if self.rejected else now
+        self.rejected = {"config": what, "errors": str(exc).splitlines(), "since": since, "last": now}
+
     def _commit(self, snapshot: Snapshot, result: LoadResult, version: int) -> None:
         self.snapshot, self.result, self.version = snapshot, result, version
+        self.rejected = None
         self._backends_changed()
 
     # -- backend resilience (gw.supervisor.backends, gw.supervisor.health) -----------------
@@ -284,6 +294,7 @@ class Supervisor:
                     read, result, self.snapshot, lambda s: compile_snapshot(s, self.settings)
                 )
                 if unchanged or (snapshot.checksum == self.snapshot.checksum and self.publisher.unpublished is None):
+                    self.rejected = None  # the source is back to what runs
                     log(f"config reloaded (unchanged, version {self.version})")
                     self.metrics.inc("gw_config_reloads_total", result="unchanged")
                     return
@@ -291,6 +302,7 @@ class Supervisor:
             except (ConfigError, OSError, SettingsError) as exc:
                 log(f"reload rejected, keeping the running config: {exc}")
                 self.metrics.inc("gw_config_reloads_total", result="rejected")
+                self._rejected(f"reload of {self.settings.config}", exc)
                 return
             _report(result)
             number = await self.publisher.publish(snapshot, read=read.checksum)
@@ -317,6 +329,7 @@ class Supervisor:
                 except (ConfigError, OSError, SettingsError) as exc:
                     log(f"config {version.label} from Redis rejected, keeping the running config: {exc}")
                     self.metrics.inc("gw_config_reloads_total", result="rejected")
+                    self._rejected(f"version {version.label} from Redis", exc)
                     return
                 self._commit(snapshot, result, version.number)
                 self.metrics.inc("gw_config_reloads_total", result="fleet")
@@ -477,11 +490,16 @@ class Supervisor:
         missing = [s for s in range(self.slots) if (w := self.workers.get(s)) is None or w.state != READY]
         if self.result is None or missing:
             return False, f"workers not ready: {missing}"
+        # Still ready when degraded: workers serve their last config (and policies apply their
+        # failure modes), which is what a load balancer needs to know; the body says what is wrong.
+        degraded = []
         follower = self.publisher.follower
         if follower is not None and not follower.connected:
-            # Still ready: workers serve their last config and policies apply their failure modes.
-            return True, f"ready (degraded: Redis unavailable: {follower.error or 'connecting'})"
-        return True, "ready"
+            degraded.append(f"Redis unavailable: {follower.error or 'connecting'}")
+        if self.rejected is not None:
+            rejected = self.rejected
+            degraded.append(f"{rejected['config']} rejected since {rejected['since']}, version {self.version} serves")
+        return True, f"ready (degraded: {'; '.join(degraded)})" if degraded else "ready"
 
     async def _stats(self) -> dict[WorkerProcess, dict[str, Any]]:
         live = self._live()
@@ -523,6 +541,7 @@ class Supervisor:
                 "source": config.source if config else None,
                 "checksum": config.checksum if config else None,
                 "reloads": self.reloads,
+                "rejected": self.rejected,
             },
             "workers": [self._worker_status(w, stats.get(w)) for w in sorted(self._live(), key=lambda w: w.slot)],
             # Slots whose worker exited and waits out its backoff (a crash loop shows here).
