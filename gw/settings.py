@@ -39,7 +39,7 @@ def parse_duration(text: str) -> float:
 def parse_addr(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"not host:port: {text!r}")
+        raise ValueError(f"not host:port: {text!r} (use e.g. 127.0.0.1:9901)")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -62,7 +62,10 @@ def parse_bool(text: str) -> bool:
 
 
 def parse_fraction(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r} (a fraction from 0 to 1, e.g. 0.1)") from None
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"not between 0 and 1: {text!r}")
     return value
@@ -76,22 +79,30 @@ def parse_positive_duration(text: str) -> float:
     return value
 
 
+def parse_integer(text: str) -> int:
+    """A whole number, as int() reads it, with an error that says what was expected."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"not a whole number: {text!r} (use e.g. 4)") from None
+
+
 def parse_port_offset(text: str) -> int:
-    value = int(text)
+    value = parse_integer(text)
     if not -65535 < value < 65535:
         raise ValueError("must be between -65534 and 65534")
     return value
 
 
 def parse_positive_int(text: str) -> int:
-    value = int(text)
+    value = parse_integer(text)
     if value <= 0:
         raise ValueError(f"must be a positive integer: {text!r}")
     return value
 
 
 def parse_non_negative_int(text: str) -> int:
-    value = int(text)
+    value = parse_integer(text)
     if value < 0:
         raise ValueError(f"must be zero or a positive integer: {text!r}")
     return value

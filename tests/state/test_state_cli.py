@@ -117,3 +117,10 @@ def test_an_unreachable_redis_is_reported_not_raised(tmp_path: Path) -> None:
     result = gw_config("history", env={"GW_REDIS_URL": f"redis://127.0.0.1:{free_port()}"})
     assert result.returncode == 2 and "Redis at redis://127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_push_of_a_missing_file_says_so(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.yaml"
+    result = gw_config("push", str(missing), env={"GW_RUNTIME_DIR": str(tmp_path)})
+    assert result.returncode == 1
+    assert result.stderr == f"gw config: {missing}: no such file or directory: nothing pushed\n"
