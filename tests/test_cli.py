@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.support.gateway import REPO, config_yaml, free_port
+from tests.support.gateway import REPO, config_yaml, free_port, runtime_dir
 
 DEMO_PORTS = (8080, 9901, 18081, 18082)
 
@@ -27,7 +26,7 @@ def gw(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> su
     return subprocess.run(
         [sys.executable, "-m", "gw", *args],
         # Its own runtime directory: a `gw run` elsewhere must not share its embedded Valkey.
-        env={**base, "PYTHONPATH": str(REPO), "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-rt-"), **(env or {})},
+        env={**base, "PYTHONPATH": str(REPO), "GW_RUNTIME_DIR": runtime_dir(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import httpx
@@ -21,7 +20,7 @@ import yaml
 
 from tests.conftest import StartGateway
 from tests.support import valkey
-from tests.support.gateway import GatewayProcess, config_yaml, free_port
+from tests.support.gateway import GatewayProcess, config_yaml, free_port, runtime_dir
 from tests.support.upstream import Upstream
 from tests.test_supervisor import wait_until
 
@@ -51,7 +50,7 @@ def gw_config(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str
 
 
 def start(start_gateway: StartGateway, upstream: Upstream, workers: int = 2, **env: str) -> GatewayProcess:
-    env = {"GW_WORKERS": str(workers), "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-rt-"), **env}
+    env = {"GW_WORKERS": str(workers), "GW_RUNTIME_DIR": runtime_dir(), **env}
     return start_gateway({"up": [("127.0.0.1", upstream.port)]}, ROUTES, env=env)
 
 
