@@ -182,6 +182,13 @@ class Settings:
         "Address the listeners bind (`::` for IPv6 and IPv4, `127.0.0.1` for this host only); `gw demo` binds "
         "127.0.0.1 unless it is set.",
     )
+    share_ports: bool = _var(
+        False,
+        parse_bool,
+        "Join listener ports another process already listens on with SO_REUSEPORT (the same user's), "
+        "splitting their connections: replicas of one fleet on one host. Off: such a port stops "
+        "start-up (and a reload), naming it and its process.",
+    )
     listener_port_offset: int = _var(
         0,
         parse_port_offset,

@@ -72,7 +72,9 @@ class Supervisor:
         self.failures: dict[int, int] = {}
         self.restarts: dict[int, PendingRestart] = {}
         self.last_exits: dict[int, str] = {}  # slot → how its last worker ended (for /status)
-        self.sockets = ListenerSockets(settings.listener_address if listen_host is None else listen_host)
+        self.sockets = ListenerSockets(
+            settings.listener_address if listen_host is None else listen_host, share=settings.share_ports
+        )
         self.snapshot = NOTHING  # what the workers serve: files, checksum, source
         self.result: LoadResult | None = None
         self.version = 0

@@ -37,8 +37,9 @@ def bind_ports(config: CompiledConfig) -> list[int]:
 class ListenerSockets:
     """Sockets by (slot, bind port). `for_worker` says which ones a worker of a slot serves."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, *, share: bool = False) -> None:
         self.host = host
+        self.share = share  # GW_SHARE_PORTS: join another process's SO_REUSEPORT group on purpose
         self.sockets: dict[tuple[int, int], socket.socket] = {}
 
     def ensure(self, slots: int, ports: list[int]) -> None:
@@ -51,7 +52,7 @@ class ListenerSockets:
         """
         held = set(self.ports())
         for port in ports:
-            if port not in held:
+            if port not in held and not self.share:
                 refuse_if_listened(self.host, port)
         for slot in range(slots):
             for port in ports:
@@ -97,8 +98,9 @@ def refuse_if_listened(host: str, port: int) -> None:
             raise ListenError(f"cannot listen on {_addr(host, port)}: {exc.strerror}") from None
         owner = listener_owner(port)
         raise ListenError(
-            f"port {port} is already in use{f' by {owner}' if owner else ''}: another gw on it would "
-            f"share its traffic; stop it, or give this one other ports (GW_LISTENER_PORT_OFFSET)"
+            f"port {port} is already in use{f' by {owner}' if owner else ''}: joining it (SO_REUSEPORT) would "
+            "split its connections with this gw; stop it, give this gw other ports (GW_LISTENER_PORT_OFFSET), "
+            "or set GW_SHARE_PORTS=true for replicas of one fleet on this host"
         ) from None
     finally:
         probe.close()

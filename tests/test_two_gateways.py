@@ -66,3 +66,12 @@ def test_listeners_bind_gw_listener_address(start_gateway: StartGateway, upstrea
     assert [x["address"] for x in gw.status()["listeners"]] == ["127.0.0.1"]  # type: ignore[index,union-attr]
     bound = {c.laddr for c in psutil.Process(gw.pid).net_connections("tcp") if c.status == psutil.CONN_LISTEN}
     assert ("127.0.0.1", gw.port) in bound and ("0.0.0.0", gw.port) not in bound
+
+
+def test_gw_share_ports_lets_a_replica_of_the_same_fleet_join_the_port(
+    start_gateway: StartGateway, upstream: Upstream
+) -> None:
+    # Deliberate: replicas on one host behind SO_REUSEPORT, as the test fleets and benchmarks run.
+    first = start_gateway({"up": [("127.0.0.1", upstream.port)]}, ROUTES)
+    second = start_gateway({}, [], env={"GW_SHARE_PORTS": "true"}, yaml_text=first.config_path.read_text())
+    assert [x["bind_port"] for x in second.status()["listeners"]] == [first.port]  # type: ignore[index,union-attr]
