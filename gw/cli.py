@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import os
 
+from gw import __version__
 from gw.commands import check, config, controller, demo, run
 from gw.stdio import quiet_when_closed
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gw", description="gw: an API gateway for Kubernetes")
+    parser.add_argument("--version", action="version", version=f"gw {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for family in (run, demo, check, config, controller):  # the order `gw --help` lists them in
         family.register(sub)

@@ -40,8 +40,17 @@ def parse_duration(text: str) -> float:
 def parse_addr(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"not host:port: {text!r}")
+        raise ValueError(f"not host:port: {text!r} (use e.g. 127.0.0.1:9901)")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_ip_address(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text.strip().strip("[]")))
+    except ValueError:
+        raise ValueError(f"not an IP address: {text!r} (use e.g. 0.0.0.0, 127.0.0.1 or ::)") from None
 
 
 def parse_bool(text: str) -> bool:
@@ -54,7 +63,10 @@ def parse_bool(text: str) -> bool:
 
 
 def parse_fraction(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r} (a fraction from 0 to 1, e.g. 0.1)") from None
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"not between 0 and 1: {text!r}")
     return value
@@ -68,22 +80,30 @@ def parse_positive_duration(text: str) -> float:
     return value
 
 
+def parse_integer(text: str) -> int:
+    """A whole number, as int() reads it, with an error that says what was expected."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"not a whole number: {text!r} (use e.g. 4)") from None
+
+
 def parse_port_offset(text: str) -> int:
-    value = int(text)
+    value = parse_integer(text)
     if not -65535 < value < 65535:
         raise ValueError("must be between -65534 and 65534")
     return value
 
 
 def parse_positive_int(text: str) -> int:
-    value = int(text)
+    value = parse_integer(text)
     if value <= 0:
         raise ValueError(f"must be a positive integer: {text!r}")
     return value
 
 
 def parse_non_negative_int(text: str) -> int:
-    value = int(text)
+    value = parse_integer(text)
     if value < 0:
         raise ValueError(f"must be zero or a positive integer: {text!r}")
     return value
@@ -178,6 +198,19 @@ class Settings:
     )
     admin_addr: tuple[str, int] = _var(
         ("127.0.0.1", 9901), parse_addr, "Admin endpoint address (/healthz, /readyz, /metrics)."
+    )
+    listener_address: str = _var(
+        "0.0.0.0",
+        parse_ip_address,
+        "Address the listeners bind (`::` for IPv6 and IPv4, `127.0.0.1` for this host only); `gw demo` binds "
+        "127.0.0.1 unless it is set.",
+    )
+    share_ports: bool = _var(
+        False,
+        parse_bool,
+        "Join listener ports another process already listens on with SO_REUSEPORT (the same user's), "
+        "splitting their connections: replicas of one fleet on one host. Off: such a port stops "
+        "start-up (and a reload), naming it and its process.",
     )
     listener_port_offset: int = _var(
         0,

@@ -69,7 +69,7 @@ class StartupError(RuntimeError):
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, listen_host: str = "0.0.0.0") -> None:
+    def __init__(self, settings: Settings, listen_host: str | None = None) -> None:
         self.settings = settings
         self.loop = asyncio.get_running_loop()
         self.slots = settings.workers or available_cpus()
@@ -79,11 +79,16 @@ class Supervisor:
         self.failures: dict[int, int] = {}
         self.restarts: dict[int, PendingRestart] = {}
         self.last_exits: dict[int, str] = {}  # slot → how its last worker ended (for /status)
-        self.sockets = ListenerSockets(listen_host)
+        self.sockets = ListenerSockets(
+            settings.listener_address if listen_host is None else listen_host, share=settings.share_ports
+        )
         self.snapshot = NOTHING  # what the workers serve: files, checksum, source
         self.result: LoadResult | None = None
         self.version = 0
         self.reloads = 0
+        # The config the source offers but we refused (HUP, or a version from Redis): until a
+        # reload succeeds, /status says what and since when, and /readyz says degraded.
+        self.rejected: dict[str, Any] | None = None
         self.started = time.time()
         self.serving = False  # until then a worker's exit is the start path's to report
         self.stopping = False
@@ -110,8 +115,8 @@ class Supervisor:
             self.sockets.ensure(self.slots, bind_ports(result.config))
         except SettingsError as exc:
             raise StartupError(str(exc), EXIT_SETTINGS) from None
-        except OSError as exc:
-            raise StartupError(f"cannot listen: {exc}") from None
+        except OSError as exc:  # ListenError names the port
+            raise StartupError(str(exc)) from None
         try:
             self.env["GW_REDIS_URL"] = self.publisher.start_server()
         except (EmbeddedValkeyError, OSError) as exc:
@@ -141,8 +146,15 @@ class Supervisor:
         unpublished = "+unpublished" if self.publisher.unpublished else ""
         set_title(f"gw: supervisor [config v{self.version}{unpublished}]")
 
+    def _rejected(self, what: str, exc: Exception) -> None:
+        """Remember a refused config for /status and /readyz; `since` is the first refusal in a row."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        since = self.rejected["since"] if self.rejected else now
+        self.rejected = {"config": what, "errors": str(exc).splitlines(), "since": since, "last": now}
+
     def _commit(self, snapshot: Snapshot, result: LoadResult, version: int) -> None:
         self.snapshot, self.result, self.version = snapshot, result, version
+        self.rejected = None
         self._backends_changed()
 
     # -- backend resilience (gw.supervisor.backends, gw.supervisor.health) -----------------
@@ -291,6 +303,7 @@ class Supervisor:
                     read, result, self.snapshot, lambda s: compile_snapshot(s, self.settings)
                 )
                 if unchanged or (snapshot.checksum == self.snapshot.checksum and self.publisher.unpublished is None):
+                    self.rejected = None  # the source is back to what runs
                     log(f"config reloaded (unchanged, version {self.version})")
                     self.metrics.inc("gw_config_reloads_total", result="unchanged")
                     return
@@ -298,6 +311,7 @@ class Supervisor:
             except (ConfigError, OSError, SettingsError) as exc:
                 log(f"reload rejected, keeping the running config: {exc}")
                 self.metrics.inc("gw_config_reloads_total", result="rejected")
+                self._rejected(f"reload of {self.settings.config}", exc)
                 return
             _report(result)
             number = await self.publisher.publish(snapshot, read=read.checksum)
@@ -324,6 +338,7 @@ class Supervisor:
                 except (ConfigError, OSError, SettingsError) as exc:
                     log(f"config {version.label} from Redis rejected, keeping the running config: {exc}")
                     self.metrics.inc("gw_config_reloads_total", result="rejected")
+                    self._rejected(f"version {version.label} from Redis", exc)
                     return
                 self._commit(snapshot, result, version.number)
                 self.metrics.inc("gw_config_reloads_total", result="fleet")
@@ -484,11 +499,16 @@ class Supervisor:
         missing = [s for s in range(self.slots) if (w := self.workers.get(s)) is None or w.state != READY]
         if self.result is None or missing:
             return False, f"workers not ready: {missing}"
+        # Still ready when degraded: workers serve their last config (and policies apply their
+        # failure modes), which is what a load balancer needs to know; the body says what is wrong.
+        degraded = []
         follower = self.publisher.follower
         if follower is not None and not follower.connected:
-            # Still ready: workers serve their last config and policies apply their failure modes.
-            return True, f"ready (degraded: Redis unavailable: {follower.error or 'connecting'})"
-        return True, "ready"
+            degraded.append(f"Redis unavailable: {follower.error or 'connecting'}")
+        if self.rejected is not None:
+            rejected = self.rejected
+            degraded.append(f"{rejected['config']} rejected since {rejected['since']}, version {self.version} serves")
+        return True, f"ready (degraded: {'; '.join(degraded)})" if degraded else "ready"
 
     async def _stats(self) -> dict[WorkerProcess, dict[str, Any]]:
         live = self._live()
@@ -544,6 +564,7 @@ class Supervisor:
                 "source": config.source if config else None,
                 "checksum": config.checksum if config else None,
                 "reloads": self.reloads,
+                "rejected": self.rejected,
             },
             "workers": [self._worker_status(w, stats.get(w)) for w in sorted(self._live(), key=lambda w: w.slot)],
             # Slots whose worker exited and waits out its backoff (a crash loop shows here).
@@ -557,7 +578,12 @@ class Supervisor:
                 for slot, pending in sorted(self.restarts.items())
             ],
             "listeners": [
-                {"declared_port": p.declared_port, "bind_port": p.bind_port, "listeners": list(p.listeners)}
+                {
+                    "address": self.sockets.host,
+                    "declared_port": p.declared_port,
+                    "bind_port": p.bind_port,
+                    "listeners": list(p.listeners),
+                }
                 for p in (config.ports if config else ())
             ],
             "connections": sum(s.get("connections", 0) for s in stats.values()),

@@ -9,7 +9,8 @@ SIGNALS: dict[signal.Signals, tuple[str, str]] = {
     signal.SIGHUP: (
         "reload",
         "Reload the config from its source and validate it; workers switch to it without being replaced "
-        "(open connections and WebSockets stay). An invalid config is logged and the running one kept.",
+        "(open connections and WebSockets stay). An invalid config is logged and the running one kept; "
+        "`/status` (`config.rejected`) and `/readyz` (`degraded`) say so until a reload succeeds.",
     ),
     signal.SIGUSR2: (
         "upgrade",

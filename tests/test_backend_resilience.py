@@ -4,7 +4,6 @@ real upstreams that go bad, the fleet's circuit and ejections as clients see the
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import threading
 
 import httpx
@@ -12,7 +11,7 @@ import yaml
 
 from tests.conftest import StartGateway
 from tests.support import valkey
-from tests.support.gateway import GatewayProcess, config_yaml, free_port
+from tests.support.gateway import GatewayProcess, config_yaml, free_port, runtime_dir
 from tests.support.upstream import Upstream
 from tests.test_supervisor import wait_until
 
@@ -41,7 +40,8 @@ def fleet(
     """`replicas` supervisors of `workers` each on the same files, listener port and Redis."""
     port = free_port()
     text = config_yaml(port, {"api": [("127.0.0.1", u.port) for u in upstreams]}, routes) + spec
-    env = {"GW_WORKERS": str(workers), "GW_REDIS_URL": redis_url, "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-rt-")}
+    env = {"GW_WORKERS": str(workers), "GW_REDIS_URL": redis_url, "GW_RUNTIME_DIR": runtime_dir(),
+           "GW_SHARE_PORTS": "true"}  # fmt: skip
     # Every replica through the fixture's starter, so the test's teardown stops each one (same
     # file contents: they converge on one published version).
     replicas = [start_gateway({}, [], env=env, yaml_text=text) for _ in range(replicas)]

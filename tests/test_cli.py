@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.support.gateway import REPO, config_yaml, free_port
+from tests.support.gateway import REPO, config_yaml, free_port, runtime_dir
 
 DEMO_PORTS = (8080, 9901, 18081, 18082)
 
@@ -27,7 +26,7 @@ def gw(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> su
     return subprocess.run(
         [sys.executable, "-m", "gw", *args],
         # Its own runtime directory: a `gw run` elsewhere must not share its embedded Valkey.
-        env={**base, "PYTHONPATH": str(REPO), "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-rt-"), **(env or {})},
+        env={**base, "PYTHONPATH": str(REPO), "GW_RUNTIME_DIR": runtime_dir(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -211,6 +210,9 @@ def test_demo_serves_and_ctrl_c_stops_the_gateway_before_its_upstreams(tmp_path:
         resp = httpx.get("http://127.0.0.1:8080/", timeout=10)
         assert resp.status_code == 200
         assert resp.json()["upstream"] in ("blue", "green")
+        # As the banner says: loopback only (GW_LISTENER_ADDRESS unset).
+        listening = {c.laddr for c in psutil.Process(proc.pid).net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        assert ("127.0.0.1", 8080) in listening and ("0.0.0.0", 8080) not in listening, listening
         os.killpg(proc.pid, signal.SIGINT)
         while not (line := proc.stderr.readline()).startswith(b"gw: shutting down"):
             assert line, "gw demo exited without draining"

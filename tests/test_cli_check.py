@@ -147,3 +147,73 @@ def test_settings_document_controller_name_and_gateway():
     assert rows["GW_CONTROLLER_NAME"][0] == "gw.dev/gateway-controller"
     assert "namespace/name" in rows["GW_GATEWAY"][1]
     assert Settings.from_env({"GW_GATEWAY": "ns/gw"}).gateway == "ns/gw"
+
+
+UNSERVED = """
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: grpc, namespace: default}
+spec:
+  parentRefs: [{name: public}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: default}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: addressed, namespace: default}
+spec:
+  gatewayClassName: gw
+  addresses: [{type: IPAddress, value: 10.0.0.1}]
+  listeners: [{name: http, port: 8081, protocol: HTTP}]
+"""
+
+
+class TestFirstContact:
+    def test_check_warns_about_kinds_and_fields_it_accepts_but_does_not_serve(self, tmp_path, capsys):
+        code, out = run(capsys, "check", str(write(tmp_path, CONFIG + UNSERVED)))
+        assert code == 0  # served as far as gw serves it: a warning, not an error
+        warnings = [line for line in out.splitlines() if line.startswith("warning: ")]
+        assert warnings == [
+            "warning: GRPCRoute default/grpc: accepted, not served by gw (skipped; gw serves HTTPRoute)",
+            "warning: Gateway default/addressed: spec.addresses: accepted, not served by gw "
+            "(listeners bind GW_LISTENER_ADDRESS)",
+        ]  # a ConfigMap is no Gateway API kind: nothing to say
+
+    @pytest.mark.parametrize("verb", ["check", "routes"])
+    def test_check_and_routes_read_gw_config_without_a_path(self, tmp_path, capsys, monkeypatch, verb):
+        path = write(tmp_path, CONFIG)
+        expected = run(capsys, verb, str(path))
+        monkeypatch.setenv("GW_CONFIG", str(path))
+        assert run(capsys, verb) == expected and expected[0] == 0
+
+    def test_check_without_a_path_or_gw_config_says_what_to_give(self, capsys):
+        code, out = run(capsys, "check")
+        assert code == 1 and out == "error: no config given: name a file or directory, or set GW_CONFIG\n"
+
+    def test_version(self, capsys):
+        from gw import __version__
+
+        with pytest.raises(SystemExit) as exit_:
+            main(["--version"])
+        assert exit_.value.code == 0 and capsys.readouterr().out == f"gw {__version__}\n"
+
+    @pytest.mark.parametrize(
+        ("variable", "value", "expected"),
+        [
+            ("GW_WORKERS", "abc", "GW_WORKERS='abc': not a whole number: 'abc' (use e.g. 4)"),
+            ("GW_MAX_CONNECTIONS", "many", "GW_MAX_CONNECTIONS='many': not a whole number: 'many' (use e.g. 4)"),
+            ("GW_ACCESS_LOG_SAMPLE", "half", "GW_ACCESS_LOG_SAMPLE='half': not a number: 'half' (a fraction"),
+            ("GW_ADMIN_ADDR", "nowhere", "GW_ADMIN_ADDR='nowhere': not host:port: 'nowhere' (use e.g. 127.0.0.1:9901)"),
+            ("GW_LISTENER_ADDRESS", "lo", "GW_LISTENER_ADDRESS='lo': not an IP address: 'lo' (use e.g."),
+        ],
+    )
+    def test_a_bad_setting_names_the_variable_and_the_expected_form(self, variable, value, expected):
+        from gw.settings import SettingsError
+
+        with pytest.raises(SettingsError) as error:
+            Settings.from_env({variable: value})
+        assert str(error.value).startswith(expected)
+        assert "int()" not in str(error.value) and "float" not in str(error.value)

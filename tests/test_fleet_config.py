@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import httpx
@@ -27,7 +26,7 @@ from gw.settings import Settings
 from gw.state import Keys
 from tests.conftest import StartGateway
 from tests.support import valkey
-from tests.support.gateway import GatewayProcess, config_yaml, free_port
+from tests.support.gateway import GatewayProcess, config_yaml, free_port, runtime_dir
 from tests.support.upstream import Upstream
 from tests.test_supervisor import wait_until
 
@@ -52,13 +51,14 @@ def served(gw: GatewayProcess, host: str) -> int:
 
 
 def gw_config(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **gw.env}
+    # The same GW_ADMIN_ADDR and GW_RUNTIME_DIR as the gateway: they name its embedded Valkey's socket.
+    env = {**os.environ, "GW_ADMIN_ADDR": f"127.0.0.1:{gw.admin}", **gw.env}
     return subprocess.run([sys.executable, "-m", "gw", "config", *args], env=env, capture_output=True, text=True,
                           timeout=30)  # fmt: skip
 
 
 def start(start_gateway: StartGateway, upstream: Upstream, workers: int = 2, **env: str) -> GatewayProcess:
-    env = {"GW_WORKERS": str(workers), "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-rt-"), **env}
+    env = {"GW_WORKERS": str(workers), "GW_RUNTIME_DIR": runtime_dir(), **env}
     return start_gateway({"up": [("127.0.0.1", upstream.port)]}, ROUTES, env=env)
 
 
@@ -127,7 +127,8 @@ def test_replicas_reading_the_same_files_converge(
     # A second replica: same files, same listener port (SO_REUSEPORT), same Redis.
     second = GatewayProcess(
         config_path=first.config_path, port=first.port, admin=free_port(),
-        env={"GW_WORKERS": "1", "GW_REDIS_URL": redis_server.url}, access_log=first.access_log.with_suffix(".2"),
+        env={"GW_WORKERS": "1", "GW_REDIS_URL": redis_server.url, "GW_SHARE_PORTS": "true"},
+        access_log=first.access_log.with_suffix(".2"),
     ).start()  # fmt: skip
     try:
         assert versions(first) == versions(second) == {1}  # the second publish was a no-op
@@ -171,7 +172,8 @@ def second_replica(first: GatewayProcess, redis_url: str, **env: str) -> Gateway
     """Another supervisor on the same files, listener port (SO_REUSEPORT) and Redis."""
     return GatewayProcess(
         config_path=first.config_path, port=first.port, admin=free_port(),
-        env={"GW_WORKERS": "1", "GW_REDIS_URL": redis_url, **env}, access_log=first.access_log.with_suffix(".2"),
+        env={"GW_WORKERS": "1", "GW_REDIS_URL": redis_url, "GW_SHARE_PORTS": "true", **env},
+        access_log=first.access_log.with_suffix(".2"),
     ).start()  # fmt: skip
 
 

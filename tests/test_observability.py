@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from gw.balancing.probe import ERROR, FAIL, PASS
 from gw.errors import ProxyError
 from gw.observe.families import FAMILIES, PROXY_ERROR_KINDS, RETRY_REASONS, TIMEOUT_KINDS
 from tests.conftest import StartGateway
-from tests.support.gateway import REPO, Client, GatewayProcess, Response, config_yaml, free_port
+from tests.support.gateway import REPO, Client, GatewayProcess, Response, config_yaml, free_port, runtime_dir
 from tests.support.servers import launch_gateway
 from tests.support.upstream import Upstream
 
@@ -317,7 +316,7 @@ def serve_and_capture_stdout(setup: Setup, directory: Path, env: dict[str, str],
     proc = subprocess.Popen(
         [sys.executable, "-m", "gw", "run"],
         env={**base, "GW_CONFIG": str(config), "GW_ADMIN_ADDR": f"127.0.0.1:{admin}", "PYTHONPATH": str(REPO),
-             "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-rt-"), **env},
+             "GW_RUNTIME_DIR": runtime_dir(), **env},
         cwd=directory,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -177,6 +177,31 @@ def test_hup_with_an_invalid_config_keeps_the_running_one(start_gateway: StartGa
     ok(gw)
 
 
+def test_a_rejected_reload_shows_in_status_and_readyz_until_a_reload_succeeds(
+    start_gateway: StartGateway, upstream: Upstream
+) -> None:
+    gw = start(start_gateway, upstream, 1)
+    good = gw.config_path.read_text()
+    gw.config_path.write_text("kind: [unclosed\n")
+    mark = len(gw.log)
+    os.kill(gw.pid, signal.SIGHUP)
+    gw.wait_for_log("gw: reload rejected", after=mark)
+    rejected = gw.status()["config"]["rejected"]  # type: ignore[index]
+    assert rejected["config"] == f"reload of {gw.config_path}" and rejected["since"]
+    assert any("invalid YAML" in error for error in rejected["errors"])
+    ready = httpx.get(f"http://127.0.0.1:{gw.admin}/readyz", timeout=10)
+    # The old config serves, so a load balancer keeps sending; the body says why it is degraded.
+    assert ready.status_code == 200
+    assert ready.text.startswith("ready (degraded: reload of ") and f"since {rejected['since']}" in ready.text
+    ok(gw)
+    gw.config_path.write_text(good + "\n# fixed\n")
+    mark = len(gw.log)
+    os.kill(gw.pid, signal.SIGHUP)
+    gw.wait_for_log("gw: config reloaded", after=mark)
+    assert gw.status()["config"]["rejected"] is None  # type: ignore[index]
+    assert httpx.get(f"http://127.0.0.1:{gw.admin}/readyz", timeout=10).text == "ready\n"
+
+
 def test_hup_keeps_the_running_version_of_an_object_made_invalid(
     start_gateway: StartGateway, upstream: Upstream
 ) -> None:
@@ -431,7 +456,7 @@ def test_ctrl_c_leaves_the_embedded_valkey_serving_until_the_workers_have_draine
         # The worker hears of the drain over its control channel: after the supervisor's line.
         wait_until(lambda: all("draining" in " ".join(w.cmdline()) for w in workers), what="the workers draining")
         # The worker drains with the request in flight; Redis is still there for it and the supervisor.
-        assert valkey.is_running() and ping(runtime / "gw-valkey.sock")
+        assert valkey.is_running() and ping(runtime / f"gw-valkey-{gw.admin}.sock")
         upstream.open_gate("ctrl-c")
         resp = client.read_response()
         assert resp.status == 200 and (resp.header("connection") or "").lower() == "close"

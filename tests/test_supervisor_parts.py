@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import os
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from gw.supervisor.arbiter import Supervisor
 from gw.supervisor.cpus import available_cpus, cgroup_quota
 from gw.supervisor.process import EXITED, WorkerProcess
 from gw.worker import Worker
-from tests.support.gateway import REPO, config_yaml, free_port
+from tests.support.gateway import REPO, config_yaml, free_port, runtime_dir
 from tests.support.upstream import Upstream
 
 
@@ -220,7 +219,7 @@ async def test_a_hup_hashes_the_files_once(
     backends = {"up": [("127.0.0.1", upstream.port)]}
     path.write_text(config_yaml(port, backends, [{"name": "a", "rules": [{"backendRefs": [{"backend": "up"}]}]}]))
     env = {"GW_CONFIG": str(path), "GW_WORKERS": "2", "GW_ACCESS_LOG": "off", "GW_DRAIN_TIMEOUT": "5s",
-           "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-rt-"), "PYTHONPATH": str(REPO)}  # fmt: skip
+           "GW_RUNTIME_DIR": runtime_dir(), "PYTHONPATH": str(REPO)}  # fmt: skip
     for name, value in env.items():  # the workers' environment too
         monkeypatch.setenv(name, value)
     supervisor = Supervisor(Settings.from_env(), listen_host="127.0.0.1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import difflib
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -96,6 +97,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 def _validated(settings: Settings, path: str) -> Snapshot | None:
     from gw.config import ConfigError, compile_snapshot, read_snapshot
 
+    if not os.path.exists(path):  # nothing to validate: not "invalid"
+        print(f"gw config: {path}: no such file or directory: nothing pushed", file=sys.stderr)
+        return None
     try:
         snapshot = read_snapshot(path)
         errors = compile_snapshot(snapshot, settings).errors

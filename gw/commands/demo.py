@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 from dataclasses import replace
@@ -25,6 +26,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     config = str(resources.files("gw") / "examples" / "demo.yaml")
     demo_settings = replace(settings(), config=config)
+    if not os.environ.get("GW_LISTENER_ADDRESS"):
+        # A demo is for this machine: its routes (and its rate-limited API) stay off the network.
+        demo_settings = replace(demo_settings, listener_address="127.0.0.1")
     # The upstreams' ports are taken here, before anything starts: one already in use would
     # otherwise answer as "blue" or "green".
     sockets = []
@@ -42,8 +46,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with sock:
             upstream = [sys.executable, "-m", "gw.demo_upstream", "--fd", str(sock.fileno()), "--name", name]
             children.append(start_helper(upstream, pass_fds=(sock.fileno(),)))
+    bound = "" if demo_settings.listener_address == "127.0.0.1" else f" (bound to {demo_settings.listener_address})"
     print(
-        "gw demo: upstreams blue :18081 and green :18082; gateway on http://127.0.0.1:8080\n"
+        f"gw demo: upstreams blue :18081 and green :18082; gateway on http://127.0.0.1:8080{bound}\n"
         "  try: curl -s http://127.0.0.1:8080/echo   curl -s http://127.0.0.1:8080/api/users\n"
         "       curl -s http://127.0.0.1:9901/metrics   (Ctrl-C stops everything)",
         file=sys.stderr,

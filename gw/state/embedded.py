@@ -33,9 +33,18 @@ def runtime_dir(settings: Any) -> Path:
     return Path(settings.runtime_dir or os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
 
 
+def instance_name(settings: Any, suffix: str) -> str:
+    """`gw-valkey-<admin port><suffix>`: one server per gw on a host, found by `gw config` from the same settings.
+
+    The admin port is what already tells two gw on one host apart (each binds its own), so two
+    started with the default GW_RUNTIME_DIR get a server each instead of the second refusing to start.
+    """
+    return f"gw-valkey-{settings.admin_addr[1]}{suffix}"
+
+
 def socket_path(settings: Any) -> Path:
     """Where a running gw's embedded server listens (the CLI looks here when GW_REDIS_URL is unset)."""
-    return runtime_dir(settings) / SOCKET_NAME
+    return runtime_dir(settings) / instance_name(settings, ".sock")
 
 
 def valkey_binary() -> Path:
@@ -59,15 +68,17 @@ def ping(path: Path, timeout: float = 0.5) -> bool:
 class EmbeddedValkey:
     """One valkey-server on `<directory>/gw-valkey.sock`: start() → its unix:// URL; stop() ends it."""
 
-    def __init__(self, directory: Path, *, name: str = SOCKET_NAME) -> None:
+    def __init__(self, directory: Path, *, name: str = SOCKET_NAME, log: str = LOG_NAME) -> None:
         self.directory = Path(directory)
         self.socket = self.directory / name
-        self.log = self.directory / LOG_NAME
+        self.log = self.directory / log
         self.process: subprocess.Popen[bytes] | None = None
 
     @classmethod
     def from_settings(cls, settings: Any) -> EmbeddedValkey:
-        return cls(runtime_dir(settings))
+        return cls(
+            runtime_dir(settings), name=instance_name(settings, ".sock"), log=instance_name(settings, ".log")
+        )
 
     @property
     def url(self) -> str:
@@ -83,8 +94,8 @@ class EmbeddedValkey:
         if self.socket.exists():
             if ping(self.socket):
                 raise EmbeddedValkeyError(
-                    f"a server already answers on {self.socket} (is another gw running? "
-                    "give each its own GW_RUNTIME_DIR, or share one GW_REDIS_URL)"
+                    f"a server already answers on {self.socket} (is another gw running with this "
+                    "GW_ADMIN_ADDR's port? give each its own GW_RUNTIME_DIR, or share one GW_REDIS_URL)"
                 )
             self.socket.unlink()
         args = [

@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     replicas = []
     try:
         for _ in range(args.replicas):
-            replicas.append(Gateway(config, port, free_port(), plan, env={"GW_REDIS_URL": server.url}))
+            replicas.append(
+                Gateway(config, port, free_port(), plan, env={"GW_REDIS_URL": server.url, "GW_SHARE_PORTS": "true"})
+            )
         admins = [r.admin for r in replicas]
         result = asyncio.run(measure(server.url, config, port, upstream.port, admins, args))
     finally:

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     upstream = Upstream("app").start()
     new = Upstream("new").start()  # the new routes' backend: an answer from it is the new route serving
     port = free_port()
-    env = {"KUBECONFIG": str(fake.kubeconfig(work / "kubeconfig")), "GW_REDIS_URL": redis.url}
+    env = {"KUBECONFIG": str(fake.kubeconfig(work / "kubeconfig")), "GW_REDIS_URL": redis.url, "GW_SHARE_PORTS": "true"}
     for obj in [*cluster.basic(port, upstream.port), cluster.service("new"), cluster.endpoint_slice("new", new.port)]:
         fake.put(obj)
     controller_env = {**os.environ, **env, "GW_ADMIN_ADDR": f"127.0.0.1:{free_port()}",

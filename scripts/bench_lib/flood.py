@@ -211,7 +211,7 @@ def run(replica_count: int, cases: list[Case], directory: Path, upstream_port: i
     port = free_port()
     path = directory / f"gateway-{replica_count}.yaml"
     path.write_text(config(port, upstream_port, cases))
-    env = {"GW_REDIS_URL": server.url, "GW_REDIS_BUDGET": args.budget}
+    env = {"GW_REDIS_URL": server.url, "GW_REDIS_BUDGET": args.budget, "GW_SHARE_PORTS": "true"}
     replicas: list[Gateway] = []
     ok = True
     try:

@@ -269,7 +269,8 @@ def run(
         server = valkey.standalone(directory / f"valkey-{mode}")
         path = directory / f"gateway-{mode}.yaml"
         path.write_text(config(port, upstream.port, mode, args.per, args.resilience_per, args.failure_mode))
-        env = {"GW_REDIS_URL": server.url, "GW_REDIS_BUDGET": f"{budget * 1000:g}ms"}
+        # Replicas of one fleet on one port (SO_REUSEPORT), as behind a load balancer.
+        env = {"GW_REDIS_URL": server.url, "GW_REDIS_BUDGET": f"{budget * 1000:g}ms", "GW_SHARE_PORTS": "true"}
         replicas: list[Gateway] = []
         try:
             for _ in range(args.replicas):

@@ -21,6 +21,7 @@ import base64
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,6 +80,7 @@ class Gateway:
 
     def __init__(self, config: Path, port: int, admin: int, plan: Plan, env: dict[str, str] | None = None) -> None:
         extra = env or {}
+        self.runtime = tempfile.mkdtemp(prefix="gw-rt-")  # removed by stop()
         env = {
             **os.environ,
             "GW_CONFIG": str(config),
@@ -86,7 +88,7 @@ class Gateway:
             "GW_WORKERS": str(plan.workers),
             "GW_DRAIN_TIMEOUT": f"{plan.drain_timeout}s",
             "GW_ACCESS_LOG": "off",
-            "GW_RUNTIME_DIR": tempfile.mkdtemp(prefix="gw-rt-"),
+            "GW_RUNTIME_DIR": self.runtime,
             "PYTHONPATH": str(REPO),
             **extra,
         }
@@ -127,6 +129,7 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        shutil.rmtree(self.runtime, ignore_errors=True)
 
 
 def owners(pids: list[int], port: int) -> dict[int, int]:
@@ -324,6 +327,7 @@ def run_plan(plan: Plan) -> tuple[Tally, Gateway]:
     finally:
         gw.stop()
         upstream.stop()
+        shutil.rmtree(directory, ignore_errors=True)
     return tally, gw
 
 

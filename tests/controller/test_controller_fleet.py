@@ -76,7 +76,9 @@ def upstream_of(gw: GatewayProcess, host: str) -> str | None:
 
 @pytest.fixture
 def fleet_env(fake: FakeApiServer, redis_server: valkey.Server, tmp_path: Path) -> dict[str, str]:
-    return {"KUBECONFIG": str(fake.kubeconfig(tmp_path / "kubeconfig")), "GW_REDIS_URL": redis_server.url}
+    # The replicas share one listener port on purpose (as pods behind one Service would not need to).
+    return {"KUBECONFIG": str(fake.kubeconfig(tmp_path / "kubeconfig")), "GW_REDIS_URL": redis_server.url,
+            "GW_SHARE_PORTS": "true"}  # fmt: skip
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gw.settings import Settings
 from gw.state import EmbeddedValkey
 from tests.support import valkey
 from tests.support.gateway import REPO, config_yaml, free_port
@@ -97,7 +98,7 @@ def test_show_of_an_unknown_version_says_so(env: dict[str, str]) -> None:
 
 
 def test_without_redis_url_the_cli_uses_a_running_gws_embedded_server(tmp_path: Path) -> None:
-    embedded = EmbeddedValkey(tmp_path)
+    embedded = EmbeddedValkey.from_settings(Settings(runtime_dir=str(tmp_path)))  # as `gw run` names it
     embedded.start()
     try:
         result = gw_config("push", str(write_config(tmp_path / "gw.yaml", 9001)), env={"GW_RUNTIME_DIR": str(tmp_path)})
@@ -110,7 +111,7 @@ def test_without_redis_url_the_cli_uses_a_running_gws_embedded_server(tmp_path: 
 def test_without_redis_url_or_embedded_server_the_cli_says_there_is_no_redis(tmp_path: Path) -> None:
     result = gw_config("current", env={"GW_RUNTIME_DIR": str(tmp_path)})
     assert result.returncode == 2
-    assert "no Redis to talk to" in result.stderr and str(tmp_path / "gw-valkey.sock") in result.stderr
+    assert "no Redis to talk to" in result.stderr and str(tmp_path / "gw-valkey-9901.sock") in result.stderr
 
 
 def test_an_unreachable_redis_is_reported_not_raised(tmp_path: Path) -> None:
@@ -147,3 +148,10 @@ def test_show_and_diff_hide_secrets_and_reseal_seals_the_kept_versions(tmp_path:
     assert "already" in gw_config("reseal", env=keyed).stdout
     history = gw_config("history", env=env).stdout.splitlines()
     assert [line[1:].split()[0] for line in history] == ["2", "1"] and all("(secrets sealed)" in h for h in history)
+
+
+def test_push_of_a_missing_file_says_so(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.yaml"
+    result = gw_config("push", str(missing), env={"GW_RUNTIME_DIR": str(tmp_path)})
+    assert result.returncode == 1
+    assert result.stderr == f"gw config: {missing}: no such file or directory: nothing pushed\n"

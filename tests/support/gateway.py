@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +17,26 @@ from pathlib import Path
 import httptools
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+_RUNTIME_DIRS: list[str] = []
+
+
+def runtime_dir() -> str:
+    """A directory for a gateway's GW_RUNTIME_DIR, removed when the test run ends.
+
+    Short, unlike tmp_path (a unix socket path has at most 107 bytes, and test names are long);
+    a gateway started by one test may still be stopping in the next, hence at exit, not at teardown.
+    """
+    path = tempfile.mkdtemp(prefix="gw-rt-")
+    _RUNTIME_DIRS.append(path)
+    return path
+
+
+@atexit.register
+def _remove_runtime_dirs() -> None:
+    for path in _RUNTIME_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -108,7 +130,7 @@ class GatewayProcess:
         env.setdefault("GW_WORKERS", "1")  # one worker unless a test is about several
         env.setdefault("GW_DRAIN_TIMEOUT", "5s")
         # Its own embedded Valkey: a short directory (unix socket paths are limited to ~107 bytes).
-        env.setdefault("GW_RUNTIME_DIR", tempfile.mkdtemp(prefix="gw-rt-"))
+        env.setdefault("GW_RUNTIME_DIR", runtime_dir())
         env["PYTHONPATH"] = str(REPO)
         return env
 
