@@ -139,10 +139,13 @@ def _key_reader(hashing: Any) -> Callable[[Any], bytes | None]:
     if hashing.type == HEADER:
         name = hashing.name.encode()
         return lambda exchange: exchange.field(name)
+    # (The names encoded once here, not per request.)
     if hashing.type == COOKIE:
-        return lambda exchange: cookie_value(exchange.fields(), hashing.name.encode())
+        cookie = hashing.name.encode()
+        return lambda exchange: cookie_value(exchange.fields(), cookie)
     if hashing.type == QUERY_PARAMS:
-        return lambda exchange: query_values(exchange.query, [p.encode() for p in hashing.params])
+        params = tuple(p.encode() for p in hashing.params)
+        return lambda exchange: query_values(exchange.query, params)
     raise ValueError(f"unknown consistent hash type {hashing.type!r}")
 
 
