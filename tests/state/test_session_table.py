@@ -1,9 +1,12 @@
 """Header-type sessions against a real Valkey: the first proposal for an id wins for the fleet,
-re-pinning moves a session off a gone endpoint, and without Redis every replica hashes alike."""
+re-pinning moves a session off a gone endpoint, and without Redis every replica hashes alike; on a
+3-master Cluster a route's ids spread over the slots and the first proposal still wins."""
 
 from __future__ import annotations
 
 import asyncio
+
+from redis.cluster import key_slot
 
 from gw.policies.session_table import SessionTable, rendezvous
 from gw.state import Keys, RedisGuard, SharedState, connect
@@ -66,3 +69,49 @@ def test_rendezvous_moves_only_the_sessions_of_a_removed_endpoint() -> None:
     moved = [i for i in ids if before[i] != after[i]]
     assert all(before[i] == ENDPOINTS[2] for i in moved)
     assert abs(len(moved) / len(ids) - 1 / 3) < 0.05
+
+
+CLUSTER_IDS = [b"user-%d" % i for i in range(12)]
+
+
+def cluster_table(cluster: valkey.Cluster, keys: Keys) -> SessionTable:
+    """One worker's table with a cluster client of its own (as each worker connects)."""
+    shared = SharedState(connect(cluster.url), RedisGuard(2.0), keys)
+    return SessionTable(asyncio.get_running_loop(), shared, "route-0", 60.0, False)
+
+
+def slot(t: SessionTable, sid: bytes) -> int:
+    return key_slot(f"{t.stem}:{sid.decode()}".encode())
+
+
+async def test_ids_spread_over_the_masters_and_the_first_proposal_wins(cluster: valkey.Cluster, keys: Keys) -> None:
+    a, b = cluster_table(cluster, keys), cluster_table(cluster, keys)
+    client = a.shared.redis  # type: ignore[union-attr]
+    try:
+        slots = {slot(a, sid) for sid in CLUSTER_IDS}
+        assert len(slots) == len(CLUSTER_IDS)  # no shared hash tag: each id's key in a slot of its own
+        await client.initialize()
+        masters = {client.get_node_from_key(f"{a.stem}:{sid.decode()}").port for sid in CLUSTER_IDS}
+        assert len(masters) == 3
+        # Worker a proposes first for every id; b's different proposals lose, on whichever master.
+        first = [await settle(a, sid, ENDPOINTS[i % 3]) for i, sid in enumerate(CLUSTER_IDS)]
+        second = [await settle(b, sid, ENDPOINTS[(i + 1) % 3]) for i, sid in enumerate(CLUSTER_IDS)]
+        assert first == second == [(ENDPOINTS[i % 3], True) for i in range(len(CLUSTER_IDS))]
+        assert a.created == len(CLUSTER_IDS) and b.created == 0
+    finally:
+        await client.aclose()
+        await b.shared.redis.aclose()  # type: ignore[union-attr]
+
+
+async def test_two_workers_seeing_new_ids_at_once_agree_on_a_cluster(cluster: valkey.Cluster, keys: Keys) -> None:
+    workers = [cluster_table(cluster, keys) for _ in range(3)]  # each proposing an endpoint of its own
+    try:
+        for sid in CLUSTER_IDS[:6]:
+            # All three propose in the same loop turn: one batch per worker, on the id's master.
+            answers = await asyncio.gather(*(settle(w, sid, ENDPOINTS[i % 3]) for i, w in enumerate(workers)))
+            assert len({endpoint for endpoint, _ in answers}) == 1, (sid, answers)
+            assert all(fleet for _, fleet in answers)  # decided by Redis, not the hash fallback
+        assert sum(w.created for w in workers) == 6
+    finally:
+        for w in workers:
+            await w.shared.redis.aclose()  # type: ignore[union-attr]
