@@ -62,6 +62,27 @@ async def test_without_redis_every_replica_hashes_an_id_to_the_same_endpoint(
     assert len({e for e, _ in got_a}) == 3  # spread over the endpoints
 
 
+async def test_an_answer_after_the_budget_is_remembered_and_the_request_went_on_by_the_hash(
+    server: valkey.Server, keys: Keys
+) -> None:
+    """A loaded worker: Redis answers after the request budget. The request is not held (the hash
+    decides it), but the fleet's answer is cached and stored: an id a response issued, which no
+    request waits for, is settled to the endpoint that issued it."""
+    shared = SharedState(connect(server.url), RedisGuard(1e-6, failures_to_open=10**6), keys)
+    late = SessionTable(asyncio.get_running_loop(), shared, "route-0", 60.0, False)
+    remembered = asyncio.Event()
+    remember = late._remember
+    late._remember = lambda sid, endpoint: (remember(sid, endpoint), remembered.set())  # type: ignore[method-assign]
+    answers: list[tuple[str, bool]] = []
+    hashed = rendezvous(b"issued", sorted(ENDPOINTS))
+    proposed = next(e for e in ENDPOINTS if e != hashed)
+    late.settle(b"issued", proposed, ENDPOINTS, lambda endpoint, fleet: answers.append((endpoint, fleet)))
+    await asyncio.wait_for(remembered.wait(), 5.0)
+    assert answers == [(hashed, False)]  # once, by the hash, at the budget
+    assert late.cached(b"issued", 0.0) == proposed
+    assert (await settle(table(server, keys), b"issued", hashed)) == (proposed, True)
+
+
 def test_rendezvous_moves_only_the_sessions_of_a_removed_endpoint() -> None:
     ids = [b"id-%d" % i for i in range(3000)]
     before = {i: rendezvous(i, ENDPOINTS) for i in ids}
