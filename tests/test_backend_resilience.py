@@ -36,12 +36,13 @@ def fleet(
     replicas: int = 2,
     workers: int = 2,
     routes: list[dict[str, object]] = ROUTES,
+    env: dict[str, str] | None = None,
 ) -> list[GatewayProcess]:
     """`replicas` supervisors of `workers` each on the same files, listener port and Redis."""
     port = free_port()
     text = config_yaml(port, {"api": [("127.0.0.1", u.port) for u in upstreams]}, routes) + spec
     env = {"GW_WORKERS": str(workers), "GW_REDIS_URL": redis_url, "GW_RUNTIME_DIR": runtime_dir(),
-           "GW_SHARE_PORTS": "true"}  # fmt: skip
+           "GW_SHARE_PORTS": "true", **(env or {})}  # fmt: skip
     # Every replica through the fixture's starter, so the test's teardown stops each one (same
     # file contents: they converge on one published version).
     replicas = [start_gateway({}, [], env=env, yaml_text=text) for _ in range(replicas)]

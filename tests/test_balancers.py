@@ -12,13 +12,15 @@ from typing import Any
 
 import pytest
 
+from gw.balancing import maglev as maglev_module
 from gw.balancing.least_request import LeastRequest
-from gw.balancing.maglev import Maglev, maglev_table
+from gw.balancing.maglev import Maglev, maglev_table, stable_hash
 from gw.balancing.picker import Picker, cookie_value, query_values
+from gw.balancing.resilience import BackendState
 from gw.balancing.slow_start import LiveRoundRobin, ramped
 from gw.balancing.weighted_random import WeightedRandom
-from gw.config.backend_policy import ConsistentHash, LoadBalancer
-from gw.config.model import Endpoint
+from gw.config.backend_policy import ConsistentHash, LoadBalancer, Resilience
+from gw.config.model import Backend, Endpoint
 
 KEYS = [b"user-%d" % i for i in range(100_000)]
 
@@ -121,6 +123,17 @@ class TestMaglev:
         assert new.labels is old.labels
         assert all(new.pick(k).label == old.pick(k) for k in KEYS[:1000])  # type: ignore[union-attr]
 
+    def test_a_remembered_slot_is_the_keys_hash_and_the_memory_is_bounded(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(maglev_module, "SLOT_MEMO", 100)
+        names = labels(4)
+        maglev = Maglev(names, names, [1] * 4, 65537)
+        for _ in range(2):  # the second round partly from memory, partly hashed again
+            for k in KEYS[:300]:
+                assert maglev.pick(k) == maglev.table[stable_hash(k) % 65537]
+        assert len(maglev._slots) == 100
+
 
 class TestSlowStart:
     def test_the_weight_ramps_linearly_from_a_tenth(self) -> None:
@@ -187,6 +200,43 @@ class TestPicker:
         assert cookie_value([(b"Cookie", b"a=1")], b"sid") is None
         assert query_values(b"org=o&user=u&user=v", [b"user", b"org"]) == b"user=u\x00org=o"
         assert query_values(b"x=1", [b"user"]) is None
+
+    @pytest.mark.parametrize("lb", [HEADER, LoadBalancer("Random"), LoadBalancer("LeastRequest")])
+    def test_health_is_asked_only_while_an_endpoint_is_not_known_usable(self, lb: LoadBalancer) -> None:
+        endpoints = [Endpoint(f"10.0.0.{i}", 80) for i in range(4)]
+        asked: list[str] = []
+        ejected: set[str] = set()
+
+        def usable(e: Endpoint, now: float) -> bool:
+            asked.append(e.label)
+            return e.label not in ejected
+
+        p = Picker(lb, endpoints, usable, lambda label: 0.0, None, ejected)
+        exchanges = [FakeExchange(fields=[(b"x-user", b"k%d" % i)]) for i in range(400)]
+
+        def picks() -> list[str]:
+            labels = []
+            for ex in exchanges:
+                labels.append(p.pick(ex).label)  # type: ignore[union-attr]
+                p.release(ex)
+            return labels
+
+        assert len(set(picks())) == 4 and asked == []
+        ejected.add("10.0.0.1:80")
+        # (A random draw tries as many times as there are endpoints, then panics: rarely the ejected one.)
+        assert picks().count("10.0.0.1:80") <= (0 if lb is HEADER else 12) and asked
+
+    def test_an_endpoint_the_backend_ejects_gets_no_keys_and_the_others_keep_theirs(self) -> None:
+        """Through a worker's BackendState: its ejections reach the picker's hash."""
+        backend = Backend("b", [Endpoint(f"10.0.0.{i}", 80) for i in range(4)])
+        state = BackendState(backend, Resilience(load_balancer=HEADER), 1, "test", lambda s, urgent: None)
+        exchanges = [FakeExchange(started=100.0, fields=[(b"x-user", b"k%d" % i)]) for i in range(1000)]
+        before = [backend.pick(ex).label for ex in exchanges]  # type: ignore[union-attr]
+        assert state.picker is not None and set(before) == {e.label for e in backend.endpoints}
+        state.eject(backend.endpoints[1], until=200.0)
+        after = [backend.pick(ex).label for ex in exchanges]  # type: ignore[union-attr]
+        assert "10.0.0.1:80" not in after
+        assert all(a == b for a, b in zip(after, before, strict=True) if b != "10.0.0.1:80")
 
     def test_least_request_counts_a_pick_until_release_and_a_second_pick_moves_the_count(self) -> None:
         p = picker(LoadBalancer("LeastRequest"), 2)

@@ -110,6 +110,25 @@ class Adding(Phase):
         return CONTINUE
 
 
+class Watching(Phase):
+    """Reads the response of the exchanges that ask for it (`?watch`), as a Header session reads the
+    id the application issues to a request that had none."""
+
+    response_on_demand = True
+
+    def __init__(self) -> None:
+        self.watched: list[bytes] = []
+
+    def on_request(self, ex: Exchange) -> int:
+        if ex.query == b"watch":
+            ex.want_response_head()
+        return CONTINUE
+
+    def on_response_head(self, ex: Exchange, fields: Fields) -> None:
+        self.watched.append(ex.query)
+        fields.append((b"X-Watched", b"yes"))
+
+
 def every_rule(phase: Phase) -> Build:
     return lambda rule, services: phase
 
@@ -292,6 +311,28 @@ async def test_added_response_fields_belong_to_their_own_response(serve: Serve) 
             await reader.readexactly(int(values(fields, "content-length")[0]))
             seen.append(values(fields, "x-added"))
         assert seen == [["one"], [], ["three"]]
+    finally:
+        writer.close()
+
+
+async def test_an_on_demand_response_phase_sees_only_the_responses_asked_for(serve: Serve) -> None:
+    """On one connection (the proxy reuses the last response head): the exchanges that asked go
+    through the phase, the others take the reused head untouched."""
+    watching = Watching()
+    served = await serve(("watching", every_rule(watching)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    try:
+        seen = []
+        for query in (b"", b"?watch", b"", b"", b"?watch", b""):
+            writer.write(b"GET /chained%s HTTP/1.1\r\nHost: example.test\r\n\r\n" % query)
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head[:-4].decode("latin-1").split("\r\n")
+            assert lines[0].startswith("HTTP/1.1 200")
+            fields = [(n.strip().lower(), v.strip()) for n, v in (line.split(":", 1) for line in lines[1:])]
+            await reader.readexactly(int(values(fields, "content-length")[0]))
+            seen.append(values(fields, "x-watched"))
+        assert seen == [[], ["yes"], [], [], ["yes"], []]
+        assert watching.watched == [b"watch", b"watch"]
     finally:
         writer.close()
 

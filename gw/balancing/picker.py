@@ -9,7 +9,7 @@ endpoints, their weights or the table size changed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from gw.balancing.kinds import CONSISTENT_HASH, COOKIE, HEADER, LEAST_REQUEST, QUERY_PARAMS, RANDOM, SOURCE_IP
@@ -19,12 +19,16 @@ from gw.balancing.slow_start import LiveRoundRobin, ramped
 from gw.balancing.swrr import SmoothWeightedRoundRobin
 from gw.balancing.weighted_random import WeightedRandom
 
+ASK_ALWAYS = frozenset({""})  # never empty: `usable` is asked at every pick
+
 
 class Picker:
     """Picks an endpoint for an exchange by the policy's loadBalancer (gw.config.backend_policy.
     LoadBalancer; see the module docstring).
 
-    `usable(endpoint, now)` is the backend's health; `ready_at(label)` when that endpoint became
+    `usable(endpoint, now)` is the backend's health; `ejected` the labels of the endpoints it does
+    not know usable (its set, kept up to date by it): while that is empty, `usable` is not asked,
+    as Backend.pick does not ask (None: always ask). `ready_at(label)` when that endpoint became
     ready (monotonic), for slow start."""
 
     def __init__(
@@ -34,10 +38,12 @@ class Picker:
         usable: Callable[[Any, float], bool],
         ready_at: Callable[[str], float],
         previous: Picker | None = None,
+        ejected: Collection[str] | None = None,
     ) -> None:
         self.lb = lb
         self.endpoints = tuple(endpoints)
         self.usable = usable
+        self.ejected = ejected if ejected is not None else ASK_ALWAYS
         self.ready_at = ready_at
         self.labels = [e.label for e in self.endpoints]
         self.weights = [e.weight for e in self.endpoints]
@@ -81,10 +87,10 @@ class Picker:
         maglev = self.maglev
         if maglev is not None:
             key = self.key(exchange)
-            if key is not None and len(maglev):
+            if key is not None and maglev.table:
                 slot = maglev.slot(key)
-                endpoint = maglev.at(slot)
-                if self.usable(endpoint, now):
+                endpoint = maglev.table[slot]
+                if not self.ejected or self.usable(endpoint, now):
                     return self._hold(exchange, endpoint)
                 # The next slots hold the endpoints Maglev spreads this key over: every replica that
                 # sees the same endpoint unusable moves the key to the same one.
@@ -95,7 +101,7 @@ class Picker:
                 return self._hold(exchange, endpoint)  # panic: none usable, try it anyway
         balancer = self.balancer
         first = balancer.next()
-        if first is None or self.usable(first, now):
+        if first is None or not self.ejected or self.usable(first, now):
             return self._hold(exchange, first)
         for _ in range(max(len(balancer), len(self.endpoints)) - 1):
             endpoint = balancer.next()
@@ -133,10 +139,13 @@ def _key_reader(hashing: Any) -> Callable[[Any], bytes | None]:
     if hashing.type == HEADER:
         name = hashing.name.encode()
         return lambda exchange: exchange.field(name)
+    # (The names encoded once here, not per request.)
     if hashing.type == COOKIE:
-        return lambda exchange: cookie_value(exchange.fields(), hashing.name.encode())
+        cookie = hashing.name.encode()
+        return lambda exchange: cookie_value(exchange.fields(), cookie)
     if hashing.type == QUERY_PARAMS:
-        return lambda exchange: query_values(exchange.query, [p.encode() for p in hashing.params])
+        params = tuple(p.encode() for p in hashing.params)
+        return lambda exchange: query_values(exchange.query, params)
     raise ValueError(f"unknown consistent hash type {hashing.type!r}")
 
 

@@ -210,7 +210,7 @@ class BackendState:
         # Built here, not at compile: slow start's clocks and LeastRequest's in-flight counts are
         # this worker's and outlive a reload (the previous picker hands them on).
         self.picker = (
-            Picker(lb, backend.endpoints, self.usable, self._ready_at, self.picker)
+            Picker(lb, backend.endpoints, self.usable, self._ready_at, self.picker, self.ejected)
             if lb is not None and (lb.type != ROUND_ROBIN or lb.slow_start_window)
             else None
         )

@@ -11,6 +11,10 @@ exchange (as Pingora's and Envoy's filter chains name them):
                             upstream: edit its fields (`ex.edit_fields()`), target, mirrors. Runs
                             once per exchange; retries resend what it left.
   on_response_head(ex, f)   the upstream's response head, as a list of (name, value) fields to edit.
+                            A phase with `response_on_demand` gets it only for the exchanges whose
+                            on_request called `ex.want_response_head()` (and for others whose head
+                            is edited anyway: it checks): every other response takes the proxy's
+                            memo of the last head, not a field-by-field pass.
   on_done(ex, status)       the exchange is over (answered, proxied, failed, or the client left):
                             outcome accounting, spans, logs.
 
@@ -73,6 +77,10 @@ class Exchange(Protocol):
         """Fields appended to the head of the upstream's response (not to answers gw makes itself)."""
         ...
 
+    def want_response_head(self) -> None:
+        """A `response_on_demand` phase's on_request: this exchange's response head goes through it."""
+        ...
+
     def answer(self, status: int, fields: Fields) -> None:
         """Answer the request here with a bodiless response (redirects, CORS preflights)."""
         ...
@@ -94,6 +102,7 @@ class Phase:
     """One feature's part in an exchange. Subclasses override only the hooks they need."""
 
     kind = ""  # the registry's name for it: logs, errors, `gw routes`
+    response_on_demand = False  # see on_response_head in the module docstring
 
     def on_request(self, ex: Exchange) -> int:
         return CONTINUE
@@ -119,13 +128,15 @@ class Chain:
     implements is an empty tuple, tested once.
     """
 
-    __slots__ = ("done", "phases", "request", "response", "upstream")
+    __slots__ = ("done", "edits_response", "phases", "request", "response", "upstream")
 
     def __init__(self, phases: Sequence[Phase]) -> None:
         self.phases = tuple(phases)
         self.request = tuple(p for p in self.phases if _overrides(p, "on_request"))
         self.upstream = tuple(p for p in self.phases if _overrides(p, "on_upstream_request"))
         self.response = tuple(p for p in self.phases if _overrides(p, "on_response_head"))
+        # Every exchange's response head goes through `response` (else only those that asked).
+        self.edits_response = any(not p.response_on_demand for p in self.response)
         self.done = tuple(p for p in self.phases if _overrides(p, "on_done"))
 
     def describe(self) -> str:

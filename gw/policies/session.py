@@ -106,7 +106,10 @@ class CookieSession(Phase):
 
 
 class HeaderSession(Phase):
-    """One rule's Header sessionPersistence (see the module docstring)."""
+    """One rule's Header sessionPersistence (see the module docstring). Only a request without an id
+    needs its response read (for the id the application issues): the others' responses cost nothing."""
+
+    response_on_demand = True
 
     def __init__(self, rule: Any, persistence: Any, table: SessionTable) -> None:
         self.lname = persistence.name.lower().encode("latin-1")
@@ -117,6 +120,7 @@ class HeaderSession(Phase):
         sid = ex.field(self.lname)
         if not sid:
             ex.session = NEW
+            ex.want_response_head()
             return CONTINUE
         table = self.table
         label = table.cached(sid, monotonic())

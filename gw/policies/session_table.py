@@ -6,7 +6,9 @@ first proposal (two replicas seeing a new id at once agree) with the session's t
 asks Redis only for an id it has not cached, or to extend an idle timeout at most every quarter of
 it, or to re-pin a session whose endpoint is gone. Without Redis (the guard's budget or breaker)
 the endpoint is a rendezvous hash of the id over the endpoints, the same on every replica, and the
-log says so once per outage.
+log says so once per outage. An answer later than the budget (a loaded worker) still counts: the
+request went on by the hash, but the fleet's answer is remembered, and the settlement of an id a
+response issued, which no request waits for, is not lost.
 """
 
 from __future__ import annotations
@@ -104,10 +106,20 @@ class SessionTable:
         if self.batcher is None:
             self._fallback(session_id, endpoints, then, "no Redis")
             return
+        decided = False  # `then` was called (by the hash, at the budget, or with the answer)
+
+        def overdue() -> None:
+            nonlocal decided
+            if not decided:
+                decided = True
+                self._fallback(session_id, endpoints, then, f"no answer within the budget ({self.name})")
 
         def answered(reply: Any) -> None:
+            nonlocal decided
             if isinstance(reply, RedisUnavailable):
-                self._fallback(session_id, endpoints, then, str(reply))
+                if not decided:
+                    decided = True
+                    self._fallback(session_id, endpoints, then, str(reply))
                 return
             pinned, by_us = reply
             endpoint = pinned.decode() if isinstance(pinned, bytes) else str(pinned)
@@ -117,11 +129,13 @@ class SessionTable:
             if by_us:
                 self.counts.add("repinned" if gone else "created")
             self._remember(session_id, endpoint)
-            then(endpoint, True)
+            if not decided:
+                decided = True
+                then(endpoint, True)
 
         key = f"{self.stem}:{session_id.decode('latin-1')}".encode("latin-1")
         args = [proposed, int(self.timeout * 1000), "1" if self.idle else "0", gone]
-        self.batcher.submit([key], args, answered)
+        self.batcher.submit([key], args, answered, overdue)
 
     def _fallback(self, session_id: bytes, endpoints: Sequence[str], then: Settled, why: str) -> None:
         if not self.degraded:

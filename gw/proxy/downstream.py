@@ -670,7 +670,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if req.fields_edited:
             req.forwarded_head()
-        if chain.response or req.response_fields:
+        if chain.edits_response or req.response_fields:
             req.edits_response = True
         self.backend = ref.backend
         mirrors = req.mirror_to

@@ -119,6 +119,9 @@ class Exchange:
         if fields:
             self.response_fields = fields if self.response_fields is None else self.response_fields + fields
 
+    def want_response_head(self) -> None:
+        self.edits_response = True
+
     def answer(self, status: int, fields: Fields) -> None:
         self.conn.answer(self, status, fields)  # type: ignore[union-attr]
 

@@ -101,8 +101,13 @@ class Keys:
 
     def sessions(self, name: str) -> str:
         """The stem of one session name's table (header-type sessionPersistence): `<stem>:<id>` is
-        the endpoint ("address:port") the session with that id is pinned to, with its timeout."""
-        return self._family(f"sess:{name}")
+        the endpoint ("address:port") the session with that id is pinned to, with its timeout.
+
+        Not a family: gw/state/lua/session_assign.lua touches one id's key, so the key has no hash
+        tag and each id hashes to a slot of its own: a route's sessions spread over a Cluster's
+        masters instead of crowding the one that would hold its tag.
+        """
+        return f"{self.prefix}:sess:{name}"
 
     def _family(self, family: str) -> str:
         """The hash-tagged stem of a key family: every key built on it lands in one Cluster slot."""

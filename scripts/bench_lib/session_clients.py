@@ -1,8 +1,9 @@
 """Clients that keep a cookie jar each and send through random replicas; every answer recorded with its endpoint.
 
 A session is a browser-like client: it sends back the cookies the gateway set (name=value; a
-`Max-Age=0` or a past `Expires` deletes one) and remembers the endpoint of its first answer, the
-endpoint it is pinned to if persistence works. Requests go over keep-alive connections that
+`Max-Age=0` or a past `Expires` deletes one), or the session id the application issued in a header
+(type Header), and remembers the endpoint of its first answer, the endpoint it is pinned to if
+persistence works. Requests go over keep-alive connections that
 `Pool` workers hold, one per replica each; a request that fails on a connection the gateway
 closed (a draining worker) is retried once on a new connection, as an HTTP client retries an
 idempotent GET, and counted as a retry.
@@ -25,6 +26,7 @@ class Answer:
     endpoint: str
     cookies: list[str]  # Set-Cookie field values
     close: bool
+    issued: str = ""  # the session id the application issued (Pool's `session_header`), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,7 @@ class Session:
     jar: dict[str, str] = field(default_factory=dict)
     first: str = ""  # endpoint of the first answered request
     last: str = ""
+    sid: str = ""  # the id the application issued (type Header), sent back on every request
 
     def cookie_field(self) -> str:
         return "; ".join(f"{k}={v}" for k, v in self.jar.items())
@@ -60,11 +63,11 @@ class Session:
                 self.jar[name] = content
 
 
-async def read_answer(reader: asyncio.StreamReader) -> Answer:
+async def read_answer(reader: asyncio.StreamReader, session_header: str = "") -> Answer:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head[:-4].decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
-    endpoint, cookies, length, chunked, close = "", [], 0, False, False
+    endpoint, cookies, length, chunked, close, issued = "", [], 0, False, False, ""
     for line in lines[1:]:
         name, _, value = line.partition(":")
         name, value = name.strip().lower(), value.strip()
@@ -78,6 +81,8 @@ async def read_answer(reader: asyncio.StreamReader) -> Answer:
             chunked = "chunked" in value.lower()
         elif name == "connection":
             close = "close" in value.lower()
+        elif name == session_header:
+            issued = value
     if chunked:
         while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
             await reader.readexactly(size + 2)
@@ -85,15 +90,16 @@ async def read_answer(reader: asyncio.StreamReader) -> Answer:
             pass
     elif length:
         await reader.readexactly(length)
-    return Answer(status, endpoint, cookies, close)
+    return Answer(status, endpoint, cookies, close, issued)
 
 
 class Pool:
     """`workers` coroutines sending jobs; each holds at most one connection per replica port."""
 
-    def __init__(self, ports: list[int], workers: int) -> None:
+    def __init__(self, ports: list[int], workers: int, session_header: str = "") -> None:
         self.ports = ports  # grows when a replica joins: new jobs may pick it
         self.workers = workers
+        self.session_header = session_header.lower()  # a response field to read into Answer.issued
         self.errors: Counter[str] = Counter()
         self.retries = 0
 
@@ -130,7 +136,7 @@ class Pool:
                     )
                 reader, writer = conns[replica]
                 writer.write(request)
-                answer = await asyncio.wait_for(read_answer(reader), TIMEOUT)
+                answer = await asyncio.wait_for(read_answer(reader, self.session_header), TIMEOUT)
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, TimeoutError) as exc:
                 _, writer = conns.pop(replica, (None, None))
                 if writer is not None:

@@ -8,7 +8,11 @@ endpoints e1-e5 whose answers name themselves (X-Endpoint). Two routes:
   /s  rule with sessionPersistence (type Cookie) to Backend `sticky` (e1-e4, later e5, then one less)
   /k  Backend `keyed` (e1-e4, later e5) with a BackendTrafficPolicy loadBalancer ConsistentHash on X-User
 
-`--sessions` clients keep a cookie jar each and send rounds of requests (one per session per
+`--type Header` runs the same with /s's sessionPersistence of type Header (X-Session): the endpoints
+issue a session id to a request without one and the clients send it back (the cookie run and this
+one are separate runs, so each keeps the default run's load and its figures stay comparable).
+
+`--sessions` clients keep a cookie jar (or their issued id) each and send rounds of requests (one per session per
 round) through random replicas; a request "moved" when its endpoint is not the session's first.
 
   1 steady         moved share (goal 0)
@@ -63,6 +67,7 @@ from tests.support.gateway import config_yaml, free_port  # noqa: E402
 
 ENDPOINTS = ("e1", "e2", "e3", "e4", "e5")
 SESSION_NAME = "gw-bench"
+SESSION_HEADER = "X-Session"  # --type Header: the id the endpoints issue
 
 
 def listener_ports(n: int) -> int:
@@ -114,7 +119,11 @@ class Fleet:
         rule: dict[str, Any] = {"matches": [{"path": {"type": "PathPrefix", "value": "/s"}}],
                                 "backendRefs": [{"backend": "sticky"}]}  # fmt: skip
         if self.persistence:
-            rule["sessionPersistence"] = {"sessionName": SESSION_NAME, "type": "Cookie"}
+            rule["sessionPersistence"] = (
+                {"sessionName": SESSION_HEADER, "type": "Header"}
+                if self.args.type == "Header"
+                else {"sessionName": SESSION_NAME, "type": "Cookie"}
+            )
         routes = [
             {"name": "sessions", "rules": [rule], "annotations": {"bench.gw.dev/touch": str(self.touches)}},
             {"name": "keyed", "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/k"}}],
@@ -240,13 +249,17 @@ class Bench:
         self.args = args
         self.fleet = fleet
         self.rng = random.Random(args.seed)
-        self.pool = Pool([fleet.base + i for i in range(len(fleet.replicas))], args.concurrency)
+        header = SESSION_HEADER if args.type == "Header" else ""
+        self.pool = Pool([fleet.base + i for i in range(len(fleet.replicas))], args.concurrency, header)
         self.sessions = [Session(i) for i in range(args.sessions)]
         self.rows: list[Row] = []
 
     async def round(self, phase: str, sessions: Sequence[Session], after: bool) -> None:
         replicas = len(self.pool.ports)
-        jobs = [(self.rng.randrange(replicas), f"/s/{s.number}", {"Cookie": s.cookie_field()}) for s in sessions]
+        if self.args.type == "Header":
+            jobs = [(self.rng.randrange(replicas), f"/s/{s.number}", {SESSION_HEADER: s.sid}) for s in sessions]
+        else:
+            jobs = [(self.rng.randrange(replicas), f"/s/{s.number}", {"Cookie": s.cookie_field()}) for s in sessions]
 
         def done(i: int, replica: int, answer: Answer | None) -> None:
             session = sessions[i]
@@ -254,6 +267,7 @@ class Bench:
                 self.rows.append(Row(phase, session.number, replica, 0, "", after))
                 return
             session.keep(answer.cookies)
+            session.sid = session.sid or answer.issued
             pins = False
             if answer.status == 200 and answer.endpoint:
                 pins = not session.first
@@ -429,7 +443,8 @@ def table(result: dict[str, Any]) -> str:
     s, args = result["scenarios"], result["settings"]
     lines = [
         f"bench-sessions: {args['replicas']} replicas x {args['workers']} workers, one Redis ({result['redis']}), "
-        f"4 endpoints, {args['sessions']} sessions x {args['rounds']} rounds per phase through random replicas; "
+        f"4 endpoints, {args['sessions']} {args['type'].lower()} sessions x {args['rounds']} rounds per phase "
+        "through random replicas; "
         f"CPU {result['cpu']} ({result['cpus']} CPUs)",
         *(f"note: {n}" for n in result["notes"]),
         "",
@@ -492,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     parser.add_argument("--timeout", type=float, default=60.0, help="longest wait for a switch, seconds")
     parser.add_argument("--seed", type=int, default=15)
+    parser.add_argument("--type", choices=("Cookie", "Header"), default="Cookie",
+                        help="sessionPersistence type of /s (Header: the endpoints issue X-Session ids)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     args = parser.parse_args(argv)
     directory = Path(tempfile.mkdtemp(prefix="gw-bench-sessions-"))
@@ -500,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     fleet: Fleet | None = None
     try:
         server.start()
-        faulty, _, endpoints = spawn(list(ENDPOINTS), log=directory / "faulty.log")
+        issue = SESSION_HEADER if args.type == "Header" else ""
+        faulty, _, endpoints = spawn(list(ENDPOINTS), log=directory / "faulty.log", issue_session=issue)
         fleet = Fleet(args, directory, server.url, endpoints)
         notes = fleet.check()
         for i in range(args.replicas):

@@ -1,9 +1,12 @@
 """Header-type sessions against a real Valkey: the first proposal for an id wins for the fleet,
-re-pinning moves a session off a gone endpoint, and without Redis every replica hashes alike."""
+re-pinning moves a session off a gone endpoint, and without Redis every replica hashes alike; on a
+3-master Cluster a route's ids spread over the slots and the first proposal still wins."""
 
 from __future__ import annotations
 
 import asyncio
+
+from redis.cluster import key_slot
 
 from gw.policies.session_table import SessionTable, rendezvous
 from gw.state import Keys, RedisGuard, SharedState, connect
@@ -59,6 +62,27 @@ async def test_without_redis_every_replica_hashes_an_id_to_the_same_endpoint(
     assert len({e for e, _ in got_a}) == 3  # spread over the endpoints
 
 
+async def test_an_answer_after_the_budget_is_remembered_and_the_request_went_on_by_the_hash(
+    server: valkey.Server, keys: Keys
+) -> None:
+    """A loaded worker: Redis answers after the request budget. The request is not held (the hash
+    decides it), but the fleet's answer is cached and stored: an id a response issued, which no
+    request waits for, is settled to the endpoint that issued it."""
+    shared = SharedState(connect(server.url), RedisGuard(1e-6, failures_to_open=10**6), keys)
+    late = SessionTable(asyncio.get_running_loop(), shared, "route-0", 60.0, False)
+    remembered = asyncio.Event()
+    remember = late._remember
+    late._remember = lambda sid, endpoint: (remember(sid, endpoint), remembered.set())  # type: ignore[method-assign]
+    answers: list[tuple[str, bool]] = []
+    hashed = rendezvous(b"issued", sorted(ENDPOINTS))
+    proposed = next(e for e in ENDPOINTS if e != hashed)
+    late.settle(b"issued", proposed, ENDPOINTS, lambda endpoint, fleet: answers.append((endpoint, fleet)))
+    await asyncio.wait_for(remembered.wait(), 5.0)
+    assert answers == [(hashed, False)]  # once, by the hash, at the budget
+    assert late.cached(b"issued", 0.0) == proposed
+    assert (await settle(table(server, keys), b"issued", hashed)) == (proposed, True)
+
+
 def test_rendezvous_moves_only_the_sessions_of_a_removed_endpoint() -> None:
     ids = [b"id-%d" % i for i in range(3000)]
     before = {i: rendezvous(i, ENDPOINTS) for i in ids}
@@ -66,3 +90,49 @@ def test_rendezvous_moves_only_the_sessions_of_a_removed_endpoint() -> None:
     moved = [i for i in ids if before[i] != after[i]]
     assert all(before[i] == ENDPOINTS[2] for i in moved)
     assert abs(len(moved) / len(ids) - 1 / 3) < 0.05
+
+
+CLUSTER_IDS = [b"user-%d" % i for i in range(12)]
+
+
+def cluster_table(cluster: valkey.Cluster, keys: Keys) -> SessionTable:
+    """One worker's table with a cluster client of its own (as each worker connects)."""
+    shared = SharedState(connect(cluster.url), RedisGuard(2.0), keys)
+    return SessionTable(asyncio.get_running_loop(), shared, "route-0", 60.0, False)
+
+
+def slot(t: SessionTable, sid: bytes) -> int:
+    return key_slot(f"{t.stem}:{sid.decode()}".encode())
+
+
+async def test_ids_spread_over_the_masters_and_the_first_proposal_wins(cluster: valkey.Cluster, keys: Keys) -> None:
+    a, b = cluster_table(cluster, keys), cluster_table(cluster, keys)
+    client = a.shared.redis  # type: ignore[union-attr]
+    try:
+        slots = {slot(a, sid) for sid in CLUSTER_IDS}
+        assert len(slots) == len(CLUSTER_IDS)  # no shared hash tag: each id's key in a slot of its own
+        await client.initialize()
+        masters = {client.get_node_from_key(f"{a.stem}:{sid.decode()}").port for sid in CLUSTER_IDS}
+        assert len(masters) == 3
+        # Worker a proposes first for every id; b's different proposals lose, on whichever master.
+        first = [await settle(a, sid, ENDPOINTS[i % 3]) for i, sid in enumerate(CLUSTER_IDS)]
+        second = [await settle(b, sid, ENDPOINTS[(i + 1) % 3]) for i, sid in enumerate(CLUSTER_IDS)]
+        assert first == second == [(ENDPOINTS[i % 3], True) for i in range(len(CLUSTER_IDS))]
+        assert a.created == len(CLUSTER_IDS) and b.created == 0
+    finally:
+        await client.aclose()
+        await b.shared.redis.aclose()  # type: ignore[union-attr]
+
+
+async def test_two_workers_seeing_new_ids_at_once_agree_on_a_cluster(cluster: valkey.Cluster, keys: Keys) -> None:
+    workers = [cluster_table(cluster, keys) for _ in range(3)]  # each proposing an endpoint of its own
+    try:
+        for sid in CLUSTER_IDS[:6]:
+            # All three propose in the same loop turn: one batch per worker, on the id's master.
+            answers = await asyncio.gather(*(settle(w, sid, ENDPOINTS[i % 3]) for i, w in enumerate(workers)))
+            assert len({endpoint for endpoint, _ in answers}) == 1, (sid, answers)
+            assert all(fleet for _, fleet in answers)  # decided by Redis, not the hash fallback
+        assert sum(w.created for w in workers) == 6
+    finally:
+        for w in workers:
+            await w.shared.redis.aclose()  # type: ignore[union-attr]

@@ -12,7 +12,9 @@ endpoint fails its probes too):
     reset   send the head and half of the promised body, then RST the connection
     refuse  stop listening and RST every open connection: connects are refused
 
-Every response carries `X-Endpoint: <name>`, so a client can tell which endpoint answered.
+Every response carries `X-Endpoint: <name>`, so a client can tell which endpoint answered. With
+`issue_session` (a header name), it plays an application that issues session ids (GEP-1619 type
+Header): a request without that header gets a response carrying it with a new id.
 Requests on the health path (`/healthz` by default) are counted apart from the others.
 
 The control port speaks HTTP/1.1 (one request per connection):
@@ -93,9 +95,11 @@ class FaultyUpstream:
     """
 
     def __init__(self, names: Sequence[str], *, ports: Sequence[int] = (), control_port: int = 0,
-                 health_path: str = HEALTH_PATH, host: str = "127.0.0.1") -> None:  # fmt: skip
+                 health_path: str = HEALTH_PATH, host: str = "127.0.0.1", issue_session: str = "") -> None:  # fmt: skip
         self.host = host
         self.health_path = health_path
+        self.issue_session = issue_session
+        self.issued = 0
         self.endpoints = {n: Endpoint(n, ports[i] if i < len(ports) else 0) for i, n in enumerate(names)}
         self.control_port = control_port
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -201,7 +205,12 @@ class FaultyUpstream:
                 else:
                     endpoint.requests += 1
                     endpoint.last_request = now
-                if not await self._respond(endpoint, method, writer, fields.get("connection", "").lower() == "close"):
+                close = fields.get("connection", "").lower() == "close"
+                extra = "Connection: close\r\n" if close else ""
+                if self.issue_session and not fields.get(self.issue_session.lower()):
+                    self.issued += 1
+                    extra += f"{self.issue_session}: {endpoint.name}-{self.issued}\r\n"
+                if not await self._respond(endpoint, method, writer, close, extra):
                     return
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             return
@@ -209,8 +218,11 @@ class FaultyUpstream:
             endpoint.writers.discard(writer)
             writer.close()
 
-    async def _respond(self, endpoint: Endpoint, method: str, writer: asyncio.StreamWriter, close: bool) -> bool:
-        """Answer by the endpoint's mode as the request arrived; whether the connection lives on."""
+    async def _respond(
+        self, endpoint: Endpoint, method: str, writer: asyncio.StreamWriter, close: bool, extra: str
+    ) -> bool:
+        """Answer by the endpoint's mode as the request arrived (`extra` fields in the head); whether
+        the connection lives on."""
         mode = endpoint.mode
         if mode == "refuse":  # arrived on a connection accepted just before the switch
             _rst(writer)
@@ -219,7 +231,6 @@ class FaultyUpstream:
             await asyncio.Event().wait()
         if mode == "slow":
             await asyncio.sleep(endpoint.delay)
-        extra = "Connection: close\r\n" if close else ""
         if mode == "reset":
             writer.write(_head(200, endpoint.name, 2 * RESET_BODY, extra) + b"x" * RESET_BODY)
             await writer.drain()
@@ -333,13 +344,14 @@ async def control(port: int, method: str, path: str, host: str = "127.0.0.1") ->
 
 
 def spawn(names: Sequence[str], *, ports: Sequence[int] = (), control_port: int = 0, log: Path | None = None,
-          health_path: str = HEALTH_PATH) -> tuple[subprocess.Popen[bytes], Control, dict[str, int]]:  # fmt: skip
+          health_path: str = HEALTH_PATH, issue_session: str = "",
+          ) -> tuple[subprocess.Popen[bytes], Control, dict[str, int]]:  # fmt: skip
     """Run a FaultyUpstream as a process; (process, its control, endpoint ports) once it listens.
 
     The caller stops the process (terminate() then wait()).
     """
     argv = [sys.executable, "-m", "tests.support.faulty_upstream", "--control", str(control_port),
-            "--health-path", health_path]  # fmt: skip
+            "--health-path", health_path, "--issue-session", issue_session]  # fmt: skip
     for i, name in enumerate(names):
         argv += ["--endpoint", f"{name}={ports[i] if i < len(ports) else 0}"]
     stderr = open(log, "ab") if log is not None else None  # noqa: SIM115 - the child holds it
@@ -362,10 +374,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--endpoint", action="append", default=[], help="name=port (0: any free port); repeatable")
     parser.add_argument("--control", type=int, default=0, help="control port (0: any free port)")
     parser.add_argument("--health-path", default=HEALTH_PATH)
+    parser.add_argument("--issue-session", default="", help="a header name: issue a session id to requests without it")
     args = parser.parse_args(argv)
     pairs = [e.split("=", 1) for e in args.endpoint] or [["e1", "0"]]
     upstream = FaultyUpstream([n for n, _ in pairs], ports=[int(p) for _, p in pairs], control_port=args.control,
-                              health_path=args.health_path)  # fmt: skip
+                              health_path=args.health_path, issue_session=args.issue_session)  # fmt: skip
 
     async def run() -> None:
         stop = asyncio.Event()

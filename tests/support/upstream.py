@@ -239,6 +239,8 @@ class Upstream:
         elif kind == "status":
             status = int(arg)
             fields = [("X-Upstream", self.name)]
+            if "issue" in query:  # ?issue=Name:value: a header the application issues (a session id)
+                fields.append(tuple(query["issue"].split(":", 1)))  # type: ignore[arg-type]
             body = b"" if status in (204, 304) or req.method == "HEAD" else b"status body"
             if status not in (204, 304):
                 fields.append(("Content-Length", str(len(b"status body"))))
