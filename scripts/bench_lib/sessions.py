@@ -171,6 +171,8 @@ class Fleet:
 
     def start(self, index: int) -> Gateway:
         env = {"GW_REDIS_URL": self.redis_url, "GW_LISTENER_PORT_OFFSET": str(index), "GW_SESSION_KEYS": self.keys}
+        if self.args.budget:
+            env["GW_REDIS_BUDGET"] = self.args.budget
         return Gateway(self.path, self.base, free_port(), Plan(workers=self.args.workers), env=env)
 
     async def status(self, index: int) -> dict[str, Any]:
@@ -509,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--type", choices=("Cookie", "Header"), default="Cookie",
                         help="sessionPersistence type of /s (Header: the endpoints issue X-Session ids)")
+    parser.add_argument("--budget", default="", help="GW_REDIS_BUDGET of the replicas (default: gw's, 5ms)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     args = parser.parse_args(argv)
     directory = Path(tempfile.mkdtemp(prefix="gw-bench-sessions-"))
