@@ -91,6 +91,26 @@ def test_a_header_session_id_the_application_issues_stays_on_the_endpoint_that_i
             }, user
 
 
+def test_a_header_session_pinned_to_an_endpoint_gone_is_re_pinned_once_for_the_fleet(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    # A worker that has not cached the id hears from the fleet an endpoint it no longer sends to:
+    # it re-pins the session in Redis, so the other workers and replicas follow it to the same one
+    # (going on by its own pick alone left the fleet's entry on the gone endpoint, and each worker
+    # sent the session where its balancer said).
+    replicas = fleet(start_gateway, upstreams, "", redis_server.url, routes=HEADER, env=PATIENT)
+    get(replicas[0].url("/status/200"), **{"X-Session": "probe"})
+    with redis_server.client() as client:
+        (probe,) = client.keys("*sess:*")
+        key = probe[: -len(b"probe")] + b"gone-user"
+        client.set(key, "127.0.0.1:1")  # pinned before its endpoint left the backend
+        homes = {get(gw.url("/status/200"), **{"X-Session": "gone-user"}).headers["x-upstream"]
+                 for gw in replicas for _ in range(8)}  # fmt: skip
+        assert len(homes) == 1, homes
+        (home,) = homes
+        assert client.get(key) == f"127.0.0.1:{next(u.port for u in upstreams if u.name == home)}".encode()
+
+
 def test_a_session_stays_on_a_backend_whose_weight_drops_to_zero(
     start_gateway: StartGateway, upstreams: list[Upstream]
 ) -> None:

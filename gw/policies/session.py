@@ -135,10 +135,18 @@ class HeaderSession(Phase):
         if proposed is None:
             return CONTINUE
         waiting = False
+        moved = bool(label)  # a re-pin was asked for already
 
         def settled(endpoint: str, fleet: bool) -> None:
+            nonlocal moved
             if not _pin(ex, self.endpoints, endpoint):
-                ex.ref, ex.pin = ref, proposed  # the fleet's endpoint is not served here: this pick
+                if fleet and not moved:
+                    # The fleet pins it where this worker no longer sends (gone, or not usable):
+                    # re-pin it for the fleet, so every worker moves it to the same endpoint.
+                    moved = True
+                    table.settle(sid, proposed.label, list(self.endpoints), settled, gone=endpoint)
+                    return
+                ex.ref, ex.pin = ref, proposed  # this pick, this once
             ex.session = PINNED
             if waiting:
                 ex.resume()
