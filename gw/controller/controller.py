@@ -8,7 +8,8 @@ makes no version) and writes the status `gw check` computes. Nothing is rendered
 kind has been listed once, and only the leader publishes and writes status. A config that
 cannot serve at all (no Gateway of gw's classes, no usable listener) is not published: the last
 version keeps serving. Objects with errors are left out by the compile, as from files, and say
-why in their status.
+why in their status. Nor is anything published while the Gateway API CRDs are at a bundle version
+gw does not support (gw.controller.versions): gw's GatewayClasses then say so, not Accepted.
 """
 
 from __future__ import annotations
