@@ -319,6 +319,13 @@ def test_rbac_grants_the_controller_no_more_than_it_needs() -> None:
         plural = crd["spec"]["names"]["plural"]
         assert {(GW_GROUP, plural, v) for v in READ} <= granted
         assert {(GW_GROUP, f"{plural}/status", v) for v in STATUS_WRITE} <= granted
+    # CRDs are read by name only: the Gateway API's that the controller judges the version of.
+    from gw.controller.versions import crd_names
+
+    [crd_rule] = [r for r in cluster_role["rules"] if "customresourcedefinitions" in r["resources"]]
+    assert crd_rule["apiGroups"] == ["apiextensions.k8s.io"] and crd_rule["resources"] == ["customresourcedefinitions"]
+    assert sorted(crd_rule["resourceNames"]) == crd_names()
+    assert set(crd_rule["verbs"]) == {"list", "watch"}
 
 
 def test_the_gateway_has_no_api_access() -> None:
@@ -762,6 +769,8 @@ def test_rbac_grants_every_kind_the_controller_watches_and_the_status_it_writes(
     }
     for kind in WATCHED:
         assert {(kind.group, kind.plural, v) for v in ("list", "watch")} <= granted, kind.kind
+    # And the Gateway API CRDs whose bundle version it watches (SupportedVersion).
+    assert {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")} <= granted
     # Status is written on the Gateway API's objects and gw's policies (not on core kinds or grants).
     for kind in (*(k for k in WATCHED if k.api_version == GW_API), GATEWAY_CLASS, GATEWAY, HTTP_ROUTE):
         assert kind in WATCHED and (kind.group, f"{kind.plural}/status", "patch") in granted, kind.kind

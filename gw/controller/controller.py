@@ -8,7 +8,8 @@ makes no version) and writes the status `gw check` computes. Nothing is rendered
 kind has been listed once, and only the leader publishes and writes status. A config that
 cannot serve at all (no Gateway of gw's classes, no usable listener) is not published: the last
 version keeps serving. Objects with errors are left out by the compile, as from files, and say
-why in their status.
+why in their status. Nor is anything published while the Gateway API CRDs are at a bundle version
+gw does not support (gw.controller.versions): gw's GatewayClasses then say so, not Accepted.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from gw.controller.api import Api, ApiError, Conflict, NotFound
 from gw.controller.cache import Cache
 from gw.controller.leader import LeaderElector, identity
 from gw.controller.render import render
-from gw.controller.status import StatusUpdate, updates
+from gw.controller.status import StatusUpdate, refusals, updates
+from gw.controller.versions import MetadataCache, Verdict, crd_kind, crd_names, judge
 from gw.controller.watch import Backoff, Reflector
 from gw.settings import Settings
 from gw.state.config_store import CONTROLLER, ConfigStore, ConfigStoreError, Version
@@ -61,6 +63,14 @@ class Controller:
             Reflector(api, kind, self.cache, backoff=Backoff(cap=backoff_cap), on_restart=self._on_restart)
             for kind in kinds.WATCHED
         ]
+        # The Gateway API CRDs, one watch each (a metadata.name selector: RBAC grants them by name),
+        # for their bundle version: the GatewayClasses' SupportedVersion, re-judged when one changes.
+        self.crd_reflectors = {
+            name: Reflector(api, crd_kind(name), MetadataCache(lambda kind: self.changed.set()),
+                            backoff=Backoff(cap=backoff_cap), on_restart=self._on_crd_restart)
+            for name in crd_names()
+        }  # fmt: skip
+        self.verdict: Verdict | None = None  # the last judgement of the CRDs' version
         self.elector: LeaderElector | None = None
         if settings.leader_election:
             self.elector = LeaderElector(
@@ -107,6 +117,17 @@ class Controller:
     def synced(self) -> bool:
         return all(r.synced for r in self.reflectors)
 
+    @property
+    def crds_known(self) -> bool:
+        """Every CRD watch listed once or answered with an error: the version can be judged."""
+        return all(r.synced or r.error for r in self.crd_reflectors.values())
+
+    def judge_crds(self) -> Verdict:
+        """SupportedVersion from what the CRD watches hold (the last seen, if a watch fails later)."""
+        unreadable = next((r.error for r in self.crd_reflectors.values() if not r.synced and r.error), "")
+        crds = {name: r.cache.get(r.kind.kind, "", name) for name, r in self.crd_reflectors.items()}
+        return judge(crds, unreadable)
+
     def ready(self) -> tuple[bool, str]:
         """/readyz: every kind listed once and the API server answering."""
         unsynced = [r.kind.plural for r in self.reflectors if not r.synced]
@@ -132,6 +153,7 @@ class Controller:
             "kinds": {r.kind.plural: self._kind_status(r) for r in self.reflectors},
             "counters": dict(self.counters),
             "gateway_api_status": self.document,
+            "supported_version": self.verdict.condition() if self.verdict else None,
         }
 
     def _kind_status(self, r: Reflector) -> dict[str, Any]:
@@ -157,6 +179,10 @@ class Controller:
     def _on_restart(self, kind: str, why: str) -> None:
         self.counters["watch_restarts"] += 1
 
+    def _on_crd_restart(self, kind: str, why: str) -> None:
+        self.counters["watch_restarts"] += 1
+        self.changed.set()  # a first error (403) settles the CRDs' verdict: the reconcile waits for it
+
     def _on_version(self, version: Version) -> None:
         if self.published and version.checksum != self.published:
             log.info(
@@ -180,6 +206,7 @@ class Controller:
         """Watch, elect and reconcile until cancelled."""
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(r.run(), name=f"watch {r.kind.plural}") for r in self.reflectors]
+        self._tasks += [loop.create_task(r.run(), name=f"watch crd {n}") for n, r in self.crd_reflectors.items()]
         if self.elector is not None:
             self._election = loop.create_task(self.elector.run(), name="leader election")
             self._tasks.append(self._election)
@@ -215,8 +242,8 @@ class Controller:
                 except TimeoutError:
                     break
             self.changed.clear()
-            if not self.synced or not self.leading:
-                continue  # the first complete sync, or leadership, sets `changed` again
+            if not self.synced or not self.crds_known or not self.leading:
+                continue  # the first complete sync, the CRDs' answer, or leadership sets `changed` again
             try:
                 await self.reconcile()
             except Exception:
@@ -229,6 +256,10 @@ class Controller:
 
     async def reconcile(self) -> None:
         """Render, compile, publish what changed, write the status that changed."""
+        self.verdict = verdict = self.judge_crds()
+        if verdict.refused:
+            await self._refuse(verdict)
+            return
         snapshot = render(self.cache, self.settings.controller_name)
         if snapshot.checksum != self.snapshot.checksum:
             self.snapshot = snapshot
@@ -248,6 +279,27 @@ class Controller:
             return
         if self.document is not None:
             await self._write_status()
+        self.counters["reconciles"] += 1
+
+    async def _refuse(self, verdict: Verdict) -> None:
+        """CRDs outside gw's range: its GatewayClasses are not Accepted and nothing is published.
+
+        The replicas keep serving the last version, as for a config that cannot serve: a CRD
+        upgrade gw does not support must not take traffic down, and the next render, once the
+        CRDs are back in range, publishes whatever changed meanwhile.
+        """
+        error = f"not published: {verdict.message}"
+        if error != self.error:
+            log.warning("%s (version %d keeps serving)", error, self.version)
+        self.error = error
+        self.snapshot, self.result, self.document = NOTHING, None, None
+        failed = False
+        for update in refusals(self.cache, self.settings.controller_name, verdict):
+            if not self.leading:
+                return
+            failed = not await self._patch(update) or failed
+        if failed:
+            self._retry_later()
         self.counters["reconciles"] += 1
 
     async def _publish(self, snapshot: Snapshot) -> bool:
@@ -270,7 +322,9 @@ class Controller:
 
     async def _write_status(self) -> None:
         assert self.document is not None
-        wanted = updates(self.document, self.cache, self.settings.controller_name, self.settings.gateway_service)
+        assert self.verdict is not None
+        wanted = updates(self.document, self.cache, self.settings.controller_name, self.settings.gateway_service,
+                         verdict=self.verdict)  # fmt: skip
         failed = False
         for update in wanted:
             if not self.leading:

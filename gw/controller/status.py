@@ -4,13 +4,15 @@ The conditions are gw.config's, unchanged; this module adds what only the cluste
 condition's observedGeneration (the object's metadata.generation) and lastTransitionTime (kept
 from the object's current status while the condition's status stays), the Gateway's addresses
 (the gateway Service's load-balancer ingress), and the entries of other controllers in a route's
-`parents[]` or a policy's `ancestors[]`, which are carried over untouched. A status is written
-only when it differs from the one the object has.
+`parents[]` or a policy's `ancestors[]`, which are carried over untouched, and the GatewayClass's
+SupportedVersion (gw.controller.versions). A status is written only when it differs from the one
+the object has.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +20,8 @@ from gw.config.resources import CORE_GROUP, GATEWAY_GROUP, GW_GROUP
 from gw.controller import kinds
 from gw.controller.cache import Cache, Object
 from gw.controller.kinds import Kind
+from gw.controller.versions import Verdict
 
-# The Gateway API version whose status stanzas gw writes: the GatewayClass's SupportedVersion.
-SUPPORTED_VERSION = "Gateway API v1 (standard channel)"
 TARGET_GROUPS = {"Service": CORE_GROUP, "Backend": GW_GROUP, "Gateway": GATEWAY_GROUP, "HTTPRoute": GATEWAY_GROUP}
 
 
@@ -74,10 +75,8 @@ def _addresses(cache: Cache, gateway_service: str) -> list[dict[str, str]] | Non
     return addresses
 
 
-def updates(doc: dict[str, Any], cache: Cache, controller_name: str, gateway_service: str = "") -> list[StatusUpdate]:
-    """The status writes the document asks for, leaving out those the objects have already."""
-    stamp = now()
-    found: list[StatusUpdate] = []
+def _wanted(found: list[StatusUpdate], cache: Cache) -> Callable[[Kind, str, str, dict[str, Any]], None]:
+    """`want(kind, namespace, name, status)`: adds the write to `found` unless the object has that status."""
 
     def want(kind: Kind, namespace: str, name: str, status: dict[str, Any]) -> None:
         obj = cache.get(kind.kind, namespace if kind.namespaced else "", name)
@@ -88,13 +87,38 @@ def updates(doc: dict[str, Any], cache: Cache, controller_name: str, gateway_ser
             rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
             found.append(StatusUpdate(kind, namespace if kind.namespaced else "", name, status, rv))
 
+    return want
+
+
+def _class_status(cache: Cache, name: str, conditions: list[dict[str, str]], stamp: str) -> dict[str, Any]:
+    obj = cache.get("GatewayClass", "", name) or {}
+    current = (obj.get("status") or {}).get("conditions")
+    return {"conditions": _conditions(conditions, current, _generation(obj), stamp)}
+
+
+def refusals(cache: Cache, controller_name: str, verdict: Verdict) -> list[StatusUpdate]:
+    """The status of gw's GatewayClasses when the CRDs' version is outside gw's range: not Accepted, and why."""
+    stamp = now()
+    found: list[StatusUpdate] = []
+    want = _wanted(found, cache)
+    refused = {"type": "Accepted", "status": "False", "reason": "UnsupportedVersion", "message": verdict.message}
+    for (_, name), obj in sorted(cache.of("GatewayClass").items()):
+        if (obj.get("spec") or {}).get("controllerName") == controller_name:
+            want(kinds.GATEWAY_CLASS, "", name, _class_status(cache, name, [refused, verdict.condition()], stamp))
+    return found
+
+
+def updates(
+    doc: dict[str, Any], cache: Cache, controller_name: str, gateway_service: str = "", *, verdict: Verdict
+) -> list[StatusUpdate]:
+    """The status writes the document asks for, leaving out those the objects have already."""
+    stamp = now()
+    found: list[StatusUpdate] = []
+    want = _wanted(found, cache)
+
     for gc in doc["gatewayClasses"]:
-        obj = cache.get("GatewayClass", "", gc["name"]) or {}
-        conditions = [*gc["conditions"], {"type": "SupportedVersion", "status": "True", "reason": "SupportedVersion",
-                                          "message": f"gw writes {SUPPORTED_VERSION} status"}]  # fmt: skip
-        current = (obj.get("status") or {}).get("conditions")
-        status = {"conditions": _conditions(conditions, current, _generation(obj), stamp)}
-        want(kinds.GATEWAY_CLASS, "", gc["name"], status)
+        conditions = [*gc["conditions"], verdict.condition()]
+        want(kinds.GATEWAY_CLASS, "", gc["name"], _class_status(cache, gc["name"], conditions, stamp))
 
     addresses = _addresses(cache, gateway_service)
     for gw in doc["gateways"]:

@@ -1,4 +1,4 @@
-"""Objects of a small cluster for the controller's tests: gw's GatewayClass, a Gateway, a route, its Service."""
+"""Objects of a small cluster for the controller's tests: Gateway API CRDs, gw's GatewayClass, a Gateway, a route."""
 
 from __future__ import annotations
 
@@ -8,6 +8,22 @@ from gw.config import DEFAULT_CONTROLLER_NAME
 
 Object = dict[str, Any]
 GATEWAY_API = "gateway.networking.k8s.io/v1"
+BUNDLE_VERSION = "gateway.networking.k8s.io/bundle-version"
+GATEWAY_API_CRDS = ("gatewayclasses", "gateways", "httproutes", "referencegrants")
+
+
+def crd(plural: str, version: str | None = "v1.6.1") -> Object:
+    """A Gateway API CRD as the release bundle installs it (None: without the bundle-version annotation)."""
+    annotations = {"gateway.networking.k8s.io/channel": "standard"}
+    if version is not None:
+        annotations[BUNDLE_VERSION] = version
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.gateway.networking.k8s.io", "annotations": annotations},
+            "spec": {"group": "gateway.networking.k8s.io", "names": {"plural": plural}}}  # fmt: skip
+
+
+def crds(version: str | None = "v1.6.1") -> list[Object]:
+    return [crd(plural, version) for plural in GATEWAY_API_CRDS]
 
 
 def gateway_class(name: str = "gw", controller: str = DEFAULT_CONTROLLER_NAME) -> Object:
@@ -66,5 +82,6 @@ def endpoint_slice(service: str, ports: list[int] | int, *, name: str = "", addr
 
 
 def basic(port: int, upstream_port: int) -> list[Object]:
-    """GatewayClass, Gateway on `port`, route / → Service app, whose one endpoint is 127.0.0.1:`upstream_port`."""
-    return [gateway_class(), gateway(port), route("app", "app"), service("app"), endpoint_slice("app", upstream_port)]
+    """CRDs at v1.6.1, GatewayClass, Gateway on `port`, route / → Service app (one endpoint: `upstream_port`)."""
+    return [*crds(), gateway_class(), gateway(port), route("app", "app"), service("app"),
+            endpoint_slice("app", upstream_port)]  # fmt: skip

@@ -93,7 +93,8 @@ async def test_api_server_gone_nothing_published_or_deleted_then_resync_after_41
         fake.compact()
         restarts = controller.counters["watch_restarts"]
         # Every kind's watch has failed twice since: time enough for a wrong publish to show.
-        await eventually(lambda: controller.counters["watch_restarts"] >= restarts + 22, "retries against the gone")
+        watches = len(controller.reflectors) + len(controller.crd_reflectors)
+        await eventually(lambda: controller.counters["watch_restarts"] >= restarts + 2 * watches, "retries, gone")
         assert [(v.number, v.checksum) for v in await versions(store)] == held
         assert controller.cache.get("HTTPRoute", "default", "other") is not None  # nothing dropped for failing
 

@@ -119,3 +119,107 @@ async def test_gateway_addresses_come_from_the_gateway_service(
         assert status_of(fake, "Gateway", "web")["addresses"] == [
             {"type": "IPAddress", "value": "203.0.113.7"}, {"type": "Hostname", "value": "lb.example"},
         ]  # fmt: skip
+
+
+def condition(fake: FakeApiServer, type_: str, name: str = "gw") -> dict[str, Any]:
+    """One condition of the GatewayClass's status ({} until written)."""
+    return next((c for c in status_of(fake, "GatewayClass", name, "").get("conditions") or () if c["type"] == type_),
+                {})  # fmt: skip
+
+
+async def test_supported_version_is_the_installed_crds_bundle_version(
+    fake: FakeApiServer, store: ConfigStore, prefix: str
+) -> None:
+    for obj in cluster.basic(PORT, 9999):
+        fake.put(obj)
+    async with running(new_controller(store, prefix)) as controller:
+        await eventually(lambda: condition(fake, "SupportedVersion"), "SupportedVersion written")
+        supported = condition(fake, "SupportedVersion")
+        assert (supported["status"], supported["reason"]) == ("True", "SupportedVersion")
+        assert "v1.6.1" in supported["message"] and "v2.0.0" in supported["message"]
+        assert supported["observedGeneration"] == 1
+        assert condition(fake, "Accepted")["status"] == "True"
+        assert controller.version == 1
+        # Each CRD is watched by name (a metadata.name selector: what RBAC's resourceNames grants).
+        reads = {r.query.get("fieldSelector") for r in fake.requests if r.path.endswith("/customresourcedefinitions")}
+        assert reads == {f"metadata.name={p}.gateway.networking.k8s.io" for p in cluster.GATEWAY_API_CRDS}
+
+
+async def test_crds_outside_the_supported_range_refuse_the_class_and_publish_nothing(
+    fake: FakeApiServer, store: ConfigStore, prefix: str
+) -> None:
+    for obj in cluster.basic(PORT, 9999):
+        fake.put(obj)
+    fake.put(cluster.crd("httproutes", "v2.0.0"))
+    async with running(new_controller(store, prefix)) as controller:
+        await eventually(lambda: condition(fake, "SupportedVersion"), "SupportedVersion written")
+        supported, accepted = condition(fake, "SupportedVersion"), condition(fake, "Accepted")
+        assert (supported["status"], supported["reason"]) == ("False", "UnsupportedVersion")
+        assert (accepted["status"], accepted["reason"]) == ("False", "UnsupportedVersion")
+        assert "httproutes.gateway.networking.k8s.io is at v2.0.0" in accepted["message"]
+        assert "v1.0.0 <= version < v2.0.0" in accepted["message"]
+        assert accepted["observedGeneration"] == 1
+        assert await store.history() == []  # nothing published from a cluster gw does not support
+        assert controller.error.startswith("not published: ")
+        assert not status_of(fake, "Gateway", "web") and not status_of(fake, "HTTPRoute", "app")
+
+        # The CRD upgraded back into the range (the watch sees it): accepted, published.
+        fake.put(cluster.crd("httproutes", "v1.6.1"))
+        await eventually(lambda: condition(fake, "SupportedVersion").get("status") == "True", "SupportedVersion True")
+        assert condition(fake, "Accepted")["status"] == "True"
+        await eventually(lambda: controller.version == 1, "the cluster's config published")
+
+        # And a downgrade below v1 (no gateway.networking.k8s.io/v1 served) is refused again.
+        fake.put(cluster.crd("gateways", "v0.5.0"))
+        await eventually(lambda: condition(fake, "Accepted").get("status") == "False", "Accepted False")
+        assert "gateways.gateway.networking.k8s.io is at v0.5.0" in condition(fake, "SupportedVersion")["message"]
+        await eventually(lambda: not controller.changed.is_set(), "the echo of its own patches reconciled")
+        reconciles = controller.counters["reconciles"]
+        fake.put(cluster.route("app", "app", hostname="app.example"))  # a change meanwhile: not published
+        await eventually(lambda: controller.counters["reconciles"] > reconciles and not controller.changed.is_set(),
+                         "the route change reconciled")  # fmt: skip
+        assert controller.version == 1 and len(await store.history()) == 1
+
+
+async def test_crds_without_the_annotation_are_served_best_effort(
+    fake: FakeApiServer, store: ConfigStore, prefix: str
+) -> None:
+    for obj in cluster.basic(PORT, 9999):
+        fake.put(obj)
+    fake.put(cluster.crd("gateways", None))
+    async with running(new_controller(store, prefix)) as controller:
+        await eventually(lambda: condition(fake, "SupportedVersion"), "SupportedVersion written")
+        supported = condition(fake, "SupportedVersion")
+        assert (supported["status"], supported["reason"]) == ("False", "UnsupportedVersion")
+        assert "gateways.gateway.networking.k8s.io has no gateway.networking.k8s.io/bundle-version" in (
+            supported["message"]
+        )
+        assert condition(fake, "Accepted")["status"] == "True"
+        assert controller.version == 1
+
+
+async def test_crds_gw_may_not_read_do_not_block_publishing(
+    fake: FakeApiServer, store: ConfigStore, prefix: str
+) -> None:
+    for obj in cluster.basic(PORT, 9999):
+        fake.put(obj)
+    fake.forbid("CustomResourceDefinition")
+    async with running(new_controller(store, prefix)) as controller:
+        await eventually(lambda: condition(fake, "SupportedVersion"), "SupportedVersion written")
+        supported = condition(fake, "SupportedVersion")
+        assert (supported["status"], supported["reason"]) == ("Unknown", "Pending")
+        assert "cannot read the Gateway API CRDs (403: " in supported["message"]
+        assert condition(fake, "Accepted")["status"] == "True"
+        assert controller.version == 1
+
+
+async def test_crds_not_installed_do_not_block_publishing(
+    fake: FakeApiServer, store: ConfigStore, prefix: str
+) -> None:
+    for obj in cluster.basic(PORT, 9999)[len(cluster.GATEWAY_API_CRDS) :]:
+        fake.put(obj)  # everything but the CRDs: the lists by name come back empty (a GET would 404)
+    async with running(new_controller(store, prefix)) as controller:
+        await eventually(lambda: condition(fake, "SupportedVersion"), "SupportedVersion written")
+        assert condition(fake, "SupportedVersion")["status"] == "True"
+        assert condition(fake, "Accepted")["status"] == "True"
+        assert controller.version == 1

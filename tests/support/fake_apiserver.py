@@ -5,9 +5,10 @@ Not Kubernetes: an in-memory store behind the real URL paths (/api/v1/..., /apis
 relies on it: lists with a resourceVersion and limit/continue paging; watches from a
 resourceVersion with events streamed in chunked JSON lines, BOOKMARK events when asked for
 (`allowWatchBookmarks`), and a 410 Gone ERROR event for a resourceVersion older than what it keeps
-(`compact()` forgets history); `fieldSelector=type=...`; JSON merge patches of the /status
+(`compact()` forgets history); `fieldSelector=type=...` and `metadata.name=...`; JSON merge patches of the /status
 subresource, conditional on a resourceVersion in the patch (409); Leases with create (POST),
-read and conditional replace (PUT, 409 on a stale resourceVersion). Every request is recorded.
+read and conditional replace (PUT, 409 on a stale resourceVersion); 403 Forbidden for the
+collections a test `forbid`s (RBAC that does not grant them). Every request is recorded.
 
 Tests change objects with `put` and `delete` (generation bumps when anything but metadata and
 status changes, as for CRDs with a status subresource), stop it (every connection dropped, the
@@ -46,8 +47,9 @@ PLURALS = {
     "RateLimitPolicy": "ratelimitpolicies",
     "BackendTrafficPolicy": "backendtrafficpolicies",
     "Lease": "leases",
+    "CustomResourceDefinition": "customresourcedefinitions",
 }
-CLUSTER_SCOPED = frozenset({"GatewayClass", "Namespace"})
+CLUSTER_SCOPED = frozenset({"GatewayClass", "Namespace", "CustomResourceDefinition"})
 
 
 def group_of(api_version: str) -> str:
@@ -96,6 +98,7 @@ class FakeApiServer:
         self.requests: list[Request] = []
         self.patches: list[tuple[str, str, Object]] = []  # (path, content type, body) of status patches
         self.lease_writes = 0
+        self.forbidden: set[str] = set()  # plurals every request for answers 403
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fake-apiserver", daemon=True)
         self._server: asyncio.base_events.Server | None = None
@@ -148,12 +151,21 @@ class FakeApiServer:
         obj = collection.objects.get(("" if kind in CLUSTER_SCOPED else namespace, name))
         return copy.deepcopy(obj)
 
+    def forbid(self, kind: str) -> None:
+        """Answer every request for `kind`'s collection 403 Forbidden, as the API server without an RBAC grant."""
+        self.forbidden.add(PLURALS[kind])
+
     def bookmark(self) -> None:
         """A BOOKMARK to every watch that asked for them: the current resourceVersion."""
         self._call(self._bookmark())
 
     def compact(self) -> None:
-        """Forget history: every resourceVersion seen so far is now too old to watch from (410)."""
+        """Forget history: every resourceVersion before the current one is now too old to watch from (410).
+
+        The current one stays watchable, as a real server's list's resourceVersion is: a relist
+        after 410 must not get 410 again until something else writes (a busy-loop the real server
+        never causes).
+        """
         self._call(self._compact())
 
     def status_patches(self, kind: str = "") -> list[tuple[str, str, Object]]:
@@ -215,7 +227,7 @@ class FakeApiServer:
                 queue.put_nowait(("BOOKMARK", {"metadata": {"resourceVersion": str(self.rv)}}))
 
     async def _compact(self) -> None:
-        self.oldest = self.rv + 1
+        self.oldest = self.rv
         for collection in self.collections.values():
             collection.events.clear()
 
@@ -244,10 +256,15 @@ class FakeApiServer:
                 if request is None:
                     return
                 self.requests.append(request)
-                if request.method == "GET" and request.query.get("watch") in ("true", "1"):
+                plural = self._route(request.path)[1]
+                watch = request.method == "GET" and request.query.get("watch") in ("true", "1")
+                if watch and plural not in self.forbidden:
                     await self._watch(request, writer)
                 else:
-                    status, body = self._handle(request)
+                    if plural in self.forbidden:
+                        status, body = _status(403, "Forbidden", f"{plural} is forbidden: RBAC does not grant it")
+                    else:
+                        status, body = self._handle(request)
                     data = json.dumps(body).encode()
                     writer.write(
                         f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
@@ -383,6 +400,8 @@ def _selected(obj: Object, namespace: str, query: dict[str, str]) -> bool:
         name, _, value = term.partition("=")
         if name == "type" and obj.get("type") != value:
             return False
+        if name == "metadata.name" and obj.get("metadata", {}).get("name") != value:
+            return False
     return True
 
 
@@ -437,4 +456,5 @@ _API_VERSIONS = {
     "RateLimitPolicy": "gw.dev/v1alpha1",
     "BackendTrafficPolicy": "gw.dev/v1alpha1",
     "Lease": "coordination.k8s.io/v1",
+    "CustomResourceDefinition": "apiextensions.k8s.io/v1",
 }
