@@ -74,6 +74,10 @@ BACKEND_TRAFFIC_POLICY_SPEC = F(
     {"targetRefs", "circuitBreaker", "healthCheck", "retry", "retryConstraint", "sessionPersistence", "loadBalancer"}
 )
 POLICY_TARGET_REF = F({"group", "kind", "name", "namespace", "sectionName"})
+BACKEND_TLS_POLICY_SPEC = F({"targetRefs", "validation", "options"})
+BACKEND_TLS_VALIDATION = F({"caCertificateRefs", "wellKnownCACertificates", "hostname", "subjectAltNames"})
+LOCAL_OBJECT_REF = F({"group", "kind", "name"})
+SUBJECT_ALT_NAME = F({"type", "hostname", "uri"})
 CIRCUIT_BREAKER = F(
     {
         "maxConnections",
