@@ -119,3 +119,31 @@ async def test_gateway_addresses_come_from_the_gateway_service(
         assert status_of(fake, "Gateway", "web")["addresses"] == [
             {"type": "IPAddress", "value": "203.0.113.7"}, {"type": "Hostname", "value": "lb.example"},
         ]  # fmt: skip
+
+
+async def test_a_backend_tls_policy_reads_its_ca_config_map_and_reports_under_its_gateways(
+    fake: FakeApiServer, store: ConfigStore, prefix: str
+) -> None:
+    import trustme
+
+    for obj in cluster.basic(PORT, 9999):
+        fake.put(obj)
+    fake.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app-ca", "namespace": "default"},
+              "data": {"ca.crt": trustme.CA().cert_pem.bytes().decode()}})  # fmt: skip
+    ca_ref = {"group": "", "kind": "ConfigMap", "name": "app-ca"}
+    fake.put({"apiVersion": cluster.GATEWAY_API, "kind": "BackendTLSPolicy",
+              "metadata": {"name": "app-tls", "namespace": "default"},
+              "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "app"}],
+                       "validation": {"hostname": "app.internal", "caCertificateRefs": [ca_ref]}}})  # fmt: skip
+    async with running(new_controller(store, prefix)):
+        await eventually(lambda: status_of(fake, "BackendTLSPolicy", "app-tls").get("ancestors"), "the policy's status")
+        [ancestor] = status_of(fake, "BackendTLSPolicy", "app-tls")["ancestors"]
+        assert ancestor["ancestorRef"] == {
+            "group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "default", "name": "web"
+        }  # fmt: skip
+        assert ancestor["controllerName"] == DEFAULT_CONTROLLER_NAME
+        # The ConfigMap reached the config: the CA resolved.
+        assert bare(ancestor["conditions"]) == [
+            {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "verified against 1 CA bundle(s)"},
+            {"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs", "message": ""},
+        ]

@@ -45,6 +45,8 @@ PLURALS = {
     "Backend": "backends",
     "RateLimitPolicy": "ratelimitpolicies",
     "BackendTrafficPolicy": "backendtrafficpolicies",
+    "BackendTLSPolicy": "backendtlspolicies",
+    "ConfigMap": "configmaps",
     "Lease": "leases",
 }
 CLUSTER_SCOPED = frozenset({"GatewayClass", "Namespace"})
@@ -436,5 +438,7 @@ _API_VERSIONS = {
     "Backend": "gw.dev/v1alpha1",
     "RateLimitPolicy": "gw.dev/v1alpha1",
     "BackendTrafficPolicy": "gw.dev/v1alpha1",
+    "BackendTLSPolicy": "gateway.networking.k8s.io/v1",
+    "ConfigMap": "v1",
     "Lease": "coordination.k8s.io/v1",
 }
