@@ -12,6 +12,7 @@ from gw.config import compile_resources, status_document
 from gw.config.backend_tls import SYSTEM, UpstreamTLS, san_mismatch
 from gw.config.parse import parse_documents
 from gw.config.status import status_lines
+from gw.config.unserved import unserved
 
 GATEWAY = "gateway.networking.k8s.io/v1"
 CA = trustme.CA()
@@ -311,3 +312,61 @@ class TestSubjectAltNames:
         assert why == (
             "certificate subjectAltNames (DNS:x.internal, URI:spiffe://c/b) match none of the policy's (URI:spiffe://c/a)"
         )
+
+
+class TestGatewayClientCertificate:
+    """Gateway spec.tls.backend.clientCertificateRef: the certificate presented to TLS backends."""
+
+    def gateway(self, ref: dict[str, Any] | None = None, **tls: Any) -> dict[str, Any]:
+        spec: dict[str, Any] = {"gatewayClassName": "gw",
+                                "listeners": [{"name": "http", "port": 8080, "protocol": "HTTP"}]}  # fmt: skip
+        if ref is not None:
+            tls["backend"] = {"clientCertificateRef": ref}
+        if tls:
+            spec["tls"] = tls
+        return {"apiVersion": GATEWAY, "kind": "Gateway", "metadata": {"name": "edge"}, "spec": spec}
+
+    def compiled(self, gateway: dict[str, Any], *docs: dict[str, Any]) -> Any:
+        base = [d for d in BASE if d["kind"] != "Gateway"]
+        resources, errors = parse_documents([("tls.yaml", d) for d in [*base, gateway, *docs]])
+        return compile_resources(resources, errors=errors)
+
+    def secret(self, name: str = "client", namespace: str = "default") -> dict[str, Any]:
+        leaf = CA.issue_cert("gw.internal")
+        chain = b"".join(b.bytes() for b in leaf.cert_chain_pems).decode()
+        return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": name, "namespace": namespace},
+                "stringData": {"tls.crt": chain, "tls.key": leaf.private_key_pem.bytes().decode()}}  # fmt: skip
+
+    def test_tls_backends_reached_through_the_gateway_present_its_certificate(self) -> None:
+        result = self.compiled(self.gateway({"name": "client"}), self.secret(), policy("p", [on("Service", "orders")]))
+        tls = tls_of(result, ORDERS)
+        assert tls is not None and tls.client_certificate.startswith(b"-----BEGIN CERTIFICATE-----") and tls.client_key
+        assert "ResolvedRefs=True (ResolvedRefs): client certificate for backends: Secret default/client" in [
+            str(c) for c in result.conditions["Gateway default/edge"]
+        ]
+        assert tls_of(result, APP) is None  # no policy, no TLS: the certificate changes nothing
+
+    def test_a_missing_secret_is_invalid_client_certificate_ref(self) -> None:
+        result = self.compiled(self.gateway({"name": "nothing"}), policy("p", [on("Service", "orders")]))
+        assert "ResolvedRefs=False (InvalidClientCertificateRef): Secret default/nothing not found" in [
+            str(c) for c in result.conditions["Gateway default/edge"]
+        ]
+        fields = [(e.obj, e.field) for e in result.errors]
+        assert ("Gateway default/edge", "spec.tls.backend.clientCertificateRef") in fields
+        assert tls_of(result, ORDERS).client_certificate == b""  # type: ignore[union-attr]
+
+    def test_another_namespace_needs_a_reference_grant(self) -> None:
+        result = self.compiled(self.gateway({"name": "client", "namespace": "certs"}), self.secret(namespace="certs"))
+        (resolved,) = [c for c in result.conditions["Gateway default/edge"] if c.type == "ResolvedRefs"]
+        assert (resolved.status, resolved.reason) == (False, "RefNotPermitted")
+
+    def test_unknown_fields_are_refused_and_frontend_is_only_accepted(self) -> None:
+        _, errors = parse_documents([("tls.yaml", self.gateway(backend={"clientCertificate": {"name": "x"}}))])
+        assert [(e.obj, e.field) for e in errors] == [("Gateway default/edge", "spec.tls.backend.clientCertificate")]
+        doc = self.gateway(frontend={"default": {}})
+        _, errors = parse_documents([("tls.yaml", doc)])
+        assert errors == [] and unserved([("tls.yaml", doc)]) == [
+            "Gateway default/edge: spec.tls.frontend: accepted, not served by gw "
+            "(client certificates are not requested)"
+        ]

@@ -176,3 +176,70 @@ def test_new_connections_resume_the_tls_session(
     requests = seen(tls_upstream, "/ok/resume/")
     assert len({r.connection for r in requests}) == 3
     assert [r.tls_resumed for r in requests] == [False, True, True]
+
+
+# -- the Gateway's client certificate (spec.tls.backend.clientCertificateRef): mTLS to backends ---
+
+
+@pytest.fixture(scope="module")
+def mtls_upstream(ca: trustme.CA) -> Iterator[Upstream]:
+    """A TLS upstream that requires a client certificate issued by `ca`."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(NAME).configure_cert(ctx)
+    ca.configure_trust(ctx)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    up = Upstream("mtls-up", tls=ctx).start()
+    yield up
+    up.stop()
+
+
+def mtls_config(port: int, upstream_port: int, ca: trustme.CA, client: trustme.LeafCert | None) -> str:
+    listener = {"name": "http", "port": port, "protocol": "HTTP"}
+    gateway: dict[str, object] = {"gatewayClassName": "gw", "listeners": [listener]}
+    docs: list[dict[str, object]] = [
+        {"apiVersion": GATEWAY_API, "kind": "GatewayClass", "metadata": {"name": "gw"},
+         "spec": {"controllerName": "gw.dev/gateway-controller"}},
+        {"apiVersion": GATEWAY_API, "kind": "Gateway", "metadata": {"name": "edge", "namespace": "default"},
+         "spec": gateway},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ca", "namespace": "default"},
+         "data": {"ca.crt": ca.cert_pem.bytes().decode()}},
+        {"apiVersion": "gw.dev/v1alpha1", "kind": "Backend", "metadata": {"name": "mtls", "namespace": "default"},
+         "spec": {"endpoints": [{"address": "127.0.0.1", "port": upstream_port}]}},
+        {"apiVersion": GATEWAY_API, "kind": "BackendTLSPolicy", "metadata": {"name": "mtls", "namespace": "default"},
+         "spec": {"targetRefs": [{"group": "gw.dev", "kind": "Backend", "name": "mtls"}],
+                  "validation": {"hostname": NAME,
+                                 "caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "ca"}]}}},
+        {"apiVersion": GATEWAY_API, "kind": "HTTPRoute", "metadata": {"name": "all", "namespace": "default"},
+         "spec": {"parentRefs": [{"name": "edge"}],
+                  "rules": [{"backendRefs": [{"group": "gw.dev", "kind": "Backend", "name": "mtls"}]}]}},
+    ]  # fmt: skip
+    if client is not None:
+        gateway["tls"] = {"backend": {"clientCertificateRef": {"name": "gw-client"}}}
+        docs.append(
+            {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+             "metadata": {"name": "gw-client", "namespace": "default"},
+             "stringData": {"tls.crt": b"".join(b.bytes() for b in client.cert_chain_pems).decode(),
+                            "tls.key": client.private_key_pem.bytes().decode()}}
+        )  # fmt: skip
+    return yaml.safe_dump_all(docs)
+
+
+def test_the_gateway_presents_its_client_certificate_to_tls_backends(
+    ca: trustme.CA, mtls_upstream: Upstream, start_gateway: StartGateway
+) -> None:
+    port = free_port()
+    client = ca.issue_cert("gw-client.internal")
+    gw = start_gateway({}, [], yaml_text=mtls_config(port, mtls_upstream.port, ca, client))
+    gw.port = port
+    assert gw.connect().request("GET", "/mtls/with", headers={"Host": "a.test"}).status == 200
+    assert seen(mtls_upstream, "/mtls/with")[0].tls is not None
+
+
+def test_without_a_client_certificate_a_backend_that_requires_one_is_a_502(
+    ca: trustme.CA, mtls_upstream: Upstream, start_gateway: StartGateway
+) -> None:
+    port = free_port()
+    gw = start_gateway({}, [], yaml_text=mtls_config(port, mtls_upstream.port, ca, None))
+    gw.port = port
+    assert gw.connect().request("GET", "/mtls/without", headers={"Host": "a.test"}).status == 502
+    assert seen(mtls_upstream, "/mtls/without") == []

@@ -63,13 +63,22 @@ class UpstreamTLS:
     well_known: str | None = None
     min_version: str = "1.2"
     refusal: str | None = None
+    # The client certificate chain and key presented (the Gateway's spec.tls.backend), PEM; empty: none.
+    client_certificate: bytes = field(default=b"", repr=False)
+    client_key: bytes = field(default=b"", repr=False)
     identity: tuple[object, ...] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         # What pools and contexts are keyed by: equal policies (across reloads too) share both.
-        digest = hashlib.sha256(self.ca_certificates).hexdigest()[:16] if self.ca_certificates else None
+        digest = _digest(self.ca_certificates)
+        client = _digest(self.client_certificate + self.client_key)
         identity = (self.hostname, self.subject_alt_names, digest, self.well_known, self.min_version, self.refusal)
+        identity += (client,)
         object.__setattr__(self, "identity", identity)
+
+
+def _digest(data: bytes) -> str | None:
+    return hashlib.sha256(data).hexdigest()[:16] if data else None
 
 
 def client_context(tls: UpstreamTLS) -> ssl.SSLContext:
@@ -84,6 +93,10 @@ def client_context(tls: UpstreamTLS) -> ssl.SSLContext:
         ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     elif tls.ca_certificates:
         ctx.load_verify_locations(cadata=tls.ca_certificates.decode("ascii"))
+    if tls.client_certificate:
+        from gw.config.tls import load_key_pair  # (gw.config.tls imports resources, which import this module)
+
+        load_key_pair(ctx, tls.client_certificate, tls.client_key)
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
 

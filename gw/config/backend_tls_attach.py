@@ -16,6 +16,7 @@ rather than go out in plain text.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from gw.config.errors import Condition, ConfigError
 from gw.config.policy_attach import ACCEPTED, TARGET_NOT_FOUND, CompiledRoute
 from gw.config.ratelimit import TargetRef
 from gw.config.resources import CORE_GROUP, ConfigMap, Secret, Service
+from gw.config.tls import Certificate
 
 CONFLICTED = "Conflicted"
 INVALID = "Invalid"
@@ -54,9 +56,12 @@ def attach_backend_tls(
     conditions: dict[str, list[Condition]],
     ancestors: dict[str, list[tuple[str, str]]],
     errors: list[ConfigError],
+    client_certificates: dict[tuple[str, str], Certificate] | None = None,
 ) -> None:
     """Set `backend.tls` on every backend a policy reaches; each policy's conditions and ancestors
-    (the Gateways whose routes reach its backends)."""
+    (the Gateways whose routes reach its backends). `client_certificates`: the Gateways' certificates
+    for backends (spec.tls.backend.clientCertificateRef), presented to the backends they reach."""
+    client_certificates = client_certificates or {}
     by_name: dict[str, list[model.Backend]] = {}
     gateways_of: dict[str, set[tuple[str, str]]] = {}
     for compiled in routes:
@@ -122,8 +127,9 @@ def attach_backend_tls(
         policy_conditions.append(verdict.resolved)
         for name in reached:
             if chosen[name][1] is policy:
+                tls = _with_client_certificate(verdict.tls, name, gateways_of.get(name, set()), client_certificates)
                 for backend in by_name[name]:
-                    backend.tls = verdict.tls
+                    backend.tls = tls
 
 
 def _reached(
@@ -192,6 +198,22 @@ def _verdict(policy: BackendTLSPolicy, stores: dict[tuple[str, str, str], dict[s
         return _Verdict(_refusing(base, why), Condition(ACCEPTED, False, NO_VALID_CA, why), resolved)
     tls = UpstreamTLS(key, policy.hostname, policy.subject_alt_names, b"".join(bundle), min_version=policy.min_version)
     return _Verdict(tls, Condition(ACCEPTED, True, ACCEPTED, f"verified against {len(bundle)} CA bundle(s)"), resolved)
+
+
+def _with_client_certificate(
+    tls: UpstreamTLS,
+    name: str,
+    gateways: set[tuple[str, str]],
+    client_certificates: dict[tuple[str, str], Certificate],
+) -> UpstreamTLS:
+    """`tls` presenting the client certificate of the Gateways reaching backend `name`. A backend is
+    one object whichever Gateway reaches it: when several with different certificates do, the first
+    by namespace/name is the one presented (gw serves one Gateway per instance as a rule)."""
+    for gateway in sorted(gateways):
+        cert = client_certificates.get(gateway)
+        if cert is not None:
+            return dataclasses.replace(tls, client_certificate=cert.cert_pem, client_key=cert.key_pem)
+    return tls
 
 
 def _refusing(base: UpstreamTLS, why: str) -> UpstreamTLS:

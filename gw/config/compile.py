@@ -115,7 +115,7 @@ def compile_resources(
     ancestors: dict[str, list[tuple[str, str]]] = {}
     attach_backend_tls(
         resources.backend_tls_policies, compiled_routes, resources.services,
-        resources.config_maps, resources.secrets, conditions, ancestors, errors,
+        resources.config_maps, resources.secrets, conditions, ancestors, errors, served.client_certificates,
     )  # fmt: skip
     # After backend policies: a rule's own sessionPersistence overrides its backends' (GEP-1619).
     settle_sessions(compiled_routes, resources.services, features, conditions, errors)

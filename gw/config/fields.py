@@ -51,7 +51,11 @@ FILTER_CONFIG = {
 }
 
 GATEWAY_CLASS_SPEC = F({"controllerName", "parametersRef", "description"})
-GATEWAY_SPEC = F({"gatewayClassName", "listeners", "addresses", "infrastructure", "backendTLS", "allowedListeners"})
+GATEWAY_SPEC = F(
+    {"gatewayClassName", "listeners", "addresses", "infrastructure", "backendTLS", "allowedListeners", "tls"}
+)
+GATEWAY_TLS = F({"backend", "frontend"})
+GATEWAY_BACKEND_TLS = F({"clientCertificateRef"})
 LISTENER = F({"name", "hostname", "port", "protocol", "tls", "allowedRoutes"})
 LISTENER_TLS = F({"mode", "certificateRefs", "frontendValidation", "options"})
 SECRET_REF = F({"group", "kind", "name", "namespace"})

@@ -116,6 +116,8 @@ class Gateway:
     meta: Meta
     class_name: str
     listeners: tuple[Listener, ...]
+    # spec.tls.backend.clientCertificateRef: what it presents to backends reached over TLS
+    client_certificate_ref: SecretRef | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,7 +85,11 @@ def selection(cache: Cache, controller_name: str) -> dict[str, list[Key]]:
             (config_maps if kind == "ConfigMap" else secrets).add((key[0], ref))
     selects_namespaces = False
     for key in gateways:
-        for listener in (cache.of("Gateway")[key].get("spec") or {}).get("listeners") or ():
+        spec = cache.of("Gateway")[key].get("spec") or {}
+        client = ((spec.get("tls") or {}).get("backend") or {}).get("clientCertificateRef")
+        if isinstance(client, dict) and client.get("kind", "Secret") == "Secret" and not client.get("group"):
+            secrets.add((str(client.get("namespace") or key[0]), str(client.get("name"))))  # mTLS to backends
+        for listener in spec.get("listeners") or ():
             if not isinstance(listener, dict):
                 continue
             allowed = ((listener.get("allowedRoutes") or {}).get("namespaces") or {}).get("from")
