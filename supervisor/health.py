@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import socket
@@ -37,7 +38,7 @@ from redis.exceptions import RedisError
 
 from gw.balancing.probe import PASS, ProbeResult, ProbeTLS, probe_http, probe_tcp
 from gw.config.backend_policy import TCP, ActiveHealthCheck
-from gw.config.backend_tls import client_context
+from gw.config.backend_tls import UpstreamTLS, client_context, san_mismatch
 from gw.config.model import Backend, CompiledConfig
 from gw.observe.metrics import Registry
 from gw.state import Keys
@@ -119,7 +120,8 @@ class BackendCheck:
         self.name = backend.name
         self.check: ActiveHealthCheck = backend.resilience.active
         self.views = {e.label: EndpointView(e.address, e.port) for e in backend.endpoints}
-        self.tls = _probe_tls(backend)
+        self.upstream_tls: UpstreamTLS | None = backend.tls
+        self.tls = probe_tls_for(backend.tls)
         self.mode = ""  # HOLDER | FOLLOWER | LOCAL once a round has run
         self.rounds = 0  # rounds run (tests and /status watch progress)
         self._task: asyncio.Task[None] | None = None
@@ -148,8 +150,9 @@ class BackendCheck:
         """A reload: endpoints kept keep their health; a changed check restarts the rounds on its interval."""
         old = self.views
         self.views = {e.label: old.get(e.label) or EndpointView(e.address, e.port) for e in backend.endpoints}
-        if (backend.tls.identity if backend.tls else None) != (self.tls.tls.identity if self.tls else None):
-            self.tls = _probe_tls(backend)
+        if backend.tls != self.upstream_tls:
+            self.upstream_tls = backend.tls
+            self.tls = probe_tls_for(backend.tls)
         check = backend.resilience.active
         if check != self.check:
             self.check = check
@@ -284,12 +287,14 @@ class BackendCheck:
         log(f"health: backend {self.name} endpoint {label} {state} ({why}) by checker {owner.id} (this replica alone)")
 
 
-def _probe_tls(backend: Backend) -> ProbeTLS | None:
+def probe_tls_for(tls: UpstreamTLS | None) -> ProbeTLS | None:
     """A backend under a BackendTLSPolicy is probed over TLS: one context per check, not per probe."""
-    tls = backend.tls
     if tls is None:
         return None
-    return ProbeTLS(tls, client_context(tls) if tls.refusal is None else None)
+    if tls.refusal is not None:
+        return ProbeTLS(None, tls.hostname, refusal=tls.refusal)
+    check = functools.partial(san_mismatch, tls) if tls.subject_alt_names else None
+    return ProbeTLS(client_context(tls), tls.hostname, check)
 
 
 async def _nothing() -> None:

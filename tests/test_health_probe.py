@@ -9,7 +9,8 @@ import pytest
 import trustme
 
 from gw.balancing.probe import ERROR, FAIL, PASS, ProbeTLS, probe_http, probe_tcp
-from gw.config.backend_tls import UpstreamTLS, client_context
+from gw.config.backend_tls import UpstreamTLS
+from gw.supervisor.health import probe_tls_for
 from tests.support.gateway import free_port
 from tests.support.servers import BlackholeListener
 from tests.support.upstream import Upstream
@@ -81,9 +82,10 @@ def tls_upstream(probe_ca: trustme.CA) -> Iterator[Upstream]:
     up.stop()
 
 
-def probe_tls(ca: trustme.CA, hostname: str = "orders.internal", **fields: object) -> ProbeTLS:
+def probe_tls(ca: trustme.CA, hostname: str = "orders.internal", **fields: object) -> ProbeTLS | None:
+    """What the health checker probes a backend under this policy with."""
     tls = UpstreamTLS("default/p", hostname, ca_certificates=ca.cert_pem.bytes(), **fields)  # type: ignore[arg-type]
-    return ProbeTLS(tls, client_context(tls) if tls.refusal is None else None)
+    return probe_tls_for(tls)
 
 
 async def test_a_tls_endpoint_is_probed_over_verified_tls(tls_upstream: Upstream, probe_ca: trustme.CA) -> None:

@@ -7,8 +7,9 @@ expected, the connection opened), *fails* (the endpoint answered with another st
 and both of the last two count towards unhealthy.
 
 An endpoint under a BackendTLSPolicy is probed over TLS, verified as the proxy verifies it (the
-`tls` given: an UpstreamTLS and its client context): a certificate the proxy would refuse makes
-the probe an error, so the endpoint is not called healthy while every request to it fails.
+`tls` given, a ProbeTLS the health checker builds from the backend's UpstreamTLS): a certificate
+the proxy would refuse makes the probe an error, so the endpoint is not called healthy while every
+request to it fails.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-
-from gw.config.backend_tls import UpstreamTLS, san_mismatch
 
 PASS, FAIL, ERROR = "pass", "fail", "error"
 MAX_STATUS_LINE = 8192
@@ -26,10 +26,13 @@ MAX_STATUS_LINE = 8192
 
 @dataclass(frozen=True, slots=True)
 class ProbeTLS:
-    """How to reach an endpoint over TLS: its backend's UpstreamTLS and the client context built for it."""
+    """How to reach an endpoint over TLS, as the proxy does."""
 
-    tls: UpstreamTLS
-    context: ssl.SSLContext | None  # None when the policy cannot be honoured (tls.refusal)
+    context: ssl.SSLContext | None  # None: the policy cannot be honoured (`refusal` says why)
+    server_hostname: str
+    # Why a verified peer certificate (getpeercert()) is still refused (subjectAltNames); None: accepted.
+    check: Callable[[dict[str, object] | None], str | None] | None = None
+    refusal: str = ""
 
 
 class _Refused(Exception):
@@ -42,12 +45,12 @@ async def _open(
     if tls is None:
         return await asyncio.open_connection(address, port, limit=limit)
     if tls.context is None:
-        raise _Refused(tls.tls.refusal or "TLS refused")
+        raise _Refused(tls.refusal or "TLS refused")
     reader, writer = await asyncio.open_connection(
-        address, port, limit=limit, ssl=tls.context, server_hostname=tls.tls.hostname
+        address, port, limit=limit, ssl=tls.context, server_hostname=tls.server_hostname
     )
-    if tls.tls.subject_alt_names:
-        why = san_mismatch(tls.tls, writer.get_extra_info("peercert"))
+    if tls.check is not None:
+        why = tls.check(writer.get_extra_info("peercert"))
         if why is not None:
             writer.transport.abort()
             raise _Refused(why)
