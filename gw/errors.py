@@ -96,6 +96,14 @@ class UpstreamRefused(ProxyError):
     attempt_failed = True
 
 
+class UpstreamTLSFailed(UpstreamRefused):
+    """No verified TLS connection to the endpoint (BackendTLSPolicy): a refused connection in every
+    respect (another endpoint is tried, the upstream saw nothing), told apart in the problem type,
+    gw_proxy_errors_total and the log, since its cure is a certificate or a policy, not a restart."""
+
+    kind = "upstream-tls-failed"
+
+
 class UpstreamProtocolError(ProxyError):
     status, kind = 502, "upstream-protocol-error"
     attempt_failed = True

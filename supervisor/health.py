@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import socket
@@ -35,8 +36,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from gw.balancing.probe import PASS, ProbeResult, probe_http, probe_tcp
+from gw.balancing.probe import PASS, ProbeResult, ProbeTLS, probe_http, probe_tcp
 from gw.config.backend_policy import TCP, ActiveHealthCheck
+from gw.config.backend_tls import UpstreamTLS, client_context, san_mismatch
 from gw.config.model import Backend, CompiledConfig
 from gw.observe.metrics import Registry
 from gw.state import Keys
@@ -118,6 +120,8 @@ class BackendCheck:
         self.name = backend.name
         self.check: ActiveHealthCheck = backend.resilience.active
         self.views = {e.label: EndpointView(e.address, e.port) for e in backend.endpoints}
+        self.upstream_tls: UpstreamTLS | None = backend.tls
+        self.tls = probe_tls_for(backend.tls)
         self.mode = ""  # HOLDER | FOLLOWER | LOCAL once a round has run
         self.rounds = 0  # rounds run (tests and /status watch progress)
         self._task: asyncio.Task[None] | None = None
@@ -146,6 +150,9 @@ class BackendCheck:
         """A reload: endpoints kept keep their health; a changed check restarts the rounds on its interval."""
         old = self.views
         self.views = {e.label: old.get(e.label) or EndpointView(e.address, e.port) for e in backend.endpoints}
+        if backend.tls != self.upstream_tls:
+            self.upstream_tls = backend.tls
+            self.tls = probe_tls_for(backend.tls)
         check = backend.resilience.active
         if check != self.check:
             self.check = check
@@ -186,7 +193,7 @@ class BackendCheck:
     async def _probe(self, view: EndpointView) -> ProbeResult:
         check = self.check
         if check.type == TCP:
-            return await probe_tcp(view.address, view.port, timeout=check.timeout)
+            return await probe_tcp(view.address, view.port, timeout=check.timeout, tls=self.tls)
         return await probe_http(
             view.address,
             view.port,
@@ -195,6 +202,7 @@ class BackendCheck:
             hostname=check.hostname,
             expected=check.expected_statuses,
             timeout=check.timeout,
+            tls=self.tls,
         )
 
     def _count(self, view: EndpointView, result: ProbeResult) -> str:
@@ -277,6 +285,16 @@ class BackendCheck:
                  "why": why, "by": owner.id}  # fmt: skip
         owner.relay.deliver([event])
         log(f"health: backend {self.name} endpoint {label} {state} ({why}) by checker {owner.id} (this replica alone)")
+
+
+def probe_tls_for(tls: UpstreamTLS | None) -> ProbeTLS | None:
+    """A backend under a BackendTLSPolicy is probed over TLS: one context per check, not per probe."""
+    if tls is None:
+        return None
+    if tls.refusal is not None:
+        return ProbeTLS(None, tls.hostname, refusal=tls.refusal)
+    check = functools.partial(san_mismatch, tls) if tls.subject_alt_names else None
+    return ProbeTLS(client_context(tls), tls.hostname, check)
 
 
 async def _nothing() -> None:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from gw.balancing.probe import ERROR, FAIL, PASS, probe_http, probe_tcp
+import ssl
+from collections.abc import Iterator
+
+import pytest
+import trustme
+
+from gw.balancing.probe import ERROR, FAIL, PASS, ProbeTLS, probe_http, probe_tcp
+from gw.config.backend_tls import UpstreamTLS
+from gw.supervisor.health import probe_tls_for
 from tests.support.gateway import free_port
 from tests.support.servers import BlackholeListener
 from tests.support.upstream import Upstream
@@ -55,3 +63,55 @@ async def test_tcp_connect_that_hangs_is_an_error_at_the_timeout() -> None:
         assert (result.result, result.why) == (ERROR, "connect timed out after 0.2s")
     finally:
         blackhole.close()
+
+
+# -- endpoints under a BackendTLSPolicy: probed over TLS, verified as the proxy verifies --------
+
+
+@pytest.fixture(scope="module")
+def probe_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_upstream(probe_ca: trustme.CA) -> Iterator[Upstream]:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    probe_ca.issue_cert("orders.internal").configure_cert(ctx)
+    up = Upstream("tls", tls=ctx).start()
+    yield up
+    up.stop()
+
+
+def probe_tls(ca: trustme.CA, hostname: str = "orders.internal", **fields: object) -> ProbeTLS | None:
+    """What the health checker probes a backend under this policy with."""
+    tls = UpstreamTLS("default/p", hostname, ca_certificates=ca.cert_pem.bytes(), **fields)  # type: ignore[arg-type]
+    return probe_tls_for(tls)
+
+
+async def test_a_tls_endpoint_is_probed_over_verified_tls(tls_upstream: Upstream, probe_ca: trustme.CA) -> None:
+    result = await probe_http("127.0.0.1", tls_upstream.port, path="/status/200", tls=probe_tls(probe_ca))
+    assert result.passed and tls_upstream.seen[-1].tls is not None
+    assert (await probe_tcp("127.0.0.1", tls_upstream.port, tls=probe_tls(probe_ca))).passed
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"hostname": "billing.internal"},
+         "TLS: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: Hostname mismatch"),
+        ({"subject_alt_names": (("URI", "spiffe://c/x"),)},
+         "TLS: certificate subjectAltNames (DNS:orders.internal) match none"),
+        ({"refusal": "no valid CA certificate: x"}, "TLS: no valid CA certificate: x"),
+    ],
+)  # fmt: skip
+async def test_a_tls_endpoint_the_proxy_would_refuse_is_an_error(
+    tls_upstream: Upstream, probe_ca: trustme.CA, change: dict[str, object], why: str
+) -> None:
+    for probe in (probe_http, probe_tcp):
+        result = await probe("127.0.0.1", tls_upstream.port, tls=probe_tls(probe_ca, **change))  # type: ignore[operator]
+        assert result.result == ERROR and result.why.startswith(why)
+
+
+async def test_a_tls_endpoint_signed_by_another_ca_is_an_error(tls_upstream: Upstream) -> None:
+    result = await probe_http("127.0.0.1", tls_upstream.port, tls=probe_tls(trustme.CA()))
+    assert result.result == ERROR and "certificate verify failed" in result.why

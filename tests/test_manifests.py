@@ -757,7 +757,7 @@ def test_the_demo_app_passes_the_kubernetes_schemas_and_gw_check_with_the_base_g
 
 
 def test_rbac_grants_every_kind_the_controller_watches_and_the_status_it_writes() -> None:
-    from gw.controller.kinds import GATEWAY, GATEWAY_CLASS, GW_API, HTTP_ROUTE, WATCHED
+    from gw.controller.kinds import BACKEND_TLS_POLICY, GATEWAY, GATEWAY_CLASS, GW_API, HTTP_ROUTE, WATCHED
 
     objects = render("overlays/dev")
     granted = {
@@ -772,5 +772,6 @@ def test_rbac_grants_every_kind_the_controller_watches_and_the_status_it_writes(
     # And the Gateway API CRDs whose bundle version it watches (SupportedVersion).
     assert {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")} <= granted
     # Status is written on the Gateway API's objects and gw's policies (not on core kinds or grants).
-    for kind in (*(k for k in WATCHED if k.api_version == GW_API), GATEWAY_CLASS, GATEWAY, HTTP_ROUTE):
+    written = (GATEWAY_CLASS, GATEWAY, HTTP_ROUTE, BACKEND_TLS_POLICY)
+    for kind in (*(k for k in WATCHED if k.api_version == GW_API), *written):
         assert kind in WATCHED and (kind.group, f"{kind.plural}/status", "patch") in granted, kind.kind

@@ -5,16 +5,56 @@ close`), and all it needs of the answer is the status line. A probe *passes* (th
 expected, the connection opened), *fails* (the endpoint answered with another status) or meets an
 *error* (no connection, no valid answer in time): gw_health_checks_total counts the three apart,
 and both of the last two count towards unhealthy.
+
+An endpoint under a BackendTLSPolicy is probed over TLS, verified as the proxy verifies it (the
+`tls` given, a ProbeTLS the health checker builds from the backend's UpstreamTLS): a certificate
+the proxy would refuse makes the probe an error, so the endpoint is not called healthy while every
+request to it fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 PASS, FAIL, ERROR = "pass", "fail", "error"
 MAX_STATUS_LINE = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeTLS:
+    """How to reach an endpoint over TLS, as the proxy does."""
+
+    context: ssl.SSLContext | None  # None: the policy cannot be honoured (`refusal` says why)
+    server_hostname: str
+    # Why a verified peer certificate (getpeercert()) is still refused (subjectAltNames); None: accepted.
+    check: Callable[[dict[str, object] | None], str | None] | None = None
+    refusal: str = ""
+
+
+class _Refused(Exception):
+    """The policy cannot be honoured, or the certificate names none of its subjectAltNames."""
+
+
+async def _open(
+    address: str, port: int, tls: ProbeTLS | None, limit: int = 2**16
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if tls is None:
+        return await asyncio.open_connection(address, port, limit=limit)
+    if tls.context is None:
+        raise _Refused(tls.refusal or "TLS refused")
+    reader, writer = await asyncio.open_connection(
+        address, port, limit=limit, ssl=tls.context, server_hostname=tls.server_hostname
+    )
+    if tls.check is not None:
+        why = tls.check(writer.get_extra_info("peercert"))
+        if why is not None:
+            writer.transport.abort()
+            raise _Refused(why)
+    return reader, writer
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +81,7 @@ async def probe_http(
     hostname: str | None = None,
     expected: tuple[int, ...] = (200,),
     timeout: float = 1.0,
+    tls: ProbeTLS | None = None,
 ) -> ProbeResult:
     """Send `method path` with Host `hostname` (default: the endpoint's address:port); pass iff the
     status is in `expected`, all within `timeout` seconds."""
@@ -49,7 +90,7 @@ async def probe_http(
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(address, port, limit=MAX_STATUS_LINE)
+            reader, writer = await _open(address, port, tls, MAX_STATUS_LINE)
             writer.write(request.encode("latin-1"))
             line = await reader.readuntil(b"\n")
     except TimeoutError:
@@ -58,6 +99,8 @@ async def probe_http(
         return ProbeResult(ERROR, "connection closed before a response")
     except asyncio.LimitOverrunError:
         return ProbeResult(ERROR, "response line too long")
+    except _Refused as exc:
+        return ProbeResult(ERROR, f"TLS: {exc}")
     except OSError as exc:
         return ProbeResult(ERROR, _os_error(exc))
     finally:
@@ -69,13 +112,16 @@ async def probe_http(
     return ProbeResult(PASS if status in expected else FAIL, f"status {status}")
 
 
-async def probe_tcp(address: str, port: int, *, timeout: float = 1.0) -> ProbeResult:
-    """Pass iff a TCP connection to the endpoint opens within `timeout` seconds."""
+async def probe_tcp(address: str, port: int, *, timeout: float = 1.0, tls: ProbeTLS | None = None) -> ProbeResult:
+    """Pass iff a TCP connection to the endpoint opens within `timeout` seconds (with `tls`, and its
+    TLS handshake verifies)."""
     try:
         async with asyncio.timeout(timeout):
-            _reader, writer = await asyncio.open_connection(address, port)
+            _reader, writer = await _open(address, port, tls)
     except TimeoutError:
         return ProbeResult(ERROR, f"connect timed out after {timeout:g}s")
+    except _Refused as exc:
+        return ProbeResult(ERROR, f"TLS: {exc}")
     except OSError as exc:
         return ProbeResult(ERROR, _os_error(exc))
     with contextlib.suppress(OSError):
@@ -91,6 +137,8 @@ def _status(line: bytes) -> int | None:
 
 
 def _os_error(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return f"TLS: {exc}"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     return exc.strerror or str(exc) or type(exc).__name__

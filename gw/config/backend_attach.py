@@ -167,7 +167,7 @@ class _BackendIndex:
             rules = self._routes.setdefault((compiled.route.meta.namespace, compiled.route.meta.name), [])
             for spec, rule in compiled.rules:
                 names = set()
-                for backend in _backends(rule):
+                for backend in rule_backends(rule):
                     known = self.by_name.setdefault(backend.name, [])
                     if all(b is not backend for b in known):
                         known.append(backend)
@@ -199,7 +199,7 @@ class _BackendIndex:
         return _union(names for _, names in rules), what
 
 
-def _backends(rule: model.Rule) -> list[model.Backend]:
+def rule_backends(rule: model.Rule) -> list[model.Backend]:
     """Every backend a rule sends to: its backendRefs' and its mirrors' (the rule's and each ref's)."""
     found = [m.backend for m in rule.mirrors]
     for ref in rule.backend_refs:

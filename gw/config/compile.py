@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from gw.config import model
 from gw.config.attach import Attacher, Attachment
 from gw.config.backend_attach import attach_backend_policies
+from gw.config.backend_tls_attach import attach_backend_tls
 from gw.config.backends import BackendResolver
 from gw.config.errors import Condition, ConfigError
 from gw.config.filters import DATA_PLANE_FEATURES
@@ -41,6 +42,9 @@ class LoadResult:
     resources: Resources | None = None
     # "namespace/gateway/listener" → the listener's conditions (Accepted, Conflicted, ResolvedRefs, Programmed).
     listener_conditions: dict[str, list[Condition]] = field(default_factory=dict)
+    # "Kind namespace/name" of a policy with ancestors in its status (BackendTLSPolicy) → the
+    # Gateways ((namespace, name)) it is reported under.
+    ancestors: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
 def compile_resources(
@@ -108,6 +112,11 @@ def compile_resources(
     attach_rate_limits(resources.rate_limit_policies, compiled_routes, conditions, errors)
     attach_extension_rate_limits(compiled_routes)
     attach_backend_policies(resources.backend_traffic_policies, compiled_routes, resources.services, conditions, errors)
+    ancestors: dict[str, list[tuple[str, str]]] = {}
+    attach_backend_tls(
+        resources.backend_tls_policies, compiled_routes, resources.services,
+        resources.config_maps, resources.secrets, conditions, ancestors, errors, served.client_certificates,
+    )  # fmt: skip
     # After backend policies: a rule's own sessionPersistence overrides its backends' (GEP-1619).
     settle_sessions(compiled_routes, resources.services, features, conditions, errors)
 
@@ -141,7 +150,7 @@ def compile_resources(
         for li in gw.listeners:
             attached.setdefault(f"{gw.meta.key}/{li.name}", 0)
     config = model.CompiledConfig(tuple(port_configs), tuple(all_rules), source, checksum)
-    return LoadResult(config, errors, conditions, attached, resources, served.listener_conditions)
+    return LoadResult(config, errors, conditions, attached, resources, served.listener_conditions, ancestors)
 
 
 def _report_dropped(route: HTTPRoute, route_conditions: list[Condition]) -> bool:

@@ -51,7 +51,11 @@ FILTER_CONFIG = {
 }
 
 GATEWAY_CLASS_SPEC = F({"controllerName", "parametersRef", "description"})
-GATEWAY_SPEC = F({"gatewayClassName", "listeners", "addresses", "infrastructure", "backendTLS", "allowedListeners"})
+GATEWAY_SPEC = F(
+    {"gatewayClassName", "listeners", "addresses", "infrastructure", "backendTLS", "allowedListeners", "tls"}
+)
+GATEWAY_TLS = F({"backend", "frontend"})
+GATEWAY_BACKEND_TLS = F({"clientCertificateRef"})
 LISTENER = F({"name", "hostname", "port", "protocol", "tls", "allowedRoutes"})
 LISTENER_TLS = F({"mode", "certificateRefs", "frontendValidation", "options"})
 SECRET_REF = F({"group", "kind", "name", "namespace"})
@@ -74,6 +78,10 @@ BACKEND_TRAFFIC_POLICY_SPEC = F(
     {"targetRefs", "circuitBreaker", "healthCheck", "retry", "retryConstraint", "sessionPersistence", "loadBalancer"}
 )
 POLICY_TARGET_REF = F({"group", "kind", "name", "namespace", "sectionName"})
+BACKEND_TLS_POLICY_SPEC = F({"targetRefs", "validation", "options"})
+BACKEND_TLS_VALIDATION = F({"caCertificateRefs", "wellKnownCACertificates", "hostname", "subjectAltNames"})
+LOCAL_OBJECT_REF = F({"group", "kind", "name"})
+SUBJECT_ALT_NAME = F({"type", "hostname", "uri"})
 CIRCUIT_BREAKER = F(
     {
         "maxConnections",

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 
 from gw.config.errors import Condition, ConfigError
 from gw.config.filters import HTTPS
-from gw.config.resources import GATEWAY_GROUP, Gateway, Listener, Resources
-from gw.config.tls import Certificate, CertificateResolver
+from gw.config.resources import GATEWAY_GROUP, Gateway, Listener, Resources, SecretRef
+from gw.config.tls import REF_NOT_PERMITTED, Certificate, CertificateResolver
 from gw.config.validate import SUPPORTED_PROTOCOLS, check_listeners
 from gw.routing.hostnames import hostname_matches
+
+INVALID_CLIENT_CERTIFICATE_REF = "InvalidClientCertificateRef"  # the Gateway's ResolvedRefs reason
 
 ROUTE_KINDS = (("gateway.networking.k8s.io", "HTTPRoute"),)  # what gw's listeners can attach
 
@@ -25,6 +27,8 @@ class ServedGateways:
     certificates: dict[str, tuple[Certificate, ...]] = field(default_factory=dict)
     # "namespace/gateway/listener" → conditions
     listener_conditions: dict[str, list[Condition]] = field(default_factory=dict)
+    # (namespace, name) → the client certificate it presents to TLS backends (spec.tls.backend)
+    client_certificates: dict[tuple[str, str], Certificate] = field(default_factory=dict)
 
 
 def serve_gateways(
@@ -97,7 +101,23 @@ def serve_gateways(
             Condition("Accepted", True, "Accepted" if all_ok else "ListenersNotValid"),
             Condition("Programmed", bool(usable), "Programmed" if usable else "Invalid"),
         ]
+        if gw.client_certificate_ref is not None:
+            conditions[gw.meta.label].append(_client_certificate(gw, gw.client_certificate_ref, certs, result, errors))
     return result
+
+
+def _client_certificate(
+    gw: Gateway, ref: SecretRef, certs: CertificateResolver, result: ServedGateways, errors: list[ConfigError]
+) -> Condition:
+    """The Gateway's ResolvedRefs for spec.tls.backend.clientCertificateRef. Unresolved, TLS
+    backends are reached without a client certificate (and refuse, if they require one)."""
+    cert, reason, message = certs.resolve(gw, ref)
+    if cert is None:
+        reason = reason if reason == REF_NOT_PERMITTED else INVALID_CLIENT_CERTIFICATE_REF
+        errors.append(ConfigError(gw.meta.file, gw.meta.label, "spec.tls.backend.clientCertificateRef", message))
+        return Condition("ResolvedRefs", False, reason, message)
+    result.client_certificates[(gw.meta.namespace, gw.meta.name)] = cert
+    return Condition("ResolvedRefs", True, "ResolvedRefs", f"client certificate for backends: {cert.name}")
 
 
 def _resolve_refs(

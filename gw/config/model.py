@@ -40,7 +40,7 @@ class Backend:
     the balancer and the endpoints' health (gw.balancing.health), as Envoy's cluster owns them.
     """
 
-    __slots__ = ("_balancer", "_only", "endpoints", "health", "name", "resilience", "state")
+    __slots__ = ("_balancer", "_only", "endpoints", "health", "name", "resilience", "state", "tls")
 
     def __init__(self, name: str, endpoints: Sequence[Endpoint]) -> None:
         self.name = name
@@ -50,6 +50,9 @@ class Backend:
         # The worker's run-time state for a backend with a policy (gw.balancing.resilience),
         # bound once when it installs the snapshot; None otherwise.
         self.state: Any = None
+        # Its BackendTLSPolicy's UpstreamTLS (gw.config.backend_tls), set while compiling: its
+        # endpoints' pools connect over TLS. None: plain HTTP, and the proxy pays nothing.
+        self.tls: Any = None
         self.endpoints = tuple(endpoints)
         self._balancer = SmoothWeightedRoundRobin(self.endpoints, [e.weight for e in self.endpoints])
         usable = [e for e in self.endpoints if e.weight > 0]

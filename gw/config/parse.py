@@ -17,10 +17,13 @@ from typing import Any
 from gw.config import fields
 from gw.config import validate as v
 from gw.config.backend_policy import KIND as BACKEND_TRAFFIC_POLICY
+from gw.config.backend_tls import KIND as BACKEND_TLS_POLICY
 from gw.config.errors import ConfigError
 from gw.config.parse_backend_policy import parse_backend_traffic_policy
+from gw.config.parse_backend_tls import parse_backend_tls_policy
 from gw.config.parse_core import (
     parse_backend,
+    parse_config_map,
     parse_endpoint_slice,
     parse_namespace,
     parse_policy,
@@ -209,8 +212,10 @@ _PARSERS: dict[str, _Parser] = {
     "Backend": parse_backend,
     "Namespace": parse_namespace,
     "Secret": parse_secret,
+    "ConfigMap": parse_config_map,
     RATE_LIMIT_POLICY: parse_rate_limit_policy,
     BACKEND_TRAFFIC_POLICY: parse_backend_traffic_policy,
+    BACKEND_TLS_POLICY: parse_backend_tls_policy,
 }
 
 # Strict validation of the spec of the kinds whose schema gw owns or follows to the letter (core
@@ -223,6 +228,7 @@ _SPEC_FIELDS = {
     "ReferenceGrant": fields.REFERENCE_GRANT_SPEC,
     "Backend": fields.BACKEND_SPEC,
     BACKEND_TRAFFIC_POLICY: fields.BACKEND_TRAFFIC_POLICY_SPEC,
+    BACKEND_TLS_POLICY: fields.BACKEND_TLS_POLICY_SPEC,
 }
 
 # Gateway API kinds gw does not serve (yet): skipped, and listed as ignored by `gw check`.
@@ -232,7 +238,6 @@ _OTHER_GATEWAY_API_KINDS = frozenset(
         "TLSRoute",
         "TCPRoute",
         "UDPRoute",
-        "BackendTLSPolicy",
         "BackendLBPolicy",
         "ListenerSet",
         "XListenerSet",
@@ -253,6 +258,8 @@ KIND_GROUPS = {
     "Backend": GW_GROUP,
     "Namespace": CORE_GROUP,
     "Secret": CORE_GROUP,
+    "ConfigMap": CORE_GROUP,
     RATE_LIMIT_POLICY: GW_GROUP,
     BACKEND_TRAFFIC_POLICY: GW_GROUP,
+    BACKEND_TLS_POLICY: GATEWAY_GROUP,
 }

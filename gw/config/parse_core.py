@@ -1,4 +1,4 @@
-"""Parsers for Kubernetes core kinds (Service, EndpointSlice, Namespace) and gw's static Backend."""
+"""Parsers for Kubernetes core kinds (Service, EndpointSlice, Namespace, Secret, ConfigMap) and gw's static Backend."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from gw.config.reader import Reader
 from gw.config.resources import (
     NAMESPACE_NAME_LABEL,
     SERVICE_NAME_LABEL,
+    ConfigMap,
     EndpointSlice,
     Meta,
     Namespace,
@@ -125,6 +126,26 @@ def parse_secret(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: s
             continue
         data[str(key)] = value.encode()
     return Secret(meta, secret_type, data)
+
+
+def parse_config_map(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: str) -> ConfigMap:
+    # ConfigMaps keep data (text) and binaryData (base64) at the top level.
+    root = field.removesuffix("spec")
+    data: dict[str, bytes] = {}
+    for key, value in r.map(obj.get("data"), f"{root}data").items():
+        if not isinstance(value, str):
+            r.error(f"{root}data.{key}", "must be a string")
+            continue
+        data[str(key)] = value.encode()
+    for key, value in r.map(obj.get("binaryData"), f"{root}binaryData").items():
+        if not isinstance(value, str):
+            r.error(f"{root}binaryData.{key}", "must be a base64 string")
+            continue
+        try:
+            data[str(key)] = base64.b64decode("".join(value.split()), validate=True)
+        except (binascii.Error, ValueError):
+            r.error(f"{root}binaryData.{key}", "is not valid base64")
+    return ConfigMap(meta, data)
 
 
 def parse_policy(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: str) -> Policy:

@@ -57,9 +57,30 @@ def parse_gateway(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: 
         listener = _listener(r, raw, f"{field}.listeners[{i}]", i, meta.namespace)
         if listener is not None:
             listeners.append(listener)
+    client_ref = _backend_tls(r, spec.get("tls"), f"{field}.tls", meta.namespace)
     if class_name is None:
         return None
-    return Gateway(meta, class_name, tuple(listeners))
+    return Gateway(meta, class_name, tuple(listeners), client_ref)
+
+
+def _backend_tls(r: Reader, raw: Any, field: str, namespace: str) -> SecretRef | None:
+    """spec.tls.backend.clientCertificateRef (spec.tls.frontend is accepted, not served: gw check warns)."""
+    tls = r.map(raw, field, fields.GATEWAY_TLS)
+    b_field = f"{field}.backend"
+    backend = r.map(tls.get("backend"), b_field, fields.GATEWAY_BACKEND_TLS)
+    if backend.get("clientCertificateRef") is None:
+        return None
+    c_field = f"{b_field}.clientCertificateRef"
+    ref = r.map(backend["clientCertificateRef"], c_field, fields.SECRET_REF)
+    name = r.str(ref, "name", c_field, required=True, check=v.check_object_name)
+    if name is None:
+        return None
+    return SecretRef(
+        name,
+        r.str(ref, "namespace", c_field, default=namespace) or namespace,
+        r.str(ref, "group", c_field, default=CORE_GROUP) or CORE_GROUP,
+        r.str(ref, "kind", c_field, default="Secret") or "Secret",
+    )
 
 
 def _listener(r: Reader, raw: Any, field: str, index: int, namespace: str) -> Listener | None:

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from gw.config.backend_policy import BackendTrafficPolicy
+from gw.config.backend_tls import BackendTLSPolicy
 from gw.config.filters import CORS, HeaderModifier, Redirect, Retry, URLRewrite
 from gw.config.ratelimit import RateLimitPolicy
 from gw.config.session import SessionPersistence
@@ -115,6 +116,8 @@ class Gateway:
     meta: Meta
     class_name: str
     listeners: tuple[Listener, ...]
+    # spec.tls.backend.clientCertificateRef: what it presents to backends reached over TLS
+    client_certificate_ref: SecretRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +305,14 @@ class Secret:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigMap:
+    """A core ConfigMap; gw reads CA bundles from them (BackendTLSPolicy caCertificateRefs, key ca.crt)."""
+
+    meta: Meta
+    data: dict[str, bytes] = field(default_factory=dict, compare=False)  # data and binaryData
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """An object of a gw.dev kind other than Backend: a target for ExtensionRef filters."""
 
@@ -319,9 +330,11 @@ Resource = (
     | ReferenceGrant
     | Namespace
     | Secret
+    | ConfigMap
     | Policy
     | RateLimitPolicy
     | BackendTrafficPolicy
+    | BackendTLSPolicy
 )
 
 
@@ -338,9 +351,11 @@ class Resources:
     reference_grants: list[ReferenceGrant] = field(default_factory=list)
     namespaces: list[Namespace] = field(default_factory=list)
     secrets: list[Secret] = field(default_factory=list)
+    config_maps: list[ConfigMap] = field(default_factory=list)
     policies: list[Policy] = field(default_factory=list)
     rate_limit_policies: list[RateLimitPolicy] = field(default_factory=list)
     backend_traffic_policies: list[BackendTrafficPolicy] = field(default_factory=list)
+    backend_tls_policies: list[BackendTLSPolicy] = field(default_factory=list)
     # Kinds gw does not read (Deployments in the same manifests, ...): "Kind ns/name" per object.
     ignored: list[str] = field(default_factory=list)
     # Objects of gw's kinds refused as invalid: "Kind ns/name" (see gw.config.fallback).
@@ -358,9 +373,11 @@ class Resources:
             self.reference_grants,
             self.namespaces,
             self.secrets,
+            self.config_maps,
             self.policies,
             self.rate_limit_policies,
             self.backend_traffic_policies,
+            self.backend_tls_policies,
         )
 
     def objects(self) -> list[Resource]:
@@ -377,8 +394,10 @@ class Resources:
             ReferenceGrant: self.reference_grants,
             Namespace: self.namespaces,
             Secret: self.secrets,
+            ConfigMap: self.config_maps,
             Policy: self.policies,
             RateLimitPolicy: self.rate_limit_policies,
             BackendTrafficPolicy: self.backend_traffic_policies,
+            BackendTLSPolicy: self.backend_tls_policies,
         }[type(obj)]
         bucket.append(obj)  # type: ignore[arg-type]

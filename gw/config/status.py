@@ -9,6 +9,7 @@ from gw.config.errors import Condition
 from gw.config.gateways import supported_kinds
 
 DEFAULT_CONTROLLER = "gw.dev/gateway-controller"
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 
 
 def _condition(c: Condition) -> dict[str, str]:
@@ -73,20 +74,34 @@ def status_document(result: LoadResult, controller_name: str = DEFAULT_CONTROLLE
                     ],
                 }
             )
-        for policy in [*resources.rate_limit_policies, *resources.backend_traffic_policies]:
-            # GEP-713 policy status, reduced to what gw knows: its targets and its Accepted condition.
-            doc["policies"].append(
-                {
-                    "kind": policy.meta.kind,
-                    "namespace": policy.meta.namespace,
-                    "name": policy.meta.name,
-                    "targetRefs": [
-                        {"kind": t.kind, "name": t.name, **({"sectionName": t.section_name} if t.section_name else {})}
-                        for t in policy.targets
-                    ],
-                    "conditions": [_condition(c) for c in conditions.get(policy.meta.label, [])],
-                }
-            )
+        for policy in [
+            *resources.rate_limit_policies,
+            *resources.backend_traffic_policies,
+            *resources.backend_tls_policies,
+        ]:
+            # GEP-713 policy status, reduced to what gw knows: its targets and its conditions.
+            policy_conditions = [_condition(c) for c in conditions.get(policy.meta.label, [])]
+            entry: dict[str, Any] = {
+                "kind": policy.meta.kind,
+                "namespace": policy.meta.namespace,
+                "name": policy.meta.name,
+                "targetRefs": [
+                    {"kind": t.kind, "name": t.name, **({"sectionName": t.section_name} if t.section_name else {})}
+                    for t in policy.targets
+                ],
+                "conditions": policy_conditions,
+            }
+            if policy.meta.label in result.ancestors:
+                # PolicyStatus.ancestors: the same conditions under each Gateway reaching its backends.
+                entry["ancestors"] = [
+                    {
+                        "ancestorRef": {"group": GATEWAY_API_GROUP, "kind": "Gateway", "namespace": ns, "name": name},
+                        "controllerName": controller_name,
+                        "conditions": policy_conditions,
+                    }
+                    for ns, name in result.ancestors[policy.meta.label]
+                ]
+            doc["policies"].append(entry)
     for e in result.errors:
         doc["errors"].append({"file": e.file, "object": e.obj, "field": e.field, "message": e.message})
     return doc

@@ -191,9 +191,14 @@ def _base_context() -> ssl.SSLContext:
 
 def _context_for(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     ctx = _base_context()
+    load_key_pair(ctx, cert_pem, key_pem)
+    return ctx
+
+
+def load_key_pair(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """ctx.load_cert_chain from PEM bytes (a listener's certificate, a Gateway's client certificate)."""
     with _pem_files(cert_pem, key_pem) as (cert_path, key_path):
         ctx.load_cert_chain(cert_path, key_path)
-    return ctx
 
 
 @contextlib.contextmanager

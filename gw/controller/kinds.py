@@ -50,6 +50,8 @@ NAMESPACE = Kind("Namespace", "v1", "namespaces", namespaced=False)
 BACKEND = Kind("Backend", GW_API, "backends")
 RATE_LIMIT_POLICY = Kind("RateLimitPolicy", GW_API, "ratelimitpolicies")
 BACKEND_TRAFFIC_POLICY = Kind("BackendTrafficPolicy", GW_API, "backendtrafficpolicies")
+BACKEND_TLS_POLICY = Kind("BackendTLSPolicy", GATEWAY_API, "backendtlspolicies")
+CONFIG_MAP = Kind("ConfigMap", "v1", "configmaps")  # BackendTLSPolicy CA bundles
 LEASE = Kind("Lease", "coordination.k8s.io/v1", "leases")
 
 # Everything the config is rendered from. GRPCRoute and the other route kinds join when gw.config
@@ -66,6 +68,8 @@ WATCHED: tuple[Kind, ...] = (
     BACKEND,
     RATE_LIMIT_POLICY,
     BACKEND_TRAFFIC_POLICY,
+    BACKEND_TLS_POLICY,
+    CONFIG_MAP,
 )
 
 BY_NAME = {k.kind: k for k in WATCHED}

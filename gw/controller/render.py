@@ -2,8 +2,9 @@
 
 Only GatewayClasses with gw's controllerName and what hangs off them: their Gateways, the
 HTTPRoutes attached to those, the Services, EndpointSlices and Backends the routes and policies
-name, the TLS Secrets the listeners name, gw's own policy kinds, ReferenceGrants, and Namespaces
-when a listener selects namespaces by label. Which object is valid, attached or served is not
+name, the TLS Secrets the listeners name, gw's own policy kinds, BackendTLSPolicies and the
+ConfigMaps (or Secrets) their caCertificateRefs name, ReferenceGrants, and Namespaces when a
+listener selects namespaces by label. Which object is valid, attached or served is not
 decided here: the files go through the same parse and compile as `gw check` and `gw run`.
 
 Each object is one file, `Kind/namespace/name.yaml`, written with sorted keys: equal objects give
@@ -62,7 +63,8 @@ def selection(cache: Cache, controller_name: str) -> dict[str, list[Key]]:
     ]
     ours = set(gateways)
     routes = [key for key, obj in cache.of("HTTPRoute").items() if ours & set(_parents(obj))]
-    policies = {k.kind: list(cache.of(k.kind)) for k in (kinds.RATE_LIMIT_POLICY, kinds.BACKEND_TRAFFIC_POLICY)}
+    policy_kinds = (kinds.RATE_LIMIT_POLICY, kinds.BACKEND_TRAFFIC_POLICY, kinds.BACKEND_TLS_POLICY)
+    policies = {k.kind: list(cache.of(k.kind)) for k in policy_kinds}
     backends: set[tuple[str, str, str]] = set()  # (kind, namespace, name)
     for key in routes:
         backends.update(_backend_refs(cache.of("HTTPRoute")[key]))
@@ -77,9 +79,17 @@ def selection(cache: Cache, controller_name: str) -> dict[str, list[Key]]:
         if (key[0], ((obj.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL, "")) in wanted
     ]
     secrets: set[Key] = set()
+    config_maps: set[Key] = set()
+    for key in policies["BackendTLSPolicy"]:
+        for kind, ref in _ca_refs(cache.of("BackendTLSPolicy")[key]):
+            (config_maps if kind == "ConfigMap" else secrets).add((key[0], ref))
     selects_namespaces = False
     for key in gateways:
-        for listener in (cache.of("Gateway")[key].get("spec") or {}).get("listeners") or ():
+        spec = cache.of("Gateway")[key].get("spec") or {}
+        client = ((spec.get("tls") or {}).get("backend") or {}).get("clientCertificateRef")
+        if isinstance(client, dict) and client.get("kind", "Secret") == "Secret" and not client.get("group"):
+            secrets.add((str(client.get("namespace") or key[0]), str(client.get("name"))))  # mTLS to backends
+        for listener in spec.get("listeners") or ():
             if not isinstance(listener, dict):
                 continue
             allowed = ((listener.get("allowedRoutes") or {}).get("namespaces") or {}).get("from")
@@ -98,6 +108,7 @@ def selection(cache: Cache, controller_name: str) -> dict[str, list[Key]]:
             (ns, name) for kind, ns, name in backends if kind == "Backend" and (ns, name) in cache.of("Backend")
         ],
         "Secret": [key for key in secrets if key in cache.of("Secret")],
+        "ConfigMap": [key for key in config_maps if key in cache.of("ConfigMap")],
         "Namespace": list(cache.of("Namespace")) if selects_namespaces else [],
         **policies,
     }
@@ -146,6 +157,15 @@ def _backend_refs(route: Object) -> Iterator[tuple[str, str, str]]:
                 yield from walk(item, False)
 
     yield from walk(route.get("spec") or {}, False)
+
+
+def _ca_refs(policy: Object) -> Iterator[tuple[str, str]]:
+    """(kind, name) of a BackendTLSPolicy's caCertificateRefs that gw reads (in the policy's namespace)."""
+    validation = (policy.get("spec") or {}).get("validation") or {}
+    for ref in validation.get("caCertificateRefs") or ():
+        kind, name = (ref.get("kind"), ref.get("name")) if isinstance(ref, dict) else (None, None)
+        if kind in ("ConfigMap", "Secret") and not ref.get("group") and isinstance(name, str):
+            yield kind, name
 
 
 def _targets(policy: Object) -> Iterator[tuple[str, str, str]]:

@@ -168,9 +168,13 @@ def updates(
         obj = cache.get(kind.kind, policy["namespace"], policy["name"]) or {}
         generation, current = _generation(obj), (obj.get("status") or {}).get("ancestors") or []
         ours = []
-        for target in policy["targetRefs"]:
-            group = TARGET_GROUPS.get(target["kind"], GATEWAY_GROUP)
-            ref = {"group": group, "namespace": policy["namespace"], **target}
+        # A BackendTLSPolicy's ancestors are the Gateways reaching its backends (the status
+        # document names them); gw's own policies are reported under their targets.
+        refs = [a["ancestorRef"] for a in policy["ancestors"]] if "ancestors" in policy else [
+            {"group": TARGET_GROUPS.get(t["kind"], GATEWAY_GROUP), "namespace": policy["namespace"], **t}
+            for t in policy["targetRefs"]
+        ]  # fmt: skip
+        for ref in refs:
             old = next((a for a in current if _ours(a, controller_name) and a.get("ancestorRef") == ref), {})
             conditions = _conditions(policy["conditions"], old.get("conditions"), generation, stamp)
             ours.append({"ancestorRef": ref, "controllerName": controller_name, "conditions": conditions})

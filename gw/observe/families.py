@@ -46,10 +46,18 @@ PROXY_ERROR_KINDS = (
     "upstream-connect-failed",
     "upstream-protocol-error",
     "upstream-timeout",
+    "upstream-tls-failed",
 )
 # A retry's reason: a status among the rule's codes, a pooled connection found closed, or the
 # kind of the failed attempt (the ProxyErrors with attempt_failed).
-RETRY_REASONS = ("status", "stale-connection", "upstream-connect-failed", "upstream-protocol-error", "upstream-timeout")
+RETRY_REASONS = (
+    "status",
+    "stale-connection",
+    "upstream-connect-failed",
+    "upstream-protocol-error",
+    "upstream-timeout",
+    "upstream-tls-failed",
+)
 # gw_sessions_total's results (gw.policies.session): a new session; one moved off an endpoint gone,
 # ejected or refusing; a cookie that failed verification (tampered, expired, another rule's or
 # key's); a request whose header id went by the hash because Redis did not answer.

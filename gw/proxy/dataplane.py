@@ -11,6 +11,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from gw.config import build_ssl_context
+from gw.config.backend_tls import UpstreamTLS, client_context
 from gw.config.model import Backend, CompiledConfig, Endpoint, PortConfig
 from gw.observe.accesslog import AccessLog
 from gw.observe.metrics import Registry
@@ -19,6 +20,7 @@ from gw.policies.ratelimit import Limiters
 from gw.policies.registry import PHASES, Build, build_chain
 from gw.policies.session_table import SessionCounts, SessionTable
 from gw.proxy.upstream import EndpointPool
+from gw.proxy.upstream_tls import TLSEndpointPool
 from gw.settings import Settings
 from gw.state import SharedState
 
@@ -52,7 +54,10 @@ class DataPlane:
         self.settings = settings
         self.config: CompiledConfig | None = None
         self.ports: dict[int, PortConfig] = {}
-        self.pools: dict[tuple[str, int], EndpointPool] = {}
+        # Plain endpoints by (address, port); TLS ones by (address, port, UpstreamTLS.identity).
+        self.pools: dict[tuple[Any, ...], EndpointPool] = {}
+        # One client SSLContext per distinct UpstreamTLS, kept across reloads with its pools.
+        self.upstream_contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
         self.connections: set[ClientConnection] = set()
         self.mirrors: set[MirrorRequest] = set()  # RequestMirror copies in flight
         self.metrics = metrics if metrics is not None else Registry()
@@ -158,8 +163,9 @@ class DataPlane:
         return ctx
 
     def _bind_pools(self, backend: Backend) -> None:
+        tls = backend.tls
         for endpoint in backend.endpoints:
-            endpoint.pool = self.pool(endpoint)
+            endpoint.pool = self.pool(endpoint) if tls is None else self.tls_pool(endpoint, tls)
 
     def pool(self, endpoint: Endpoint) -> EndpointPool:
         pool = self.pools.get(endpoint.key)
@@ -169,6 +175,30 @@ class DataPlane:
                 self.loop,
                 endpoint.address,
                 endpoint.port,
+                max_idle=s.upstream_max_idle,
+                idle_timeout=s.upstream_idle_timeout,
+                max_requests=s.upstream_max_requests,
+            )
+        return pool
+
+    def tls_pool(self, endpoint: Endpoint, tls: UpstreamTLS) -> EndpointPool:
+        """The pool of `endpoint` under a BackendTLSPolicy: its own, apart from plain connections to
+        the same address, and shared by every backend verifying the same way."""
+        key = (*endpoint.key, tls.identity)
+        pool = self.pools.get(key)
+        if pool is None:
+            context = None
+            if tls.refusal is None:
+                context = self.upstream_contexts.get(tls.identity)
+                if context is None:
+                    context = self.upstream_contexts[tls.identity] = client_context(tls)
+            s = self.settings
+            pool = self.pools[key] = TLSEndpointPool(
+                self.loop,
+                endpoint.address,
+                endpoint.port,
+                tls,
+                context,
                 max_idle=s.upstream_max_idle,
                 idle_timeout=s.upstream_idle_timeout,
                 max_requests=s.upstream_max_requests,

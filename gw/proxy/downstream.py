@@ -49,6 +49,7 @@ from gw.proxy.upstream import (
     EndpointPool,
     UpstreamConnection,
 )
+from gw.proxy.upstream_tls import TLSRefused, tls_failure
 
 # The endpoint's own failures (local origin) a ProxyError can stand for, besides a refused connection.
 UPSTREAM_FAILURES = (errors.UpstreamTimeout, errors.UpstreamProtocolError)
@@ -826,6 +827,10 @@ class ClientConnection(asyncio.Protocol):
         if exc is not None:
             if self.active is not req or self.closed:
                 return
+            if isinstance(exc, TLSRefused) and not exc.attempt:
+                # The BackendTLSPolicy cannot be honoured: no endpoint is at fault, none is tried.
+                self._fail(errors.UpstreamTLSFailed(str(exc)))
+                return
             req.attempts += 1
             endpoint = self.endpoint
             self.plane.metrics.inc("gw_upstream_connect_errors_total", endpoint=f"{pool.address}:{pool.port}")
@@ -840,7 +845,8 @@ class ClientConnection(asyncio.Protocol):
                     req.repin = None
                     repin(req, self.endpoint)  # a session's endpoint refused: it moves to this one
                 return
-            self._fail(errors.UpstreamRefused(f"cannot connect to {pool.address}:{pool.port}: {exc}"))
+            failed = errors.UpstreamTLSFailed if tls_failure(exc) else errors.UpstreamRefused
+            self._fail(failed(f"cannot connect to {pool.address}:{pool.port}: {exc}"))
             return
         conn = task.result()
         if self.active is not req or self.closed:

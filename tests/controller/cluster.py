@@ -10,6 +10,8 @@ Object = dict[str, Any]
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 BUNDLE_VERSION = "gateway.networking.k8s.io/bundle-version"
 GATEWAY_API_CRDS = ("gatewayclasses", "gateways", "httproutes", "referencegrants")
+# Read too, but not installed by basic(): a CRD not installed is not judged (BackendTLSPolicy is v1 from v1.4).
+OPTIONAL_CRDS = ("backendtlspolicies",)
 
 
 def crd(plural: str, version: str | None = "v1.6.1") -> Object:

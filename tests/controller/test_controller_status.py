@@ -142,7 +142,8 @@ async def test_supported_version_is_the_installed_crds_bundle_version(
         assert controller.version == 1
         # Each CRD is watched by name (a metadata.name selector: what RBAC's resourceNames grants).
         reads = {r.query.get("fieldSelector") for r in fake.requests if r.path.endswith("/customresourcedefinitions")}
-        assert reads == {f"metadata.name={p}.gateway.networking.k8s.io" for p in cluster.GATEWAY_API_CRDS}
+        judged = (*cluster.GATEWAY_API_CRDS, *cluster.OPTIONAL_CRDS)
+        assert reads == {f"metadata.name={p}.gateway.networking.k8s.io" for p in judged}
 
 
 async def test_crds_outside_the_supported_range_refuse_the_class_and_publish_nothing(
@@ -191,8 +192,9 @@ async def test_crds_without_the_annotation_are_served_best_effort(
         await eventually(lambda: condition(fake, "SupportedVersion"), "SupportedVersion written")
         supported = condition(fake, "SupportedVersion")
         assert (supported["status"], supported["reason"]) == ("False", "UnsupportedVersion")
-        assert "gateways.gateway.networking.k8s.io has no gateway.networking.k8s.io/bundle-version" in (
-            supported["message"]
+        assert (
+            "gateways.gateway.networking.k8s.io has no gateway.networking.k8s.io/bundle-version"
+            in (supported["message"])
         )
         assert condition(fake, "Accepted")["status"] == "True"
         assert controller.version == 1
@@ -213,9 +215,7 @@ async def test_crds_gw_may_not_read_do_not_block_publishing(
         assert controller.version == 1
 
 
-async def test_crds_not_installed_do_not_block_publishing(
-    fake: FakeApiServer, store: ConfigStore, prefix: str
-) -> None:
+async def test_crds_not_installed_do_not_block_publishing(fake: FakeApiServer, store: ConfigStore, prefix: str) -> None:
     for obj in cluster.basic(PORT, 9999)[len(cluster.GATEWAY_API_CRDS) :]:
         fake.put(obj)  # everything but the CRDs: the lists by name come back empty (a GET would 404)
     async with running(new_controller(store, prefix)) as controller:
@@ -223,3 +223,31 @@ async def test_crds_not_installed_do_not_block_publishing(
         assert condition(fake, "SupportedVersion")["status"] == "True"
         assert condition(fake, "Accepted")["status"] == "True"
         assert controller.version == 1
+
+
+async def test_a_backend_tls_policy_reads_its_ca_config_map_and_reports_under_its_gateways(
+    fake: FakeApiServer, store: ConfigStore, prefix: str
+) -> None:
+    import trustme
+
+    for obj in cluster.basic(PORT, 9999):
+        fake.put(obj)
+    fake.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app-ca", "namespace": "default"},
+              "data": {"ca.crt": trustme.CA().cert_pem.bytes().decode()}})  # fmt: skip
+    ca_ref = {"group": "", "kind": "ConfigMap", "name": "app-ca"}
+    fake.put({"apiVersion": cluster.GATEWAY_API, "kind": "BackendTLSPolicy",
+              "metadata": {"name": "app-tls", "namespace": "default"},
+              "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "app"}],
+                       "validation": {"hostname": "app.internal", "caCertificateRefs": [ca_ref]}}})  # fmt: skip
+    async with running(new_controller(store, prefix)):
+        await eventually(lambda: status_of(fake, "BackendTLSPolicy", "app-tls").get("ancestors"), "the policy's status")
+        [ancestor] = status_of(fake, "BackendTLSPolicy", "app-tls")["ancestors"]
+        assert ancestor["ancestorRef"] == {
+            "group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "default", "name": "web"
+        }  # fmt: skip
+        assert ancestor["controllerName"] == DEFAULT_CONTROLLER_NAME
+        # The ConfigMap reached the config: the CA resolved.
+        assert bare(ancestor["conditions"]) == [
+            {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "verified against 1 CA bundle(s)"},
+            {"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs", "message": ""},
+        ]

@@ -14,7 +14,8 @@ def verdict(*versions: str | None) -> Verdict:
 
 
 def test_the_crds_judged_are_those_of_the_kinds_the_controller_reads() -> None:
-    assert crd_names() == sorted(f"{p}.gateway.networking.k8s.io" for p in cluster.GATEWAY_API_CRDS)
+    expected = (*cluster.GATEWAY_API_CRDS, *cluster.OPTIONAL_CRDS)
+    assert crd_names() == sorted(f"{p}.gateway.networking.k8s.io" for p in expected)
 
 
 @pytest.mark.parametrize("version", ["v1.0.0", "v1.6.1", "v1.7.0-rc.1", "v1.99.3"])

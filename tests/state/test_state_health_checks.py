@@ -5,13 +5,16 @@ servers count the probes; a real Valkey holds the lease."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import trustme
 
 from gw.config.backend_policy import TCP, ActiveHealthCheck, Resilience
+from gw.config.backend_tls import UpstreamTLS
 from gw.config.model import Backend, BackendRef, CompiledConfig, Endpoint, Rule
 from gw.observe.metrics import Registry
 from gw.state import Client, Keys, connect
@@ -262,3 +265,33 @@ def test_a_backend_without_active_checks_is_not_probed() -> None:
     assert checker.checks == {}
 
 
+
+
+async def test_an_endpoint_under_a_backend_tls_policy_is_probed_over_verified_tls(
+    client: Client, keys: Keys, replicas: Any
+) -> None:
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("orders.internal").configure_cert(ctx)
+    up = Upstream("tls", tls=ctx).start()
+    try:
+        check = ActiveHealthCheck(path="/status/200", interval=0.1, unhealthy_threshold=1, healthy_threshold=1)
+
+        def under(tls_ca: trustme.CA) -> CompiledConfig:
+            compiled = config(check, ("127.0.0.1", up.port))
+            backend = compiled.rules[0].backend_refs[0].backend
+            backend.tls = UpstreamTLS("default/p", "orders.internal", ca_certificates=tls_ca.cert_pem.bytes())  # type: ignore[union-attr]
+            return compiled
+
+        replica = replicas.add()
+        async with Channel(client, keys) as channel:
+            replica.serve(under(trustme.CA()))  # a policy trusting another CA: the proxy would refuse it too
+            (down,) = await channel.wait(1)
+            assert down["s"] == "unhealthy" and "TLS: [SSL: CERTIFICATE_VERIFY_FAILED]" in down["why"]
+            assert probes(up, "/status/200") == 0
+            replica.serve(under(ca))  # a reload with the right CA
+            _, back = await channel.wait(2)
+        assert back["s"] == "healthy"
+        assert all(s.tls is not None for s in up.seen if s.target == "/status/200") and probes(up, "/status/200") >= 1
+    finally:
+        up.stop()

@@ -46,6 +46,8 @@ PLURALS = {
     "Backend": "backends",
     "RateLimitPolicy": "ratelimitpolicies",
     "BackendTrafficPolicy": "backendtrafficpolicies",
+    "BackendTLSPolicy": "backendtlspolicies",
+    "ConfigMap": "configmaps",
     "Lease": "leases",
     "CustomResourceDefinition": "customresourcedefinitions",
 }
@@ -455,6 +457,8 @@ _API_VERSIONS = {
     "Backend": "gw.dev/v1alpha1",
     "RateLimitPolicy": "gw.dev/v1alpha1",
     "BackendTrafficPolicy": "gw.dev/v1alpha1",
+    "BackendTLSPolicy": "gateway.networking.k8s.io/v1",
+    "ConfigMap": "v1",
     "Lease": "coordination.k8s.io/v1",
     "CustomResourceDefinition": "apiextensions.k8s.io/v1",
 }

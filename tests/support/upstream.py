@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ class Seen:
     body_sha256: str = ""
     connection: int = 0  # which upstream connection carried it (1, 2, … in accept order)
     nth: int = 0  # its position on that connection (1 = the connection's first request)
+    tls: str | None = None  # the TLS version of its connection ("TLSv1.3"), None in plain text
+    tls_resumed: bool = False  # its connection resumed an earlier TLS session
 
     def header(self, name: str) -> str | None:
         values = [v for n, v in self.headers if n.lower() == name.lower()]
@@ -56,6 +59,7 @@ class Upstream:
     fault: str | None = None
     flaky: dict[str, int] = field(default_factory=dict)  # /flaky/<key>/<n>: requests seen per key
     loop: asyncio.AbstractEventLoop | None = None
+    tls: ssl.SSLContext | None = None  # serve HTTPS with this server context
     _server: asyncio.base_events.Server | None = None
     _thread: threading.Thread | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
@@ -78,7 +82,7 @@ class Upstream:
         return self
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=1 << 20)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=1 << 20, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def stop(self) -> None:
@@ -125,6 +129,9 @@ class Upstream:
         self.connections += 1
         connection = self.connections
         nth = 0
+        sslobj = writer.get_extra_info("ssl_object")
+        tls = sslobj.version() if sslobj is not None else None
+        resumed = sslobj.session_reused if sslobj is not None else False
         self._writers.add(writer)
         try:
             while True:
@@ -136,7 +143,10 @@ class Upstream:
                 method, target, version = lines[0].split(" ", 2)
                 headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:]]
                 nth += 1
-                seen = Seen(method, target, version, headers, connection=connection, nth=nth)  # type: ignore[arg-type]
+                seen = Seen(
+                    method, target, version, headers,  # type: ignore[arg-type]
+                    connection=connection, nth=nth, tls=tls, tls_resumed=resumed,
+                )  # fmt: skip
                 self.seen.append(seen)
                 digest = hashlib.sha256()
                 te = (seen.header("transfer-encoding") or "").lower()
