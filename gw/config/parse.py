@@ -34,6 +34,7 @@ from gw.config.parse_gateway import (
     parse_reference_grant,
 )
 from gw.config.parse_ratelimit import parse_rate_limit_policy
+from gw.config.parse_security_policy import parse_security_policy
 from gw.config.ratelimit import KIND as RATE_LIMIT_POLICY
 from gw.config.reader import Reader, join, string_map, type_name
 from gw.config.resources import (
@@ -45,6 +46,7 @@ from gw.config.resources import (
     Resource,
     Resources,
 )
+from gw.config.security_policy import KIND as SECURITY_POLICY
 
 Document = tuple[str, Any]  # (file it came from, the parsed YAML document)
 
@@ -70,6 +72,9 @@ def parse_documents(documents: Iterable[Document | dict[str, Any]]) -> tuple[Res
                 elif (label := object_label(obj)) is not None:
                     resources.rejected.append(label)
                 continue
+            if getattr(parsed, "invalid", None) and (label := object_label(obj)) is not None:
+                # Refused, yet kept: the rules it targets answer 500 (a SecurityPolicy fails closed).
+                resources.rejected.append(label)
             resources.add(parsed)
     return resources, errors
 
@@ -211,6 +216,7 @@ _PARSERS: dict[str, _Parser] = {
     "Secret": parse_secret,
     RATE_LIMIT_POLICY: parse_rate_limit_policy,
     BACKEND_TRAFFIC_POLICY: parse_backend_traffic_policy,
+    SECURITY_POLICY: parse_security_policy,
 }
 
 # Strict validation of the spec of the kinds whose schema gw owns or follows to the letter (core
@@ -255,4 +261,5 @@ KIND_GROUPS = {
     "Secret": CORE_GROUP,
     RATE_LIMIT_POLICY: GW_GROUP,
     BACKEND_TRAFFIC_POLICY: GW_GROUP,
+    SECURITY_POLICY: GW_GROUP,
 }

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from gw.config.backend_policy import BackendTrafficPolicy
 from gw.config.filters import CORS, HeaderModifier, Redirect, Retry, URLRewrite
 from gw.config.ratelimit import RateLimitPolicy
+from gw.config.security_policy import SecurityPolicy
 from gw.config.session import SessionPersistence
 from gw.routing.match import RouteMatch
 
@@ -322,6 +323,7 @@ Resource = (
     | Policy
     | RateLimitPolicy
     | BackendTrafficPolicy
+    | SecurityPolicy
 )
 
 
@@ -341,6 +343,7 @@ class Resources:
     policies: list[Policy] = field(default_factory=list)
     rate_limit_policies: list[RateLimitPolicy] = field(default_factory=list)
     backend_traffic_policies: list[BackendTrafficPolicy] = field(default_factory=list)
+    security_policies: list[SecurityPolicy] = field(default_factory=list)
     # Kinds gw does not read (Deployments in the same manifests, ...): "Kind ns/name" per object.
     ignored: list[str] = field(default_factory=list)
     # Objects of gw's kinds refused as invalid: "Kind ns/name" (see gw.config.fallback).
@@ -361,6 +364,7 @@ class Resources:
             self.policies,
             self.rate_limit_policies,
             self.backend_traffic_policies,
+            self.security_policies,
         )
 
     def objects(self) -> list[Resource]:
@@ -380,5 +384,6 @@ class Resources:
             Policy: self.policies,
             RateLimitPolicy: self.rate_limit_policies,
             BackendTrafficPolicy: self.backend_traffic_policies,
+            SecurityPolicy: self.security_policies,
         }[type(obj)]
         bucket.append(obj)  # type: ignore[arg-type]

@@ -73,7 +73,8 @@ def status_document(result: LoadResult, controller_name: str = DEFAULT_CONTROLLE
                     ],
                 }
             )
-        for policy in [*resources.rate_limit_policies, *resources.backend_traffic_policies]:
+        policies = [*resources.rate_limit_policies, *resources.backend_traffic_policies, *resources.security_policies]
+        for policy in policies:
             # GEP-713 policy status, reduced to what gw knows: its targets and its Accepted condition.
             doc["policies"].append(
                 {
