@@ -22,7 +22,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from gw import errors
 from gw.errors import ProxyError, problem_response
-from gw.observe.accesslog import LINE, NULL_UPSTREAM, members
+from gw.observe.accesslog import LINE, NULL_CONSUMER, NULL_UPSTREAM, members
 from gw.policies.phase import WAIT as WAIT_FOR_PHASE
 from gw.policies.phase import Chain
 from gw.proxy.exchange import Exchange
@@ -1410,6 +1410,7 @@ class ClientConnection(asyncio.Protocol):
                     duration * 1000.0,
                     stats.log_member,
                     endpoint.pool.log_member if endpoint is not None and rule is not None else NULL_UPSTREAM,
+                    req.identity.log_member if req.identity is not None else NULL_CONSUMER,
                     b"," + members(error=error) if error else b"",
                 )
             )
