@@ -1393,7 +1393,8 @@ class ClientConnection(asyncio.Protocol):
                     client=self.client,
                     method=req.method.decode("latin-1"),
                     host=req.host,
-                    path=req.url.decode("latin-1"),
+                    # (log_url: the target with a credential blanked, set by the phase that read it)
+                    path=(req.url if req.log_url is None else req.log_url).decode("latin-1"),
                     protocol=_PROTOCOLS.get(req.version, "HTTP/?"),
                 )
                 self.log_memo = (req.url, req.host, req.method, req.version, request_part)

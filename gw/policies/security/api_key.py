@@ -19,6 +19,8 @@ from gw.policies.ratelimit.identify import query_param
 from gw.policies.security.identity import Decisions, Identity
 
 KNOWN = 10_000  # verified keys a worker remembers per policy
+HEADS = 1_000  # request heads (at most HEAD_SIZE bytes each) remembered with the identity their key gave
+HEAD_SIZE = 2_048
 REFUSAL = "a valid API key is required"
 
 
@@ -42,18 +44,32 @@ class APIKeyAuth(Phase):
         # The common configuration, one header: found in one pass over the fields.
         only = self.sources[0] if len(self.sources) == 1 else None
         self.only_header = only[1][0] if only and only[0] == "header" and len(only[1]) == 1 else None
+        # A client sends the same head again and again: with the key in one header, the identity a
+        # head's key gave is remembered under the head itself, and its next requests split no fields.
+        self.heads: dict[bytes, Identity] = {}
         self.refusal = Unauthorized(REFUSAL)
         self.decisions = Decisions(counters, security.policy)
+        self.counters = counters
+        self.authenticated = self.decisions.keys["authenticated"]
 
     def on_request(self, ex: Exchange) -> int:
         name = self.only_header
-        presented = None
         if name is not None:
+            head = ex.head_key()
+            if head is not None:
+                identity = self.heads.get(head)
+                if identity is not None:
+                    ex.identity = identity
+                    counters = self.counters
+                    counters[self.authenticated] = counters.get(self.authenticated, 0) + 1
+                    return CONTINUE
+            presented = None
             for field, value in ex.fields():
                 if field.lower() == name:
                     presented = value
                     break
         else:
+            head = None
             presented = self.extract(ex)
         if presented:
             identity = self.known.get(presented)
@@ -62,6 +78,10 @@ class APIKeyAuth(Phase):
             if identity is not None:
                 ex.identity = identity
                 self.decisions.add("authenticated")
+                if head is not None and len(head) <= HEAD_SIZE:
+                    if len(self.heads) >= HEADS:
+                        del self.heads[next(iter(self.heads))]
+                    self.heads[head] = identity
                 return CONTINUE
         self.decisions.add("unauthenticated")
         ex.fail(self.refusal)
@@ -75,6 +95,8 @@ class APIKeyAuth(Phase):
                     value = ex.field(name)
                 elif kind == "param":
                     value = query_param(ex.query, name) or None
+                    if value:
+                        ex.log_url = _blanked(ex.url, name)  # a credential, right or wrong: never logged
                 else:
                     value = _cookie(ex, name)
                 if value:
@@ -134,6 +156,16 @@ def _cookie(ex: Exchange, name: bytes) -> bytes | None:
 def _without_cookies(field: tuple[bytes, bytes], names: tuple[bytes, ...]) -> tuple[bytes, bytes]:
     kept = [p for p in field[1].split(b";") if p.strip().partition(b"=")[0] not in names]
     return field[0], b";".join(kept).strip()
+
+
+def _blanked(url: bytes, name: bytes) -> bytes:
+    path, _, query = url.partition(b"?")
+    pairs = query.split(b"&")
+    for i, pair in enumerate(pairs):
+        key, sep, _ = pair.partition(b"=")
+        if sep and unquote_to_bytes(key.replace(b"+", b" ")) == name:
+            pairs[i] = key + b"=REDACTED"
+    return path + b"?" + b"&".join(pairs)
 
 
 def _without_params(url: bytes, names: tuple[bytes, ...]) -> bytes:
