@@ -6,6 +6,8 @@ import orjson
 
 _REASONS = {
     400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
     404: b"Not Found",
     408: b"Request Timeout",
     413: b"Content Too Large",
@@ -146,6 +148,31 @@ class RateLimited(ProxyError):
         self.fields = fields
         if status != 429:
             self.status, self.kind = status, "rate-limit-unavailable"
+
+
+class Unauthorized(ProxyError):
+    """A SecurityPolicy's authentication found no valid credential: 401, the same answer whichever
+    part of a credential was wrong (with WWW-Authenticate where the scheme has one)."""
+
+    status, kind = 401, "unauthorized"
+
+    def __init__(self, detail: str, fields: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(detail)
+        self.fields = fields or []
+
+
+class Forbidden(ProxyError):
+    """A SecurityPolicy's authorization denied the request: 403."""
+
+    status, kind = 403, "forbidden"
+
+
+class AuthOverloaded(ProxyError):
+    """Password hashes to verify are queued past the worker's bound (a flood of new credentials):
+    the gateway cannot check this one now, so it says so with Retry-After rather than queue it."""
+
+    status, kind = 503, "auth-overloaded"
+    fields = [(b"Retry-After", b"1")]
 
 
 class UpstreamTimeout(ProxyError):

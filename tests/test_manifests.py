@@ -629,7 +629,6 @@ REFUSED: list[tuple[str, str, Any]] = [
     ("RateLimitPolicy", "spec.limits.0.per", DELETE),
     ("RateLimitPolicy", "spec.limits.0.burst", 0),
     ("RateLimitPolicy", "spec.limits.0.name", "Per_Second"),
-    ("RateLimitPolicy", "spec.limits.0.key.0.type", "Consumer"),
     ("RateLimitPolicy", "spec.limits.0.key.0.type", "JWTClaim"),
     ("RateLimitPolicy", "spec.limits.0.key.0.type", DELETE),
     ("RateLimitPolicy", "spec.targetRefs.0.kind", "Service"),

@@ -21,6 +21,7 @@ from gw.config.gateways import serve_gateways
 from gw.config.policy_attach import CompiledRoute, attach_extension_rate_limits, attach_rate_limits
 from gw.config.resources import Gateway, HTTPRoute, Listener, Resources
 from gw.config.rules import RuleCompiler
+from gw.config.security_attach import attach_security_policies
 from gw.config.session import settle_sessions
 from gw.config.tls import port_tls
 from gw.config.validate import check_duplicates
@@ -109,6 +110,7 @@ def compile_resources(
                     order = (route.meta.created, route.meta.key, spec.index, m_index)
                     entries.append(RouteEntry(att.hostnames, match, rule, order))
 
+    attach_security_policies(resources.security_policies, compiled_routes, resources.secrets, conditions, errors)
     attach_rate_limits(resources.rate_limit_policies, compiled_routes, conditions, errors)
     attach_extension_rate_limits(compiled_routes)
     attach_backend_policies(resources.backend_traffic_policies, compiled_routes, resources.services, conditions, errors)

@@ -53,7 +53,8 @@ def _backend(backend: Backend) -> str:
 def _policies(rule: Rule) -> list[str]:
     """The policy objects that apply to the rule: its rate limits (by targetRefs or ExtensionRef)
     and the BackendTrafficPolicies of its backends, each once."""
-    names = [f"RateLimitPolicy {p.meta.namespace}/{p.meta.name}" for p in rule.rate_limit_policies]
+    names = [f"SecurityPolicy {rule.security.policy}"] if rule.security is not None else []
+    names += [f"RateLimitPolicy {p.meta.namespace}/{p.meta.name}" for p in rule.rate_limit_policies]
     for ref in rule.backend_refs:
         if ref.backend is not None and ref.backend.resilience is not None:
             names += [f"BackendTrafficPolicy {source}" for source in ref.backend.resilience.sources]

@@ -74,5 +74,6 @@ def keep_running_objects(
 
 
 def _whole(obj: object) -> bool:
-    """A running copy worth keeping: it parsed, and (a route) with none of its rules dropped."""
-    return obj is not None and not (isinstance(obj, HTTPRoute) and obj.dropped)
+    """A running copy worth keeping: it parsed, (a route) with none of its rules dropped, and (a
+    SecurityPolicy) not kept only to fail closed."""
+    return obj is not None and not (isinstance(obj, HTTPRoute) and obj.dropped) and not getattr(obj, "invalid", None)

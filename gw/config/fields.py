@@ -121,3 +121,30 @@ HASH_HEADER = F({"name"})
 HASH_COOKIE = F({"name", "ttl", "attributes"})
 HASH_QUERY_PARAM = F({"name"})
 SLOW_START = F({"window"})
+
+# gw.dev/v1alpha1 SecurityPolicy (gw.config.security_policy): Envoy Gateway's names. Every field of
+# its spec is known, so that one gw does not serve yet is refused by name rather than dropped.
+SECURITY_POLICY_SPEC = F(
+    {
+        "targetRef",
+        "targetRefs",
+        "targetSelectors",
+        "mergeType",
+        "apiKeyAuth",
+        "cors",
+        "csrf",
+        "basicAuth",
+        "jwt",
+        "oidc",
+        "extAuth",
+        "authorization",
+    }
+)
+API_KEY_AUTH = F({"credentialRefs", "extractFrom", "forwardClientIDHeader", "sanitize"})
+EXTRACT_FROM = F({"headers", "params", "cookies"})
+BASIC_AUTH = F({"users", "forwardUsernameHeader"})
+AUTHORIZATION = F({"rules", "defaultAction"})
+AUTHORIZATION_RULE = F({"name", "action", "operation", "principal", "cel"})
+AUTHORIZATION_OPERATION = F({"methods", "path"})
+PRINCIPAL = F({"clientCIDRs", "jwt", "headers", "clientIPGeoLocations"})
+AUTHORIZATION_HEADER_MATCH = F({"name", "values"})

@@ -142,6 +142,7 @@ class Rule:
       response_headers  `response_headers.apply(headers)` on the upstream response
       extensions        gw policy objects (ExtensionRef), for the policy layer
     rate_limit_policies: RateLimitPolicies attached by targetRefs or ExtensionRef (gw.config.policy_attach).
+    security: the SecurityPolicy that wins the rule, as it applies (gw.config.security_attach), or None.
     retry: Retry or None; request_timeout / backend_timeout in seconds (0 = disabled, None = unset).
     session_persistence: gw.config.session.SessionPersistence or None: the rule's own or its
     backends' (BackendTrafficPolicy), settled after backend policies attach (gw.config.session).
@@ -176,6 +177,7 @@ class Rule:
         "retry",
         "rewrite",
         "route",
+        "security",
         "session_persistence",
         "stats",
     )
@@ -220,6 +222,9 @@ class Rule:
         self.retry = retry
         # RateLimitPolicies reaching this rule, added while compiling (gw.config.policy_attach).
         self.rate_limit_policies: tuple[Any, ...] = ()
+        # The SecurityPolicy that wins the rule, its Secrets read (gw.config.security_policy.Security),
+        # set while compiling (gw.config.security_attach); None: no authentication, no phase.
+        self.security: Any = None
         # Set while compiling, after backend policies attach (gw.config.session.settle_sessions).
         self.session_persistence: Any = None
         # The worker's, bound once when it installs the snapshot (see the class docstring).

@@ -37,6 +37,7 @@ from gw.config.parse_gateway import (
     parse_reference_grant,
 )
 from gw.config.parse_ratelimit import parse_rate_limit_policy
+from gw.config.parse_security_policy import parse_security_policy
 from gw.config.ratelimit import KIND as RATE_LIMIT_POLICY
 from gw.config.reader import Reader, join, string_map, type_name
 from gw.config.resources import (
@@ -48,6 +49,7 @@ from gw.config.resources import (
     Resource,
     Resources,
 )
+from gw.config.security_policy import KIND as SECURITY_POLICY
 
 Document = tuple[str, Any]  # (file it came from, the parsed YAML document)
 
@@ -73,6 +75,9 @@ def parse_documents(documents: Iterable[Document | dict[str, Any]]) -> tuple[Res
                 elif (label := object_label(obj)) is not None:
                     resources.rejected.append(label)
                 continue
+            if getattr(parsed, "invalid", None) and (label := object_label(obj)) is not None:
+                # Refused, yet kept: the rules it targets answer 500 (a SecurityPolicy fails closed).
+                resources.rejected.append(label)
             resources.add(parsed)
     return resources, errors
 
@@ -216,6 +221,7 @@ _PARSERS: dict[str, _Parser] = {
     RATE_LIMIT_POLICY: parse_rate_limit_policy,
     BACKEND_TRAFFIC_POLICY: parse_backend_traffic_policy,
     BACKEND_TLS_POLICY: parse_backend_tls_policy,
+    SECURITY_POLICY: parse_security_policy,
 }
 
 # Strict validation of the spec of the kinds whose schema gw owns or follows to the letter (core
@@ -262,4 +268,5 @@ KIND_GROUPS = {
     RATE_LIMIT_POLICY: GW_GROUP,
     BACKEND_TRAFFIC_POLICY: GW_GROUP,
     BACKEND_TLS_POLICY: GATEWAY_GROUP,
+    SECURITY_POLICY: GW_GROUP,
 }

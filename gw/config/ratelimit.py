@@ -19,9 +19,11 @@
         burst: 20                      # GCRA only; default: requests
         key: [{type: ClientAddress}, {type: Header, name: X-Api-Key}]
 
-Key types: ClientAddress, Header (name), QueryParam (name), Method, Route. Consumer and JWTClaim
-are reserved for when authentication exists (see KEY_TYPES_LATER): they are refused by name, so a
-config written for them fails loudly rather than counting every request under one key.
+Key types: ClientAddress, Header (name), QueryParam (name), Method, Route, Consumer (who the
+rule's SecurityPolicy authenticated: an API key's client id, a basic-auth user; requests without
+one share the key ""). JWTClaim is reserved until JWT authentication exists (KEY_TYPES_LATER): it is
+refused by name, so a config written for it fails loudly rather than counting every request under
+one key.
 """
 
 from __future__ import annotations
@@ -40,11 +42,12 @@ GLOBAL, LOCAL = "Global", "Local"
 OPEN, CLOSED = "Open", "Closed"  # failureMode; LOCAL is the third
 
 CLIENT_ADDRESS, HEADER, QUERY_PARAM, METHOD, ROUTE = "ClientAddress", "Header", "QueryParam", "Method", "Route"
-KEY_TYPES = (CLIENT_ADDRESS, HEADER, QUERY_PARAM, METHOD, ROUTE)
+CONSUMER = "Consumer"
+KEY_TYPES = (CLIENT_ADDRESS, HEADER, QUERY_PARAM, METHOD, ROUTE, CONSUMER)
 KEY_TYPES_NAMED = (HEADER, QUERY_PARAM)
 # The extension point for identity-based keys: a key type added here needs an extractor in
-# gw.policies.ratelimit.identify and, for these two, the authenticated request to carry it.
-KEY_TYPES_LATER = ("Consumer", "JWTClaim")
+# gw.policies.ratelimit.identify and the authenticated request to carry it.
+KEY_TYPES_LATER = ("JWTClaim",)
 
 
 @dataclass(frozen=True, slots=True)

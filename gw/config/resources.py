@@ -9,6 +9,7 @@ from gw.config.backend_policy import BackendTrafficPolicy
 from gw.config.backend_tls import BackendTLSPolicy
 from gw.config.filters import CORS, HeaderModifier, Redirect, Retry, URLRewrite
 from gw.config.ratelimit import RateLimitPolicy
+from gw.config.security_policy import SecurityPolicy
 from gw.config.session import SessionPersistence
 from gw.routing.match import RouteMatch
 
@@ -335,6 +336,7 @@ Resource = (
     | RateLimitPolicy
     | BackendTrafficPolicy
     | BackendTLSPolicy
+    | SecurityPolicy
 )
 
 
@@ -356,6 +358,7 @@ class Resources:
     rate_limit_policies: list[RateLimitPolicy] = field(default_factory=list)
     backend_traffic_policies: list[BackendTrafficPolicy] = field(default_factory=list)
     backend_tls_policies: list[BackendTLSPolicy] = field(default_factory=list)
+    security_policies: list[SecurityPolicy] = field(default_factory=list)
     # Kinds gw does not read (Deployments in the same manifests, ...): "Kind ns/name" per object.
     ignored: list[str] = field(default_factory=list)
     # Objects of gw's kinds refused as invalid: "Kind ns/name" (see gw.config.fallback).
@@ -378,6 +381,7 @@ class Resources:
             self.rate_limit_policies,
             self.backend_traffic_policies,
             self.backend_tls_policies,
+            self.security_policies,
         )
 
     def objects(self) -> list[Resource]:
@@ -399,5 +403,6 @@ class Resources:
             RateLimitPolicy: self.rate_limit_policies,
             BackendTrafficPolicy: self.backend_traffic_policies,
             BackendTLSPolicy: self.backend_tls_policies,
+            SecurityPolicy: self.security_policies,
         }[type(obj)]
         bucket.append(obj)  # type: ignore[arg-type]

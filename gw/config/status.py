@@ -78,6 +78,7 @@ def status_document(result: LoadResult, controller_name: str = DEFAULT_CONTROLLE
             *resources.rate_limit_policies,
             *resources.backend_traffic_policies,
             *resources.backend_tls_policies,
+            *resources.security_policies,
         ]:
             # GEP-713 policy status, reduced to what gw knows: its targets and its conditions.
             policy_conditions = [_condition(c) for c in conditions.get(policy.meta.label, [])]

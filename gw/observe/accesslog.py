@@ -17,9 +17,11 @@ FLUSH_BYTES = 64 * 1024  # write once this much is buffered (and at least every 
 # value (see `members`); the rest is numbers and ids made of token characters, formatted directly:
 # a third of the cost of building a dict and serialising it for every request.
 LINE = (
-    b'{"time":%.6f,"request_id":"%b",%b,"status":%d,"bytes_in":%d,"bytes_out":%d,"duration_ms":%.3f,%b,%b%b}\n'
+    b'{"time":%.6f,"request_id":"%b",%b,"status":%d,"bytes_in":%d,"bytes_out":%d,"duration_ms":%.3f,%b,%b,%b%b}\n'
 )
 NULL_UPSTREAM = b'"upstream":null'
+# Who a SecurityPolicy authenticated (gw.policies.security.identity carries its member, escaped once).
+NULL_CONSUMER = b'"consumer":null'
 
 
 def members(**fields: Any) -> bytes:

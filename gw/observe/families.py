@@ -33,6 +33,7 @@ class Family:
 
 # Proxy errors answered with a 5xx status (gw.errors: the `kind` of each ProxyError).
 PROXY_ERROR_KINDS = (
+    "auth-overloaded",
     "backend-overflow",
     "circuit-open",
     "http-version-not-supported",
@@ -121,6 +122,17 @@ FAMILIES: dict[str, Family] = {
         COUNTER, "Mirrored copies of requests, by mirror backend and result.", "backend"
     ),
     "gw_mirror_requests_in_flight": Family(GAUGE, "Mirrored copies under way."),
+    # -- authentication and authorization (SecurityPolicy: gw.policies.security) ---------------
+    "gw_auth_decisions_total": Family(
+        COUNTER,
+        "SecurityPolicy decisions, by policy and result: authenticated, unauthenticated (401), allowed, denied "
+        "(403), overloaded (503: password checks queued past the bound).",
+        "policy",
+    ),
+    "gw_auth_password_checks_total": Family(
+        COUNTER, "Password hashes verified (basicAuth), by policy: a credential answered from the cache checks none.",
+        "policy",
+    ),
     # -- rate limits and Redis ---------------------------------------------------------------
     "gw_ratelimit_decisions_total": Family(COUNTER, "Rate-limit decisions, by policy and outcome.", "policy"),
     "gw_redis_calls_total": Family(

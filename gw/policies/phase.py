@@ -58,11 +58,17 @@ class Exchange(Protocol):
     pin: Any  # the endpoint an on_request phase chose for the exchange (with `ref`); None: the backend picks
     endpoint: Any  # the endpoint the exchange went to (on_response_head, on_done); None if gw answered
     identity: Any  # who the caller is, once authentication established it (None: anonymous)
+    log_url: bytes | None  # the target as the access log shows it (a credential in the query blanked)
     scheme: bytes  # b"http" or b"https" of the listener
     listener_port: int  # the listener's declared port (redirects, X-Forwarded-Port)
 
     def fields(self) -> Fields:
         """The forwarded head as (name, value) fields, split once on first use; read-only."""
+        ...
+
+    def head_key(self) -> bytes | None:
+        """Bytes equal for exactly the requests whose forwarded fields are equal (so what a phase
+        reads from the fields can be remembered under it), or None when the head has no such key."""
         ...
 
     def edit_fields(self) -> Fields:

@@ -18,11 +18,14 @@ from typing import Any, Protocol
 from gw.policies import cors, header_modifier, mirror, redirect, session, url_rewrite
 from gw.policies.phase import Chain, Phase
 from gw.policies.ratelimit import phase as rate_limit
+from gw.policies.security import api_key, authorization, basic
 
 
 class Services(Protocol):
     """What a worker lends phase builders: its long-lived runtime state, kept across reloads."""
 
+    loop: Any  # the worker's event loop (a phase that waits on a thread: basicAuth's bcrypt)
+    metrics: Any  # gw.observe.metrics.Registry: counters kept across reloads
     limiters: Any  # gw.policies.ratelimit.Limiters, installed for the snapshot being built
     settings: Any  # gw.settings.Settings (GW_SESSION_KEYS)
 
@@ -38,6 +41,10 @@ class Services(Protocol):
 Build = Callable[[Any, Services], Phase | None]
 
 PHASES: tuple[tuple[str, Build], ...] = (
+    # SecurityPolicy: authentication, then authorization, before the rate limit (keyed by Consumer).
+    ("basic-auth", basic.build),
+    ("api-key-auth", api_key.build),
+    ("authorization", authorization.build),
     ("rate-limit", rate_limit.build),
     ("session", session.build),  # after the limit: a refused request settles no session
     ("cors", cors.build),

@@ -22,7 +22,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from gw import errors
 from gw.errors import ProxyError, problem_response
-from gw.observe.accesslog import LINE, NULL_UPSTREAM, members
+from gw.observe.accesslog import LINE, NULL_CONSUMER, NULL_UPSTREAM, members
 from gw.policies.phase import WAIT as WAIT_FOR_PHASE
 from gw.policies.phase import Chain
 from gw.proxy.exchange import Exchange
@@ -1399,7 +1399,8 @@ class ClientConnection(asyncio.Protocol):
                     client=self.client,
                     method=req.method.decode("latin-1"),
                     host=req.host,
-                    path=req.url.decode("latin-1"),
+                    # (log_url: the target with a credential blanked, set by the phase that read it)
+                    path=(req.url if req.log_url is None else req.log_url).decode("latin-1"),
                     protocol=_PROTOCOLS.get(req.version, "HTTP/?"),
                 )
                 self.log_memo = (req.url, req.host, req.method, req.version, request_part)
@@ -1416,6 +1417,7 @@ class ClientConnection(asyncio.Protocol):
                     duration * 1000.0,
                     stats.log_member,
                     endpoint.pool.log_member if endpoint is not None and rule is not None else NULL_UPSTREAM,
+                    req.identity.log_member if req.identity is not None else NULL_CONSUMER,
                     b"," + members(error=error) if error else b"",
                 )
             )

@@ -64,6 +64,7 @@ class Exchange:
     session: Any = None  # what the session phase found in the request (gw.policies.session)
     repin: Any = None  # repin(ex, endpoint): the pinned endpoint refused and the exchange went there
     identity: Any = None
+    log_url: bytes | None = None  # the target as the access log shows it, when a phase blanked a credential
     response_fields: Fields | None = None
     mirror_to: list[Any] | None = None  # gw.config.filters.Mirror chosen by phases
     fields_edited = False
@@ -104,6 +105,11 @@ class Exchange:
             else:
                 fields = self._fields = split_fields(b"\r\n" + b"".join(head))
         return fields
+
+    def head_key(self) -> bytes | None:
+        head = self.head
+        # The fast path's analysed head is one bytes object per distinct header block (req_memo).
+        return head[0] if len(head) == 3 and not self.fields_edited else None
 
     def edit_fields(self) -> Fields:
         self.fields_edited = True

@@ -108,7 +108,7 @@ def test_invalid_fields_are_named_and_the_policy_is_dropped() -> None:
         "p", [{"kind": "HTTPRoute", "name": "api", "namespace": "other"}], mode="Sometimes", failureMode="Maybe",
         algorithm="SlidingWindow", trustedProxies=["10.0.0.0/8", "nonsense"],
         limits=[{"name": "Per Second", "requests": 0, "per": "soon", "burst": 2,
-                 "key": [{"type": "Consumer"}, {"type": "Header"}, {"type": "Method", "name": "x"}]}],
+                 "key": [{"type": "JWTClaim"}, {"type": "Header"}, {"type": "Method", "name": "x"}]}],
     )  # fmt: skip
     result = compiled(route("api", None), bad)
     assert {(e.obj, e.field) for e in result.errors} == {

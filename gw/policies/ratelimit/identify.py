@@ -1,7 +1,8 @@
 """A request's key under one limit: the values of the limit's key parts, joined.
 
-The extension point for identity: Consumer and JWTClaim keys (gw.config.ratelimit.KEY_TYPES_LATER)
-get an extractor here reading what authentication leaves on the request.
+The extension point for identity: a Consumer key reads what authentication left on the request
+(`identity`, gw.policies.security.identity: it runs before the rate limit); JWTClaim
+(gw.config.ratelimit.KEY_TYPES_LATER) gets its extractor here when JWT authentication lands.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from gw.config.ratelimit import CLIENT_ADDRESS, HEADER, METHOD, QUERY_PARAM, ROUTE, KeyPart
+from gw.config.ratelimit import CLIENT_ADDRESS, CONSUMER, HEADER, METHOD, QUERY_PARAM, ROUTE, KeyPart
 
 Fields = list[tuple[bytes, bytes]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -57,6 +58,8 @@ def _extractor(part: KeyPart, trusted: Sequence[Network]) -> Extractor:
         return lambda req, fields: req.method
     if part.type == ROUTE:
         return lambda req, fields: req.rule.route.encode()
+    if part.type == CONSUMER:
+        return lambda req, fields: req.identity.key if req.identity is not None else b""
     raise ValueError(f"no key extractor for {part.type}")
 
 

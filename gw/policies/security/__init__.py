@@ -1,0 +1,1 @@
+"""SecurityPolicy in the proxy: authentication phases (apiKeyAuth, basicAuth) and authorization."""
