@@ -111,7 +111,7 @@ class JWKSServer:
         self.status = 200
         self.fetched = asyncio.Event()  # set on each fetch (clear it to await the next)
         self._server: asyncio.Server | None = None
-        self._hung: list[asyncio.StreamWriter] = []
+        self._open: set[asyncio.StreamWriter] = set()
         self.port = 0
 
     @property
@@ -127,13 +127,14 @@ class JWKSServer:
         """Close the listener and every connection: the port refuses from now on."""
         if self._server is not None:
             self._server.close()
-            for writer in self._hung:
+            for writer in self._open:  # a client's pooled keep-alive connection goes too
                 writer.close()
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -142,7 +143,6 @@ class JWKSServer:
                 self.fetches += 1
                 self.fetched.set()
                 if self.hang:
-                    self._hung.append(writer)
                     await reader.read()  # until the client gives up
                     break
                 body = json.dumps(self.document).encode()
@@ -154,4 +154,5 @@ class JWKSServer:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self._open.discard(writer)
             writer.close()
