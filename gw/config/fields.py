@@ -113,3 +113,15 @@ HASH_HEADER = F({"name"})
 HASH_COOKIE = F({"name", "ttl", "attributes"})
 HASH_QUERY_PARAM = F({"name"})
 SLOW_START = F({"window"})
+
+# A SecurityPolicy's `jwt` (gw.config.parse_jwt): Envoy Gateway's JWT, JWTProvider and their parts.
+# remoteJWKS's backendRef(s)/backendSettings are known and refused: gw fetches the uri itself.
+JWT = F({"optional", "failOpen", "providers"})
+JWT_PROVIDER = F(
+    {"name", "issuer", "audiences", "remoteJWKS", "localJWKS", "claimToHeaders", "recomputeRoute", "extractFrom"}
+)
+REMOTE_JWKS = F({"uri", "cacheDuration", "failedRefetchDuration", "backendRef", "backendRefs", "backendSettings"})
+LOCAL_JWKS = F({"type", "inline", "valueRef"})
+CLAIM_TO_HEADER = F({"header", "claim"})
+JWT_EXTRACTOR = F({"headers", "cookies", "params"})
+JWT_HEADER_EXTRACTOR = F({"name", "valuePrefix"})
