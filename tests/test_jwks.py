@@ -194,3 +194,21 @@ async def test_the_keys_are_refreshed_in_the_background_before_cache_duration_en
         assert ks.find("new")
     finally:
         await ks.close()
+
+
+async def test_a_request_pending_on_a_refetch_is_remembered_by_its_header(
+    server: JWKSServer, keyset: RemoteKeySet
+) -> None:
+    new = make_signer("ES256", "new")
+    server.document = jwks(new)
+    v = j.Verifier(Provider("p"), keyset)
+    head = {b"authorization": b"Bearer " + new.token(claims())}.get
+    result = v.authenticate(head, b"")
+    assert isinstance(result, j.Pending)
+    done: asyncio.Future[j.Verified | j.Refused] = asyncio.get_running_loop().create_future()
+    result.then(done.set_result)
+    assert not done.done()  # never called back from inside authenticate
+    verified = await done
+    assert isinstance(verified, j.Verified)
+    assert v.authenticate(head, b"") is verified
+    assert v.verifications == 1 and server.fetches == 2

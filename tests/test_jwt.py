@@ -280,3 +280,31 @@ def test_the_token_is_found_where_extract_from_says() -> None:
     assert j.find_token(custom, fields(x_token=b" t1 "), b"access_token=no") == b"t1"
     assert j.find_token(custom, fields(cookie=b"a=1; session=t2"), b"") == b"t2"
     assert j.find_token(custom, fields(), b"access_token=no") is None
+
+
+def test_authenticate_finds_the_token_and_remembers_it_by_the_header_that_carried_it() -> None:
+    s = signer("ES256")
+    extract = ExtractFrom(headers=(HeaderExtractor("authorization", "Bearer "), HeaderExtractor("x-token")))
+    v = verifier(s, extract_from=extract)
+    token = s.token(claims())
+    head = {b"authorization": b"Bearer " + token}
+    first = v.authenticate(head.get, b"")
+    assert isinstance(first, j.Verified) and v.verifications == 1
+    assert v.authenticate({b"authorization": b"Bearer " + token}.get, b"") is first
+    assert v.verifications == 1
+    assert b"Bearer " + token in v._cache
+    # A header of another scheme is not the token: the next extractor is tried.
+    other = v.authenticate({b"authorization": b"Basic dXNlcg==", b"x-token": token}.get, b"")
+    assert isinstance(other, j.Verified)
+    assert v.authenticate({b"authorization": b"Basic dXNlcg=="}.get, b"") is None
+    assert refused(v.authenticate({b"x-token": b"not-a-jwt"}.get, b"")) == j.MALFORMED
+
+
+def test_authenticate_reads_cookies_and_params_when_told() -> None:
+    s = signer("ES256")
+    token = s.token(claims())
+    v = verifier(s, extract_from=ExtractFrom(cookies=("jwt",), params=("t",)))
+    assert isinstance(v.authenticate({b"cookie": b"jwt=" + token}.get, b""), j.Verified)
+    assert isinstance(v.authenticate({}.get, b"t=" + token), j.Verified)
+    assert v.verifications == 1  # the same token, remembered by its bytes
+    assert v.authenticate({b"authorization": b"Bearer " + token}.get, b"") is None

@@ -1,10 +1,12 @@
 """Verify a provider's JWTs (RFC 7519 over JWS, RFC 7515) and remember the ones verified until they expire.
 
-`Verifier.verify(token)` answers at once with `Verified` or `Refused`, or with `Pending` when the
-token names a key the provider's JWKS does not hold yet and one refetch may bring it: the phase
-returns WAIT and `pending.then(callback)` calls back (from the event loop, never from inside
-verify) with the final answer. A token verified once is kept, by its bytes, until its `exp`: the
-next request with it costs a dict lookup and a clock read, not a signature check.
+`Verifier.authenticate(field, query)` finds a request's token where the provider's extractFrom
+says (`Verifier.verify(token)` takes one found otherwise) and answers at once with `Verified` or
+`Refused`, or with `Pending` when the token names a key the provider's JWKS does not hold yet and
+one refetch may bring it: the phase returns WAIT and `pending.then(callback)` calls back (from the
+event loop, never from inside authenticate) with the final answer. A token verified once is kept,
+by its bytes, until its `exp`: the next request with it costs a dict lookup and a clock read, not
+a signature check.
 
 Every refusal says why (`Refused.reason`, for logs and metrics); the caller answers 401 whatever
 it is, telling the client nothing about which part of its credential was wrong.
@@ -67,15 +69,15 @@ class Refused:
 class Pending:
     """A token waiting on a JWKS refetch; `then(callback)` gets Verified or Refused once it is done."""
 
-    __slots__ = ("_fetch", "_token", "_verifier")
+    __slots__ = ("_fetch", "_key", "_token", "_verifier")
 
-    def __init__(self, verifier: Verifier, token: bytes, fetch: Any) -> None:
-        self._verifier, self._token, self._fetch = verifier, token, fetch
+    def __init__(self, verifier: Verifier, token: bytes, key: bytes, fetch: Any) -> None:
+        self._verifier, self._token, self._key, self._fetch = verifier, token, key, fetch
 
     def then(self, callback: Callable[[Verified | Refused], None]) -> None:
-        verifier, token = self._verifier, self._token
+        verifier, token, key = self._verifier, self._token, self._key
         # Done callbacks run from the loop, so `callback` never runs inside the phase's on_request.
-        self._fetch.add_done_callback(lambda _: callback(verifier.verify_now(token)))
+        self._fetch.add_done_callback(lambda _: callback(verifier.verify_now(token, key)))
 
 
 Result = Verified | Refused | Pending
@@ -102,6 +104,29 @@ class Verifier:
         self._issuer = provider.issuer
         self._audiences = frozenset(provider.audiences)
         self._claim_headers = provider.claim_to_headers
+        self._headers = tuple((h.lname, h.lprefix) for h in provider.extract_from.headers)
+
+    def authenticate(self, field: Callable[[bytes], bytes | None], query: bytes) -> Result | None:
+        """The request's token, found where extractFrom says and verified; None when it carries none.
+
+        `field` reads a request header by lower-case name (Exchange.field). A token from a header
+        is remembered by the header's whole value, so a request with a token seen before costs a
+        header read, a dict lookup and a clock read: not even the prefix is stripped again.
+        """
+        if self._version != self.keys.version:
+            self._forget_dropped_keys()
+        for lname, lprefix in self._headers:
+            raw = field(lname)
+            if raw is None:
+                continue
+            hit = self._cache.get(raw)
+            if hit is not None and hit.expires > self.clock():
+                return hit
+            token = _strip_prefix(raw, lprefix)
+            if token:
+                return self._verify(token, True, raw)
+        token = _cookie_or_param(self.provider.extract_from, field, query)
+        return None if token is None else self.verify(token)
 
     def verify(self, token: bytes) -> Result:
         """Verified, Refused, or Pending on a JWKS refetch (see the module docstring)."""
@@ -110,21 +135,23 @@ class Verifier:
         hit = self._cache.get(token)
         if hit is not None and hit.expires > self.clock():
             return hit
-        return self._verify(token, True)
+        return self._verify(token, True, token)
 
-    def verify_now(self, token: bytes) -> Verified | Refused:
+    def verify_now(self, token: bytes, key: bytes | None = None) -> Verified | Refused:
         """As verify, but an unknown kid is refused rather than refetched (after a refetch)."""
+        key = token if key is None else key
         if self._version != self.keys.version:
             self._forget_dropped_keys()
-        hit = self._cache.get(token)
+        hit = self._cache.get(key)
         if hit is not None and hit.expires > self.clock():
             return hit
-        result = self._verify(token, False)
+        result = self._verify(token, False, key)
         assert not isinstance(result, Pending)
         return result
 
-    def _verify(self, token: bytes, refetch: bool) -> Result:
-        self._cache.pop(token, None)  # expired, if it was there
+    def _verify(self, token: bytes, refetch: bool, key: bytes) -> Result:
+        """Verify `token` in full; remember it under `key` (the token, or the header that carried it)."""
+        self._cache.pop(key, None)  # expired, if it was there
         if len(token) > MAX_TOKEN_BYTES:
             return Refused(MALFORMED, f"{len(token)} bytes")
         parts = token.split(b".")
@@ -144,7 +171,7 @@ class Verifier:
         if not keys:
             fetch = self.keys.refetch() if refetch else None
             if fetch is not None:
-                return Pending(self, token, fetch)
+                return Pending(self, token, key, fetch)
             return Refused(UNKNOWN_KID, f"kid {kid!r}" if kid is not None else "no keys")
         candidates = [k for k in keys if alg in k.algorithms]
         if not candidates:
@@ -155,15 +182,15 @@ class Verifier:
             return Refused(MALFORMED, "signature is not base64url")
         signing_input = token[: len(parts[0]) + 1 + len(parts[1])]
         self.verifications += 1
-        key = next((k for k in candidates if k.verify(alg, signing_input, signature)), None)
-        if key is None:
+        signer = next((k for k in candidates if k.verify(alg, signing_input, signature)), None)
+        if signer is None:
             return Refused(BAD_SIGNATURE, f"alg {alg}, kid {kid!r}")
         claims = _json_object(parts[1])
         if claims is None:
             return Refused(MALFORMED, "payload is not a base64url JSON object")
-        return self._check_claims(token, claims, key)
+        return self._check_claims(key, claims, signer)
 
-    def _check_claims(self, token: bytes, claims: dict[str, Any], key: Key) -> Verified | Refused:
+    def _check_claims(self, key: bytes, claims: dict[str, Any], signer: Key) -> Verified | Refused:
         exp, nbf = claims.get("exp"), claims.get("nbf")
         for name, value in (("exp", exp), ("nbf", nbf)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
@@ -181,11 +208,11 @@ class Verifier:
             given = (aud,) if isinstance(aud, str) else aud if isinstance(aud, list) else ()
             if self._audiences.isdisjoint(a for a in given if isinstance(a, str)):
                 return Refused(WRONG_AUDIENCE, f"aud {aud!r}")
-        verified = Verified(self.provider.name, claims, expires, claim_headers(claims, self._claim_headers), key)
+        verified = Verified(self.provider.name, claims, expires, claim_headers(claims, self._claim_headers), signer)
         cache = self._cache
         if len(cache) >= self.cache_size:
             del cache[next(iter(cache))]
-        cache[token] = verified
+        cache[key] = verified
         return verified
 
     def _forget_dropped_keys(self) -> None:
@@ -249,17 +276,24 @@ def find_token(extract: ExtractFrom, field: Callable[[bytes], bytes | None], que
     """The token of a request, where `extract` says to look: its headers (`field` reads one by its
     lower-case name, as Exchange.field), then its cookies, then its query parameters. None if absent."""
     for h in extract.headers:
-        value = field(h.name.encode("ascii"))
-        if value is None:
-            continue
-        prefix = h.value_prefix.encode("ascii")
-        if prefix:
-            if value[: len(prefix)].lower() != prefix.lower():
-                continue
-            value = value[len(prefix) :]
-        value = value.strip()
-        if value:
-            return value
+        raw = field(h.lname)
+        if raw is not None:
+            token = _strip_prefix(raw, h.lprefix)
+            if token:
+                return token
+    return _cookie_or_param(extract, field, query)
+
+
+def _strip_prefix(raw: bytes, lprefix: bytes) -> bytes | None:
+    """The token in a header's value after its prefix (compared in lower case), or None."""
+    if lprefix:
+        if raw[: len(lprefix)].lower() != lprefix:
+            return None
+        raw = raw[len(lprefix) :]
+    return raw.strip() or None
+
+
+def _cookie_or_param(extract: ExtractFrom, field: Callable[[bytes], bytes | None], query: bytes) -> bytes | None:
     if extract.cookies:
         cookie = field(b"cookie")
         if cookie:
@@ -269,7 +303,7 @@ def find_token(extract: ExtractFrom, field: Callable[[bytes], bytes | None], que
                 if value:
                     return value
     if extract.params and query:
-        params = dict(reversed(list(_pairs(query, b"&", unquote=True))))  # the first of a repeated name
+        params = dict(reversed(_pairs(query, b"&", unquote=True)))  # the first of a repeated name
         for name in extract.params:
             value = params.get(name.encode("ascii"))
             if value:

@@ -31,6 +31,13 @@ class ClaimToHeader:
 class HeaderExtractor:
     name: str  # lower case
     value_prefix: str = ""  # stripped before the token, compared without regard to case ("Bearer ")
+    # The same as bytes, lower case, for the per-request lookup (gw.auth.jwt.find_token).
+    lname: bytes = field(init=False, repr=False, compare=False)
+    lprefix: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lname", self.name.lower().encode("ascii"))
+        object.__setattr__(self, "lprefix", self.value_prefix.lower().encode("ascii"))
 
 
 @dataclass(frozen=True, slots=True)
