@@ -4,6 +4,7 @@ for unknown kids (envoyproxy/gateway#4180), background refresh, and old keys kep
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,8 +12,8 @@ from typing import Any
 import pytest
 
 from gw.auth import jwt as j
-from gw.auth.jwks import RemoteKeySet
-from gw.auth.provider import Provider, RemoteJWKS
+from gw.auth.jwks import KeySets, RemoteKeySet
+from gw.auth.provider import LocalJWKS, Provider, RemoteJWKS
 from tests.support.jwtkit import JWKSServer, Signer, jwks, make_signer
 
 HOUR = 3600.0
@@ -212,3 +213,31 @@ async def test_a_request_pending_on_a_refetch_is_remembered_by_its_header(
     assert isinstance(verified, j.Verified)
     assert v.authenticate(head, b"") is verified
     assert v.verifications == 1 and server.fetches == 2
+
+
+async def test_providers_naming_one_jwks_share_its_keys_across_config_versions(server: JWKSServer, old: Signer) -> None:
+    sets = KeySets()
+    remote = RemoteJWKS(server.uri, cache_duration=HOUR)
+    a, b = Provider("a", remote_jwks=remote), Provider("b", issuer="x", remote_jwks=remote)
+    local = Provider("c", local_jwks=LocalJWKS(json.dumps(jwks(old))))
+    try:
+        shared = sets.for_provider(a)
+        assert sets.for_provider(b) is shared and sets.for_provider(local) is sets.for_provider(local)
+        assert isinstance(await outcome(j.Verifier(a, shared), old.token(claims())), j.Verified)
+        # The next config version keeps `b`: the same keys, no new fetch.
+        await sets.retain([b])
+        assert sets.for_provider(b) is shared and server.fetches == 1
+        await sets.retain([local])
+        assert isinstance(shared, RemoteKeySet) and shared._refresher is None  # closed
+        assert sets.for_provider(a) is not shared
+    finally:
+        await sets.close()
+
+
+async def test_an_unusable_uri_is_a_failed_fetch_not_a_dead_refresher() -> None:
+    ks = RemoteKeySet(RemoteJWKS("http://[::1/jwks"), clock=Clock())
+    try:
+        assert not await ks.fetch()
+        assert ks.failures == 1 and ks.last_error
+    finally:
+        await ks.close()

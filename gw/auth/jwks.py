@@ -15,12 +15,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import httpx
 import orjson
 
 from gw.auth.keys import JWKError, Key, key_from_jwk
-from gw.auth.provider import RemoteJWKS
+from gw.auth.provider import Provider, RemoteJWKS
 
 LOG = logging.getLogger("gw.auth")
 
@@ -175,7 +176,7 @@ class RemoteKeySet(KeySet):
             keys, skipped = parse_jwks(body)
         except TimeoutError:
             return self._failed(f"no answer within {self.timeout:g}s")
-        except (httpx.HTTPError, OSError, JWKError) as exc:
+        except Exception as exc:  # whatever goes wrong, the refresh loop lives on and the keys stay
             return self._failed(str(exc) or type(exc).__name__)
         if skipped and not self.loaded:
             LOG.warning("JWKS %s: skipped %s", self.remote.uri, "; ".join(skipped))
@@ -206,3 +207,39 @@ class RemoteKeySet(KeySet):
                 if len(body) > MAX_JWKS_BYTES:
                     raise JWKError(f"larger than {MAX_JWKS_BYTES} bytes")
             return bytes(body)
+
+
+class KeySets:
+    """A worker's key sets, shared by every provider that names the same JWKS and kept across config
+    versions: a reload neither refetches a remote JWKS nor forgets the keys a refetch brought."""
+
+    def __init__(self, **remote_options: Any) -> None:
+        self._remote: dict[RemoteJWKS, RemoteKeySet] = {}
+        self._local: dict[str, LocalKeySet] = {}
+        self._options = remote_options  # RemoteKeySet's keywords (timeouts, clock), for tests
+
+    def for_provider(self, provider: Provider) -> KeySet:
+        """The provider's key set; a remote one is started (call on the worker's running loop)."""
+        if provider.remote_jwks is not None:
+            ks = self._remote.get(provider.remote_jwks)
+            if ks is None:
+                ks = self._remote[provider.remote_jwks] = RemoteKeySet(provider.remote_jwks, **self._options)
+                ks.start()
+            return ks
+        assert provider.local_jwks is not None, "a provider has remote or local keys (gw.config.parse_jwt)"
+        document = provider.local_jwks.inline
+        local = self._local.get(document)
+        if local is None:
+            local = self._local[document] = LocalKeySet.from_document(document)
+        return local
+
+    async def retain(self, providers: Iterable[Provider]) -> None:
+        """Close the key sets no provider of the new config uses."""
+        remote = {p.remote_jwks for p in providers if p.remote_jwks is not None}
+        local = {p.local_jwks.inline for p in providers if p.local_jwks is not None}
+        for spec in [r for r in self._remote if r not in remote]:
+            await self._remote.pop(spec).close()
+        self._local = {d: ks for d, ks in self._local.items() if d in local}
+
+    async def close(self) -> None:
+        await self.retain(())
