@@ -241,3 +241,17 @@ async def test_an_unusable_uri_is_a_failed_fetch_not_a_dead_refresher() -> None:
         assert ks.failures == 1 and ks.last_error
     finally:
         await ks.close()
+
+
+async def test_a_token_of_another_issuer_does_not_make_a_provider_refetch(
+    server: JWKSServer, keyset: RemoteKeySet
+) -> None:
+    v = j.Verifier(Provider("p", issuer="https://ours.example"), keyset)
+    theirs = make_signer("ES256", "theirs").token(claims(iss="https://theirs.example"))
+    result = await outcome(v, theirs)
+    assert isinstance(result, j.Refused) and result.reason == j.WRONG_ISSUER
+    assert server.fetches == 1
+    new = make_signer("ES256", "new")
+    server.document = jwks(new)
+    assert isinstance(await outcome(v, new.token(claims(iss="https://ours.example"))), j.Verified)
+    assert server.fetches == 2

@@ -169,6 +169,13 @@ class Verifier:
             return Refused(MALFORMED, "crit header parameters are not supported")
         keys = self.keys.find(kid)
         if not keys:
+            # Another provider's token (several may guard one route) must not make this one refetch:
+            # its unverified `iss` is enough to tell, when this provider names an issuer.
+            if self._issuer is not None:
+                unverified = _json_object(parts[1])
+                if unverified is None or unverified.get("iss") != self._issuer:
+                    iss = unverified.get("iss") if unverified is not None else None
+                    return Refused(WRONG_ISSUER, f"iss {iss!r} (unverified; kid {kid!r} unknown)")
             fetch = self.keys.refetch() if refetch else None
             if fetch is not None:
                 return Pending(self, token, key, fetch)
