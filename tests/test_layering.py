@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "gw.admin",
         "gw.demo_upstream",
     ),
-    ("gw.routing", "gw.balancing"),  # the structures a compiled config is made of
+    ("gw.routing", "gw.balancing", "gw.auth"),  # the structures a compiled config is made of; JWT machinery
     ("gw.config",),  # parse → validate → compile
     ("gw.state",),  # Redis: config versions, guard, scripts; handed what it needs from the settings
     ("gw.settings",),  # GW_* variables (checks a Redis URL with gw.state)

@@ -148,3 +148,14 @@ AUTHORIZATION_RULE = F({"name", "action", "operation", "principal", "cel"})
 AUTHORIZATION_OPERATION = F({"methods", "path"})
 PRINCIPAL = F({"clientCIDRs", "jwt", "headers", "clientIPGeoLocations"})
 AUTHORIZATION_HEADER_MATCH = F({"name", "values"})
+# A SecurityPolicy's `jwt` (gw.config.parse_jwt): Envoy Gateway's JWT, JWTProvider and their parts.
+# remoteJWKS's backendRef(s)/backendSettings are known and refused: gw fetches the uri itself.
+JWT = F({"optional", "failOpen", "providers"})
+JWT_PROVIDER = F(
+    {"name", "issuer", "audiences", "remoteJWKS", "localJWKS", "claimToHeaders", "recomputeRoute", "extractFrom"}
+)
+REMOTE_JWKS = F({"uri", "cacheDuration", "failedRefetchDuration", "backendRef", "backendRefs", "backendSettings"})
+LOCAL_JWKS = F({"type", "inline", "valueRef"})
+CLAIM_TO_HEADER = F({"header", "claim"})
+JWT_EXTRACTOR = F({"headers", "cookies", "params"})
+JWT_HEADER_EXTRACTOR = F({"name", "valuePrefix"})
