@@ -1,6 +1,7 @@
 """SecurityPolicy in cluster mode (FAKE API server, real Valkey): the policy and the Opaque Secrets it names are
 published, sealed, and compile as `gw check` compiles them; a Secret's new data makes a new version; a Secret
-no served object names is never published; the policy's status is written under its targets."""
+no served object names is never published; the policy's status is written under its targets. And a
+BackendTLSPolicy's CA in an Opaque Secret reaches the config (the TLS-only Secret watch never brought it)."""
 
 from __future__ import annotations
 
@@ -145,3 +146,28 @@ async def test_the_security_policy_status_is_written_under_its_targets(
         fake.put(secret("api-keys", {"alice": b"key-a"}))
         await eventually(lambda: accepted()["status"] == "True", "Accepted once the Secret exists")
         assert accepted()["reason"] == "Accepted"
+
+
+async def test_a_backend_tls_policy_ca_in_an_opaque_secret_reaches_the_config(
+    fake: FakeApiServer, redis: Client, prefix: str
+) -> None:
+    import trustme
+
+    for obj in cluster.basic(PORT, 9999):
+        fake.put(obj)
+    fake.put(secret("app-ca", {"ca.crt": trustme.CA().cert_pem.bytes()}))  # Opaque, as `kubectl create secret generic`
+    ca_ref = {"group": "", "kind": "Secret", "name": "app-ca"}
+    fake.put({"apiVersion": cluster.GATEWAY_API, "kind": "BackendTLSPolicy",
+              "metadata": {"name": "app-tls", "namespace": "default"},
+              "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "app"}],
+                       "validation": {"hostname": "app.internal", "caCertificateRefs": [ca_ref]}}})  # fmt: skip
+    store = sealed_store(redis, prefix)
+
+    def resolved() -> list[Any]:
+        ancestors = ((fake.get("BackendTLSPolicy", "default", "app-tls") or {}).get("status") or {}).get("ancestors")
+        return [c for a in ancestors or () for c in a["conditions"] if c["type"] == "ResolvedRefs"]
+
+    async with running(new_controller(store, prefix)):
+        await eventually(resolved, "the policy's status")
+        assert [c["status"] for c in resolved()] == ["True"]
+        assert "Secret/default/app-ca.yaml" in {name for name, _ in (await current(store)).files}
