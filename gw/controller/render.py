@@ -106,6 +106,7 @@ def selection(cache: Cache, controller_name: str) -> dict[str, list[Key]]:
             for ref in (listener.get("tls") or {}).get("certificateRefs") or ():
                 if isinstance(ref, dict) and ref.get("kind", "Secret") == "Secret" and not ref.get("group"):
                     secrets.add((str(ref.get("namespace") or key[0]), str(ref.get("name"))))
+    known_secrets = all_secrets(cache)
     return {
         "GatewayClass": [("", name) for name in classes],
         "Gateway": gateways,
@@ -116,7 +117,7 @@ def selection(cache: Cache, controller_name: str) -> dict[str, list[Key]]:
         "Backend": [
             (ns, name) for kind, ns, name in backends if kind == "Backend" and (ns, name) in cache.of("Backend")
         ],
-        "Secret": [key for key in secrets if key in all_secrets(cache)],
+        "Secret": [key for key in secrets if key in known_secrets],
         "ConfigMap": [key for key in config_maps if key in cache.of("ConfigMap")],
         "Namespace": list(cache.of("Namespace")) if selects_namespaces else [],
         **policies,
