@@ -35,7 +35,7 @@ K8S = ROOT / "k8s"
 OVERLAYS = ("dev", "production")
 KUBERNETES_VERSION = "1.32.0"  # the schemas objects are checked against: the oldest cluster we claim
 GW_GROUP = "gw.dev"
-OUR_KINDS = ("Backend", "RateLimitPolicy", "BackendTrafficPolicy")
+OUR_KINDS = ("Backend", "RateLimitPolicy", "BackendTrafficPolicy", "SecurityPolicy")
 # Kinds whose schema is not bundled with kubernetes-validate: the Gateway API's own CRDs.
 UPSTREAM_CRD_KINDS = {"GatewayClass", "Gateway"}
 # Set by the controller's issue (16), not in gw/settings.py yet: each must be documented in k8s/README.md.
@@ -537,6 +537,39 @@ FULL = {
             },
         }
     },
+    "SecurityPolicy": {
+        "spec": {
+            "targetRefs": [
+                {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "api", "sectionName": "orders"},
+                {"kind": "Gateway", "name": "public"},
+            ],
+            "apiKeyAuth": {
+                "credentialRefs": [{"group": "", "kind": "Secret", "name": "api-keys"}, {"name": "more-keys"}],
+                "extractFrom": [{"headers": ["X-Api-Key"]}, {"params": ["api_key"]}, {"cookies": ["key"]}],
+                "forwardClientIDHeader": "X-Client-Id",
+                "sanitize": True,
+            },
+            "basicAuth": {
+                "users": {"group": "core", "kind": "Secret", "name": "htpasswd"},
+                "forwardUsernameHeader": "X-User",
+            },
+            "authorization": {
+                "defaultAction": "Deny",
+                "rules": [
+                    {
+                        "name": "office",
+                        "action": "Allow",
+                        "principal": {
+                            "clientCIDRs": ["10.0.0.0/8", "2001:db8::/32"],
+                            "headers": [{"name": "X-Team", "values": ["ops", "dev"]}],
+                        },
+                        "operation": {"methods": ["GET", "POST"]},
+                    },
+                    {"action": "Deny", "principal": {"headers": [{"name": "x-banned", "values": ["yes"]}]}},
+                ],
+            },
+        }
+    },
 }
 
 
@@ -596,6 +629,12 @@ def test_a_retry_constraint_session_header_and_each_balancer_pass_both() -> None
         }
         assert gw_accepts(obj), variant
         assert schema_accepts(validators, obj), variant
+    security = full("SecurityPolicy")["spec"]
+    for section in ("apiKeyAuth", "basicAuth", "authorization"):
+        obj = {"apiVersion": "gw.dev/v1alpha1", "kind": "SecurityPolicy", "metadata": dict(META),
+               "spec": {"targetRefs": security["targetRefs"], section: security[section]}}  # fmt: skip
+        assert gw_accepts(obj), section
+        assert schema_accepts(validators, obj), section
     rlp = full("RateLimitPolicy")
     rlp["spec"]["algorithm"] = "SlidingWindow"
     del rlp["spec"]["limits"][0]["burst"]
@@ -685,6 +724,41 @@ REFUSED: list[tuple[str, str, Any]] = [
     ("BackendTrafficPolicy", "spec.loadBalancer.consistentHash.cookie.name", "a b"),
     ("BackendTrafficPolicy", "spec.loadBalancer.consistentHash.cookie.attributes", {"Path": "/"}),
     ("BackendTrafficPolicy", "spec.loadBalancer.consistentHash.cookie.ttl", "1 hour"),
+    ("SecurityPolicy", "spec.targetRefs", DELETE),
+    ("SecurityPolicy", "spec.targetRefs", []),
+    ("SecurityPolicy", "spec.targetRefs.0.kind", "GRPCRoute"),
+    ("SecurityPolicy", "spec.targetRefs.0.group", "gw.dev"),
+    ("SecurityPolicy", "spec.targetRefs.0.namespace", "other"),
+    ("SecurityPolicy", "spec.targetRefs.0.name", "Bad_Name"),
+    ("SecurityPolicy", "spec.targetRef", {"kind": "Gateway", "name": "public"}),
+    ("SecurityPolicy", "spec.targetSelectors", [{"kind": "HTTPRoute"}]),
+    ("SecurityPolicy", "spec.mergeType", "StrategicMerge"),
+    ("SecurityPolicy", "spec.sessionCookie", {}),
+    ("SecurityPolicy", "spec.apiKeyAuth.credentialRefs", DELETE),
+    ("SecurityPolicy", "spec.apiKeyAuth.credentialRefs", []),
+    ("SecurityPolicy", "spec.apiKeyAuth.credentialRefs.0.kind", "ConfigMap"),
+    ("SecurityPolicy", "spec.apiKeyAuth.credentialRefs.0.namespace", "other"),
+    ("SecurityPolicy", "spec.apiKeyAuth.credentialRefs.0.name", DELETE),
+    ("SecurityPolicy", "spec.apiKeyAuth.extractFrom", DELETE),
+    ("SecurityPolicy", "spec.apiKeyAuth.extractFrom.0", {"headers": ["x-key"], "params": ["key"]}),
+    ("SecurityPolicy", "spec.apiKeyAuth.extractFrom.0", {}),
+    ("SecurityPolicy", "spec.apiKeyAuth.extractFrom.0.headers", []),
+    ("SecurityPolicy", "spec.apiKeyAuth.extractFrom.0.headers", ["x key"]),
+    ("SecurityPolicy", "spec.apiKeyAuth.forwardClientIDHeader", "x:client"),
+    ("SecurityPolicy", "spec.apiKeyAuth.sanitize", "yes"),
+    ("SecurityPolicy", "spec.apiKeyAuth.hashed", True),
+    ("SecurityPolicy", "spec.basicAuth.users", DELETE),
+    ("SecurityPolicy", "spec.basicAuth.users.group", "apps"),
+    ("SecurityPolicy", "spec.basicAuth.users.namespace", "other"),
+    ("SecurityPolicy", "spec.authorization.defaultAction", "Reject"),
+    ("SecurityPolicy", "spec.authorization.rules.0.action", "Log"),
+    ("SecurityPolicy", "spec.authorization.rules.0.action", DELETE),
+    ("SecurityPolicy", "spec.authorization.rules.0.principal", DELETE),
+    ("SecurityPolicy", "spec.authorization.rules.0.principal", {}),
+    ("SecurityPolicy", "spec.authorization.rules.0.principal.headers.0.values", DELETE),
+    ("SecurityPolicy", "spec.authorization.rules.0.operation.methods.0", "get"),
+    ("SecurityPolicy", "spec.authorization.rules.0.operation", {}),
+    ("SecurityPolicy", "spec.authorization.rules.0.subject", {}),
 ]
 
 

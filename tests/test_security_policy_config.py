@@ -116,6 +116,20 @@ class TestParse:
         assert "not served by gw yet" in rule.invalid_reason and f"spec.{section}" in rule.invalid_reason
         assert conditions(result, "p")["Accepted"].reason == "Invalid"
 
+    @pytest.mark.parametrize(
+        ("rule", "field", "message"),
+        [({"action": "Allow", "principal": {}}, "principal",
+          "at least one of clientCIDRs, jwt, headers, or clientIPGeoLocations must be specified"),
+         ({"action": "Allow", "principal": {"clientCIDRs": ["10.0.0.0/8"]}, "operation": {}}, "operation",
+          "at least one of methods or path must be specified")],
+    )  # fmt: skip
+    def test_an_empty_principal_or_operation_is_refused_not_matched_by_every_request(
+        self, rule: dict[str, Any], field: str, message: str
+    ) -> None:
+        result = compiled(route("api", "a"), policy("p", [on("HTTPRoute", "api")], authorization={"rules": [rule]}))
+        assert [(e.field, e.message) for e in result.errors] == [(f"spec.authorization.rules[0].{field}", message)]
+        assert "is invalid" in rules(result)["default/api/a"].invalid_reason
+
     def test_a_jwt_principal_in_authorization_fails_closed(self) -> None:
         authz = {"rules": [{"action": "Allow", "principal": {"jwt": {"provider": "p", "scopes": ["read"]}}}]}
         result = compiled(route("api", "a"), policy("p", [on("HTTPRoute", "api")], authorization=authz))

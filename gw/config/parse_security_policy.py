@@ -192,7 +192,8 @@ def _authorization(r: Reader, raw: Any, field: str, unserved: list[str]) -> Auth
             m for j, m in enumerate(r.list(operation.get("methods"), f"{rule_field}.operation.methods"))
             if _method(r, m, f"{rule_field}.operation.methods[{j}]")
         )  # fmt: skip
-        if operation and not operation.get("methods") and operation.get("path") is None:
+        # `{}` too: an empty operation or principal would match every request (Envoy Gateway refuses it).
+        if item.get("operation") is not None and not operation.get("methods") and operation.get("path") is None:
             r.error(f"{rule_field}.operation", "at least one of methods or path must be specified")
         principal = r.map(item.get("principal"), f"{rule_field}.principal", f.PRINCIPAL)
         p_field = f"{rule_field}.principal"
@@ -216,7 +217,7 @@ def _authorization(r: Reader, raw: Any, field: str, unserved: list[str]) -> Auth
                 r.error(f"{h_field}.values", "is required: a list of strings, one of which the header must equal")
             elif hname:
                 headers.append(HeaderMatch(hname.lower(), tuple(values)))
-        if principal and not any(principal.get(k) for k in f.PRINCIPAL):
+        if item.get("principal") is not None and not any(principal.get(k) for k in f.PRINCIPAL):
             r.error(p_field, "at least one of clientCIDRs, jwt, headers, or clientIPGeoLocations must be specified")
         if action is not None:
             rules.append(AuthorizationRule(name, action, tuple(cidrs), tuple(headers), methods))

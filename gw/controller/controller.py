@@ -130,7 +130,7 @@ class Controller:
 
     def ready(self) -> tuple[bool, str]:
         """/readyz: every kind listed once and the API server answering."""
-        unsynced = [r.kind.plural for r in self.reflectors if not r.synced]
+        unsynced = [r.kind.label for r in self.reflectors if not r.synced]
         if unsynced:
             return False, "not synced: " + ", ".join(unsynced)
         unreachable = [r for r in self.reflectors if not r.reachable]
@@ -150,7 +150,7 @@ class Controller:
             "checksum": self.snapshot.checksum,
             "error": self.error,
             "status_error": self.status_error,
-            "kinds": {r.kind.plural: self._kind_status(r) for r in self.reflectors},
+            "kinds": {r.kind.label: self._kind_status(r) for r in self.reflectors},
             "counters": dict(self.counters),
             "gateway_api_status": self.document,
             "supported_version": self.verdict.condition() if self.verdict else None,
@@ -160,7 +160,7 @@ class Controller:
         return {
             "synced": r.synced,
             "reachable": r.reachable,
-            "objects": len(self.cache.of(r.kind.kind)),
+            "objects": len(self.cache.of(r.kind.cache_name)),
             "resourceVersion": r.resource_version,
             "restarts": r.restarts,
             "error": r.error,
@@ -205,7 +205,7 @@ class Controller:
     async def run(self) -> None:
         """Watch, elect and reconcile until cancelled."""
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(r.run(), name=f"watch {r.kind.plural}") for r in self.reflectors]
+        self._tasks = [loop.create_task(r.run(), name=f"watch {r.kind.label}") for r in self.reflectors]
         self._tasks += [loop.create_task(r.run(), name=f"watch crd {n}") for n, r in self.crd_reflectors.items()]
         if self.elector is not None:
             self._election = loop.create_task(self.elector.run(), name="leader election")

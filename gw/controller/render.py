@@ -3,9 +3,12 @@
 Only GatewayClasses with gw's controllerName and what hangs off them: their Gateways, the
 HTTPRoutes attached to those, the Services, EndpointSlices and Backends the routes and policies
 name, the TLS Secrets the listeners name, gw's own policy kinds, BackendTLSPolicies and the
-ConfigMaps (or Secrets) their caCertificateRefs name, ReferenceGrants, and Namespaces when a
-listener selects namespaces by label. Which object is valid, attached or served is not
-decided here: the files go through the same parse and compile as `gw check` and `gw run`.
+ConfigMaps (or Secrets) their caCertificateRefs name, the Secrets (API keys, htpasswd) of the
+SecurityPolicies that target gw's Gateways and routes, ReferenceGrants, and Namespaces when a
+listener selects namespaces by label. A Secret no selected object names is never rendered: the
+cache holds every TLS and Opaque Secret of the cluster (gw.controller.kinds), Redis only these.
+Which object is valid, attached or served is not decided here: the files go through the same
+parse and compile as `gw check` and `gw run`.
 
 Each object is one file, `Kind/namespace/name.yaml`, written with sorted keys: equal objects give
 equal bytes, so an unchanged cluster gives an unchanged checksum and no new version. What the
@@ -63,7 +66,8 @@ def selection(cache: Cache, controller_name: str) -> dict[str, list[Key]]:
     ]
     ours = set(gateways)
     routes = [key for key, obj in cache.of("HTTPRoute").items() if ours & set(_parents(obj))]
-    policy_kinds = (kinds.RATE_LIMIT_POLICY, kinds.BACKEND_TRAFFIC_POLICY, kinds.BACKEND_TLS_POLICY)
+    policy_kinds = (kinds.RATE_LIMIT_POLICY, kinds.BACKEND_TRAFFIC_POLICY, kinds.BACKEND_TLS_POLICY,
+                    kinds.SECURITY_POLICY)  # fmt: skip
     policies = {k.kind: list(cache.of(k.kind)) for k in policy_kinds}
     backends: set[tuple[str, str, str]] = set()  # (kind, namespace, name)
     for key in routes:
@@ -83,6 +87,11 @@ def selection(cache: Cache, controller_name: str) -> dict[str, list[Key]]:
     for key in policies["BackendTLSPolicy"]:
         for kind, ref in _ca_refs(cache.of("BackendTLSPolicy")[key]):
             (config_maps if kind == "ConfigMap" else secrets).add((key[0], ref))
+    served = {("Gateway", *key) for key in gateways} | {("HTTPRoute", *key) for key in routes}
+    for key in policies["SecurityPolicy"]:
+        policy = cache.of("SecurityPolicy")[key]
+        if served & set(_security_targets(policy)):
+            secrets.update((key[0], name) for name in _credential_refs(policy))
     selects_namespaces = False
     for key in gateways:
         spec = cache.of("Gateway")[key].get("spec") or {}
@@ -97,6 +106,7 @@ def selection(cache: Cache, controller_name: str) -> dict[str, list[Key]]:
             for ref in (listener.get("tls") or {}).get("certificateRefs") or ():
                 if isinstance(ref, dict) and ref.get("kind", "Secret") == "Secret" and not ref.get("group"):
                     secrets.add((str(ref.get("namespace") or key[0]), str(ref.get("name"))))
+    known_secrets = all_secrets(cache)
     return {
         "GatewayClass": [("", name) for name in classes],
         "Gateway": gateways,
@@ -107,7 +117,7 @@ def selection(cache: Cache, controller_name: str) -> dict[str, list[Key]]:
         "Backend": [
             (ns, name) for kind, ns, name in backends if kind == "Backend" and (ns, name) in cache.of("Backend")
         ],
-        "Secret": [key for key in secrets if key in cache.of("Secret")],
+        "Secret": [key for key in secrets if key in known_secrets],
         "ConfigMap": [key for key in config_maps if key in cache.of("ConfigMap")],
         "Namespace": list(cache.of("Namespace")) if selects_namespaces else [],
         **policies,
@@ -118,12 +128,17 @@ def render(cache: Cache, controller_name: str) -> Snapshot:
     """The snapshot of the selected objects, one YAML file each, in a fixed order."""
     files = []
     for kind, keys in selection(cache, controller_name).items():
-        store = cache.of(kind)
+        store = all_secrets(cache) if kind == "Secret" else cache.of(kind)
         for key in set(keys):
             data = yaml.dump(clean(store[key]), Dumper=_Dumper, sort_keys=True, default_flow_style=False)
             files.append((file_name(kind, key), data.encode()))
     files.sort()
     return Snapshot.of(files, SOURCE)
+
+
+def all_secrets(cache: Cache) -> dict[Key, Object]:
+    """The Secrets of both watches (TLS, Opaque): the type selectors keep them apart."""
+    return {**cache.of(kinds.OPAQUE_SECRET.cache_name), **cache.of(kinds.SECRET.cache_name)}
 
 
 def _parents(route: Object) -> Iterator[Key]:
@@ -173,3 +188,25 @@ def _targets(policy: Object) -> Iterator[tuple[str, str, str]]:
     for ref in (policy.get("spec") or {}).get("targetRefs") or ():
         if isinstance(ref, dict) and ref.get("kind") in ("Service", "Backend") and isinstance(ref.get("name"), str):
             yield ref["kind"], namespace, ref["name"]
+
+
+def _security_targets(policy: Object) -> Iterator[tuple[str, str, str]]:
+    """(kind, namespace, name) of a SecurityPolicy's Gateway and HTTPRoute targets (its namespace: GEP-713)."""
+    namespace = (policy.get("metadata") or {}).get("namespace") or "default"
+    for ref in (policy.get("spec") or {}).get("targetRefs") or ():
+        if isinstance(ref, dict) and ref.get("kind") in ("Gateway", "HTTPRoute") and isinstance(ref.get("name"), str):
+            yield ref["kind"], namespace, ref["name"]
+
+
+def _credential_refs(policy: Object) -> Iterator[str]:
+    """Names of the Secrets a SecurityPolicy reads, in its namespace: apiKeyAuth's keys, basicAuth's htpasswd."""
+    spec = policy.get("spec") or {}
+    api_key = spec.get("apiKeyAuth")
+    refs = list(api_key.get("credentialRefs") or ()) if isinstance(api_key, dict) else []
+    basic = spec.get("basicAuth")
+    if isinstance(basic, dict):
+        refs.append(basic.get("users"))
+    for ref in refs:
+        if (isinstance(ref, dict) and ref.get("kind", "Secret") == "Secret" and ref.get("group", "") in ("", "core")
+                and isinstance(ref.get("name"), str)):  # fmt: skip
+            yield ref["name"]

@@ -67,7 +67,7 @@ class Reflector:
             try:
                 if not self.resource_version:
                     items, self.resource_version = await self.api.list(self.kind)
-                    self.cache.replace(self.kind.kind, items)
+                    self.cache.replace(self.kind.cache_name, items)
                     self.lists += 1
                     self.synced = self.reachable = True
                     self.error = ""
@@ -95,12 +95,12 @@ class Reflector:
                 continue
             version = (obj.get("metadata") or {}).get("resourceVersion")
             if event != "BOOKMARK":
-                self.cache.apply(self.kind.kind, event, {"apiVersion": self.kind.api_version, "kind": self.kind.kind,
-                                                         **obj})  # fmt: skip
+                typed = {"apiVersion": self.kind.api_version, "kind": self.kind.kind, **obj}
+                self.cache.apply(self.kind.cache_name, event, typed)
             if version:
                 self.resource_version = str(version)
 
     def _restart(self, why: str) -> None:
         self.restarts += 1
-        log.info("watch %s: %s", self.kind.plural, why)
-        self.on_restart(self.kind.plural, why)
+        log.info("watch %s: %s", self.kind.label, why)
+        self.on_restart(self.kind.label, why)

@@ -5,7 +5,8 @@ Not Kubernetes: an in-memory store behind the real URL paths (/api/v1/..., /apis
 relies on it: lists with a resourceVersion and limit/continue paging; watches from a
 resourceVersion with events streamed in chunked JSON lines, BOOKMARK events when asked for
 (`allowWatchBookmarks`), and a 410 Gone ERROR event for a resourceVersion older than what it keeps
-(`compact()` forgets history); `fieldSelector=type=...` and `metadata.name=...`; JSON merge patches of the /status
+(`compact()` forgets history); `fieldSelector=type=...` (a Secret without one is Opaque, as the
+API server defaults it) and `metadata.name=...`; JSON merge patches of the /status
 subresource, conditional on a resourceVersion in the patch (409); Leases with create (POST),
 read and conditional replace (PUT, 409 on a stale resourceVersion); 403 Forbidden for the
 collections a test `forbid`s (RBAC that does not grant them). Every request is recorded.
@@ -47,6 +48,7 @@ PLURALS = {
     "RateLimitPolicy": "ratelimitpolicies",
     "BackendTrafficPolicy": "backendtrafficpolicies",
     "BackendTLSPolicy": "backendtlspolicies",
+    "SecurityPolicy": "securitypolicies",
     "ConfigMap": "configmaps",
     "Lease": "leases",
     "CustomResourceDefinition": "customresourcedefinitions",
@@ -400,7 +402,7 @@ def _selected(obj: Object, namespace: str, query: dict[str, str]) -> bool:
     selector = query.get("fieldSelector", "")
     for term in filter(None, selector.split(",")):
         name, _, value = term.partition("=")
-        if name == "type" and obj.get("type") != value:
+        if name == "type" and obj.get("type", "Opaque" if obj.get("kind") == "Secret" else None) != value:
             return False
         if name == "metadata.name" and obj.get("metadata", {}).get("name") != value:
             return False
@@ -457,6 +459,7 @@ _API_VERSIONS = {
     "Backend": "gw.dev/v1alpha1",
     "RateLimitPolicy": "gw.dev/v1alpha1",
     "BackendTrafficPolicy": "gw.dev/v1alpha1",
+    "SecurityPolicy": "gw.dev/v1alpha1",
     "BackendTLSPolicy": "gateway.networking.k8s.io/v1",
     "ConfigMap": "v1",
     "Lease": "coordination.k8s.io/v1",
