@@ -104,8 +104,7 @@ class TestParse:
 
     @pytest.mark.parametrize(
         ("section", "value"),
-        [("jwt", {"providers": [{"name": "p", "issuer": "x"}]}), ("oidc", {"clientID": "x"}),
-         ("extAuth", {"http": {}})],
+        [("oidc", {"clientID": "x"}), ("extAuth", {"http": {}})],
     )  # fmt: skip
     def test_a_mechanism_not_served_yet_fails_closed(self, section: str, value: Any) -> None:
         result = compiled(route("api", "a"), policy("p", [on("HTTPRoute", "api")], **{section: value}))
@@ -250,9 +249,16 @@ class TestCheck:
             "SecurityPolicy default/keys: Accepted=True (Accepted): attached to 1 rule: HTTPRoute default/api rule main"
         ) in out.splitlines()
 
-    def test_gw_check_refuses_jwt_as_not_served_yet(self, tmp_path, capsys) -> None:
-        text = CHECKED + "      jwt: {providers: [{name: idp, issuer: https://idp}]}\n"
+    def test_gw_check_refuses_recompute_route_as_not_served_yet(self, tmp_path, capsys) -> None:
+        jwks = '{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}'
+        text = CHECKED + (
+            "      jwt: {providers: [{name: idp, recomputeRoute: true, localJWKS: {inline: '" + jwks + "'},\n"
+            "             claimToHeaders: [{header: x-user, claim: sub}]}]}\n"
+        )
         code, out, path = self.check(tmp_path, capsys, text)
         assert code == 1
-        assert f"error: {path}: SecurityPolicy default/keys: spec.jwt: spec.jwt (JWT authentication): not served" in out
+        assert (
+            f"error: {path}: SecurityPolicy default/keys: spec.jwt.providers[0].recomputeRoute: "
+            "spec.jwt.providers[0].recomputeRoute (re-matching routes on claim headers): not served"
+        ) in out
         assert "→ 500" in out or "Accepted=False (Invalid)" in out

@@ -12,6 +12,7 @@ from typing import Any
 
 from gw.config import fields as f
 from gw.config import validate as v
+from gw.config.parse_jwt import parse_jwt
 from gw.config.ratelimit import TargetRef
 from gw.config.reader import Reader
 from gw.config.resources import GATEWAY_GROUP, Meta
@@ -32,7 +33,6 @@ TARGET_KINDS = ("Gateway", "HTTPRoute")
 OTHER_TARGET_KINDS = ("GRPCRoute", "TCPRoute", "ListenerSet")  # Envoy Gateway's, not served by gw
 # Spec sections gw reads past: a policy setting one makes the rules it wins answer 500.
 UNSERVED = {
-    "jwt": "JWT authentication",
     "oidc": "OpenID Connect",
     "extAuth": "external authorization",
     "cors": "CORS in a SecurityPolicy (an HTTPRoute CORS filter is served)",
@@ -59,14 +59,20 @@ def parse_security_policy(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any,
             unserved.append(f"{field}.{name} ({what})")
     api_key = _api_key_auth(r, spec.get("apiKeyAuth"), f"{field}.apiKeyAuth")
     basic = _basic_auth(r, spec.get("basicAuth"), f"{field}.basicAuth")
+    jwt = parse_jwt(r, spec["jwt"], f"{field}.jwt") if spec.get("jwt") is not None else None
+    for i, provider in enumerate(jwt.providers if jwt is not None else ()):
+        if provider.recompute_route:
+            # Claim headers would have to re-match routes after authentication: refused, never ignored.
+            unserved.append(f"{field}.jwt.providers[{i}].recomputeRoute (re-matching routes on claim headers)")
     authorization = _authorization(r, spec.get("authorization"), f"{field}.authorization", unserved)
-    if not unserved and api_key is None and basic is None and authorization is None and len(r.errors) == start:
-        r.error(field, "sets no mechanism (apiKeyAuth, basicAuth, authorization)")
+    mechanisms = (api_key, basic, jwt, authorization)
+    if not unserved and all(m is None for m in mechanisms) and len(r.errors) == start:
+        r.error(field, "sets no mechanism (apiKeyAuth, basicAuth, jwt, authorization)")
     invalid = None
     if len(r.errors) != start:
         first = r.errors[start]
         invalid = f"{meta.label} is invalid: {first.field}: {first.message}"
-    return SecurityPolicy(meta, targets, api_key, basic, authorization, tuple(unserved), invalid)
+    return SecurityPolicy(meta, targets, api_key, basic, authorization, jwt, tuple(unserved), invalid)
 
 
 def _targets(r: Reader, spec: dict[str, Any], field: str) -> tuple[TargetRef, ...]:
