@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -74,8 +76,9 @@ def security(name: str, **spec: Any) -> dict[str, Any]:
             "spec": {"targetRefs": [target], **spec}}  # fmt: skip
 
 
-def config(port: int, upstream: int, jwks_uri: str) -> str:
-    remote = {"remoteJWKS": {"uri": jwks_uri}}
+def config(port: int, upstream: int, jwks_uri: str | None, limit: int = 2) -> str:
+    """The rules and their policies; without `jwks_uri`, the idp's keys are written in (localJWKS)."""
+    remote = {"remoteJWKS": {"uri": jwks_uri}} if jwks_uri else {"localJWKS": {"inline": json.dumps(jwks(IDP_KEY))}}
     headers = {"claimToHeaders": [{"header": "X-User", "claim": "sub"}, {"header": "X-Team", "claim": "org.team"}]}
     other = {"name": "other", "issuer": OTHER_ISSUER, "localJWKS": {"inline": json.dumps(jwks(OTHER_KEY))},
              "claimToHeaders": [{"header": "X-User", "claim": "email"}]}  # fmt: skip
@@ -89,7 +92,7 @@ def config(port: int, upstream: int, jwks_uri: str) -> str:
         security("open-fail", jwt={"failOpen": True, "providers": [provider(**remote, **headers)]}),
         {"apiVersion": "gw.dev/v1alpha1", "kind": "RateLimitPolicy", "metadata": {"name": "per-subject"},
          "spec": {"targetRefs": [{"kind": "HTTPRoute", "name": "api", "sectionName": "limited"}],
-                  "limits": [{"name": "hourly", "requests": 2, "per": "1h",
+                  "limits": [{"name": "hourly", "requests": limit, "per": "1h",
                               "key": [{"type": "JWTClaim", "name": "sub"}]}]}},
     ]  # fmt: skip
     return config_yaml(port, {"up": [("127.0.0.1", upstream)]}, routes) + "---\n" + yaml.safe_dump_all(docs)
@@ -240,6 +243,28 @@ def test_a_token_signed_with_a_rotated_key_is_accepted_after_one_refetch(gw: Gat
     assert [get(gw, f"/jwt/r{i}", bearer(ROTATED_KEY.token(claims("dan")))).status for i in range(3)] == [200] * 3
     assert get(gw, "/jwt/old", bearer(IDP_KEY.token(claims()))).status == 200
     assert idp.server.fetches == fetches + 1
+
+
+def test_a_reload_keeps_the_workers_keys_and_closes_a_jwks_no_longer_used(
+    gw: GatewayProcess, idp: JWKSThread, module_upstream: Upstream
+) -> None:
+    fetches = idp.server.fetches
+    mark = len(gw.log)
+    gw.config_path.write_text(config(gw.port, module_upstream.port, idp.server.uri, limit=5))
+    os.kill(gw.pid, signal.SIGHUP)
+    gw.wait_for_log("gw: config reloaded", after=mark)
+    # The new snapshot's verifiers use the key set the worker fetched before: the rotated key is
+    # known without a fetch.
+    assert get(gw, "/jwt/reloaded", bearer(ROTATED_KEY.token(claims()))).status == 200
+    assert idp.server.fetches == fetches
+    assert idp.server._open  # the worker's keep-alive connection to the JWKS
+    mark = len(gw.log)
+    gw.config_path.write_text(config(gw.port, module_upstream.port, None))
+    os.kill(gw.pid, signal.SIGHUP)
+    gw.wait_for_log("gw: config reloaded", after=mark)
+    wait_until(lambda: not idp.server._open, what="the JWKS no provider uses closed")
+    assert get(gw, "/jwt/local", bearer(IDP_KEY.token(claims()))).status == 200
+    assert idp.server.fetches == fetches
 
 
 class TestConfig:
