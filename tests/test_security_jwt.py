@@ -149,6 +149,13 @@ class TestVerified:
         assert upstream.header_list("X-Team") == ["blue"]  # a nested claim, by its dotted path
         assert upstream.header("Authorization") == headers["Authorization"]  # forwarded, as Envoy Gateway
 
+    def test_a_token_remembered_with_its_request_head_is_refused_once_it_expires(self, gw: GatewayProcess) -> None:
+        """The same head again is served from the phase's memo of heads: only until the token's exp
+        (plus the 60 s of skew allowed)."""
+        headers = bearer(IDP_KEY.token(claims("brief", exp=int(time.time()) - 58)))
+        assert [get(gw, "/jwt/brief", headers).status for _ in range(3)] == [200] * 3
+        wait_until(lambda: get(gw, "/jwt/brief", headers).status == 401, timeout=10, what="the token refused")
+
     def test_a_token_in_the_access_token_parameter_is_accepted_and_never_logged(self, gw: GatewayProcess) -> None:
         token = IDP_KEY.token(claims("param-user"))
         assert get(gw, f"/jwt/q?access_token={token.decode()}&page=2").status == 200
