@@ -82,7 +82,15 @@ def config(port: int, upstream: int, jwks_uri: str | None, limit: int = 2) -> st
     headers = {"claimToHeaders": [{"header": "X-User", "claim": "sub"}, {"header": "X-Team", "claim": "org.team"}]}
     other = {"name": "other", "issuer": OTHER_ISSUER, "localJWKS": {"inline": json.dumps(jwks(OTHER_KEY))},
              "claimToHeaders": [{"header": "X-User", "claim": "email"}]}  # fmt: skip
-    names = ("jwt", "optional", "multi", "limited", "open-fail")
+    names = ("jwt", "optional", "multi", "limited", "open-fail", "scoped")
+    readers = {
+        "provider": "idp",
+        "scopes": ["read"],
+        "claims": [
+            {"name": "org.team", "values": ["blue", "green"]},
+            {"name": "groups", "valueType": "StringArray", "values": ["ops"]},
+        ],
+    }
     routes = [{"name": "api", "rules": [rule(n) for n in names]}]
     docs = [
         security("jwt", jwt={"providers": [provider(**remote, **headers)]}),
@@ -90,6 +98,8 @@ def config(port: int, upstream: int, jwks_uri: str | None, limit: int = 2) -> st
         security("multi", jwt={"providers": [other, provider(**remote, **headers)]}),
         security("limited", jwt={"providers": [provider(**remote)]}),
         security("open-fail", jwt={"failOpen": True, "providers": [provider(**remote, **headers)]}),
+        security("scoped", jwt={"optional": True, "providers": [provider(**remote)]},
+                 authorization={"rules": [{"action": "Allow", "principal": {"jwt": readers}}]}),
         {"apiVersion": "gw.dev/v1alpha1", "kind": "RateLimitPolicy", "metadata": {"name": "per-subject"},
          "spec": {"targetRefs": [{"kind": "HTTPRoute", "name": "api", "sectionName": "limited"}],
                   "limits": [{"name": "hourly", "requests": limit, "per": "1h",
@@ -230,6 +240,27 @@ class TestProviders:
         refused(get(gw, "/multi/x", bearer(stranger)))
 
 
+class TestAuthorization:
+    @pytest.mark.parametrize(
+        ("extra", "status"),
+        [
+            ({"scope": "read write", "groups": ["dev", "ops"]}, 200),
+            ({"scp": ["read"], "groups": ["ops"], "org": {"team": "green"}}, 200),
+            ({"scope": "write", "groups": ["ops"]}, 403),  # a scope missing
+            ({"scope": "read", "groups": ["dev"]}, 403),  # no item of a StringArray claim matches
+            ({"scope": "read", "groups": "ops"}, 403),  # a string where an array is expected
+            ({"scope": "read", "groups": ["ops"], "org": {"team": "red"}}, 403),
+        ],
+    )
+    def test_a_jwt_principal_matches_the_verified_tokens_scopes_and_claims(
+        self, gw: GatewayProcess, extra: dict[str, Any], status: int
+    ) -> None:
+        assert get(gw, "/scoped/x", bearer(IDP_KEY.token(claims(**extra)))).status == status
+
+    def test_an_anonymous_request_matches_no_jwt_principal(self, gw: GatewayProcess) -> None:
+        assert get(gw, "/scoped/anon").status == 403  # jwt optional: through authentication, not authorization
+
+
 def test_a_rate_limit_keyed_by_a_claim_gives_each_subject_its_own_budget(gw: GatewayProcess) -> None:
     alice, bob = bearer(IDP_KEY.token(claims("alice"))), bearer(IDP_KEY.token(claims("bob")))
     assert [get(gw, "/limited/1", alice).status for _ in range(3)] == [200, 200, 429]
@@ -327,6 +358,26 @@ class TestConfig:
         result = self.compiled({"providers": [p]})
         assert [e.field for e in result.errors] == ["spec.jwt.providers[0].recomputeRoute"]
         assert "not served by gw yet" in result.config.rules[0].invalid_reason
+
+    @pytest.mark.parametrize(
+        ("principal", "field"),
+        [
+            ({"provider": "nope", "scopes": ["read"]}, "spec.authorization.rules[0].principal.jwt.provider"),
+            ({"provider": "idp"}, "spec.authorization.rules[0].principal.jwt"),
+            ({"provider": "idp", "claims": [{"name": "g", "valueType": "Int", "values": ["1"]}]},
+             "spec.authorization.rules[0].principal.jwt.claims[0].valueType"),
+            ({"provider": "idp", "claims": [{"name": "g"}]},
+             "spec.authorization.rules[0].principal.jwt.claims[0].values"),
+        ],
+    )  # fmt: skip
+    def test_a_bad_jwt_principal_is_named(self, principal: dict[str, Any], field: str) -> None:
+        authz = {"rules": [{"action": "Allow", "principal": {"jwt": principal}}]}
+        jwt = {"providers": [provider(remoteJWKS={"uri": "http://x"})]}
+        docs = [*self.BASE, security("jwt", jwt=jwt, authorization=authz)]
+        resources, errors = parse_documents([("sec.yaml", d) for d in docs])
+        result = compile_resources(resources, errors=errors)
+        assert [e.field for e in result.errors] == [field]
+        assert result.config.rules[0].invalid_reason is not None
 
     def test_a_jwt_claim_rate_limit_key_needs_a_claim_name(self) -> None:
         limit = {"apiVersion": "gw.dev/v1alpha1", "kind": "RateLimitPolicy", "metadata": {"name": "l"},

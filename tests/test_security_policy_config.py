@@ -115,9 +115,12 @@ class TestParse:
         assert "not served by gw yet" in rule.invalid_reason and f"spec.{section}" in rule.invalid_reason
         assert conditions(result, "p")["Accepted"].reason == "Invalid"
 
-    def test_a_jwt_principal_in_authorization_fails_closed(self) -> None:
+    def test_a_jwt_principal_without_the_policys_jwt_provider_fails_closed(self) -> None:
         authz = {"rules": [{"action": "Allow", "principal": {"jwt": {"provider": "p", "scopes": ["read"]}}}]}
         result = compiled(route("api", "a"), policy("p", [on("HTTPRoute", "api")], authorization=authz))
+        assert [(e.field, e.message) for e in result.errors] == [
+            ("spec.authorization.rules[0].principal.jwt.provider", "'p' is not a provider of this policy's jwt")
+        ]
         assert "spec.authorization.rules[0].principal.jwt" in rules(result)["default/api/a"].invalid_reason
 
     def test_a_missing_secret_fails_closed(self) -> None:

@@ -31,10 +31,13 @@ Envoy Gateway's SecurityPolicy field names, so its users feel at home:
           action: Allow
           principal: {clientCIDRs: [10.0.0.0/8], headers: [{name: x-team, values: [ops]}]}
           operation: {methods: [GET]}
+        - name: readers
+          action: Allow
+          principal: {jwt: {provider: idp, scopes: [read], claims: [{name: org.team, values: [blue]}]}}
 
 The most specific policy wins whole, as in Envoy Gateway (no merging of sections): a rule's own
 (sectionName) over its route's over its Gateway's. Mechanisms gw does not serve yet (oidc,
-extAuth, cors, csrf; in authorization a jwt principal, clientIPGeoLocations, operation.path, cel)
+extAuth, cors, csrf; in authorization clientIPGeoLocations, operation.path, cel)
 are read enough to be named: a policy asking for one makes the rules it wins answer 500 saying
 which, never lets them through unauthenticated.
 """
@@ -94,6 +97,25 @@ class HeaderMatch:
     values: tuple[str, ...]
 
 
+STRING, STRING_ARRAY = "String", "StringArray"  # a JWT claim's valueType in an authorization principal
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimMatch:
+    name: str  # a claim, or a dotted path into nested objects
+    value_type: str  # STRING: the claim equals one of values; STRING_ARRAY: one of its items does
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JWTPrincipal:
+    """The token the policy's jwt verified: by `provider`, with every claim and every scope given."""
+
+    provider: str
+    claims: tuple[ClaimMatch, ...] = ()
+    scopes: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class AuthorizationRule:
     name: str
@@ -101,6 +123,7 @@ class AuthorizationRule:
     client_cidrs: tuple[Network, ...] = ()
     headers: tuple[HeaderMatch, ...] = ()
     methods: tuple[str, ...] = ()
+    jwt: JWTPrincipal | None = None
 
 
 @dataclass(frozen=True, slots=True)
