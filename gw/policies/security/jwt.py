@@ -21,7 +21,7 @@ removed from every request of the rule, verified or anonymous, before the token'
 from __future__ import annotations
 
 import logging
-from time import time
+from time import monotonic, time
 from typing import Any
 
 from gw.auth.jwt import Pending, Refused, Verified, Verifier
@@ -70,8 +70,8 @@ class JWTAuth(Phase):
         self.authenticated = self.decisions.keys["authenticated"]
         # A client sends the same head again and again: without a query (a token may be there), the
         # identity a head's token gave is remembered under the head itself until the token expires
-        # or its key set changes, and its next requests split no fields. Entries: (identity,
-        # expires, key set, its version then).
+        # or its key set changes, and its next requests split no fields. Entries: (identity, the
+        # token's exp as a monotonic deadline, key set, its version then).
         self.heads: dict[bytes, tuple[TokenIdentity, float, Any, int]] = {}
 
     def on_request(self, ex: Exchange) -> int:
@@ -83,11 +83,13 @@ class JWTAuth(Phase):
             head = ex.head_key()
             if head is not None:
                 hit = self.heads.get(head)
-                if hit is not None and hit[1] > time() and hit[2].version == hit[3]:
-                    ex.identity = hit[0]
-                    counters = self.counters
-                    counters[self.authenticated] = counters.get(self.authenticated, 0) + 1
-                    return CONTINUE
+                if hit is not None:
+                    identity, until, keys, version = hit
+                    if until > ex.started and keys.version == version:
+                        ex.identity = identity
+                        counters = self.counters
+                        counters[self.authenticated] = counters.get(self.authenticated, 0) + 1
+                        return CONTINUE
         return self._try(ex, 0, None, head)
 
     def _try(self, ex: Exchange, start: int, refused: Refused | None, head: bytes | None = None) -> int:
@@ -109,7 +111,10 @@ class JWTAuth(Phase):
                     heads = self.heads
                     if len(heads) >= HEADS:
                         del heads[next(iter(heads))]
-                    heads[head] = (identity, result.expires, verifier.keys, verifier.keys.version)
+                    # Until the token's exp on the clock the exchange carries (ex.started, monotonic),
+                    # so a hit reads no clock.
+                    until = monotonic() + (result.expires - time())
+                    heads[head] = (identity, until, verifier.keys, verifier.keys.version)
                 return CONTINUE
             if type(result) is Pending:
                 result.then(lambda outcome, i=i: self._fetched(ex, i, outcome))
