@@ -104,8 +104,7 @@ class TestParse:
 
     @pytest.mark.parametrize(
         ("section", "value"),
-        [("jwt", {"providers": [{"name": "p", "issuer": "x"}]}), ("oidc", {"clientID": "x"}),
-         ("extAuth", {"http": {}})],
+        [("oidc", {"clientID": "x"}), ("extAuth", {"http": {}})],
     )  # fmt: skip
     def test_a_mechanism_not_served_yet_fails_closed(self, section: str, value: Any) -> None:
         result = compiled(route("api", "a"), policy("p", [on("HTTPRoute", "api")], **{section: value}))
@@ -130,9 +129,12 @@ class TestParse:
         assert [(e.field, e.message) for e in result.errors] == [(f"spec.authorization.rules[0].{field}", message)]
         assert "is invalid" in rules(result)["default/api/a"].invalid_reason
 
-    def test_a_jwt_principal_in_authorization_fails_closed(self) -> None:
+    def test_a_jwt_principal_without_the_policys_jwt_provider_fails_closed(self) -> None:
         authz = {"rules": [{"action": "Allow", "principal": {"jwt": {"provider": "p", "scopes": ["read"]}}}]}
         result = compiled(route("api", "a"), policy("p", [on("HTTPRoute", "api")], authorization=authz))
+        assert [(e.field, e.message) for e in result.errors] == [
+            ("spec.authorization.rules[0].principal.jwt.provider", "'p' is not a provider of this policy's jwt")
+        ]
         assert "spec.authorization.rules[0].principal.jwt" in rules(result)["default/api/a"].invalid_reason
 
     def test_a_missing_secret_fails_closed(self) -> None:
@@ -264,9 +266,16 @@ class TestCheck:
             "SecurityPolicy default/keys: Accepted=True (Accepted): attached to 1 rule: HTTPRoute default/api rule main"
         ) in out.splitlines()
 
-    def test_gw_check_refuses_jwt_as_not_served_yet(self, tmp_path, capsys) -> None:
-        text = CHECKED + "      jwt: {providers: [{name: idp, issuer: https://idp}]}\n"
+    def test_gw_check_refuses_recompute_route_as_not_served_yet(self, tmp_path, capsys) -> None:
+        jwks = '{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}'
+        text = CHECKED + (
+            "      jwt: {providers: [{name: idp, recomputeRoute: true, localJWKS: {inline: '" + jwks + "'},\n"
+            "             claimToHeaders: [{header: x-user, claim: sub}]}]}\n"
+        )
         code, out, path = self.check(tmp_path, capsys, text)
         assert code == 1
-        assert f"error: {path}: SecurityPolicy default/keys: spec.jwt: spec.jwt (JWT authentication): not served" in out
+        assert (
+            f"error: {path}: SecurityPolicy default/keys: spec.jwt.providers[0].recomputeRoute: "
+            "spec.jwt.providers[0].recomputeRoute (re-matching routes on claim headers): not served"
+        ) in out
         assert "→ 500" in out or "Accepted=False (Invalid)" in out

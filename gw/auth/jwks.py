@@ -235,11 +235,17 @@ class KeySets:
 
     async def retain(self, providers: Iterable[Provider]) -> None:
         """Close the key sets no provider of the new config uses."""
+        for dropped in self.release(providers):
+            await dropped.close()
+
+    def release(self, providers: Iterable[Provider]) -> list[RemoteKeySet]:
+        """Forget the key sets no provider of the new config uses; the remote ones returned are the
+        caller's to close (a worker installing a snapshot cannot await)."""
+        providers = list(providers)
         remote = {p.remote_jwks for p in providers if p.remote_jwks is not None}
         local = {p.local_jwks.inline for p in providers if p.local_jwks is not None}
-        for spec in [r for r in self._remote if r not in remote]:
-            await self._remote.pop(spec).close()
         self._local = {d: ks for d, ks in self._local.items() if d in local}
+        return [self._remote.pop(spec) for spec in [r for r in self._remote if r not in remote]]
 
     async def close(self) -> None:
         await self.retain(())

@@ -148,6 +148,8 @@ AUTHORIZATION_RULE = F({"name", "action", "operation", "principal", "cel"})
 AUTHORIZATION_OPERATION = F({"methods", "path"})
 PRINCIPAL = F({"clientCIDRs", "jwt", "headers", "clientIPGeoLocations"})
 AUTHORIZATION_HEADER_MATCH = F({"name", "values"})
+JWT_PRINCIPAL = F({"provider", "claims", "scopes"})
+JWT_CLAIM_MATCH = F({"name", "valueType", "values"})
 # A SecurityPolicy's `jwt` (gw.config.parse_jwt): Envoy Gateway's JWT, JWTProvider and their parts.
 # remoteJWKS's backendRef(s)/backendSettings are known and refused: gw fetches the uri itself.
 JWT = F({"optional", "failOpen", "providers"})

@@ -122,7 +122,7 @@ def _key(r: Reader, raw: Any, field: str) -> tuple[KeyPart, ...]:
         p = r.map(p, p_field)
         kind = p.get("type")
         if kind in KEY_TYPES_LATER:
-            r.error(f"{p_field}.type", f"{kind} keys need JWT authentication, which gw does not have yet")
+            r.error(f"{p_field}.type", f"{kind} keys are not served by gw yet")
             continue
         kind = r.str(p, "type", p_field, required=True, choices=KEY_TYPES)
         if kind is None:

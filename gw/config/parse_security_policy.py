@@ -12,18 +12,23 @@ from typing import Any
 
 from gw.config import fields as f
 from gw.config import validate as v
+from gw.config.parse_jwt import parse_jwt
 from gw.config.ratelimit import TargetRef
 from gw.config.reader import Reader
 from gw.config.resources import GATEWAY_GROUP, Meta
 from gw.config.security_policy import (
     ALLOW,
     DENY,
+    STRING,
+    STRING_ARRAY,
     APIKeyAuth,
     Authorization,
     AuthorizationRule,
     BasicAuth,
+    ClaimMatch,
     ExtractFrom,
     HeaderMatch,
+    JWTPrincipal,
     SecretName,
     SecurityPolicy,
 )
@@ -32,7 +37,6 @@ TARGET_KINDS = ("Gateway", "HTTPRoute")
 OTHER_TARGET_KINDS = ("GRPCRoute", "TCPRoute", "ListenerSet")  # Envoy Gateway's, not served by gw
 # Spec sections gw reads past: a policy setting one makes the rules it wins answer 500.
 UNSERVED = {
-    "jwt": "JWT authentication",
     "oidc": "OpenID Connect",
     "extAuth": "external authorization",
     "cors": "CORS in a SecurityPolicy (an HTTPRoute CORS filter is served)",
@@ -59,14 +63,22 @@ def parse_security_policy(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any,
             unserved.append(f"{field}.{name} ({what})")
     api_key = _api_key_auth(r, spec.get("apiKeyAuth"), f"{field}.apiKeyAuth")
     basic = _basic_auth(r, spec.get("basicAuth"), f"{field}.basicAuth")
-    authorization = _authorization(r, spec.get("authorization"), f"{field}.authorization", unserved)
-    if not unserved and api_key is None and basic is None and authorization is None and len(r.errors) == start:
-        r.error(field, "sets no mechanism (apiKeyAuth, basicAuth, authorization)")
+    jwt = parse_jwt(r, spec["jwt"], f"{field}.jwt") if spec.get("jwt") is not None else None
+    for i, provider in enumerate(jwt.providers if jwt is not None else ()):
+        if provider.recompute_route:
+            # Claim headers would have to re-match routes after authentication: refused, never ignored.
+            unserved.append(f"{field}.jwt.providers[{i}].recomputeRoute (re-matching routes on claim headers)")
+    # The providers a jwt principal may name (None: the jwt section is wrong, its errors say so).
+    providers = {p.name for p in jwt.providers} if jwt is not None else None if spec.get("jwt") is not None else set()
+    authorization = _authorization(r, spec.get("authorization"), f"{field}.authorization", unserved, providers)
+    mechanisms = (api_key, basic, jwt, authorization)
+    if not unserved and all(m is None for m in mechanisms) and len(r.errors) == start:
+        r.error(field, "sets no mechanism (apiKeyAuth, basicAuth, jwt, authorization)")
     invalid = None
     if len(r.errors) != start:
         first = r.errors[start]
         invalid = f"{meta.label} is invalid: {first.field}: {first.message}"
-    return SecurityPolicy(meta, targets, api_key, basic, authorization, tuple(unserved), invalid)
+    return SecurityPolicy(meta, targets, api_key, basic, authorization, jwt, tuple(unserved), invalid)
 
 
 def _targets(r: Reader, spec: dict[str, Any], field: str) -> tuple[TargetRef, ...]:
@@ -167,7 +179,9 @@ def _basic_auth(r: Reader, raw: Any, field: str) -> BasicAuth | None:
     return BasicAuth(users, forward) if users is not None else None
 
 
-def _authorization(r: Reader, raw: Any, field: str, unserved: list[str]) -> Authorization | None:
+def _authorization(
+    r: Reader, raw: Any, field: str, unserved: list[str], providers: set[str] | None
+) -> Authorization | None:
     if raw is None:
         return None
     spec = r.map(raw, field, f.AUTHORIZATION)
@@ -197,8 +211,10 @@ def _authorization(r: Reader, raw: Any, field: str, unserved: list[str]) -> Auth
             r.error(f"{rule_field}.operation", "at least one of methods or path must be specified")
         principal = r.map(item.get("principal"), f"{rule_field}.principal", f.PRINCIPAL)
         p_field = f"{rule_field}.principal"
-        if principal.get("jwt") is not None:
-            unserved.append(f"{p_field}.jwt (JWT claims and scopes)")
+        jwt = _jwt_principal(r, principal.get("jwt"), f"{p_field}.jwt")
+        if jwt is not None and providers is not None and jwt.provider not in providers:
+            # Envoy Gateway: a jwt principal reads the token this policy's own jwt verified.
+            r.error(f"{p_field}.jwt.provider", f"{jwt.provider!r} is not a provider of this policy's jwt")
         if principal.get("clientIPGeoLocations") is not None:
             unserved.append(f"{p_field}.clientIPGeoLocations (geolocation)")
         cidrs = []
@@ -220,8 +236,33 @@ def _authorization(r: Reader, raw: Any, field: str, unserved: list[str]) -> Auth
         if item.get("principal") is not None and not any(principal.get(k) for k in f.PRINCIPAL):
             r.error(p_field, "at least one of clientCIDRs, jwt, headers, or clientIPGeoLocations must be specified")
         if action is not None:
-            rules.append(AuthorizationRule(name, action, tuple(cidrs), tuple(headers), methods))
+            rules.append(AuthorizationRule(name, action, tuple(cidrs), tuple(headers), methods, jwt))
     return Authorization(tuple(rules), default)
+
+
+def _jwt_principal(r: Reader, raw: Any, field: str) -> JWTPrincipal | None:
+    if raw is None:
+        return None
+    spec = r.map(raw, field, f.JWT_PRINCIPAL)
+    provider = r.str(spec, "provider", field, required=True)
+    claims = []
+    for i, item in enumerate(r.list(spec.get("claims"), f"{field}.claims")):
+        c_field = f"{field}.claims[{i}]"
+        item = r.map(item, c_field, f.JWT_CLAIM_MATCH)
+        name = r.str(item, "name", c_field, required=True)
+        kind = r.str(item, "valueType", c_field, default=STRING, choices=(STRING, STRING_ARRAY)) or STRING
+        values = r.list(item.get("values"), f"{c_field}.values")
+        if not values or not all(isinstance(x, str) and x for x in values):
+            r.error(f"{c_field}.values", "is required: a list of strings, one of which the claim must equal")
+        elif name:
+            claims.append(ClaimMatch(name, kind, tuple(values)))
+    scopes = r.list(spec.get("scopes"), f"{field}.scopes")
+    if not all(isinstance(x, str) and x and " " not in x for x in scopes):
+        r.error(f"{field}.scopes", "must be a list of scopes (non-empty strings without spaces)")
+        scopes = []
+    if not spec.get("claims") and not spec.get("scopes"):
+        r.error(field, "at least one of claims or scopes must be specified")
+    return JWTPrincipal(provider, tuple(claims), tuple(scopes)) if provider else None
 
 
 def _method(r: Reader, value: Any, field: str) -> bool:

@@ -20,10 +20,10 @@
         key: [{type: ClientAddress}, {type: Header, name: X-Api-Key}]
 
 Key types: ClientAddress, Header (name), QueryParam (name), Method, Route, Consumer (who the
-rule's SecurityPolicy authenticated: an API key's client id, a basic-auth user; requests without
-one share the key ""). JWTClaim is reserved until JWT authentication exists (KEY_TYPES_LATER): it is
-refused by name, so a config written for it fails loudly rather than counting every request under
-one key.
+rule's SecurityPolicy authenticated: an API key's client id, a basic-auth user, a token's `sub`;
+requests without one share the key ""), JWTClaim (name: a claim of the token the rule's jwt
+verified, a dotted path into nested objects allowed; a string, number or boolean counts, anything
+else and an anonymous request count under "").
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ GLOBAL, LOCAL = "Global", "Local"
 OPEN, CLOSED = "Open", "Closed"  # failureMode; LOCAL is the third
 
 CLIENT_ADDRESS, HEADER, QUERY_PARAM, METHOD, ROUTE = "ClientAddress", "Header", "QueryParam", "Method", "Route"
-CONSUMER = "Consumer"
-KEY_TYPES = (CLIENT_ADDRESS, HEADER, QUERY_PARAM, METHOD, ROUTE, CONSUMER)
-KEY_TYPES_NAMED = (HEADER, QUERY_PARAM)
+CONSUMER, JWT_CLAIM = "Consumer", "JWTClaim"
+KEY_TYPES = (CLIENT_ADDRESS, HEADER, QUERY_PARAM, METHOD, ROUTE, CONSUMER, JWT_CLAIM)
+KEY_TYPES_NAMED = (HEADER, QUERY_PARAM, JWT_CLAIM)
 # The extension point for identity-based keys: a key type added here needs an extractor in
 # gw.policies.ratelimit.identify and the authenticated request to carry it.
-KEY_TYPES_LATER = ("JWTClaim",)
+KEY_TYPES_LATER: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

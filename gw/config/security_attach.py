@@ -160,7 +160,9 @@ def _compile(
         errors.append(ConfigError(policy.meta.file, policy.meta.label, where, message))
         problems.append(f"{where}: {message}")
 
-    security = Security(policy.meta.key, authorization=policy.authorization)
+    security = Security(policy.meta.key, authorization=policy.authorization, jwt=policy.jwt)
+    if policy.jwt is not None:
+        security.realm = policy.meta.key
     api = policy.api_key_auth
     if api is not None:
         security.api_key_auth = api

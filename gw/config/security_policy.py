@@ -16,6 +16,14 @@ Envoy Gateway's SecurityPolicy field names, so its users feel at home:
       basicAuth:
         users: {name: htpasswd}                  # Secret key `.htpasswd`: bcrypt and {SHA} entries
         forwardUsernameHeader: x-user            # optional
+      jwt:
+        optional: false                          # true: a request without a token passes (anonymous)
+        providers:                               # tried in order; the first that verifies the token wins
+        - name: idp
+          issuer: https://idp.example.com
+          audiences: [api]
+          remoteJWKS: {uri: https://idp.example.com/.well-known/jwks.json}
+          claimToHeaders: [{header: x-user, claim: sub}]
       authorization:
         defaultAction: Deny                      # Allow | Deny (Deny when not given, as Envoy Gateway)
         rules:
@@ -23,10 +31,13 @@ Envoy Gateway's SecurityPolicy field names, so its users feel at home:
           action: Allow
           principal: {clientCIDRs: [10.0.0.0/8], headers: [{name: x-team, values: [ops]}]}
           operation: {methods: [GET]}
+        - name: readers
+          action: Allow
+          principal: {jwt: {provider: idp, scopes: [read], claims: [{name: org.team, values: [blue]}]}}
 
 The most specific policy wins whole, as in Envoy Gateway (no merging of sections): a rule's own
-(sectionName) over its route's over its Gateway's. Mechanisms gw does not serve yet (jwt, oidc,
-extAuth, cors, csrf; in authorization a jwt principal, clientIPGeoLocations, operation.path, cel)
+(sectionName) over its route's over its Gateway's. Mechanisms gw does not serve yet (oidc,
+extAuth, cors, csrf; in authorization clientIPGeoLocations, operation.path, cel)
 are read enough to be named: a policy asking for one makes the rules it wins answer 500 saying
 which, never lets them through unauthenticated.
 """
@@ -38,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from gw.auth.provider import JWT
     from gw.config.ratelimit import TargetRef
     from gw.config.resources import Meta
 
@@ -85,6 +97,25 @@ class HeaderMatch:
     values: tuple[str, ...]
 
 
+STRING, STRING_ARRAY = "String", "StringArray"  # a JWT claim's valueType in an authorization principal
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimMatch:
+    name: str  # a claim, or a dotted path into nested objects
+    value_type: str  # STRING: the claim equals one of values; STRING_ARRAY: one of its items does
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JWTPrincipal:
+    """The token the policy's jwt verified: by `provider`, with every claim and every scope given."""
+
+    provider: str
+    claims: tuple[ClaimMatch, ...] = ()
+    scopes: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class AuthorizationRule:
     name: str
@@ -92,6 +123,7 @@ class AuthorizationRule:
     client_cidrs: tuple[Network, ...] = ()
     headers: tuple[HeaderMatch, ...] = ()
     methods: tuple[str, ...] = ()
+    jwt: JWTPrincipal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +139,8 @@ class SecurityPolicy:
     api_key_auth: APIKeyAuth | None = None
     basic_auth: BasicAuth | None = None
     authorization: Authorization | None = None
-    # What gw does not serve yet, as "spec.jwt" etc.: the rules the policy wins answer 500.
+    jwt: JWT | None = None
+    # What gw does not serve yet, as "spec.oidc" etc.: the rules the policy wins answer 500.
     unserved: tuple[str, ...] = ()
     # The first problem of a policy written wrong: it is refused (`gw check`), and the rules it
     # targets answer 500 rather than go unauthenticated.
@@ -127,4 +160,5 @@ class Security:
     basic_auth: BasicAuth | None = None
     users: dict[str, bytes] = field(default_factory=dict, repr=False)
     authorization: Authorization | None = None
-    realm: str = ""  # WWW-Authenticate's realm for basicAuth
+    jwt: JWT | None = None
+    realm: str = ""  # WWW-Authenticate's realm for basicAuth and jwt

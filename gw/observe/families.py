@@ -133,6 +133,12 @@ FAMILIES: dict[str, Family] = {
         COUNTER, "Password hashes verified (basicAuth), by policy: a credential answered from the cache checks none.",
         "policy",
     ),
+    "gw_auth_jwt_refusals_total": Family(
+        COUNTER,
+        "Requests a SecurityPolicy jwt did not authenticate, by policy and reason: missing (no token), malformed, "
+        "alg_not_allowed, unknown_kid, bad_signature, expired, not_yet_valid, wrong_issuer, wrong_audience.",
+        "policy",
+    ),
     # -- rate limits and Redis ---------------------------------------------------------------
     "gw_ratelimit_decisions_total": Family(COUNTER, "Rate-limit decisions, by policy and outcome.", "policy"),
     "gw_redis_calls_total": Family(

@@ -61,6 +61,7 @@ class Exchange(Protocol):
     log_url: bytes | None  # the target as the access log shows it (a credential in the query blanked)
     scheme: bytes  # b"http" or b"https" of the listener
     listener_port: int  # the listener's declared port (redirects, X-Forwarded-Port)
+    started: float  # time.monotonic() when the request's head began: a clock phases may read for free
 
     def fields(self) -> Fields:
         """The forwarded head as (name, value) fields, split once on first use; read-only."""

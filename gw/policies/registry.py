@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from gw.policies import cors, header_modifier, mirror, redirect, session, url_rewrite
 from gw.policies.phase import Chain, Phase
 from gw.policies.ratelimit import phase as rate_limit
-from gw.policies.security import api_key, authorization, basic
+from gw.policies.security import api_key, authorization, basic, jwt
 
 
 class Services(Protocol):
@@ -28,6 +28,7 @@ class Services(Protocol):
     metrics: Any  # gw.observe.metrics.Registry: counters kept across reloads
     limiters: Any  # gw.policies.ratelimit.Limiters, installed for the snapshot being built
     settings: Any  # gw.settings.Settings (GW_SESSION_KEYS)
+    key_sets: Any  # gw.auth.jwks.KeySets: JWT providers' keys, fetched once per worker, not per snapshot
 
     def session_table(self, persistence: Any) -> Any:
         """The worker's table of a header-type session name (gw.policies.session_table)."""
@@ -41,9 +42,11 @@ class Services(Protocol):
 Build = Callable[[Any, Services], Phase | None]
 
 PHASES: tuple[tuple[str, Build], ...] = (
-    # SecurityPolicy: authentication, then authorization, before the rate limit (keyed by Consumer).
+    # SecurityPolicy: authentication, then authorization, before the rate limit (keyed by Consumer
+    # or JWTClaim).
     ("basic-auth", basic.build),
     ("api-key-auth", api_key.build),
+    ("jwt", jwt.build),
     ("authorization", authorization.build),
     ("rate-limit", rate_limit.build),
     ("session", session.build),  # after the limit: a refused request settles no session

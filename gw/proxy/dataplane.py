@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from gw.auth.jwks import KeySets
 from gw.config import build_ssl_context
 from gw.config.backend_tls import UpstreamTLS, client_context
 from gw.config.model import Backend, CompiledConfig, Endpoint, PortConfig
@@ -77,6 +78,9 @@ class DataPlane:
         self.limiters = Limiters(loop, settings, self.metrics, shared)
         self.shared = shared
         self.session_tables: dict[tuple[str, str], SessionTable] = {}
+        # JWT providers' key sets: a reload neither refetches a JWKS nor forgets a rotated key.
+        self.key_sets = KeySets()
+        self._closing: set[asyncio.Task[None]] = set()  # key sets a reload dropped, being closed
         # Backends with a BackendTrafficPolicy: circuit, endpoint health, shared with the fleet.
         # (Per-replica thresholds are shared by the replica's workers: GW_WORKERS, or one per CPU.)
         workers = settings.workers or len(os.sched_getaffinity(0))
@@ -108,6 +112,10 @@ class DataPlane:
                     self._bind_pools(ref.backend)
             for mirror in rule.mirrors:
                 self._bind_pools(mirror.backend)
+        jwts = [rule.security.jwt for rule in config.rules if rule.security and rule.security.jwt]
+        providers = [p for jwt in jwts for p in jwt.providers]
+        for dropped in self.key_sets.release(providers):  # after the chains took what they use
+            self._close_soon(dropped.close())
         # HTTPS ports: the snapshot's certificates, picked per handshake by `select_certificate`,
         # so a reload switches certificates without touching listeners or open connections.
         self.tls_contexts = {p.bind_port: build_ssl_context(p) for p in config.ports if p.tls is not None}
@@ -115,6 +123,11 @@ class DataPlane:
         # Only when some rule matches on headers does the fast path split a head into fields.
         self.header_matching = any(getattr(p.table, "uses_headers", True) for p in config.ports)
         self.config = config
+
+    def _close_soon(self, closing: Any) -> None:
+        task = self.loop.create_task(closing)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def session_counts(self, rule: str, kind: str) -> SessionCounts:
         """gw_sessions_total of one rule's sessions, in this worker's metrics."""
@@ -248,6 +261,8 @@ class DataPlane:
             self._sweeper.cancel()
         self.limiters.stop()
         self.backend_states.stop()
+        for dropped in self.key_sets.release(()):
+            self._close_soon(dropped.close())
         for pool in self.pools.values():
             pool.close_all()
         self.access_log.close()

@@ -108,7 +108,8 @@ def test_invalid_fields_are_named_and_the_policy_is_dropped() -> None:
         "p", [{"kind": "HTTPRoute", "name": "api", "namespace": "other"}], mode="Sometimes", failureMode="Maybe",
         algorithm="SlidingWindow", trustedProxies=["10.0.0.0/8", "nonsense"],
         limits=[{"name": "Per Second", "requests": 0, "per": "soon", "burst": 2,
-                 "key": [{"type": "JWTClaim"}, {"type": "Header"}, {"type": "Method", "name": "x"}]}],
+                 "key": [{"type": "JWTClaims"}, {"type": "Header"}, {"type": "Method", "name": "x"},
+                         {"type": "JWTClaim"}]}],
     )  # fmt: skip
     result = compiled(route("api", None), bad)
     assert {(e.obj, e.field) for e in result.errors} == {
@@ -117,6 +118,7 @@ def test_invalid_fields_are_named_and_the_policy_is_dropped() -> None:
             "spec.targetRefs[0].namespace", "spec.mode", "spec.failureMode", "spec.trustedProxies[1]",
             "spec.limits[0].name", "spec.limits[0].requests", "spec.limits[0].per", "spec.limits[0].burst",
             "spec.limits[0].key[0].type", "spec.limits[0].key[1].name", "spec.limits[0].key[2].name",
+            "spec.limits[0].key[3].name",
         )
     }  # fmt: skip
     assert all(e.file == "limits.yaml" for e in result.errors)

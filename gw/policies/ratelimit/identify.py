@@ -1,8 +1,8 @@
 """A request's key under one limit: the values of the limit's key parts, joined.
 
 The extension point for identity: a Consumer key reads what authentication left on the request
-(`identity`, gw.policies.security.identity: it runs before the rate limit); JWTClaim
-(gw.config.ratelimit.KEY_TYPES_LATER) gets its extractor here when JWT authentication lands.
+(`identity`, gw.policies.security.identity: it runs before the rate limit); a JWTClaim key reads
+one claim of the token the jwt phase verified (`identity.claims`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from gw.config.ratelimit import CLIENT_ADDRESS, CONSUMER, HEADER, METHOD, QUERY_PARAM, ROUTE, KeyPart
+from gw.auth.jwt import claim
+from gw.config.ratelimit import CLIENT_ADDRESS, CONSUMER, HEADER, JWT_CLAIM, METHOD, QUERY_PARAM, ROUTE, KeyPart
 
 Fields = list[tuple[bytes, bytes]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -60,7 +61,22 @@ def _extractor(part: KeyPart, trusted: Sequence[Network]) -> Extractor:
         return lambda req, fields: req.rule.route.encode()
     if part.type == CONSUMER:
         return lambda req, fields: req.identity.key if req.identity is not None else b""
+    if part.type == JWT_CLAIM:
+        return lambda req, fields: claim_key(req.identity, part.name)
     raise ValueError(f"no key extractor for {part.type}")
+
+
+def claim_key(identity: Any, name: str) -> bytes:
+    """A claim of the request's verified token as key bytes; b"" when anonymous, absent, or a list or object."""
+    claims = identity.claims if identity is not None else None
+    if not claims:
+        return b""
+    value = claim(claims, name)
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    if isinstance(value, str | int | float):
+        return str(value).encode()
+    return b""
 
 
 def client_address(peer: bytes, fields: Fields, trusted: Sequence[Network]) -> bytes:

@@ -2,7 +2,11 @@
 
 A rule matches when every principal it names matches (Envoy Gateway): the client's address in one
 of clientCIDRs, each header equal to one of its values, the method among operation.methods. The
-client address is the peer's (gw has no ClientTrafficPolicy to trust X-Forwarded-For yet).
+client address is the peer's (gw has no ClientTrafficPolicy to trust X-Forwarded-For yet). A jwt
+principal matches the token the policy's jwt phase verified (it runs before): by the provider named,
+each claim given equal to one of its values (a StringArray claim: one of its items), every scope
+given among the token's (`scope`, space-separated, or an `scp` list). An anonymous request (no
+token, jwt `optional`) matches no jwt principal.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from gw.config.security_policy import ALLOW
+from gw.auth.jwt import claim, scopes
+from gw.config.security_policy import ALLOW, STRING
 from gw.errors import Forbidden
 from gw.policies.phase import ANSWERED, CONTINUE, Exchange, Phase
 from gw.policies.security.identity import Decisions
@@ -19,13 +24,28 @@ ADDRESSES = 10_000  # client addresses a worker remembers parsed
 
 
 class _Rule:
-    __slots__ = ("allow", "cidrs", "headers", "methods")
+    __slots__ = ("allow", "cidrs", "headers", "jwt", "methods")
 
     def __init__(self, rule: Any) -> None:
         self.allow = rule.action == ALLOW
         self.cidrs = rule.client_cidrs
         self.headers = [(h.name.encode(), {v.encode() for v in h.values}) for h in rule.headers]
         self.methods = {m.encode() for m in rule.methods}
+        self.jwt = rule.jwt
+
+
+def _token_matches(principal: Any, identity: Any) -> bool:
+    if identity is None or identity.claims is None or getattr(identity, "provider", None) != principal.provider:
+        return False
+    claims = identity.claims
+    for match in principal.claims:
+        value = claim(claims, match.name)
+        if match.value_type == STRING:
+            if not isinstance(value, str) or value not in match.values:
+                return False
+        elif not isinstance(value, list) or not any(isinstance(v, str) and v in match.values for v in value):
+            return False
+    return not principal.scopes or scopes(claims).issuperset(principal.scopes)
 
 
 class Authorization(Phase):
@@ -63,7 +83,7 @@ class Authorization(Phase):
             found = [v.strip() for n, v in ex.fields() if n.lower() == name]
             if not found or not any(v in values for v in found):
                 return False
-        return True
+        return rule.jwt is None or _token_matches(rule.jwt, ex.identity)
 
     def _address(self, host: bytes) -> Any:
         known = self.addresses.get(host, False)
