@@ -29,6 +29,7 @@ from gw.config.backend_policy import (
     PassiveHealthCheck,
     RetryBudget,
 )
+from gw.config.parse_targets import group_matches, refuse_namespace
 from gw.config.ratelimit import TargetRef
 from gw.config.reader import Reader, type_name
 from gw.config.resources import CORE_GROUP, GATEWAY_GROUP, GW_GROUP, Meta
@@ -82,17 +83,11 @@ def _targets(r: Reader, spec: dict[str, Any], field: str) -> tuple[TargetRef, ..
         kind = r.str(t, "kind", t_field, required=True, choices=TARGET_GROUPS)
         name = r.str(t, "name", t_field, required=True, check=v.check_object_name)
         section = r.str(t, "sectionName", t_field, check=v.check_section_name)
-        if t.get("namespace") is not None:
-            r.error(f"{t_field}.namespace", "is not allowed: a policy targets objects in its own namespace (GEP-713)")
+        refuse_namespace(r, t, t_field)
         if kind is None:
             continue
         expected = TARGET_GROUPS[kind]
-        group = r.str(t, "group", t_field, default=expected)
-        if group == "core" and kind == "Service":
-            group = CORE_GROUP
-        if group is not None and group != expected:
-            home = f"group {expected!r}" if expected else "the core group ('' or 'core')"
-            r.error(f"{t_field}.group", f"{group!r}: a {kind} is in {home}")
+        group_matches(r, t, t_field, kind, expected)
         if section is not None and kind in ("Backend", "Gateway"):
             what = "a gw Backend has no sections" if kind == "Backend" else "a policy on a Gateway covers all of it"
             r.error(f"{t_field}.sectionName", f"is not supported for a {kind}: {what}")

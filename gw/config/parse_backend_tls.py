@@ -13,6 +13,7 @@ from typing import Any
 from gw.config import fields as f
 from gw.config import validate as v
 from gw.config.backend_tls import HOSTNAME, MIN_VERSION_OPTION, MIN_VERSIONS, URI, BackendTLSPolicy, CARef
+from gw.config.parse_targets import group_matches, refuse_namespace
 from gw.config.ratelimit import TargetRef
 from gw.config.reader import Reader, type_name
 from gw.config.resources import CORE_GROUP, GW_GROUP, Meta
@@ -68,17 +69,11 @@ def _targets(r: Reader, spec: dict[str, Any], field: str) -> tuple[TargetRef, ..
         kind = r.str(t, "kind", i_field, required=True, choices=TARGET_GROUPS)
         name = r.str(t, "name", i_field, required=True, check=v.check_object_name)
         section = r.str(t, "sectionName", i_field, check=v.check_section_name) or None
-        if t.get("namespace") is not None:
-            r.error(f"{i_field}.namespace", "is not allowed: a policy targets objects in its own namespace (GEP-713)")
+        refuse_namespace(r, t, i_field)
         if kind is None or not name:
             continue
         expected = TARGET_GROUPS[kind]
-        group = r.str(t, "group", i_field, default=expected)
-        if group == "core" and kind == "Service":
-            group = CORE_GROUP
-        if group != expected:
-            home = f"group {expected!r}" if expected else "the core group ('' or 'core')"
-            r.error(f"{i_field}.group", f"{group!r}: a {kind} is in {home}")
+        if not group_matches(r, t, i_field, kind, expected):
             continue
         if section is not None and kind == "Backend":
             r.error(f"{i_field}.sectionName", "is not supported for a Backend: a gw Backend has no sections")

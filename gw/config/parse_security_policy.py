@@ -13,6 +13,7 @@ from typing import Any
 from gw.config import fields as f
 from gw.config import validate as v
 from gw.config.parse_jwt import parse_jwt
+from gw.config.parse_targets import refuse_namespace
 from gw.config.ratelimit import TargetRef
 from gw.config.reader import Reader
 from gw.config.resources import GATEWAY_GROUP, Meta
@@ -100,8 +101,7 @@ def _targets(r: Reader, spec: dict[str, Any], field: str) -> tuple[TargetRef, ..
         section = r.str(t, "sectionName", t_field, check=v.check_section_name)
         if group != GATEWAY_GROUP:
             r.error(f"{t_field}.group", f"{group!r}: a SecurityPolicy targets gateway.networking.k8s.io kinds")
-        if t.get("namespace") is not None:
-            r.error(f"{t_field}.namespace", "is not allowed: a policy targets objects in its own namespace (GEP-713)")
+        refuse_namespace(r, t, t_field)
         if section is not None and kind == "Gateway":
             r.error(f"{t_field}.sectionName", "a listener section is not served by gw yet: target a Gateway or route")
         if kind and name:
