@@ -417,6 +417,18 @@ def check_policies(path: Path) -> None:
         raise SystemExit(f"bench-resilience: gw check did not accept the policies:\n{out.stdout}{out.stderr}")
 
 
+def stop_fleet(replicas: Sequence[Any], faulty: Any, server: Any, directory: Path) -> None:
+    """Stop a bench's replicas (each one's log kept in `directory`), its endpoints' process and Redis."""
+    for i, replica in enumerate(replicas):
+        with contextlib.suppress(Exception):
+            replica.stop()
+        (directory / f"replica-{i}.log").write_text("\n".join(line for _, line in replica.lines) + "\n")
+    if faulty is not None:
+        faulty.terminate()
+        faulty.wait(10)
+    server.stop()
+
+
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
@@ -549,14 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(args, int(ctl.base.rsplit(":", 1)[1]), endpoints, ports, admins, Events(server.url))
         figures = asyncio.run(scenarios(bench, started, set(args.scenarios.split(","))))
     finally:
-        for i, replica in enumerate(replicas):
-            with contextlib.suppress(Exception):
-                replica.stop()
-            (directory / f"replica-{i}.log").write_text("\n".join(line for _, line in replica.lines) + "\n")
-        if faulty is not None:
-            faulty.terminate()
-            faulty.wait(10)
-        server.stop()
+        stop_fleet(replicas, faulty, server, directory)
     result = {
         "cpu": cpu_model(),
         "cpus": len(os.sched_getaffinity(0)),

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -59,7 +58,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bench_lib.reload import Gateway, Plan  # noqa: E402
-from bench_lib.resilience import cpu_model, http_get  # noqa: E402
+from bench_lib.resilience import cpu_model, http_get, stop_fleet  # noqa: E402
 from bench_lib.session_clients import Answer, Pool, Row, Session  # noqa: E402
 from tests.support import valkey  # noqa: E402
 from tests.support.faulty_upstream import spawn  # noqa: E402
@@ -528,14 +527,7 @@ def main(argv: list[str] | None = None) -> int:
             fleet.replicas.append(fleet.start(i))
         figures = asyncio.run(scenarios(Bench(args, fleet)))
     finally:
-        for i, replica in enumerate(fleet.replicas if fleet else []):
-            with contextlib.suppress(Exception):
-                replica.stop()
-            (directory / f"replica-{i}.log").write_text("\n".join(line for _, line in replica.lines) + "\n")
-        if faulty is not None:
-            faulty.terminate()
-            faulty.wait(10)
-        server.stop()
+        stop_fleet(fleet.replicas if fleet else [], faulty, server, directory)
     result = {
         "cpu": cpu_model(),
         "cpus": len(os.sched_getaffinity(0)),
