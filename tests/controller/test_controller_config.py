@@ -104,10 +104,11 @@ async def test_a_burst_of_50_endpoint_slice_updates_makes_at_most_two_versions(
         slices = next(r for r in controller.reflectors if r.kind.kind == "EndpointSlice")
         for i in range(50):
             slice_["endpoints"][i] = {"addresses": [f"10.0.1.{i + 1}"], "conditions": {"ready": True}}
-            fake.put(slice_)
-            # One pod after the other, each change seen by the controller before the next one.
-            rv = str(fake.rv)
-            await eventually(lambda rv=rv: slices.resource_version == rv, "the controller to see the update")  # type: ignore[misc]
+            stored = fake.put(slice_)
+            # One pod after the other, each change seen by the controller before the next one. (The
+            # slice's own resourceVersion: the fake's newest may be the controller's status patch.)
+            rv = int(stored["metadata"]["resourceVersion"])
+            await eventually(lambda rv=rv: int(slices.resource_version or 0) >= rv, "the controller to see the update")  # type: ignore[misc]
         await eventually(
             lambda: controller.counters["reconciles"] >= 2 and not controller.changed.is_set(), "the burst reconciled"
         )
