@@ -13,7 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import subjects
+from . import features, subjects
 from .procs import BenchError, stop_all
 from .subjects import Subject
 
@@ -38,6 +38,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="HTTPRoute count(s) for gw, comma-separated (e.g. 1,100,10000): one gw per count")
     p.add_argument("--vary-targets", action="store_true",
                    help="gw: a random route's target per request (defeats per-connection lookup reuse)")
+    p.add_argument("--features", default="",
+                   help=f"comma-separated, one gw each beside the plain one: {', '.join(features.NAMES)}")
     only = p.add_mutually_exclusive_group()
     only.add_argument("--gw-only", action="store_true", help="skip the nginx reference proxy")
     only.add_argument("--nginx-only", action="store_true", help="skip gw (nginx reference only)")
@@ -61,6 +63,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--routes: not a comma-separated list of integers: {args.routes!r}")
     if not args.route_counts or min(args.route_counts) < 1:
         p.error("--routes: counts must be ≥ 1")
+    args.feature_names = [x.strip() for x in args.features.split(",") if x.strip()]
+    unknown = sorted(set(args.feature_names) - set(features.NAMES))
+    if unknown:
+        p.error(f"--features: unknown {', '.join(unknown)}; known: {', '.join(features.NAMES)}")
+    if args.feature_names and 1 not in args.route_counts:
+        p.error("--features compares with the plain one-route gw: keep 1 in --routes")
     if args.runs < 1 or args.duration < 1:
         p.error("--runs and --duration must be ≥ 1")
     return args
@@ -117,6 +125,13 @@ def report(
             g = medians[s.name]
             ratios = {"cpu": g["cpu_us_per_req"] / nginx["cpu_us_per_req"],
                       "rps": g["rps"] / nginx["rps"], "p99": g["p99_ms"] / nginx["p99_ms"]}
+            doc["ratios"][f"{s.name}/nginx"] = ratios
+            if s.feature is not None:  # a feature row's goal is against the plain gw (below)
+                print(f"{s.name}/nginx: CPU/req {ratios['cpu']:.2f}x, req/s {ratios['rps']:.2f}x, "
+                      f"p99 {ratios['p99']:.2f}x")
+                continue
+            ratios = {"cpu": g["cpu_us_per_req"] / nginx["cpu_us_per_req"],
+                      "rps": g["rps"] / nginx["rps"], "p99": g["p99_ms"] / nginx["p99_ms"]}
             verdicts = {"cpu": ratios["cpu"] <= BAR_CPU, "rps": ratios["rps"] >= BAR_RPS,
                         "p99": ratios["p99"] <= BAR_P99}
             doc["ratios"][f"{s.name}/nginx"] = ratios
@@ -127,16 +142,34 @@ def report(
                   f"CPU/req {ratios['cpu']:.2f}x (bar ≤ {BAR_CPU:g}x {word[verdicts['cpu']]}), "
                   f"req/s {ratios['rps']:.2f}x (bar ≥ {BAR_RPS:g}x {word[verdicts['rps']]}), "
                   f"p99 {ratios['p99']:.2f}x (bar ≤ {BAR_P99:g}x {word[verdicts['p99']]})")
-    if len(gws) > 1:
-        first = medians[gws[0].name]
-        for s in gws[1:]:
+    plain = next((s for s in gws if s.name == "gw"), None)
+    for s in gws:
+        if s.feature is None or plain is None:
+            continue
+        base = medians[plain.name]
+        ratios = {"cpu": medians[s.name]["cpu_us_per_req"] / base["cpu_us_per_req"],
+                  "rps": medians[s.name]["rps"] / base["rps"], "p99": medians[s.name]["p99_ms"] / base["p99_ms"]}
+        doc["ratios"][f"{s.name}/gw"] = ratios
+        goal = features.GOALS.get(s.feature)
+        verdict = ""
+        if goal is not None:
+            passed = ratios["cpu"] <= goal
+            ok &= passed
+            doc["verdicts"][f"{s.name}/gw"] = {"cpu": passed}
+            verdict = f" (goal ≤ {goal:g}x {'PASS' if passed else 'FAIL'})"
+        print(f"{s.name} vs gw: CPU/req {ratios['cpu']:.2f}x{verdict}, req/s {ratios['rps']:.2f}x, "
+              f"p99 {ratios['p99']:.2f}x")
+    routed = [s for s in gws if s.feature is None]
+    if len(routed) > 1:
+        first = medians[routed[0].name]
+        for s in routed[1:]:
             r = medians[s.name]["rps"] / first["rps"]
             cpu = medians[s.name]["cpu_us_per_req"] / first["cpu_us_per_req"]
             passed = r >= BAR_ROUTES_RPS
             ok &= passed
-            doc["ratios"][f"{s.name}/{gws[0].name}"] = {"rps": r, "cpu": cpu}
-            doc["verdicts"][f"{s.name}/{gws[0].name}"] = {"rps": passed}
-            print(f"{s.name} vs {gws[0].name}: req/s {r:.2f}x (bar ≥ {BAR_ROUTES_RPS:g}x "
+            doc["ratios"][f"{s.name}/{routed[0].name}"] = {"rps": r, "cpu": cpu}
+            doc["verdicts"][f"{s.name}/{routed[0].name}"] = {"rps": passed}
+            print(f"{s.name} vs {routed[0].name}: req/s {r:.2f}x (bar ≥ {BAR_ROUTES_RPS:g}x "
                   f"{'PASS' if passed else 'FAIL'}), CPU/req {cpu:.2f}x")
     notes = [n for s in subs for n in s.notes]
     if notes:
@@ -187,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"starting gw with {n} route(s)…", file=sys.stderr)
                 subs.append(subjects.start_gw(tmp, args.proxy_core, up_port, n, args.python, timeout,
                                                    vary=args.vary_targets))
+            for name in args.feature_names:
+                print(f"starting gw with {name}…", file=sys.stderr)
+                subs.append(subjects.start_gw(tmp, args.proxy_core, up_port, 1, args.python, 30.0,
+                                              vary=args.vary_targets, feature=features.build(name)))
         for s in subs:
             s.check()
         # Interleave the proxies run by run so that drift (thermal, noisy neighbours) hits all alike.

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import configs, wrk
+from . import configs, features, wrk
 from .procs import CLK_TCK, BenchError, Process, cpu_ticks, free_port, http_get, wait_http
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,23 +54,26 @@ class Subject:
     runs: list[RunResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     script: str | None = None  # a wrk Lua script that varies the request (--vary-targets)
+    headers: tuple[str, ...] = ()  # "Name: value" fields every request carries (--features)
+    feature: str | None = None  # the --features row this is (None: a plain gw or nginx)
 
     def check(self) -> None:
         """One request by hand: a proxy that answers fast with an error would look like a winner."""
-        headers = {"Host": self.host} if self.host else None
-        status, body = http_get(self.url, timeout=10.0, headers=headers)
+        headers = {"Host": self.host} if self.host else {}
+        headers.update(line.split(": ", 1) for line in self.headers)
+        status, body = http_get(self.url, timeout=10.0, headers=headers or None)
         if status != 200 or body != configs.UPSTREAM_BODY.encode():
             raise BenchError(f"{self.name}: GET {self.url} gave {status} {body[:200]!r}, "
                              f"expected 200 {configs.UPSTREAM_BODY!r}")
 
     def measure(self, duration: float, warmup: float, proxy_core: int, load_core: int) -> RunResult:
         if warmup > 0:
-            wrk.run(self.url, warmup, load_core, host=self.host, script=self.script)
+            wrk.run(self.url, warmup, load_core, host=self.host, script=self.script, headers=self.headers)
         pid = self.proc.pid if self.proc else None
         cpu0 = cpu_ticks(pid) if pid else (0, 0)
         pbusy0, ptotal0 = core_busy_ticks(proxy_core)
         lbusy0, ltotal0 = core_busy_ticks(load_core)
-        res = wrk.run(self.url, duration, load_core, host=self.host, script=self.script)
+        res = wrk.run(self.url, duration, load_core, host=self.host, script=self.script, headers=self.headers)
         cpu1 = cpu_ticks(pid) if pid else (0, 0)
         pbusy1, ptotal1 = core_busy_ticks(proxy_core)
         lbusy1, ltotal1 = core_busy_ticks(load_core)
@@ -127,12 +130,15 @@ def start_nginx_proxy(tmp: Path, core: int, upstream_port: int, access_log: bool
 
 
 def start_gw(tmp: Path, core: int, upstream_port: int, routes: int, python: str,
-             ready_timeout: float, vary: bool = False) -> Subject:
+             ready_timeout: float, vary: bool = False, feature: features.Feature | None = None) -> Subject:
     port, admin_port = free_port(), free_port()
     yaml_text, target = configs.gw_config(port, upstream_port, routes)
-    cfg = tmp / f"gw-{routes}.yaml"
+    tag = f"{routes}" + (f"-{feature.name}" if feature else "")
+    if feature is not None:
+        yaml_text += feature.documents
+    cfg = tmp / f"gw-{tag}.yaml"
     cfg.write_text(yaml_text)
-    access_log = tmp / f"gw-{routes}-access.log"
+    access_log = tmp / f"gw-{tag}-access.log"
     env = dict(os.environ)
     env.update({
         "GW_CONFIG": str(cfg),
@@ -141,16 +147,20 @@ def start_gw(tmp: Path, core: int, upstream_port: int, routes: int, python: str,
         # One worker: the reference nginx has one too (harmless before the supervisor reads it).
         "GW_WORKERS": "1",
         # Each gw its own embedded Valkey (several run at once with --routes).
-        "GW_RUNTIME_DIR": str(tmp / f"gw-{routes}-run"),
+        "GW_RUNTIME_DIR": str(tmp / f"gw-{tag}-run"),
         # The checkout first, so the bench measures this tree even when another gw is installed.
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
     })
     name = "gw" if routes == 1 else f"gw ({routes} routes)"
+    if feature is not None:
+        name = f"gw+{feature.name}"
     proc = Process(name, ["taskset", "-c", str(core), python, "-m", "gw", "run"],
-                   tmp / f"gw-{routes}.out", env=env, cwd=REPO)
+                   tmp / f"gw-{tag}.out", env=env, cwd=REPO)
     wait_http(proc, f"http://127.0.0.1:{admin_port}/readyz", timeout=ready_timeout)
     subject = Subject(name, f"http://127.0.0.1:{port}{target.path}", target.host, proc,
                       admin=f"http://127.0.0.1:{admin_port}", access_log=access_log)
+    if feature is not None:
+        subject.headers, subject.feature = feature.headers, feature.name
     if vary:
         script = tmp / f"vary-{routes}.lua"
         script.write_text(configs.vary_script(routes))

@@ -51,10 +51,12 @@ def parse(output: str) -> WrkResult:
 
 
 def run(url: str, duration: float, core: int | None, connections: int = 64,
-        host: str | None = None, script: str | None = None) -> WrkResult:
+        host: str | None = None, script: str | None = None, headers: tuple[str, ...] = ()) -> WrkResult:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency"]
     if host:
         argv += ["-H", f"Host: {host}"]
+    for line in headers:
+        argv += ["-H", line]
     if script:
         argv += ["-s", script]
     argv.append(url)
