@@ -245,3 +245,19 @@ async def test_a_hup_hashes_the_files_once(
         await supervisor.shutdown()
         supervisor.sockets.close()
         await supervisor.publisher.stop()
+
+
+def test_a_tally_is_the_same_series_as_its_counter() -> None:
+    """A hot-path tally and a counter of one series add up in what a worker reports and renders, and
+    the supervisor, absorbing the worker's snapshot, sees the sum."""
+    worker = Registry()
+    tally = worker.tally("gw_auth_decisions_total", result="authenticated", policy="default/p")
+    assert worker.tally("gw_auth_decisions_total", policy="default/p", result="authenticated") is tally
+    tally.n += 3
+    worker.inc("gw_auth_decisions_total", policy="default/p", result="authenticated")
+    line = 'gw_auth_decisions_total{policy="default/p",result="authenticated"} 4'
+    assert line in worker.render().decode()
+    supervisor = Registry()
+    supervisor.absorb(worker.snapshot())
+    supervisor.absorb(worker.snapshot())
+    assert 'gw_auth_decisions_total{policy="default/p",result="authenticated"} 8' in supervisor.render().decode()

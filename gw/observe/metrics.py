@@ -45,6 +45,17 @@ class RouteStats:
         self.buckets[c][bisect_left(BOUNDS, seconds)] += 1
 
 
+class Tally:
+    """One counter series bumped per request: `tally.n += 1` is two slot accesses, where a bump in
+    the registry's counters dict hashes its nested label tuple twice. The registry folds its
+    tallies into the counters whenever it is read (snapshot, render), so it is the same series."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
 class Histogram:
     """One unlabelled histogram off the route path (e.g. Redis call latency), with its own bounds."""
 
@@ -83,6 +94,7 @@ class Registry:
     def __init__(self) -> None:
         self.routes: dict[str, RouteStats] = {}
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
+        self.tallies: dict[tuple[str, Labels], Tally] = {}  # per-request counters, folded in on reading
         self.gauges: dict[str, Callable[[], float]] = {}
         self.gauge_values: dict[str, float] = {}  # gauges absorbed from other processes' snapshots
         self.labelled_gauges: dict[tuple[str, Labels], float] = {}  # set by whoever renders (per worker)
@@ -99,6 +111,22 @@ class Registry:
         key = (name, tuple(sorted(labels.items())))
         self.counters[key] = self.counters.get(key, 0) + amount
 
+    def tally(self, name: str, **labels: str) -> Tally:
+        """The hot path's handle on one counter series (the same one on every call, across reloads)."""
+        key = (name, tuple(sorted(labels.items())))
+        tally = self.tallies.get(key)
+        if tally is None:
+            tally = self.tallies[key] = Tally()
+        return tally
+
+    def counts(self) -> dict[tuple[str, Labels], int]:
+        """Every counter series: the counters, with the tallies added."""
+        counts = dict(self.counters)
+        for key, tally in self.tallies.items():
+            if tally.n:
+                counts[key] = counts.get(key, 0) + tally.n
+        return counts
+
     def gauge(self, name: str, read: Callable[[], float]) -> None:
         self.gauges[name] = read
 
@@ -113,7 +141,7 @@ class Registry:
         """Everything this registry counts, as plain data another process can absorb (msgpack-able)."""
         return {
             "routes": [[s.label, s.counts, s.sums, s.buckets] for s in self.routes.values()],
-            "counters": [[name, [list(kv) for kv in labels], value] for (name, labels), value in self.counters.items()],
+            "counters": [[name, [list(kv) for kv in labels], value] for (name, labels), value in self.counts().items()],
             "gauges": {name: float(read()) for name, read in self.gauges.items()},
             "histograms": [
                 [name, h.help, list(h.bounds), h.buckets, h.sum, h.count] for name, h in self.histograms.items()
@@ -150,7 +178,7 @@ class Registry:
         counters: dict[tuple[str, Labels], float] = {
             (name, labels): 0 for name, family in FAMILIES.items() for labels in family.zero_series()
         }
-        counters.update(self.counters)
+        counters.update(self.counts())
         gauges = dict(self.labelled_gauges)
         for name, value in self.gauge_values.items():
             gauges[(name, ())] = value

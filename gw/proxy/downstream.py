@@ -624,7 +624,7 @@ class ClientConnection(asyncio.Protocol):
             # class's defaults would cost a slow lookup each.
             req.conn = self
             req.fields_edited = req.edits_response = False
-            req.response_fields = req.mirror_to = None
+            req.response_fields = req.mirror_to = req.ref = req.pin = None
             req.done_phases = chain.done  # whatever happens next, they hear the outcome
             self.chained = req
             self.endpoint = None  # (a phase may answer)
@@ -664,8 +664,10 @@ class ClientConnection(asyncio.Protocol):
                 self._fail(errors.RouteMisconfigured("the route has no usable backend"))
                 return
             req.ref = ref
-            for phase in chain.upstream:
-                phase.on_upstream_request(req)
+            upstream = chain.upstream
+            if upstream:
+                for phase in upstream:
+                    phase.on_upstream_request(req)
         except Exception as exc:
             self._phase_failed(req, exc)
             return

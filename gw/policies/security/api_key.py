@@ -27,7 +27,7 @@ REFUSAL = "a valid API key is required"
 class APIKeyAuth(Phase):
     kind = "api-key-auth"
 
-    def __init__(self, security: Any, counters: dict[Any, int]) -> None:
+    def __init__(self, security: Any, metrics: Any) -> None:
         config = security.api_key_auth
         self.keys = {client: key for client, key in security.api_keys.items()}
         self.by_digest = {hashlib.sha256(key).digest(): client for client, key in self.keys.items()}
@@ -48,9 +48,8 @@ class APIKeyAuth(Phase):
         # head's key gave is remembered under the head itself, and its next requests split no fields.
         self.heads: dict[bytes, Identity] = {}
         self.refusal = Unauthorized(REFUSAL)
-        self.decisions = Decisions(counters, security.policy)
-        self.counters = counters
-        self.authenticated = self.decisions.keys["authenticated"]
+        self.decisions = Decisions(metrics, security.policy)
+        self.authenticated = self.decisions.tallies["authenticated"]
 
     def on_request(self, ex: Exchange) -> int:
         name = self.only_header
@@ -60,8 +59,7 @@ class APIKeyAuth(Phase):
                 identity = self.heads.get(head)
                 if identity is not None:
                     ex.identity = identity
-                    counters = self.counters
-                    counters[self.authenticated] = counters.get(self.authenticated, 0) + 1
+                    self.authenticated.n += 1
                     return CONTINUE
             presented = None
             for field, value in ex.fields():
@@ -77,7 +75,7 @@ class APIKeyAuth(Phase):
                 identity = self._verify(presented)
             if identity is not None:
                 ex.identity = identity
-                self.decisions.add("authenticated")
+                self.authenticated.n += 1
                 if head is not None and len(head) <= HEAD_SIZE:
                     if len(self.heads) >= HEADS:
                         del self.heads[next(iter(self.heads))]
@@ -118,8 +116,8 @@ class ForwardingAPIKeyAuth(APIKeyAuth):
     """apiKeyAuth with forwardClientIDHeader or sanitize: the upstream request is edited (a class of
     its own, so a policy without them adds no upstream hook to the chain)."""
 
-    def __init__(self, security: Any, counters: dict[Any, int]) -> None:
-        super().__init__(security, counters)
+    def __init__(self, security: Any, metrics: Any) -> None:
+        super().__init__(security, metrics)
         config = security.api_key_auth
         header = config.forward_client_id_header
         self.forward = header.encode() if header else None
@@ -179,7 +177,6 @@ def build(rule: Any, services: Any) -> Phase | None:
     if security is None or security.api_key_auth is None:
         return None
     config = security.api_key_auth
-    counters = services.metrics.counters
     if config.forward_client_id_header or config.sanitize:
-        return ForwardingAPIKeyAuth(security, counters)
-    return APIKeyAuth(security, counters)
+        return ForwardingAPIKeyAuth(security, services.metrics)
+    return APIKeyAuth(security, services.metrics)

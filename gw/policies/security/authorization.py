@@ -51,13 +51,13 @@ def _token_matches(principal: Any, identity: Any) -> bool:
 class Authorization(Phase):
     kind = "authorization"
 
-    def __init__(self, security: Any, counters: dict[Any, int]) -> None:
+    def __init__(self, security: Any, metrics: Any) -> None:
         config = security.authorization
         self.rules = [_Rule(r) for r in config.rules]
         self.default_allow = config.default_action == ALLOW
         self.addresses: dict[bytes, Any] = {}
         self.refusal = Forbidden("the request is not allowed")
-        self.decisions = Decisions(counters, security.policy)
+        self.decisions = Decisions(metrics, security.policy)
 
     def on_request(self, ex: Exchange) -> int:
         allow = self.default_allow
@@ -105,4 +105,4 @@ def build(rule: Any, services: Any) -> Phase | None:
     security = rule.security
     if security is None or security.authorization is None:
         return None
-    return Authorization(security, services.metrics.counters)
+    return Authorization(security, services.metrics)

@@ -49,16 +49,15 @@ def _executor() -> ThreadPoolExecutor:
 class BasicAuth(Phase):
     kind = "basic-auth"
 
-    def __init__(self, security: Any, loop: Any, counters: dict[Any, int]) -> None:
+    def __init__(self, security: Any, loop: Any, metrics: Any) -> None:
         self.users = dict(security.users)
         self.loop = loop
         realm = security.realm.replace("\\", "\\\\").replace('"', '\\"')
         self.refusal = Unauthorized(REFUSAL, [(b"WWW-Authenticate", b'Basic realm="%b"' % realm.encode())])
         self.checked: dict[bytes, tuple[Identity | None, float]] = {}  # sha256(header) → (who, until)
         self.waiting: dict[bytes, list[Exchange]] = {}  # sha256(header) → exchanges waiting on its check
-        self.decisions = Decisions(counters, security.policy)
-        self.checks_key = ("gw_auth_password_checks_total", (("policy", security.policy),))
-        self.counters = counters
+        self.decisions = Decisions(metrics, security.policy)
+        self.checks = metrics.tally("gw_auth_password_checks_total", policy=security.policy)
         forward = security.basic_auth.forward_username_header
         self.forward = forward.encode() if forward else None
 
@@ -90,7 +89,7 @@ class BasicAuth(Phase):
             ex.fail(AuthOverloaded("too many credentials are being checked; retry shortly"))
             return ANSWERED
         _pending += 1
-        self.counters[self.checks_key] = self.counters.get(self.checks_key, 0) + 1
+        self.checks.n += 1
         self.waiting[digest] = [ex]
         future = _executor().submit(_check, password, entry if entry is not None else _DUMMY)
         future.add_done_callback(self._from_thread(digest, name if entry is not None else None))
@@ -154,4 +153,4 @@ def build(rule: Any, services: Any) -> Phase | None:
     if security is None or security.basic_auth is None:
         return None
     cls = ForwardingBasicAuth if security.basic_auth.forward_username_header else BasicAuth
-    return cls(security, services.loop, services.metrics.counters)
+    return cls(security, services.loop, services.metrics)

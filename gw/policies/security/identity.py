@@ -28,17 +28,15 @@ class Identity:
 
 
 class Decisions:
-    """gw_auth_decisions_total of one policy, its label sets built once (a decision bumps an integer)."""
+    """gw_auth_decisions_total of one policy: a tally per result (a decision bumps an integer; a
+    phase on the hot path keeps its most common result's tally and bumps `.n` itself)."""
 
-    __slots__ = ("counters", "keys")
+    __slots__ = ("tallies",)
 
     RESULTS = ("authenticated", "unauthenticated", "allowed", "denied", "overloaded")
 
-    def __init__(self, counters: dict[Any, int], policy: str) -> None:
-        self.counters = counters
-        self.keys = {r: ("gw_auth_decisions_total", (("policy", policy), ("result", r))) for r in self.RESULTS}
+    def __init__(self, metrics: Any, policy: str) -> None:
+        self.tallies = {r: metrics.tally("gw_auth_decisions_total", policy=policy, result=r) for r in self.RESULTS}
 
     def add(self, result: str) -> None:
-        counters = self.counters
-        key = self.keys[result]
-        counters[key] = counters.get(key, 0) + 1
+        self.tallies[result].n += 1

@@ -53,7 +53,7 @@ class TokenIdentity(Identity):
 class JWTAuth(Phase):
     kind = "jwt"
 
-    def __init__(self, security: Any, key_sets: Any, counters: dict[Any, int]) -> None:
+    def __init__(self, security: Any, key_sets: Any, metrics: Any) -> None:
         config = security.jwt
         self.verifiers = [Verifier(p, key_sets.for_provider(p)) for p in config.providers]
         self.optional = config.optional or config.fail_open
@@ -65,9 +65,9 @@ class JWTAuth(Phase):
         # One identity per verified token (the verifier returns the same Verified until the token expires).
         self.identities: dict[Verified, TokenIdentity] = {}
         self.params = tuple({n.encode() for p in config.providers for n in p.extract_from.params})
-        self.decisions = Decisions(counters, security.policy)
-        self.counters = counters
-        self.authenticated = self.decisions.keys["authenticated"]
+        self.decisions = Decisions(metrics, security.policy)
+        self.metrics = metrics
+        self.authenticated = self.decisions.tallies["authenticated"]
         # A client sends the same head again and again: without a query (a token may be there), the
         # identity a head's token gave is remembered under the head itself until the token expires
         # or its key set changes, and its next requests split no fields. Entries: (identity, the
@@ -87,8 +87,7 @@ class JWTAuth(Phase):
                     identity, until, keys, version = hit
                     if until > ex.started and keys.version == version:
                         ex.identity = identity
-                        counters = self.counters
-                        counters[self.authenticated] = counters.get(self.authenticated, 0) + 1
+                        self.authenticated.n += 1
                         return CONTINUE
         return self._try(ex, 0, None, head)
 
@@ -105,8 +104,7 @@ class JWTAuth(Phase):
                 if identity is None:
                     identity = self._remember(result)
                 ex.identity = identity
-                counters = self.counters
-                counters[self.authenticated] = counters.get(self.authenticated, 0) + 1
+                self.authenticated.n += 1
                 if head is not None and len(head) <= HEAD_SIZE:
                     heads = self.heads
                     if len(heads) >= HEADS:
@@ -156,8 +154,7 @@ class JWTAuth(Phase):
         return identity
 
     def _count(self, reason: str) -> None:
-        key = ("gw_auth_jwt_refusals_total", (("policy", self.policy), ("reason", reason)))
-        self.counters[key] = self.counters.get(key, 0) + 1
+        self.metrics.inc("gw_auth_jwt_refusals_total", policy=self.policy, reason=reason)
 
     def _blank_params(self, ex: Exchange) -> None:
         for name in self.params:
@@ -169,8 +166,8 @@ class ClaimHeadersJWTAuth(JWTAuth):
     """jwt with claimToHeaders: the upstream request is edited (a class of its own, so a policy
     without them adds no upstream hook to the chain)."""
 
-    def __init__(self, security: Any, key_sets: Any, counters: dict[Any, int]) -> None:
-        super().__init__(security, key_sets, counters)
+    def __init__(self, security: Any, key_sets: Any, metrics: Any) -> None:
+        super().__init__(security, key_sets, metrics)
         self.claim_headers = frozenset(c.header.encode() for p in security.jwt.providers for c in p.claim_to_headers)
 
     def on_upstream_request(self, ex: Exchange) -> None:
@@ -186,7 +183,6 @@ def build(rule: Any, services: Any) -> Phase | None:
     security = rule.security
     if security is None or security.jwt is None:
         return None
-    counters = services.metrics.counters
     if any(p.claim_to_headers for p in security.jwt.providers):
-        return ClaimHeadersJWTAuth(security, services.key_sets, counters)
-    return JWTAuth(security, services.key_sets, counters)
+        return ClaimHeadersJWTAuth(security, services.key_sets, services.metrics)
+    return JWTAuth(security, services.key_sets, services.metrics)
