@@ -120,6 +120,29 @@ def test_http10_keepalive_connection_persists(conn: Wire) -> None:
     assert echoed(second.body)["target"] == "/echo?b"
 
 
+def test_the_same_head_again_is_served_as_the_first(conn: Wire, module_upstream: Upstream) -> None:
+    """A read byte for byte the last one is not parsed again (the fast path replays llhttp's word on
+    it): an HTTP/1.0 keep-alive head stays kept alive each time (llhttp clears its flags after a
+    message, so its later word would be close), and a head that closes is never replayed."""
+    head = b"GET /echo?again HTTP/1.0\r\nHost: example.test\r\nConnection: keep-alive\r\n\r\n"
+    before = len(seen_for(module_upstream, "/echo?again"))
+    for _ in range(4):
+        conn.send(head)
+        resp = conn.read_response()
+        assert resp.status == 200 and (resp.header("connection") or "").lower() == "keep-alive"
+    assert len(seen_for(module_upstream, "/echo?again")) == before + 4
+    # A POST in between (its body read by the full parser), then the same GET again.
+    conn.send(http_request("POST", "/echo?again-post", body=b"x" * 10, version="1.0",
+                           headers={"Connection": "keep-alive"}))  # fmt: skip
+    assert echoed(conn.read_response().body)["body_bytes"] == 10
+    conn.send(head)
+    assert conn.read_response().status == 200
+    close = b"GET /echo?again-close HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n"
+    conn.send(close)
+    assert conn.read_response().status == 200
+    assert conn.closed_by_peer()
+
+
 @pytest.mark.parametrize(
     "connection",
     [b"Connection: keep-alive, close\r\n", b"Connection: close\r\nConnection: keep-alive\r\n"],

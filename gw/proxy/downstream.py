@@ -110,6 +110,10 @@ class ClientConnection(asyncio.Protocol):
         self.full_parser = self.parser = request_parser(self)
         self.fast_parser = request_parser(RawHeadCallbacks(self))
         self.raw = b""  # the read being parsed on the fast path
+        # The last read the fast path parsed whole (one bodiless keep-alive head) and what llhttp
+        # said of it: (read, method, version text). The same bytes again are not parsed again.
+        self.replay: tuple[bytes, bytes, bytes] | None = None
+        self.said: tuple[bytes, bytes, bool] | None = None  # llhttp's word on the read being parsed
         # The full parser's reads, for the one check llhttp does not make: one SP on either side of
         # the target (it skips any number). A head's reads from the one it began in; where in the
         # last read the previous request line ended.
@@ -205,6 +209,12 @@ class ClientConnection(asyncio.Protocol):
         while True:  # more than once only when an upgrade gw serves as plain HTTP (h2c) stopped the parser
             framed = None
             if self.req is None:
+                replay = self.replay
+                if replay is not None and replay[0] == data:
+                    # Byte for byte the last read, which llhttp parsed as one whole bodiless head
+                    # with the parser between messages, as it is now: it would say the same again.
+                    self._replay(data, replay)
+                    return
                 # Between messages: a read that is exactly one head (the usual GET) takes the fast
                 # parser, which reports no header callbacks; anything else the full one.
                 self.head_bytes += len(data)
@@ -228,6 +238,7 @@ class ClientConnection(asyncio.Protocol):
                     framed = self.req
                     received = framed.body_received
                     lines = self.chunk_lines
+            self.said = None  # (set by this read's fast-path head only)
             try:
                 self.parser.feed_data(data)
             except HttpParserUpgrade as upgrade:
@@ -258,6 +269,11 @@ class ClientConnection(asyncio.Protocol):
                     if excess > 0 and not self._framing_fits(framed, excess):
                         return
                 req = self.req
+                said = self.said
+                if said is not None:
+                    self.said = None
+                    if req is None:  # the fast path's read was one whole head: remember it
+                        self.replay = (data, said[0], said[1]) if said[2] else None
                 if req is None:
                     return
                 if self.parser is self.fast_parser and not self.closed:
@@ -329,6 +345,7 @@ class ClientConnection(asyncio.Protocol):
         self.full_parser = self.parser = request_parser(self)
         self.fast_parser = request_parser(RawHeadCallbacks(self))
         self.head_reads = None
+        self.replay = None
 
     def pause_reading(self, reason: int) -> None:
         if not self.paused and not self.closed:
@@ -417,15 +434,38 @@ class ClientConnection(asyncio.Protocol):
                 raise errors.BadRequest("the request line is not method SP target SP version")
         self.line_at = max(0, at + len(line) - len(buf) + len(reads[-1]))
 
+    def _replay(self, data: bytes, replay: tuple[bytes, bytes, bytes]) -> None:
+        """The fast path for a read equal to the last one it parsed whole: llhttp's callbacks, made here."""
+        self.parser = self.fast_parser
+        self.raw = data
+        try:
+            self._raw_head(replay[1], replay[2], True, False)
+            if self.req is not None:
+                self.on_message_complete()
+        except ProxyError as exc:
+            self.replay = None
+            self._reject(exc)
+        except Exception as exc:
+            self.crash(exc)
+
     def on_raw_headers_complete(self) -> None:
         """The fast path: this read held exactly one request head (see RawHeadCallbacks)."""
+        parser = self.parser
+        method = parser.get_method()
+        text = parser.get_http_version()
+        keep_alive = parser.should_keep_alive()
+        # Worth remembering (data_received) only if the message ends here, to be kept alive, with
+        # nothing to upgrade: llhttp is then between messages again, as it was before the read.
+        upgrade = parser.should_upgrade()
+        self.said = (method, text, keep_alive and not upgrade)
+        self._raw_head(method, text, keep_alive, upgrade)
+
+    def _raw_head(self, method: bytes, text: bytes, keep_alive: bool, upgrade: bool) -> None:
         data = self.raw
         self.raw = b""
         self.head_bytes = 0
         req = self.req = Exchange(monotonic())
         settings = self.settings
-        parser = self.parser
-        method = parser.get_method()
         line_end = data.find(b"\r\n")
         if not line_end:  # empty lines before the request line: llhttp skipped them (RFC 9112 §2.2)
             data = data.lstrip(b"\r\n")
@@ -441,7 +481,6 @@ class ClientConnection(asyncio.Protocol):
         req.url = url
         if method == b"CONNECT":
             raise errors.MethodNotImplemented("CONNECT is not supported")
-        text = parser.get_http_version()
         version = _VERSIONS.get(text) or http_version(text)
         request_id = self.plane.next_request_id()
         # A client's consecutive heads are usually byte-identical (same fields, same cookies):
@@ -468,7 +507,7 @@ class ClientConnection(asyncio.Protocol):
         if head is not None:
             req.method = method
             req.version = version
-            req.keep_alive = parser.should_keep_alive()
+            req.keep_alive = keep_alive
             req.idempotent = method in IDEMPOTENT
             req.client_host = self.client_host
             req.request_id = request_id
@@ -480,10 +519,10 @@ class ClientConnection(asyncio.Protocol):
         else:
             req.headers = split_fields(block)
             prepare(
-                req, method, version, parser.should_keep_alive(), parser.should_upgrade(), self.client_host,
+                req, method, version, keep_alive, upgrade, self.client_host,
                 self.scheme, self.port_bytes, request_id, self.hop,
             )
-            if not req.upgrade and parser.should_upgrade() and req.has_body:
+            if not req.upgrade and upgrade and req.has_body:
                 self.skipped_body = req  # routed once its body can be read (_client_upgrade)
                 return
         self._route(req)
