@@ -32,7 +32,7 @@ class Decisions:
 
     __slots__ = ("counters", "keys")
 
-    RESULTS = ("authenticated", "unauthenticated", "allowed", "denied", "overloaded")
+    RESULTS = ("authenticated", "unauthenticated", "allowed", "denied", "overloaded", "error")
 
     def __init__(self, counters: dict[Any, int], policy: str) -> None:
         self.counters = counters
