@@ -71,6 +71,7 @@ class AuthServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        nth = 0
         try:
             while True:
                 try:
@@ -82,6 +83,9 @@ class AuthServer:
                 headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:])}
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 self.seen.append((method, target, headers, body))
+                nth += 1
+                if "/stale" in target and nth > 1:
+                    return  # as a keep-alive connection the service closed while gw was sending on it
                 if "/hang" in target:
                     self.hung.set()
                     await self._release.wait()  # type: ignore[union-attr]
@@ -205,12 +209,32 @@ class TestAllow:
         assert "x-request-id" in headers
         assert "cookie" not in headers and "content-type" not in headers  # not named: not sent
 
+    def test_the_request_body_waits_for_the_decision_and_then_goes_upstream_whole(
+        self, gw: GatewayProcess, module_upstream: Upstream
+    ) -> None:
+        client = gw.connect()
+        try:
+            resp = client.request("POST", "/x/allow/body", body=b"x" * 100_000)
+        finally:
+            client.close()
+        assert resp.status == 200
+        assert seen(module_upstream, "/x/allow/body")[-1].body_bytes == 100_000
+
     def test_checks_reuse_keep_alive_connections(self, gw: GatewayProcess, auth: AuthServer) -> None:
         request(gw, "/x/allow/warm")
         before = auth.connections
         for i in range(5):
             assert request(gw, f"/x/allow/reuse-{i}").status == 200
         assert auth.connections == before
+
+
+    def test_a_pooled_connection_the_service_closed_is_retried_once_on_a_fresh_one(
+        self, gw: GatewayProcess, auth: AuthServer, module_upstream: Upstream
+    ) -> None:
+        request(gw, "/x/allow/warm-stale")  # a connection in the pool that has served a check
+        assert request(gw, "/x/allow/stale").status == 200
+        assert len(auth.requests("/allow/stale")) == 2  # closed unanswered, then answered fresh
+        assert len(seen(module_upstream, "/x/allow/stale")) == 1
 
 
 class TestDeny:

@@ -3,12 +3,15 @@
 It owns a pooled UpstreamConnection the way a MirrorRequest does (the connection calls the
 upstream_* methods below), so auth services get keep-alive, BackendTLSPolicy and the endpoints'
 pools like any backend. The answer (status, head block, body of at most MAX_ANSWER_BODY bytes)
-or why there is none goes to `done` exactly once, from the loop, never from inside the caller:
+or why there is none goes to `done` exactly once, never from inside the caller's own call (a
+call that ends at once is answered on the loop's next turn; one the service answers, from the
+read that completed the answer, with no turn of the loop in between):
 
     done(status, block, body, None)   the service answered
     done(0, b"", b"", reason)         it did not: a REASONS value
 
-A call has a deadline of its own (`timeout`, one timer), covering connect, send and answer. A
+A call has a deadline (`timeout`) covering connect, send and answer, checked by the worker's
+sweeper as client and mirror deadlines are (so within its SWEEP_INTERVAL; no timer per call). A
 pooled connection the service closed while idle is noticed when nothing at all comes back on it:
 the call is made again once on a fresh connection, as a client of a keep-alive server must.
 """
@@ -49,6 +52,7 @@ class AuthCall:
         "body",
         "conn",
         "connecting",
+        "deadline",
         "done",
         "ended",
         "head",
@@ -57,8 +61,8 @@ class AuthCall:
         "pool",
         "retried",
         "size",
+        "starting",
         "status",
-        "timer",
     )
 
     def __init__(self, plane: DataPlane, head: bytes, head_only: bool, done: Done) -> None:
@@ -70,7 +74,8 @@ class AuthCall:
         self.conn: UpstreamConnection | None = None
         self.connecting: asyncio.Task[UpstreamConnection] | None = None
         self.pool: EndpointPool | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        self.starting = False  # inside start(): an ending now is delivered on the loop's next turn
         self.retried = False
         self.status = 0
         self.block = b""
@@ -78,22 +83,26 @@ class AuthCall:
         self.size = 0
 
     def start(self, backend: Backend, exchange: Any, timeout: float) -> None:
-        plane = self.plane
-        if len(plane.auth_calls) >= MAX_CALLS_IN_FLIGHT:
-            self._end(OVERLOADED)
-            return
-        endpoint = backend.pick(exchange)
-        if endpoint is None or endpoint.pool is None:
-            self._end(NO_ENDPOINT)
-            return
-        plane.auth_calls.add(self)
-        self.timer = plane.loop.call_later(timeout, self._expire)
-        self.pool = endpoint.pool  # bound when the snapshot was installed
-        conn = self.pool.acquire()
-        if conn is not None:
-            self._send(conn)
-        else:
-            self._open()
+        self.starting = True
+        try:
+            plane = self.plane
+            if len(plane.auth_calls) >= MAX_CALLS_IN_FLIGHT:
+                self._end(OVERLOADED)
+                return
+            endpoint = backend.pick(exchange)
+            if endpoint is None or endpoint.pool is None:
+                self._end(NO_ENDPOINT)
+                return
+            plane.auth_calls.add(self)
+            self.deadline = exchange.started + timeout
+            self.pool = endpoint.pool  # bound when the snapshot was installed
+            conn = self.pool.acquire()
+            if conn is not None:
+                self._send(conn)
+            else:
+                self._open()
+        finally:
+            self.starting = False
 
     def _open(self) -> None:
         task = self.connecting = self.plane.loop.create_task(self.pool.open())  # type: ignore[union-attr]
@@ -183,8 +192,8 @@ class AuthCall:
 
     # -- endings -----------------------------------------------------------------------------
 
-    def _expire(self) -> None:
-        self.timer = None
+    def expire(self) -> None:
+        """The deadline passed (called by the worker's sweeper)."""
         self._end(TIMEOUT)
 
     def _end(self, reason: str | None) -> None:
@@ -192,9 +201,6 @@ class AuthCall:
             return
         self.ended = True
         self.plane.auth_calls.discard(self)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
@@ -207,9 +213,11 @@ class AuthCall:
         else:
             answer = (0, b"", b"", reason)
         self.body = []
-        # Never from inside the caller's own frame (start() may end at once): the phase that
-        # started the call has returned WAIT before it hears the answer.
-        self.plane.loop.call_soon(self._deliver, answer)
+        if self.starting:
+            # The phase that started the call returns WAIT before it hears the answer.
+            self.plane.loop.call_soon(self._deliver, answer)
+        else:
+            self._deliver(answer)
 
     def _deliver(self, answer: tuple[int, bytes, bytes, str | None]) -> None:
         try:

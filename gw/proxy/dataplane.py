@@ -268,6 +268,9 @@ class DataPlane:
                     mirror.expire()
                 except Exception as exc:
                     mirror.crash(exc)
+        if self.auth_calls:
+            for call in [c for c in self.auth_calls if c.deadline <= now]:
+                call.expire()
         for pool in self.pools.values():
             pool.expire_idle(now)
         self.access_log.flush()

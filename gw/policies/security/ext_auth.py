@@ -29,10 +29,10 @@ from gw.policies.security.identity import Decisions
 LOG = logging.getLogger("gw.auth")
 FAIL_LOG_EVERY = 10.0  # seconds between log lines about one service's failures
 # Sent to the service whatever the config says (Envoy's and GEP-1494's list, and gw's forwarding fields).
-ALWAYS_SENT = (
-    b"authorization", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
-    b"x-request-id",
-)  # fmt: skip
+# (X-Request-ID too, written apart: the rest is the same for every request of one head.)
+ALWAYS_SENT = (b"authorization", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port")
+HEADS = 1_000  # request heads (at most HEAD_SIZE bytes each) whose fields for the service are remembered
+HEAD_SIZE = 4_096
 # Never taken from the service's answer: they frame messages or belong to one connection.
 NOT_COPIED = frozenset({
     b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"proxy-connection",
@@ -58,16 +58,23 @@ class ExtAuth(Phase):
         self.call = services.auth_call
         self.decisions = Decisions(services.metrics.counters, policy)
         self.logged = 0.0
+        # A client sends the same head again and again: the fields it gives the service, by head.
+        self.heads: dict[bytes, bytes] = {}
 
     def on_request(self, ex: Exchange) -> int:
-        sent = self.sent
-        lines = [
-            b"%b %b%b HTTP/1.1\r\nHost: %b\r\n" % (ex.method, self.prefix, ex.url, ex.host_header),
-            *(b"%b: %b\r\n" % f for f in ex.fields() if f[0].lower() in sent),
-            b"Content-Length: 0\r\n\r\n",
-        ]
-        head_only = ex.method == b"HEAD"
-        self.call(self.backend, b"".join(lines), head_only, ex, self.timeout,
+        key = ex.head_key()
+        fields = self.heads.get(key) if key is not None else None
+        if fields is None:
+            sent = self.sent
+            fields = b"".join([b"%b: %b\r\n" % f for f in ex.fields() if f[0].lower() in sent])
+            if key is not None and len(key) <= HEAD_SIZE:
+                heads = self.heads
+                if len(heads) >= HEADS:
+                    del heads[next(iter(heads))]
+                heads[key] = fields
+        head = b"%b %b%b HTTP/1.1\r\nHost: %b\r\n%bX-Request-ID: %b\r\nContent-Length: 0\r\n\r\n" % (
+            ex.method, self.prefix, ex.url, ex.host_header, fields, ex.request_id)  # fmt: skip
+        self.call(self.backend, head, ex.method == b"HEAD", ex, self.timeout,
                   lambda status, block, body, failure: self._answered(ex, status, block, body, failure))  # fmt: skip
         return WAIT
 
