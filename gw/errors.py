@@ -175,6 +175,17 @@ class AuthOverloaded(ProxyError):
     fields = [(b"Retry-After", b"1")]
 
 
+class AuthServiceFailed(ProxyError):
+    """An external authorization service gave no answer (unreachable, timed out, a 5xx): the request
+    is refused with the policy's statusOnError (403 unless set), as Envoy's ext_authz fails closed."""
+
+    status, kind = 403, "auth-service-failed"
+
+    def __init__(self, detail: str, status: int) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
 class UpstreamTimeout(ProxyError):
     status, kind = 504, "upstream-timeout"
     attempt_failed = True

@@ -66,7 +66,7 @@ def attach_backend_tls(
     gateways_of: dict[str, set[tuple[str, str]]] = {}
     for compiled in routes:
         for _, rule in compiled.rules:
-            for backend in rule_backends(rule):
+            for backend in [*rule_backends(rule), *_ext_auth_backends(rule)]:
                 known = by_name.setdefault(backend.name, [])
                 if all(b is not backend for b in known):
                     known.append(backend)
@@ -218,3 +218,12 @@ def _with_client_certificate(
 
 def _refusing(base: UpstreamTLS, why: str) -> UpstreamTLS:
     return UpstreamTLS(base.policy, base.hostname, base.subject_alt_names, min_version=base.min_version, refusal=why)
+
+
+def _ext_auth_backends(rule: model.Rule) -> list[model.Backend]:
+    """The external authorization services a rule calls: a BackendTLSPolicy on their Service applies."""
+    found = [rule.ext_auth.backend] if rule.ext_auth is not None else []
+    security = rule.security
+    if security is not None and security.ext_auth is not None:
+        found.append(security.ext_auth.backend)
+    return found

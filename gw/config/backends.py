@@ -6,6 +6,7 @@ passive endpoint health are per target, not per rule.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gw.config import model
@@ -71,6 +72,20 @@ class BackendResolver:
         if isinstance(result, model.Backend):
             self._cache[key] = result
         return result
+
+    def resolve_own(self, owner: HTTPRoute, refs: Sequence[BackendRefSpec]) -> model.Backend | Unresolved:
+        """One backend over the endpoints of every ref (an external authorization service's), with
+        its own balancer: calls to it never shift the round robin of requests to the same target."""
+        endpoints: dict[tuple[str, int], model.Endpoint] = {}
+        names = []
+        for ref in refs:
+            backend = self.resolve(owner, ref)
+            if isinstance(backend, Unresolved):
+                return backend
+            names.append(backend.name)  # one target: its name, which a BackendTLSPolicy finds it by
+            for e in backend.endpoints:
+                endpoints.setdefault(e.key, model.Endpoint(e.address, e.port, e.weight))
+        return model.Backend(" + ".join(names), list(endpoints.values()))
 
     def grant_allows(self, route: HTTPRoute, ref: BackendRefSpec) -> bool:
         for grant in self._grants:

@@ -83,9 +83,8 @@ def compile_resources(
         raise ConfigError(source, "", "", "no listener can be served: " + "; ".join(str(e) for e in errors))
 
     attacher = Attacher(gateways, resources.namespaces)
-    rules_compiler = RuleCompiler(
-        BackendResolver(resources), resources.policies, features, resources.rate_limit_policies
-    )
+    resolver = BackendResolver(resources)
+    rules_compiler = RuleCompiler(resolver, resources.policies, features, resources.rate_limit_policies)
     known_gateways = {(g.meta.namespace, g.meta.name) for g in resources.gateways}
     per_listener: dict[tuple[str, str, str], list[RouteEntry]] = {}
     all_rules: list[model.Rule] = []
@@ -110,7 +109,9 @@ def compile_resources(
                     order = (route.meta.created, route.meta.key, spec.index, m_index)
                     entries.append(RouteEntry(att.hostnames, match, rule, order))
 
-    attach_security_policies(resources.security_policies, compiled_routes, resources.secrets, conditions, errors)
+    attach_security_policies(
+        resources.security_policies, compiled_routes, resources.secrets, conditions, errors, resolver
+    )
     attach_rate_limits(resources.rate_limit_policies, compiled_routes, conditions, errors)
     attach_extension_rate_limits(compiled_routes)
     attach_backend_policies(resources.backend_traffic_policies, compiled_routes, resources.services, conditions, errors)

@@ -23,6 +23,7 @@ URL_REWRITE = "URLRewrite"
 REQUEST_MIRROR = "RequestMirror"
 CORS_FILTER = "CORS"
 EXTENSION_REF = "ExtensionRef"
+EXTERNAL_AUTH = "ExternalAuth"  # GEP-1494: forward auth, the same phase as a SecurityPolicy's extAuth
 FILTER_TYPES = (
     REQUEST_HEADER_MODIFIER,
     RESPONSE_HEADER_MODIFIER,
@@ -31,6 +32,7 @@ FILTER_TYPES = (
     REQUEST_MIRROR,
     CORS_FILTER,
     EXTENSION_REF,
+    EXTERNAL_AUTH,
 )
 # Rule features beyond filters that the data plane must implement to honour a rule.
 RETRY = "retry"

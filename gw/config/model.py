@@ -160,6 +160,7 @@ class Rule:
         "backend_timeout",
         "chain",
         "cors",
+        "ext_auth",
         "extensions",
         "index",
         "invalid_reason",
@@ -201,6 +202,7 @@ class Rule:
         cors: CORS | None = None,
         extensions: Sequence[ExtensionRef] = (),
         retry: Retry | None = None,
+        ext_auth: Any = None,
     ) -> None:
         self.route = route  # "namespace/name" of the HTTPRoute
         self.index = index
@@ -220,6 +222,8 @@ class Rule:
         self.cors = cors
         self.extensions = tuple(extensions)
         self.retry = retry
+        # An ExternalAuth filter (gw.config.security_policy.ExtAuth, its backend resolved), or None.
+        self.ext_auth = ext_auth
         # RateLimitPolicies reaching this rule, added while compiling (gw.config.policy_attach).
         self.rate_limit_policies: tuple[Any, ...] = ()
         # The SecurityPolicy that wins the rule, its Secrets read (gw.config.security_policy.Security),

@@ -15,6 +15,7 @@ from gw.config.filters import (
     CORS,
     CORS_FILTER,
     EXTENSION_REF,
+    EXTERNAL_AUTH,
     FILTER_TYPES,
     REQUEST_HEADER_MODIFIER,
     REQUEST_MIRROR,
@@ -27,6 +28,7 @@ from gw.config.filters import (
     Retry,
     URLRewrite,
 )
+from gw.config.parse_ext_auth import parse_external_auth_filter
 from gw.config.reader import Reader
 from gw.config.resources import BackendRefSpec, ExtensionRefSpec, FilterSpecs, MirrorSpec
 
@@ -39,6 +41,7 @@ FILTER_FIELDS = {
     REQUEST_MIRROR: "requestMirror",
     CORS_FILTER: "cors",
     EXTENSION_REF: "extensionRef",
+    EXTERNAL_AUTH: "externalAuth",
 }
 # "Specifying the same filter multiple times is not supported unless explicitly indicated":
 # only RequestMirror and ExtensionRef say so.
@@ -96,6 +99,8 @@ def parse_filters(
             found[kind] = _rewrite(r, config, c_field, prefix)
         elif kind == CORS_FILTER:
             found[kind] = _cors(r, config, c_field)
+        elif kind == EXTERNAL_AUTH:
+            found[kind] = parse_external_auth_filter(r, config, c_field, backend_ref)
         elif kind == REQUEST_MIRROR:
             found[kind] = True
             mirror = _mirror(r, config, c_field, backend_ref)
@@ -117,6 +122,7 @@ def parse_filters(
         cors=found.get(CORS_FILTER),
         mirrors=tuple(mirrors),
         extensions=tuple(extensions),
+        external_auth=found.get(EXTERNAL_AUTH),
     )
 
 

@@ -376,7 +376,9 @@ def _backend_ref(
         filters = parse_filters(r, raw.get("filters"), f"{field}.filters", prefix=prefix, backend_ref=object_ref)
         if own_filters:
             # Redirect and CORS answer the client without a backend: meaningless per backendRef.
-            for filter_type, present in (("RequestRedirect", filters.redirect), ("CORS", filters.cors)):
+            for filter_type, present in (
+                ("RequestRedirect", filters.redirect), ("CORS", filters.cors), ("ExternalAuth", filters.external_auth)
+            ):  # fmt: skip
                 if present is not None:
                     r.error(f"{field}.filters", f"{filter_type} cannot be applied to a single backendRef")
     if r.count != before or name is None:

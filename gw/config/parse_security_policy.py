@@ -12,6 +12,8 @@ from typing import Any
 
 from gw.config import fields as f
 from gw.config import validate as v
+from gw.config.parse_ext_auth import parse_ext_auth
+from gw.config.parse_gateway import _backend_ref
 from gw.config.parse_jwt import parse_jwt
 from gw.config.parse_targets import refuse_namespace
 from gw.config.ratelimit import TargetRef
@@ -39,7 +41,6 @@ OTHER_TARGET_KINDS = ("GRPCRoute", "TCPRoute", "ListenerSet")  # Envoy Gateway's
 # Spec sections gw reads past: a policy setting one makes the rules it wins answer 500.
 UNSERVED = {
     "oidc": "OpenID Connect",
-    "extAuth": "external authorization",
     "cors": "CORS in a SecurityPolicy (an HTTPRoute CORS filter is served)",
     "csrf": "CSRF protection",
 }
@@ -72,14 +73,25 @@ def parse_security_policy(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any,
     # The providers a jwt principal may name (None: the jwt section is wrong, its errors say so).
     providers = {p.name for p in jwt.providers} if jwt is not None else None if spec.get("jwt") is not None else set()
     authorization = _authorization(r, spec.get("authorization"), f"{field}.authorization", unserved, providers)
-    mechanisms = (api_key, basic, jwt, authorization)
+    ext_auth = None
+    if spec.get("extAuth") is not None:
+
+        def object_ref(r: Reader, raw: Any, ref_field: str, i: int) -> Any:
+            return _backend_ref(r, meta, raw, ref_field, i, prefix=None)
+
+        ext_auth = parse_ext_auth(r, spec["extAuth"], f"{field}.extAuth", object_ref, unserved)
+        for ref in ext_auth.refs if ext_auth is not None else ():
+            if ref.namespace != meta.namespace:
+                r.error(f"{field}.extAuth.http", f"{ref.label}: a backend in another namespace (ReferenceGrant) "
+                        "is not served by gw yet")  # fmt: skip
+    mechanisms = (api_key, basic, jwt, authorization, ext_auth)
     if not unserved and all(m is None for m in mechanisms) and len(r.errors) == start:
-        r.error(field, "sets no mechanism (apiKeyAuth, basicAuth, jwt, authorization)")
+        r.error(field, "sets no mechanism (apiKeyAuth, basicAuth, jwt, extAuth, authorization)")
     invalid = None
     if len(r.errors) != start:
         first = r.errors[start]
         invalid = f"{meta.label} is invalid: {first.field}: {first.message}"
-    return SecurityPolicy(meta, targets, api_key, basic, authorization, jwt, tuple(unserved), invalid)
+    return SecurityPolicy(meta, targets, api_key, basic, authorization, jwt, ext_auth, tuple(unserved), invalid)
 
 
 def _targets(r: Reader, spec: dict[str, Any], field: str) -> tuple[TargetRef, ...]:

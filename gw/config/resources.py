@@ -180,6 +180,7 @@ class FilterSpecs:
     cors: CORS | None = None
     mirrors: tuple[MirrorSpec, ...] = ()
     extensions: tuple[ExtensionRefSpec, ...] = ()
+    external_auth: object = None  # gw.config.security_policy.ExtAuth, its backendRef still to resolve
 
 
 NO_FILTERS = FilterSpecs()

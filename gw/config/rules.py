@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from gw.config import model
@@ -81,6 +82,17 @@ class RuleCompiler:
             )
         f = spec.filters
         mirrors = self._mirrors(route, f, unresolved)
+        ext_auth = f.external_auth
+        if ext_auth is not None:
+            auth_backend = self._resolver.resolve_own(route, ext_auth.refs)
+            if isinstance(auth_backend, Unresolved):
+                # The rule must not go out unauthorized: it answers 500.
+                unresolved(f"{ext_auth.field}.backendRef", auth_backend.reason, auth_backend.message,
+                           "the rule answers 500")  # fmt: skip
+                problems.append(auth_backend.message)
+                ext_auth = None
+            else:
+                ext_auth = replace(ext_auth, backend=auth_backend)
         extensions = self._extensions(route, f)
         problems += self._extension_problems(route, f, unresolved)
         missing = sorted(self._needs(spec) - self._features)
@@ -117,6 +129,7 @@ class RuleCompiler:
             cors=f.cors,
             extensions=extensions,
             retry=spec.retry,
+            ext_auth=ext_auth,
         )
 
     def _needs(self, spec: RouteRule) -> set[str]:

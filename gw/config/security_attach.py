@@ -13,9 +13,10 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gw.config import model
+from gw.config.backends import BackendResolver, Unresolved
 from gw.config.errors import Condition, ConfigError
 from gw.config.policy_attach import ACCEPTED, TARGET_NOT_FOUND, CompiledRoute
 from gw.config.resources import Secret
@@ -44,6 +45,7 @@ def attach_security_policies(
     secrets: Sequence[Secret],
     conditions: dict[str, list[Condition]],
     errors: list[ConfigError],
+    resolver: BackendResolver | None = None,
 ) -> None:
     """Set `rule.security` (and, for a policy that cannot be served, `rule.invalid_reason`) on every
     rule a policy reaches; each policy's Accepted condition, and Conflicted / Overridden ones."""
@@ -65,7 +67,7 @@ def attach_security_policies(
             place.setdefault(winner.policy.meta.key, []).append(name)
         key = id(winner.policy)
         if key not in compiled:
-            compiled[key] = _compile(winner.policy, by_secret, errors)
+            compiled[key] = _compile(winner.policy, by_secret, errors, resolver)
         security, problem = compiled[key]
         rule.security = security
         if problem is not None and not rule.invalid_reason:
@@ -143,7 +145,10 @@ def _report(reach: _Reach, problem: str | None, conditions: dict[str, list[Condi
 
 
 def _compile(
-    policy: SecurityPolicy, secrets: dict[tuple[str, str], Secret], errors: list[ConfigError]
+    policy: SecurityPolicy,
+    secrets: dict[tuple[str, str], Secret],
+    errors: list[ConfigError],
+    resolver: BackendResolver | None = None,
 ) -> tuple[Security | None, str | None]:
     """The policy as rules apply it (its Secrets read), and why its rules answer 500 (None: they need not)."""
     if policy.invalid is not None:
@@ -192,6 +197,14 @@ def _compile(
         else:
             for where, message in read_htpasswd(secret.data[HTPASSWD_KEY], security.users):
                 error(ref.field, f"Secret {ns}/{ref.name} {HTPASSWD_KEY} {where}: {message}")
+    ext = policy.ext_auth
+    if ext is not None:
+        backend = resolver.resolve_own(policy, ext.refs) if resolver is not None else None  # type: ignore[arg-type]
+        if isinstance(backend, Unresolved) or backend is None:
+            error(ext.field, backend.message if backend is not None else "its backend cannot be resolved here")
+        else:
+            # Without ready endpoints it is kept, as a rule's backend: calls fail (closed, or failOpen).
+            security.ext_auth = replace(ext, backend=backend)
     if problems:
         return None, f"{policy.meta.label} is invalid: {problems[0]}"
     return security, None

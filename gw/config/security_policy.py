@@ -24,6 +24,15 @@ Envoy Gateway's SecurityPolicy field names, so its users feel at home:
           audiences: [api]
           remoteJWKS: {uri: https://idp.example.com/.well-known/jwks.json}
           claimToHeaders: [{header: x-user, claim: sub}]
+      extAuth:                                   # forward auth: each request asks an HTTP service first
+        http:
+          backendRefs: [{name: auth, port: 8080}]  # a Service or Backend (several: their endpoints pooled)
+          path: /check                           # prefix of the request's own path: /check/orders?id=1
+          headersToBackend: [x-user]             # copied from a 200 answer onto the upstream request
+        headersToExtAuth: [cookie]               # beyond Host, Authorization and X-Forwarded-*
+        failOpen: false                          # true: an unreachable/failing service lets requests through
+        timeout: 10s                             # Envoy Gateway's default
+        statusOnError: 403                       # the answer when the service cannot answer (fail closed)
       authorization:
         defaultAction: Deny                      # Allow | Deny (Deny when not given, as Envoy Gateway)
         rules:
@@ -37,7 +46,8 @@ Envoy Gateway's SecurityPolicy field names, so its users feel at home:
 
 The most specific policy wins whole, as in Envoy Gateway (no merging of sections): a rule's own
 (sectionName) over its route's over its Gateway's. Mechanisms gw does not serve yet (oidc,
-extAuth, cors, csrf; in authorization clientIPGeoLocations, operation.path, cel)
+cors, csrf; extAuth's grpc, bodyToExtAuth, recomputeRoute, pathOverride, contextExtensions,
+includeRouteMetadata; in authorization clientIPGeoLocations, operation.path, cel)
 are read enough to be named: a policy asking for one makes the rules it wins answer 500 saying
 which, never lets them through unauthenticated.
 """
@@ -46,12 +56,12 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gw.auth.provider import JWT
     from gw.config.ratelimit import TargetRef
-    from gw.config.resources import Meta
+    from gw.config.resources import BackendRefSpec, Meta
 
 KIND = "SecurityPolicy"
 ALLOW, DENY = "Allow", "Deny"
@@ -133,6 +143,28 @@ class Authorization:
 
 
 @dataclass(frozen=True, slots=True)
+class ExtAuth:
+    """Forward auth: a SecurityPolicy's extAuth.http, or an HTTPRoute rule's ExternalAuth filter
+    (GEP-1494), which compiles to the same thing. gw.policies.security.ext_auth applies it.
+
+    `refs` are resolved when the config compiles: `backend` is then the model.Backend the calls go
+    to (None before, or when it cannot be resolved: the rules answer 500).
+    """
+
+    refs: tuple[BackendRefSpec, ...]
+    path: str = ""  # prefixed to the request's own path (query included)
+    headers_to_ext_auth: tuple[str, ...] = ()  # lower case, sent besides the ones always sent
+    # Lower case, copied from a 200 answer onto the upstream request (replacing the client's);
+    # None: every field of the answer but framing and hop-by-hop ones (GEP-1494, allowedResponseHeaders empty).
+    headers_to_backend: tuple[str, ...] | None = ()
+    fail_open: bool = False
+    timeout: float = 10.0  # seconds: Envoy Gateway's default
+    status_on_error: int = 403  # Envoy's status_on_error default
+    field: str = ""  # where it was written: errors about its backend
+    backend: Any = None  # gw.config.model.Backend, once resolved
+
+
+@dataclass(frozen=True, slots=True)
 class SecurityPolicy:
     meta: Meta
     targets: tuple[TargetRef, ...]
@@ -140,6 +172,7 @@ class SecurityPolicy:
     basic_auth: BasicAuth | None = None
     authorization: Authorization | None = None
     jwt: JWT | None = None
+    ext_auth: ExtAuth | None = None
     # What gw does not serve yet, as "spec.oidc" etc.: the rules the policy wins answer 500.
     unserved: tuple[str, ...] = ()
     # The first problem of a policy written wrong: it is refused (`gw check`), and the rules it
@@ -161,4 +194,5 @@ class Security:
     users: dict[str, bytes] = field(default_factory=dict, repr=False)
     authorization: Authorization | None = None
     jwt: JWT | None = None
+    ext_auth: ExtAuth | None = None  # its backend resolved
     realm: str = ""  # WWW-Authenticate's realm for basicAuth and jwt

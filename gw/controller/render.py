@@ -75,6 +75,11 @@ def selection(cache: Cache, controller_name: str) -> dict[str, list[Key]]:
     for kind, keys in policies.items():
         for key in keys:
             backends.update(_targets(cache.of(kind)[key]))
+    for key in policies["SecurityPolicy"]:
+        policy = cache.of("SecurityPolicy")[key]
+        ext_auth = (policy.get("spec") or {}).get("extAuth")
+        if isinstance(ext_auth, dict):  # the external authorization service's Service or Backend
+            backends.update(_backend_refs({"metadata": policy.get("metadata"), "spec": ext_auth}))
     services = sorted((ns, name) for kind, ns, name in backends if kind == "Service")
     wanted = set(services)
     slices = [

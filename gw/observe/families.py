@@ -122,11 +122,13 @@ FAMILIES: dict[str, Family] = {
         COUNTER, "Mirrored copies of requests, by mirror backend and result.", "backend"
     ),
     "gw_mirror_requests_in_flight": Family(GAUGE, "Mirrored copies under way."),
+    "gw_auth_calls_in_flight": Family(GAUGE, "External authorization calls (extAuth, ExternalAuth) under way."),
     # -- authentication and authorization (SecurityPolicy: gw.policies.security) ---------------
     "gw_auth_decisions_total": Family(
         COUNTER,
         "SecurityPolicy decisions, by policy and result: authenticated, unauthenticated (401), allowed, denied "
-        "(403), overloaded (503: password checks queued past the bound).",
+        "(403, or the external authorization service's answer), overloaded (503: password checks or external "
+        "authorization calls queued past the bound), error (the external authorization service did not answer).",
         "policy",
     ),
     "gw_auth_password_checks_total": Family(

@@ -88,8 +88,9 @@ class Exchange(Protocol):
         """A `response_on_demand` phase's on_request: this exchange's response head goes through it."""
         ...
 
-    def answer(self, status: int, fields: Fields) -> None:
-        """Answer the request here with a bodiless response (redirects, CORS preflights)."""
+    def answer(self, status: int, fields: Fields, body: bytes = b"") -> None:
+        """Answer the request here (redirects, CORS preflights, an auth service's refusal); `fields`
+        carry no framing (Content-Length is gw's)."""
         ...
 
     def fail(self, error: ProxyError) -> None:

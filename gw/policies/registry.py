@@ -1,8 +1,8 @@
 """The phase kinds gw serves, in the one order they run, and the chain each rule gets from them.
 
-Order: tracing → authentication → rate limit → session → CORS/redirect → request edits → mirror. Later
-phases read what earlier ones established (a rate-limit key reads the identity authentication
-set); the request edits come after every phase that may answer, so nothing is edited for a
+Order: tracing → external authorization → authentication → rate limit → session → CORS/redirect →
+request edits → mirror. Later phases read what earlier ones established (a rate-limit key reads
+the identity authentication set); the request edits come after every phase that may answer, so nothing is edited for a
 request that never goes upstream; mirrors copy the request as it finally goes upstream.
 
 To add a feature: write its module under gw/policies/ (a Phase subclass and a `build(rule,
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from gw.policies import cors, header_modifier, mirror, redirect, session, url_rewrite
 from gw.policies.phase import Chain, Phase
 from gw.policies.ratelimit import phase as rate_limit
-from gw.policies.security import api_key, authorization, basic, jwt
+from gw.policies.security import api_key, authorization, basic, ext_auth, jwt
 
 
 class Services(Protocol):
@@ -29,6 +29,12 @@ class Services(Protocol):
     limiters: Any  # gw.policies.ratelimit.Limiters, installed for the snapshot being built
     settings: Any  # gw.settings.Settings (GW_SESSION_KEYS)
     key_sets: Any  # gw.auth.jwks.KeySets: JWT providers' keys, fetched once per worker, not per snapshot
+
+    def auth_call(self, backend: Any, head: bytes, head_only: bool, exchange: Any, timeout: float, done: Any) -> None:
+        """Send a bodiless request `head` to `backend` (an external authorization service, a
+        gw.config.model.Backend); done(status, head block, body, None) or done(0, b"", b"", reason)
+        later, once, from the loop (gw.proxy.auth_call)."""
+        ...
 
     def session_table(self, persistence: Any) -> Any:
         """The worker's table of a header-type session name (gw.policies.session_table)."""
@@ -42,8 +48,10 @@ class Services(Protocol):
 Build = Callable[[Any, Services], Phase | None]
 
 PHASES: tuple[tuple[str, Build], ...] = (
-    # SecurityPolicy: authentication, then authorization, before the rate limit (keyed by Consumer
-    # or JWTClaim).
+    # SecurityPolicy: external authorization first (as Envoy Gateway orders ext_authz), then
+    # authentication, then authorization, before the rate limit (keyed by Consumer or JWTClaim).
+    ("ext-auth", ext_auth.build),
+    ("external-auth", ext_auth.build_filter),  # an HTTPRoute ExternalAuth filter (GEP-1494)
     ("basic-auth", basic.build),
     ("api-key-auth", api_key.build),
     ("jwt", jwt.build),

@@ -20,6 +20,7 @@ from gw.policies.backend_sync import BackendStates
 from gw.policies.ratelimit import Limiters
 from gw.policies.registry import PHASES, Build, build_chain
 from gw.policies.session_table import SessionCounts, SessionTable
+from gw.proxy.auth_call import AuthCall, Done
 from gw.proxy.upstream import EndpointPool
 from gw.proxy.upstream_tls import TLSEndpointPool
 from gw.settings import Settings
@@ -61,6 +62,7 @@ class DataPlane:
         self.upstream_contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
         self.connections: set[ClientConnection] = set()
         self.mirrors: set[MirrorRequest] = set()  # RequestMirror copies in flight
+        self.auth_calls: set[AuthCall] = set()  # external authorization calls in flight
         self.metrics = metrics if metrics is not None else Registry()
         self.no_route_stats = self.metrics.route("")  # requests answered before a route matched
         self.access_log = AccessLog(settings.access_log, settings.access_log_sample)
@@ -94,6 +96,7 @@ class DataPlane:
             "gw_upstream_connections_idle", lambda: sum(len(p.idle) for p in self.pools.values())
         )
         self.metrics.gauge("gw_mirror_requests_in_flight", lambda: len(self.mirrors))
+        self.metrics.gauge("gw_auth_calls_in_flight", lambda: len(self.auth_calls))
 
     def install(self, config: CompiledConfig) -> None:
         """Serve `config` from the next request on; requests in flight finish on the old one."""
@@ -112,6 +115,9 @@ class DataPlane:
                     self._bind_pools(ref.backend)
             for mirror in rule.mirrors:
                 self._bind_pools(mirror.backend)
+            for ext_auth in (rule.ext_auth, rule.security.ext_auth if rule.security is not None else None):
+                if ext_auth is not None:
+                    self._bind_pools(ext_auth.backend)
         jwts = [rule.security.jwt for rule in config.rules if rule.security and rule.security.jwt]
         providers = [p for jwt in jwts for p in jwt.providers]
         for dropped in self.key_sets.release(providers):  # after the chains took what they use
@@ -128,6 +134,17 @@ class DataPlane:
         task = self.loop.create_task(closing)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    def auth_call(
+        self, backend: Backend, head: bytes, head_only: bool, exchange: Any, timeout: float, done: Done
+    ) -> None:
+        """Send `head` (a bodiless request) to an endpoint of `backend` (an external authorization
+        service) over its keep-alive pool; `done` hears the answer once (gw.proxy.auth_call)."""
+        call = AuthCall(self, head, head_only, done)
+        try:
+            call.start(backend, exchange, timeout)
+        except Exception as exc:
+            call.crash(exc)
 
     def session_counts(self, rule: str, kind: str) -> SessionCounts:
         """gw_sessions_total of one rule's sessions, in this worker's metrics."""
@@ -251,6 +268,9 @@ class DataPlane:
                     mirror.expire()
                 except Exception as exc:
                     mirror.crash(exc)
+        if self.auth_calls:
+            for call in [c for c in self.auth_calls if c.deadline <= now]:
+                call.expire()
         for pool in self.pools.values():
             pool.expire_idle(now)
         self.access_log.flush()

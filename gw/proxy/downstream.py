@@ -762,8 +762,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self._fail(errors.InternalError("internal error while handling the request"))
 
-    def answer(self, req: Exchange, status: int, fields: list[tuple[bytes, bytes]]) -> None:
-        """A bodiless response from the gateway itself (a redirect, a preflight), then carry on."""
+    def answer(self, req: Exchange, status: int, fields: list[tuple[bytes, bytes]], body: bytes = b"") -> None:
+        """A response from the gateway itself (a redirect, a preflight, an auth service's refusal)."""
         if self.closed or self.active is not req:
             return
         close = (req.has_body and not req.complete) or not req.keep_alive or self.plane.draining
@@ -779,8 +779,9 @@ class ClientConnection(asyncio.Protocol):
                     status_line(status),
                     *(b"%b: %b\r\n" % field for field in fields),
                     b"X-Request-ID: %b\r\n" % req.request_id,
-                    b"" if status == 204 else b"Content-Length: 0\r\n",  # RFC 9110 §8.6: none on 204
+                    b"" if status == 204 else b"Content-Length: %d\r\n" % len(body),  # RFC 9110 §8.6: none on 204
                     tail,
+                    b"" if status in (204, 304) or req.method == b"HEAD" else body,
                 )
             )
         )

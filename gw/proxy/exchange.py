@@ -128,8 +128,8 @@ class Exchange:
     def want_response_head(self) -> None:
         self.edits_response = True
 
-    def answer(self, status: int, fields: Fields) -> None:
-        self.conn.answer(self, status, fields)  # type: ignore[union-attr]
+    def answer(self, status: int, fields: Fields, body: bytes = b"") -> None:
+        self.conn.answer(self, status, fields, body)  # type: ignore[union-attr]
 
     def fail(self, error: ProxyError) -> None:
         self.conn.fail_exchange(self, error)  # type: ignore[union-attr]

@@ -171,3 +171,23 @@ async def test_a_backend_tls_policy_ca_in_an_opaque_secret_reaches_the_config(
         await eventually(resolved, "the policy's status")
         assert [c["status"] for c in resolved()] == ["True"]
         assert "Secret/default/app-ca.yaml" in {name for name, _ in (await current(store)).files}
+
+
+async def test_an_ext_auth_service_and_its_endpoints_are_published_and_served(
+    fake: FakeApiServer, redis: Client, prefix: str
+) -> None:
+    for obj in cluster.basic(PORT, 9999):
+        fake.put(obj)
+    fake.put(cluster.service("auth"))  # named by nothing but the policy's extAuth
+    fake.put(cluster.endpoint_slice("auth", 9998))
+    fake.put(security_policy("app-ext", extAuth={"http": {"backendRefs": [{"name": "auth", "port": 80}]}}))
+    store = sealed_store(redis, prefix)
+    async with running(new_controller(store, prefix)):
+        await eventually(store.current, "a first version")
+        snapshot = await current(store)
+        names = {name for name, _ in snapshot.files}
+        assert {"Service/default/auth.yaml", "SecurityPolicy/default/app-ext.yaml"} <= names
+        assert any(n.startswith("EndpointSlice/default/auth") for n in names)
+        result, security = security_of(snapshot)
+        assert not [e for e in result.errors if "app-ext" in e.obj], result.errors
+        assert [(e.address, e.port) for e in security.ext_auth.backend.endpoints] == [("127.0.0.1", 9998)]

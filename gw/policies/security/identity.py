@@ -33,7 +33,7 @@ class Decisions:
 
     __slots__ = ("tallies",)
 
-    RESULTS = ("authenticated", "unauthenticated", "allowed", "denied", "overloaded")
+    RESULTS = ("authenticated", "unauthenticated", "allowed", "denied", "overloaded", "error")
 
     def __init__(self, metrics: Any, policy: str) -> None:
         self.tallies = {r: metrics.tally("gw_auth_decisions_total", policy=policy, result=r) for r in self.RESULTS}
