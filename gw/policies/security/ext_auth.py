@@ -56,7 +56,7 @@ class ExtAuth(Phase):
         self.to_backend = None if to_backend is None else frozenset(n.encode() for n in to_backend) - NOT_COPIED
         self.policy = policy
         self.call = services.auth_call
-        self.decisions = Decisions(services.metrics.counters, policy)
+        self.decisions = Decisions(services.metrics, policy)
         self.logged = 0.0
         # A client sends the same head again and again: the fields it gives the service, by head.
         self.heads: dict[bytes, bytes] = {}
