@@ -62,6 +62,9 @@ class Exchange(Protocol):
     scheme: bytes  # b"http" or b"https" of the listener
     listener_port: int  # the listener's declared port (redirects, X-Forwarded-Port)
     started: float  # time.monotonic() when the request's head began: a clock phases may read for free
+    # head_key() read without a call (None too once a phase edited the fields): the request phases
+    # of a client that sends the same head again and again remember what they read under it.
+    head_id: bytes | None
 
     def fields(self) -> Fields:
         """The forwarded head as (name, value) fields, split once on first use; read-only."""

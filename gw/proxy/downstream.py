@@ -665,6 +665,8 @@ class ClientConnection(asyncio.Protocol):
             req.fields_edited = req.edits_response = False
             req.response_fields = req.mirror_to = req.ref = req.pin = None
             req.done_phases = chain.done  # whatever happens next, they hear the outcome
+            head = req.head
+            req.head_id = head[0] if len(head) == 3 else None  # (Exchange.head_key, inlined)
             self.chained = req
             self.endpoint = None  # (a phase may answer)
             self._run_chain(req, chain, 0)

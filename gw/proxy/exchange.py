@@ -70,6 +70,7 @@ class Exchange:
     fields_edited = False
     edits_response = False  # the chain edits the response head (phases, or response fields to add)
     done_phases: tuple[Any, ...] = ()  # the chain's on_done phases, once the request went through
+    head_id: bytes | None = None  # head_key() when the chain starts (gw.policies.phase.Exchange)
     _fields: Fields | None = None
 
     def __init__(self, started: float) -> None:
@@ -113,6 +114,7 @@ class Exchange:
 
     def edit_fields(self) -> Fields:
         self.fields_edited = True
+        self.head_id = None  # what a later phase reads no longer follows from the head alone
         return self.fields()
 
     def field(self, lname: bytes) -> bytes | None:

@@ -54,7 +54,7 @@ class APIKeyAuth(Phase):
     def on_request(self, ex: Exchange) -> int:
         name = self.only_header
         if name is not None:
-            head = ex.head_key()
+            head = ex.head_id
             if head is not None:
                 identity = self.heads.get(head)
                 if identity is not None:

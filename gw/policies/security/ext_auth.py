@@ -62,7 +62,7 @@ class ExtAuth(Phase):
         self.heads: dict[bytes, bytes] = {}
 
     def on_request(self, ex: Exchange) -> int:
-        key = ex.head_key()
+        key = ex.head_id
         fields = self.heads.get(key) if key is not None else None
         if fields is None:
             sent = self.sent

@@ -80,7 +80,7 @@ class JWTAuth(Phase):
             if self.params:
                 self._blank_params(ex)
         else:
-            head = ex.head_key()
+            head = ex.head_id
             if head is not None:
                 hit = self.heads.get(head)
                 if hit is not None:
