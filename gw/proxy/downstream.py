@@ -165,10 +165,17 @@ class ClientConnection(asyncio.Protocol):
         self.client_host = self.client.encode()
         self.hop = forwarded_for(self.client_host, self.scheme)
         ssl_object = transport.get_extra_info("ssl_object")
+        plane = self.plane
         if ssl_object is not None:
             self.tls = True
-            self.server_name = self.plane.server_names.pop(id(ssl_object), None)
-        plane = self.plane
+            self.server_name = plane.server_names.pop(id(ssl_object), None)
+            if self.bind_port in plane.clients_verified and ssl_object.getpeercert(True) is None:
+                # A session resumed from before validation began carries no certificate: refused
+                # as its handshake would be now.
+                plane.client_rejections.verdict(plane, self.bind_port, "no client certificate (resumed session)")
+                self.closed = True
+                transport.abort()
+                return
         plane.connections.add(self)
         self.idle_since = now = monotonic()
         self.deadline = now + self.settings.header_timeout
