@@ -4,8 +4,10 @@ trustme CAs for the server and for clients (another CA for a client the gateway 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -41,7 +43,7 @@ def clients_ca() -> trustme.CA:
 
 @pytest.fixture(scope="module")
 def good(clients_ca: trustme.CA) -> trustme.LeafCert:
-    return clients_ca.issue_cert("alice@example.test", common_name="alice")
+    return clients_ca.issue_cert("alice@example.test", "alice.clients.test", common_name="alice")
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +241,33 @@ def test_a_valid_client_certificate_reaches_the_upstream(
         assert resp is not None and resp.status == 200, port
         headers = {n.lower(): v for n, v in json.loads(resp.body)["headers"]}
         assert headers["x-forwarded-proto"] == "https"
+
+
+def test_the_upstream_is_told_the_verified_certificate_and_a_forged_claim_is_dropped(
+    gateway: GatewayProcess, server_ca: trustme.CA, good: trustme.LeafCert
+) -> None:
+    port = gateway.ports["fallback"]  # type: ignore[attr-defined]
+    ctx = ssl.create_default_context()
+    server_ca.configure_trust(ctx)
+    good.configure_cert(ctx)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname=HOST) as tls:
+        client = Client(tls)
+        forged = {"Host": HOST, "X-Forwarded-Client-Cert": 'Hash=00;Subject="CN=admin"'}
+        for headers in ({"Host": HOST}, forged):  # the fast path, then the general one
+            seen = json.loads(client.request("GET", "/", headers=headers).body)["headers"]
+            values = [v for n, v in seen if n.lower() == "x-forwarded-client-cert"]
+            der = ssl.PEM_cert_to_DER_cert(good.cert_chain_pems[0].bytes().decode())
+            subject = r'Subject="CN=alice,OU=Testing cert #[^,"]+,O=trustme v[0-9.]+"'
+            assert len(values) == 1, values
+            assert re.fullmatch(f"Hash={hashlib.sha256(der).hexdigest()};{subject};DNS=alice.clients.test", values[0])
+    # Without a certificate (AllowInsecureFallback), nothing is claimed, and a client's claim is dropped.
+    ctx = ssl.create_default_context()
+    server_ca.configure_trust(ctx)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname=HOST) as tls:
+        seen = json.loads(Client(tls).request("GET", "/", headers=forged).body)["headers"]
+        assert [v for n, v in seen if n.lower() == "x-forwarded-client-cert"] == []
 
 
 def test_allow_valid_only_refuses_no_certificate_and_a_foreign_one(

@@ -9,6 +9,7 @@ port and reason, with the count of those not logged. Nothing per handshake but t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import ssl
 from time import monotonic
@@ -74,3 +75,55 @@ class ClientRejections:
         if client.refusal is not None:
             why = f"{why}; the port refuses every client: {client.refusal}"
         self.refused(port.declared_port if port is not None else bind_port, why, client.source)
+
+
+# -- the verified client certificate, told to the backend ----------------------------------------
+
+XFCC = b"X-Forwarded-Client-Cert"
+# RFC 4514 short names of the attributes certificates carry (Python names them long).
+_SHORT = {
+    "commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
+    "localityName": "L", "stateOrProvinceName": "ST", "streetAddress": "STREET", "domainComponent": "DC",
+    "userId": "UID",
+}  # fmt: skip
+_SPECIAL = frozenset(',+"\\<>;')  # RFC 4514 §2.4
+
+
+def forwarded_client_cert(ssl_object: ssl.SSLObject) -> bytes:
+    """The X-Forwarded-Client-Cert line (Envoy's format, which its ClientTrafficPolicy forwards) of a
+    connection whose client presented a verified certificate; b"" without one. Hash: SHA-256 of the
+    DER certificate, hex; Subject: RFC 4514, quoted; URI and DNS: its subjectAltNames."""
+    der = ssl_object.getpeercert(True)
+    if der is None:
+        return b""
+    decoded = ssl_object.getpeercert() or {}
+    subject = ",".join(
+        "+".join(f"{_SHORT.get(name, name)}={_escape(value)}" for name, value in rdn)
+        for rdn in reversed(decoded.get("subject", ()))  # type: ignore[arg-type]
+    )
+    parts = [f"Hash={hashlib.sha256(der).hexdigest()}", f'Subject="{subject}"']
+    for kind, value in decoded.get("subjectAltName", ()):  # type: ignore[misc]
+        if kind in ("URI", "DNS"):
+            value = _printable(value)
+            if any(c in value for c in ',;="'):
+                value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            parts.append(f"{kind}={value}")
+    return XFCC + b": " + ";".join(parts).encode("ascii") + b"\r\n"
+
+
+def _escape(value: str) -> str:
+    """RFC 4514 escaping of an attribute value."""
+    out = []
+    for i, ch in enumerate(value):
+        if ch in _SPECIAL or (ch in " #" and i == 0) or (ch == " " and i == len(value) - 1):
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return _printable("".join(out))
+
+
+def _printable(value: str) -> str:
+    """Every byte outside printable ASCII as \\XX (RFC 4514's hex pairs): the value goes in a header."""
+    if value.isascii() and value.isprintable():
+        return value
+    return "".join(ch if " " <= ch <= "~" else "".join(f"\\{b:02X}" for b in ch.encode("utf-8")) for ch in value)

@@ -73,7 +73,8 @@ class DataPlane:
         # The contexts listening sockets are served with (listener_context), by bind port: whether
         # a handshake asks for a client certificate is theirs to say, so each install updates them.
         self.listener_contexts: dict[int, list[ssl.SSLContext]] = {}
-        # Bind ports whose clients must present a verified certificate (spec.tls.frontend).
+        # Bind ports that verify client certificates (spec.tls.frontend), and those where one is required.
+        self.client_ports: frozenset[int] = frozenset()
         self.clients_verified: frozenset[int] = frozenset()
         self.client_rejections = ClientRejections()
         # SNI of each TLS connection between its handshake and connection_made (by SSLObject id):
@@ -129,9 +130,8 @@ class DataPlane:
         # so a reload switches certificates without touching listeners or open connections.
         self.tls_contexts = {p.bind_port: build_ssl_context(p) for p in config.ports if p.tls is not None}
         self.ports = {p.bind_port: p for p in config.ports}
-        self.clients_verified = frozenset(
-            p.bind_port for p in config.ports if p.tls is not None and p.tls.client and p.tls.client.required
-        )
+        self.client_ports = frozenset(p.bind_port for p in config.ports if p.tls is not None and p.tls.client)
+        self.clients_verified = frozenset(p for p in self.client_ports if self.ports[p].tls.client.required)
         for bind_port, contexts in self.listener_contexts.items():
             for ctx in contexts:
                 self._ask_clients(ctx, bind_port)
