@@ -346,3 +346,26 @@ def test_a_reload_that_changes_the_ca_takes_effect(
     assert request(port, server_ca, good) is None
     resp = request(port, server_ca, newcomer)
     assert resp is not None and resp.status == 200
+
+
+def test_the_controller_renders_the_ca_objects_the_frontend_names(
+    server_ca: trustme.CA, clients_ca: trustme.CA
+) -> None:
+    """In a cluster, the CA ConfigMaps and Secrets reach the config only when something names them."""
+    from gw.config import DEFAULT_CONTROLLER_NAME
+    from gw.controller.cache import Cache
+    from gw.controller.render import selection
+
+    more = ca_ref("more", kind="Secret", namespace="pki")
+    frontend = {"default": validation(ca_ref("clients")), "perPort": [{"port": 8444, "tls": validation(more)}]}
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "more", "namespace": "pki"},
+              "type": "Opaque", "data": {}}  # fmt: skip
+    docs = documents([8443, 8444], frontend, server_ca, 9, config_map("clients", clients_ca), secret,
+                     config_map("unrelated", clients_ca))  # fmt: skip
+    cache = Cache()
+    for doc in docs:
+        cache.apply(doc["kind"], "ADDED", {**doc, "metadata": {"creationTimestamp": "2026-01-01T00:00:00Z",
+                                                               **doc["metadata"]}})  # fmt: skip
+    chosen = selection(cache, DEFAULT_CONTROLLER_NAME)
+    assert chosen["ConfigMap"] == [("default", "clients")]
+    assert ("pki", "more") in chosen["Secret"]
