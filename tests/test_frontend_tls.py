@@ -369,3 +369,12 @@ def test_the_controller_renders_the_ca_objects_the_frontend_names(
     chosen = selection(cache, DEFAULT_CONTROLLER_NAME)
     assert chosen["ConfigMap"] == [("default", "clients")]
     assert ("pki", "more") in chosen["Secret"]
+
+
+def test_subject_values_are_escaped_for_rfc_4514_and_for_a_header() -> None:
+    from gw.proxy.client_tls import _escape, _printable
+
+    assert _escape('Acme, Inc. "R+D" <x>;') == 'Acme\\, Inc. \\"R\\+D\\" \\<x\\>\\;'
+    assert _escape(" #lead trail ") == "\\ #lead trail\\ "
+    assert _escape("Zoë\r\nX-Admin: 1") == "Zo\\C3\\AB\\0D\\0AX-Admin: 1"  # never a line break in the head
+    assert _printable("spiffe://example.test/ns/default") == "spiffe://example.test/ns/default"
