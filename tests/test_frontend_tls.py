@@ -335,9 +335,23 @@ def test_a_reload_that_changes_the_ca_takes_effect(
 
     gw = start_gateway({}, [], yaml_text=config(None))
     assert request(port, server_ca, None) is not None  # no validation yet: anyone is served
+    # A TLS 1.2 session from then, kept to be resumed after the reload.
+    old_ctx = ssl.create_default_context()
+    server_ca.configure_trust(old_ctx)
+    old_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with old_ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname=HOST) as tls:
+        assert Client(tls).request("GET", "/", headers={"Host": HOST}).status == 200
+        session = tls.session
 
     reload(config(clients_ca))
     assert request(port, server_ca, None) is None
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        with old_ctx.wrap_socket(raw, server_hostname=HOST, session=session) as tls:
+            Client(tls).request("GET", "/", headers={"Host": HOST})
+        raise AssertionError("a session from before the reload was served without a certificate")
+    except (ssl.SSLError, ConnectionError):
+        pass
     assert request(port, server_ca, newcomer) is None
     resp = request(port, server_ca, good)
     assert resp is not None and resp.status == 200
