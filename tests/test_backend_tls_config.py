@@ -361,12 +361,9 @@ class TestGatewayClientCertificate:
         (resolved,) = [c for c in result.conditions["Gateway default/edge"] if c.type == "ResolvedRefs"]
         assert (resolved.status, resolved.reason) == (False, "RefNotPermitted")
 
-    def test_unknown_fields_are_refused_and_frontend_is_only_accepted(self) -> None:
+    def test_unknown_fields_are_refused_and_frontend_is_served(self) -> None:
         _, errors = parse_documents([("tls.yaml", self.gateway(backend={"clientCertificate": {"name": "x"}}))])
         assert [(e.obj, e.field) for e in errors] == [("Gateway default/edge", "spec.tls.backend.clientCertificate")]
-        doc = self.gateway(frontend={"default": {}})
+        doc = self.gateway(frontend={"default": {}})  # served since spec.tls.frontend is (test_frontend_tls.py)
         _, errors = parse_documents([("tls.yaml", doc)])
-        assert errors == [] and unserved([("tls.yaml", doc)]) == [
-            "Gateway default/edge: spec.tls.frontend: accepted, not served by gw "
-            "(client certificates are not requested)"
-        ]
+        assert errors == [] and unserved([("tls.yaml", doc)]) == []

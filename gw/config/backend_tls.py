@@ -29,12 +29,14 @@ MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 @dataclass(frozen=True, slots=True)
 class CARef:
-    """A validation.caCertificateRefs entry (LocalObjectReference: same namespace as the policy)."""
+    """A validation.caCertificateRefs entry: a BackendTLSPolicy's LocalObjectReference (the policy's
+    namespace), or a Gateway frontend's ObjectReference (`namespace` None: the Gateway's)."""
 
     group: str
     kind: str
     name: str
     index: int  # position in the list, for messages
+    namespace: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,19 +22,19 @@ from dataclasses import dataclass
 
 from gw.config import model
 from gw.config.backend_attach import rule_backends
-from gw.config.backend_tls import CA_KEY, SYSTEM, BackendTLSPolicy, UpstreamTLS, check_ca_bundle
+from gw.config.backend_tls import SYSTEM, BackendTLSPolicy, UpstreamTLS
 from gw.config.backends import backend_name
+from gw.config.ca_refs import ca_bundle
 from gw.config.errors import Condition, ConfigError
 from gw.config.policy_attach import ACCEPTED, TARGET_NOT_FOUND, CompiledRoute
 from gw.config.ratelimit import TargetRef
-from gw.config.resources import CORE_GROUP, ConfigMap, Secret, Service
+from gw.config.resources import ConfigMap, Secret, Service
 from gw.config.tls import Certificate
 
 CONFLICTED = "Conflicted"
 INVALID = "Invalid"
 NO_VALID_CA = "NoValidCACertificate"
 RESOLVED_REFS = "ResolvedRefs"
-INVALID_CA_REF = "InvalidCACertificateRef"
 INVALID_KIND = "InvalidKind"
 
 
@@ -163,32 +163,7 @@ def _verdict(policy: BackendTLSPolicy, stores: dict[tuple[str, str, str], dict[s
         return _Verdict(
             tls, Condition(ACCEPTED, True, ACCEPTED, "verified against the system's CA certificates"), resolved
         )
-    bundle: list[bytes] = []
-    problems: list[tuple[str, str]] = []
-    for ref in policy.ca_refs:
-        what = f"caCertificateRefs[{ref.index}] {ref.kind} {ns}/{ref.name}"
-        if ref.group != CORE_GROUP or ref.kind not in ("ConfigMap", "Secret"):
-            group = ref.group or "core"
-            problems.append(
-                (
-                    INVALID_KIND,
-                    f"{what}: {ref.kind} ({group}) is not a kind gw reads CA certificates from (ConfigMap, Secret)",
-                )
-            )
-            continue
-        data = stores.get((ref.kind, ns, ref.name))
-        if data is None:
-            problems.append((INVALID_CA_REF, f"{what} not found"))
-            continue
-        pem = data.get(CA_KEY)
-        if pem is None:
-            problems.append((INVALID_CA_REF, f"{what} has no key {CA_KEY}"))
-            continue
-        problem = check_ca_bundle(pem)
-        if problem:
-            problems.append((INVALID_CA_REF, f"{what}: {CA_KEY} {problem}"))
-            continue
-        bundle.append(pem.rstrip(b"\n") + b"\n")
+    bundle, problems = ca_bundle(policy.ca_refs, ns, stores, kind_reason=INVALID_KIND)
     if problems:
         resolved = Condition(RESOLVED_REFS, False, problems[0][0], "; ".join(m for _, m in problems))
     else:
@@ -196,8 +171,9 @@ def _verdict(policy: BackendTLSPolicy, stores: dict[tuple[str, str, str], dict[s
     if not bundle:
         why = "no valid CA certificate: " + "; ".join(m for _, m in problems)
         return _Verdict(_refusing(base, why), Condition(ACCEPTED, False, NO_VALID_CA, why), resolved)
-    tls = UpstreamTLS(key, policy.hostname, policy.subject_alt_names, b"".join(bundle), min_version=policy.min_version)
-    return _Verdict(tls, Condition(ACCEPTED, True, ACCEPTED, f"verified against {len(bundle)} CA bundle(s)"), resolved)
+    tls = UpstreamTLS(key, policy.hostname, policy.subject_alt_names, bundle, min_version=policy.min_version)
+    valid = len(policy.ca_refs) - len(problems)
+    return _Verdict(tls, Condition(ACCEPTED, True, ACCEPTED, f"verified against {valid} CA bundle(s)"), resolved)
 
 
 def _with_client_certificate(

@@ -7,6 +7,7 @@ rest serving; only a config with nothing to serve raises.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -139,6 +140,9 @@ def compile_resources(
         tls = None
         if protocol == "HTTPS":
             tls = port_tls([(li, served.certificates.get(f"{gw.meta.key}/{li.name}", ())) for gw, li in ports[port]])
+            client = served.client_validation.get(port)
+            if tls is not None and client is not None:
+                tls = dataclasses.replace(tls, client=client)
         port_configs.append(
             model.PortConfig(
                 declared_port=port,

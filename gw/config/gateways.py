@@ -5,10 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from gw.config.backend_tls import CARef
 from gw.config.errors import Condition, ConfigError
 from gw.config.filters import HTTPS
-from gw.config.resources import GATEWAY_GROUP, Gateway, Listener, Resources, SecretRef
-from gw.config.tls import REF_NOT_PERMITTED, Certificate, CertificateResolver
+from gw.config.frontend_tls import (
+    CONFIGURATION_CHANGED,
+    INSECURE_MODE,
+    NO_VALID_CA,
+    ClientValidation,
+    resolve_validation,
+)
+from gw.config.resources import GATEWAY_GROUP, Gateway, Listener, ReferenceGrant, Resources, SecretRef
+from gw.config.tls import REF_NOT_PERMITTED, Certificate, CertificateResolver, granted
 from gw.config.validate import SUPPORTED_PROTOCOLS, check_listeners
 from gw.routing.hostnames import hostname_matches
 
@@ -29,6 +37,8 @@ class ServedGateways:
     listener_conditions: dict[str, list[Condition]] = field(default_factory=dict)
     # (namespace, name) → the client certificate it presents to TLS backends (spec.tls.backend)
     client_certificates: dict[tuple[str, str], Certificate] = field(default_factory=dict)
+    # declared port → how its HTTPS listeners verify client certificates (spec.tls.frontend)
+    client_validation: dict[int, ClientValidation] = field(default_factory=dict)
 
 
 def serve_gateways(
@@ -71,10 +81,16 @@ def serve_gateways(
     certs = CertificateResolver(resources.secrets, resources.reference_grants)
     result = ServedGateways()
     port_owner: dict[int, Gateway] = {}
+    stores = {
+        **{("ConfigMap", c.meta.namespace, c.meta.name): c.data for c in resources.config_maps},
+        **{("Secret", s.meta.namespace, s.meta.name): s.data for s in resources.secrets},
+    }
     for gw in served:
         listeners, listener_errors, by_name = check_listeners(gw, protocols)
         errors += listener_errors
+        frontend = _Frontend(gw, stores, resources.reference_grants, errors)
         usable = []
+        refusing = 0
         for li in listeners:
             owner = port_owner.setdefault(li.port, gw)
             if owner is not gw:
@@ -86,8 +102,19 @@ def serve_gateways(
                     "instance (GW_GATEWAY=namespace/name)",
                 )
             status = by_name[li.name]
-            ok = _resolve_refs(gw, li, certs, result, status, errors)
-            status.append(Condition("Programmed", ok, "Programmed" if ok else "Invalid"))
+            client, ca_problems = frontend.port(li.port) if li.protocol == "HTTPS" else (None, [])
+            ok = _resolve_refs(gw, li, certs, result, status, errors, ca_problems)
+            if client is not None:
+                result.client_validation[li.port] = client
+            if ok and client is not None and client.refusal is not None:
+                # Served all the same, refusing every handshake: clients are never let in unverified.
+                why = f"{client.refusal} (every TLS handshake is refused)"
+                status[:] = [c for c in status if c.type != "Accepted"]
+                status.append(Condition("Accepted", False, NO_VALID_CA, why))
+                status.append(Condition("Programmed", False, "Invalid", why))
+                refusing += 1
+            else:
+                status.append(Condition("Programmed", ok, "Programmed" if ok else "Invalid"))
             if ok:
                 usable.append(li)
         _overlapping_tls(usable, by_name)
@@ -96,11 +123,20 @@ def serve_gateways(
                 status.append(Condition("Programmed", False, "Invalid"))
             result.listener_conditions[f"{gw.meta.key}/{name}"] = status
         result.gateways[(gw.meta.namespace, gw.meta.name)] = (gw, tuple(usable))
-        all_ok = len(usable) == len(gw.listeners)
+        all_ok = len(usable) == len(gw.listeners) and not refusing
         conditions[gw.meta.label] = [
             Condition("Accepted", True, "Accepted" if all_ok else "ListenersNotValid"),
             Condition("Programmed", bool(usable), "Programmed" if usable else "Invalid"),
         ]
+        if gw.frontend_tls is not None and gw.frontend_tls.insecure:
+            conditions[gw.meta.label].append(
+                Condition(
+                    INSECURE_MODE,
+                    True,
+                    CONFIGURATION_CHANGED,
+                    "spec.tls.frontend allows AllowInsecureFallback: clients without a certificate are served",
+                )
+            )
         if gw.client_certificate_ref is not None:
             conditions[gw.meta.label].append(_client_certificate(gw, gw.client_certificate_ref, certs, result, errors))
     return result
@@ -127,10 +163,12 @@ def _resolve_refs(
     result: ServedGateways,
     status: list[Condition],
     errors: list[ConfigError],
+    ca_problems: list[tuple[str, str]],
 ) -> bool:
-    """Route kinds and certificateRefs → the listener's ResolvedRefs; False when it cannot serve."""
+    """Route kinds, certificateRefs and the client-validation caCertificateRefs of its port (their
+    problems given) → the listener's ResolvedRefs; False when it cannot serve."""
     field = f"spec.listeners[{li.index}]"
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = [(r, f"client certificate validation: {m}") for r, m in ca_problems]
     if li.allowed_kinds and not any((k.group, k.kind) in ROUTE_KINDS for k in li.allowed_kinds):
         kinds = ", ".join(k.kind for k in li.allowed_kinds)
         problems.append(("InvalidRouteKinds", f"none of the route kinds {kinds} is supported (HTTPRoute is)"))
@@ -160,6 +198,42 @@ def _resolve_refs(
     else:
         status.append(Condition("ResolvedRefs", True, "ResolvedRefs"))
     return not (li.protocol == "HTTPS" and not resolved)
+
+
+class _Frontend:
+    """One Gateway's spec.tls.frontend resolved per port, each port once (errors reported once)."""
+
+    def __init__(
+        self,
+        gw: Gateway,
+        stores: dict[tuple[str, str, str], dict[str, bytes]],
+        grants: tuple[ReferenceGrant, ...] | list[ReferenceGrant],
+        errors: list[ConfigError],
+    ) -> None:
+        self.gw, self.stores, self.grants, self.errors = gw, stores, grants, errors
+        self.ports: dict[int, tuple[ClientValidation | None, list[tuple[str, str]]]] = {}
+
+    def port(self, port: int) -> tuple[ClientValidation | None, list[tuple[str, str]]]:
+        found = self.ports.get(port)
+        if found is None:
+            found = self.ports[port] = self._resolve(port)
+        return found
+
+    def _resolve(self, port: int) -> tuple[ClientValidation | None, list[tuple[str, str]]]:
+        gw, frontend = self.gw, self.gw.frontend_tls
+        validation = frontend.for_port(port) if frontend is not None else None
+        if validation is None:
+            return None, []
+        ns = gw.meta.namespace
+
+        def permitted(ref: CARef) -> bool:
+            return granted(self.grants, ns, ref.namespace or ns, ref.kind, ref.name)
+
+        source = f"{gw.meta.label} {validation.field}"
+        client, problems = resolve_validation(validation, ns, self.stores, permitted, source)
+        at = f"{validation.field}.caCertificateRefs"
+        self.errors += [ConfigError(gw.meta.file, gw.meta.label, at, f"{m} ({r})") for r, m in problems]
+        return client, problems
 
 
 def _overlapping_tls(listeners: Iterable[Listener], by_name: dict[str, list[Condition]]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from gw.config import fields
 from gw.config import validate as v
+from gw.config.frontend_tls import parse_frontend
 from gw.config.parse_filters import parse_filters, parse_retry
 from gw.config.reader import Reader, string_map
 from gw.config.resources import (
@@ -58,13 +59,17 @@ def parse_gateway(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any, field: 
         if listener is not None:
             listeners.append(listener)
     client_ref = _backend_tls(r, spec.get("tls"), f"{field}.tls", meta.namespace)
-    if class_name is None:
-        return None
-    return Gateway(meta, class_name, tuple(listeners), client_ref)
+    frontend_before = r.count
+    frontend = None
+    if isinstance(spec.get("tls"), dict):
+        frontend = parse_frontend(r, spec["tls"].get("frontend"), f"{field}.tls.frontend")
+    if class_name is None or r.count != frontend_before:
+        return None  # a half-read frontend would verify clients otherwise than written (or not at all)
+    return Gateway(meta, class_name, tuple(listeners), client_ref, frontend)
 
 
 def _backend_tls(r: Reader, raw: Any, field: str, namespace: str) -> SecretRef | None:
-    """spec.tls.backend.clientCertificateRef (spec.tls.frontend is accepted, not served: gw check warns)."""
+    """spec.tls.backend.clientCertificateRef."""
     tls = r.map(raw, field, fields.GATEWAY_TLS)
     b_field = f"{field}.backend"
     backend = r.map(tls.get("backend"), b_field, fields.GATEWAY_BACKEND_TLS)
@@ -129,6 +134,14 @@ def _listener_tls(
         r.error(t_field, "must not be set for an HTTP listener")
         return None, ()
     tls = r.map(raw.get("tls"), t_field, fields.LISTENER_TLS)
+    if tls.get("frontendValidation") is not None:
+        # Refused, not ignored: a listener written to require client certificates must not serve
+        # without. GEP-91 (v1.6) moved the field to the Gateway.
+        r.error(
+            f"{t_field}.frontendValidation",
+            "is not part of the Gateway API at v1.6: client certificate validation is configured on the "
+            "Gateway, spec.tls.frontend (default, perPort)",
+        )
     mode = r.str(tls, "mode", t_field, default="Terminate", choices=("Terminate", "Passthrough"))
     if protocol == "HTTPS" and mode == "Passthrough":
         r.error(f"{t_field}.mode", "must be Terminate for an HTTPS listener (Passthrough is for TLS listeners)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gw.config.backend_policy import BackendTrafficPolicy
 from gw.config.backend_tls import BackendTLSPolicy
@@ -12,6 +13,9 @@ from gw.config.ratelimit import RateLimitPolicy
 from gw.config.security_policy import SecurityPolicy
 from gw.config.session import SessionPersistence
 from gw.routing.match import RouteMatch
+
+if TYPE_CHECKING:
+    from gw.config.frontend_tls import FrontendTLS
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 GW_GROUP = "gw.dev"
@@ -119,6 +123,8 @@ class Gateway:
     listeners: tuple[Listener, ...]
     # spec.tls.backend.clientCertificateRef: what it presents to backends reached over TLS
     client_certificate_ref: SecretRef | None = None
+    # spec.tls.frontend: client-certificate validation on its HTTPS listeners (gw.config.frontend_tls)
+    frontend_tls: FrontendTLS | None = None
 
 
 @dataclass(frozen=True, slots=True)

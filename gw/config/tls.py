@@ -13,7 +13,7 @@ import ssl
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gw.config.resources import (
     CORE_GROUP,
@@ -26,6 +26,9 @@ from gw.config.resources import (
     SecretRef,
 )
 from gw.routing.hostnames import hostname_matches, is_wildcard
+
+if TYPE_CHECKING:
+    from gw.config.frontend_tls import ClientValidation
 
 # Listener ResolvedRefs reasons (gateway_types.go).
 INVALID_CERTIFICATE_REF = "InvalidCertificateRef"
@@ -58,6 +61,8 @@ class TLSConfig:
     by_name: dict[str, Certificate]
     default: Certificate
     listeners: tuple[tuple[str | None, Certificate], ...] = ()
+    # The Gateway's spec.tls.frontend for this port: every certificate's context verifies clients so.
+    client: ClientValidation | None = None
 
     def select(self, server_name: str | None) -> Certificate:
         """The certificate for a ClientHello's SNI (lower case; None when the client sent none)."""
@@ -122,17 +127,7 @@ class CertificateResolver:
         return cached, "", ""
 
     def _granted(self, gateway: Gateway, ref: SecretRef) -> bool:
-        for grant in self._grants:
-            if grant.meta.namespace != ref.namespace:
-                continue
-            if not any(
-                f.group == GATEWAY_GROUP and f.kind == "Gateway" and f.namespace == gateway.meta.namespace
-                for f in grant.from_
-            ):
-                continue
-            if any(t.group == CORE_GROUP and t.kind == "Secret" and t.name in (None, ref.name) for t in grant.to):
-                return True
-        return False
+        return granted(self._grants, gateway.meta.namespace, ref.namespace, "Secret", ref.name)
 
     def _load(self, key: tuple[str, str]) -> Certificate | str:
         label = f"Secret {key[0]}/{key[1]}"
@@ -148,6 +143,21 @@ class CertificateResolver:
         if problem:
             return f"{label}: {problem}"
         return Certificate(label, cert, key_pem, certificate_hostnames(cert))
+
+
+def granted(grants: Sequence[ReferenceGrant], gateway_namespace: str, namespace: str, kind: str, name: str) -> bool:
+    """Whether a ReferenceGrant in `namespace` lets Gateways of `gateway_namespace` name the core
+    `kind` object `name` there."""
+    for grant in grants:
+        if grant.meta.namespace != namespace:
+            continue
+        if not any(
+            f.group == GATEWAY_GROUP and f.kind == "Gateway" and f.namespace == gateway_namespace for f in grant.from_
+        ):
+            continue
+        if any(t.group == CORE_GROUP and t.kind == kind and t.name in (None, name) for t in grant.to):
+            return True
+    return False
 
 
 def check_key_pair(cert_pem: bytes, key_pem: bytes) -> str | None:
@@ -252,22 +262,43 @@ def _listener_rank(hostname: str | None) -> tuple[int, int]:
     return (1, -len(hostname)) if is_wildcard(hostname) else (0, 0)
 
 
+def client_verify_mode(client: ClientValidation | None) -> ssl.VerifyMode:
+    """CERT_REQUIRED for AllowValidOnly and for a port with no valid CA (fail closed), CERT_OPTIONAL
+    for AllowInsecureFallback, CERT_NONE without validation."""
+    if client is None:
+        return ssl.CERT_NONE
+    return ssl.CERT_REQUIRED if client.required else ssl.CERT_OPTIONAL
+
+
+def verify_clients(ctx: ssl.SSLContext, client: ClientValidation) -> None:
+    """Make `ctx` verify client certificates as `client` says. OpenSSL takes the trust store from the
+    context the SNI callback switches to, but whether a certificate is requested at all from the
+    context the handshake began with: the listener's (gw.proxy.dataplane) must follow it."""
+    ctx.verify_mode = client_verify_mode(client)
+    if client.refusal is None:  # else no trust anchor at all: every certificate fails
+        ctx.load_verify_locations(cadata=client.ca_certificates.decode("ascii"))
+
+
 def build_ssl_context(port_config: Any) -> ssl.SSLContext:
     """The server SSLContext for an HTTPS PortConfig: TLS 1.2+, modern ciphers, ALPN http/1.1.
 
     The returned context serves the default certificate; its SNI callback switches each
     connection to the context of the certificate `port_config.tls.select()` picks. One context
-    per certificate is built here, once per snapshot.
+    per certificate is built here, once per snapshot, each verifying clients as the port's
+    spec.tls.frontend says.
     """
     tls: TLSConfig | None = port_config.tls
     if tls is None:
         raise ValueError(f"port {port_config.declared_port} has no TLS configuration")
     contexts: dict[int, ssl.SSLContext] = {}
+    client = tls.client
 
     def context(cert: Certificate) -> ssl.SSLContext:
         ctx = contexts.get(id(cert))
         if ctx is None:
             ctx = contexts[id(cert)] = _context_for(cert.cert_pem, cert.key_pem)
+            if client is not None:
+                verify_clients(ctx, client)
         return ctx
 
     for cert in (tls.default, *tls.by_name.values()):

@@ -22,9 +22,7 @@ _IGNORED_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
         ("addresses", "listeners bind GW_LISTENER_ADDRESS"),
         ("infrastructure", "gw creates no infrastructure"),
         ("backendTLS", "the experimental name: gw reads tls.backend"),
-        ("tls.frontend", "client certificates are not requested"),
         ("allowedListeners", "ListenerSets are not served"),
-        ("listeners[].tls.frontendValidation", "client certificates are not requested"),
         ("listeners[].tls.options", "TLS options are not applied"),
     ),
 }

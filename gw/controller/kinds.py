@@ -81,7 +81,7 @@ RATE_LIMIT_POLICY = Kind("RateLimitPolicy", GW_API, "ratelimitpolicies")
 BACKEND_TRAFFIC_POLICY = Kind("BackendTrafficPolicy", GW_API, "backendtrafficpolicies")
 BACKEND_TLS_POLICY = Kind("BackendTLSPolicy", GATEWAY_API, "backendtlspolicies")
 SECURITY_POLICY = Kind("SecurityPolicy", GW_API, "securitypolicies")
-CONFIG_MAP = Kind("ConfigMap", "v1", "configmaps")  # BackendTLSPolicy CA bundles
+CONFIG_MAP = Kind("ConfigMap", "v1", "configmaps")  # CA bundles: BackendTLSPolicy, Gateway spec.tls.frontend
 LEASE = Kind("Lease", "coordination.k8s.io/v1", "leases")
 
 # Everything the config is rendered from. GRPCRoute and the other route kinds join when gw.config

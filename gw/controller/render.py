@@ -2,8 +2,9 @@
 
 Only GatewayClasses with gw's controllerName and what hangs off them: their Gateways, the
 HTTPRoutes attached to those, the Services, EndpointSlices and Backends the routes and policies
-name, the TLS Secrets the listeners name, gw's own policy kinds, BackendTLSPolicies and the
-ConfigMaps (or Secrets) their caCertificateRefs name, the Secrets (API keys, htpasswd) of the
+name, the TLS Secrets the listeners name, the CA ConfigMaps (or Secrets) of the Gateways'
+spec.tls.frontend, gw's own policy kinds, BackendTLSPolicies and the ConfigMaps (or Secrets) their
+caCertificateRefs name, the Secrets (API keys, htpasswd) of the
 SecurityPolicies that target gw's Gateways and routes, ReferenceGrants, and Namespaces when a
 listener selects namespaces by label. A Secret no selected object names is never rendered: the
 cache holds every TLS and Opaque Secret of the cluster (gw.controller.kinds), Redis only these.
@@ -103,6 +104,8 @@ def selection(cache: Cache, controller_name: str) -> dict[str, list[Key]]:
         client = ((spec.get("tls") or {}).get("backend") or {}).get("clientCertificateRef")
         if isinstance(client, dict) and client.get("kind", "Secret") == "Secret" and not client.get("group"):
             secrets.add((str(client.get("namespace") or key[0]), str(client.get("name"))))  # mTLS to backends
+        for kind, namespace, name in _frontend_ca_refs(spec, key[0]):  # clients' CAs (spec.tls.frontend)
+            (config_maps if kind == "ConfigMap" else secrets).add((namespace, name))
         for listener in spec.get("listeners") or ():
             if not isinstance(listener, dict):
                 continue
@@ -186,6 +189,21 @@ def _ca_refs(policy: Object) -> Iterator[tuple[str, str]]:
         kind, name = (ref.get("kind"), ref.get("name")) if isinstance(ref, dict) else (None, None)
         if kind in ("ConfigMap", "Secret") and not ref.get("group") and isinstance(name, str):
             yield kind, name
+
+
+def _frontend_ca_refs(spec: Object, namespace: str) -> Iterator[tuple[str, str, str]]:
+    """(kind, namespace, name) of the caCertificateRefs of a Gateway's spec.tls.frontend (default, perPort)."""
+    frontend = (spec.get("tls") or {}).get("frontend") or {}
+    if not isinstance(frontend, dict):
+        return
+    configs = [frontend.get("default")]
+    configs += [p.get("tls") for p in frontend.get("perPort") or () if isinstance(p, dict)]
+    for config in configs:
+        validation = (config.get("validation") if isinstance(config, dict) else None) or {}
+        for ref in validation.get("caCertificateRefs") or () if isinstance(validation, dict) else ():
+            kind, name = (ref.get("kind"), ref.get("name")) if isinstance(ref, dict) else (None, None)
+            if kind in ("ConfigMap", "Secret") and not ref.get("group") and isinstance(name, str):
+                yield kind, str(ref.get("namespace") or namespace), name
 
 
 def _targets(policy: Object) -> Iterator[tuple[str, str, str]]:

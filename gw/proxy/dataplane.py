@@ -14,6 +14,7 @@ from gw.auth.jwks import KeySets
 from gw.config import build_ssl_context
 from gw.config.backend_tls import UpstreamTLS, client_context
 from gw.config.model import Backend, CompiledConfig, Endpoint, PortConfig
+from gw.config.tls import client_verify_mode
 from gw.observe.accesslog import AccessLog
 from gw.observe.metrics import Registry
 from gw.policies.backend_sync import BackendStates
@@ -21,6 +22,7 @@ from gw.policies.ratelimit import Limiters
 from gw.policies.registry import PHASES, Build, build_chain
 from gw.policies.session_table import SessionCounts, SessionTable
 from gw.proxy.auth_call import AuthCall, Done
+from gw.proxy.client_tls import ClientRejections
 from gw.proxy.upstream import EndpointPool
 from gw.proxy.upstream_tls import TLSEndpointPool
 from gw.settings import Settings
@@ -34,6 +36,7 @@ SWEEP_INTERVAL = 0.25  # seconds between deadline checks; timeouts fire within t
 # A header-type session without absoluteTimeout: its table entry lasts this long after its last
 # settlement (GEP-1619 v1.6 has no idle timeout; the endpoint's life bounds it in practice).
 DEFAULT_SESSION_TIMEOUT = 24 * 3600.0
+DEFAULT_TICKETS = 2  # TLS 1.3 session tickets per handshake (OpenSSL's default)
 IO_TURN = 0.001  # a timer this short fires after the next poll for I/O, in libuv as in asyncio
 
 
@@ -69,6 +72,13 @@ class DataPlane:
         self.draining = False
         self.header_matching = True
         self.tls_contexts: dict[int, ssl.SSLContext] = {}
+        # The contexts listening sockets are served with (listener_context), by bind port: whether
+        # a handshake asks for a client certificate is theirs to say, so each install updates them.
+        self.listener_contexts: dict[int, list[ssl.SSLContext]] = {}
+        # Bind ports that verify client certificates (spec.tls.frontend), and those where one is required.
+        self.client_ports: frozenset[int] = frozenset()
+        self.clients_verified: frozenset[int] = frozenset()
+        self.client_rejections = ClientRejections()
         # SNI of each TLS connection between its handshake and connection_made (by SSLObject id):
         # a server-side SSLObject does not keep the name the client asked for.
         self.server_names: dict[int, str | None] = {}
@@ -126,6 +136,11 @@ class DataPlane:
         # so a reload switches certificates without touching listeners or open connections.
         self.tls_contexts = {p.bind_port: build_ssl_context(p) for p in config.ports if p.tls is not None}
         self.ports = {p.bind_port: p for p in config.ports}
+        self.client_ports = frozenset(p.bind_port for p in config.ports if p.tls is not None and p.tls.client)
+        self.clients_verified = frozenset(p for p in self.client_ports if self.ports[p].tls.client.required)
+        for bind_port, contexts in self.listener_contexts.items():
+            for ctx in contexts:
+                self._ask_clients(ctx, bind_port)
         # Only when some rule matches on headers does the fast path split a head into fields.
         self.header_matching = any(getattr(p.table, "uses_headers", True) for p in config.ports)
         self.config = config
@@ -190,7 +205,23 @@ class DataPlane:
             return pick(conn, server_name, current) if pick is not None else None
 
         ctx.sni_callback = select_certificate  # type: ignore[assignment]
+        ctx.sslobject_class = self.client_rejections.handshake_class(self, bind_port)
+        self._ask_clients(ctx, bind_port)
+        self.listener_contexts.setdefault(bind_port, []).append(ctx)
         return ctx
+
+    def _ask_clients(self, ctx: ssl.SSLContext, bind_port: int) -> None:
+        """The listener context asks for a client certificate as the current snapshot says."""
+        port = self.ports.get(bind_port)
+        client = port.tls.client if port is not None and port.tls is not None else None
+        ctx.verify_mode = client_verify_mode(client)
+        # Without resumption, each connection's certificate is verified against the CAs of its
+        # handshake's snapshot: a session resumed across a reload would skip that.
+        ctx.num_tickets = 0 if client is not None else DEFAULT_TICKETS
+        if client is not None:
+            ctx.options |= ssl.OP_NO_TICKET
+        else:
+            ctx.options &= ~ssl.OP_NO_TICKET
 
     def _bind_pools(self, backend: Backend) -> None:
         tls = backend.tls

@@ -25,6 +25,7 @@ from gw.errors import ProxyError, problem_response
 from gw.observe.accesslog import LINE, NULL_CONSUMER, NULL_UPSTREAM, members
 from gw.policies.phase import WAIT as WAIT_FOR_PHASE
 from gw.policies.phase import Chain
+from gw.proxy.client_tls import forwarded_client_cert
 from gw.proxy.exchange import Exchange
 from gw.proxy.mirror import MirrorRequest, start_mirrors
 from gw.proxy.request import (
@@ -155,6 +156,7 @@ class ClientConnection(asyncio.Protocol):
         self.recall = RECALL  # looks in HEADS left: one less per head not there, one more per head found
         self.resp_memo: tuple[tuple[object, ...], ResponseHead] | None = None
         self.client = ""
+        self.client_cert = b""  # the X-Forwarded-Client-Cert line of a verified client certificate
         self.writing_paused = False
         self.chunk_lines = 0  # chunk-size lines parsed on this connection (on_chunk_header)
         self.framed: Exchange | None = None  # the chunked request whose framing excess is counted
@@ -169,10 +171,19 @@ class ClientConnection(asyncio.Protocol):
         self.client_host = self.client.encode()
         self.hop = forwarded_for(self.client_host, self.scheme)
         ssl_object = transport.get_extra_info("ssl_object")
+        plane = self.plane
         if ssl_object is not None:
             self.tls = True
-            self.server_name = self.plane.server_names.pop(id(ssl_object), None)
-        plane = self.plane
+            self.server_name = plane.server_names.pop(id(ssl_object), None)
+            if self.bind_port in plane.client_ports:
+                self.client_cert = forwarded_client_cert(ssl_object)
+                if not self.client_cert and self.bind_port in plane.clients_verified:
+                    # A session resumed from before validation began carries no certificate:
+                    # refused as its handshake would be now.
+                    plane.client_rejections.verdict(plane, self.bind_port, "no client certificate (resumed session)")
+                    self.closed = True
+                    transport.abort()
+                    return
         plane.connections.add(self)
         self.idle_since = now = monotonic()
         self.deadline = now + self.settings.header_timeout
@@ -414,6 +425,8 @@ class ClientConnection(asyncio.Protocol):
             self.plane.next_request_id(),
             self.hop,
         )
+        if self.client_cert:
+            req.head.append(self.client_cert)
         if not req.upgrade and parser.should_upgrade() and req.has_body:
             self.skipped_body = req  # routed once its body can be read (_client_upgrade)
             return
@@ -514,6 +527,8 @@ class ClientConnection(asyncio.Protocol):
             req.host_header = head.host_header
             req.host = head.host
             req.head = [head.forward, request_id, CRLF]
+            if self.client_cert:
+                req.head.append(self.client_cert)
             if self.plane.header_matching:
                 req.headers = split_fields(block)
         else:
@@ -522,6 +537,8 @@ class ClientConnection(asyncio.Protocol):
                 req, method, version, keep_alive, upgrade, self.client_host,
                 self.scheme, self.port_bytes, request_id, self.hop,
             )
+            if self.client_cert:
+                req.head.append(self.client_cert)
             if not req.upgrade and upgrade and req.has_body:
                 self.skipped_body = req  # routed once its body can be read (_client_upgrade)
                 return

@@ -39,6 +39,7 @@ _SPECIAL = HOP_BY_HOP | {
     b"x-forwarded-proto",
     b"x-forwarded-host",
     b"x-forwarded-port",
+    b"x-forwarded-client-cert",
     b"x-request-id",
     b"forwarded",
     b"x-real-ip",
@@ -154,7 +155,8 @@ def prepare(
         elif lname == b"x-request-id":
             request_id = value
         # other hop-by-hop fields, X-Real-IP and X-Forwarded-Proto/Host/Port from the client are
-        # dropped: the gateway sets them itself below.
+        # dropped: the gateway sets them itself below. So is X-Forwarded-Client-Cert: only gw says
+        # which certificate a client presented (the fast path sends every X-Forwarded-* here).
 
     if connection_tokens is not None:
         if b"close" in connection_tokens:
