@@ -13,6 +13,7 @@ from typing import Any
 from gw.config import fields as f
 from gw.config import validate as v
 from gw.config.parse_jwt import parse_jwt
+from gw.config.parse_oidc import parse_oidc
 from gw.config.parse_targets import refuse_namespace
 from gw.config.ratelimit import TargetRef
 from gw.config.reader import Reader
@@ -38,7 +39,6 @@ TARGET_KINDS = ("Gateway", "HTTPRoute")
 OTHER_TARGET_KINDS = ("GRPCRoute", "TCPRoute", "ListenerSet")  # Envoy Gateway's, not served by gw
 # Spec sections gw reads past: a policy setting one makes the rules it wins answer 500.
 UNSERVED = {
-    "oidc": "OpenID Connect",
     "extAuth": "external authorization",
     "cors": "CORS in a SecurityPolicy (an HTTPRoute CORS filter is served)",
     "csrf": "CSRF protection",
@@ -72,14 +72,15 @@ def parse_security_policy(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any,
     # The providers a jwt principal may name (None: the jwt section is wrong, its errors say so).
     providers = {p.name for p in jwt.providers} if jwt is not None else None if spec.get("jwt") is not None else set()
     authorization = _authorization(r, spec.get("authorization"), f"{field}.authorization", unserved, providers)
-    mechanisms = (api_key, basic, jwt, authorization)
+    oidc = parse_oidc(r, spec["oidc"], f"{field}.oidc", unserved) if spec.get("oidc") is not None else None
+    mechanisms = (api_key, basic, jwt, authorization, oidc)
     if not unserved and all(m is None for m in mechanisms) and len(r.errors) == start:
-        r.error(field, "sets no mechanism (apiKeyAuth, basicAuth, jwt, authorization)")
+        r.error(field, "sets no mechanism (apiKeyAuth, basicAuth, jwt, oidc, authorization)")
     invalid = None
     if len(r.errors) != start:
         first = r.errors[start]
         invalid = f"{meta.label} is invalid: {first.field}: {first.message}"
-    return SecurityPolicy(meta, targets, api_key, basic, authorization, jwt, tuple(unserved), invalid)
+    return SecurityPolicy(meta, targets, api_key, basic, authorization, jwt, tuple(unserved), invalid, oidc)
 
 
 def _targets(r: Reader, spec: dict[str, Any], field: str) -> tuple[TargetRef, ...]:

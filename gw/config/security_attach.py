@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from gw.config import model
 from gw.config.errors import Condition, ConfigError
+from gw.config.oidc import CLIENT_SECRET_KEY
 from gw.config.policy_attach import ACCEPTED, TARGET_NOT_FOUND, CompiledRoute
 from gw.config.resources import Secret
 from gw.config.security_policy import HTPASSWD_KEY, Security, SecurityPolicy
@@ -192,6 +193,16 @@ def _compile(
         else:
             for where, message in read_htpasswd(secret.data[HTPASSWD_KEY], security.users):
                 error(ref.field, f"Secret {ns}/{ref.name} {HTPASSWD_KEY} {where}: {message}")
+    oidc = policy.oidc
+    if oidc is not None:
+        security.oidc = oidc
+        secret = secrets.get((ns, oidc.client_secret))
+        if secret is None:
+            error("spec.oidc.clientSecret", f"Secret {ns}/{oidc.client_secret} not found")
+        elif not secret.data.get(CLIENT_SECRET_KEY):
+            error("spec.oidc.clientSecret", f"Secret {ns}/{oidc.client_secret} has no {CLIENT_SECRET_KEY} key")
+        else:
+            security.oidc_client_secret = secret.data[CLIENT_SECRET_KEY]
     if problems:
         return None, f"{policy.meta.label} is invalid: {problems[0]}"
     return security, None
