@@ -139,10 +139,11 @@ class OIDCAuth(Phase):
         if sid is None:
             return self._login(ex)
         hit = self.cache.get(sid)
+        fresh = None  # the session as this worker cached it, within CACHE_TTL (its access token expired)
         if hit is not None and hit[1] > ex.started:
-            session = hit[0]
-            if session.access_expires > time.time():
-                return self._apply(ex, session)
+            fresh = hit[0]
+            if fresh.access_expires > time.time():
+                return self._apply(ex, fresh)
         waiting = self.waiting.get(sid)
         if waiting is not None:
             waiting.append(ex)
@@ -151,7 +152,7 @@ class OIDCAuth(Phase):
             ex.fail(SessionStoreUnavailable("no session store (Redis) is configured"))
             return ANSWERED
         self.waiting[sid] = [ex]
-        self._spawn(self._load(sid, hit[0] if hit is not None else None))
+        self._spawn(self._load(sid, fresh))
         return WAIT
 
     def _apply(self, ex: Exchange, session: Session) -> int:
@@ -180,8 +181,8 @@ class OIDCAuth(Phase):
     # -- a session: read, refreshed ---------------------------------------------------------
 
     async def _load(self, sid: str, cached: Session | None) -> None:
-        """The session from Redis (or `cached`, still in memory but its access token expired), refreshed
-        if its access token expired; then every exchange waiting on it goes on."""
+        """The session from Redis (or `cached`, within CACHE_TTL but its access token expired),
+        refreshed if its access token expired; then every exchange waiting on it goes on."""
         try:
             session = cached
             if session is None or session.access_expires <= time.time():
