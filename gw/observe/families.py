@@ -139,6 +139,12 @@ FAMILIES: dict[str, Family] = {
         "alg_not_allowed, unknown_kid, bad_signature, expired, not_yet_valid, wrong_issuer, wrong_audience.",
         "policy",
     ),
+    "gw_auth_oidc_events_total": Family(
+        COUNTER,
+        "OpenID Connect sessions of a SecurityPolicy oidc, by policy and event: login, login_refused (401 at the "
+        "callback), refreshed (an access token renewed), logout.",
+        "policy",
+    ),
     # -- rate limits and Redis ---------------------------------------------------------------
     "gw_ratelimit_decisions_total": Family(COUNTER, "Rate-limit decisions, by policy and outcome.", "policy"),
     "gw_redis_calls_total": Family(

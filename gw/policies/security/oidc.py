@@ -489,7 +489,7 @@ class OIDCAuth(Phase):
 
     def _count(self, event: str) -> None:
         counters = self.decisions.counters
-        key = ("gw_auth_oidc_events_total", (("event", event), ("policy", self.policy)))
+        key = ("gw_auth_oidc_events_total", (("policy", self.policy), ("event", event)))
         counters[key] = counters.get(key, 0) + 1
 
 
