@@ -35,14 +35,14 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
 from gw.auth.oidc import ProviderError
-from gw.errors import ProxyError, Unauthorized
+from gw.errors import InternalError, ProxyError, Unauthorized
 from gw.policies.phase import ANSWERED, CONTINUE, WAIT, Exchange, Phase
 from gw.policies.security import oidc_cookies as oc
 from gw.policies.security.identity import Decisions, Identity
@@ -152,7 +152,7 @@ class OIDCAuth(Phase):
             ex.fail(SessionStoreUnavailable("no session store (Redis) is configured"))
             return ANSWERED
         self.waiting[sid] = [ex]
-        self._spawn(self._load(sid, fresh))
+        self._spawn(self._load(sid, fresh), lambda error: self._settle(sid, None, error))
         return WAIT
 
     def _apply(self, ex: Exchange, session: Session) -> int:
@@ -272,7 +272,7 @@ class OIDCAuth(Phase):
             return ANSWERED
         endpoints = self.provider.endpoints
         if endpoints is None:
-            self._spawn(self._discover_then_login(ex, expired))
+            self._spawn(self._discover_then_login(ex, expired), ex.fail)
             return WAIT
         self._redirect_to_login(ex, endpoints.authorization, expired)
         return ANSWERED
@@ -288,8 +288,8 @@ class OIDCAuth(Phase):
     def _redirect_to_login(self, ex: Exchange, authorization: str, expired: bool) -> None:
         config = self.config
         target = ex.url.decode("latin-1")
-        if not target.startswith("/") or target.startswith("//"):
-            target = "/"  # only a path of this site: the login never redirects elsewhere
+        if not target.startswith("/") or target[1:2] in ("/", "\\"):
+            target = "/"  # a path of this site only (browsers read `/\host` as `//host`): never elsewhere
         verifier = secrets.token_urlsafe(48)
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
         nonce, token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
@@ -356,7 +356,7 @@ class OIDCAuth(Phase):
         if self.shared is None:
             ex.fail(SessionStoreUnavailable("no session store (Redis) is configured"))
             return ANSWERED
-        self._spawn(self._finish_login(ex, code, state, login))
+        self._spawn(self._finish_login(ex, code, state, login), ex.fail)
         return WAIT
 
     async def _finish_login(self, ex: Exchange, code: str, state: dict[str, Any], login: dict[str, Any]) -> None:
@@ -436,10 +436,10 @@ class OIDCAuth(Phase):
     def _logout(self, ex: Exchange) -> int:
         sid = self._session_id(ex)
         if sid is None or self.shared is None:
-            self._spawn(self._logged_out(ex, None))
+            self._spawn(self._logged_out(ex, None), ex.fail)
             return WAIT
         self.cache.pop(sid, None)
-        self._spawn(self._end(ex, sid))
+        self._spawn(self._end(ex, sid), ex.fail)
         return WAIT
 
     async def _end(self, ex: Exchange, sid: str) -> None:
@@ -477,15 +477,21 @@ class OIDCAuth(Phase):
 
     # -- upstream -----------------------------------------------------------------------------
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], fail: Callable[[ProxyError], None]) -> None:
+        """Run `work` for exchanges that WAIT on it; a bug in it fails them (500), never leaves them waiting."""
         task = self.loop.create_task(work)
         self.tasks.add(task)
-        task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            LOG.error("%s: OIDC step failed: %r", self.policy, task.exception())
+        def done(task: asyncio.Task[None]) -> None:
+            self.tasks.discard(task)
+            if task.cancelled() or task.exception() is None:
+                return
+            # The exception's type and message only: a traceback's locals could hold a token.
+            exc = task.exception()
+            LOG.error("%s: OIDC step failed: %s: %s", self.policy, type(exc).__name__, exc)
+            fail(InternalError("the login step failed"))
+
+        task.add_done_callback(done)
 
     def _count(self, event: str) -> None:
         counters = self.decisions.counters
