@@ -25,7 +25,10 @@ import orjson
 from gw.auth.jwks import RemoteKeySet
 from gw.auth.jwt import Pending, Refused, Verified, Verifier
 from gw.auth.provider import Provider, RemoteJWKS
-from gw.config.oidc import OIDCProvider
+
+# The provider as configured (gw.config.oidc.OIDCProvider: issuer and the endpoints given), typed
+# loosely here: gw.auth sits below gw.config.
+OIDCProvider = Any
 
 LOG = logging.getLogger("gw.auth")
 TIMEOUT = 5.0  # seconds for one call to the provider
