@@ -311,7 +311,10 @@ class OIDCAuth(Phase):
         location = authorization + ("&" if "?" in authorization else "?") + urlencode(params)
         fields = [
             (b"Location", location.encode()),
-            (b"Set-Cookie", self._cookie(ex, self.login_cookie, login, int(config.csrf_token_ttl))),
+            # Lax at most: the provider's redirect back is a cross-site navigation, which a Strict
+            # cookie would not follow, and the login could never finish.
+            (b"Set-Cookie", self._cookie(ex, self.login_cookie, login, int(config.csrf_token_ttl),
+                                         "Lax" if config.same_site == "Strict" else "")),
             (b"Cache-Control", b"no-store"),
         ]
         if expired:
@@ -325,11 +328,11 @@ class OIDCAuth(Phase):
             url = url.replace("%REQ(:authority)%", ex.host_header.decode("latin-1"))
         return url
 
-    def _cookie(self, ex: Exchange, name: str, value: bytes, max_age: int | None) -> bytes:
+    def _cookie(self, ex: Exchange, name: str, value: bytes, max_age: int | None, same_site: str = "") -> bytes:
         config = self.config
         secure = ex.scheme == b"https"
-        return oc.set_cookie(name, value, secure=secure, same_site=config.same_site, domain=config.cookie_domain,
-                             max_age=max_age)  # fmt: skip
+        return oc.set_cookie(name, value, secure=secure, same_site=same_site or config.same_site,
+                             domain=config.cookie_domain, max_age=max_age)  # fmt: skip
 
     # -- the callback -------------------------------------------------------------------------
 
