@@ -15,6 +15,7 @@ from gw.config import validate as v
 from gw.config.parse_ext_auth import parse_ext_auth
 from gw.config.parse_gateway import _backend_ref
 from gw.config.parse_jwt import parse_jwt
+from gw.config.parse_oidc import parse_oidc
 from gw.config.parse_targets import refuse_namespace
 from gw.config.ratelimit import TargetRef
 from gw.config.reader import Reader
@@ -40,7 +41,6 @@ TARGET_KINDS = ("Gateway", "HTTPRoute")
 OTHER_TARGET_KINDS = ("GRPCRoute", "TCPRoute", "ListenerSet")  # Envoy Gateway's, not served by gw
 # Spec sections gw reads past: a policy setting one makes the rules it wins answer 500.
 UNSERVED = {
-    "oidc": "OpenID Connect",
     "cors": "CORS in a SecurityPolicy (an HTTPRoute CORS filter is served)",
     "csrf": "CSRF protection",
 }
@@ -84,14 +84,15 @@ def parse_security_policy(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any,
             if ref.namespace != meta.namespace:
                 r.error(f"{field}.extAuth.http", f"{ref.label}: a backend in another namespace (ReferenceGrant) "
                         "is not served by gw yet")  # fmt: skip
-    mechanisms = (api_key, basic, jwt, authorization, ext_auth)
+    oidc = parse_oidc(r, spec["oidc"], f"{field}.oidc", unserved) if spec.get("oidc") is not None else None
+    mechanisms = (api_key, basic, jwt, authorization, ext_auth, oidc)
     if not unserved and all(m is None for m in mechanisms) and len(r.errors) == start:
-        r.error(field, "sets no mechanism (apiKeyAuth, basicAuth, jwt, extAuth, authorization)")
+        r.error(field, "sets no mechanism (apiKeyAuth, basicAuth, jwt, extAuth, oidc, authorization)")
     invalid = None
     if len(r.errors) != start:
         first = r.errors[start]
         invalid = f"{meta.label} is invalid: {first.field}: {first.message}"
-    return SecurityPolicy(meta, targets, api_key, basic, authorization, jwt, ext_auth, tuple(unserved), invalid)
+    return SecurityPolicy(meta, targets, api_key, basic, authorization, jwt, ext_auth, tuple(unserved), invalid, oidc)
 
 
 def _targets(r: Reader, spec: dict[str, Any], field: str) -> tuple[TargetRef, ...]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from gw.config import model
 from gw.config.backends import BackendResolver, Unresolved
 from gw.config.errors import Condition, ConfigError
+from gw.config.oidc import CLIENT_SECRET_KEY
 from gw.config.policy_attach import ACCEPTED, TARGET_NOT_FOUND, CompiledRoute
 from gw.config.resources import Secret
 from gw.config.security_policy import HTPASSWD_KEY, Security, SecurityPolicy
@@ -205,6 +206,16 @@ def _compile(
         else:
             # Without ready endpoints it is kept, as a rule's backend: calls fail (closed, or failOpen).
             security.ext_auth = replace(ext, backend=backend)
+    oidc = policy.oidc
+    if oidc is not None:
+        security.oidc = oidc
+        secret = secrets.get((ns, oidc.client_secret))
+        if secret is None:
+            error("spec.oidc.clientSecret", f"Secret {ns}/{oidc.client_secret} not found")
+        elif not secret.data.get(CLIENT_SECRET_KEY):
+            error("spec.oidc.clientSecret", f"Secret {ns}/{oidc.client_secret} has no {CLIENT_SECRET_KEY} key")
+        else:
+            security.oidc_client_secret = secret.data[CLIENT_SECRET_KEY]
     if problems:
         return None, f"{policy.meta.label} is invalid: {problems[0]}"
     return security, None

@@ -45,11 +45,12 @@ Envoy Gateway's SecurityPolicy field names, so its users feel at home:
           principal: {jwt: {provider: idp, scopes: [read], claims: [{name: org.team, values: [blue]}]}}
 
 The most specific policy wins whole, as in Envoy Gateway (no merging of sections): a rule's own
-(sectionName) over its route's over its Gateway's. Mechanisms gw does not serve yet (oidc,
-cors, csrf; extAuth's grpc, bodyToExtAuth, recomputeRoute, pathOverride, contextExtensions,
-includeRouteMetadata; in authorization clientIPGeoLocations, operation.path, cel)
-are read enough to be named: a policy asking for one makes the rules it wins answer 500 saying
-which, never lets them through unauthenticated.
+(sectionName) over its route's over its Gateway's. `oidc` (gw.config.oidc) logs browsers in with
+an OpenID provider; `extAuth` asks an external service (gw.config.ext_auth). Mechanisms gw does
+not serve yet (cors, csrf; extAuth's grpc, bodyToExtAuth, recomputeRoute, pathOverride,
+contextExtensions, includeRouteMetadata; in authorization clientIPGeoLocations, operation.path,
+cel) are read enough to be named: a policy asking for one makes the rules it wins answer 500
+saying which, never lets them through unauthenticated.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gw.auth.provider import JWT
+    from gw.config.oidc import OIDC
     from gw.config.ratelimit import TargetRef
     from gw.config.resources import BackendRefSpec, Meta
 
@@ -178,6 +180,7 @@ class SecurityPolicy:
     # The first problem of a policy written wrong: it is refused (`gw check`), and the rules it
     # targets answer 500 rather than go unauthenticated.
     invalid: str | None = None
+    oidc: OIDC | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -196,3 +199,5 @@ class Security:
     jwt: JWT | None = None
     ext_auth: ExtAuth | None = None  # its backend resolved
     realm: str = ""  # WWW-Authenticate's realm for basicAuth and jwt
+    oidc: OIDC | None = None
+    oidc_client_secret: bytes = field(default=b"", repr=False)  # the Secret's client-secret

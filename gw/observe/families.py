@@ -40,10 +40,12 @@ PROXY_ERROR_KINDS = (
     "internal-error",
     "not-implemented",
     "no-healthy-endpoint",
+    "oidc-provider-unavailable",
     "overloaded",
     "phase-timeout",
     "rate-limit-unavailable",
     "route-misconfigured",
+    "session-store-unavailable",
     "upstream-connect-failed",
     "upstream-protocol-error",
     "upstream-timeout",
@@ -139,6 +141,12 @@ FAMILIES: dict[str, Family] = {
         COUNTER,
         "Requests a SecurityPolicy jwt did not authenticate, by policy and reason: missing (no token), malformed, "
         "alg_not_allowed, unknown_kid, bad_signature, expired, not_yet_valid, wrong_issuer, wrong_audience.",
+        "policy",
+    ),
+    "gw_auth_oidc_events_total": Family(
+        COUNTER,
+        "OpenID Connect sessions of a SecurityPolicy oidc, by policy and event: login, login_refused (401 at the "
+        "callback), refreshed (an access token renewed), logout.",
         "policy",
     ),
     # -- rate limits and Redis ---------------------------------------------------------------

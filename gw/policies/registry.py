@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from gw.policies import cors, header_modifier, mirror, redirect, session, url_rewrite
 from gw.policies.phase import Chain, Phase
 from gw.policies.ratelimit import phase as rate_limit
-from gw.policies.security import api_key, authorization, basic, ext_auth, jwt
+from gw.policies.security import api_key, authorization, basic, ext_auth, jwt, oidc
 
 
 class Services(Protocol):
@@ -29,6 +29,8 @@ class Services(Protocol):
     limiters: Any  # gw.policies.ratelimit.Limiters, installed for the snapshot being built
     settings: Any  # gw.settings.Settings (GW_SESSION_KEYS)
     key_sets: Any  # gw.auth.jwks.KeySets: JWT providers' keys, fetched once per worker, not per snapshot
+    oidc_providers: Any  # gw.auth.oidc.ProviderClients: OpenID providers' endpoints and keys, per worker
+    shared: Any  # gw.state.SharedState: Redis, its guard and key schema (None without Redis)
 
     def auth_call(self, backend: Any, head: bytes, head_only: bool, exchange: Any, timeout: float, done: Any) -> None:
         """Send a bodiless request `head` to `backend` (an external authorization service, a
@@ -55,6 +57,7 @@ PHASES: tuple[tuple[str, Build], ...] = (
     ("basic-auth", basic.build),
     ("api-key-auth", api_key.build),
     ("jwt", jwt.build),
+    ("oidc", oidc.build),
     ("authorization", authorization.build),
     ("rate-limit", rate_limit.build),
     ("session", session.build),  # after the limit: a refused request settles no session

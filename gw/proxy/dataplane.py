@@ -11,6 +11,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from gw.auth.jwks import KeySets
+from gw.auth.oidc import ProviderClients
 from gw.config import build_ssl_context
 from gw.config.backend_tls import UpstreamTLS, client_context
 from gw.config.model import Backend, CompiledConfig, Endpoint, PortConfig
@@ -92,6 +93,8 @@ class DataPlane:
         self.session_tables: dict[tuple[str, str], SessionTable] = {}
         # JWT providers' key sets: a reload neither refetches a JWKS nor forgets a rotated key.
         self.key_sets = KeySets()
+        # OpenID providers' discovered endpoints and keys, kept across reloads as the key sets are.
+        self.oidc_providers = ProviderClients()
         self._closing: set[asyncio.Task[None]] = set()  # key sets a reload dropped, being closed
         # Backends with a BackendTrafficPolicy: circuit, endpoint health, shared with the fleet.
         # (Per-replica thresholds are shared by the replica's workers: GW_WORKERS, or one per CPU.)
@@ -132,6 +135,9 @@ class DataPlane:
         providers = [p for jwt in jwts for p in jwt.providers]
         for dropped in self.key_sets.release(providers):  # after the chains took what they use
             self._close_soon(dropped.close())
+        oidc = {rule.security.oidc.provider for rule in config.rules if rule.security and rule.security.oidc}
+        for gone in self.oidc_providers.release(oidc):
+            self._close_soon(gone.close())
         # HTTPS ports: the snapshot's certificates, picked per handshake by `select_certificate`,
         # so a reload switches certificates without touching listeners or open connections.
         self.tls_contexts = {p.bind_port: build_ssl_context(p) for p in config.ports if p.tls is not None}
@@ -314,6 +320,8 @@ class DataPlane:
         self.backend_states.stop()
         for dropped in self.key_sets.release(()):
             self._close_soon(dropped.close())
+        for gone in self.oidc_providers.release(set()):
+            self._close_soon(gone.close())
         for pool in self.pools.values():
             pool.close_all()
         self.access_log.close()

@@ -109,6 +109,12 @@ class Keys:
         """
         return f"{self.prefix}:sess:{name}"
 
+    def oidc_sessions(self, policy: str) -> str:
+        """The stem of one SecurityPolicy's OpenID Connect sessions ("namespace/name"): `<stem>:<id>`
+        holds a logged-in browser's tokens (JSON), expiring with them. Not a family: each session id
+        hashes to a slot of its own, as header-type sessions do."""
+        return f"{self.prefix}:oidc:{policy}"
+
     def _family(self, family: str) -> str:
         """The hash-tagged stem of a key family: every key built on it lands in one Cluster slot."""
         return f"{{{self.prefix}:{family}}}"
