@@ -1,4 +1,5 @@
-"""caCertificateRefs → one PEM CA bundle, with the problem of each entry that does not resolve.
+"""caCertificateRefs: read from YAML, and resolved to one PEM CA bundle with the problem of each
+entry that does not resolve.
 
 Shared by BackendTLSPolicy (validation.caCertificateRefs: the backends' CA) and the Gateway's
 spec.tls.frontend (validation.caCertificateRefs: the clients' CA). Both read a ConfigMap or a
@@ -9,8 +10,12 @@ namespace may be named (a frontend reference may, with a ReferenceGrant).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from gw.config import fields as f
+from gw.config import validate as v
 from gw.config.backend_tls import CA_KEY, CARef, check_ca_bundle
+from gw.config.reader import Reader
 from gw.config.resources import CORE_GROUP
 
 INVALID_CA_REF = "InvalidCACertificateRef"
@@ -19,6 +24,24 @@ CA_KINDS = ("ConfigMap", "Secret")
 
 # (kind, namespace, name) → the object's data (ConfigMap data and binaryData, Secret data)
 Stores = dict[tuple[str, str, str], dict[str, bytes]]
+
+
+def parse_ca_refs(r: Reader, items: list[Any], field: str, *, at_most: int, namespaced: bool) -> tuple[CARef, ...]:
+    """The references of a caCertificateRefs list (`items`, already read as a list). Any group and
+    kind parses: an unsupported one is status (the caller's kind_reason), not a refusal."""
+    if len(items) > at_most:
+        r.error(field, f"lists {len(items)} references: at most {at_most}")
+    refs = []
+    for i, ref in enumerate(items):
+        i_field = f"{field}[{i}]"
+        ref = r.map(ref, i_field, f.OBJECT_REF if namespaced else f.LOCAL_OBJECT_REF)
+        group = r.str(ref, "group", i_field, required=True)
+        kind = r.str(ref, "kind", i_field, required=True)
+        name = r.str(ref, "name", i_field, required=True, check=v.check_object_name)
+        namespace = r.str(ref, "namespace", i_field, check=v.check_object_name) or None if namespaced else None
+        if group is not None and kind and name:
+            refs.append(CARef(CORE_GROUP if group == "core" else group, kind, name, i, namespace))
+    return tuple(refs)
 
 
 def ca_bundle(

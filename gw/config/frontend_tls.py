@@ -19,11 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gw.config import fields
-from gw.config import validate as v
 from gw.config.backend_tls import CARef
-from gw.config.ca_refs import Stores, ca_bundle
+from gw.config.ca_refs import Stores, ca_bundle, parse_ca_refs
 from gw.config.reader import Reader
-from gw.config.resources import CORE_GROUP
 
 ALLOW_VALID_ONLY = "AllowValidOnly"
 ALLOW_INSECURE_FALLBACK = "AllowInsecureFallback"
@@ -119,20 +117,8 @@ def _tls_config(r: Reader, raw: Any, field: str) -> FrontendValidation | None:
     items = r.list(val.get("caCertificateRefs"), c_field)
     if not items:
         r.error(c_field, "is required: at least one reference to the CA certificates clients are verified against")
-    if len(items) > MAX_CA_REFS:
-        r.error(c_field, f"lists {len(items)} references: at most {MAX_CA_REFS}")
-    refs = []
-    for i, ref in enumerate(items):
-        i_field = f"{c_field}[{i}]"
-        ref = r.map(ref, i_field, fields.OBJECT_REF)
-        # Any group and kind parses: an unsupported one is status (InvalidCACertificateKind).
-        group = r.str(ref, "group", i_field, required=True)
-        kind = r.str(ref, "kind", i_field, required=True)
-        name = r.str(ref, "name", i_field, required=True, check=v.check_object_name)
-        namespace = r.str(ref, "namespace", i_field, check=v.check_object_name) or None
-        if group is not None and kind and name:
-            refs.append(CARef(CORE_GROUP if group == "core" else group, kind, name, i, namespace))
-    return FrontendValidation(tuple(refs), mode, v_field)
+    refs = parse_ca_refs(r, items, c_field, at_most=MAX_CA_REFS, namespaced=True)
+    return FrontendValidation(refs, mode, v_field)
 
 
 # -- resolution -------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from typing import Any
 
 from gw.config import fields as f
 from gw.config import validate as v
-from gw.config.backend_tls import HOSTNAME, MIN_VERSION_OPTION, MIN_VERSIONS, URI, BackendTLSPolicy, CARef
+from gw.config.backend_tls import HOSTNAME, MIN_VERSION_OPTION, MIN_VERSIONS, URI, BackendTLSPolicy
+from gw.config.ca_refs import parse_ca_refs
 from gw.config.parse_targets import group_matches, refuse_namespace
 from gw.config.ratelimit import TargetRef
 from gw.config.reader import Reader, type_name
@@ -40,7 +41,9 @@ def parse_backend_tls_policy(
         r.error(v_field, "is required: how the backend's certificate is verified")
     val = r.map(spec.get("validation"), v_field, f.BACKEND_TLS_VALIDATION)
     hostname = r.str(val, "hostname", v_field, required=True, check=_check_precise_hostname)
-    ca_refs = _ca_refs(r, val.get("caCertificateRefs"), f"{v_field}.caCertificateRefs")
+    c_field = f"{v_field}.caCertificateRefs"
+    ca_items = r.list(val.get("caCertificateRefs"), c_field)
+    ca_refs = parse_ca_refs(r, ca_items, c_field, at_most=MAX_CA_REFS, namespaced=False)
     well_known = r.str(val, "wellKnownCACertificates", v_field, check=_check_well_known) or None
     if isinstance(spec.get("validation"), dict):
         if ca_refs and well_known:
@@ -90,23 +93,6 @@ def _targets(r: Reader, spec: dict[str, Any], field: str) -> tuple[TargetRef, ..
             )
         targets.append(TargetRef(expected, kind, name, section, i))
     return tuple(targets)
-
-
-def _ca_refs(r: Reader, raw: Any, field: str) -> tuple[CARef, ...]:
-    items = r.list(raw, field)
-    if len(items) > MAX_CA_REFS:
-        r.error(field, f"lists {len(items)} references: at most {MAX_CA_REFS}")
-    refs = []
-    for i, ref in enumerate(items):
-        i_field = f"{field}[{i}]"
-        ref = r.map(ref, i_field, f.LOCAL_OBJECT_REF)
-        # Any group and kind parses: an unsupported one is status (ResolvedRefs InvalidKind), not a refusal.
-        group = r.str(ref, "group", i_field, required=True)
-        kind = r.str(ref, "kind", i_field, required=True)
-        name = r.str(ref, "name", i_field, required=True, check=v.check_object_name)
-        if group is not None and kind and name:
-            refs.append(CARef(CORE_GROUP if group == "core" else group, kind, name, i))
-    return tuple(refs)
 
 
 def _subject_alt_names(r: Reader, raw: Any, field: str) -> tuple[tuple[str, str], ...]:
