@@ -24,6 +24,8 @@ from collections.abc import Callable
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from gw.proxy.side_request import INVALID_RESPONSE, SideRequest
+
 if TYPE_CHECKING:
     from gw.config.model import Backend
     from gw.proxy.dataplane import DataPlane
@@ -36,15 +38,12 @@ MAX_CALLS_IN_FLIGHT = 1024  # per worker: past this a call is refused at once ("
 NO_ENDPOINT = "no-endpoint"
 CONNECT_FAILED = "connect-failed"
 LOST = "lost"  # the connection closed or reset before a complete answer
-TIMEOUT = "timeout"
-INVALID_RESPONSE = "invalid-response"  # not HTTP/1.1, an upgrade, or a body past MAX_ANSWER_BODY
 OVERLOADED = "overloaded"
-ERROR = "error"  # a bug here: the call ends, the worker carries on
 
 Done = Callable[[int, bytes, bytes, "str | None"], None]
 
 
-class AuthCall:
+class AuthCall(SideRequest):
     """One call (see the module docstring)."""
 
     __slots__ = (
@@ -132,9 +131,6 @@ class AuthCall:
 
     # -- from the upstream connection --------------------------------------------------------
 
-    def upstream_interim(self, status: int, block: bytes) -> None:
-        pass
-
     def upstream_head(self, status: int, block: bytes) -> None:
         self.status = status
         self.block = block
@@ -145,9 +141,6 @@ class AuthCall:
             self._end(INVALID_RESPONSE)
             return
         self.body.append(body)
-
-    def flush(self) -> None:
-        pass
 
     def upstream_complete(self, conn: UpstreamConnection) -> None:
         if self.conn is not conn or self.ended:
@@ -170,31 +163,7 @@ class AuthCall:
             return
         self._end(LOST)
 
-    def upstream_broken(self, conn: UpstreamConnection, detail: str) -> None:
-        self._end(INVALID_RESPONSE)
-
-    def upstream_upgraded(self, rest: bytes) -> None:
-        self._end(INVALID_RESPONSE)
-
-    def tunnel_from_upstream(self, data: bytes) -> None:
-        pass
-
-    def pause_reading(self, reason: int) -> None:
-        pass
-
-    def resume_reading(self, reason: int) -> None:
-        pass
-
-    def crash(self, exc: BaseException) -> None:
-        traceback.print_exception(exc)
-        self.plane.metrics.inc("gw_internal_errors_total")
-        self._end(ERROR)
-
     # -- endings -----------------------------------------------------------------------------
-
-    def expire(self) -> None:
-        """The deadline passed (called by the worker's sweeper)."""
-        self._end(TIMEOUT)
 
     def _end(self, reason: str | None) -> None:
         if self.ended:

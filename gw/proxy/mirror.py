@@ -16,12 +16,12 @@ rule without mirrors.
 from __future__ import annotations
 
 import asyncio
-import traceback
 from collections.abc import Sequence
 from time import monotonic
 from typing import TYPE_CHECKING
 
 from gw.proxy.request import CRLF
+from gw.proxy.side_request import SideRequest
 
 if TYPE_CHECKING:
     from gw.config.filters import Mirror
@@ -42,13 +42,10 @@ LAST_CHUNK = b"0\r\n\r\n"
 OK = "ok"  # the mirror answered (whatever its status); the answer was dropped
 CONNECT_FAILED = "connect-failed"
 LOST = "lost"  # connection closed or reset before a response
-TIMEOUT = "timeout"
 OVERFLOW = "overflow"  # the mirror fell more than MIRROR_BUFFER_LIMIT behind the client
 OVERLOADED = "overloaded"  # MAX_MIRRORS_IN_FLIGHT copies already under way: not sent
 NO_ENDPOINT = "no-endpoint"
-INVALID_RESPONSE = "invalid-response"
 INCOMPLETE = "incomplete"  # the client went away before its request body was complete
-ERROR = "error"  # a bug in this module: the copy is dropped, the client's exchange carries on
 
 
 def start_mirrors(
@@ -79,7 +76,7 @@ def start_mirrors(
     return copies
 
 
-class MirrorRequest:
+class MirrorRequest(SideRequest):
     """One copy of a client request to one mirror backend, from connect to the dropped response.
 
     It owns an UpstreamConnection the way a ClientConnection does (the connection calls the
@@ -247,17 +244,11 @@ class MirrorRequest:
 
     # -- from the upstream connection --------------------------------------------------------
 
-    def upstream_interim(self, status: int, block: bytes) -> None:
-        pass
-
     def upstream_head(self, status: int, block: bytes) -> None:
         self.got_head = True
 
     def upstream_body(self, body: bytes) -> None:
         pass  # the mirror's answer is not wanted
-
-    def flush(self) -> None:
-        pass
 
     def upstream_complete(self, conn: UpstreamConnection) -> None:
         if self.conn is not conn:
@@ -275,32 +266,7 @@ class MirrorRequest:
             self.conn = None
             self._end(OK if self.got_head else LOST)
 
-    def upstream_broken(self, conn: UpstreamConnection, detail: str) -> None:
-        self._end(INVALID_RESPONSE)
-
-    def upstream_upgraded(self, rest: bytes) -> None:
-        self._end(INVALID_RESPONSE)  # upgrades are never mirrored: a 101 is not an answer to us
-
-    def tunnel_from_upstream(self, data: bytes) -> None:
-        pass
-
-    def pause_reading(self, reason: int) -> None:
-        pass  # a mirror never holds the client back; _flush watches its buffer instead
-
-    def resume_reading(self, reason: int) -> None:
-        pass
-
-    def crash(self, exc: BaseException) -> None:
-        """A bug on the mirror's side: drop this copy, say why, leave the client's exchange alone."""
-        traceback.print_exception(exc)
-        self.plane.metrics.inc("gw_internal_errors_total")
-        self._end(ERROR)
-
     # -- endings -----------------------------------------------------------------------------
-
-    def expire(self) -> None:
-        """The deadline passed (called by the worker's sweeper)."""
-        self._end(TIMEOUT)
 
     def _end(self, result: str) -> None:
         if self.done:
