@@ -351,13 +351,12 @@ class TestConfig:
         assert field in [e.field for e in result.errors]
         assert result.config.rules[0].invalid_reason is not None  # 500, never unauthenticated
 
-    def test_recompute_route_is_refused_as_not_served_yet(self) -> None:
+    def test_recompute_route_is_served(self) -> None:
         p = provider(
             remoteJWKS={"uri": "http://x"}, recomputeRoute=True, claimToHeaders=[{"header": "x-u", "claim": "sub"}]
         )
         result = self.compiled({"providers": [p]})
-        assert [e.field for e in result.errors] == ["spec.jwt.providers[0].recomputeRoute"]
-        assert "not served by gw yet" in result.config.rules[0].invalid_reason
+        assert result.errors == [] and result.config.rules[0].invalid_reason is None
 
     @pytest.mark.parametrize(
         ("principal", "field"),
@@ -386,3 +385,68 @@ class TestConfig:
         resources, errors = parse_documents([("l.yaml", d) for d in [*self.BASE, limit]])
         result = compile_resources(resources, errors=errors)
         assert [e.field for e in result.errors] == ["spec.limits[0].key[0].name"]
+
+
+class TestRecomputeRoute:
+    """recomputeRoute: the claim headers take part in route matching, and the rule they lead to applies
+    its own SecurityPolicy (Envoy Gateway: features targeting the new route apply)."""
+
+    @pytest.fixture(scope="class")
+    def tiered(self, module_upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+        keys = {"localJWKS": {"inline": json.dumps(jwks(IDP_KEY))}}
+        tier = provider(**keys, claimToHeaders=[{"header": "X-Tier", "claim": "tier"}], recomputeRoute=True)
+
+        def served_by(name: str) -> dict[str, Any]:
+            header = {"name": "X-Served-By", "value": name}
+            return {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [header]}}
+
+        gold = {"name": "gold", "backendRefs": [{"backend": "up"}], "filters": [served_by("gold")],
+                "matches": [{"path": {"type": "PathPrefix", "value": "/tiered"},
+                             "headers": [{"name": "X-Tier", "value": "gold"}]}]}  # fmt: skip
+        basic = {"name": "basic", "backendRefs": [{"backend": "up"}], "filters": [served_by("basic")],
+                 "matches": [{"path": {"type": "PathPrefix", "value": "/tiered"}}]}  # fmt: skip
+        paid = {"rules": [{"action": "Allow", "principal": {"jwt": {"provider": "idp",
+                "claims": [{"name": "paid", "values": ["yes"]}]}}}]}  # fmt: skip
+        route_policy = {"apiVersion": "gw.dev/v1alpha1", "kind": "SecurityPolicy", "metadata": {"name": "tiers"},
+                        "spec": {"targetRefs": [{"group": TARGET, "kind": "HTTPRoute", "name": "tiers"}],
+                                 "jwt": {"providers": [tier]}}}  # fmt: skip
+        gold_policy = {"apiVersion": "gw.dev/v1alpha1", "kind": "SecurityPolicy", "metadata": {"name": "gold"},
+                       "spec": {"targetRefs": [{"group": TARGET, "kind": "HTTPRoute", "name": "tiers",
+                                                "sectionName": "gold"}],
+                                "jwt": {"providers": [tier]}, "authorization": paid}}  # fmt: skip
+        tmp = tmp_path_factory.mktemp("recompute")
+        port = free_port()
+        path = tmp / "gw.yaml"
+        routes = [{"name": "tiers", "rules": [gold, basic]}]
+        text = config_yaml(port, {"up": [("127.0.0.1", module_upstream.port)]}, routes)
+        path.write_text(text + "---\n" + yaml.safe_dump_all([route_policy, gold_policy]))
+        gateway = GatewayProcess(path, port, free_port(), {}, tmp / "access.log").start()
+        yield gateway
+        gateway.stop()
+
+    def served(self, gw: GatewayProcess, upstream: Upstream, target: str, headers: dict[str, str]) -> Any:
+        assert get(gw, target, headers).status == 200
+        (seen_there,) = seen(upstream, target)
+        return seen_there
+
+    def test_the_claim_header_chooses_the_rule(self, tiered: GatewayProcess, module_upstream: Upstream) -> None:
+        gold = self.served(tiered, module_upstream, "/tiered/1", bearer(IDP_KEY.token(claims(tier="gold", paid="yes"))))
+        assert gold.header("X-Served-By") == "gold" and gold.header_list("X-Tier") == ["gold"]
+        silver = self.served(tiered, module_upstream, "/tiered/2", bearer(IDP_KEY.token(claims(tier="silver"))))
+        assert silver.header("X-Served-By") == "basic" and silver.header_list("X-Tier") == ["silver"]
+
+    def test_a_client_claiming_the_header_itself_is_matched_by_its_token(
+        self, tiered: GatewayProcess, module_upstream: Upstream
+    ) -> None:
+        """The client's X-Tier: gold first matches the gold rule; its token says silver, so the basic
+        rule serves it, with the token's value upstream."""
+        headers = {**bearer(IDP_KEY.token(claims(tier="silver"))), "X-Tier": "gold"}
+        forged = self.served(tiered, module_upstream, "/tiered/3", headers)
+        assert forged.header("X-Served-By") == "basic" and forged.header_list("X-Tier") == ["silver"]
+
+    def test_the_rule_recomputed_applies_its_own_policy(self, tiered: GatewayProcess) -> None:
+        """The gold rule's own policy allows only paid tokens: a gold token that is not paid is refused
+        there, though the route's policy, which matched first, has no authorization."""
+        resp = get(tiered, "/tiered/4", bearer(IDP_KEY.token(claims(tier="gold", paid="no"))))
+        assert resp.status == 403
+        assert get(tiered, "/tiered/5").status == 401

@@ -66,10 +66,6 @@ def parse_security_policy(r: Reader, meta: Meta, spec: dict[str, Any], obj: Any,
     api_key = _api_key_auth(r, spec.get("apiKeyAuth"), f"{field}.apiKeyAuth")
     basic = _basic_auth(r, spec.get("basicAuth"), f"{field}.basicAuth")
     jwt = parse_jwt(r, spec["jwt"], f"{field}.jwt") if spec.get("jwt") is not None else None
-    for i, provider in enumerate(jwt.providers if jwt is not None else ()):
-        if provider.recompute_route:
-            # Claim headers would have to re-match routes after authentication: refused, never ignored.
-            unserved.append(f"{field}.jwt.providers[{i}].recomputeRoute (re-matching routes on claim headers)")
     # The providers a jwt principal may name (None: the jwt section is wrong, its errors say so).
     providers = {p.name for p in jwt.providers} if jwt is not None else None if spec.get("jwt") is not None else set()
     authorization = _authorization(r, spec.get("authorization"), f"{field}.authorization", unserved, providers)

@@ -108,6 +108,13 @@ class Exchange(Protocol):
         """After a phase returned WAIT: go on with the chain from the phase after it."""
         ...
 
+    def rematch(self, fields: Fields) -> bool:
+        """Match the request's rule again as if its head carried `fields` (replacing the client's
+        fields of those names, which go upstream too): JWT claim headers with recomputeRoute. True
+        when that finds another rule: its own chain has begun, so the calling phase returns
+        ANSWERED. At most once per exchange."""
+        ...
+
 
 class Phase:
     """One feature's part in an exchange. Subclasses override only the hooks they need."""

@@ -766,6 +766,28 @@ class ClientConnection(asyncio.Protocol):
             # a bug here ends this exchange only and never reaches the caller.
             self.crash(exc)
 
+    def rematch(self, req: Exchange, fields: list[tuple[bytes, bytes]]) -> bool:
+        """Exchange.rematch: the rule for `req`'s head with `fields` in it; another rule starts over."""
+        if req.rematched or self.closed or self.active is not req:
+            return False
+        req.rematched = True
+        names = {name.lower() for name, _ in fields}
+        # The forwarded head carries them whatever rule serves the request (as Envoy's filter sets them).
+        forwarded = req.edit_fields()
+        forwarded[:] = [f for f in forwarded if f[0].lower() not in names] + list(fields)
+        req.forwarded_head()
+        port = self.plane.ports.get(self.bind_port)
+        if not self.plane.header_matching or port is None:
+            return False  # no rule matches on a header: the same rule again
+        headers = [f for f in req.headers if f[0].lower() not in names] + list(fields)
+        rule = port.table.match(req.host, req.path, req.method, headers, req.query)
+        if rule is req.rule:
+            return False
+        req.headers = headers
+        req.rule = rule
+        self._start(req)
+        return True
+
     def fail_exchange(self, req: Exchange, error: ProxyError) -> None:
         if not self.closed and self.active is req:
             self._fail(error)

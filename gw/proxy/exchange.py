@@ -71,6 +71,7 @@ class Exchange:
     edits_response = False  # the chain edits the response head (phases, or response fields to add)
     done_phases: tuple[Any, ...] = ()  # the chain's on_done phases, once the request went through
     head_id: bytes | None = None  # head_key() when the chain starts (gw.policies.phase.Exchange)
+    rematched = False  # a phase had the rule matched again (rematch: once)
     _fields: Fields | None = None
 
     def __init__(self, started: float) -> None:
@@ -132,6 +133,9 @@ class Exchange:
 
     def answer(self, status: int, fields: Fields, body: bytes = b"") -> None:
         self.conn.answer(self, status, fields, body)  # type: ignore[union-attr]
+
+    def rematch(self, fields: Fields) -> bool:
+        return self.conn.rematch(self, fields)  # type: ignore[union-attr]
 
     def fail(self, error: ProxyError) -> None:
         self.conn.fail_exchange(self, error)  # type: ignore[union-attr]

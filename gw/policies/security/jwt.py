@@ -125,10 +125,13 @@ class JWTAuth(Phase):
         if type(outcome) is Verified:
             ex.identity = self.identities.get(outcome) or self._remember(outcome)
             self.decisions.add("authenticated")
-            ex.resume()
+            self._resume(ex)
             return
         if self._try(ex, i + 1, outcome) == CONTINUE:  # type: ignore[arg-type]
-            ex.resume()
+            self._resume(ex)
+
+    def _resume(self, ex: Exchange) -> None:
+        ex.resume()
 
     def _without_token(self, ex: Exchange, refused: Refused | None) -> int:
         if refused is None:
@@ -179,10 +182,37 @@ class ClaimHeadersJWTAuth(JWTAuth):
             fields.extend(identity.headers)
 
 
+class RecomputingJWTAuth(ClaimHeadersJWTAuth):
+    """jwt whose providers say recomputeRoute: their claim headers take part in route matching (Envoy
+    Gateway). The request is matched again with them in its head; if that finds another rule, that
+    rule's own chain runs from its start (its SecurityPolicy too: the token verified here is in the
+    verifiers' cache), once per exchange."""
+
+    def __init__(self, security: Any, key_sets: Any, metrics: Any) -> None:
+        super().__init__(security, key_sets, metrics)
+        self.recompute = frozenset(p.name for p in security.jwt.providers if p.recompute_route and p.claim_to_headers)
+
+    def on_request(self, ex: Exchange) -> int:
+        verdict = super().on_request(ex)
+        if verdict == CONTINUE and self._rematched(ex):
+            return ANSWERED
+        return verdict
+
+    def _resume(self, ex: Exchange) -> None:
+        if not self._rematched(ex):
+            ex.resume()
+
+    def _rematched(self, ex: Exchange) -> bool:
+        identity = ex.identity
+        return type(identity) is TokenIdentity and identity.provider in self.recompute and ex.rematch(identity.headers)
+
+
 def build(rule: Any, services: Any) -> Phase | None:
     security = rule.security
     if security is None or security.jwt is None:
         return None
+    if any(p.recompute_route and p.claim_to_headers for p in security.jwt.providers):
+        return RecomputingJWTAuth(security, services.key_sets, services.metrics)
     if any(p.claim_to_headers for p in security.jwt.providers):
         return ClaimHeadersJWTAuth(security, services.key_sets, services.metrics)
     return JWTAuth(security, services.key_sets, services.metrics)
