@@ -110,7 +110,7 @@ class Login:
 def start_login(gw: GatewayProcess, path: str) -> Login:
     first = get(gw.url(path))
     assert first.status_code == 302, first.text
-    (login_cookie,) = [pair(v) for k, v in set_cookies(first).items() if k.endswith("-login")]
+    (login_cookie,) = [pair(v) for k, v in set_cookies(first).items() if "-login-" in k]
     back = get(first.headers["location"])  # the provider approves at once
     assert back.status_code == 302
     return Login(first, login_cookie, back.headers["location"])
@@ -123,7 +123,7 @@ def log_in(gw: GatewayProcess, path: str = "/app/home?tab=1") -> str:
     assert done.status_code == 302, done.text
     assert done.headers["location"] == path
     cookies = set_cookies(done)
-    (session,) = [v for k, v in cookies.items() if not k.endswith("-login")]
+    (session,) = [v for k, v in cookies.items() if "-login-" not in k]
     return pair(session)
 
 
@@ -143,7 +143,7 @@ class TestLogin:
         assert query["scope"] == "openid email"
         assert query["code_challenge_method"] == "S256" and len(query["code_challenge"]) == 43
         assert query["nonce"] and query["state"]
-        cookie = next(v for k, v in set_cookies(login.authorize).items() if k.endswith("-login"))
+        cookie = next(v for k, v in set_cookies(login.authorize).items() if "-login-" in k)
         assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Max-Age=600" in cookie
         assert "Secure" not in cookie  # an HTTP listener
 
@@ -177,7 +177,7 @@ class TestLogin:
         finally:
             client.close()
         assert first.status == 302
-        login_cookie = next(v for n, v in first.headers if n.lower() == "set-cookie" and "-login=" in v)
+        login_cookie = next(v for n, v in first.headers if n.lower() == "set-cookie" and "-login-" in v.split("=", 1)[0])
         back = get(str(first.header("Location")))
         done = get(back.headers["location"], pair(login_cookie))
         location = done.headers["location"]  # gw normalises `//x` to `/x`; `/\\x` it cannot use
@@ -197,6 +197,18 @@ class TestRefusals:
         other = start_login(fleet.a, "/app/t")
         assert get(login.callback_url, other.login_cookie).status_code == 401  # another login's cookie
 
+    def test_two_logins_at_once_in_one_browser_both_finish(self, fleet: Fleet) -> None:
+        """Two tabs sent to the provider one after the other: each login keeps its own cookie, so the
+        first one back is not refused for the second's (and a cookie jar keeps both)."""
+        first, second = start_login(fleet.a, "/app/tab1"), start_login(fleet.a, "/app/tab2")
+        assert first.login_cookie.split("=")[0] != second.login_cookie.split("=")[0]
+        jar = f"{first.login_cookie}; {second.login_cookie}"
+        for login, path in ((first, "/app/tab1"), (second, "/app/tab2")):
+            done = get(login.callback_url, jar)
+            assert done.status_code == 302 and done.headers["location"] == path
+            cleared = set_cookies(done)[login.login_cookie.split("=")[0]]
+            assert "Max-Age=0" in cleared
+
     def test_a_code_injected_into_another_login_fails_pkce_at_the_provider(self, fleet: Fleet) -> None:
         victim, attacker = start_login(fleet.a, "/app/v"), start_login(fleet.a, "/app/v")
         code = parse_qs(urlsplit(victim.callback_url).query)["code"][0]
@@ -214,7 +226,7 @@ class TestRefusals:
         finally:
             fleet.idp.id_claims = {}
         assert resp.status_code == 401
-        assert not any(k.startswith("gw-oidc-") and not k.endswith("-login") and "Max-Age=0" not in v
+        assert not any(k.startswith("gw-oidc-") and "-login-" not in k and "Max-Age=0" not in v
                        for k, v in set_cookies(resp).items())  # fmt: skip
 
     def test_a_forged_or_tampered_session_cookie_is_sent_to_log_in(self, fleet: Fleet) -> None:

@@ -117,7 +117,7 @@ class OIDCAuth(Phase):
         digest = hashlib.sha256(self.policy.encode()).hexdigest()[:8]
         self.cookie_name = config.cookie_name or f"gw-oidc-{digest}"
         self.login_cookie = f"{self.cookie_name}-login"
-        self.bcookie, self.blogin = self.cookie_name.encode(), self.login_cookie.encode()
+        self.bcookie = self.cookie_name.encode()
         self.callback = config.callback_path
         self.logout = config.logout_path
         self.cache: dict[str, tuple[Session, float]] = {}  # session id → (session, monotonic until)
@@ -314,13 +314,18 @@ class OIDCAuth(Phase):
             (b"Location", location.encode()),
             # Lax at most: the provider's redirect back is a cross-site navigation, which a Strict
             # cookie would not follow, and the login could never finish.
-            (b"Set-Cookie", self._cookie(ex, self.login_cookie, login, int(config.csrf_token_ttl),
+            (b"Set-Cookie", self._cookie(ex, self._login_cookie(token), login, int(config.csrf_token_ttl),
                                          "Lax" if config.same_site == "Strict" else "")),
             (b"Cache-Control", b"no-store"),
         ]
         if expired:
             fields.append((b"Set-Cookie", self._cookie(ex, self.cookie_name, b"", 0)))
         ex.answer(302, fields)
+
+    def _login_cookie(self, token: str) -> str:
+        """The login cookie of one login: named after its state's token, so two logins a browser runs
+        at once (two tabs) each find their own at the callback."""
+        return f"{self.login_cookie}-{hashlib.sha256(token.encode()).hexdigest()[:12]}"
 
     def _redirect_uri(self, ex: Exchange) -> str:
         url = self.config.redirect_url
@@ -346,10 +351,11 @@ class OIDCAuth(Phase):
             return self._refuse_login(ex, "no code or state")
         state = oc.verify_json(state_value.encode("latin-1"), self.keys, oc.STATE, self.policy)
         login = None
-        for value in oc.cookie(ex.field(b"cookie"), self.blogin):
-            login = oc.verify_json(value, self.keys, oc.LOGIN, self.policy)
-            if login is not None:
-                break
+        if state is not None and isinstance(state.get("t"), str):
+            for value in oc.cookie(ex.field(b"cookie"), self._login_cookie(state["t"]).encode()):
+                login = oc.verify_json(value, self.keys, oc.LOGIN, self.policy)
+                if login is not None:
+                    break
         if state is None or login is None:
             return self._refuse_login(ex, "the state or the login cookie is missing or not signed by gw")
         token, login_token = state.get("t"), login.get("t")
@@ -392,7 +398,7 @@ class OIDCAuth(Phase):
         ex.answer(302, [
             (b"Location", str(state.get("u") or "/").encode("latin-1")),
             (b"Set-Cookie", self._cookie(ex, self.cookie_name, session, None)),
-            (b"Set-Cookie", self._cookie(ex, self.login_cookie, b"", 0)),
+            (b"Set-Cookie", self._cookie(ex, self._login_cookie(str(state.get("t"))), b"", 0)),
             (b"Cache-Control", b"no-store"),
         ])  # fmt: skip
 
