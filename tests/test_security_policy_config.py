@@ -266,16 +266,13 @@ class TestCheck:
             "SecurityPolicy default/keys: Accepted=True (Accepted): attached to 1 rule: HTTPRoute default/api rule main"
         ) in out.splitlines()
 
-    def test_gw_check_refuses_recompute_route_as_not_served_yet(self, tmp_path, capsys) -> None:
+    def test_gw_check_accepts_recompute_route(self, tmp_path, capsys) -> None:
         jwks = '{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}'
         text = CHECKED + (
             "      jwt: {providers: [{name: idp, recomputeRoute: true, localJWKS: {inline: '" + jwks + "'},\n"
             "             claimToHeaders: [{header: x-user, claim: sub}]}]}\n"
         )
-        code, out, path = self.check(tmp_path, capsys, text)
-        assert code == 1
-        assert (
-            f"error: {path}: SecurityPolicy default/keys: spec.jwt.providers[0].recomputeRoute: "
-            "spec.jwt.providers[0].recomputeRoute (re-matching routes on claim headers): not served"
-        ) in out
+        code, out, _ = self.check(tmp_path, capsys, text)
+        assert code == 0, out
+        assert "SecurityPolicy default/keys: Accepted=True (Accepted)" in out
         assert "→ 500" in out or "Accepted=False (Invalid)" in out
