@@ -275,4 +275,3 @@ class TestCheck:
         code, out, _ = self.check(tmp_path, capsys, text)
         assert code == 0, out
         assert "SecurityPolicy default/keys: Accepted=True (Accepted)" in out
-        assert "→ 500" in out or "Accepted=False (Invalid)" in out
