@@ -398,3 +398,50 @@ def ext_policy_doc(ext: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "gw.dev/v1alpha1", "kind": "SecurityPolicy",
             "metadata": {"name": "p", "namespace": "default"},
             "spec": {"targetRefs": [target], "extAuth": ext}}  # fmt: skip
+
+
+def test_a_tls_auth_service_is_verified_by_its_backend_tls_policy(
+    module_upstream: Upstream, start_gateway: Any
+) -> None:
+    """The auth service behind a BackendTLSPolicy: checks go over TLS, verified against the policy's CA;
+    a service whose certificate that CA did not sign is never asked (the check fails closed: 403)."""
+    import ssl
+
+    import trustme
+
+    ca, other = trustme.CA(), trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("auth.internal").configure_cert(ctx)
+    service = Upstream("tls-auth", tls=ctx).start()
+    try:
+        port = free_port()
+        routes = [{"name": "api", "rules": [rule("trusted"), rule("untrusted")]}]
+        backends = {"up": [("127.0.0.1", module_upstream.port)], "auth": [("127.0.0.1", service.port)],
+                    "auth-other": [("127.0.0.1", service.port)]}  # fmt: skip
+        docs: list[dict[str, Any]] = [
+            ext_policy("trusted", {}, path="/check"),
+            ext_policy("untrusted", {}, backend="auth-other", path="/check"),
+        ]
+        for name, authority in (("auth", ca), ("auth-other", other)):
+            meta = {"name": f"{name}-ca", "namespace": "default"}
+            docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
+                         "data": {"ca.crt": authority.cert_pem.bytes().decode()}})  # fmt: skip
+            docs.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+                         "metadata": {"name": name, "namespace": "default"},
+                         "spec": {"targetRefs": [{"group": "gw.dev", "kind": "Backend", "name": name}],
+                                  "validation": {"hostname": "auth.internal", "caCertificateRefs": [
+                                      {"group": "", "kind": "ConfigMap", "name": f"{name}-ca"}]}}})  # fmt: skip
+        gw = start_gateway({}, [], yaml_text=config_yaml(port, backends, routes) + "---\n" + yaml.safe_dump_all(docs))
+        gw.port = port
+        client = gw.connect()
+        try:
+            assert client.request("GET", "/trusted/a").status == 200
+            assert client.request("GET", "/untrusted/a").status == 403
+        finally:
+            client.close()
+        checked = [s.target for s in service.seen]
+        assert checked == ["/check/trusted/a"]  # the untrusted service's handshake failed before any request
+        assert [s.target for s in seen(module_upstream, "/trusted/a")] == ["/trusted/a"]
+        assert not seen(module_upstream, "/untrusted/a")
+    finally:
+        service.stop()
