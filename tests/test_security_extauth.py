@@ -128,12 +128,14 @@ def config(port: int, upstream: int, auth: int, dead: int) -> str:
     gep = {"type": "ExternalAuth", "externalAuth": {
         "protocol": "HTTP", "backendRef": AUTH_REF,
         "http": {"path": "/gep", "allowedHeaders": ["X-Tenant"]}}}  # fmt: skip
-    routes = [{"name": "api", "rules": [rule("x"), rule("down"), rule("open"), rule("gep", filters=[gep])]}]
+    slow = rule("slow", timeouts={"request": "300ms"})
+    routes = [{"name": "api", "rules": [rule("x"), rule("down"), rule("open"), rule("gep", filters=[gep]), slow]}]
     docs = [
         ext_policy("x", {"headersToExtAuth": ["X-Tenant"], "timeout": "1s"}, path="/check",
                    headersToBackend=["X-User"]),
         ext_policy("down", {}, backend="dead"),
         ext_policy("open", {"failOpen": True}, backend="dead"),
+        ext_policy("slow", {"timeout": "10s"}, path="/check"),
     ]  # fmt: skip
     backends = {"up": [("127.0.0.1", upstream)], "auth": [("127.0.0.1", auth)], "dead": [("127.0.0.1", dead)]}
     return config_yaml(port, backends, routes) + "---\n" + yaml.safe_dump_all(docs)
@@ -290,6 +292,15 @@ class TestFailure:
         assert auth.hung.is_set()
         assert seen(module_upstream, "/x/hang") == []
         assert request(gw, "/x/allow/after-hang").status == 200  # the worker serves on
+
+    def test_the_rules_request_timeout_bounds_the_wait_for_the_check(
+        self, gw: GatewayProcess, module_upstream: Upstream
+    ) -> None:
+        """timeouts.request (300ms) ends a request still waiting for a check the policy would wait
+        10s for: 504, and nothing goes upstream (the client's socket would wait 10s)."""
+        assert request(gw, "/slow/hang").status == 504
+        assert seen(module_upstream, "/slow/hang") == []
+        assert request(gw, "/slow/allow").status == 200
 
 
 class TestMany:
