@@ -704,17 +704,16 @@ class ClientConnection(asyncio.Protocol):
         let the upstream phases edit it, and send it."""
         try:
             phases = chain.request
-            if phases:
-                for phase in phases[start:] if start else phases:
-                    verdict = phase.on_request(req)
-                    if verdict:  # ANSWERED, or WAIT: resume() goes on from the next phase
-                        if verdict == WAIT_FOR_PHASE:
-                            req.resume_at = phases.index(phase) + 1
-                            if self.active is req:
-                                # A backstop: a phase bounds its own wait (the Redis guard's budget).
-                                self.phase = DECIDE
-                                self.deadline = monotonic() + self.settings.upstream_response_timeout
-                        return
+            for phase in phases[start:] if start else phases:
+                verdict = phase.on_request(req)
+                if verdict:  # ANSWERED, or WAIT: resume() goes on from the next phase
+                    if verdict == WAIT_FOR_PHASE:
+                        req.resume_at = phases.index(phase) + 1
+                        if self.active is req:
+                            # A backstop: a phase bounds its own wait (the Redis guard's budget).
+                            self.phase = DECIDE
+                            self.deadline = monotonic() + self.settings.upstream_response_timeout
+                    return
             rule = req.rule
             # (A phase may have chosen the backendRef: a session pinned to one of its endpoints.)
             ref = req.ref or rule.only_ref or rule.pick_backend()

@@ -75,20 +75,19 @@ class JWTAuth(Phase):
         self.heads: dict[bytes, tuple[TokenIdentity, float, Any, int]] = {}
 
     def on_request(self, ex: Exchange) -> int:
-        head = None
-        if ex.query:
+        if ex.query:  # (a token may be in it: no memo of heads)
             if self.params:
                 self._blank_params(ex)
-        else:
-            head = ex.head_id
-            if head is not None:
-                hit = self.heads.get(head)
-                if hit is not None:
-                    identity, until, keys, version = hit
-                    if until > ex.started and keys.version == version:
-                        ex.identity = identity
-                        self.authenticated.n += 1
-                        return CONTINUE
+            return self._try(ex, 0, None)
+        head = ex.head_id
+        if head is not None:
+            hit = self.heads.get(head)
+            if hit is not None:
+                identity, until, keys, version = hit
+                if until > ex.started and keys.version == version:
+                    ex.identity = identity
+                    self.authenticated.n += 1
+                    return CONTINUE
         return self._try(ex, 0, None, head)
 
     def _try(self, ex: Exchange, start: int, refused: Refused | None, head: bytes | None = None) -> int:
