@@ -23,8 +23,6 @@ from urllib.parse import parse_qs
 import orjson
 import uvicorn
 
-from gw.settings import Settings
-
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Headers = Sequence[tuple[bytes, bytes]]
 
@@ -155,15 +153,14 @@ def _loopback(client: tuple[str, int] | None) -> bool:
     return (mapped or address).is_loopback
 
 
-def access(settings: Settings) -> dict[str, Any]:
-    """AdminApp's keyword arguments for who may read the private endpoints, from GW_ADMIN_*."""
-    return {"token": settings.admin_token, "loopback_only": not is_loopback_host(settings.admin_addr[0])}
+def access(host: str, token: str) -> dict[str, Any]:
+    """AdminApp's keyword arguments for who may read the private endpoints (GW_ADMIN_ADDR's host, GW_ADMIN_TOKEN)."""
+    return {"token": token, "loopback_only": not is_loopback_host(host)}
 
 
-def access_note(settings: Settings) -> str:
+def access_note(host: str, token: str) -> str:
     """A start-up line when the private endpoints answer loopback peers only, else ""."""
-    host = settings.admin_addr[0]
-    if settings.admin_token or is_loopback_host(host):
+    if token or is_loopback_host(host):
         return ""
     return (
         f"admin on {host}: /status, /config and the dashboard's data answer loopback peers only; "

@@ -807,10 +807,10 @@ async def serve(settings: Settings) -> int:
         supervisor.status,
         versions=supervisor.config_versions,
         diff=supervisor.config_diff,
-        **access(settings),
+        **access(host, settings.admin_token),
     )
     admin = admin_server(app, host, port)
-    if note := access_note(settings):
+    if note := access_note(host, settings.admin_token):
         log(note)
     admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]))
     ports = ", ".join(str(p) for p in supervisor.sockets.ports())

@@ -33,9 +33,9 @@ async def serve(settings: Settings, redis_url: str) -> int:
     namespace = settings.leader_election_namespace or in_cluster_namespace() or "default"
     controller = Controller(settings, api, ConfigStore.from_settings(redis, settings), lease_namespace=namespace)
     host, port = settings.admin_addr
-    app = AdminApp(controller.ready, controller.metrics, controller.status, **access(settings))
+    app = AdminApp(controller.ready, controller.metrics, controller.status, **access(host, settings.admin_token))
     admin = admin_server(app, host, port)
-    if note := access_note(settings):
+    if note := access_note(host, settings.admin_token):
         log.warning(note)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
