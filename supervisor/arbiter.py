@@ -624,8 +624,10 @@ class Supervisor:
         try:
             async with asyncio.timeout(ADMIN_REDIS_TIMEOUT):
                 current = await store.current()
-                numbers = (await store.history())[:ADMIN_VERSIONS]
-                views = [await store.view(n) for n in numbers]
+                views = []
+                for number in (await store.history())[:ADMIN_VERSIONS]:
+                    with contextlib.suppress(VersionMissing):  # trimmed from history meanwhile
+                        views.append(await store.view(number))
         except (RedisError, OSError, TimeoutError) as exc:
             raise AdminProblem(503, "admin-redis", f"Redis did not answer: {exc!r:.200}") from None
         return {
