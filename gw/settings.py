@@ -72,6 +72,16 @@ def parse_fraction(text: str) -> float:
     return value
 
 
+def parse_admin_token(text: str) -> str:
+    """A bearer token: visible ASCII without spaces (RFC 6750's token68), long enough not to be guessed."""
+    token = text.strip()
+    if token and not re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", token):
+        raise ValueError("not a bearer token (letters, digits and -._~+/ only; e.g. `openssl rand -hex 32`)")
+    if token and len(token) < 16:
+        raise ValueError("shorter than 16 characters (use e.g. `openssl rand -hex 32`)")
+    return token
+
+
 def parse_positive_duration(text: str) -> float:
     """A duration that must not be zero (a zero budget or poll interval would spin or fail everything)."""
     value = parse_duration(text)
@@ -197,7 +207,17 @@ class Settings:
         "", parse_gateway_key, "Serve only this Gateway (namespace/name); empty: every Gateway of gw's classes."
     )
     admin_addr: tuple[str, int] = _var(
-        ("127.0.0.1", 9901), parse_addr, "Admin endpoint address (/healthz, /readyz, /metrics)."
+        ("127.0.0.1", 9901),
+        parse_addr,
+        "Admin endpoint address (/healthz, /readyz, /metrics, /status, /dashboard); private by default.",
+    )
+    admin_token: str = _var(
+        "",
+        parse_admin_token,
+        "Bearer token the admin endpoints ask for (`Authorization: Bearer TOKEN`), all but /healthz, "
+        "/readyz and /metrics. Empty: on a loopback GW_ADMIN_ADDR none is asked; on any other address "
+        "only loopback peers (a shell in the pod, `kubectl port-forward`) get the rest, others 403.",
+        secret=True,
     )
     listener_address: str = _var(
         "0.0.0.0",

@@ -15,8 +15,9 @@ import time
 from typing import Any, NamedTuple
 
 import psutil
+from redis.exceptions import RedisError
 
-from gw.admin import AdminApp, admin_server
+from gw.admin import AdminApp, AdminProblem, access, access_note, admin_server
 from gw.balancing.kinds import ROUND_ROBIN
 from gw.config import ConfigError, LoadResult, Snapshot, compile_snapshot, read_snapshot, status_document
 from gw.config.fallback import keep_running_objects
@@ -27,6 +28,7 @@ from gw.observe.families import SESSION_RESULTS
 from gw.observe.metrics import Registry
 from gw.settings import Settings, SettingsError, check_paths
 from gw.state import EmbeddedValkeyError, Keys, Version
+from gw.state.config_store import ConfigStore, VersionMissing, version_diff
 from gw.supervisor.backends import BackendRelay, backends_with_policy
 from gw.supervisor.cpus import available_cpus
 from gw.supervisor.health import HealthChecker
@@ -40,6 +42,9 @@ from gw.titles import set_title
 STARTUP_TIMEOUT = 30.0  # a worker not ready by then is considered failed
 EXIT_WAIT = 2.0  # a worker whose control channel closed is gone by then: its exit code says why
 STATS_TIMEOUT = 2.0  # /metrics and /status wait this long for each worker's numbers
+REDIS_PING_TIMEOUT = 0.5  # /status's Redis latency: a PING slower than this shows as none
+ADMIN_REDIS_TIMEOUT = 2.0  # /config/versions and /config/diff
+ADMIN_VERSIONS = 20  # /config/versions lists this many, newest first
 RESTART_BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0  # a worker ready this long resets its slot's failure count
 CRASH_LOOP = 5  # consecutive failures reported as a crash loop
@@ -554,11 +559,12 @@ class Supervisor:
 
     async def status(self) -> dict[str, Any]:
         stats = await self._stats()
+        registry = self._registry(stats)
         config = self.result.config if self.result else None
         return {
             "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self.started, 3),
-            "redis": self.publisher.status(),
+            "redis": {**self.publisher.status(), **await self._redis_latency()},
             "config": {
                 "version": self.version,
                 "source": config.source if config else None,
@@ -590,13 +596,73 @@ class Supervisor:
             "backends": _backends_status(stats),
             # Every backend's balancer, and each rule's sessions as this replica counted them.
             "load_balancers": _balancers(config),
-            "sessions": _sessions_status(self._registry(stats)),
+            "sessions": _sessions_status(registry),
+            # RateLimitPolicy decisions by policy and outcome, as this replica counted them.
+            "rate_limits": _rate_limits_status(registry),
             # The relay of the fleet's backend events and this replica's active checks.
             "backend_events": self.relay.status() if self.relay else None,
             "health_checks": self.checker.status() if self.checker else None,
             # Gateway API conditions of every object, as `gw check` reports them.
             "gatewayAPI": status_document(self.result, self.settings.controller_name) if self.result else None,
         }
+
+    async def _redis_latency(self) -> dict[str, Any]:
+        """Redis's mode and one PING's round trip from the supervisor (null when it does not answer)."""
+        store = self.publisher.store
+        latency = None
+        if store is not None:
+            started = time.perf_counter()
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(REDIS_PING_TIMEOUT):
+                    await store.client.ping()
+                latency = round((time.perf_counter() - started) * 1000, 3)
+        return {"mode": redis_mode(self.publisher.url, self.publisher.embedded is not None), "latency_ms": latency}
+
+    async def config_versions(self) -> dict[str, Any]:
+        """/config/versions: the versions Redis keeps, newest first, and which one this replica serves."""
+        store = self._store()
+        try:
+            async with asyncio.timeout(ADMIN_REDIS_TIMEOUT):
+                current = await store.current()
+                views = []
+                for number in (await store.history())[:ADMIN_VERSIONS]:
+                    with contextlib.suppress(VersionMissing):  # trimmed from history meanwhile
+                        views.append(await store.view(number))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise AdminProblem(503, "admin-redis", f"Redis did not answer: {exc!r:.200}") from None
+        return {
+            "current": current,
+            "served": self.version,
+            "versions": [
+                {
+                    "number": v.number,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(v.created)),
+                    "checksum": v.checksum,
+                    "author": v.author,
+                    "origin": v.origin,
+                    "source": v.source,
+                    "parent": v.parent,
+                    "sealed": v.sealed,
+                }
+                for v in views
+            ],
+        }
+
+    async def config_diff(self, a: int, b: int) -> str:
+        """/config/diff?from=A&to=B: `gw config diff A B` (secret fields hidden)."""
+        store = self._store()
+        try:
+            async with asyncio.timeout(ADMIN_REDIS_TIMEOUT):
+                return version_diff(await store.view(a), await store.view(b))
+        except VersionMissing as exc:
+            raise AdminProblem(404, "admin-version", str(exc)) from None
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise AdminProblem(503, "admin-redis", f"Redis did not answer: {exc!r:.200}") from None
+
+    def _store(self) -> ConfigStore:
+        if self.publisher.store is None:
+            raise AdminProblem(503, "admin-redis", "no Redis: config versions are not kept")
+        return self.publisher.store
 
     def _worker_status(self, worker: WorkerProcess, stats: dict[str, Any] | None) -> dict[str, Any]:
         info: dict[str, Any] = {
@@ -656,7 +722,11 @@ def _balancers(config: CompiledConfig | None) -> list[dict[str, Any]]:
             backend = ref.backend
             if backend is not None and backend.name not in found:
                 lb = backend.resilience.load_balancer if backend.resilience is not None else None
-                found[backend.name] = {"backend": backend.name, **(lb.status() if lb is not None else DEFAULT_BALANCER)}
+                found[backend.name] = {
+                    "backend": backend.name,
+                    **(lb.status() if lb is not None else DEFAULT_BALANCER),
+                    "endpoints": [e.label for e in backend.endpoints],
+                }
     return [found[name] for name in sorted(found)]
 
 
@@ -670,6 +740,25 @@ def _sessions_status(registry: Registry) -> list[dict[str, Any]]:
             entry = rules.setdefault(key, {"rule": key[0], "type": key[1], **dict.fromkeys(SESSION_RESULTS, 0)})
             entry[label["result"]] += value
     return [rules[key] for key in sorted(rules)]
+
+
+def _rate_limits_status(registry: Registry) -> list[dict[str, Any]]:
+    """gw_ratelimit_decisions_total by policy: {policy, decisions: {outcome: count}}."""
+    policies: dict[str, dict[str, float]] = {}
+    for (name, labels), value in registry.counters.items():
+        if name == "gw_ratelimit_decisions_total":
+            label = dict(labels)
+            decisions = policies.setdefault(label["policy"], {})
+            decisions[label["outcome"]] = decisions.get(label["outcome"], 0) + value
+    return [{"policy": name, "decisions": policies[name]} for name in sorted(policies)]
+
+
+def redis_mode(url: str, embedded: bool) -> str:
+    """embedded, sentinel, cluster or standalone, from GW_REDIS_URL's scheme."""
+    if embedded:
+        return "embedded"
+    scheme = url.partition("://")[0]
+    return "sentinel" if "sentinel" in scheme else "cluster" if "cluster" in scheme else "standalone"
 
 
 def _report(result: LoadResult) -> None:
@@ -714,7 +803,17 @@ async def serve(settings: Settings) -> int:
         admin_sock.close()
         await supervisor.publisher.stop()
         return exc.code
-    admin = admin_server(AdminApp(supervisor.ready, supervisor.render_metrics, supervisor.status), host, port)
+    app = AdminApp(
+        supervisor.ready,
+        supervisor.render_metrics,
+        supervisor.status,
+        versions=supervisor.config_versions,
+        diff=supervisor.config_diff,
+        **access(host, settings.admin_token),
+    )
+    admin = admin_server(app, host, port)
+    if note := access_note(host, settings.admin_token):
+        log(note)
     admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]))
     ports = ", ".join(str(p) for p in supervisor.sockets.ports())
     log(f"serving {ports} with {supervisor.slots} workers (admin {host}:{port}, supervisor pid {os.getpid()})")

@@ -41,7 +41,10 @@ def test_status_and_metrics_show_each_backend_balancer_and_least_request_in_flig
     from tests.support.wait import wait_until
 
     (gw,) = fleet(start_gateway, upstreams, policy(loadBalancer={"type": "LeastRequest"}), redis_server.url, replicas=1)
-    assert gw.status()["load_balancers"] == [{"backend": "Backend default/api", "type": "LeastRequest"}]
+    endpoints = [f"127.0.0.1:{u.port}" for u in upstreams]
+    assert gw.status()["load_balancers"] == [
+        {"backend": "Backend default/api", "type": "LeastRequest", "endpoints": endpoints}
+    ]
 
     def in_flight() -> dict[str, int]:
         (backend,) = gw.status()["backends"]

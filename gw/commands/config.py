@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import difflib
 import os
 import sys
 import time
@@ -162,19 +161,9 @@ async def _show(store: ConfigStore, args: argparse.Namespace) -> int:
 
 
 async def _diff(store: ConfigStore, args: argparse.Namespace) -> int:
-    a, b = await store.view(args.a), await store.view(args.b)
-    files_a, files_b = dict(a.files), dict(b.files)
-    same = True
-    for name in sorted(files_a.keys() | files_b.keys()):
-        old = files_a.get(name, b"").decode(errors="replace").splitlines(keepends=True)
-        new = files_b.get(name, b"").decode(errors="replace").splitlines(keepends=True)
-        lines = list(difflib.unified_diff(old, new, f"{args.a}:{name}", f"{args.b}:{name}"))
-        same = same and not lines
-        sys.stdout.writelines(line if line.endswith("\n") else line + "\n" for line in lines)
-    if same and a.checksum != b.checksum:
-        print(f"versions {args.a} and {args.b} differ only in secret material (not shown)")
-    elif same:
-        print(f"versions {args.a} and {args.b} have identical files")
+    from gw.state.config_store import version_diff
+
+    sys.stdout.write(version_diff(await store.view(args.a), await store.view(args.b)))
     return 0
 
 

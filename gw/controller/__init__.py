@@ -17,7 +17,7 @@ from gw.settings import Settings
 
 async def serve(settings: Settings, redis_url: str) -> int:
     """Run the controller and its admin endpoints until TERM/INT; the exit code."""
-    from gw.admin import AdminApp, admin_server
+    from gw.admin import AdminApp, access, access_note, admin_server
     from gw.controller.api import Api, ApiError, connect_http, in_cluster_namespace
     from gw.controller.controller import Controller
     from gw.state.config_store import ConfigStore
@@ -33,7 +33,10 @@ async def serve(settings: Settings, redis_url: str) -> int:
     namespace = settings.leader_election_namespace or in_cluster_namespace() or "default"
     controller = Controller(settings, api, ConfigStore.from_settings(redis, settings), lease_namespace=namespace)
     host, port = settings.admin_addr
-    admin = admin_server(AdminApp(controller.ready, controller.metrics, controller.status), host, port)
+    app = AdminApp(controller.ready, controller.metrics, controller.status, **access(host, settings.admin_token))
+    admin = admin_server(app, host, port)
+    if note := access_note(host, settings.admin_token):
+        log.warning(note)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

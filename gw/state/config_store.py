@@ -16,6 +16,7 @@ without keys, for the CLI.
 
 from __future__ import annotations
 
+import difflib
 import getpass
 import hashlib
 import logging
@@ -347,3 +348,22 @@ class ConfigStore:
         """Make version `number`'s content current again, as a new version (history stays linear)."""
         old = await self.fetch(number)
         return await self.publish(old.snapshot.named(f"rollback to version {number}"), author=author, origin=ROLLBACK)
+
+
+def version_diff(a: Version, b: Version) -> str:
+    """Unified diff of two versions' files (secret fields hidden when they come from view()).
+
+    `gw config diff` prints it and the admin's /config/diff serves it; identical files say so.
+    """
+    files_a, files_b = dict(a.files), dict(b.files)
+    out: list[str] = []
+    for name in sorted(files_a.keys() | files_b.keys()):
+        old = files_a.get(name, b"").decode(errors="replace").splitlines(keepends=True)
+        new = files_b.get(name, b"").decode(errors="replace").splitlines(keepends=True)
+        lines = difflib.unified_diff(old, new, f"{a.number}:{name}", f"{b.number}:{name}")
+        out.extend(line if line.endswith("\n") else line + "\n" for line in lines)
+    if out:
+        return "".join(out)
+    if a.checksum != b.checksum:
+        return f"versions {a.number} and {b.number} differ only in secret material (not shown)\n"
+    return f"versions {a.number} and {b.number} have identical files\n"
