@@ -176,6 +176,9 @@ FAMILIES: dict[str, Family] = {
     "gw_redis_call_duration_seconds": Family(HISTOGRAM, "Redis calls on request paths that got an answer."),
     "gw_redis_breaker_open": Family(GAUGE, "Workers whose Redis breaker is not closed."),
     "gw_redis_breaker_opened_total": Family(COUNTER, "Times a worker's Redis breaker opened."),
+    "gw_redis_connected": Family(
+        GAUGE, "1 while the supervisor follows the config versions in Redis; 0 while Redis is unreachable."
+    ),
     # -- supervisor --------------------------------------------------------------------------
     "gw_workers": Family(GAUGE, "Worker slots."),
     # At 0 per slot from the start too: the slots are the supervisor's to name (render_metrics).
