@@ -69,9 +69,11 @@ FAMILIES: dict[str, Family] = {
     # -- requests (per route: gw.observe.metrics.RouteStats) ---------------------------------
     "gw_http_requests_total": Family(COUNTER, "Requests answered, by route and status class.", "route"),
     "gw_http_request_duration_seconds": Family(HISTOGRAM, "Time from request start to response end.", "route"),
-    "gw_http_request_size_bytes": Family(HISTOGRAM, "Request body bytes read, by route (0: no body).", "route"),
+    "gw_http_request_size_bytes": Family(
+        HISTOGRAM, "Request body bytes read, of requests that reached a backend, by route (0: no body).", "route"
+    ),
     "gw_http_response_size_bytes": Family(
-        HISTOGRAM, "Response body bytes sent, by route (the upstream's body, or gw's own answer).", "route"
+        HISTOGRAM, "Response body bytes sent, of requests that reached a backend, by route.", "route"
     ),
     # -- per backend (gw.observe.metrics.BackendStats), by the name the config gives it -----------
     "gw_backend_requests_total": Family(

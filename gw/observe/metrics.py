@@ -41,8 +41,8 @@ _SIZES = len(SIZE_BOUNDS) + 1
 class RouteStats:
     """Counters for one route label and the backend its requests reached ("" for those answered
     before one was: by a phase, a redirect, an error): per status class, count, duration sum and
-    histogram; the upstream's time to the response head; the sizes of request and response
-    bodies. A route's series and a backend's are these summed when read (one record per request).
+    histogram; for a backend's, the upstream's time to the response head and the sizes of request
+    and response bodies. A route's series and a backend's are these summed when read (one record per request).
 
     The upstream's time is not recorded for the usual request: sent with the client's head on a
     pooled connection and answered in one read, its upstream time is its duration (record_upstream
@@ -85,11 +85,11 @@ class RouteStats:
         self.request_sizes = [0] * _SIZES
         self.request_sized = 0
         self.request_bytes = 0
-        self.response_sizes = [0] * _SIZES  # every request recorded with its sizes
+        self.response_sizes = [0] * _SIZES  # every request that reached a backend
         self.response_bytes = 0
 
     def record(self, status: int, seconds: float) -> None:
-        """A request whose head could not be read (no sizes, no route, no backend)."""
+        """A request answered by gw before it reached a backend (sizes are counted for those that did)."""
         c = status // 100
         if not 1 <= c <= 5:
             c = 5
@@ -113,7 +113,7 @@ class RouteStats:
         self.response_bytes += sent
 
     def record_sized(self, status: int, seconds: float, received: int, sent: int) -> None:
-        """A request without an upstream's response (answered by gw, or the upstream failed)."""
+        """A request that reached the backend without an answer from it (refused, timed out)."""
         self.others[bisect_left(BOUNDS, seconds)] += 1
         self.others_sum += seconds
         if received:
@@ -344,6 +344,7 @@ class Registry:
         HELP and TYPE, and its zero series where nothing was counted yet."""
         out: list[str] = []
         out += _render_routes(_summed(self.routes.values(), _route))
+        out += _render_sizes(_summed([s for s in self.routes.values() if s.backend], _route))
         backends = [s for s in _summed(self.routes.values(), _backend) if s.backend]
         out += _render_backends(backends, self.connects, {**self.labelled_gauges, **self.sourced_gauges()})
         counters: dict[tuple[str, Labels], float] = {
@@ -405,7 +406,7 @@ def _render_routes(routes: Collection[RouteStats]) -> list[str]:
                 hist.append(f'gw_http_request_duration_seconds_bucket{{{labels},le="{le}"}} {cumulative}')
             hist.append(f"gw_http_request_duration_seconds_sum{{{labels}}} {stats.sums[c]}")
             hist.append(f"gw_http_request_duration_seconds_count{{{labels}}} {count}")
-    return out + hist + _render_sizes(routes)
+    return out + hist
 
 
 def _histogram_lines(name: str, labels: str, bounds: tuple[float, ...], buckets: list[int], total: float) -> list[str]:

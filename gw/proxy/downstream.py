@@ -1448,23 +1448,22 @@ class ClientConnection(asyncio.Protocol):
     # -- telemetry --------------------------------------------------------------------------------
 
     def _record_apart(self, req: Exchange, rule: Any, status: int, duration: float, now: float) -> Any:
-        """_record's counting of any but the usual exchange: the RouteStats it went to."""
+        """_record's counting of an exchange that reached an endpoint, but not the usual one: the
+        RouteStats it went to."""
+        stats = rule.pairs.get(self.backend, rule.bare_stats)
         received = req.body_received
-        if rule is None:
-            stats = self.plane.no_route_stats
-        elif self.endpoint is None:
-            stats = rule.bare_stats
-        else:
-            stats = rule.pairs.get(self.backend, rule.bare_stats)
-        if self.resp_head is not None and rule is not None:
+        if self.resp_head is not None:
             upstream = (self.head_at or now) - (self.sent_at or req.started)
             stats.record_apart(status, duration, upstream, received, self.bytes_out)
         else:
             stats.record_sized(status, duration, received, self.bytes_out)
+        self._settle(req)
+        return stats
+
+    def _settle(self, req: Exchange) -> None:
         self.head_at = self.sent_at = 0.0
         # (A request queued or being read may have sent body bytes already.)
         self.apart = bool(self.queue) or (self.req is not None and self.req is not req)
-        return stats
 
     def _record(self, req: Exchange, status: int, now: float = 0.0, error: str | None = None) -> float:
         """Count the exchange in the route's metrics and the access log; returns the time used."""
@@ -1480,7 +1479,15 @@ class ClientConnection(asyncio.Protocol):
                 held.leave()
         duration = now - req.started
         rule = req.rule
-        if self.apart or self.resp_head is None:
+        if self.resp_head is None:
+            if rule is None or self.endpoint is None:  # answered by gw: counted for the route alone
+                stats = self.plane.no_route_stats if rule is None else rule.bare_stats
+                stats.record(status, duration)
+                if self.apart:
+                    self._settle(req)
+            else:  # it reached an endpoint, which did not answer
+                stats = self._record_apart(req, rule, status, duration, now)
+        elif self.apart:
             stats = self._record_apart(req, rule, status, duration, now)
         else:
             # The usual exchange: the upstream's response, to the head sent with the client's, in
