@@ -535,6 +535,8 @@ class Supervisor:
         registry.gauge_values["gw_workers"] = float(len(self.workers))
         registry.gauge_values["gw_config_version"] = float(self.version)
         registry.gauge_values["gw_config_unpublished"] = float(self.publisher.unpublished is not None)
+        follower = self.publisher.follower
+        registry.gauge_values["gw_redis_connected"] = float(follower is not None and follower.connected)
         for slot in range(self.slots):  # at 0 before a first restart, so increase() sees that one
             registry.counters.setdefault(("gw_worker_restarts_total", (("slot", str(slot)),)), 0)
         # A backend's circuit and endpoint health as the first worker sees them (every worker

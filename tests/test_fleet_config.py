@@ -151,6 +151,7 @@ def test_redis_gone_keeps_serving_and_back_empty_is_republished(
     assert all(served(gw, "any.test") == 200 for _ in range(10))
     ready = httpx.get(f"http://127.0.0.1:{gw.admin}/readyz", timeout=5)
     assert ready.status_code == 200 and "degraded" in ready.text
+    assert "\ngw_redis_connected 0\n" in httpx.get(f"http://127.0.0.1:{gw.admin}/metrics", timeout=5).text
     # A HUP while Redis is away: served at once, published when Redis answers again.
     gw.config_path.write_text(config_yaml(gw.port, {"up": [("127.0.0.1", upstream.port)]}, routes_with("late.test")))
     mark = len(gw.log)
@@ -163,6 +164,7 @@ def test_redis_gone_keeps_serving_and_back_empty_is_republished(
     with redis_server.client() as client:
         current = client.get("{gw:config}:current")
     assert current is not None
+    assert "\ngw_redis_connected 1\n" in httpx.get(f"http://127.0.0.1:{gw.admin}/metrics", timeout=5).text
     wait_until(lambda: versions(gw) == {gw.status()["config"]["version"]},  # type: ignore[index]
                what="workers to serve the republished version")  # fmt: skip
     assert "late" in {r["name"] for r in gw.status()["gatewayAPI"]["httpRoutes"]}  # type: ignore[index]

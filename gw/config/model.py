@@ -40,7 +40,7 @@ class Backend:
     the balancer and the endpoints' health (gw.balancing.health), as Envoy's cluster owns them.
     """
 
-    __slots__ = ("_balancer", "_only", "endpoints", "health", "name", "resilience", "state", "tls")
+    __slots__ = ("_balancer", "_only", "connect_times", "endpoints", "health", "name", "resilience", "state", "tls")
 
     def __init__(self, name: str, endpoints: Sequence[Endpoint]) -> None:
         self.name = name
@@ -53,6 +53,8 @@ class Backend:
         # Its BackendTLSPolicy's UpstreamTLS (gw.config.backend_tls), set while compiling: its
         # endpoints' pools connect over TLS. None: plain HTTP, and the proxy pays nothing.
         self.tls: Any = None
+        # The worker's histogram of connection set-up times for `name`, bound when it installs the snapshot.
+        self.connect_times: Any = None
         self.endpoints = tuple(endpoints)
         self._balancer = SmoothWeightedRoundRobin(self.endpoints, [e.weight for e in self.endpoints])
         usable = [e for e in self.endpoints if e.weight > 0]
@@ -158,6 +160,7 @@ class Rule:
         "_refs",
         "backend_refs",
         "backend_timeout",
+        "bare_stats",
         "chain",
         "cors",
         "ext_auth",
@@ -170,6 +173,7 @@ class Rule:
         "name",
         "only_backend",
         "only_ref",
+        "pairs",
         "rate_limit_policies",
         "redirect",
         "request_headers",
@@ -231,8 +235,12 @@ class Rule:
         self.security: Any = None
         # Set while compiling, after backend policies attach (gw.config.session.settle_sessions).
         self.session_persistence: Any = None
-        # The worker's, bound once when it installs the snapshot (see the class docstring).
+        # The worker's, bound once when it installs the snapshot (see the class docstring). Metrics
+        # (gw.observe.metrics.RouteStats): `pairs` by Backend, of requests that reached it; `bare_stats`
+        # of those answered before one was; `stats` the pair of its one backendRef (None with several).
         self.stats: Any = None
+        self.bare_stats: Any = None
+        self.pairs: dict[Any, Any] = {}
         self.chain: Any = None
         usable = [r for r in self.backend_refs if r.weight > 0]
         self._refs = SmoothWeightedRoundRobin(usable, [r.weight for r in usable]) if usable else None

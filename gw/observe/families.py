@@ -71,6 +71,30 @@ FAMILIES: dict[str, Family] = {
     # -- requests (per route: gw.observe.metrics.RouteStats) ---------------------------------
     "gw_http_requests_total": Family(COUNTER, "Requests answered, by route and status class.", "route"),
     "gw_http_request_duration_seconds": Family(HISTOGRAM, "Time from request start to response end.", "route"),
+    "gw_http_request_size_bytes": Family(
+        HISTOGRAM, "Request body bytes read, of requests that reached a backend, by route (0: no body).", "route"
+    ),
+    "gw_http_response_size_bytes": Family(
+        HISTOGRAM, "Response body bytes sent, of requests that reached a backend, by route.", "route"
+    ),
+    # -- per backend (gw.observe.metrics.BackendStats), by the name the config gives it -----------
+    "gw_backend_requests_total": Family(
+        COUNTER, "Requests that reached an endpoint of a backend, by backend and status class.", "backend"
+    ),
+    "gw_backend_request_duration_seconds": Family(
+        HISTOGRAM,
+        "Time from request start to response end, of requests that reached an endpoint, by backend.",
+        "backend",
+    ),
+    "gw_upstream_duration_seconds": Family(
+        HISTOGRAM, "Time from the request head written upstream to the response head read, by backend.", "backend"
+    ),
+    "gw_upstream_connect_duration_seconds": Family(
+        HISTOGRAM, "Time to open an upstream connection (TLS handshake included), by backend.", "backend"
+    ),
+    "gw_backend_pool_connections": Family(
+        GAUGE, "Upstream connections of a backend's endpoints, by state: idle (pooled) or busy (lent).", "backend"
+    ),
     # -- proxy errors, retries, timeouts -----------------------------------------------------
     "gw_proxy_errors_total": Family(
         COUNTER, "Requests the gateway answered itself with a 5xx, by error kind.", "kind", PROXY_ERROR_KINDS
@@ -100,7 +124,8 @@ FAMILIES: dict[str, Family] = {
     ),
     # -- load balancing and sessions (gw.balancing.picker, gw.policies.session) ------------------
     "gw_backend_load_balancer": Family(
-        GAUGE, "1 for each backend of the served config, labelled with its loadBalancer type (RoundRobin by default).",
+        GAUGE,
+        "1 for each backend of the served config, labelled with its loadBalancer type (RoundRobin by default).",
         "backend",
     ),
     "gw_endpoint_in_flight": Family(
@@ -134,7 +159,8 @@ FAMILIES: dict[str, Family] = {
         "policy",
     ),
     "gw_auth_password_checks_total": Family(
-        COUNTER, "Password hashes verified (basicAuth), by policy: a credential answered from the cache checks none.",
+        COUNTER,
+        "Password hashes verified (basicAuth), by policy: a credential answered from the cache checks none.",
         "policy",
     ),
     "gw_auth_jwt_refusals_total": Family(
@@ -160,6 +186,9 @@ FAMILIES: dict[str, Family] = {
     "gw_redis_call_duration_seconds": Family(HISTOGRAM, "Redis calls on request paths that got an answer."),
     "gw_redis_breaker_open": Family(GAUGE, "Workers whose Redis breaker is not closed."),
     "gw_redis_breaker_opened_total": Family(COUNTER, "Times a worker's Redis breaker opened."),
+    "gw_redis_connected": Family(
+        GAUGE, "1 while the supervisor follows the config versions in Redis; 0 while Redis is unreachable."
+    ),
     # -- supervisor --------------------------------------------------------------------------
     "gw_workers": Family(GAUGE, "Worker slots."),
     # At 0 per slot from the start too: the slots are the supervisor's to name (render_metrics).

@@ -110,6 +110,7 @@ class DataPlane:
         )
         self.metrics.gauge("gw_mirror_requests_in_flight", lambda: len(self.mirrors))
         self.metrics.gauge("gw_auth_calls_in_flight", lambda: len(self.auth_calls))
+        self.metrics.gauge_sources.append(self.pool_gauges)
 
     def install(self, config: CompiledConfig) -> None:
         """Serve `config` from the next request on; requests in flight finish on the old one."""
@@ -119,7 +120,14 @@ class DataPlane:
             # The worker's binding of the snapshot: its metrics and its phase chain per rule, and
             # the connection pool of every endpoint (pools outlive snapshots: keep-alive
             # connections survive a reload).
-            rule.stats = self.metrics.route(rule.label)
+            rule.bare_stats = self.metrics.route(rule.label)
+            rule.pairs = {
+                ref.backend: self.metrics.route(rule.label, ref.backend.name)
+                for ref in rule.backend_refs
+                if ref.backend is not None
+            }
+            # (None with several backendRefs: the one an exchange went to is looked up, by its Backend.)
+            rule.stats = rule.pairs.get(rule.backend_refs[0].backend) if len(rule.backend_refs) == 1 else None
             rule.chain = build_chain(rule, self, self.phases)
             for ref in rule.backend_refs:
                 for mirror in ref.mirrors:
@@ -150,6 +158,29 @@ class DataPlane:
         # Only when some rule matches on headers does the fast path split a head into fields.
         self.header_matching = any(getattr(p.table, "uses_headers", True) for p in config.ports)
         self.config = config
+
+    def pool_gauges(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """gw_backend_pool_connections of the served backends, counted when scraped (a pool two
+        backends share counts in each)."""
+        config = self.config
+        if config is None:
+            return {}
+        pools: dict[str, dict[int, EndpointPool]] = {}
+        for rule in config.rules:
+            for ref in rule.backend_refs:
+                backend = ref.backend
+                if backend is not None:
+                    named = pools.setdefault(backend.name, {})
+                    for endpoint in backend.endpoints:
+                        if endpoint.pool is not None:
+                            named[id(endpoint.pool)] = endpoint.pool
+        gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for name, named in pools.items():
+            idle = sum(len(p.idle) for p in named.values())
+            gauges[("gw_backend_pool_connections", (("backend", name), ("state", "idle")))] = float(idle)
+            busy = sum(p.connections for p in named.values()) - idle
+            gauges[("gw_backend_pool_connections", (("backend", name), ("state", "busy")))] = float(busy)
+        return gauges
 
     def _close_soon(self, closing: Any) -> None:
         task = self.loop.create_task(closing)
@@ -230,6 +261,7 @@ class DataPlane:
             ctx.options &= ~ssl.OP_NO_TICKET
 
     def _bind_pools(self, backend: Backend) -> None:
+        backend.connect_times = self.metrics.connect_times(backend.name)
         tls = backend.tls
         for endpoint in backend.endpoints:
             endpoint.pool = self.pool(endpoint) if tls is None else self.tls_pool(endpoint, tls)

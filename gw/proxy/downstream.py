@@ -146,6 +146,12 @@ class ClientConnection(asyncio.Protocol):
         self.out: list[bytes] = []
         self.bytes_out = 0
         self.status = 0
+        # The upstream's time of the exchange in flight, when it is not its duration: when its head
+        # went upstream if not with the client's (after a connect, a retry), when the response
+        # head arrived if the response went on in later reads. 0.0: not so (_record resets them).
+        self.sent_at = 0.0
+        self.head_at = 0.0
+        self.apart = False  # any of those set, or request body bytes read: _record's general path
         self.early_data = b""  # bytes after an upgrade request, held until the upstream answers
         self.skipped_body: Exchange | None = None  # an upgrade served as HTTP whose body llhttp skipped
         self.fatal: ProxyError | None = None
@@ -586,6 +592,7 @@ class ClientConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         req: Exchange = self.req  # type: ignore[assignment]
         received = req.body_received = req.body_received + len(body)
+        self.apart = True  # (its size is counted)
         rule = req.rule
         limit = (rule.max_body_size if rule is not None else 0) or self.settings.max_body_size
         if 0 < limit < received:
@@ -892,12 +899,20 @@ class ClientConnection(asyncio.Protocol):
                 self._fail(refusal)
                 return
         self.phase = CONNECT
-        self.deadline = monotonic() + self.settings.upstream_connect_timeout
+        began = monotonic()
+        self.deadline = began + self.settings.upstream_connect_timeout
         task = self.connecting = self.loop.create_task(pool.open())
-        task.add_done_callback(lambda t: self._connected(t, req, pool, held))
+        backend = self.backend
+        task.add_done_callback(lambda t: self._connected(t, req, pool, held, backend, began))
 
     def _connected(
-        self, task: asyncio.Task[UpstreamConnection], req: Exchange, pool: EndpointPool, held: BackendState | None
+        self,
+        task: asyncio.Task[UpstreamConnection],
+        req: Exchange,
+        pool: EndpointPool,
+        held: BackendState | None,
+        backend: Backend | None = None,
+        began: float = 0.0,
     ) -> None:
         if held is not None:
             held.connected()
@@ -931,10 +946,15 @@ class ClientConnection(asyncio.Protocol):
             self._fail(failed(f"cannot connect to {pool.address}:{pool.port}: {exc}"))
             return
         conn = task.result()
+        now = monotonic()
+        if backend is not None and backend.connect_times is not None:
+            backend.connect_times.observe(now - began)
         if self.active is not req or self.closed:
-            pool.release(conn, monotonic())  # the client left; the connection is still good
+            pool.release(conn, now)  # the client left; the connection is still good
             return
         conn.reused = False
+        self.sent_at = now  # (the upstream's time starts with the request written, not the connect)
+        self.apart = True
         self._send(req, conn)
 
     def _send(self, req: Exchange, conn: UpstreamConnection) -> None:
@@ -1102,6 +1122,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _retry_now(self, req: Exchange) -> None:
         if not self.closed and self.active is req:
+            self.sent_at = monotonic()  # (a fresh connection's _connected moves it on)
+            self.apart = True
             self._pick_and_go(req)
 
     def upstream_body(self, body: bytes) -> None:
@@ -1139,7 +1161,11 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
         if self.phase == RESPONSE:
-            self.deadline = monotonic() + self.settings.upstream_response_timeout
+            now = monotonic()
+            self.deadline = now + self.settings.upstream_response_timeout
+            if not self.head_at:  # the end of the read with the response head: the upstream's time ends
+                self.head_at = now
+                self.apart = True
 
     def upstream_lost(self, conn: UpstreamConnection) -> None:
         """The upstream connection closed while lent to us."""
@@ -1347,6 +1373,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport.write(response)
         if req is not None:
             req.request_id = request_id
+            self.resp_head = None  # (the last exchange's: this one had no answer from upstream)
             self._record(req, error.status)
         else:
             self.plane.no_route_stats.record(error.status, 0.0)
@@ -1441,6 +1468,24 @@ class ClientConnection(asyncio.Protocol):
 
     # -- telemetry --------------------------------------------------------------------------------
 
+    def _record_apart(self, req: Exchange, rule: Any, status: int, duration: float, now: float) -> Any:
+        """_record's counting of an exchange that reached an endpoint, but not the usual one: the
+        RouteStats it went to."""
+        stats = rule.pairs.get(self.backend, rule.bare_stats)
+        received = req.body_received
+        if self.resp_head is not None:
+            upstream = (self.head_at or now) - (self.sent_at or req.started)
+            stats.record_apart(status, duration, upstream, received, self.bytes_out)
+        else:
+            stats.record_sized(status, duration, received, self.bytes_out)
+        self._settle(req)
+        return stats
+
+    def _settle(self, req: Exchange) -> None:
+        self.head_at = self.sent_at = 0.0
+        # (A request queued or being read may have sent body bytes already.)
+        self.apart = bool(self.queue) or (self.req is not None and self.req is not req)
+
     def _record(self, req: Exchange, status: int, now: float = 0.0, error: str | None = None) -> float:
         """Count the exchange in the route's metrics and the access log; returns the time used."""
         if not now:
@@ -1455,8 +1500,22 @@ class ClientConnection(asyncio.Protocol):
                 held.leave()
         duration = now - req.started
         rule = req.rule
-        stats = rule.stats if rule is not None and rule.stats is not None else self.plane.no_route_stats
-        stats.record(status, duration)
+        if self.resp_head is None:
+            if rule is None or self.endpoint is None:  # answered by gw: counted for the route alone
+                stats = self.plane.no_route_stats if rule is None else rule.bare_stats
+                stats.record(status, duration)
+                if self.apart:
+                    self._settle(req)
+            else:  # it reached an endpoint, which did not answer
+                stats = self._record_apart(req, rule, status, duration, now)
+        elif self.apart:
+            stats = self._record_apart(req, rule, status, duration, now)
+        else:
+            # The usual exchange: the upstream's response, to the head sent with the client's, in
+            # one read; no request body (RouteStats.record_upstream). A rule of one backendRef has
+            # its pair of stats at hand.
+            stats = rule.stats or rule.pairs.get(self.backend, rule.bare_stats)
+            stats.record_upstream(status, duration, self.bytes_out)
         if self.chained is req and req.done_phases:
             for phase in req.done_phases:  # the outcome, to phases that account for it
                 try:
