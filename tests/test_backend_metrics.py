@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from gw.observe.metrics import Registry
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, wire
 from tests.support.servers import launch_gateway
 from tests.support.upstream import Upstream
 from tests.test_observability import Samples, scrape, value
@@ -198,3 +198,34 @@ def test_a_registry_absorbs_another_s_backend_and_size_counts() -> None:
     upstream_sum = next(line for line in text.splitlines() if line.startswith("gw_upstream_duration_seconds_sum"))
     assert float(upstream_sum.split()[-1]) == pytest.approx(2 * (0.002 + 0.2))
 
+
+
+def test_pipelined_requests_each_count_their_own_body_size(setup: Setup) -> None:
+    """Four requests in one write, two with bodies: each counts its own size. (The Wire client keeps
+    what one read brought past the first response; Client.read_response drops it.)"""
+    gateway = setup.gateway
+    route = {"route": "default/slow"}
+    before = scrape(gateway)
+    client = wire(gateway)
+    client.send(
+        b"POST /bytes/5 HTTP/1.1\r\nHost: slow.test\r\nContent-Length: 300\r\n\r\n" + b"a" * 300
+        + b"GET /bytes/5 HTTP/1.1\r\nHost: slow.test\r\n\r\n"
+        + b"POST /bytes/5 HTTP/1.1\r\nHost: slow.test\r\nContent-Length: 50\r\n\r\n" + b"b" * 50
+        + b"GET /bytes/5 HTTP/1.1\r\nHost: slow.test\r\n\r\n"
+    )  # fmt: skip
+    assert [client.read_response().status for _ in range(4)] == [200] * 4
+    client.close()
+    after = scrape(gateway)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels, **route) - value(before, name, **labels, **route)
+
+    assert grew("gw_http_request_size_bytes_count") == 4
+    assert grew("gw_http_request_size_bytes_sum") == 350
+    assert grew("gw_http_request_size_bytes_bucket", le="0") == 2
+    assert grew("gw_http_request_size_bytes_bucket", le="100") == 3
+    assert grew("gw_http_response_size_bytes_sum") == 20
+    backend = {"backend": "Backend default/slow"}
+    assert value(after, "gw_upstream_duration_seconds_count", **backend) - value(
+        before, "gw_upstream_duration_seconds_count", **backend
+    ) == 4
