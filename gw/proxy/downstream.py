@@ -107,6 +107,7 @@ class ClientConnection(asyncio.Protocol):
         # The exchange in flight when its rule has a phase chain (None otherwise): an instance
         # attribute, because testing one the exchange class only defaults costs a slow lookup.
         self.chained: Exchange | None = None
+        self.tracer = plane.tracer  # None unless GW_OTLP_ENDPOINT is set: one test per request
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.full_parser = self.parser = request_parser(self)
         self.fast_parser = request_parser(RawHeadCallbacks(self))
@@ -662,6 +663,9 @@ class ClientConnection(asyncio.Protocol):
         self.bytes_out = 0
         self.resp_head = None
         self.chained = None
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.begin(req)
         rule = req.rule
         if rule is None:
             self._fail(errors.NoRoute(f"no route for {req.host or '(no host)'}{req.path}"))
@@ -923,6 +927,12 @@ class ClientConnection(asyncio.Protocol):
         if self.writing_paused:
             conn.transport.pause_reading()
         parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n", *req.head]
+        tracer = self.tracer
+        if tracer is not None:
+            span = req.span
+            if span is not None:  # this attempt's CLIENT span is the upstream's parent
+                pool = conn.pool
+                parts.append(span.attempt(tracer, pool.address, pool.port))
         if not req.host_header:
             parts.append(b"Host: %s:%d\r\n" % (conn.pool.address.encode(), conn.pool.port))
         parts.append(CRLF)
@@ -1068,6 +1078,8 @@ class ClientConnection(asyncio.Protocol):
         if rejected is not None:
             rejected.abort()  # its body is not wanted; the connection cannot be reused mid-response
         retry = req.rule.retry  # type: ignore[union-attr]
+        if req.span is not None:
+            req.span.attempt_failed(reason)
         delay = retry.delay(req.retries)
         req.retries += 1
         rearm(req)
@@ -1290,6 +1302,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if error.status >= 500:
             self.plane.metrics.inc("gw_proxy_errors_total", kind=error.kind)
+            if error.attempt_failed and req.span is not None:
+                req.span.attempt_failed(error.kind)
         close = (
             error.close
             or not req.keep_alive
@@ -1300,7 +1314,8 @@ class ClientConnection(asyncio.Protocol):
         self.framing = NO_BODY
         self.out.clear()
         response, self.bytes_out = problem_response(
-            error, req.request_id, close=close, head_only=req.method == b"HEAD", version=req.version
+            error, req.request_id, close=close, head_only=req.method == b"HEAD", version=req.version,
+            trace_id=req.trace_id,
         )
         self.transport.write(response)
         self._finish(req, error.status)
@@ -1322,7 +1337,10 @@ class ClientConnection(asyncio.Protocol):
         # A response to HEAD has no content (RFC 9110 §9.3.2): the method is known once the
         # request line is parsed (the target is read after it).
         head_only = req is not None and (req.method or (req.url and self.parser.get_method())) == b"HEAD"
-        response, self.bytes_out = problem_response(error, request_id, close=True, head_only=head_only)
+        trace_id = req.trace_id if req is not None else b""
+        response, self.bytes_out = problem_response(
+            error, request_id, close=True, head_only=head_only, trace_id=trace_id
+        )
         self.transport.write(response)
         if req is not None:
             req.request_id = request_id
@@ -1436,6 +1454,9 @@ class ClientConnection(asyncio.Protocol):
         rule = req.rule
         stats = rule.stats if rule is not None and rule.stats is not None else self.plane.no_route_stats
         stats.record(status, duration)
+        tracer = self.tracer
+        if tracer is not None and req.span is not None:
+            tracer.end(req, self, status, now, error)
         if self.chained is req and req.done_phases:
             for phase in req.done_phases:  # the outcome, to phases that account for it
                 try:
@@ -1466,6 +1487,9 @@ class ClientConnection(asyncio.Protocol):
                 )
                 self.log_memo = (req.url, req.host, req.method, req.version, request_part)
             endpoint = self.endpoint
+            tail = b"," + members(error=error) if error else b""
+            if tracer is not None and req.trace_id:
+                tail += b',"trace_id":"%b"' % req.trace_id
             log.write_line(
                 LINE
                 % (
@@ -1479,7 +1503,7 @@ class ClientConnection(asyncio.Protocol):
                     stats.log_member,
                     endpoint.pool.log_member if endpoint is not None and rule is not None else NULL_UPSTREAM,
                     req.identity.log_member if req.identity is not None else NULL_CONSUMER,
-                    b"," + members(error=error) if error else b"",
+                    tail,
                 )
             )
         return now

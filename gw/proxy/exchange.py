@@ -71,6 +71,9 @@ class Exchange:
     edits_response = False  # the chain edits the response head (phases, or response fields to add)
     done_phases: tuple[Any, ...] = ()  # the chain's on_done phases, once the request went through
     head_id: bytes | None = None  # head_key() when the chain starts (gw.policies.phase.Exchange)
+    # -- tracing (gw.observe.tracing; set only when GW_OTLP_ENDPOINT is) --
+    span: Any = None  # a sampled request's server span (gw.observe.tracing.Span)
+    trace_id = b""  # the trace the request belongs to, sampled or not: the access log and problem bodies
     _fields: Fields | None = None
 
     def __init__(self, started: float) -> None:
