@@ -33,7 +33,7 @@ class Collector:
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 spans = [
                     span
@@ -83,14 +83,16 @@ def collector() -> Iterator[Collector]:
 def attributes(span: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for attr in span["attributes"]:
-        (kind, v), = attr["value"].items()
+        ((kind, v),) = attr["value"].items()
         out[attr["key"]] = int(v) if kind == "intValue" else v
     return out
 
 
 def traced(start_gateway: StartGateway, upstream: Upstream, collector_url: str, sample: str = "0") -> GatewayProcess:
     return start_gateway(
-        {"up": [("127.0.0.1", upstream.port)]}, ROUTES, env={"GW_OTLP_ENDPOINT": collector_url, "GW_TRACE_SAMPLE": sample}
+        {"up": [("127.0.0.1", upstream.port)]},
+        ROUTES,
+        env={"GW_OTLP_ENDPOINT": collector_url, "GW_TRACE_SAMPLE": sample},
     )
 
 
@@ -102,8 +104,9 @@ def test_traceparent_is_parsed_as_the_w3c_format_says() -> None:
     assert parse_traceparent(f"00-{TRACE}-{PARENT}-00".encode()) == (TRACE.encode(), PARENT.encode(), False)
     # A later version's extra fields are ignored; version ff, zero ids, upper case, bad lengths are not traceparents.
     assert parse_traceparent(f"01-{TRACE}-{PARENT}-01-extra".encode()) is not None
-    for bad in (f"ff-{TRACE}-{PARENT}-01", f"00-{'0' * 32}-{PARENT}-01", f"00-{TRACE}-{'0' * 16}-01",
-                f"00-{TRACE.upper()}-{PARENT}-01", f"00-{TRACE}-{PARENT}-01-x", f"00-{TRACE}-{PARENT}", "junk"):  # fmt: skip
+    bad_values = [f"ff-{TRACE}-{PARENT}-01", f"00-{'0' * 32}-{PARENT}-01", f"00-{TRACE}-{'0' * 16}-01"]
+    bad_values += [f"00-{TRACE.upper()}-{PARENT}-01", f"00-{TRACE}-{PARENT}-01-x", f"00-{TRACE}-{PARENT}", "junk"]
+    for bad in bad_values:
         assert parse_traceparent(bad.encode()) is None, bad
 
 
@@ -118,7 +121,9 @@ def test_traceparent_is_found_and_cut_in_any_case_of_its_name() -> None:
 # -- propagation --------------------------------------------------------------------------------------
 
 
-def test_without_tracing_a_traceparent_reaches_the_upstream_untouched(gateway: GatewayProcess, upstream: Upstream) -> None:
+def test_without_tracing_a_traceparent_reaches_the_upstream_untouched(
+    gateway: GatewayProcess, upstream: Upstream
+) -> None:
     value_sent = f"00-{TRACE}-{PARENT}-01"
     resp = gateway.connect().request("GET", "/echo", {"traceparent": value_sent, "tracestate": "k=v"})
     assert resp.status == 200
@@ -192,7 +197,9 @@ def test_a_request_without_traceparent_starts_a_trace_when_sampled(
     assert "parentSpanId" not in server  # a root span
 
 
-def test_no_trace_is_started_at_sample_zero(start_gateway: StartGateway, upstream: Upstream, collector: Collector) -> None:
+def test_no_trace_is_started_at_sample_zero(
+    start_gateway: StartGateway, upstream: Upstream, collector: Collector
+) -> None:
     gw = traced(start_gateway, upstream, collector.url, sample="0")
     assert gw.connect().request("GET", "/echo").status == 200
     assert upstream.seen[-1].header("traceparent") is None
