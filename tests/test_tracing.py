@@ -132,6 +132,28 @@ def test_without_tracing_a_traceparent_reaches_the_upstream_untouched(
     assert upstream.seen[-1].header("X-Request-ID")
 
 
+def test_each_request_on_a_connection_forwards_its_own_traceparent(gateway: GatewayProcess, upstream: Upstream) -> None:
+    # The head's analysis is reused for the same fields (req_memo): the traceparent is not part of it.
+    client = gateway.connect()
+    sent = [f"00-{n:032x}-{PARENT}-01" for n in range(1, 4)]
+    for value_sent in sent:
+        assert client.request("GET", "/echo", {"traceparent": value_sent}).status == 200
+    assert client.request("GET", "/echo").status == 200
+    assert [seen.header("traceparent") for seen in upstream.seen[-4:]] == [*sent, None]
+
+
+def test_a_filter_that_edits_the_head_keeps_the_traceparent(start_gateway: StartGateway, upstream: Upstream) -> None:
+    edit = {"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "X-Added", "value": "1"}]}}
+    gw = start_gateway(
+        {"up": [("127.0.0.1", upstream.port)]},
+        [{"name": "edited", "rules": [{"filters": [edit], "backendRefs": [{"backend": "up"}]}]}],
+    )
+    value_sent = f"00-{TRACE}-{PARENT}-01"
+    assert gw.connect().request("GET", "/echo", {"Traceparent": value_sent}).status == 200
+    assert upstream.seen[-1].header("X-Added") == "1"
+    assert upstream.seen[-1].header_list("traceparent") == [value_sent]
+
+
 def test_a_sampled_parent_is_continued_with_gws_span_as_the_upstreams_parent(
     start_gateway: StartGateway, upstream: Upstream, collector: Collector
 ) -> None:

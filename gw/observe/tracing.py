@@ -142,18 +142,20 @@ class Tracer:
         traceparent line taken out of the forwarded head: each attempt sends gw's own); an unsampled
         one only its client's trace id (`req.trace_id`, for the log), its traceparent forwarded as is."""
         head = req.head
-        text = head[0] if len(head) == 3 else b"".join(head)  # (the fast path's forwarded block is head[0])
-        value = find_traceparent(text)
+        if len(head) == 3:
+            # The fast path's head: [forward, request id, CRLF or "\r\ntraceparent: …\r\n"] (the
+            # connection sets the usual traceparent line apart from the rest of the head).
+            line = head[2]
+            value = line[line.find(b":") + 1 : -2] if len(line) > 2 else find_traceparent(head[0])
+        else:
+            line = b""
+            value = find_traceparent(b"".join(head))
         parent = parse_traceparent(value) if value is not None else None
         if parent is not None:
             trace_id, parent_id, sampled = parent
             req.trace_id = trace_id
             if not sampled:
                 return
-            if len(head) == 3:
-                req.head = [cut_traceparent(head[0]), head[1], head[2]]
-            else:
-                req.head = [cut_traceparent(text)]
         else:
             ratio = self.ratio
             if not ratio or (ratio < 1.0 and self.random.random() >= ratio):
@@ -161,8 +163,13 @@ class Tracer:
             trace_id = b"%032x" % (self.random.getrandbits(128) or 1)
             parent_id = b""
             req.trace_id = trace_id
-            if value is not None:  # an invalid traceparent is replaced, not forwarded
-                req.head = [cut_traceparent(head[0]), head[1], head[2]] if len(head) == 3 else [cut_traceparent(text)]
+        if value is not None:  # the client's traceparent (or an invalid one) is replaced by gw's
+            if len(line) > 2:
+                req.head = [head[0], head[1], b"\r\n"]
+            elif len(head) == 3:
+                req.head = [cut_traceparent(head[0]), head[1], head[2]]
+            else:
+                req.head = [cut_traceparent(b"".join(head))]
         req.span = Span(trace_id, self.new_span_id(), parent_id)
 
     def end(self, req: Any, conn: Any, status: int, now: float, error: str | None) -> None:

@@ -85,6 +85,7 @@ MAX_CONNECT_ATTEMPTS = 3  # endpoints tried when connects are refused (nothing w
 HTTP_100_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a RST
 LAST_CHUNK = b"0\r\n\r\n"
+_T = b"tT"  # the first letter of a traceparent field's name, as callers spell it
 
 
 class NothingMore(Exception):
@@ -497,6 +498,15 @@ class ClientConnection(asyncio.Protocol):
             raise errors.MethodNotImplemented("CONNECT is not supported")
         version = _VERSIONS.get(text) or http_version(text)
         request_id = self.plane.next_request_id()
+        # A traced caller sends a new traceparent with every request: its line is set apart (and
+        # forwarded after X-Request-ID), so the rest of the head is still analysed once (below).
+        whole = block
+        trace_line = CRLF
+        at = block.find(b"raceparent:")
+        if at > 2 and block[at - 3 : at - 1] == CRLF and block[at - 1] in _T:
+            end = block.find(CRLF, at)
+            trace_line = block[at - 3 : end + 2]
+            block = block[: at - 3] + block[end:]
         # A client's consecutive heads are usually byte-identical (same fields, same cookies):
         # the analysis of the last one is reused after one bytes comparison.
         memo = self.req_memo
@@ -527,13 +537,13 @@ class ClientConnection(asyncio.Protocol):
             req.request_id = request_id
             req.host_header = head.host_header
             req.host = head.host
-            req.head = [head.forward, request_id, CRLF]
+            req.head = [head.forward, request_id, trace_line]
             if self.client_cert:
                 req.head.append(self.client_cert)
             if self.plane.header_matching:
-                req.headers = split_fields(block)
+                req.headers = split_fields(whole)
         else:
-            req.headers = split_fields(block)
+            req.headers = split_fields(whole)
             prepare(
                 req, method, version, keep_alive, upgrade, self.client_host,
                 self.scheme, self.port_bytes, request_id, self.hop,
