@@ -238,93 +238,86 @@ class Tracer:
         self.exported.n += count
 
     def encode(self, batch: list[tuple[Any, ...]]) -> bytes:
-        """OTLP/JSON (ExportTraceServiceRequest) of finished requests."""
+        """OTLP/JSON (ExportTraceServiceRequest) of finished requests, formatted as bytes: what a
+        client sent (path, host) is escaped by orjson, the rest is ids and numbers."""
         offset = self.wall_offset
-        spans: list[dict[str, Any]] = []
+        spans: list[bytes] = []
+        add = spans.append
         for (span, started, ended, status, method, path, host, route, backend, retries, consumer,
              auth, limit, error) in batch:  # fmt: skip
-            trace_id = span.trace_id.decode()
-            method_text = method.decode("latin-1")
+            trace_id = span.trace_id
+            server_id = span.span_id
+            attempts = span.attempts
             attributes = [
-                _attr("http.request.method", method_text),
-                _attr("url.path", path),
-                _attr("server.address", host),
-                _attr("http.response.status_code", status),
-                _attr("gw.retries", retries),
+                _STR % (b"http.request.method", _json(method.decode("latin-1"))),
+                _STR % (b"url.path", _json(path)),
+                _STR % (b"server.address", _json(host)),
+                _INT % (b"http.response.status_code", status),
+                _INT % (b"gw.retries", retries),
             ]
             if route:
-                attributes.append(_attr("gw.route", route))
+                attributes.append(_STR % (b"gw.route", _json(route)))
             if backend:
-                attributes.append(_attr("gw.backend", backend))
-            if span.attempts:
-                last = span.attempts[-1]
-                attributes.append(_attr("network.peer.address", last[3]))
-                attributes.append(_attr("network.peer.port", last[4]))
+                attributes.append(_STR % (b"gw.backend", _json(backend)))
+            if attempts:
+                attributes.append(_STR % (b"network.peer.address", _json(attempts[-1][3])))
+                attributes.append(_INT % (b"network.peer.port", attempts[-1][4]))
             if auth:
-                attributes.append(_attr("gw.auth.result", auth))
+                attributes.append(_STR % (b"gw.auth.result", _json(auth)))
             if consumer:
-                attributes.append(_attr("user.id", consumer))
+                attributes.append(_STR % (b"user.id", _json(consumer)))
             if limit:
-                attributes.append(_attr("gw.ratelimit.result", limit))
+                attributes.append(_STR % (b"gw.ratelimit.result", _json(limit)))
             if error:
-                attributes.append(_attr("error.type", error))
-            server: dict[str, Any] = {
-                "traceId": trace_id,
-                "spanId": span.span_id.decode(),
-                "name": f"{method_text} {route}" if route else method_text,
-                "kind": KIND_SERVER,
-                "startTimeUnixNano": str(int(started * 1e9) + offset),
-                "endTimeUnixNano": str(int(ended * 1e9) + offset),
-                "attributes": attributes,
-                "status": {"code": STATUS_ERROR} if status >= 500 else {},
-            }
-            if span.parent_id:
-                server["parentSpanId"] = span.parent_id.decode()
-            spans.append(server)
-            for n, (span_id, start, end, address, port, failed) in enumerate(span.attempts):
-                last = n == len(span.attempts) - 1
-                client_attributes = [
-                    _attr("http.request.method", method_text),
-                    _attr("server.address", address),
-                    _attr("server.port", port),
-                    _attr("network.peer.address", address),
-                    _attr("network.peer.port", port),
-                    _attr("gw.attempt", n + 1),
-                ]
-                if last and not failed:
-                    client_attributes.append(_attr("http.response.status_code", status))
-                if failed:
-                    client_attributes.append(_attr("error.type", failed))
-                spans.append(
-                    {
-                        "traceId": trace_id,
-                        "spanId": span_id.decode(),
-                        "parentSpanId": span.span_id.decode(),
-                        "name": method_text,
-                        "kind": KIND_CLIENT,
-                        "startTimeUnixNano": str(int(start * 1e9) + offset),
-                        "endTimeUnixNano": str(int(end * 1e9) + offset),
-                        "attributes": client_attributes,
-                        "status": {"code": STATUS_ERROR} if failed or (last and status >= 500) else {},
-                    }
+                attributes.append(_STR % (b"error.type", _json(error)))
+            name = _json(f"{method.decode('latin-1')} {route}" if route else method.decode("latin-1"))
+            add(
+                _SPAN
+                % (
+                    trace_id, server_id, b',"parentSpanId":"%b"' % span.parent_id if span.parent_id else b"",
+                    name, KIND_SERVER, int(started * 1e9) + offset, int(ended * 1e9) + offset,
+                    b",".join(attributes), _ERROR if status >= 500 else b"",
                 )
-        return orjson.dumps(
-            {
-                "resourceSpans": [
-                    {
-                        "resource": {"attributes": [_attr("service.name", self.service)]},
-                        "scopeSpans": [{"scope": {"name": "gw"}, "spans": spans}],
-                    }
+            )  # fmt: skip
+            method_json = _json(method.decode("latin-1"))
+            last = len(attempts) - 1
+            for n, (span_id, start, end, address, port, failed) in enumerate(attempts):
+                address_json = _json(address)
+                client = [
+                    _STR % (b"http.request.method", method_json),
+                    _STR % (b"server.address", address_json),
+                    _INT % (b"server.port", port),
+                    _STR % (b"network.peer.address", address_json),
+                    _INT % (b"network.peer.port", port),
+                    _INT % (b"gw.attempt", n + 1),
                 ]
-            }
+                if n == last and not failed:
+                    client.append(_INT % (b"http.response.status_code", status))
+                if failed:
+                    client.append(_STR % (b"error.type", _json(failed)))
+                add(
+                    _SPAN
+                    % (
+                        trace_id, span_id, b',"parentSpanId":"%b"' % server_id, method_json, KIND_CLIENT,
+                        int(start * 1e9) + offset, int(end * 1e9) + offset, b",".join(client),
+                        _ERROR if failed or (n == last and status >= 500) else b"",
+                    )
+                )  # fmt: skip
+        return (
+            b'{"resourceSpans":[{"resource":{"attributes":[%b]},"scopeSpans":[{"scope":{"name":"gw"},"spans":[%b]}]}]}'
+            % (_STR % (b"service.name", _json(self.service)), b",".join(spans))
         )
 
 
-def _attr(key: str, value: str | int) -> dict[str, Any]:
-    # OTLP/JSON: 64-bit integers are strings (the protobuf JSON mapping).
-    if isinstance(value, int):
-        return {"key": key, "value": {"intValue": str(value)}}
-    return {"key": key, "value": {"stringValue": value}}
+# OTLP/JSON pieces (the protobuf JSON mapping: 64-bit integers as strings, ids as hex).
+_SPAN = (
+    b'{"traceId":"%b","spanId":"%b"%b,"name":%b,"kind":%d,"startTimeUnixNano":"%d","endTimeUnixNano":"%d",'
+    b'"attributes":[%b],"status":{%b}}'
+)
+_STR = b'{"key":"%b","value":{"stringValue":%b}}'
+_INT = b'{"key":"%b","value":{"intValue":"%d"}}'
+_ERROR = b'"code":2'
+_json = orjson.dumps
 
 
 def _auth_result(rule: Any, identity: Any, status: int) -> str:
