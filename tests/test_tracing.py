@@ -110,7 +110,7 @@ def test_traceparent_is_parsed_as_the_w3c_format_says() -> None:
         assert parse_traceparent(bad.encode()) is None, bad
 
 
-def test_traceparent_is_found_and_cut_in_any_case_of_its_name() -> None:
+def test_traceparent_is_found_as_callers_spell_it_and_cut_in_any_case() -> None:
     block = b"Host: a\r\nTraceparent: 00-x\r\nX-Tracestate: no\r\n"
     assert find_traceparent(block) == b" 00-x"
     assert find_traceparent(b"traceparent: v\r\nHost: a\r\n") == b" v"

@@ -54,14 +54,12 @@ def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bool] | None:
 
 def find_traceparent(text: bytes) -> bytes | None:
     """The value of the traceparent field in a header block (its lines end with CRLF; the first
-    may start the text); None without one. Its name as the W3C spells it, capitalised (Go's
-    canonical form) or in capitals: two find() calls, not a lower-cased copy of every head (a name
-    in another mix of cases is not read, and is forwarded as any field)."""
+    may start the text); None without one. Its name as the W3C spells it or capitalised (Go's
+    canonical form), as the connection's fast path sets it apart (gw.proxy.downstream): a name in
+    another mix of cases is not read, and is forwarded as any field."""
     at = text.find(b"raceparent:")
     if at < 0:
-        at = text.find(b"RACEPARENT:")
-        if at < 0:
-            return None
+        return None
     start = at - 1
     if not (start == 0 or text[start - 1 : start] == b"\n") or text[start : start + 1] not in (b"t", b"T"):
         return None
@@ -144,9 +142,14 @@ class Tracer:
         head = req.head
         if len(head) == 3:
             # The fast path's head: [forward, request id, CRLF or "\r\ntraceparent: …\r\n"] (the
-            # connection sets the usual traceparent line apart from the rest of the head).
+            # connection sets a traceparent line apart from the rest of the head before analysing it).
             line = head[2]
-            value = line[line.find(b":") + 1 : -2] if len(line) > 2 else find_traceparent(head[0])
+            if len(line) == 2:
+                if not self.ratio:
+                    return  # (the usual request when only callers' sampled traces are recorded)
+                value = None
+            else:
+                value = line[line.find(b":") + 1 : -2]
         else:
             line = b""
             value = find_traceparent(b"".join(head))
@@ -166,8 +169,6 @@ class Tracer:
         if value is not None:  # the client's traceparent (or an invalid one) is replaced by gw's
             if len(line) > 2:
                 req.head = [head[0], head[1], b"\r\n"]
-            elif len(head) == 3:
-                req.head = [cut_traceparent(head[0]), head[1], head[2]]
             else:
                 req.head = [cut_traceparent(b"".join(head))]
         req.span = Span(trace_id, self.new_span_id(), parent_id)
