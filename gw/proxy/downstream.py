@@ -498,36 +498,40 @@ class ClientConnection(asyncio.Protocol):
             raise errors.MethodNotImplemented("CONNECT is not supported")
         version = _VERSIONS.get(text) or http_version(text)
         request_id = self.plane.next_request_id()
-        # A traced caller sends a new traceparent with every request: its line is set apart (and
-        # forwarded after X-Request-ID), so the rest of the head is still analysed once (below).
-        whole = block
-        trace_line = CRLF
-        at = block.find(b"raceparent:")
-        if at > 2 and block[at - 3 : at - 1] == CRLF and block[at - 1] in _T:
-            end = block.find(CRLF, at)
-            trace_line = block[at - 3 : end + 2]
-            block = block[: at - 3] + block[end:]
         # A client's consecutive heads are usually byte-identical (same fields, same cookies):
         # the analysis of the last one is reused after one bytes comparison.
         memo = self.req_memo
+        whole = block
+        trace_line = CRLF
         if url[:1] != b"/":
             head = None  # absolute-form: its authority replaces Host (general path)
         elif memo is not None and memo[0] == block and memo[1] == version:
             head = memo[2]
-        elif self.recall:
-            # Another head than the last: the worker may know it (a client cycling over a few).
-            key = (block, version, self.client_host, self.scheme, self.port_bytes)
-            head = HEADS.get(key, HEADS)  # type: ignore[arg-type]
-            if head is HEADS:
-                self.recall -= 1
-                head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes, self.hop)
-                remember(key, head)
-            elif self.recall < RECALL:
-                self.recall += 1
-            self.req_memo = (block, version, head)
         else:
-            head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes, self.hop)
-            self.req_memo = (block, version, head)
+            # Another head than the last. A traced caller's differ by their traceparent alone: its
+            # line is set apart (forwarded after X-Request-ID) and the rest looked up, so such heads
+            # are analysed once too. (Memo keys never hold the line: a head with one always comes here.)
+            at = block.find(b"raceparent:")
+            if at > 2 and block[at - 3 : at - 1] == CRLF and block[at - 1] in _T:
+                end = block.find(CRLF, at)
+                trace_line = block[at - 3 : end + 2]
+                block = block[: at - 3] + block[end:]
+            if memo is not None and memo[0] == block and memo[1] == version:
+                head = memo[2]  # the last head, but for its traceparent
+            elif self.recall:
+                # The worker may know it (a client cycling over a few).
+                key = (block, version, self.client_host, self.scheme, self.port_bytes)
+                head = HEADS.get(key, HEADS)  # type: ignore[arg-type]
+                if head is HEADS:
+                    self.recall -= 1
+                    head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes, self.hop)
+                    remember(key, head)
+                elif self.recall < RECALL:
+                    self.recall += 1
+                self.req_memo = (block, version, head)
+            else:
+                head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes, self.hop)
+                self.req_memo = (block, version, head)
         if head is not None:
             req.method = method
             req.version = version
@@ -1326,7 +1330,7 @@ class ClientConnection(asyncio.Protocol):
         response, self.bytes_out = problem_response(
             error, req.request_id, close=close, head_only=req.method == b"HEAD", version=req.version,
             trace_id=req.trace_id,
-        )
+        )  # fmt: skip
         self.transport.write(response)
         self._finish(req, error.status)
 
