@@ -319,3 +319,28 @@ def test_one_trace_spans_two_gateways_in_a_chain(
     (inner_client,) = [s for s in clients if s is not outer_client]
     assert inner_client["parentSpanId"] == inner_server["spanId"]
     assert upstream.seen[-1].header("traceparent") == f"00-{TRACE}-{inner_client['spanId']}-01"
+
+
+def test_each_retry_is_a_client_span_of_its_own(
+    start_gateway: StartGateway, upstream: Upstream, collector: Collector
+) -> None:
+    routes = [
+        {"name": "api", "rules": [{"backendRefs": [{"backend": "up"}], "retry": {"attempts": 3, "codes": [503]}}]}
+    ]
+    gw = start_gateway(
+        {"up": [("127.0.0.1", upstream.port)]}, routes, env={"GW_OTLP_ENDPOINT": collector.url, "GW_TRACE_SAMPLE": "1"}
+    )
+    resp = gw.connect().request("GET", "/flaky/tracing/2")  # 503 twice, then 200
+    assert resp.status == 200
+    parents = [seen.header("traceparent") for seen in upstream.seen[-3:]]
+    trace_id = parents[0].split("-")[1]  # type: ignore[union-attr]
+    spans = collector.trace(trace_id, 4)
+    (server,) = [s for s in spans if s["kind"] == 2]
+    clients = sorted((s for s in spans if s["kind"] == 3), key=lambda s: attributes(s)["gw.attempt"])
+    assert [s["parentSpanId"] for s in clients] == [server["spanId"]] * 3
+    # Each attempt told the upstream its own span as the parent.
+    assert parents == [f"00-{trace_id}-{s['spanId']}-01" for s in clients]
+    assert [s["status"] for s in clients] == [{"code": 2}, {"code": 2}, {}]
+    assert attributes(clients[0])["error.type"] == "status"
+    assert attributes(clients[2])["http.response.status_code"] == 200
+    assert attributes(server)["gw.retries"] == 2
