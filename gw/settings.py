@@ -72,6 +72,15 @@ def parse_fraction(text: str) -> float:
     return value
 
 
+def parse_http_url(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {text!r} (use e.g. http://otel-collector:4318)")
+    return text
+
+
 def parse_positive_duration(text: str) -> float:
     """A duration that must not be zero (a zero budget or poll interval would spin or fail everything)."""
     value = parse_duration(text)
@@ -223,7 +232,7 @@ class Settings:
     access_log_sample: float = _var(1.0, parse_fraction, "Fraction of requests written to the access log.")
     otlp_endpoint: str = _var(
         "",
-        str,
+        parse_http_url,
         "OTLP/HTTP collector that receives spans (OTLP/JSON POSTed to `<url>/v1/traces`, e.g. "
         "`http://otel-collector:4318`); empty: no tracing, a client's `traceparent` is forwarded untouched.",
     )

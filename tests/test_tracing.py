@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from gw.observe.tracing import cut_traceparent, find_traceparent, parse_traceparent
+from gw.settings import Settings, SettingsError
 from tests.conftest import StartGateway
 from tests.support.gateway import GatewayProcess, free_port
 from tests.support.upstream import Upstream
@@ -116,6 +117,12 @@ def test_traceparent_is_found_as_callers_spell_it_and_cut_in_any_case() -> None:
     assert find_traceparent(b"traceparent: v\r\nHost: a\r\n") == b" v"
     assert find_traceparent(b"Host: a\r\nX-Traceparent: v\r\n") is None
     assert cut_traceparent(block) == b"Host: a\r\nX-Tracestate: no\r\n"
+
+
+def test_a_collector_url_that_is_not_http_stops_start_up_with_the_variable_named() -> None:
+    with pytest.raises(SettingsError, match="GW_OTLP_ENDPOINT='collector:4318': not an http"):
+        Settings.from_env({"GW_OTLP_ENDPOINT": "collector:4318"})
+    assert Settings.from_env({"GW_OTLP_ENDPOINT": "http://collector:4318"}).trace_sample == 0.0
 
 
 # -- propagation --------------------------------------------------------------------------------------
