@@ -135,10 +135,11 @@ class Tracer:
     def new_span_id(self) -> bytes:
         return b"%016x" % (self.random.getrandbits(64) or 1)
 
-    def begin(self, req: Any) -> None:
+    def begin(self, req: Any) -> Span | None:
         """Read the request's traceparent and decide: a sampled request gets `req.span` (and its
         traceparent line taken out of the forwarded head: each attempt sends gw's own); an unsampled
-        one only its client's trace id (`req.trace_id`, for the log), its traceparent forwarded as is."""
+        one only its client's trace id (`req.trace_id`, for the log), its traceparent forwarded as is.
+        Returns the span, or None."""
         head = req.head
         if len(head) == 3:
             # The fast path's head: [forward, request id, CRLF or "\r\ntraceparent: …\r\n"] (the
@@ -146,7 +147,7 @@ class Tracer:
             line = head[2]
             if len(line) == 2:
                 if not self.ratio:
-                    return  # (the usual request when only callers' sampled traces are recorded)
+                    return None  # (the usual request when only callers' sampled traces are recorded)
                 value = None
             else:
                 value = line[line.find(b":") + 1 : -2]
@@ -158,11 +159,11 @@ class Tracer:
             trace_id, parent_id, sampled = parent
             req.trace_id = trace_id
             if not sampled:
-                return
+                return None
         else:
             ratio = self.ratio
             if not ratio or (ratio < 1.0 and self.random.random() >= ratio):
-                return  # no trace is started for a request that would not be recorded
+                return None  # no trace is started for a request that would not be recorded
             trace_id = b"%032x" % (self.random.getrandbits(128) or 1)
             parent_id = b""
             req.trace_id = trace_id
@@ -171,7 +172,8 @@ class Tracer:
                 req.head = [head[0], head[1], b"\r\n"]
             else:
                 req.head = [cut_traceparent(b"".join(head))]
-        req.span = Span(trace_id, self.new_span_id(), parent_id)
+        span = req.span = Span(trace_id, self.new_span_id(), parent_id)
+        return span
 
     def end(self, req: Any, conn: Any, status: int, now: float, error: str | None) -> None:
         """The exchange is over: its spans join the exporter's queue (or are dropped and counted)."""

@@ -58,6 +58,7 @@ UPSTREAM_FAILURES = (errors.UpstreamTimeout, errors.UpstreamProtocolError)
 if TYPE_CHECKING:
     from gw.balancing.resilience import BackendState
     from gw.config.model import Backend, Endpoint
+    from gw.observe.tracing import Span
     from gw.proxy.dataplane import DataPlane
 
 # What the connection is waiting for; decides what an expired deadline means.
@@ -109,6 +110,9 @@ class ClientConnection(asyncio.Protocol):
         # attribute, because testing one the exchange class only defaults costs a slow lookup.
         self.chained: Exchange | None = None
         self.tracer = plane.tracer  # None unless GW_OTLP_ENDPOINT is set: one test per request
+        # The span of the exchange in flight when it is recorded (sampled): an instance attribute,
+        # as `chained` is, so that the usual request tests it without a slow lookup.
+        self.traced: Span | None = None
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.full_parser = self.parser = request_parser(self)
         self.fast_parser = request_parser(RawHeadCallbacks(self))
@@ -679,7 +683,7 @@ class ClientConnection(asyncio.Protocol):
         self.chained = None
         tracer = self.tracer
         if tracer is not None:
-            tracer.begin(req)
+            self.traced = tracer.begin(req)
         rule = req.rule
         if rule is None:
             self._fail(errors.NoRoute(f"no route for {req.host or '(no host)'}{req.path}"))
@@ -941,12 +945,10 @@ class ClientConnection(asyncio.Protocol):
         if self.writing_paused:
             conn.transport.pause_reading()
         parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n", *req.head]
-        tracer = self.tracer
-        if tracer is not None:
-            span = req.span
-            if span is not None:  # this attempt's CLIENT span is the upstream's parent
-                pool = conn.pool
-                parts.append(span.attempt(tracer, pool.address, pool.port))
+        span = self.traced
+        if span is not None:  # this attempt's CLIENT span is the upstream's parent
+            pool = conn.pool
+            parts.append(span.attempt(self.tracer, pool.address, pool.port))  # type: ignore[arg-type]
         if not req.host_header:
             parts.append(b"Host: %s:%d\r\n" % (conn.pool.address.encode(), conn.pool.port))
         parts.append(CRLF)
@@ -1092,8 +1094,8 @@ class ClientConnection(asyncio.Protocol):
         if rejected is not None:
             rejected.abort()  # its body is not wanted; the connection cannot be reused mid-response
         retry = req.rule.retry  # type: ignore[union-attr]
-        if req.span is not None:
-            req.span.attempt_failed(reason)
+        if self.traced is not None:
+            self.traced.attempt_failed(reason)
         delay = retry.delay(req.retries)
         req.retries += 1
         rearm(req)
@@ -1316,8 +1318,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if error.status >= 500:
             self.plane.metrics.inc("gw_proxy_errors_total", kind=error.kind)
-            if error.attempt_failed and req.span is not None:
-                req.span.attempt_failed(error.kind)
+            if error.attempt_failed and self.traced is not None:
+                self.traced.attempt_failed(error.kind)
         close = (
             error.close
             or not req.keep_alive
@@ -1468,9 +1470,10 @@ class ClientConnection(asyncio.Protocol):
         rule = req.rule
         stats = rule.stats if rule is not None and rule.stats is not None else self.plane.no_route_stats
         stats.record(status, duration)
-        tracer = self.tracer
-        if tracer is not None and req.span is not None:
-            tracer.end(req, self, status, now, error)
+        span = self.traced
+        if span is not None and req.span is span:
+            self.traced = None
+            self.tracer.end(req, self, status, now, error)  # type: ignore[union-attr]
         if self.chained is req and req.done_phases:
             for phase in req.done_phases:  # the outcome, to phases that account for it
                 try:
@@ -1502,7 +1505,7 @@ class ClientConnection(asyncio.Protocol):
                 self.log_memo = (req.url, req.host, req.method, req.version, request_part)
             endpoint = self.endpoint
             tail = b"," + members(error=error) if error else b""
-            if tracer is not None and req.trace_id:
+            if self.tracer is not None and req.trace_id:
                 tail += b',"trace_id":"%b"' % req.trace_id
             log.write_line(
                 LINE
