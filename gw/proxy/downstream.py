@@ -682,7 +682,9 @@ class ClientConnection(asyncio.Protocol):
         self.resp_head = None
         self.chained = None
         tracer = self.tracer
-        if tracer is not None:
+        # (The fast path's head is [forward, id, CRLF] unless a traceparent line was set apart: then
+        # nothing is to be read or decided when no trace starts without a sampled parent.)
+        if tracer is not None and (tracer.ratio or req.head[2] is not CRLF):
             self.traced = tracer.begin(req)
         rule = req.rule
         if rule is None:
