@@ -11,6 +11,7 @@ without bound.
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 import threading
@@ -135,19 +136,28 @@ class Tracer:
     def new_span_id(self) -> bytes:
         return b"%016x" % (self.random.getrandbits(64) or 1)
 
-    def begin(self, req: Any) -> Span | None:
+    def gap(self) -> int:
+        """Requests until the next that starts a trace without a parent: geometric with the ratio
+        (a Bernoulli draw per request, made once per start instead); 0 when none does."""
+        ratio = self.ratio
+        if ratio >= 1.0:
+            return 1
+        if ratio <= 0.0:
+            return 0
+        return int(math.log(1.0 - self.random.random()) / math.log1p(-ratio)) + 1
+
+    def begin(self, req: Any, root: bool) -> Span | None:
         """Read the request's traceparent and decide: a sampled request gets `req.span` (and its
         traceparent line taken out of the forwarded head: each attempt sends gw's own); an unsampled
         one only its client's trace id (`req.trace_id`, for the log), its traceparent forwarded as is.
-        Returns the span, or None."""
+        `root`: a request without a (valid) parent starts a trace (the connection's countdown,
+        Tracer.gap, says so). Returns the span, or None."""
         head = req.head
         if len(head) == 3:
             # The fast path's head: [forward, request id, CRLF or "\r\ntraceparent: …\r\n"] (the
             # connection sets a traceparent line apart from the rest of the head before analysing it).
             line = head[2]
             if len(line) == 2:
-                if not self.ratio:
-                    return None  # (the usual request when only callers' sampled traces are recorded)
                 value = None
             else:
                 value = line[line.find(b":") + 1 : -2]
@@ -161,8 +171,7 @@ class Tracer:
             if not sampled:
                 return None
         else:
-            ratio = self.ratio
-            if not ratio or (ratio < 1.0 and self.random.random() >= ratio):
+            if not root:
                 return None  # no trace is started for a request that would not be recorded
             trace_id = b"%032x" % (self.random.getrandbits(128) or 1)
             parent_id = b""

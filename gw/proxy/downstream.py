@@ -113,6 +113,10 @@ class ClientConnection(asyncio.Protocol):
         # The span of the exchange in flight when it is recorded (sampled): an instance attribute,
         # as `chained` is, so that the usual request tests it without a slow lookup.
         self.traced: Span | None = None
+        # Requests until the next one that starts a trace of its own (GW_TRACE_SAMPLE), counted
+        # down: a geometric draw per start keeps each request's chance at the ratio, without a
+        # random number per request. 0: none starts one.
+        self.countdown = self.tracer.gap() if self.tracer is not None else 0
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.full_parser = self.parser = request_parser(self)
         self.fast_parser = request_parser(RawHeadCallbacks(self))
@@ -682,10 +686,19 @@ class ClientConnection(asyncio.Protocol):
         self.resp_head = None
         self.chained = None
         tracer = self.tracer
-        # (The fast path's head is [forward, id, CRLF] unless a traceparent line was set apart: then
-        # nothing is to be read or decided when no trace starts without a sampled parent.)
-        if tracer is not None and (tracer.ratio or req.head[2] is not CRLF):
-            self.traced = tracer.begin(req)
+        if tracer is not None:
+            root = False
+            countdown = self.countdown
+            if countdown:
+                if countdown > 1:
+                    self.countdown = countdown - 1
+                else:
+                    self.countdown = tracer.gap()
+                    root = True
+            # (The fast path's head is [forward, id, CRLF] unless a traceparent line was set apart:
+            # then there is nothing to read, and nothing to decide unless a trace starts here.)
+            if root or req.head[2] is not CRLF:
+                self.traced = tracer.begin(req, root)
         rule = req.rule
         if rule is None:
             self._fail(errors.NoRoute(f"no route for {req.host or '(no host)'}{req.path}"))
