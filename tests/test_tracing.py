@@ -125,6 +125,21 @@ def test_a_collector_url_that_is_not_http_stops_start_up_with_the_variable_named
     assert Settings.from_env({"GW_OTLP_ENDPOINT": "http://collector:4318"}).trace_sample == 0.0
 
 
+def test_the_countdown_to_a_new_trace_follows_the_ratio() -> None:
+    from gw.observe.metrics import Registry
+    from gw.observe.tracing import Tracer
+
+    def tracer(ratio: float) -> Tracer:
+        return Tracer("http://collector:4318", ratio, 1.0, Registry())
+
+    assert tracer(0.0).gap() == 0  # no request starts a trace
+    assert {tracer(1.0).gap() for _ in range(10)} == {1}  # every request does
+    assert tracer(0.0).url == "http://collector:4318/v1/traces"
+    gaps = [tracer(0.25).gap() for _ in range(4000)]
+    assert min(gaps) >= 1
+    assert 3.5 < sum(gaps) / len(gaps) < 4.5  # a mean of 1/ratio requests between starts
+
+
 # -- propagation --------------------------------------------------------------------------------------
 
 
