@@ -117,6 +117,7 @@ class ClientConnection(asyncio.Protocol):
         # down: a geometric draw per start keeps each request's chance at the ratio, without a
         # random number per request. 0: none starts one.
         self.countdown = self.tracer.gap() if self.tracer is not None else 0
+        self.trace_for: Exchange | None = None  # the last exchange the tracer read (its trace_id is set)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.full_parser = self.parser = request_parser(self)
         self.fast_parser = request_parser(RawHeadCallbacks(self))
@@ -699,6 +700,7 @@ class ClientConnection(asyncio.Protocol):
             # then there is nothing to read, and nothing to decide unless a trace starts here.)
             if root or req.head[2] is not CRLF:
                 self.traced = tracer.begin(req, root)
+                self.trace_for = req
         rule = req.rule
         if rule is None:
             self._fail(errors.NoRoute(f"no route for {req.host or '(no host)'}{req.path}"))
@@ -1520,7 +1522,7 @@ class ClientConnection(asyncio.Protocol):
                 self.log_memo = (req.url, req.host, req.method, req.version, request_part)
             endpoint = self.endpoint
             tail = b"," + members(error=error) if error else b""
-            if self.tracer is not None and req.trace_id:
+            if self.trace_for is req and req.trace_id:
                 tail += b',"trace_id":"%b"' % req.trace_id
             log.write_line(
                 LINE
