@@ -213,10 +213,17 @@ def _fixed(kind: str, status: int) -> tuple[int, bytes, bytes]:
 
 
 def problem_response(
-    error: ProxyError, request_id: bytes, *, close: bool, head_only: bool = False, version: bytes = b"1.1"
+    error: ProxyError,
+    request_id: bytes,
+    *,
+    close: bool,
+    head_only: bool = False,
+    version: bytes = b"1.1",
+    trace_id: bytes = b"",
 ) -> tuple[bytes, int]:
     """A complete HTTP response carrying an RFC 9457 problem document for `error`, and how many
-    content bytes it sends (the access log's bytes_out: none when `head_only`)."""
+    content bytes it sends (the access log's bytes_out: none when `head_only`). `trace_id`: the
+    W3C trace the request belongs to (hex), a `trace_id` member when there is one."""
     status = error.status
     fixed = _FIXED.get(error.kind)
     if fixed is None or fixed[0] != status:
@@ -225,6 +232,8 @@ def problem_response(
         quoted_id = b'"%b"}' % request_id
     else:
         quoted_id = orjson.dumps(request_id.decode("latin-1")) + b"}"
+    if trace_id:  # (hex digits: nothing to escape)
+        quoted_id = quoted_id[:-1] + b',"trace_id":"%b"}' % trace_id
     detail = orjson.dumps(error.detail)
     document = fixed[2]
     length = len(document) + len(detail) + 14 + len(quoted_id)  # 14: ',"request_id":'

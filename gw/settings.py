@@ -82,6 +82,15 @@ def parse_admin_token(text: str) -> str:
     return token
 
 
+def parse_http_url(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {text!r} (use e.g. http://otel-collector:4318)")
+    return text
+
+
 def parse_positive_duration(text: str) -> float:
     """A duration that must not be zero (a zero budget or poll interval would spin or fail everything)."""
     value = parse_duration(text)
@@ -241,6 +250,19 @@ class Settings:
     )
     access_log: str = _var("stdout", str, "Access log destination: stdout, stderr, off, or a file path.")
     access_log_sample: float = _var(1.0, parse_fraction, "Fraction of requests written to the access log.")
+    otlp_endpoint: str = _var(
+        "",
+        parse_http_url,
+        "OTLP/HTTP collector that receives spans (OTLP/JSON POSTed to `<url>/v1/traces`, e.g. "
+        "`http://otel-collector:4318`); empty: no tracing, a client's `traceparent` is forwarded untouched.",
+    )
+    trace_sample: float = _var(
+        0.0,
+        parse_fraction,
+        "Fraction of requests without a sampled parent that start a recorded trace (parent-based: a "
+        "`traceparent` whose sampled flag is set is always recorded, one without it never). Needs GW_OTLP_ENDPOINT.",
+    )
+    otlp_timeout: float = _var(5.0, parse_positive_duration, "Time the span exporter waits on the collector per batch.")
     max_connections: int = _var(10000, parse_positive_int, "Open client connections per worker.")
     max_request_line: int = _var(8192, parse_size, "Longest request line (method, target, version): 414.")
     max_header_size: int = _var(32768, parse_size, "Largest request header block: 431.")

@@ -65,6 +65,8 @@ RETRY_REASONS = (
 # ejected or refusing; a cookie that failed verification (tampered, expired, another rule's or
 # key's); a request whose header id went by the hash because Redis did not answer.
 SESSION_RESULTS = ("created", "repinned", "invalid", "hashed")
+# gw_trace_spans_dropped_total's reasons (gw.observe.tracing).
+TRACE_DROP_REASONS = ("queue-full", "export-failed")
 TIMEOUT_KINDS = ("request", "header", "body", "phase", "connect", "response", "response-body")
 
 FAMILIES: dict[str, Family] = {
@@ -150,6 +152,15 @@ FAMILIES: dict[str, Family] = {
     ),
     "gw_mirror_requests_in_flight": Family(GAUGE, "Mirrored copies under way."),
     "gw_auth_calls_in_flight": Family(GAUGE, "External authorization calls (extAuth, ExternalAuth) under way."),
+    # -- tracing (GW_OTLP_ENDPOINT: gw.observe.tracing) ------------------------------------------
+    "gw_trace_spans_exported_total": Family(COUNTER, "Spans the OTLP collector accepted."),
+    "gw_trace_spans_dropped_total": Family(
+        COUNTER,
+        "Spans dropped, by reason: queue-full (the export queue was full: the collector slow or down), "
+        "export-failed (the collector refused a batch or could not be reached).",
+        "reason",
+        TRACE_DROP_REASONS,
+    ),
     # -- authentication and authorization (SecurityPolicy: gw.policies.security) ---------------
     "gw_auth_decisions_total": Family(
         COUNTER,

@@ -18,6 +18,7 @@ from gw.config.model import Backend, CompiledConfig, Endpoint, PortConfig
 from gw.config.tls import client_verify_mode
 from gw.observe.accesslog import AccessLog
 from gw.observe.metrics import Registry
+from gw.observe.tracing import Tracer
 from gw.policies.backend_sync import BackendStates
 from gw.policies.ratelimit import Limiters
 from gw.policies.registry import PHASES, Build, build_chain
@@ -70,6 +71,11 @@ class DataPlane:
         self.metrics = metrics if metrics is not None else Registry()
         self.no_route_stats = self.metrics.route("")  # requests answered before a route matched
         self.access_log = AccessLog(settings.access_log, settings.access_log_sample)
+        self.tracer = (
+            Tracer(settings.otlp_endpoint, settings.trace_sample, settings.otlp_timeout, self.metrics)
+            if settings.otlp_endpoint
+            else None
+        )
         self.draining = False
         self.header_matching = True
         self.tls_contexts: dict[int, ssl.SSLContext] = {}
@@ -311,6 +317,8 @@ class DataPlane:
 
     def start(self) -> None:
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        if self.tracer is not None:
+            self.tracer.start()
 
     def _sweep(self) -> None:
         """Every SWEEP_INTERVAL: let the loop poll for I/O once, then expire what is still due.
@@ -357,3 +365,5 @@ class DataPlane:
         for pool in self.pools.values():
             pool.close_all()
         self.access_log.close()
+        if self.tracer is not None:
+            self.tracer.stop()

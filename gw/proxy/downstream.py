@@ -58,6 +58,7 @@ UPSTREAM_FAILURES = (errors.UpstreamTimeout, errors.UpstreamProtocolError)
 if TYPE_CHECKING:
     from gw.balancing.resilience import BackendState
     from gw.config.model import Backend, Endpoint
+    from gw.observe.tracing import Span
     from gw.proxy.dataplane import DataPlane
 
 # What the connection is waiting for; decides what an expired deadline means.
@@ -85,6 +86,7 @@ MAX_CONNECT_ATTEMPTS = 3  # endpoints tried when connects are refused (nothing w
 HTTP_100_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a RST
 LAST_CHUNK = b"0\r\n\r\n"
+_T = b"tT"  # the first letter of a traceparent field's name, as callers spell it
 
 
 class NothingMore(Exception):
@@ -107,6 +109,15 @@ class ClientConnection(asyncio.Protocol):
         # The exchange in flight when its rule has a phase chain (None otherwise): an instance
         # attribute, because testing one the exchange class only defaults costs a slow lookup.
         self.chained: Exchange | None = None
+        self.tracer = plane.tracer  # None unless GW_OTLP_ENDPOINT is set: one test per request
+        # The span of the exchange in flight when it is recorded (sampled): an instance attribute,
+        # as `chained` is, so that the usual request tests it without a slow lookup.
+        self.traced: Span | None = None
+        # Requests until the next one that starts a trace of its own (GW_TRACE_SAMPLE), counted
+        # down: a geometric draw per start keeps each request's chance at the ratio, without a
+        # random number per request. 0: none starts one.
+        self.countdown = self.tracer.gap() if self.tracer is not None else 0
+        self.trace_for: Exchange | None = None  # the last exchange the tracer read (its trace_id is set)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.full_parser = self.parser = request_parser(self)
         self.fast_parser = request_parser(RawHeadCallbacks(self))
@@ -505,24 +516,37 @@ class ClientConnection(asyncio.Protocol):
         # A client's consecutive heads are usually byte-identical (same fields, same cookies):
         # the analysis of the last one is reused after one bytes comparison.
         memo = self.req_memo
+        whole = block
+        trace_line = CRLF
         if url[:1] != b"/":
             head = None  # absolute-form: its authority replaces Host (general path)
         elif memo is not None and memo[0] == block and memo[1] == version:
             head = memo[2]
-        elif self.recall:
-            # Another head than the last: the worker may know it (a client cycling over a few).
-            key = (block, version, self.client_host, self.scheme, self.port_bytes)
-            head = HEADS.get(key, HEADS)  # type: ignore[arg-type]
-            if head is HEADS:
-                self.recall -= 1
-                head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes, self.hop)
-                remember(key, head)
-            elif self.recall < RECALL:
-                self.recall += 1
-            self.req_memo = (block, version, head)
         else:
-            head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes, self.hop)
-            self.req_memo = (block, version, head)
+            # Another head than the last. A traced caller's differ by their traceparent alone: its
+            # line is set apart (forwarded after X-Request-ID) and the rest looked up, so such heads
+            # are analysed once too. (Memo keys never hold the line: a head with one always comes here.)
+            at = block.find(b"raceparent:")
+            if at > 2 and block[at - 3 : at - 1] == CRLF and block[at - 1] in _T:
+                end = block.find(CRLF, at)
+                trace_line = block[at - 3 : end + 2]
+                block = block[: at - 3] + block[end:]
+            if memo is not None and memo[0] == block and memo[1] == version:
+                head = memo[2]  # the last head, but for its traceparent
+            elif self.recall:
+                # The worker may know it (a client cycling over a few).
+                key = (block, version, self.client_host, self.scheme, self.port_bytes)
+                head = HEADS.get(key, HEADS)  # type: ignore[arg-type]
+                if head is HEADS:
+                    self.recall -= 1
+                    head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes, self.hop)
+                    remember(key, head)
+                elif self.recall < RECALL:
+                    self.recall += 1
+                self.req_memo = (block, version, head)
+            else:
+                head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes, self.hop)
+                self.req_memo = (block, version, head)
         if head is not None:
             req.method = method
             req.version = version
@@ -532,13 +556,13 @@ class ClientConnection(asyncio.Protocol):
             req.request_id = request_id
             req.host_header = head.host_header
             req.host = head.host
-            req.head = [head.forward, request_id, CRLF]
+            req.head = [head.forward, request_id, trace_line]
             if self.client_cert:
                 req.head.append(self.client_cert)
             if self.plane.header_matching:
-                req.headers = split_fields(block)
+                req.headers = split_fields(whole)
         else:
-            req.headers = split_fields(block)
+            req.headers = split_fields(whole)
             prepare(
                 req, method, version, keep_alive, upgrade, self.client_host,
                 self.scheme, self.port_bytes, request_id, self.hop,
@@ -669,6 +693,21 @@ class ClientConnection(asyncio.Protocol):
         self.bytes_out = 0
         self.resp_head = None
         self.chained = None
+        tracer = self.tracer
+        if tracer is not None:
+            root = False
+            countdown = self.countdown
+            if countdown:
+                if countdown > 1:
+                    self.countdown = countdown - 1
+                else:
+                    self.countdown = tracer.gap()
+                    root = True
+            # (The fast path's head is [forward, id, CRLF] unless a traceparent line was set apart:
+            # then there is nothing to read, and nothing to decide unless a trace starts here.)
+            if root or req.head[2] is not CRLF:
+                self.traced = tracer.begin(req, root)
+                self.trace_for = req
         rule = req.rule
         if rule is None:
             self._fail(errors.NoRoute(f"no route for {req.host or '(no host)'}{req.path}"))
@@ -964,6 +1003,10 @@ class ClientConnection(asyncio.Protocol):
         if self.writing_paused:
             conn.transport.pause_reading()
         parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n", *req.head]
+        span = self.traced
+        if span is not None:  # this attempt's CLIENT span is the upstream's parent
+            pool = conn.pool
+            parts.append(span.attempt(self.tracer, pool.address, pool.port))  # type: ignore[arg-type]
         if not req.host_header:
             parts.append(b"Host: %s:%d\r\n" % (conn.pool.address.encode(), conn.pool.port))
         parts.append(CRLF)
@@ -1109,6 +1152,8 @@ class ClientConnection(asyncio.Protocol):
         if rejected is not None:
             rejected.abort()  # its body is not wanted; the connection cannot be reused mid-response
         retry = req.rule.retry  # type: ignore[union-attr]
+        if self.traced is not None:
+            self.traced.attempt_failed(reason)
         delay = retry.delay(req.retries)
         req.retries += 1
         rearm(req)
@@ -1337,6 +1382,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if error.status >= 500:
             self.plane.metrics.inc("gw_proxy_errors_total", kind=error.kind)
+            if error.attempt_failed and self.traced is not None:
+                self.traced.attempt_failed(error.kind)
         close = (
             error.close
             or not req.keep_alive
@@ -1347,8 +1394,9 @@ class ClientConnection(asyncio.Protocol):
         self.framing = NO_BODY
         self.out.clear()
         response, self.bytes_out = problem_response(
-            error, req.request_id, close=close, head_only=req.method == b"HEAD", version=req.version
-        )
+            error, req.request_id, close=close, head_only=req.method == b"HEAD", version=req.version,
+            trace_id=req.trace_id,
+        )  # fmt: skip
         self.transport.write(response)
         self._finish(req, error.status)
 
@@ -1369,7 +1417,10 @@ class ClientConnection(asyncio.Protocol):
         # A response to HEAD has no content (RFC 9110 §9.3.2): the method is known once the
         # request line is parsed (the target is read after it).
         head_only = req is not None and (req.method or (req.url and self.parser.get_method())) == b"HEAD"
-        response, self.bytes_out = problem_response(error, request_id, close=True, head_only=head_only)
+        trace_id = req.trace_id if req is not None else b""
+        response, self.bytes_out = problem_response(
+            error, request_id, close=True, head_only=head_only, trace_id=trace_id
+        )
         self.transport.write(response)
         if req is not None:
             req.request_id = request_id
@@ -1516,6 +1567,10 @@ class ClientConnection(asyncio.Protocol):
             # its pair of stats at hand.
             stats = rule.stats or rule.pairs.get(self.backend, rule.bare_stats)
             stats.record_upstream(status, duration, self.bytes_out)
+        span = self.traced
+        if span is not None and req.span is span:
+            self.traced = None
+            self.tracer.end(req, self, status, now, error)  # type: ignore[union-attr]
         if self.chained is req and req.done_phases:
             for phase in req.done_phases:  # the outcome, to phases that account for it
                 try:
@@ -1546,6 +1601,9 @@ class ClientConnection(asyncio.Protocol):
                 )
                 self.log_memo = (req.url, req.host, req.method, req.version, request_part)
             endpoint = self.endpoint
+            tail = b"," + members(error=error) if error else b""
+            if self.trace_for is req and req.trace_id:
+                tail += b',"trace_id":"%b"' % req.trace_id
             log.write_line(
                 LINE
                 % (
@@ -1559,7 +1617,7 @@ class ClientConnection(asyncio.Protocol):
                     stats.log_member,
                     endpoint.pool.log_member if endpoint is not None and rule is not None else NULL_UPSTREAM,
                     req.identity.log_member if req.identity is not None else NULL_CONSUMER,
-                    b"," + members(error=error) if error else b"",
+                    tail,
                 )
             )
         return now

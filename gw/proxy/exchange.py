@@ -72,6 +72,9 @@ class Exchange:
     done_phases: tuple[Any, ...] = ()  # the chain's on_done phases, once the request went through
     head_id: bytes | None = None  # head_key() when the chain starts (gw.policies.phase.Exchange)
     rematched = False  # a phase had the rule matched again (rematch: once)
+    # -- tracing (gw.observe.tracing; set only when GW_OTLP_ENDPOINT is) --
+    span: Any = None  # a sampled request's server span (gw.observe.tracing.Span)
+    trace_id = b""  # the trace the request belongs to, sampled or not: the access log and problem bodies
     _fields: Fields | None = None
 
     def __init__(self, started: float) -> None:
@@ -101,14 +104,19 @@ class Exchange:
         if fields is None:
             head = self.head
             if len(head) == 3:
-                # The fast path's head, [RawHead.forward, request id, CRLF]: the fields before the id
-                # are split once per distinct head, as the head is analysed once.
+                # The fast path's head, [RawHead.forward, request id, CRLF or the traceparent line
+                # between CRLFs]: the fields before the id are split once per distinct head, as the
+                # head is analysed once.
                 fields = self._fields = [*forward_fields(head[0]), (REQUEST_ID_NAME, head[1])]
+                if len(head[2]) > 2:
+                    fields += split_fields(head[2])
             else:
                 fields = self._fields = split_fields(b"\r\n" + b"".join(head))
         return fields
 
     def head_key(self) -> bytes | None:
+        # (A traceparent, new with every request of a traced caller, is not part of the key: no
+        # phase reads it.)
         head = self.head
         # The fast path's analysed head is one bytes object per distinct header block (req_memo).
         return head[0] if len(head) == 3 and not self.fields_edited else None
