@@ -63,7 +63,9 @@ class Exchange(Protocol):
     listener_port: int  # the listener's declared port (redirects, X-Forwarded-Port)
     started: float  # time.monotonic() when the request's head began: a clock phases may read for free
     # head_key() read without a call (None too once a phase edited the fields): the request phases
-    # of a client that sends the same head again and again remember what they read under it.
+    # of a client that sends the same head again and again remember what they read under it. It
+    # leaves out a traceparent line (new on every request of a traced caller): a phase reading
+    # that field must not remember it under head_id.
     head_id: bytes | None
 
     def fields(self) -> Fields:

@@ -52,6 +52,9 @@ class ExtAuth(Phase):
         self.fail_open = ext.fail_open
         self.status_on_error = ext.status_on_error
         self.sent = frozenset(ALWAYS_SENT) | {n.encode() for n in ext.headers_to_ext_auth} - NOT_COPIED - {b"host"}
+        # ex.head_id leaves a traceparent line out (it is new every request): a service asking for
+        # it gets the fields read afresh each time.
+        self.by_head = b"traceparent" not in self.sent
         to_backend = ext.headers_to_backend
         self.to_backend = None if to_backend is None else frozenset(n.encode() for n in to_backend) - NOT_COPIED
         self.policy = policy
@@ -62,7 +65,7 @@ class ExtAuth(Phase):
         self.heads: dict[bytes, bytes] = {}
 
     def on_request(self, ex: Exchange) -> int:
-        key = ex.head_id
+        key = ex.head_id if self.by_head else None
         fields = self.heads.get(key) if key is not None else None
         if fields is None:
             sent = self.sent
