@@ -1,9 +1,10 @@
 """The phase kinds gw serves, in the one order they run, and the chain each rule gets from them.
 
-Order: tracing → external authorization → authentication → rate limit → session → CORS/redirect →
-request edits → mirror. Later phases read what earlier ones established (a rate-limit key reads
-the identity authentication set); the request edits come after every phase that may answer, so nothing is edited for a
-request that never goes upstream; mirrors copy the request as it finally goes upstream.
+Order: external authorization → authentication → authorization → rate limit → session →
+CORS/redirect → request edits → mirror (tracing is not a phase: gw.observe.tracing). Later phases
+read what earlier ones established (a rate-limit key reads the identity authentication set); the
+request edits come after every phase that may answer, so nothing is edited for a request that
+never goes upstream; mirrors copy the request as it finally goes upstream.
 
 To add a feature: write its module under gw/policies/ (a Phase subclass and a `build(rule,
 services)` that returns the phase for a rule, or None when the rule does not use the feature),
