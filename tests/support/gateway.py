@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -39,8 +40,28 @@ def _remove_runtime_dirs() -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+# Below the kernel's ephemeral range (32768-60999 here): a port handed out by bind(0) can be taken
+# by any outgoing connection before the process it is meant for binds it ("Address already in
+# use", seen under a loaded suite); these are never given to an outgoing connection.
+PORTS = range(20000, 32768)
+_handed: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nothing listens on now, not handed out before in this process."""
+    for _ in range(200):
+        port = random.choice(PORTS)
+        if port in _handed:
+            continue
+        try:
+            for host in ("0.0.0.0", "127.0.0.1"):
+                with socket.socket() as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        _handed.add(port)
+        return port
+    with socket.socket() as s:  # the range is crowded: the kernel's pick, as before
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
