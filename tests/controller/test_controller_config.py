@@ -45,7 +45,13 @@ async def test_objects_created_changed_and_deleted_become_versions_with_origin_c
         assert set(route["metadata"]) == {"name", "namespace", "creationTimestamp"}
 
         fake.put(cluster.route("app", "app", hostname="app.example"))
-        await eventually(lambda: controller.version > first.number, "a version for the changed route")
+        # The suite's first test: seen to need more than 10 s in a fresh clone's full run (never
+        # alone); the message gives the controller's counters and error as the wait began.
+        await eventually(
+            lambda: controller.version > first.number,
+            f"a version for the changed route ({controller.counters}, {controller.error!r})",
+            timeout=30.0,
+        )
         files = await current_files(store)
         assert files["HTTPRoute/default/app.yaml"]["spec"]["hostnames"] == ["app.example"]
 
