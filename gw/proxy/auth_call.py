@@ -170,13 +170,7 @@ class AuthCall(SideRequest):
             return
         self.ended = True
         self.plane.auth_calls.discard(self)
-        if self.connecting is not None:
-            self.connecting.cancel()
-            self.connecting = None
-        conn = self.conn
-        if conn is not None:
-            self.conn = None
-            conn.abort()  # mid-exchange: the connection cannot be reused
+        self._drop_connection()
         if reason is None:
             answer = (self.status, self.block, b"".join(self.body), None)
         else:

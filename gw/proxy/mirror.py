@@ -276,10 +276,4 @@ class MirrorRequest(SideRequest):
         plane = self.plane
         plane.mirrors.discard(self)
         plane.metrics.inc("gw_mirror_requests_total", backend=self.backend_name, result=result)
-        if self.connecting is not None:
-            self.connecting.cancel()
-            self.connecting = None
-        conn = self.conn
-        if conn is not None:
-            self.conn = None
-            conn.abort()  # mid-exchange: the connection cannot be reused
+        self._drop_connection()

@@ -24,6 +24,8 @@ class SideRequest:
     __slots__ = ()
 
     plane: Any  # gw.proxy.dataplane.DataPlane
+    connecting: Any  # the connect under way (an asyncio.Task), or None
+    conn: Any  # the UpstreamConnection borrowed, or None
 
     def upstream_interim(self, status: int, block: bytes) -> None:
         pass
@@ -54,6 +56,17 @@ class SideRequest:
     def expire(self) -> None:
         """The deadline passed (called by the worker's sweeper)."""
         self._end(TIMEOUT)
+
+    def _drop_connection(self) -> None:
+        """Ending early: the connect under way is cancelled, a borrowed connection aborted (mid-exchange,
+        it cannot be reused)."""
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.abort()
 
     def _end(self, reason: Any) -> None:
         raise NotImplementedError
