@@ -81,9 +81,8 @@ class Publisher:
         own, said in the log: its cookies are honoured by its own workers only until a restart."""
         assert self.store is not None
         try:
-            return await asyncio.wait_for(
-                fleet_session_key(self.store.client, Keys(self.settings.redis_prefix)), PUBLISH_TIMEOUT
-            )
+            async with asyncio.timeout(PUBLISH_TIMEOUT):  # not wait_for: see gw.controller.controller
+                return await fleet_session_key(self.store.client, Keys(self.settings.redis_prefix))
         except UNREACHABLE as exc:
             log(
                 f"Redis unavailable ({exc!r}): session cookies are signed with this replica's own key; "

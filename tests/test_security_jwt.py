@@ -387,42 +387,44 @@ class TestConfig:
         assert [e.field for e in result.errors] == ["spec.limits[0].key[0].name"]
 
 
+@pytest.fixture(scope="module")
+def tiered(module_upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """A gateway whose route `tiers` has a gold rule (X-Tier: gold, paid tokens only) and a basic one."""
+    keys = {"localJWKS": {"inline": json.dumps(jwks(IDP_KEY))}}
+    tier = provider(**keys, claimToHeaders=[{"header": "X-Tier", "claim": "tier"}], recomputeRoute=True)
+
+    def served_by(name: str) -> dict[str, Any]:
+        header = {"name": "X-Served-By", "value": name}
+        return {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [header]}}
+
+    gold = {"name": "gold", "backendRefs": [{"backend": "up"}], "filters": [served_by("gold")],
+            "matches": [{"path": {"type": "PathPrefix", "value": "/tiered"},
+                         "headers": [{"name": "X-Tier", "value": "gold"}]}]}  # fmt: skip
+    basic = {"name": "basic", "backendRefs": [{"backend": "up"}], "filters": [served_by("basic")],
+             "matches": [{"path": {"type": "PathPrefix", "value": "/tiered"}}]}  # fmt: skip
+    paid = {"rules": [{"action": "Allow", "principal": {"jwt": {"provider": "idp",
+            "claims": [{"name": "paid", "values": ["yes"]}]}}}]}  # fmt: skip
+    route_policy = {"apiVersion": "gw.dev/v1alpha1", "kind": "SecurityPolicy", "metadata": {"name": "tiers"},
+                    "spec": {"targetRefs": [{"group": TARGET, "kind": "HTTPRoute", "name": "tiers"}],
+                             "jwt": {"providers": [tier]}}}  # fmt: skip
+    gold_policy = {"apiVersion": "gw.dev/v1alpha1", "kind": "SecurityPolicy", "metadata": {"name": "gold"},
+                   "spec": {"targetRefs": [{"group": TARGET, "kind": "HTTPRoute", "name": "tiers",
+                                            "sectionName": "gold"}],
+                            "jwt": {"providers": [tier]}, "authorization": paid}}  # fmt: skip
+    tmp = tmp_path_factory.mktemp("recompute")
+    port = free_port()
+    path = tmp / "gw.yaml"
+    routes = [{"name": "tiers", "rules": [gold, basic]}]
+    text = config_yaml(port, {"up": [("127.0.0.1", module_upstream.port)]}, routes)
+    path.write_text(text + "---\n" + yaml.safe_dump_all([route_policy, gold_policy]))
+    gateway = GatewayProcess(path, port, free_port(), {}, tmp / "access.log").start()
+    yield gateway
+    gateway.stop()
+
+
 class TestRecomputeRoute:
     """recomputeRoute: the claim headers take part in route matching, and the rule they lead to applies
     its own SecurityPolicy (Envoy Gateway: features targeting the new route apply)."""
-
-    @pytest.fixture(scope="class")
-    def tiered(self, module_upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-        keys = {"localJWKS": {"inline": json.dumps(jwks(IDP_KEY))}}
-        tier = provider(**keys, claimToHeaders=[{"header": "X-Tier", "claim": "tier"}], recomputeRoute=True)
-
-        def served_by(name: str) -> dict[str, Any]:
-            header = {"name": "X-Served-By", "value": name}
-            return {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [header]}}
-
-        gold = {"name": "gold", "backendRefs": [{"backend": "up"}], "filters": [served_by("gold")],
-                "matches": [{"path": {"type": "PathPrefix", "value": "/tiered"},
-                             "headers": [{"name": "X-Tier", "value": "gold"}]}]}  # fmt: skip
-        basic = {"name": "basic", "backendRefs": [{"backend": "up"}], "filters": [served_by("basic")],
-                 "matches": [{"path": {"type": "PathPrefix", "value": "/tiered"}}]}  # fmt: skip
-        paid = {"rules": [{"action": "Allow", "principal": {"jwt": {"provider": "idp",
-                "claims": [{"name": "paid", "values": ["yes"]}]}}}]}  # fmt: skip
-        route_policy = {"apiVersion": "gw.dev/v1alpha1", "kind": "SecurityPolicy", "metadata": {"name": "tiers"},
-                        "spec": {"targetRefs": [{"group": TARGET, "kind": "HTTPRoute", "name": "tiers"}],
-                                 "jwt": {"providers": [tier]}}}  # fmt: skip
-        gold_policy = {"apiVersion": "gw.dev/v1alpha1", "kind": "SecurityPolicy", "metadata": {"name": "gold"},
-                       "spec": {"targetRefs": [{"group": TARGET, "kind": "HTTPRoute", "name": "tiers",
-                                                "sectionName": "gold"}],
-                                "jwt": {"providers": [tier]}, "authorization": paid}}  # fmt: skip
-        tmp = tmp_path_factory.mktemp("recompute")
-        port = free_port()
-        path = tmp / "gw.yaml"
-        routes = [{"name": "tiers", "rules": [gold, basic]}]
-        text = config_yaml(port, {"up": [("127.0.0.1", module_upstream.port)]}, routes)
-        path.write_text(text + "---\n" + yaml.safe_dump_all([route_policy, gold_policy]))
-        gateway = GatewayProcess(path, port, free_port(), {}, tmp / "access.log").start()
-        yield gateway
-        gateway.stop()
 
     def served(self, gw: GatewayProcess, upstream: Upstream, target: str, headers: dict[str, str]) -> Any:
         assert get(gw, target, headers).status == 200

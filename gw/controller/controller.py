@@ -238,7 +238,10 @@ class Controller:
                 if left <= 0:
                     break
                 try:
-                    await asyncio.wait_for(self.changed.wait(), min(quiet, left))
+                    # asyncio.timeout, not wait_for: 3.11's wait_for loses a cancel that lands in
+                    # the tick a change ends the wait (cpython#86296), and the loop never stopped.
+                    async with asyncio.timeout(min(quiet, left)):
+                        await self.changed.wait()
                 except TimeoutError:
                     break
             self.changed.clear()

@@ -7,6 +7,7 @@ why; back again: watches resume from their resourceVersion, or relist after 410 
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from gw.state.config_store import ConfigStore
@@ -130,3 +131,28 @@ async def test_a_dropped_watch_resumes_from_the_last_bookmark_without_relisting(
             "a watch resumed from the bookmark",
         )  # fmt: skip
         assert classes.lists == lists
+
+
+async def test_a_stop_that_lands_as_a_change_wakes_the_debounce_still_stops(
+    fake: FakeApiServer, store: ConfigStore, prefix: str
+) -> None:
+    """The cancel and a change in the same loop tick: the loop ends (3.11's wait_for returned instead).
+
+    Python 3.11's asyncio.wait_for returns the inner result when its task is cancelled in the tick
+    the inner wait completes (cpython#86296): the reconcile loop then went on waiting for the next
+    change and `await task` never returned (a CI run hung here 300 s).
+    """
+    controller = new_controller(store, prefix)
+    loop_task = asyncio.get_running_loop().create_task(controller._reconcile_loop())
+    controller.changed.set()
+    for _ in range(5):  # into the debounce's wait for the next change
+        await asyncio.sleep(0)
+    assert not loop_task.done()
+    controller.changed.set()
+    loop_task.cancel()
+    try:
+        async with asyncio.timeout(5):
+            await asyncio.gather(loop_task, return_exceptions=True)
+    finally:
+        await controller.api.aclose()
+    assert loop_task.cancelled()
