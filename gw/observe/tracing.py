@@ -138,7 +138,8 @@ class Tracer:
 
     def gap(self) -> int:
         """Requests until the next that starts a trace without a parent: geometric with the ratio
-        (a Bernoulli draw per request, made once per start instead); 0 when none does."""
+        (a Bernoulli draw per request, made once per start instead); 0 when none does (a connection
+        counts on below zero: it never reaches a start)."""
         ratio = self.ratio
         if ratio >= 1.0:
             return 1

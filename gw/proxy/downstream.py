@@ -89,6 +89,12 @@ LAST_CHUNK = b"0\r\n\r\n"
 _T = b"tT"  # the first letter of a traceparent field's name, as callers spell it
 
 
+def _log_tail(error: str | None, trace_id: bytes) -> bytes:
+    """The access log line's last members: the error, and the trace id when the tracer read one."""
+    tail = b"," + members(error=error) if error else b""
+    return tail + b',"trace_id":"%b"' % trace_id if trace_id else tail
+
+
 class NothingMore(Exception):
     """Raised from a parser callback to stop parsing: the connection closes after its response."""
 
@@ -516,7 +522,6 @@ class ClientConnection(asyncio.Protocol):
         # A client's consecutive heads are usually byte-identical (same fields, same cookies):
         # the analysis of the last one is reused after one bytes comparison.
         memo = self.req_memo
-        whole = block
         trace_line = CRLF
         if url[:1] != b"/":
             head = None  # absolute-form: its authority replaces Host (general path)
@@ -526,27 +531,28 @@ class ClientConnection(asyncio.Protocol):
             # Another head than the last. A traced caller's differ by their traceparent alone: its
             # line is set apart (forwarded after X-Request-ID) and the rest looked up, so such heads
             # are analysed once too. (Memo keys never hold the line: a head with one always comes here.)
+            rest = block
             at = block.find(b"raceparent:")
             if at > 2 and block[at - 3 : at - 1] == CRLF and block[at - 1] in _T:
                 end = block.find(CRLF, at)
                 trace_line = block[at - 3 : end + 2]
-                block = block[: at - 3] + block[end:]
-            if memo is not None and memo[0] == block and memo[1] == version:
+                rest = block[: at - 3] + block[end:]
+            if memo is not None and memo[0] == rest and memo[1] == version:
                 head = memo[2]  # the last head, but for its traceparent
             elif self.recall:
                 # The worker may know it (a client cycling over a few).
-                key = (block, version, self.client_host, self.scheme, self.port_bytes)
+                key = (rest, version, self.client_host, self.scheme, self.port_bytes)
                 head = HEADS.get(key, HEADS)  # type: ignore[arg-type]
                 if head is HEADS:
                     self.recall -= 1
-                    head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes, self.hop)
+                    head = analyze_raw(rest, version, self.client_host, self.scheme, self.port_bytes, self.hop)
                     remember(key, head)
                 elif self.recall < RECALL:
                     self.recall += 1
-                self.req_memo = (block, version, head)
+                self.req_memo = (rest, version, head)
             else:
-                head = analyze_raw(block, version, self.client_host, self.scheme, self.port_bytes, self.hop)
-                self.req_memo = (block, version, head)
+                head = analyze_raw(rest, version, self.client_host, self.scheme, self.port_bytes, self.hop)
+                self.req_memo = (rest, version, head)
         if head is not None:
             req.method = method
             req.version = version
@@ -560,9 +566,9 @@ class ClientConnection(asyncio.Protocol):
             if self.client_cert:
                 req.head.append(self.client_cert)
             if self.plane.header_matching:
-                req.headers = split_fields(whole)
+                req.headers = split_fields(block)
         else:
-            req.headers = split_fields(whole)
+            req.headers = split_fields(block)
             prepare(
                 req, method, version, keep_alive, upgrade, self.client_host,
                 self.scheme, self.port_bytes, request_id, self.hop,
@@ -686,6 +692,16 @@ class ClientConnection(asyncio.Protocol):
 
     # -- the exchange ------------------------------------------------------------------------
 
+    def _trace(self, req: Exchange, countdown: int) -> None:
+        """A request that starts a trace (its countdown ran out) or carries a traceparent: the tracer
+        reads it and decides (`self.traced` is its span when it is recorded)."""
+        tracer = self.tracer
+        assert tracer is not None
+        root = not countdown
+        self.countdown = tracer.gap() if root else countdown
+        self.traced = tracer.begin(req, root)
+        self.trace_for = req
+
     def _start(self, req: Exchange) -> None:
         """Begin proxying `req`: run its rule's phase chain, choose backend and endpoint, go upstream."""
         self.active = req
@@ -693,21 +709,15 @@ class ClientConnection(asyncio.Protocol):
         self.bytes_out = 0
         self.resp_head = None
         self.chained = None
-        tracer = self.tracer
-        if tracer is not None:
-            root = False
-            countdown = self.countdown
-            if countdown:
-                if countdown > 1:
-                    self.countdown = countdown - 1
-                else:
-                    self.countdown = tracer.gap()
-                    root = True
-            # (The fast path's head is [forward, id, CRLF] unless a traceparent line was set apart:
-            # then there is nothing to read, and nothing to decide unless a trace starts here.)
-            if root or req.head[2] is not CRLF:
-                self.traced = tracer.begin(req, root)
-                self.trace_for = req
+        if self.tracer is not None:
+            # The usual traced request: not the one the countdown starts a trace with, and no
+            # traceparent (the fast path's head is [forward, id, CRLF] unless its line was set
+            # apart): nothing to read or decide. (Tracer.gap's 0 counts below zero: never a root.)
+            countdown = self.countdown - 1
+            if countdown and req.head[2] is CRLF:
+                self.countdown = countdown
+            else:
+                self._trace(req, countdown)
         rule = req.rule
         if rule is None:
             self._fail(errors.NoRoute(f"no route for {req.host or '(no host)'}{req.path}"))
@@ -1003,10 +1013,9 @@ class ClientConnection(asyncio.Protocol):
         if self.writing_paused:
             conn.transport.pause_reading()
         parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n", *req.head]
-        span = self.traced
-        if span is not None:  # this attempt's CLIENT span is the upstream's parent
+        if self.traced is not None:  # this attempt's CLIENT span is the upstream's parent
             pool = conn.pool
-            parts.append(span.attempt(self.tracer, pool.address, pool.port))  # type: ignore[arg-type]
+            parts.append(self.traced.attempt(self.tracer, pool.address, pool.port))  # type: ignore[arg-type]
         if not req.host_header:
             parts.append(b"Host: %s:%d\r\n" % (conn.pool.address.encode(), conn.pool.port))
         parts.append(CRLF)
@@ -1567,8 +1576,7 @@ class ClientConnection(asyncio.Protocol):
             # its pair of stats at hand.
             stats = rule.stats or rule.pairs.get(self.backend, rule.bare_stats)
             stats.record_upstream(status, duration, self.bytes_out)
-        span = self.traced
-        if span is not None and req.span is span:
+        if self.traced is not None and req.span is self.traced:
             self.traced = None
             self.tracer.end(req, self, status, now, error)  # type: ignore[union-attr]
         if self.chained is req and req.done_phases:
@@ -1601,9 +1609,6 @@ class ClientConnection(asyncio.Protocol):
                 )
                 self.log_memo = (req.url, req.host, req.method, req.version, request_part)
             endpoint = self.endpoint
-            tail = b"," + members(error=error) if error else b""
-            if self.trace_for is req and req.trace_id:
-                tail += b',"trace_id":"%b"' % req.trace_id
             log.write_line(
                 LINE
                 % (
@@ -1617,7 +1622,7 @@ class ClientConnection(asyncio.Protocol):
                     stats.log_member,
                     endpoint.pool.log_member if endpoint is not None and rule is not None else NULL_UPSTREAM,
                     req.identity.log_member if req.identity is not None else NULL_CONSUMER,
-                    tail,
+                    _log_tail(error, req.trace_id) if error or self.trace_for is req else b"",
                 )
             )
         return now
