@@ -241,6 +241,21 @@ def test_a_request_without_traceparent_starts_a_trace_when_sampled(
     assert "parentSpanId" not in server  # a root span
 
 
+def test_a_request_no_route_serves_starts_a_trace_when_sampled(
+    start_gateway: StartGateway, upstream: Upstream, collector: Collector
+) -> None:
+    """Sampling is counted per rule; a request no rule serves draws its own chance (here: certain)."""
+    routes = [{"name": "app", "hostnames": ["app.test"], "rules": [{"backendRefs": [{"backend": "up"}]}]}]
+    gw = start_gateway({"up": [("127.0.0.1", upstream.port)]}, routes,
+                       env={"GW_OTLP_ENDPOINT": collector.url, "GW_TRACE_SAMPLE": "1"})  # fmt: skip
+    resp = gw.connect().request("GET", "/nowhere", {"Host": "unknown.test"})
+    assert resp.status == 404
+    trace_id = json.loads(resp.body)["trace_id"]
+    (server,) = collector.trace(trace_id, 1)
+    assert "parentSpanId" not in server
+    assert attributes(server)["http.response.status_code"] == 404
+
+
 def test_no_trace_is_started_at_sample_zero(
     start_gateway: StartGateway, upstream: Upstream, collector: Collector
 ) -> None:

@@ -163,6 +163,7 @@ class Rule:
         "bare_stats",
         "chain",
         "cors",
+        "countdown",
         "ext_auth",
         "extensions",
         "index",
@@ -185,6 +186,7 @@ class Rule:
         "security",
         "session_persistence",
         "stats",
+        "trace_sample",
     )
 
     def __init__(
@@ -242,6 +244,10 @@ class Rule:
         self.bare_stats: Any = None
         self.pairs: dict[Any, Any] = {}
         self.chain: Any = None
+        # Tracing (gw.observe.tracing): the rule's own sampling ratio (None: GW_TRACE_SAMPLE), and
+        # the worker's requests until the next that starts a trace, drawn when it installs the rule.
+        self.trace_sample: float | None = None
+        self.countdown = 0
         usable = [r for r in self.backend_refs if r.weight > 0]
         self._refs = SmoothWeightedRoundRobin(usable, [r.weight for r in usable]) if usable else None
         # The common case of one backend: the proxy skips the weighted pick.

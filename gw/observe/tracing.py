@@ -136,23 +136,28 @@ class Tracer:
     def new_span_id(self) -> bytes:
         return b"%016x" % (self.random.getrandbits(64) or 1)
 
-    def gap(self) -> int:
+    def gap(self, ratio: float | None = None) -> int:
         """Requests until the next that starts a trace without a parent: geometric with the ratio
-        (a Bernoulli draw per request, made once per start instead); 0 when none does (a connection
-        counts on below zero: it never reaches a start)."""
-        ratio = self.ratio
+        (GW_TRACE_SAMPLE, or a rule's own), a Bernoulli draw per request made once per start
+        instead; 0 when none does (a rule's countdown goes on below zero: it never reaches a start)."""
+        if ratio is None:
+            ratio = self.ratio
         if ratio >= 1.0:
             return 1
         if ratio <= 0.0:
             return 0
         return int(math.log(1.0 - self.random.random()) / math.log1p(-ratio)) + 1
 
+    def draw(self) -> bool:
+        """Whether a request no rule serves starts a trace (GW_TRACE_SAMPLE's chance)."""
+        return self.random.random() < self.ratio
+
     def begin(self, req: Any, root: bool) -> Span | None:
         """Read the request's traceparent and decide: a sampled request gets `req.span` (and its
         traceparent line taken out of the forwarded head: each attempt sends gw's own); an unsampled
         one only its client's trace id (`req.trace_id`, for the log), its traceparent forwarded as is.
-        `root`: a request without a (valid) parent starts a trace (the connection's countdown,
-        Tracer.gap, says so). Returns the span, or None."""
+        `root`: a request without a (valid) parent starts a trace (its rule's countdown, Tracer.gap,
+        says so). Returns the span, or None."""
         head = req.head
         if len(head) == 3:
             # The fast path's head: [forward, request id, CRLF or "\r\ntraceparent: …\r\n"] (the

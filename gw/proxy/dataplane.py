@@ -135,6 +135,8 @@ class DataPlane:
             # (None with several backendRefs: the one an exchange went to is looked up, by its Backend.)
             rule.stats = rule.pairs.get(rule.backend_refs[0].backend) if len(rule.backend_refs) == 1 else None
             rule.chain = build_chain(rule, self, self.phases)
+            if self.tracer is not None:  # (each worker draws its own: workers do not start traces in step)
+                rule.countdown = self.tracer.gap(rule.trace_sample)
             for ref in rule.backend_refs:
                 for mirror in ref.mirrors:
                     self._bind_pools(mirror.backend)

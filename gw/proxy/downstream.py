@@ -57,7 +57,7 @@ UPSTREAM_FAILURES = (errors.UpstreamTimeout, errors.UpstreamProtocolError)
 
 if TYPE_CHECKING:
     from gw.balancing.resilience import BackendState
-    from gw.config.model import Backend, Endpoint
+    from gw.config.model import Backend, Endpoint, Rule
     from gw.observe.tracing import Span
     from gw.proxy.dataplane import DataPlane
 
@@ -119,10 +119,6 @@ class ClientConnection(asyncio.Protocol):
         # The span of the exchange in flight when it is recorded (sampled): an instance attribute,
         # as `chained` is, so that the usual request tests it without a slow lookup.
         self.traced: Span | None = None
-        # Requests until the next one that starts a trace of its own (GW_TRACE_SAMPLE), counted
-        # down: a geometric draw per start keeps each request's chance at the ratio, without a
-        # random number per request. 0: none starts one.
-        self.countdown = self.tracer.gap() if self.tracer is not None else 0
         self.trace_for: Exchange | None = None  # the last exchange the tracer read (its trace_id is set)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.full_parser = self.parser = request_parser(self)
@@ -692,13 +688,17 @@ class ClientConnection(asyncio.Protocol):
 
     # -- the exchange ------------------------------------------------------------------------
 
-    def _trace(self, req: Exchange, countdown: int) -> None:
-        """A request that starts a trace (its countdown ran out) or carries a traceparent: the tracer
-        reads it and decides (`self.traced` is its span when it is recorded)."""
+    def _trace(self, req: Exchange, rule: Rule | None, countdown: int) -> None:
+        """A request that starts a trace (its rule's countdown ran out; a request no rule serves draws
+        its own chance) or carries a traceparent: the tracer reads it and decides (`self.traced` is
+        its span when it is recorded)."""
         tracer = self.tracer
         assert tracer is not None
-        root = not countdown
-        self.countdown = tracer.gap() if root else countdown
+        if rule is None:
+            root = tracer.draw()
+        else:
+            root = not countdown
+            rule.countdown = tracer.gap(rule.trace_sample) if root else countdown
         self.traced = tracer.begin(req, root)
         self.trace_for = req
 
@@ -709,19 +709,22 @@ class ClientConnection(asyncio.Protocol):
         self.bytes_out = 0
         self.resp_head = None
         self.chained = None
-        if self.tracer is not None:
-            # The usual traced request: not the one the countdown starts a trace with, and no
-            # traceparent (the fast path's head is [forward, id, CRLF] unless its line was set
-            # apart): nothing to read or decide. (Tracer.gap's 0 counts below zero: never a root.)
-            countdown = self.countdown - 1
-            if countdown and req.head[2] is CRLF:
-                self.countdown = countdown
-            else:
-                self._trace(req, countdown)
         rule = req.rule
         if rule is None:
+            if self.tracer is not None:
+                self._trace(req, None, 0)
             self._fail(errors.NoRoute(f"no route for {req.host or '(no host)'}{req.path}"))
             return
+        if self.tracer is not None:
+            # The usual traced request: not the one its rule's countdown starts a trace with (a
+            # geometric draw per start keeps each request's chance at the ratio, with no random
+            # number per request; Tracer.gap's 0 counts below zero: never), and no traceparent (the
+            # fast path's head is [forward, id, CRLF] unless its line was set apart): nothing to do.
+            countdown = rule.countdown - 1
+            if countdown and req.head[2] is CRLF:
+                rule.countdown = countdown
+            else:
+                self._trace(req, rule, countdown)
         # self.endpoint is the last exchange's until one is picked: each way of answering before
         # that clears it, so the log line names no upstream (the usual request costs no store).
         if rule.invalid_reason:
