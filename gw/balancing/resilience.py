@@ -144,6 +144,56 @@ class EndpointState:
 class BackendState:
     """A backend with a policy, in one worker (see the module docstring)."""
 
+    # Slots: more attributes than an instance dict shares keys for (30 in CPython 3.11); read per request.
+    __slots__ = (
+        "active",
+        "ask_after",
+        "asking",
+        "backend",
+        "breaker",
+        "budget",
+        "calls",
+        "circuit",
+        "circuit_at",
+        "circuit_by",
+        "circuit_until",
+        "circuit_v",
+        "circuit_why",
+        "dirty",
+        "ejected",
+        "ejections",
+        "endpoints",
+        "failures",
+        "fleet",
+        "gate",
+        "max_connections",
+        "max_parallel",
+        "max_pending",
+        "max_retrying",
+        "min_retries_window",
+        "name",
+        "panic",
+        "parallel",
+        "passive",
+        "pending",
+        "permits",
+        "picker",
+        "quiet",
+        "requests_window",
+        "resilience",
+        "retries_window",
+        "retrying",
+        "slow",
+        "slow_after",
+        "sync",
+        "transitions",
+        "trial_fail",
+        "trial_ok",
+        "trials",
+        "who",
+        "window",
+    )
+
     def __init__(
         self, backend: Any, resilience: Any, workers: int, who: str, sync: Callable[[Any, bool], None]
     ) -> None:
