@@ -106,7 +106,8 @@ class FleetView:
                 current = None
                 with contextlib.suppress(VersionMissing):  # trimmed, or Redis came back empty
                     current = await store.view(number) if number else None
-                events = await read_events(store.client, self.keys, sorted(self.backends()))
+                names = sorted(self.backends())
+                events = await read_events(store.client, self.keys, names)
         except UNREACHABLE as exc:
             redis["error"] = f"Redis did not answer within {READ_TIMEOUT:g} s: {exc!r:.200}"
             return document
@@ -124,7 +125,7 @@ class FleetView:
                 "created": _iso(current.created),
             }
             document["config"]["differs"] = current.number != version
-        backends = _backends(events)
+        backends = _backends(names, events)
         document["backends"] = backends
         document["circuits_open"] = sum(1 for b in backends if b["circuit"] and b["circuit"]["state"] != CLOSED)
         document["endpoints_ejected"] = sum(len(b["ejected"]) for b in backends)
@@ -167,12 +168,13 @@ def _replicas(workers: list[tuple[str, int]], now: int, me: str) -> list[dict[st
     return out
 
 
-def _backends(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Backend events (gw.state.backend_events) as one entry per backend: its circuit, the
-    endpoints ejected now, and the endpoints the active checks found unhealthy."""
-    found: dict[str, dict[str, Any]] = {}
+def _backends(names: list[str], events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Backend events (gw.state.backend_events) as one entry per backend of `names`: its circuit
+    (None: Redis holds none, it never tripped), the endpoints ejected now, and the endpoints the
+    active checks found unhealthy."""
+    found = {name: {"backend": name, "circuit": None, "ejected": [], "unhealthy": []} for name in names}
     for event in events:
-        entry = found.setdefault(event["b"], {"backend": event["b"], "circuit": None, "ejected": [], "unhealthy": []})
+        entry = found[event["b"]]
         now = event.get("now", 0)
         if event["k"] == CIRCUIT:
             entry["circuit"] = {"state": event["s"], "why": event.get("why", ""), "by": event.get("by", "")}
@@ -183,4 +185,4 @@ def _backends(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["ejected"].append({"endpoint": event["e"], "seconds_left": left, "why": event.get("why", "")})
         elif event["k"] == PROBE and event["s"] == UNHEALTHY:
             entry["unhealthy"].append({"endpoint": event["e"], "why": event.get("why", "")})
-    return [found[name] for name in sorted(found)]
+    return list(found.values())

@@ -45,6 +45,7 @@ POLICIES = [
         "spec": {
             "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "api"}],
             "limits": [{"name": "per-second", "requests": 100000, "per": "1s"}],
+            "failureMode": "Local",  # its workers heartbeat into Redis: the Fleet section has them
         },
     },
     {
@@ -250,6 +251,17 @@ def test_dashboard_shows_what_status_says(served: Site, browser: Any, tmp_path: 
     assert redis["mode"] == status["redis"]["mode"] == "embedded"
     assert redis["latency"].endswith(" ms")
     wait_for(browser, lambda d: column(d, "versions", 0) == [f"{version} current served"])
+    # The fleet as Redis holds it (/fleet): this replica's two workers, the same version, the circuit.
+    fleet = httpx.get(served.admin("/fleet"), timeout=10).json()
+    (replica,) = fleet["replicas"]
+    wait_for(browser, lambda d: column(d, "fleet", 0) == [replica["replica"] + " (this)"])
+    assert column(browser, "fleet", 2) == ["2"] and column(browser, "fleet", 3)[0].endswith(" s ago")
+    summary = dict(zip(column(browser, "fleet-summary", 0), column(browser, "fleet-summary", 1), strict=True))
+    assert summary["Redis"].startswith("available (embedded, ") and summary["fleet workers"] == "2"
+    assert summary["fleet version"].startswith(f"{version} (files, ") and summary["served here"] == version
+    assert summary["circuits open"] == "0" and summary["ejected"] == "0"
+    assert column(browser, "fleet-backends", 0) == ["Backend default/shop"]  # the backend with a policy
+    assert column(browser, "fleet-backends", 1) == ["closed (none stored)"]
     # Markup in a served string stays text.
     source = dict(zip(column(browser, "config", 0), column(browser, "config", 1), strict=True))["source"]
     assert source == status["config"]["source"] and source.endswith(HOSTILE_NAME + ".yaml")
@@ -304,7 +316,7 @@ def test_dashboard_says_when_the_admin_is_gone(tmp_path: Path, browser: Any) -> 
 
 
 def test_token_guards_everything_but_the_probes(guarded: Site) -> None:
-    for path in ("/status", "/config/versions", "/config/diff?from=1&to=1"):
+    for path in ("/status", "/fleet", "/config/versions", "/config/diff?from=1&to=1"):
         resp = httpx.get(guarded.admin(path), timeout=10)
         assert resp.status_code == 401, path
         assert resp.headers["www-authenticate"].startswith("Bearer")
@@ -353,7 +365,7 @@ def test_without_a_token_only_loopback_peers_read_a_public_admin(tmp_path: Path)
         outside = _outside_address()
         if outside is None:
             pytest.skip("this host has no non-loopback address to call from")
-        for path in ("/status", "/config/versions"):
+        for path in ("/status", "/fleet", "/config/versions"):
             resp = httpx.get(f"http://{outside}:{admin}{path}", timeout=10)
             assert resp.status_code == 403, path
             assert "GW_ADMIN_TOKEN" in resp.json()["detail"]

@@ -20,6 +20,8 @@ from tests.support import valkey
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import Upstream
 from tests.support.wait import wait_until
+from tests.test_backend_resilience import BREAKER, get, policy
+from tests.test_backend_resilience import fleet as resilient_fleet
 from tests.test_fleet_config import ROUTES, second_replica
 
 LOCAL_LIMIT = {
@@ -129,3 +131,22 @@ def test_with_redis_gone_fleet_answers_promptly_that_redis_is_unavailable(
     # The timed read fails too: the gauges go (unknown), the scrape still answers.
     wait_until(lambda: metric(first, "gw_fleet_workers") is None, what="gw_fleet_workers to go")
     assert metric(first, "gw_redis_connected") is not None
+
+
+def test_fleet_shows_a_circuit_the_fleet_opened_from_either_replica(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    breaker = {**BREAKER, "openDuration": "60s"}  # open for the whole test
+    replicas = resilient_fleet(start_gateway, upstreams, policy(circuitBreaker=breaker), redis_server.url, workers=1)
+    for up in upstreams:
+        up.fault = "status/500"
+    statuses = [get(replicas[0]).status_code for _ in range(30)]
+    assert statuses[-1] == 503
+    for gw in replicas:
+        doc = fleet(gw)
+        (backend,) = doc["backends"]
+        assert backend["backend"] == "Backend default/api"
+        assert backend["circuit"]["state"] == "open" and "failure ratio" in backend["circuit"]["why"]
+        assert 0 < backend["circuit"]["seconds_left"] <= 60
+        assert doc["circuits_open"] == 1 and doc["endpoints_ejected"] == 0
+    wait_until(lambda: metric(replicas[1], "gw_fleet_circuits_open") == 1, what="gw_fleet_circuits_open")
