@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import yaml
 
+from gw.state.fleet import replica_of
 from tests.conftest import StartGateway
 from tests.support import valkey
 from tests.support.gateway import GatewayProcess
@@ -117,14 +118,20 @@ def test_a_stopped_replica_leaves_the_fleet_after_the_heartbeat_ttl(
     assert fleet(first)["workers"] == 2
 
 
-def test_with_redis_gone_fleet_answers_promptly_that_redis_is_unavailable(
+def test_with_redis_stuck_or_gone_fleet_answers_promptly_that_redis_is_unavailable(
     start_gateway: StartGateway, upstream: Upstream, redis_server: valkey.Server
 ) -> None:
     first, second = two_replicas(start_gateway, upstream, redis_server)
     second.stop()
     wait_until(lambda: fleet(first)["redis"]["available"], what="a first read")
-    redis_server.stop()
-    doc = fleet(first, timeout=5.0)  # the read is bounded at 1 s: a hang fails here
+    redis_server.pause()  # a stuck Redis: connections open, nothing answered
+    try:
+        stuck = fleet(first, timeout=5.0)  # the read is bounded at 1 s: a hang fails here
+    finally:
+        redis_server.resume()
+    assert stuck["redis"]["available"] is False and "did not answer within 1 s" in stuck["redis"]["error"]
+    redis_server.stop()  # a Redis gone: connections refused
+    doc = fleet(first, timeout=5.0)
     assert doc["redis"]["available"] is False and "did not answer" in doc["redis"]["error"]
     assert doc["workers"] is None and doc["replicas"] == [] and doc["config"]["current"] is None
     assert doc["config"]["served"]["number"] == 2  # what this replica knows alone
@@ -150,3 +157,8 @@ def test_fleet_shows_a_circuit_the_fleet_opened_from_either_replica(
         assert 0 < backend["circuit"]["seconds_left"] <= 60
         assert doc["circuits_open"] == 1 and doc["endpoints_ejected"] == 0
     wait_until(lambda: metric(replicas[1], "gw_fleet_circuits_open") == 1, what="gw_fleet_circuits_open")
+
+
+def test_a_worker_id_names_its_replica_and_an_older_id_its_host() -> None:
+    assert replica_of("gw-7d9f:1:4242:0a1b2c3d") == "gw-7d9f:1"  # host:supervisor pid:pid:random
+    assert replica_of("gw-7d9f:4242:0a1b2c3d") == "gw-7d9f"  # a gw from before: host:pid:random
