@@ -31,6 +31,7 @@ from gw.admin import AdminApp
 from tests.support.gateway import REPO, GatewayProcess, free_port
 from tests.support.servers import launch_gateway
 from tests.support.upstream import Upstream
+from tests.support.wait import wait_until
 
 TOKEN = "0123456789abcdef-dashboard-token"
 ROUTES: list[dict[str, object]] = [
@@ -252,10 +253,12 @@ def test_dashboard_shows_what_status_says(served: Site, browser: Any, tmp_path: 
     assert redis["latency"].endswith(" ms")
     wait_for(browser, lambda d: column(d, "versions", 0) == [f"{version} current served"])
     # The fleet as Redis holds it (/fleet): this replica's two workers, the same version, the circuit.
-    fleet = httpx.get(served.admin("/fleet"), timeout=10).json()
-    (replica,) = fleet["replicas"]
-    wait_for(browser, lambda d: column(d, "fleet", 0) == [replica["replica"] + " (this)"])
-    assert column(browser, "fleet", 2) == ["2"] and column(browser, "fleet", 3)[0].endswith(" s ago")
+    # (Each worker's first heartbeat follows its start: both are in within a beat or two.)
+    wait_until(lambda: httpx.get(served.admin("/fleet"), timeout=10).json()["workers"] == 2, what="both heartbeats")
+    (replica,) = httpx.get(served.admin("/fleet"), timeout=10).json()["replicas"]
+    shown = [replica["replica"] + " (this)"]
+    wait_for(browser, lambda d: column(d, "fleet", 0) == shown and column(d, "fleet", 2) == ["2"])
+    assert column(browser, "fleet", 3)[0].endswith(" s ago")
     summary = dict(zip(column(browser, "fleet-summary", 0), column(browser, "fleet-summary", 1), strict=True))
     assert summary["Redis"].startswith("available (embedded, ") and summary["fleet workers"] == "2"
     assert summary["fleet version"].startswith(f"{version} (files, ") and summary["served here"] == version
