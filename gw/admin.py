@@ -1,9 +1,9 @@
-"""Admin endpoints (/healthz, /readyz, /metrics, /status, /config/*, /dashboard) as a small ASGI app served by uvicorn.
+"""Admin endpoints (/healthz, /readyz, /metrics, /status, /fleet, /config/*, /dashboard): a small ASGI app.
 
-Control plane only: never on the proxied request path. The supervisor serves it with callbacks
-that ask its workers over their control channels. Everything but the three probe endpoints is
-private: with GW_ADMIN_TOKEN set it asks for the bearer token, without one (on a non-loopback
-address) it answers loopback peers only.
+Served by uvicorn; control plane only: never on the proxied request path. The supervisor serves it
+with callbacks that ask its workers over their control channels or read Redis. Everything but the
+three probe endpoints is private: with GW_ADMIN_TOKEN set it asks for the bearer token, without one
+(on a non-loopback address) it answers loopback peers only.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class AdminApp:
         loopback_only: bool = False,
         versions: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         diff: Callable[[int, int], Awaitable[str]] | None = None,
+        fleet: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.ready = ready
         self.metrics = metrics
@@ -63,6 +64,7 @@ class AdminApp:
         self.loopback_only = loopback_only and not token
         self.versions = versions
         self.diff = diff
+        self.fleet = fleet
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -126,6 +128,10 @@ class AdminApp:
             status = await _value(self.status())
             body = orjson.dumps(status, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
             await _respond(send, 200, body, JSON, NO_STORE)
+        elif path == "/fleet" and self.fleet is not None:
+            # 200 with Redis away too: the document says so (redis.available) next to what this
+            # replica knows alone, so a script and the dashboard read one shape.
+            await _respond(send, 200, orjson.dumps(await self.fleet(), option=orjson.OPT_INDENT_2), JSON, NO_STORE)
         elif path == "/config/versions" and self.versions is not None:
             await _respond(send, 200, orjson.dumps(await self.versions(), option=orjson.OPT_INDENT_2), JSON, NO_STORE)
         elif path == "/config/diff" and self.diff is not None:

@@ -218,7 +218,7 @@ class Settings:
     admin_addr: tuple[str, int] = _var(
         ("127.0.0.1", 9901),
         parse_addr,
-        "Admin endpoint address (/healthz, /readyz, /metrics, /status, /dashboard); private by default.",
+        "Admin endpoint address (/healthz, /readyz, /metrics, /status, /fleet, /dashboard); private by default.",
     )
     admin_token: str = _var(
         "",

@@ -31,6 +31,7 @@ from gw.state import EmbeddedValkeyError, Keys, Version
 from gw.state.config_store import ConfigStore, VersionMissing, version_diff
 from gw.supervisor.backends import BackendRelay, backends_with_policy
 from gw.supervisor.cpus import available_cpus
+from gw.supervisor.fleet import FleetView
 from gw.supervisor.health import HealthChecker
 from gw.supervisor.log import log
 from gw.supervisor.process import DRAINING, EXITED, READY, WorkerProcess, exit_text
@@ -106,6 +107,14 @@ class Supervisor:
         # Backend resilience shared by the fleet: events from Redis to the workers, active checks.
         self.relay: BackendRelay | None = None
         self.checker: HealthChecker | None = None
+        # What the replicas share through Redis, seen from here (/fleet, gw_fleet_*).
+        self.fleet = FleetView(
+            lambda: self.publisher.store,
+            Keys(settings.redis_prefix),
+            lambda: (self.version, self.snapshot.checksum),
+            lambda: backends_with_policy(self.result.config if self.result else None),
+            lambda: redis_mode(self.publisher.url, self.publisher.embedded is not None),
+        )
 
     # -- start -----------------------------------------------------------------------------
 
@@ -144,6 +153,7 @@ class Supervisor:
         self.loop.create_task(self._watch_rss())
         self.publisher.follow(self.version, self.snapshot.checksum, lambda: self.snapshot)
         self._start_backends()
+        self.fleet.start()
         self.serving = True
         self._set_title()
 
@@ -189,6 +199,7 @@ class Supervisor:
 
     async def stop_backends(self) -> None:
         """Stop relaying and checking; the leases this replica held go to other replicas at once."""
+        await self.fleet.stop()
         if self.checker is not None:
             await self.checker.stop()
         if self.relay is not None:
@@ -537,6 +548,7 @@ class Supervisor:
         registry.gauge_values["gw_config_unpublished"] = float(self.publisher.unpublished is not None)
         follower = self.publisher.follower
         registry.gauge_values["gw_redis_connected"] = float(follower is not None and follower.connected)
+        registry.gauge_values.update(self.fleet.gauges())  # the timer's last read: a scrape never waits on Redis
         for slot in range(self.slots):  # at 0 before a first restart, so increase() sees that one
             registry.counters.setdefault(("gw_worker_restarts_total", (("slot", str(slot)),)), 0)
         # A backend's circuit and endpoint health as the first worker sees them (every worker
@@ -811,6 +823,7 @@ async def serve(settings: Settings) -> int:
         supervisor.status,
         versions=supervisor.config_versions,
         diff=supervisor.config_diff,
+        fleet=supervisor.fleet.read,
         **access(host, settings.admin_token),
     )
     admin = admin_server(app, host, port)

@@ -31,6 +31,7 @@ from gw.admin import AdminApp
 from tests.support.gateway import REPO, GatewayProcess, free_port
 from tests.support.servers import launch_gateway
 from tests.support.upstream import Upstream
+from tests.support.wait import wait_until
 
 TOKEN = "0123456789abcdef-dashboard-token"
 ROUTES: list[dict[str, object]] = [
@@ -45,6 +46,7 @@ POLICIES = [
         "spec": {
             "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "api"}],
             "limits": [{"name": "per-second", "requests": 100000, "per": "1s"}],
+            "failureMode": "Local",  # its workers heartbeat into Redis: the Fleet section has them
         },
     },
     {
@@ -250,6 +252,19 @@ def test_dashboard_shows_what_status_says(served: Site, browser: Any, tmp_path: 
     assert redis["mode"] == status["redis"]["mode"] == "embedded"
     assert redis["latency"].endswith(" ms")
     wait_for(browser, lambda d: column(d, "versions", 0) == [f"{version} current served"])
+    # The fleet as Redis holds it (/fleet): this replica's two workers, the same version, the circuit.
+    # (Each worker's first heartbeat follows its start: both are in within a beat or two.)
+    wait_until(lambda: httpx.get(served.admin("/fleet"), timeout=10).json()["workers"] == 2, what="both heartbeats")
+    (replica,) = httpx.get(served.admin("/fleet"), timeout=10).json()["replicas"]
+    shown = [replica["replica"] + " (this)"]
+    wait_for(browser, lambda d: column(d, "fleet", 0) == shown and column(d, "fleet", 2) == ["2"])
+    assert column(browser, "fleet", 3)[0].endswith(" s ago")
+    summary = dict(zip(column(browser, "fleet-summary", 0), column(browser, "fleet-summary", 1), strict=True))
+    assert summary["Redis"].startswith("available (embedded, ") and summary["fleet workers"] == "2"
+    assert summary["fleet version"].startswith(f"{version} (files, ") and summary["served here"] == version
+    assert summary["circuits open"] == "0" and summary["ejected"] == "0"
+    assert column(browser, "fleet-backends", 0) == ["Backend default/shop"]  # the backend with a policy
+    assert column(browser, "fleet-backends", 1) == ["closed (none stored)"]
     # Markup in a served string stays text.
     source = dict(zip(column(browser, "config", 0), column(browser, "config", 1), strict=True))["source"]
     assert source == status["config"]["source"] and source.endswith(HOSTILE_NAME + ".yaml")
@@ -304,7 +319,7 @@ def test_dashboard_says_when_the_admin_is_gone(tmp_path: Path, browser: Any) -> 
 
 
 def test_token_guards_everything_but_the_probes(guarded: Site) -> None:
-    for path in ("/status", "/config/versions", "/config/diff?from=1&to=1"):
+    for path in ("/status", "/fleet", "/config/versions", "/config/diff?from=1&to=1"):
         resp = httpx.get(guarded.admin(path), timeout=10)
         assert resp.status_code == 401, path
         assert resp.headers["www-authenticate"].startswith("Bearer")
@@ -353,7 +368,7 @@ def test_without_a_token_only_loopback_peers_read_a_public_admin(tmp_path: Path)
         outside = _outside_address()
         if outside is None:
             pytest.skip("this host has no non-loopback address to call from")
-        for path in ("/status", "/config/versions"):
+        for path in ("/status", "/fleet", "/config/versions"):
             resp = httpx.get(f"http://{outside}:{admin}{path}", timeout=10)
             assert resp.status_code == 403, path
             assert "GW_ADMIN_TOKEN" in resp.json()["detail"]

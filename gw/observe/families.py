@@ -200,6 +200,17 @@ FAMILIES: dict[str, Family] = {
     "gw_redis_connected": Family(
         GAUGE, "1 while the supervisor follows the config versions in Redis; 0 while Redis is unreachable."
     ),
+    # The fleet view (/fleet): what Redis holds for every replica, read by the supervisor every few
+    # seconds; absent while Redis does not answer (unknown, not 0).
+    "gw_fleet_workers": Family(
+        GAUGE, "Live workers of the whole fleet per their Redis heartbeats (what local rate limits divide by)."
+    ),
+    "gw_fleet_replicas": Family(GAUGE, "Replicas (supervisors) with a live worker per Redis."),
+    "gw_fleet_config_version": Family(
+        GAUGE, "The config version Redis holds as the fleet's current one (compare gw_config_version)."
+    ),
+    "gw_fleet_circuits_open": Family(GAUGE, "Backends whose fleet-wide circuit in Redis is not closed."),
+    "gw_fleet_endpoints_ejected": Family(GAUGE, "Endpoints ejected fleet-wide per Redis, over every backend."),
     # -- supervisor --------------------------------------------------------------------------
     "gw_workers": Family(GAUGE, "Worker slots."),
     # At 0 per slot from the start too: the slots are the supervisor's to name (render_metrics).

@@ -3,6 +3,10 @@
 The count divides a limit when a policy falls back to local counting (failureMode: Local), so
 the fleet as a whole still admits about the limit while Redis is gone: the last count read
 before Redis went away is the one used.
+
+A worker's id is "host:supervisor pid:pid:random": the part before the last two fields names its
+replica (one supervisor), so the fleet view (`read_workers`, the supervisor's /fleet) tells
+replicas apart even when two share a machine.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ class Fleet:
         self.redis = redis
         self.guard = guard
         self.key = key
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.id = f"{socket.gethostname()}:{os.getppid()}:{os.getpid()}:{os.urandom(4).hex()}"
         self.live = 0  # 0: not known yet
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -57,3 +61,22 @@ class Fleet:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+
+def replica_of(worker: str) -> str:
+    """The replica a worker id belongs to: "host:supervisor pid" (just "host" for an id of a gw
+    from before the supervisor pid was in it)."""
+    return worker.rsplit(":", 2)[0]
+
+
+async def read_workers(client: Any, key: str) -> tuple[int, list[tuple[str, int]]]:
+    """Redis's clock (ms) and the workers that beat within TTL of it, as (id, last beat in ms):
+    read, not trimmed (trimming is the heartbeat's), so a reader changes nothing."""
+    seconds, micros = await client.time()
+    now = int(seconds) * 1000 + int(micros) // 1000
+    live = await client.zrangebyscore(key, now - int(TTL * 1000), "+inf", withscores=True)
+    return now, [(_str(worker), int(beat)) for worker, beat in live]
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -2,7 +2,7 @@
 -- RateLimitPolicy's limit when it falls back to local counting (failureMode: Local).
 --
 -- KEYS[1]  workers  sorted set: worker id -> server time (ms) of its last heartbeat
--- ARGV[1]  id       this worker ("host:pid:random")
+-- ARGV[1]  id       this worker ("host:supervisor pid:pid:random", gw.state.fleet)
 -- ARGV[2]  ttl      ms after which a silent worker no longer counts
 --
 -- Returns the number of live workers, this one included.
