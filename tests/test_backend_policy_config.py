@@ -653,6 +653,7 @@ class TestTracing:
     def test_a_target_that_reaches_no_rule_is_not_found(self) -> None:
         result = compiled(route("api", [APP_REF]), policy("p", [on("HTTPRoute", "gone")], telemetry=sampling(1)))
         assert [(e.obj, e.field) for e in result.errors] == [("BackendTrafficPolicy default/p", "spec.targetRefs[0]")]
+        assert "HTTPRoute default/gone reaches no route rule served by this gw" in result.errors[0].message
         assert conditions(result, "p") == ["Accepted=False (TargetNotFound): not found: HTTPRoute default/gone"]
         assert trace_samples(result, "api") == [None]
 

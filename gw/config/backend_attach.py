@@ -99,6 +99,7 @@ def _reach(
     missing: list[str] = []
     # A policy setting telemetry.tracing alone attaches to rules only: no backend takes anything from it.
     for_backends = policy.tracing is None or any(getattr(policy, attr) is not None for _, attr in SECTIONS)
+    reached = "backend" if policy.tracing is None else "backend or route rule" if for_backends else "route rule"
     for t in policy.targets:
         names, what = index.reached(t, ns)
         if not for_backends:
@@ -114,7 +115,7 @@ def _reach(
                     policy.meta.file,
                     policy.meta.label,
                     f"spec.targetRefs[{t.index}]",
-                    f"{what} reaches no backend served by this gw ({TARGET_NOT_FOUND})",
+                    f"{what} reaches no {reached} served by this gw ({TARGET_NOT_FOUND})",
                 )
             )
             continue
