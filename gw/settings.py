@@ -260,7 +260,8 @@ class Settings:
         0.0,
         parse_fraction,
         "Fraction of requests without a sampled parent that start a recorded trace (parent-based: a "
-        "`traceparent` whose sampled flag is set is always recorded, one without it never). Needs GW_OTLP_ENDPOINT.",
+        "`traceparent` whose sampled flag is set is always recorded, one without it never). Needs GW_OTLP_ENDPOINT. "
+        "A rule may have its own: a BackendTrafficPolicy's `telemetry.tracing.samplingFraction` (Tracing per route).",
     )
     otlp_timeout: float = _var(5.0, parse_positive_duration, "Time the span exporter waits on the collector per batch.")
     max_connections: int = _var(10000, parse_positive_int, "Open client connections per worker.")

@@ -19,6 +19,7 @@ from gw.config.backend_policy import (
     PassiveHealthCheck,
     Resilience,
     RetryBudget,
+    Tracing,
 )
 from gw.config.parse import parse_documents
 from gw.config.status import status_lines
@@ -440,7 +441,7 @@ class TestCheck:
         assert "BackendTrafficPolicy default/first: Accepted=True (Accepted): attached to Backend default/app" in lines
         assert (
             "BackendTrafficPolicy default/second: Accepted=False (Conflicted): attached to Backend default/app; "
-            "no backend takes a section from it (see Conflicted); Conflicted=True (Conflicted): "
+            "nothing takes a section from it (see Conflicted); Conflicted=True (Conflicted): "
             "BackendTrafficPolicy default/first wins circuitBreaker for Backend default/app (at the same "
             "precedence level the oldest policy wins, then by namespace/name)"
         ) in lines
@@ -474,3 +475,195 @@ def test_a_reload_with_an_invalid_policy_keeps_the_running_version() -> None:
     )
     assert kept == ["BackendTrafficPolicy default/first"]
     assert merged.config.rules[0].backend_refs[0].backend.resilience.sources == ("default/first",)
+
+
+def sampling(numerator: int, denominator: int | None = None) -> dict[str, Any]:
+    """A policy's telemetry section with that samplingFraction (denominator left out: None)."""
+    fraction: dict[str, int] = {"numerator": numerator}
+    if denominator is not None:
+        fraction["denominator"] = denominator
+    return {"tracing": {"samplingFraction": fraction}}
+
+
+def trace_samples(result: Any, route_name: str) -> list[float | None]:
+    """The trace_sample of each compiled rule of HTTPRoute default/`route_name`, in rule order."""
+    rules = sorted((r for r in result.config.rules if r.route == f"default/{route_name}"), key=lambda r: r.index)
+    assert rules, f"no rules of {route_name}"
+    return [r.trace_sample for r in rules]
+
+
+class TestTracing:
+    """telemetry.tracing.samplingFraction: per route rule, from its section, its HTTPRoute or its Gateway."""
+
+    def test_the_documented_example_parses_to_its_fraction(self) -> None:
+        doc = backend_policy.__doc__ or ""
+        start = doc.index("    apiVersion:", doc.index("Tracing is per route rule"))
+        example = textwrap.dedent(doc[start : doc.index("\n\n", start)])
+        resources, errors = parse_documents([("doc", yaml.safe_load(example))])
+        assert errors == []
+        (p,) = resources.backend_traffic_policies
+        assert [(t.kind, t.name, t.section_name) for t in p.targets] == [("HTTPRoute", "shop", "checkout")]
+        assert p.tracing == Tracing(1, 10) and p.tracing.ratio == 0.1
+        assert (p.circuit_breaker, p.retry_budget, p.load_balancer) == (None, None, None)
+
+    def test_the_readme_example_parses(self) -> None:
+        readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+        section = readme.split("### Tracing per route", 1)[1]
+        block = section.split("```yaml", 1)[1].split("```", 1)[0]
+        resources, errors = parse_documents([("README", yaml.safe_load(block))])
+        assert errors == []
+        (p,) = resources.backend_traffic_policies
+        assert p.tracing is not None
+
+    def test_the_denominator_is_100_when_left_out(self) -> None:
+        resources, errors = parse_documents([policy("p", [on("HTTPRoute", "api")], telemetry=sampling(5))])
+        assert errors == []
+        assert resources.backend_traffic_policies[0].tracing == Tracing(5, 100)
+
+    def test_telemetry_without_tracing_sets_nothing(self) -> None:
+        resources, errors = parse_documents([policy("p", [on("HTTPRoute", "api")], telemetry={}, retry={})])
+        assert errors == [] and resources.backend_traffic_policies[0].tracing is None
+
+    @pytest.mark.parametrize(
+        ("telemetry", "field"),
+        [
+            (sampling(3, 2), "spec.telemetry.tracing.samplingFraction.numerator"),
+            (sampling(-1), "spec.telemetry.tracing.samplingFraction.numerator"),
+            (sampling(1, 0), "spec.telemetry.tracing.samplingFraction.denominator"),
+            (
+                {"tracing": {"samplingFraction": {"denominator": 10}}},
+                "spec.telemetry.tracing.samplingFraction.numerator",
+            ),
+            (
+                {"tracing": {"samplingFraction": {"numerator": "1"}}},
+                "spec.telemetry.tracing.samplingFraction.numerator",
+            ),
+            ({"tracing": {"samplingFraction": 0.5}}, "spec.telemetry.tracing.samplingFraction"),
+            (
+                {"tracing": {"samplingFraction": {"numerator": 1, "of": 2}}},
+                "spec.telemetry.tracing.samplingFraction.of",
+            ),
+            ({"tracing": {}}, "spec.telemetry.tracing.samplingFraction"),
+            ({"tracing": {"samplingRate": 50}}, "spec.telemetry.tracing.samplingRate"),
+            ({"tracing": {**sampling(1)["tracing"], "customTags": {"a": {}}}}, "spec.telemetry.tracing.customTags"),
+            ({"tracing": {**sampling(1)["tracing"], "tags": {"a": "b"}}}, "spec.telemetry.tracing.tags"),
+            ({"tracing": {**sampling(1)["tracing"], "spanName": {}}}, "spec.telemetry.tracing.spanName"),
+            (
+                {"tracing": {**sampling(1)["tracing"], "clientSamplingFraction": {"numerator": 1}}},
+                "spec.telemetry.tracing.clientSamplingFraction",
+            ),
+            (
+                {"tracing": {**sampling(1)["tracing"], "overallSamplingFraction": {"numerator": 1}}},
+                "spec.telemetry.tracing.overallSamplingFraction",
+            ),
+            ({"tracing": {**sampling(1)["tracing"], "sampling": 1}}, "spec.telemetry.tracing.sampling"),
+            ({"tracing": [1]}, "spec.telemetry.tracing"),
+            ({**sampling(1), "metrics": {"routeStatName": "x"}}, "spec.telemetry.metrics"),
+            ({"traces": {}}, "spec.telemetry.traces"),
+        ],
+        ids=lambda value: value if isinstance(value, str) else None,
+    )
+    def test_a_bad_field_is_named_and_the_policy_refused_whole(self, telemetry: Any, field: str) -> None:
+        good = policy("good", [on("HTTPRoute", "api")], telemetry=sampling(1))
+        bad = policy("p", [on("HTTPRoute", "api")], telemetry=telemetry)
+        resources, errors = parse_documents([("p.yaml", bad), ("good.yaml", good)])
+        assert [(e.file, e.obj, e.field) for e in errors] == [("p.yaml", "BackendTrafficPolicy default/p", field)]
+        assert [p.meta.name for p in resources.backend_traffic_policies] == ["good"]
+
+    def test_sampling_rate_is_named_as_envoy_proxys_with_what_to_write(self) -> None:
+        _, errors = parse_documents([policy("p", [on("HTTPRoute", "api")], telemetry={"tracing": {"samplingRate": 5}})])
+        (e,) = errors
+        assert "EnvoyProxy's field" in e.message and "samplingFraction" in e.message
+
+    @pytest.mark.parametrize("target", [on("Service", "orders"), on("Backend", "app")], ids=["Service", "Backend"])
+    def test_a_policy_with_tracing_that_targets_a_backend_is_refused(self, target: dict[str, Any]) -> None:
+        doc = policy("p", [on("HTTPRoute", "api"), target], telemetry=sampling(1), retry={})
+        resources, errors = parse_documents([("p.yaml", doc)])
+        assert [(e.file, e.obj, e.field) for e in errors] == [
+            ("p.yaml", "BackendTrafficPolicy default/p", "spec.telemetry.tracing")
+        ]
+        assert f"not targetRefs[1] ({target['kind']} {target['name']})" in errors[0].message
+        assert resources.backend_traffic_policies == []
+
+    def test_the_rules_section_wins_over_its_route_which_wins_over_its_gateway(self) -> None:
+        result = compiled(
+            route("api", [APP_REF], [APP_REF], [SERVICE_REF], rule_names=("a", "b", "c")),
+            route("other", [APP_REF]),
+            policy("gw-wide", [on("Gateway", "edge")], telemetry=sampling(1, 4)),
+            policy("per-route", [on("HTTPRoute", "api")], telemetry=sampling(1, 2)),
+            policy("per-rule", [on("HTTPRoute", "api", "b")], telemetry=sampling(0)),
+        )
+        assert result.errors == []
+        assert trace_samples(result, "api") == [0.5, 0.0, 0.5]
+        assert trace_samples(result, "other") == [0.25]
+        assert conditions(result, "per-rule") == [
+            "Accepted=True (Accepted): tracing for HTTPRoute default/api rule 'b'"
+        ]
+        assert conditions(result, "per-route") == [
+            "Accepted=True (Accepted): tracing for HTTPRoute default/api rule 'a', HTTPRoute default/api rule 'b', "
+            "HTTPRoute default/api rule 'c'"
+        ]
+
+    def test_a_rule_no_policy_reaches_keeps_gw_trace_sample(self) -> None:
+        result = compiled(
+            route("api", [APP_REF]), route("other", [APP_REF]),
+            policy("p", [on("HTTPRoute", "api")], telemetry=sampling(1, 1)),
+        )  # fmt: skip
+        assert trace_samples(result, "api") == [1.0]
+        assert trace_samples(result, "other") == [None]
+
+    def test_a_rule_without_backends_takes_it_too(self) -> None:
+        redirect = route("moved", [])
+        redirect["spec"]["rules"][0]["filters"] = [
+            {"type": "RequestRedirect", "requestRedirect": {"hostname": "elsewhere.test"}}
+        ]
+        result = compiled(redirect, policy("p", [on("HTTPRoute", "moved")], telemetry=sampling(1, 1)))
+        assert result.errors == []
+        assert trace_samples(result, "moved") == [1.0]
+        assert conditions(result, "p") == ["Accepted=True (Accepted): tracing for HTTPRoute default/moved rule 0"]
+
+    def test_tracing_and_backend_sections_in_one_policy_each_go_their_way(self) -> None:
+        result = compiled(
+            route("api", [APP_REF]),
+            policy("p", [on("HTTPRoute", "api")], telemetry=sampling(1, 1), circuitBreaker=BREAKER),
+        )
+        assert trace_samples(result, "api") == [1.0]
+        r = resilience(result, APP)
+        assert r is not None and r.circuit_breaker == CircuitBreaker(failure_ratio=0.5)
+        assert conditions(result, "p") == [
+            "Accepted=True (Accepted): attached to Backend default/app; tracing for HTTPRoute default/api rule 0"
+        ]
+
+    def test_two_policies_on_one_route_conflict_and_the_oldest_wins(self) -> None:
+        result = compiled(
+            route("api", [APP_REF]),
+            policy("newer", [on("HTTPRoute", "api")], "2026-02-01T00:00:00Z", telemetry=sampling(1, 1)),
+            policy("older", [on("HTTPRoute", "api")], "2026-01-01T00:00:00Z", telemetry=sampling(0)),
+        )
+        assert trace_samples(result, "api") == [0.0]
+        assert result.errors == []
+        assert conditions(result, "newer") == [
+            "Accepted=False (Conflicted): tracing for HTTPRoute default/api rule 0; nothing takes a section from "
+            "it (see Conflicted)",
+            "Conflicted=True (Conflicted): BackendTrafficPolicy default/older wins telemetry.tracing for "
+            "HTTPRoute default/api rule 0 (at the same precedence level the oldest policy wins, then by "
+            "namespace/name)",
+        ]
+
+    def test_a_target_that_reaches_no_rule_is_not_found(self) -> None:
+        result = compiled(route("api", [APP_REF]), policy("p", [on("HTTPRoute", "gone")], telemetry=sampling(1)))
+        assert [(e.obj, e.field) for e in result.errors] == [("BackendTrafficPolicy default/p", "spec.targetRefs[0]")]
+        assert "HTTPRoute default/gone reaches no route rule served by this gw" in result.errors[0].message
+        assert conditions(result, "p") == ["Accepted=False (TargetNotFound): not found: HTTPRoute default/gone"]
+        assert trace_samples(result, "api") == [None]
+
+    def test_gw_routes_shows_a_rules_own_share(self) -> None:
+        from gw.config.describe import describe_rule
+
+        result = compiled(
+            route("api", [APP_REF]), route("other", [APP_REF]),
+            policy("p", [on("HTTPRoute", "api")], telemetry=sampling(1, 10)),
+        )  # fmt: skip
+        api, other = (next(r for r in result.config.rules if r.route == f"default/{n}") for n in ("api", "other"))
+        assert describe_rule(api).endswith("(trace-sample=0.1)")
+        assert "trace-sample" not in describe_rule(other)

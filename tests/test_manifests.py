@@ -596,6 +596,20 @@ def test_an_object_with_every_field_passes_gw_and_its_crd_schema(kind: str) -> N
     assert not errors
 
 
+def test_a_route_rules_trace_sampling_passes_both() -> None:
+    """telemetry.tracing goes on a policy that targets no Service or Backend, which FULL does."""
+    spec = {
+        "targetRefs": [
+            {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "api", "sectionName": "orders"},
+            {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public"},
+        ],
+        "telemetry": {"tracing": {"samplingFraction": {"numerator": 1, "denominator": 1000}}},
+    }
+    obj = {"apiVersion": "gw.dev/v1alpha1", "kind": "BackendTrafficPolicy", "metadata": dict(META), "spec": spec}
+    assert gw_accepts(obj)
+    assert not [e.message for e in crd_validators()["BackendTrafficPolicy"].iter_errors(obj)]
+
+
 def test_a_retry_constraint_session_header_and_each_balancer_pass_both() -> None:
     """The alternatives FULL cannot hold at once."""
     validators = crd_validators()
@@ -725,6 +739,14 @@ REFUSED: list[tuple[str, str, Any]] = [
     ("BackendTrafficPolicy", "spec.loadBalancer.consistentHash.cookie.name", "a b"),
     ("BackendTrafficPolicy", "spec.loadBalancer.consistentHash.cookie.attributes", {"Path": "/"}),
     ("BackendTrafficPolicy", "spec.loadBalancer.consistentHash.cookie.ttl", "1 hour"),
+    ("BackendTrafficPolicy", "spec.telemetry", {"tracing": {"samplingRate": 50}}),
+    ("BackendTrafficPolicy", "spec.telemetry", {"tracing": {}}),
+    ("BackendTrafficPolicy", "spec.telemetry", {"tracing": {"samplingFraction": {"numerator": -1}}}),
+    ("BackendTrafficPolicy", "spec.telemetry", {"tracing": {"samplingFraction": {"numerator": 1, "denominator": 0}}}),
+    ("BackendTrafficPolicy", "spec.telemetry", {"tracing": {"samplingFraction": {"denominator": 10}}}),
+    ("BackendTrafficPolicy", "spec.telemetry", {"tracing": {"samplingFraction": {"numerator": 1}, "tags": {}}}),
+    ("BackendTrafficPolicy", "spec.telemetry", {"tracing": {"samplingFraction": {"numerator": 1}, "customTags": {}}}),
+    ("BackendTrafficPolicy", "spec.telemetry", {"metrics": {"routeStatName": "%ROUTE_NAME%"}}),
     ("SecurityPolicy", "spec.targetRefs", DELETE),
     ("SecurityPolicy", "spec.targetRefs", []),
     ("SecurityPolicy", "spec.targetRefs.0.kind", "GRPCRoute"),

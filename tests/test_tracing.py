@@ -10,11 +10,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import yaml
 
 from gw.observe.tracing import cut_traceparent, find_traceparent, parse_traceparent
 from gw.settings import Settings, SettingsError
 from tests.conftest import StartGateway
-from tests.support.gateway import GatewayProcess, free_port
+from tests.support.gateway import GatewayProcess, config_yaml, free_port
 from tests.support.upstream import Upstream
 from tests.support.wait import wait_until
 from tests.test_observability import scrape, value, wait_for_lines
@@ -262,6 +263,94 @@ def test_no_trace_is_started_at_sample_zero(
     gw = traced(start_gateway, upstream, collector.url, sample="0")
     assert gw.connect().request("GET", "/echo").status == 200
     assert upstream.seen[-1].header("traceparent") is None
+
+
+# -- a rule's own ratio (BackendTrafficPolicy telemetry.tracing) ------------------------------------------
+
+
+def sampled_by_policy(
+    start_gateway: StartGateway,
+    upstream: Upstream,
+    collector: Collector,
+    routes: list[dict[str, object]],
+    target: dict[str, str],
+    fraction: dict[str, int],
+    sample: str,
+) -> GatewayProcess:
+    """A gateway (GW_TRACE_SAMPLE=`sample`) whose rules `target` reaches have `fraction` of their own."""
+    port = free_port()
+    policy = {
+        "apiVersion": "gw.dev/v1alpha1",
+        "kind": "BackendTrafficPolicy",
+        "metadata": {"name": "sampling", "namespace": "default"},
+        "spec": {
+            "targetRefs": [{"group": "gateway.networking.k8s.io", **target}],
+            "telemetry": {"tracing": {"samplingFraction": fraction}},
+        },
+    }
+    text = config_yaml(port, {"up": [("127.0.0.1", upstream.port)]}, routes) + "---\n" + yaml.safe_dump(policy)
+    env = {"GW_OTLP_ENDPOINT": collector.url, "GW_TRACE_SAMPLE": sample}
+    gw = start_gateway({}, [], env=env, yaml_text=text)
+    gw.port = port  # (the starter picked a port for a config of its own making)
+    return gw
+
+
+def root_trace(seen_traceparent: str | None, collector: Collector) -> dict[str, Any]:
+    """The SERVER span of the trace gw started for a request (the upstream saw its traceparent)."""
+    assert seen_traceparent is not None, "the request was not sampled"
+    parsed = parse_traceparent(seen_traceparent.encode())
+    assert parsed is not None and parsed[2]
+    (server,) = [s for s in collector.trace(parsed[0].decode(), 2) if s["kind"] == 2]
+    assert "parentSpanId" not in server  # a root span: gw started the trace
+    return server
+
+
+def test_a_route_with_its_own_fraction_is_traced_while_gw_trace_sample_is_0(
+    start_gateway: StartGateway, upstream: Upstream, collector: Collector
+) -> None:
+    routes: list[dict[str, object]] = [
+        {"name": "traced", "hostnames": ["traced.test"], "rules": [{"backendRefs": [{"backend": "up"}]}]},
+        {"name": "plain", "hostnames": ["plain.test"], "rules": [{"backendRefs": [{"backend": "up"}]}]},
+    ]
+    target = {"kind": "HTTPRoute", "name": "traced"}
+    gw = sampled_by_policy(start_gateway, upstream, collector, routes, target, {"numerator": 1, "denominator": 1}, "0")
+    client = gw.connect()  # one connection: one worker, whose spans are exported in request order
+    for _ in range(3):
+        assert client.request("GET", "/echo/plain", {"Host": "plain.test"}).status == 200
+        assert upstream.seen[-1].header("traceparent") is None  # not sampled: no trace made up
+    servers = []
+    for i in range(5):
+        assert client.request("GET", f"/echo/traced/{i}", {"Host": "traced.test"}).status == 200
+        servers.append(root_trace(upstream.seen[-1].header("traceparent"), collector))
+    assert [attributes(s)["url.path"] for s in servers] == [f"/echo/traced/{i}" for i in range(5)]
+    assert len({s["traceId"] for s in servers}) == 5
+    # Spans of the plain requests would have been queued before the traced ones', which all arrived.
+    assert {s["traceId"] for s in collector.spans} == {s["traceId"] for s in servers}
+
+
+def test_a_rule_at_0_starts_no_trace_under_gw_trace_sample_1_but_continues_a_sampled_parent(
+    start_gateway: StartGateway, upstream: Upstream, collector: Collector
+) -> None:
+    def rule(name: str | None, prefix: str) -> dict[str, object]:
+        match = {"path": {"type": "PathPrefix", "value": prefix}}
+        return {**({"name": name} if name else {}), "matches": [match], "backendRefs": [{"backend": "up"}]}
+
+    routes: list[dict[str, object]] = [{"name": "shop", "rules": [rule("quiet", "/quiet"), rule(None, "/")]}]
+    target = {"kind": "HTTPRoute", "name": "shop", "sectionName": "quiet"}
+    gw = sampled_by_policy(start_gateway, upstream, collector, routes, target, {"numerator": 0}, "1")
+    client = gw.connect()
+    for i in range(5):
+        assert client.request("GET", f"/quiet/{i}").status == 200
+        assert upstream.seen[-1].header("traceparent") is None  # 0/100: never a trace of its own
+    # Parent-based: a caller's sampled trace is recorded on that rule all the same.
+    assert client.request("GET", "/quiet/parent", {"traceparent": f"00-{TRACE}-{PARENT}-01"}).status == 200
+    (server,) = [s for s in collector.trace(TRACE, 2) if s["kind"] == 2]
+    assert server["parentSpanId"] == PARENT
+    # The route's other rule goes by GW_TRACE_SAMPLE=1: every request starts a trace.
+    assert client.request("GET", "/other").status == 200
+    other = root_trace(upstream.seen[-1].header("traceparent"), collector)
+    assert attributes(other)["url.path"] == "/other"
+    assert {s["traceId"] for s in collector.spans} == {TRACE, other["traceId"]}  # none of the /quiet/ ones
 
 
 # -- the trace id where an operator looks ----------------------------------------------------------------

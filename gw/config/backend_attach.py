@@ -10,6 +10,11 @@ port, a route rule) is more specific than one without (GEP-713). Two policies at
 setting one section for one backend conflict: the oldest (then by namespace/name) wins, and the
 other's status says which policy won for which backend, so a conflict is visible in `gw check` and
 /status.
+
+`telemetry.tracing` belongs to route rules, not backends (a policy setting it targets no Service or
+Backend: gw.config.parse_backend_policy): each compiled rule's `trace_sample` is the sampling
+fraction of the most specific policy reaching the rule (its HTTPRoute with the rule's sectionName,
+its HTTPRoute, its Gateway), ties to the oldest as above; None, GW_TRACE_SAMPLE, when none does.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ SECTIONS = (
     ("sessionPersistence", "session_persistence"),
     ("loadBalancer", "load_balancer"),
 )
+TRACING = "telemetry.tracing"  # the one section set per rule
 
 Rank = tuple[int, int]  # (SPECIFICITY of the target's kind, 0 with a sectionName else 1): lower wins
 
@@ -49,9 +55,11 @@ class _Reach:
 
     policy: BackendTrafficPolicy
     ranks: dict[str, Rank] = field(default_factory=dict)
-    # section → backend name → the policy that won it at the same rank (this one lost)
+    # With telemetry.tracing: the rank of its most specific target for each rule (by label).
+    rule_ranks: dict[str, Rank] = field(default_factory=dict)
+    # section → backend name (rule label for TRACING) → the policy that won it at the same rank (this one lost)
     lost: dict[str, dict[str, str]] = field(default_factory=dict)
-    used: bool = False  # some backend takes a section from it
+    used: bool = False  # some backend (or rule) takes a section from it
 
 
 def attach_backend_policies(
@@ -72,6 +80,9 @@ def attach_backend_policies(
         resilience = _resolve(name, [r for r in reaches if name in r.ranks])
         for backend in backends:
             backend.resilience = resilience
+    tracing = [r for r in reaches if r.rule_ranks]
+    for label, rule in index.rules.items():
+        rule.trace_sample = _resolve_tracing(label, [r for r in tracing if label in r.rule_ranks])
     for reach in reaches:
         if reach.lost:
             _report_conflicts(reach, conditions)
@@ -86,27 +97,38 @@ def _reach(
     reach = _Reach(policy)
     ns = policy.meta.namespace
     missing: list[str] = []
+    # A policy setting telemetry.tracing alone attaches to rules only: no backend takes anything from it.
+    for_backends = policy.tracing is None or any(getattr(policy, attr) is not None for _, attr in SECTIONS)
+    reached = "backend" if policy.tracing is None else "backend or route rule" if for_backends else "route rule"
     for t in policy.targets:
         names, what = index.reached(t, ns)
-        if not names:
+        if not for_backends:
+            names = set()
+        rules = index.reached_rules(t, ns) if policy.tracing is not None else []
+        rank = (SPECIFICITY[t.kind], 0 if t.section_name else 1)
+        for label in rules:
+            reach.rule_ranks[label] = min(rank, reach.rule_ranks.get(label, rank))
+        if not names and not rules:
             missing.append(what)
             errors.append(
                 ConfigError(
                     policy.meta.file,
                     policy.meta.label,
                     f"spec.targetRefs[{t.index}]",
-                    f"{what} reaches no backend served by this gw ({TARGET_NOT_FOUND})",
+                    f"{what} reaches no {reached} served by this gw ({TARGET_NOT_FOUND})",
                 )
             )
             continue
-        rank = (SPECIFICITY[t.kind], 0 if t.section_name else 1)
         for name in names:
             reach.ranks[name] = min(rank, reach.ranks.get(name, rank))
-    message = "attached to " + ", ".join(sorted(reach.ranks)) if reach.ranks else ""
+    parts = ["attached to " + ", ".join(sorted(reach.ranks))] if reach.ranks else []
+    if reach.rule_ranks:
+        parts.append("tracing for " + ", ".join(sorted(reach.rule_ranks)))
     if missing:
-        message = "; ".join(m for m in (message, "not found: " + ", ".join(missing)) if m)
-    reason = ACCEPTED if reach.ranks else TARGET_NOT_FOUND
-    conditions.setdefault(policy.meta.label, []).append(Condition("Accepted", bool(reach.ranks), reason, message))
+        parts.append("not found: " + ", ".join(missing))
+    found = bool(reach.ranks or reach.rule_ranks)
+    reason = ACCEPTED if found else TARGET_NOT_FOUND
+    conditions.setdefault(policy.meta.label, []).append(Condition("Accepted", found, reason, "; ".join(parts)))
     return reach
 
 
@@ -131,10 +153,22 @@ def _resolve(name: str, reaches: list[_Reach]) -> Resilience | None:
     return Resilience(**chosen, sources=tuple(sources))
 
 
+def _resolve_tracing(label: str, reaches: list[_Reach]) -> float | None:
+    """The sampling ratio of rule `label` from the policies with telemetry.tracing reaching it (oldest first)."""
+    if not reaches:
+        return None
+    best = min(r.rule_ranks[label] for r in reaches)
+    winner, *losers = [r for r in reaches if r.rule_ranks[label] == best]
+    winner.used = True
+    for loser in losers:
+        loser.lost.setdefault(TRACING, {})[label] = winner.policy.meta.key
+    return winner.policy.tracing.ratio if winner.policy.tracing is not None else None
+
+
 def _report_conflicts(reach: _Reach, conditions: dict[str, list[Condition]]) -> None:
-    # One clause per (winner, backend): "default/a wins circuitBreaker, retry for Service default/x:80".
+    # One clause per (winner, backend or rule): "default/a wins circuitBreaker, retry for Service default/x:80".
     clauses: dict[tuple[str, str], list[str]] = {}
-    for section, _ in SECTIONS:
+    for section in [*(s for s, _ in SECTIONS), TRACING]:
         for name, winner in reach.lost.get(section, {}).items():
             clauses.setdefault((winner, name), []).append(section)
     text = "; ".join(
@@ -150,22 +184,34 @@ def _report_conflicts(reach: _Reach, conditions: dict[str, list[Condition]]) -> 
         for i, c in enumerate(policy_conditions):
             if c.type == "Accepted" and c.status:
                 policy_conditions[i] = Condition(
-                    "Accepted", False, CONFLICTED, f"{c.message}; no backend takes a section from it (see Conflicted)"
+                    "Accepted", False, CONFLICTED, f"{c.message}; nothing takes a section from it (see Conflicted)"
                 )
 
 
 class _BackendIndex:
-    """The backends compiled rules reach, by name, and which names each target reaches."""
+    """The backends compiled rules reach, by name, and which names each target reaches; the rules
+    themselves, by label ("HTTPRoute default/shop rule 'checkout'"), and which each target reaches."""
 
     def __init__(self, routes: Sequence[CompiledRoute], services: Sequence[Service]) -> None:
         self.by_name: dict[str, list[model.Backend]] = {}
+        self.rules: dict[str, model.Rule] = {}
         # (namespace, route name) → [(rule name, backend names of that rule)]
         self._routes: dict[tuple[str, str], list[tuple[str | None, set[str]]]] = {}
         self._gateways: dict[tuple[str, str], set[str]] = {}
+        # (namespace, route name) → [(rule name, rule label)]; Gateway → rule labels
+        self._route_rules: dict[tuple[str, str], list[tuple[str | None, str]]] = {}
+        self._gateway_rules: dict[tuple[str, str], list[str]] = {}
         self._services = {(s.meta.namespace, s.meta.name): s for s in services}
         for compiled in routes:
-            rules = self._routes.setdefault((compiled.route.meta.namespace, compiled.route.meta.name), [])
+            key = (compiled.route.meta.namespace, compiled.route.meta.name)
+            rules = self._routes.setdefault(key, [])
+            labels = self._route_rules.setdefault(key, [])
             for spec, rule in compiled.rules:
+                label = f"{compiled.route.meta.label} rule " + (repr(spec.name) if spec.name else str(spec.index))
+                self.rules[label] = rule
+                labels.append((spec.name, label))
+                for gateway in compiled.gateways:
+                    self._gateway_rules.setdefault(gateway, []).append(label)
                 names = set()
                 for backend in rule_backends(rule):
                     known = self.by_name.setdefault(backend.name, [])
@@ -197,6 +243,15 @@ class _BackendIndex:
             what += f" rule {t.section_name!r}"
             rules = [(n, names) for n, names in rules if n == t.section_name]
         return _union(names for _, names in rules), what
+
+    def reached_rules(self, t: TargetRef, namespace: str) -> list[str]:
+        """The labels of the compiled rules target `t` (an HTTPRoute, a rule of one, or a Gateway) reaches."""
+        if t.kind == "Gateway":
+            return self._gateway_rules.get((namespace, t.name), [])
+        if t.kind != "HTTPRoute":
+            return []
+        rules = self._route_rules.get((namespace, t.name), [])
+        return [label for name, label in rules if t.section_name is None or name == t.section_name]
 
 
 def rule_backends(rule: model.Rule) -> list[model.Backend]:

@@ -54,13 +54,28 @@ breaker fields are gw's own, and the retry budget is the Gateway API's (XBackend
           tableSize: 65537                 # Maglev's table: a prime, at most 5000011
         # slowStart: {window: 30s}         # RoundRobin and LeastRequest: a new endpoint's weight ramps up
 
+Tracing is per route rule, not per backend: `telemetry.tracing.samplingFraction` is the share of a
+rule's requests without a sampled parent that start a trace (parent-based, as GW_TRACE_SAMPLE is for
+the rules no policy reaches). Its policy targets HTTPRoutes, named rules and Gateways only:
+
+    apiVersion: gw.dev/v1alpha1
+    kind: BackendTrafficPolicy
+    metadata: {name: checkout-traces, namespace: default}
+    spec:
+      targetRefs:
+      - {group: gateway.networking.k8s.io, kind: HTTPRoute, name: shop, sectionName: checkout}
+      telemetry:
+        tracing:
+          samplingFraction: {numerator: 1, denominator: 10}   # a Gateway API Fraction (denominator: 100)
+
 Attachment and precedence (gw.config.backend_attach): a policy targeting the backend itself wins
 over one on an HTTPRoute reaching it, which wins over one on its Gateway (at each level, a target
 with a sectionName over one without: a Service port, a route rule); each section (circuitBreaker,
 healthCheck.passive, healthCheck.active, healthCheck.panicThreshold, retry, sessionPersistence,
 loadBalancer) is taken whole from the most specific policy that sets it. Two policies at the same
 level for the same backend conflict: the oldest (then by namespace/name) wins, as GEP-713 says, and
-the other's status names the conflict.
+the other's status names the conflict. `telemetry.tracing` goes the same way per rule: the rule's
+own section (an HTTPRoute target with its sectionName), then its HTTPRoute, then its Gateway.
 """
 
 from __future__ import annotations
@@ -212,6 +227,20 @@ class LoadBalancer:
 
 
 @dataclass(frozen=True, slots=True)
+class Tracing:
+    """Envoy Gateway's `telemetry.tracing` as gw applies it: its samplingFraction (a Gateway API
+    Fraction, 0 <= numerator <= denominator), the share of a rule's requests without a sampled
+    parent that start a trace. It becomes the rule's `trace_sample` (gw.config.backend_attach)."""
+
+    numerator: int
+    denominator: int = 100
+
+    @property
+    def ratio(self) -> float:
+        return self.numerator / self.denominator
+
+
+@dataclass(frozen=True, slots=True)
 class BackendTrafficPolicy:
     """One policy object as written; None sections are not set by it (a less specific one may)."""
 
@@ -224,6 +253,7 @@ class BackendTrafficPolicy:
     retry_budget: RetryBudget | None = None
     session_persistence: SessionPersistence | None = None
     load_balancer: LoadBalancer | None = None
+    tracing: Tracing | None = None  # per rule, not per backend: never in a Resilience
 
 
 @dataclass(frozen=True, slots=True)

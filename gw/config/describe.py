@@ -30,6 +30,8 @@ def describe_rule(rule: Rule) -> str:
         limits.append(rule.retry.describe())
     if rule.session_persistence is not None:
         limits.append(rule.session_persistence.describe())
+    if rule.trace_sample is not None:
+        limits.append(f"trace-sample={rule.trace_sample:g}")
     for label, f in (("request headers", rule.request_headers), ("response headers", rule.response_headers)):
         if f is not None:
             limits.append(f"{label}: {f.describe()}")

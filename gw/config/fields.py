@@ -80,7 +80,16 @@ REFERENCE_GRANT_TO = F({"group", "kind", "name"})
 # gw.dev/v1alpha1 BackendTrafficPolicy (gw.config.backend_policy): Envoy Gateway's names, gw's
 # fleet-wide breaker, and the Gateway API's retry budget under either of its names.
 BACKEND_TRAFFIC_POLICY_SPEC = F(
-    {"targetRefs", "circuitBreaker", "healthCheck", "retry", "retryConstraint", "sessionPersistence", "loadBalancer"}
+    {
+        "targetRefs",
+        "circuitBreaker",
+        "healthCheck",
+        "retry",
+        "retryConstraint",
+        "sessionPersistence",
+        "loadBalancer",
+        "telemetry",
+    }
 )
 POLICY_TARGET_REF = F({"group", "kind", "name", "namespace", "sectionName"})
 BACKEND_TLS_POLICY_SPEC = F({"targetRefs", "validation", "options"})
@@ -126,6 +135,11 @@ HASH_HEADER = F({"name"})
 HASH_COOKIE = F({"name", "ttl", "attributes"})
 HASH_QUERY_PARAM = F({"name"})
 SLOW_START = F({"window"})
+BACKEND_TELEMETRY = F({"tracing", "metrics"})
+# Envoy Gateway's Tracing; samplingRate is EnvoyProxy's (ProxyTracing), known here to name it.
+TRACING = F(
+    {"samplingFraction", "clientSamplingFraction", "overallSamplingFraction", "customTags", "tags", "spanName"}
+) | {"samplingRate"}
 
 # gw.dev/v1alpha1 SecurityPolicy (gw.config.security_policy): Envoy Gateway's names. Every field of
 # its spec is known, so that one gw does not serve yet is refused by name rather than dropped.

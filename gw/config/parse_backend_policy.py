@@ -28,7 +28,9 @@ from gw.config.backend_policy import (
     LoadBalancer,
     PassiveHealthCheck,
     RetryBudget,
+    Tracing,
 )
+from gw.config.parse_filters import parse_fraction
 from gw.config.parse_targets import group_matches, refuse_namespace
 from gw.config.ratelimit import TargetRef
 from gw.config.reader import Reader, type_name
@@ -64,10 +66,20 @@ def parse_backend_traffic_policy(
     if session is not None:
         session = dataclasses.replace(session, source=f"BackendTrafficPolicy {meta.key}")
     balancer = _load_balancer(r, spec.get("loadBalancer"), f"{field}.loadBalancer")
+    tracing = _telemetry(r, spec.get("telemetry"), f"{field}.telemetry", targets)
     if r.count != before:
         return None  # a half-read policy would protect a backend otherwise than written
     return BackendTrafficPolicy(
-        meta, targets, breaker, passive, active, panic, retry, session_persistence=session, load_balancer=balancer
+        meta,
+        targets,
+        breaker,
+        passive,
+        active,
+        panic,
+        retry,
+        session_persistence=session,
+        load_balancer=balancer,
+        tracing=tracing,
     )
 
 
@@ -211,6 +223,45 @@ def _load_balancer(r: Reader, raw: Any, field: str) -> LoadBalancer | None:
                 r.error(f"{s_field}.window", "is required: how long a new endpoint's weight ramps up")
             window = _or(_duration(r, slow, "window", s_field), 0.0)
     return LoadBalancer(type=kind or ROUND_ROBIN, consistent_hash=hashing, slow_start_window=window)
+
+
+def _telemetry(r: Reader, raw: Any, field: str, targets: tuple[TargetRef, ...]) -> Tracing | None:
+    telemetry = r.map(raw, field, f.BACKEND_TELEMETRY)
+    if telemetry.get("metrics") is not None:
+        r.error(f"{field}.metrics", "is not supported by gw (its metrics are named by route already)")
+    if telemetry.get("tracing") is None:
+        return None
+    t_field = f"{field}.tracing"
+    tracing = r.map(telemetry["tracing"], t_field, f.TRACING)
+    if not isinstance(telemetry["tracing"], dict):
+        return None  # (named by r.map)
+    for t in targets:
+        if t.kind in ("Service", "Backend"):
+            # Sampling is decided where a request starts, by its route rule; a backend several
+            # rules share has no one place for it (Envoy Gateway's policy never targets one).
+            r.error(
+                t_field,
+                f"applies to route rules: target an HTTPRoute (a rule by sectionName) or a Gateway, "
+                f"not targetRefs[{t.index}] ({t.kind} {t.name})",
+            )
+    if tracing.get("samplingRate") is not None:
+        r.error(
+            f"{t_field}.samplingRate",
+            "is EnvoyProxy's field, not a BackendTrafficPolicy's: write samplingFraction "
+            "(e.g. {numerator: 5} for 5%)",
+        )
+    for key in ("clientSamplingFraction", "overallSamplingFraction", "customTags", "tags", "spanName"):
+        if tracing.get(key) is not None:
+            r.error(f"{t_field}.{key}", "is not supported by gw (it applies samplingFraction only)")
+    if tracing.get("samplingFraction") is None:
+        if "samplingRate" not in tracing:
+            r.error(
+                f"{t_field}.samplingFraction",
+                "is required by gw: the share of the rule's requests without a sampled parent that start a trace",
+            )
+        return None
+    numerator, denominator = parse_fraction(r, tracing["samplingFraction"], f"{t_field}.samplingFraction")
+    return Tracing(numerator, denominator)
 
 
 def _consistent_hash(r: Reader, raw: Any, field: str) -> ConsistentHash | None:

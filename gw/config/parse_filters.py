@@ -238,15 +238,23 @@ def _mirror(r: Reader, raw: dict[str, Any], field: str, backend_ref: BackendRefP
     elif raw.get("percent") is not None:
         numerator = r.int(raw, "percent", field, lo=0, hi=100) or 0
     elif raw.get("fraction") is not None:
-        f_field = f"{field}.fraction"
-        fraction = r.map(raw.get("fraction"), f_field, fields.FRACTION)
-        numerator = r.int(fraction, "numerator", f_field, required=True, lo=0) or 0
-        denominator = r.int(fraction, "denominator", f_field, default=100, lo=1) or 100
-        if numerator > denominator:
-            r.error(f"{f_field}.numerator", "must be less than or equal to denominator")
+        numerator, denominator = parse_fraction(r, raw["fraction"], f"{field}.fraction")
     if ref is None or r.count != before:
         return None
     return MirrorSpec(ref, numerator, denominator, field)
+
+
+def parse_fraction(r: Reader, raw: Any, field: str) -> tuple[int, int]:
+    """A Gateway API Fraction: (numerator, denominator), 0 <= numerator <= denominator, denominator
+    100 when left out; each problem reported at its field (the pair is then meaningless)."""
+    fraction = r.map(raw, field, fields.FRACTION)
+    if not isinstance(raw, dict):
+        return 0, 100  # (named by r.map: its numerator would be reported missing too)
+    numerator = r.int(fraction, "numerator", field, required=True, lo=0) or 0
+    denominator = r.int(fraction, "denominator", field, default=100, lo=1) or 100
+    if numerator > denominator:
+        r.error(f"{field}.numerator", "must be less than or equal to denominator")
+    return numerator, denominator
 
 
 def _extension_ref(r: Reader, raw: dict[str, Any], field: str) -> ExtensionRefSpec | None:
