@@ -12,7 +12,8 @@ at an OTLP sink the bench starts for the row (bench_lib.otlp_sink, its own proce
 GW_TRACE_SAMPLE is the row's ratio. `trace-0` is tracing on with nothing sampled (the bar: no
 regression against the plain gw), `trace-1` 1%, `trace-100` every request; `trace-parent-00` sends
 a `traceparent` whose sampled flag is 00 (a caller that did not sample: parent-based, never recorded,
-though the ratio is 100%).
+though the ratio is 100%); `traceparent-only` sends that field to a gw without tracing (what the
+field costs when gw only forwards it, as token-only is to jwt).
 """
 
 from __future__ import annotations
@@ -81,12 +82,14 @@ spec:
 """
 
 
+# A caller's trace whose parent did not sample (flags 00): the same on every request, as wrk sends it.
+UNSAMPLED_PARENT = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
 # Tracing rows: GW_TRACE_SAMPLE and the fields wrk sends.
 TRACING: dict[str, tuple[str, tuple[str, ...]]] = {
     "trace-0": ("0", ()),
     "trace-1": ("0.01", ()),
     "trace-100": ("1.0", ()),
-    "trace-parent-00": ("1.0", ("traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",)),
+    "trace-parent-00": ("1.0", (UNSAMPLED_PARENT,)),
 }
 
 
@@ -112,6 +115,8 @@ def build(name: str) -> Feature:
         return Feature(name, "", (f"Authorization: Bearer {_token()[1]}",))
     if name == "ext-auth":
         return Feature(name, EXT_AUTH, ())
+    if name == "traceparent-only":
+        return Feature(name, "", (UNSAMPLED_PARENT,))
     if name in TRACING:
         sample, headers = TRACING[name]
         # A sampled request has a server span and one client span per upstream attempt (one here).
@@ -120,4 +125,4 @@ def build(name: str) -> Feature:
     raise ValueError(f"unknown feature {name!r}; known: {', '.join(NAMES)}")
 
 
-NAMES = ("api-key", "jwt", "token-only", "ext-auth", *TRACING)
+NAMES = ("api-key", "jwt", "token-only", "ext-auth", *TRACING, "traceparent-only")

@@ -100,7 +100,7 @@ def make_server(host: str, port: int) -> tuple[ThreadingHTTPServer, Tallies]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="OTLP/HTTP JSON sink: counts the spans POSTed to /v1/traces")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int, required=True, help="0: any free port (the first line says which)")
     args = p.parse_args(argv)
     server, _ = make_server(args.host, args.port)
     print(f"otlp sink on http://{args.host}:{server.server_address[1]}", flush=True)
