@@ -264,10 +264,13 @@ def gw_trace_notes(subject: Subject, settle: float = 10.0) -> None:
     per_request = counts["spans"] / served if served else 0.0
     expected = "" if subject.spans_per_request is None else f" (expected ~{subject.spans_per_request:g})"
     drops = ", ".join(f"{k} {int(v)}" for k, v in sorted(counters.items()) if k.startswith("dropped")) or "none"
+    # Exported plus dropped is what gw recorded: it shows the sampling even when the queue overflowed.
+    recorded = (counters.get("exported", 0.0) + dropped) / served if served else 0.0
     subject.notes.append(
         f"{subject.name}: OTLP sink received {counts['spans']} spans in {counts['posts']} POSTs "
-        f"({counts['bad']} bad) for {served} requests served: {per_request:.4f} spans/request{expected}; "
-        f"gw exported {int(counters.get('exported', 0))}, dropped: {drops}"
+        f"({counts['bad']} bad) for {served} requests served: {per_request:.4f} spans/request; "
+        f"gw exported {int(counters.get('exported', 0))}, dropped: {drops}; "
+        f"recorded (exported + dropped) {recorded:.4f} spans/request{expected}"
     )
     if counts["spans"] != counters.get("exported", 0.0):
         subject.notes.append(f"{subject.name}: WARNING the sink received {counts['spans']} spans, "
