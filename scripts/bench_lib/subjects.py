@@ -173,6 +173,9 @@ def start_gw(tmp: Path, core: int, upstream_port: int, routes: int, python: str,
         # The checkout first, so the bench measures this tree even when another gw is installed.
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
     })
+    # Tracing is a row's feature: the plain rows never inherit a collector from the caller's shell.
+    for name in ("GW_OTLP_ENDPOINT", "GW_TRACE_SAMPLE"):
+        env.pop(name, None)
     sink: Process | None = None
     sink_url: str | None = None
     if feature is not None:
