@@ -6,6 +6,14 @@ same valid token), so the row's CPU per request is the feature's cost on a reque
 sends the jwt row's token to the plain route: what the longer head costs without any policy.
 The forward-auth row asks the upstream nginx itself (any path answers 200): a fast local auth
 server, so what the row shows is gw's side of the extra round trip.
+
+The tracing rows (issue 18) set environment variables instead of documents: GW_OTLP_ENDPOINT points
+at an OTLP sink the bench starts for the row (bench_lib.otlp_sink, its own process) and
+GW_TRACE_SAMPLE is the row's ratio. `trace-0` is tracing on with nothing sampled (the bar: no
+regression against the plain gw), `trace-1` 1%, `trace-100` every request; `trace-parent-00` sends
+a `traceparent` whose sampled flag is 00 (a caller that did not sample: parent-based, never recorded,
+though the ratio is 100%); `traceparent-only` sends that field to a gw without tracing (what the
+field costs when gw only forwards it, as token-only is to jwt).
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ class Feature:
     name: str
     documents: str  # YAML appended to the config (starts with ---)
     headers: tuple[str, ...]  # "Name: value" lines wrk sends
+    env: tuple[tuple[str, str], ...] = ()  # extra environment of the gw process
+    otlp_sink: bool = False  # start an OTLP sink for the row; GW_OTLP_ENDPOINT is set to it
+    spans_per_request: float | None = None  # what the sink should receive (2: server + client span)
 
 
 API_KEY = """
@@ -71,6 +82,17 @@ spec:
 """
 
 
+# A caller's trace whose parent did not sample (flags 00): the same on every request, as wrk sends it.
+UNSAMPLED_PARENT = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+# Tracing rows: GW_TRACE_SAMPLE and the fields wrk sends.
+TRACING: dict[str, tuple[str, tuple[str, ...]]] = {
+    "trace-0": ("0", ()),
+    "trace-1": ("0.01", ()),
+    "trace-100": ("1.0", ()),
+    "trace-parent-00": ("1.0", (UNSAMPLED_PARENT,)),
+}
+
+
 @functools.cache
 def _token() -> tuple[str, str]:
     """A JWKS and a valid token signed by its key (one per run: the jwt and token-only rows share it)."""
@@ -93,7 +115,14 @@ def build(name: str) -> Feature:
         return Feature(name, "", (f"Authorization: Bearer {_token()[1]}",))
     if name == "ext-auth":
         return Feature(name, EXT_AUTH, ())
+    if name == "traceparent-only":
+        return Feature(name, "", (UNSAMPLED_PARENT,))
+    if name in TRACING:
+        sample, headers = TRACING[name]
+        # A sampled request has a server span and one client span per upstream attempt (one here).
+        return Feature(name, "", headers, env=(("GW_TRACE_SAMPLE", sample),), otlp_sink=True,
+                       spans_per_request=2 * float(sample) if not headers else 0.0)
     raise ValueError(f"unknown feature {name!r}; known: {', '.join(NAMES)}")
 
 
-NAMES = ("api-key", "jwt", "token-only", "ext-auth")
+NAMES = ("api-key", "jwt", "token-only", "ext-auth", *TRACING, "traceparent-only")

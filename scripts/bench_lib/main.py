@@ -101,7 +101,8 @@ def report(
         "method": {"runs": args.runs, "duration_s": args.duration, "warmup_s": args.warmup,
                    "proxy_core": args.proxy_core, "load_core": args.load_core, "connections": 64},
         "results": {s.name: {"median": medians[s.name], "runs": [vars(r) for r in s.runs],
-                             "url": s.url, "host": s.host} for s in subs},
+                             "url": s.url, "host": s.host, **({"trace": s.trace} if s.trace else {})}
+                    for s in subs},
         "ratios": {}, "verdicts": {},
     }
     ok = True
@@ -157,8 +158,10 @@ def report(
             ok &= passed
             doc["verdicts"][f"{s.name}/gw"] = {"cpu": passed}
             verdict = f" (goal ≤ {goal:g}x {'PASS' if passed else 'FAIL'})"
+        sink = (f" (+ OTLP sink {medians[s.name]['sink_us_per_req']:.2f} µs/req on core {args.load_core}, "
+                "not counted)") if s.sink else ""
         print(f"{s.name} vs gw: CPU/req {ratios['cpu']:.2f}x{verdict}, req/s {ratios['rps']:.2f}x, "
-              f"p99 {ratios['p99']:.2f}x")
+              f"p99 {ratios['p99']:.2f}x{sink}")
     routed = [s for s in gws if s.feature is None]
     if len(routed) > 1:
         first = medians[routed[0].name]
@@ -223,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.feature_names:
                 print(f"starting gw with {name}…", file=sys.stderr)
                 subs.append(subjects.start_gw(tmp, args.proxy_core, up_port, 1, args.python, 30.0,
-                                              vary=args.vary_targets, feature=features.build(name)))
+                                              vary=args.vary_targets, feature=features.build(name),
+                                              sink_core=args.load_core))
         for s in subs:
             s.check()
         # Interleave the proxies run by run so that drift (thermal, noisy neighbours) hits all alike.
@@ -235,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         for s in subs:
             if s.admin:
                 subjects.gw_observability_notes(s)
+            if s.sink_url:
+                subjects.gw_trace_notes(s)
         doc, ok = report(subs, args, info)
         if args.json:
             Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")

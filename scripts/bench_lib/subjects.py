@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -39,6 +41,7 @@ class RunResult:
     errors: int
     proxy_core_busy: float  # 0..1
     load_core_busy: float
+    sink_us_per_req: float = 0.0  # the OTLP sink's CPU (tracing rows), not part of cpu_us_per_req
 
 
 @dataclass
@@ -56,6 +59,10 @@ class Subject:
     script: str | None = None  # a wrk Lua script that varies the request (--vary-targets)
     headers: tuple[str, ...] = ()  # "Name: value" fields every request carries (--features)
     feature: str | None = None  # the --features row this is (None: a plain gw or nginx)
+    sink: Process | None = None  # the row's OTLP sink (tracing rows): its CPU is counted apart
+    sink_url: str | None = None
+    spans_per_request: float | None = None  # what the sink should receive per request gw served
+    trace: dict[str, float] = field(default_factory=dict)  # spans received, exported, dropped (after the runs)
 
     def check(self) -> None:
         """One request by hand: a proxy that answers fast with an error would look like a winner."""
@@ -71,10 +78,12 @@ class Subject:
             wrk.run(self.url, warmup, load_core, host=self.host, script=self.script, headers=self.headers)
         pid = self.proc.pid if self.proc else None
         cpu0 = cpu_ticks(pid) if pid else (0, 0)
+        sink0 = cpu_ticks(self.sink.pid) if self.sink else (0, 0)
         pbusy0, ptotal0 = core_busy_ticks(proxy_core)
         lbusy0, ltotal0 = core_busy_ticks(load_core)
         res = wrk.run(self.url, duration, load_core, host=self.host, script=self.script, headers=self.headers)
         cpu1 = cpu_ticks(pid) if pid else (0, 0)
+        sink1 = cpu_ticks(self.sink.pid) if self.sink else (0, 0)
         pbusy1, ptotal1 = core_busy_ticks(proxy_core)
         lbusy1, ltotal1 = core_busy_ticks(load_core)
         if self.proc and not self.proc.alive():
@@ -88,13 +97,14 @@ class Subject:
             requests=res.requests, errors=res.errors,
             proxy_core_busy=(pbusy1 - pbusy0) / max(1, ptotal1 - ptotal0),
             load_core_busy=(lbusy1 - lbusy0) / max(1, ltotal1 - ltotal0),
+            sink_us_per_req=(sum(sink1) - sum(sink0)) / CLK_TCK * 1e6 / n,
         )
         self.runs.append(run)
         return run
 
     def median(self) -> dict[str, float]:
         keys = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "user_us_per_req", "sys_us_per_req",
-                "proxy_core_busy", "load_core_busy")
+                "proxy_core_busy", "load_core_busy", "sink_us_per_req")
         out = {k: statistics.median(getattr(r, k) for r in self.runs) for k in keys}
         out["errors"] = sum(r.errors for r in self.runs)
         out["requests"] = sum(r.requests for r in self.runs)
@@ -129,8 +139,20 @@ def start_nginx_proxy(tmp: Path, core: int, upstream_port: int, access_log: bool
     return subject
 
 
+def start_otlp_sink(tmp: Path, core: int, python: str, tag: str) -> tuple[Process, str]:
+    """An OTLP sink (bench_lib.otlp_sink) in its own process on `core`: its CPU is not the proxy's."""
+    port = free_port()
+    script = Path(__file__).resolve().parent / "otlp_sink.py"
+    proc = Process(f"otlp sink ({tag})", ["taskset", "-c", str(core), python, str(script), "--port", str(port)],
+                   tmp / f"otlp-sink-{tag}.out")
+    url = f"http://127.0.0.1:{port}"
+    wait_http(proc, url + "/counts", timeout=10)
+    return proc, url
+
+
 def start_gw(tmp: Path, core: int, upstream_port: int, routes: int, python: str,
-             ready_timeout: float, vary: bool = False, feature: features.Feature | None = None) -> Subject:
+             ready_timeout: float, vary: bool = False, feature: features.Feature | None = None,
+             sink_core: int | None = None) -> Subject:
     port, admin_port = free_port(), free_port()
     yaml_text, target = configs.gw_config(port, upstream_port, routes)
     tag = f"{routes}" + (f"-{feature.name}" if feature else "")
@@ -151,6 +173,17 @@ def start_gw(tmp: Path, core: int, upstream_port: int, routes: int, python: str,
         # The checkout first, so the bench measures this tree even when another gw is installed.
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
     })
+    # Tracing is a row's feature: the plain rows never inherit a collector from the caller's shell.
+    for name in ("GW_OTLP_ENDPOINT", "GW_TRACE_SAMPLE"):
+        env.pop(name, None)
+    sink: Process | None = None
+    sink_url: str | None = None
+    if feature is not None:
+        env.update(feature.env)
+        if feature.otlp_sink:
+            # On the load core by default, beside wrk and the upstream: the collector is not the proxy.
+            sink, sink_url = start_otlp_sink(tmp, core if sink_core is None else sink_core, python, tag)
+            env["GW_OTLP_ENDPOINT"] = sink_url
     name = "gw" if routes == 1 else f"gw ({routes} routes)"
     if feature is not None:
         name = f"gw+{feature.name}"
@@ -161,6 +194,7 @@ def start_gw(tmp: Path, core: int, upstream_port: int, routes: int, python: str,
                       admin=f"http://127.0.0.1:{admin_port}", access_log=access_log)
     if feature is not None:
         subject.headers, subject.feature = feature.headers, feature.name
+        subject.sink, subject.sink_url, subject.spans_per_request = sink, sink_url, feature.spans_per_request
     if vary:
         script = tmp / f"vary-{routes}.lua"
         script.write_text(configs.vary_script(routes))
@@ -174,10 +208,7 @@ def gw_observability_notes(subject: Subject) -> None:
     log, admin = subject.access_log, subject.admin
     assert log is not None and admin is not None
     total = sum(r.requests for r in subject.runs)
-    lines = 0
-    if log.exists():
-        with open(log, "rb") as f:
-            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    lines = _lines(log)
     # The log also holds the warm-up and check requests, so it has more lines than `total`.
     subject.notes.append(f"{subject.name}: access log on, {lines} lines ({total} requests in measured runs)"
                          if lines else f"{subject.name}: WARNING access log empty")
@@ -186,6 +217,74 @@ def gw_observability_notes(subject: Subject) -> None:
         subject.notes.append(f"{subject.name}: /metrics {status}, {len(body)} bytes")
     except OSError as exc:
         subject.notes.append(f"{subject.name}: WARNING /metrics failed: {exc}")
+
+
+def sink_counts(url: str) -> dict[str, int]:
+    status, body = http_get(url + "/counts", timeout=5)
+    if status != 200:
+        raise BenchError(f"OTLP sink {url}: /counts answered {status}")
+    return {k: int(v) for k, v in json.loads(body).items()}
+
+
+# A sample line of the text exposition: name, optional {labels}, value.
+_SAMPLE = re.compile(r'^(gw_trace_spans_(?:exported|dropped)_total)(?:\{reason="([^"]*)"\})? (\S+)$', re.M)
+
+
+def trace_counters(metrics: str) -> dict[str, float]:
+    """gw_trace_spans_exported_total and each reason of gw_trace_spans_dropped_total, from /metrics."""
+    out: dict[str, float] = {}
+    for name, reason, val in _SAMPLE.findall(metrics):
+        key = "exported" if name.endswith("exported_total") else f"dropped {reason or '?'}"
+        out[key] = out.get(key, 0.0) + float(val)
+    return out
+
+
+def gw_trace_notes(subject: Subject, settle: float = 10.0) -> None:
+    """After the runs: what the sink received against what gw says it exported and dropped.
+
+    gw's exporter sends every FLUSH_INTERVAL (0.5 s), so the sink's count is read once it stood
+    still for 1.5 s (or `settle` passed). Requests are counted from the access log (warm-ups and the
+    check included), as every request gw served could have been sampled.
+    """
+    assert subject.sink_url is not None and subject.admin is not None
+    deadline = time.monotonic() + settle
+    counts = sink_counts(subject.sink_url)
+    still_since = time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - still_since < 1.5:
+        time.sleep(0.25)
+        now = sink_counts(subject.sink_url)
+        if now != counts:
+            counts, still_since = now, time.monotonic()
+    status, body = http_get(subject.admin + "/metrics", timeout=5)
+    counters = trace_counters(body.decode()) if status == 200 else {}
+    served = _lines(subject.access_log) if subject.access_log else 0
+    dropped = sum(v for k, v in counters.items() if k.startswith("dropped"))
+    subject.trace = {"requests_served": served, "spans_received": counts["spans"], "posts": counts["posts"],
+                     "bad_posts": counts["bad"], "spans_exported": counters.get("exported", 0.0),
+                     "spans_dropped": dropped,
+                     **{f"spans_{k.replace(' ', '_').replace('-', '_')}": v
+                        for k, v in counters.items() if k.startswith("dropped ")}}
+    per_request = counts["spans"] / served if served else 0.0
+    expected = "" if subject.spans_per_request is None else f" (expected ~{subject.spans_per_request:g})"
+    drops = ", ".join(f"{k} {int(v)}" for k, v in sorted(counters.items()) if k.startswith("dropped")) or "none"
+    # Exported plus dropped is what gw recorded: it shows the sampling even when the queue overflowed.
+    recorded = (counters.get("exported", 0.0) + dropped) / served if served else 0.0
+    subject.notes.append(
+        f"{subject.name}: OTLP sink received {counts['spans']} spans in {counts['posts']} POSTs "
+        f"({counts['bad']} bad) for {served} requests served: {per_request:.4f} spans/request; "
+        f"gw exported {int(counters.get('exported', 0))}, dropped: {drops}; "
+        f"recorded (exported + dropped) {recorded:.4f} spans/request{expected}"
+    )
+    if counts["spans"] != counters.get("exported", 0.0):
+        subject.notes.append(f"{subject.name}: WARNING the sink received {counts['spans']} spans, "
+                             f"gw counts {int(counters.get('exported', 0))} exported")
+
+
+def _lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
 def machine_info() -> dict[str, str]:
