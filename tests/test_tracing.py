@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gw.observe.tracing import cut_traceparent, find_traceparent, parse_traceparent
+from gw.observe.tracing import Tracer, cut_traceparent, find_traceparent, parse_traceparent
 from gw.settings import Settings, SettingsError
 from tests.conftest import StartGateway
 from tests.support.gateway import GatewayProcess, config_yaml, free_port
@@ -32,6 +32,8 @@ class Collector:
         self.spans: list[dict[str, Any]] = []
         self.posts: list[dict[str, str]] = []  # each POST's headers
         self.arrived = threading.Condition()
+        self.gate = threading.Event()  # cleared: a POST is held until it is set again
+        self.gate.set()
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -47,6 +49,7 @@ class Collector:
                     collector.posts.append({"path": self.path, "content-type": self.headers["Content-Type"]})
                     collector.spans += spans
                     collector.arrived.notify_all()
+                collector.gate.wait(15)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", "2")
@@ -405,6 +408,34 @@ def test_a_failed_attempt_is_an_error_client_span(
 
 
 # -- a collector that is down --------------------------------------------------------------------------
+
+
+def test_the_exporter_sends_what_trickles_in_during_a_slow_post_at_the_next_flush(collector: Collector) -> None:
+    """Sparse sampling: a partial batch goes at a flush, not right after the POST before it (the
+    exporter sent back-to-back POSTs of a few requests each, 20 a second at 1% under load)."""
+    from gw.observe.metrics import Registry
+    from tests.test_bench_otlp_sink import batch
+
+    tracer = Tracer(collector.url, 1.0, 5.0, Registry())
+    tracer.flush_interval = 3600.0  # flushes only when the test wakes it
+    tracer.queue.extend(batch(tracer, [1, 1]))
+    collector.gate.clear()
+    tracer.start()
+    try:
+        tracer.wake.set()
+        with collector.arrived:
+            assert collector.arrived.wait_for(lambda: len(collector.posts) == 1, timeout=15)
+        tracer.queue.extend(batch(tracer, [1, 1, 1]))  # while the first POST is held
+        collector.gate.set()
+        wait_until(lambda: tracer.flushes == 1, what="the first flush to end")
+        assert len(collector.posts) == 1 and len(tracer.queue) == 3
+        tracer.wake.set()
+        wait_until(lambda: tracer.flushes == 2, what="the second flush")
+        assert len(collector.posts) == 2 and not tracer.queue
+        assert len(collector.spans) == 2 * 2 + 3 * 2  # each request: its server span and one attempt
+    finally:
+        collector.gate.set()
+        tracer.stop()
 
 
 def test_requests_are_served_and_spans_counted_as_dropped_when_the_collector_is_down(
