@@ -382,6 +382,7 @@ class Supervisor:
         if self.relay is not None:  # backends new in this config: what the fleet knows of them
             self._send_backend_events(self.relay.snapshot())
         self._set_title()
+        self.replica.wake()  # the fleet's /fleet sees the version served here now, not at the next beat
         if failed:
             log(f"workers {failed} did not confirm config version {self.version}")
 

@@ -124,6 +124,10 @@ class FleetView:
         document["replicas"] = replicas = _replicas(
             records, workers, now, self.replica, current.number if current is not None else None
         )
+        for entry in replicas:
+            if entry["this"]:  # what this replica serves now: its record may be a beat behind a reload
+                entry["served"] = dict(served)
+                entry["differs"] = current.number != version if current is not None else None
         document["workers_alive"] = sum(r["workers"] or 0 for r in replicas)
         if current is not None:
             document["config"]["current"] = {

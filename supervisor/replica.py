@@ -47,18 +47,24 @@ class ReplicaBeat:
         self.beats = 0  # beats Redis took
         self.failing = ""  # the error of the outage in progress ("" while beats go through)
         self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
+        self._stopping = False
+        self._poke = asyncio.Event()  # stop, or beat now rather than at the next interval
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="gw-replica-beat")
+
+    def wake(self) -> None:
+        """Beat now: what the replica serves changed, and other replicas' /fleet should see it at once."""
+        self._poke.set()
 
     async def stop(self) -> None:
         """Stop beating and remove the record (the replica leaves /fleet at once); bounded, never raises."""
         task, self._task = self._task, None
         if task is None:
             return
-        self._stop.set()
+        self._stopping = True
+        self._poke.set()
         # The beat in flight finishes (within BEAT_TIMEOUT) rather than being cut off mid-call,
         # so it cannot land after the removal below.
         done, _ = await asyncio.wait({task}, timeout=BEAT_TIMEOUT + 1.0)
@@ -72,14 +78,15 @@ class ReplicaBeat:
                 await leave(store.client, self.keys, self.replica)
 
     async def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping:
+            self._poke.clear()
             try:
                 await self.beat()
             except Exception as exc:  # a bug here must not end the beats
                 log(f"replica record: {exc!r}")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval):
-                    await self._stop.wait()
+                    await self._poke.wait()
 
     async def beat(self) -> bool:
         """One beat; whether Redis took it."""

@@ -95,6 +95,8 @@ def test_each_replica_sees_both_replicas_their_workers_and_one_fleet_version(
 ) -> None:
     first, second = two_replicas(start_gateway, upstream, redis_server)
     try:
+        # Its own entry says what it serves now (its record may be a beat behind the HUP).
+        assert replicas(first)[replica_name(first)]["served"]["number"] == 2
         expected = {replica_name(first): 2, replica_name(second): 1}
         assert len(expected) == 2  # two supervisors on one machine are two replicas
         wait_until(lambda: heartbeats_by_replica(first) == expected == heartbeats_by_replica(second),

@@ -1,11 +1,16 @@
-"""Replica records against a real Valkey (standalone and Cluster): beat, read back, expire, leave."""
+"""Replica records against a real Valkey (standalone and Cluster): beat, read back, expire, leave; and
+the supervisor's beat (gw.supervisor.replica) that keeps them."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 
+from gw.observe.metrics import Registry
 from gw.state import Keys, connect
 from gw.state.replicas import beat, leave, read_replicas
+from gw.supervisor.replica import ReplicaBeat
 from tests.support import valkey
 
 
@@ -53,3 +58,50 @@ async def test_replica_records_work_on_a_cluster(cluster: valkey.Cluster, keys: 
         assert [replica for replica, _, _ in (await read_replicas(client, keys))[1]] == ["a:1"]
     finally:
         await client.aclose()
+
+
+async def test_the_supervisors_beat_stores_a_change_when_woken_and_stop_removes_the_record(
+    server: valkey.Server, keys: Keys
+) -> None:
+    client = connect(server.url)
+    served = {"number": 1}
+    # An hour between beats: only the first beat and wake() can store anything in this test.
+    replica = ReplicaBeat(lambda: SimpleNamespace(client=client), keys, "h:1", lambda: {"config": dict(served)},  # type: ignore[arg-type,return-value]
+                          Registry(), interval=3600)  # fmt: skip
+
+    async def stored() -> int | None:
+        found = {r: record for r, _, record in (await read_replicas(client, keys))[1]}
+        return found["h:1"]["config"]["number"] if "h:1" in found else None
+
+    try:
+        replica.start()
+        await _until(lambda: stored(), 1)
+        served["number"] = 2
+        replica.wake()
+        await _until(lambda: stored(), 2)
+        await replica.stop()
+        assert await stored() is None and replica.failing == "" and replica.beats == 2
+    finally:
+        await replica.stop()
+        await client.aclose()
+
+
+async def test_a_beat_redis_does_not_answer_is_counted_and_fails_quietly(own_server: valkey.Server, keys: Keys) -> None:
+    client = connect(own_server.url)
+    metrics = Registry()
+    replica = ReplicaBeat(lambda: SimpleNamespace(client=client), keys, "h:1", dict, metrics)  # type: ignore[arg-type,return-value]
+    try:
+        assert await replica.beat() is True
+        own_server.stop()
+        assert await replica.beat() is False and await replica.beat() is False
+        assert replica.failing and metrics.counters[("gw_fleet_beats_failed_total", ())] == 2
+        await replica.stop()  # the removal fails quietly too
+    finally:
+        await client.aclose()
+
+
+async def _until(read: Callable[[], Awaitable[object]], expected: object, timeout: float = 10.0) -> None:
+    """Poll an async read until it returns `expected` (a deadline, not a sleep)."""
+    async with asyncio.timeout(timeout):
+        while await read() != expected:
+            await asyncio.sleep(0.01)
