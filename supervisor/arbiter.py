@@ -11,13 +11,15 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import time
 from typing import Any, NamedTuple
 
 import psutil
 from redis.exceptions import RedisError
 
-from gw.admin import AdminApp, AdminProblem, access, access_note, admin_server
+from gw import __version__
+from gw.admin import AdminApp, AdminProblem, access, access_note, admin_server, is_loopback_host
 from gw.balancing.kinds import ROUND_ROBIN
 from gw.config import ConfigError, LoadResult, Snapshot, compile_snapshot, read_snapshot, status_document
 from gw.config.fallback import keep_running_objects
@@ -36,6 +38,7 @@ from gw.supervisor.health import HealthChecker
 from gw.supervisor.log import log
 from gw.supervisor.process import DRAINING, EXITED, READY, WorkerProcess, exit_text
 from gw.supervisor.publisher import Publisher
+from gw.supervisor.replica import ReplicaBeat
 from gw.supervisor.signals import SIGNALS
 from gw.supervisor.sockets import ListenerSockets, bind_ports
 from gw.titles import set_title
@@ -115,6 +118,10 @@ class Supervisor:
             lambda: backends_with_policy(self.result.config if self.result else None),
             lambda: redis_mode(self.publisher.url, self.publisher.embedded is not None),
         )
+        # This replica's record in Redis, whatever the config: what every replica's /fleet lists.
+        self.replica = ReplicaBeat(
+            lambda: self.publisher.store, Keys(settings.redis_prefix), self.fleet.replica, self.record, self.metrics
+        )
 
     # -- start -----------------------------------------------------------------------------
 
@@ -153,6 +160,7 @@ class Supervisor:
         self.loop.create_task(self._watch_rss())
         self.publisher.follow(self.version, self.snapshot.checksum, lambda: self.snapshot)
         self._start_backends()
+        self.replica.start()
         self.fleet.start()
         self.serving = True
         self._set_title()
@@ -198,8 +206,10 @@ class Supervisor:
             worker.send(message)
 
     async def stop_backends(self) -> None:
-        """Stop relaying and checking; the leases this replica held go to other replicas at once."""
+        """Stop relaying and checking; the leases this replica held go to other replicas at once, and
+        its record leaves the fleet."""
         await self.fleet.stop()
+        await self.replica.stop()
         if self.checker is not None:
             await self.checker.stop()
         if self.relay is not None:
@@ -372,6 +382,7 @@ class Supervisor:
         if self.relay is not None:  # backends new in this config: what the fleet knows of them
             self._send_backend_events(self.relay.snapshot())
         self._set_title()
+        self.replica.wake()  # the fleet's /fleet sees the version served here now, not at the next beat
         if failed:
             log(f"workers {failed} did not confirm config version {self.version}")
 
@@ -620,6 +631,23 @@ class Supervisor:
             "gatewayAPI": status_document(self.result, self.settings.controller_name) if self.result else None,
         }
 
+    def record(self) -> dict[str, Any]:
+        """This replica as /fleet lists it on every replica (gw.state.replicas), rebuilt at each beat."""
+        host, port = self.settings.admin_addr
+        return {
+            "replica": self.fleet.replica,
+            "host": socket.gethostname(),
+            "pod": os.environ.get("POD_NAME") or None,  # the Kubernetes downward API's, when set
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+            "gw_version": __version__,
+            "config": {"number": self.version, "checksum": self.snapshot.checksum},
+            "workers": {
+                "configured": self.slots,
+                "alive": sum(1 for w in self.workers.values() if w.state == READY),
+            },
+            "admin": admin_address(host, port),
+        }
+
     async def _redis_latency(self) -> dict[str, Any]:
         """Redis's mode and one PING's round trip from the supervisor (null when it does not answer)."""
         store = self.publisher.store
@@ -773,6 +801,13 @@ def redis_mode(url: str, embedded: bool) -> str:
         return "embedded"
     scheme = url.partition("://")[0]
     return "sentinel" if "sentinel" in scheme else "cluster" if "cluster" in scheme else "standalone"
+
+
+def admin_address(host: str, port: int) -> str | None:
+    """GW_ADMIN_ADDR for the replica's record: None when bound to loopback (no one else reaches it)."""
+    if is_loopback_host(host):
+        return None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _report(result: LoadResult) -> None:

@@ -1,10 +1,12 @@
 """The fleet view: what the replicas share through Redis, as this supervisor reads it (/fleet, gw_fleet_*).
 
-Replicas and their live workers (the heartbeats the rate limits divide by, gw.state.fleet), the
-config version Redis holds as current next to the one this replica serves, and the backends'
-fleet-wide circuits, ejections and probe health (gw.state.backend_store). Read off the data plane,
-when /fleet is asked and on a slow timer for the metrics, each read bounded by READ_TIMEOUT so a
-Redis that does not answer makes /fleet say so instead of hanging it or a scrape.
+Replicas from the records their supervisors beat whatever the config (gw.state.replicas), each
+with its workers heartbeating for the rate limits where there are any (what local counting
+divides by, gw.state.fleet); the config version Redis holds as current next to the one each
+replica serves; the backends' fleet-wide circuits, ejections and probe health
+(gw.state.backend_store). Read off the data plane, when /fleet is asked and on a slow timer for
+the metrics, each read bounded by READ_TIMEOUT so a Redis that does not answer makes /fleet say
+so instead of hanging it or a scrape.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from gw.state.backend_events import CIRCUIT, CLOSED, EJECT, EJECTED, PROBE, UNHE
 from gw.state.backend_store import read_events
 from gw.state.config_store import ConfigStoreError, VersionMissing
 from gw.state.fleet import TTL, read_workers, replica_of
+from gw.state.replicas import TTL as RECORD_TTL
+from gw.state.replicas import read_replicas, replica_id
 from gw.supervisor.log import log
 
 READ_TIMEOUT = 1.0  # /fleet and the metrics' refresh give Redis this long, then say it is unavailable
@@ -51,8 +55,8 @@ class FleetView:
         self.served = served  # (version, checksum) this replica serves
         self.backends = backends  # the backends with a BackendTrafficPolicy in the served config
         self.mode = mode
-        # This supervisor as its workers' ids name it (gw.state.fleet.replica_of).
-        self.replica = f"{socket.gethostname()}:{os.getpid()}"
+        # This supervisor as its record and its workers' ids name it (gw.state.fleet.replica_of).
+        self.replica = replica_id(socket.gethostname(), os.getpid())
         self.last: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -86,8 +90,10 @@ class FleetView:
             "replica": self.replica,
             "redis": redis,
             "read_at": _iso(time.time()),
+            "beat_ttl_seconds": RECORD_TTL,
             "heartbeat_ttl_seconds": TTL,
             "workers": None,
+            "workers_alive": None,
             "replicas": [],
             "config": {"current": None, "served": served, "differs": None},
             "backends": [],
@@ -101,7 +107,8 @@ class FleetView:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(READ_TIMEOUT):
-                now, workers = await read_workers(store.client, self.keys.fleet.workers)
+                now, records = await read_replicas(store.client, self.keys)
+                _, workers = await read_workers(store.client, self.keys.fleet.workers)
                 number = await store.current()
                 current = None
                 with contextlib.suppress(VersionMissing):  # trimmed, or Redis came back empty
@@ -114,7 +121,14 @@ class FleetView:
         redis["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
         redis["available"] = True
         document["workers"] = len(workers)
-        document["replicas"] = _replicas(workers, now, self.replica)
+        document["replicas"] = replicas = _replicas(
+            records, workers, now, self.replica, current.number if current is not None else None
+        )
+        for entry in replicas:
+            if entry["this"]:  # what this replica serves now: its record may be a beat behind a reload
+                entry["served"] = dict(served)
+                entry["differs"] = current.number != version if current is not None else None
+        document["workers_alive"] = sum(r["workers"] or 0 for r in replicas)
         if current is not None:
             document["config"]["current"] = {
                 "number": current.number,
@@ -147,25 +161,50 @@ class FleetView:
         return gauges
 
 
-def _replicas(workers: list[tuple[str, int]], now: int, me: str) -> list[dict[str, Any]]:
-    """The live workers grouped by replica, each with its count and its newest heartbeat's age."""
+def _replicas(
+    records: list[tuple[str, int, dict[str, Any]]],
+    workers: list[tuple[str, int]],
+    now: int,
+    me: str,
+    current: int | None,
+) -> list[dict[str, Any]]:
+    """One entry per replica record: what the replica serves, its workers alive, its last beat's age,
+    and its workers heartbeating for the rate limits (none without a `failureMode: Local` policy).
+    Heartbeats of a replica without a record (one that just stopped, or a gw from before the
+    records) count in the fleet's `workers` but list no replica."""
     groups: dict[str, list[tuple[str, int]]] = {}
     for worker, beat in workers:
         groups.setdefault(replica_of(worker), []).append((worker, beat))
     out = []
-    for replica, members in sorted(groups.items()):
-        newest = max(beat for _, beat in members)
+    for replica, beat, record in sorted(records, key=lambda found: found[0]):
+        config = record.get("config") or {}
+        number = config.get("number")
+        counts = record.get("workers") or {}
+        members = groups.get(replica, [])
         out.append(
             {
                 "replica": replica,
-                "host": replica.split(":", 1)[0],
+                "host": record.get("host") or replica.rsplit(":", 1)[0],
+                "pod": record.get("pod"),
                 "this": replica == me,
-                "workers": len(members),
-                "heartbeat_age_seconds": round(max(0, now - newest) / 1000, 3),
+                "started": record.get("started"),
+                "gw_version": record.get("gw_version"),
+                "admin": record.get("admin"),
+                "served": {"number": number, "checksum": config.get("checksum")},
+                "differs": None if current is None or number is None else number != current,
+                "workers": counts.get("alive"),
+                "workers_configured": counts.get("configured"),
+                "beat_age_seconds": _age(now, beat),
+                "heartbeats": len(members),
+                "heartbeat_age_seconds": _age(now, max(b for _, b in members)) if members else None,
                 "worker_ids": sorted(worker for worker, _ in members),
             }
         )
     return out
+
+
+def _age(now: int, beat: int) -> float:
+    return round(max(0, now - beat) / 1000, 3)
 
 
 def _backends(names: list[str], events: list[dict[str, Any]]) -> list[dict[str, Any]]:

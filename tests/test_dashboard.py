@@ -257,10 +257,13 @@ def test_dashboard_shows_what_status_says(served: Site, browser: Any, tmp_path: 
     wait_until(lambda: httpx.get(served.admin("/fleet"), timeout=10).json()["workers"] == 2, what="both heartbeats")
     (replica,) = httpx.get(served.admin("/fleet"), timeout=10).json()["replicas"]
     shown = [replica["replica"] + " (this)"]
-    wait_for(browser, lambda d: column(d, "fleet", 0) == shown and column(d, "fleet", 2) == ["2"])
+    wait_for(browser, lambda d: column(d, "fleet", 0) == shown and column(d, "fleet", 5)[0].startswith("2 "))
+    assert column(browser, "fleet", 2) == ["2"]  # its record: workers alive
     assert column(browser, "fleet", 3)[0].endswith(" s ago")
+    assert column(browser, "fleet", 4) == [version] and column(browser, "fleet", 8) == ["loopback only"]
     summary = dict(zip(column(browser, "fleet-summary", 0), column(browser, "fleet-summary", 1), strict=True))
     assert summary["Redis"].startswith("available (embedded, ") and summary["fleet workers"] == "2"
+    assert summary["replicas"] == "1" and summary["heartbeating workers"].startswith("2 ")
     assert summary["fleet version"].startswith(f"{version} (files, ") and summary["served here"] == version
     assert summary["circuits open"] == "0" and summary["ejected"] == "0"
     assert column(browser, "fleet-backends", 0) == ["Backend default/shop"]  # the backend with a policy

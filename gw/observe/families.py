@@ -205,7 +205,12 @@ FAMILIES: dict[str, Family] = {
     "gw_fleet_workers": Family(
         GAUGE, "Live workers of the whole fleet per their Redis heartbeats (what local rate limits divide by)."
     ),
-    "gw_fleet_replicas": Family(GAUGE, "Replicas (supervisors) with a live worker per Redis."),
+    "gw_fleet_replicas": Family(
+        GAUGE, "Replicas (supervisors) whose record in Redis is live: each beats it every 2 s, whatever its config."
+    ),
+    "gw_fleet_beats_failed_total": Family(
+        COUNTER, "Beats of this replica's record that Redis did not take in time (this replica is missing from /fleet)."
+    ),
     "gw_fleet_config_version": Family(
         GAUGE, "The config version Redis holds as the fleet's current one (compare gw_config_version)."
     ),

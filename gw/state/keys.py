@@ -37,6 +37,19 @@ class FleetKeys:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaKeys:
+    """Every replica's record, kept by its supervisor whatever the config (gw/state/lua/replica_beat.lua,
+    replica_leave.lua): what /fleet lists. One family, so a beat touches the set and its record atomically."""
+
+    members: str  # sorted set: replica id ("host:supervisor pid") → server time (ms) of its last beat
+    records: str  # stem of the records: `<records>:<replica id>` is one replica's JSON, expiring with its beats
+
+    def record(self, replica: str) -> str:
+        """string: one replica's record (JSON, gw.state.replicas), with a TTL."""
+        return f"{self.records}:{replica}"
+
+
+@dataclass(frozen=True, slots=True)
 class BackendKeys:
     """One backend's fleet-wide resilience state (gw/state/lua/backend_*.lua, probe_*.lua).
 
@@ -58,7 +71,7 @@ class BackendKeys:
 class Keys:
     """Key and channel names under one prefix."""
 
-    __slots__ = ("backend_events", "config", "fleet", "prefix")
+    __slots__ = ("backend_events", "config", "fleet", "prefix", "replicas")
 
     def __init__(self, prefix: str = "gw") -> None:
         self.prefix = prefix
@@ -72,6 +85,8 @@ class Keys:
             channel=f"{prefix}:config:events",
         )
         self.fleet = FleetKeys(workers=f"{self._family('fleet')}:workers")
+        replicas = self._family("replicas")
+        self.replicas = ReplicaKeys(members=f"{replicas}:members", records=f"{replicas}:record")
         self.backend_events = f"{prefix}:backend:events"  # pub/sub: every BackendKeys change, as JSON
 
     def backend(self, name: str) -> BackendKeys:
