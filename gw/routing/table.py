@@ -267,7 +267,11 @@ def _select_listener(listeners: Sequence[ListenerRoutes], host: str | None) -> i
         if hostname is None:
             rank = (2, 0)
         elif host is not None and hostname_matches(hostname, host):
-            rank = (1, -len(hostname)) if is_wildcard(hostname) else (0, 0)
+            # Two statements: Cython 3.3 types the tuples of a conditional expression apart and
+            # refuses to compile it (scripts/hotpath-compiled).
+            rank = (0, 0)
+            if is_wildcard(hostname):
+                rank = (1, -len(hostname))
         else:
             continue
         if best_rank is None or rank < best_rank:
