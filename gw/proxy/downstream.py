@@ -561,7 +561,7 @@ class ClientConnection(asyncio.Protocol):
         self.said = (method, text, keep_alive and not upgrade)
         self._raw_head(method, text, keep_alive, upgrade)
 
-    def _raw_head(self, method: bytes, text: bytes, keep_alive: bool, upgrade: bool) -> None:
+    def _raw_head(self, method: bytes, text: str, keep_alive: bool, upgrade: bool) -> None:
         data = self.raw
         self.raw = b""
         self.head_bytes = 0
