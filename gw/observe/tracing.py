@@ -237,16 +237,18 @@ class Tracer:
             while True:
                 self.wake.wait(self.flush_interval)
                 self.wake.clear()
+                # Read once: a stop() after the clear wakes the next round, which drains it all.
+                stopping = self.stopping
                 # What waits goes, and then only full batches: what trickles in during a slow POST
                 # waits for the next flush, or sparse sampling (1%) made back-to-back POSTs of a
                 # few requests each, every one paying a POST's fixed cost (20 a second, not 2).
                 partial = False
-                while self.queue and (not partial or len(self.queue) >= BATCH_SPANS or self.stopping):
+                while self.queue and (not partial or len(self.queue) >= BATCH_SPANS or stopping):
                     size = min(BATCH_SPANS, len(self.queue))
                     partial = partial or size < BATCH_SPANS
                     self._post(client, [self.queue.popleft() for _ in range(size)])
                 self.flushes += 1
-                if self.stopping:
+                if stopping:
                     return
 
     def _post(self, client: Any, batch: list[tuple[Any, ...]]) -> None:
