@@ -190,5 +190,15 @@ def build(name: str) -> Feature:
     raise ValueError(f"unknown feature {name!r}; known: {', '.join(NAMES)}")
 
 
+def with_feature(config: str, feature: Feature) -> str:
+    """The one-route config (bench_lib.configs.gw_config) with the feature's documents and rule fields."""
+    if feature.rule:
+        rule_end = "    - {group: gw.dev, kind: Backend, name: upstream}\n"  # the rule's last line
+        if config.count(rule_end) != 1:
+            raise ValueError(f"{feature.name}: the config has no single rule to add fields to")
+        config = config.replace(rule_end, rule_end + feature.rule)
+    return config + feature.documents
+
+
 NAMES = ("api-key", "jwt", "token-only", "ext-auth", *TRACING, "traceparent-only", "ratelimit-leased", "resilience",
          "session-cookie", "all")

@@ -162,12 +162,7 @@ def start_gw(tmp: Path, core: int, upstream_port: int, routes: int, python: str,
     yaml_text, target = configs.gw_config(port, upstream_port, routes)
     tag = f"{routes}" + (f"-{feature.name}" if feature else "")
     if feature is not None:
-        yaml_text += feature.documents
-        if feature.rule:
-            rule_end = "    - {group: gw.dev, kind: Backend, name: upstream}\n"
-            if yaml_text.count(rule_end) != 1:
-                raise BenchError(f"{feature.name}: the route's rule is not where the bench adds its fields")
-            yaml_text = yaml_text.replace(rule_end, rule_end + feature.rule)
+        yaml_text = features.with_feature(yaml_text, feature)
     cfg = tmp / f"gw-{tag}.yaml"
     cfg.write_text(yaml_text)
     access_log = tmp / f"gw-{tag}-access.log"
