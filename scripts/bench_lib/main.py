@@ -101,7 +101,9 @@ def report(
         "method": {"runs": args.runs, "duration_s": args.duration, "warmup_s": args.warmup,
                    "proxy_core": args.proxy_core, "load_core": args.load_core, "connections": 64},
         "results": {s.name: {"median": medians[s.name], "runs": [vars(r) for r in s.runs],
-                             "url": s.url, "host": s.host, **({"trace": s.trace} if s.trace else {})}
+                             "url": s.url, "host": s.host, **({"trace": s.trace} if s.trace else {}),
+                             **({"ratelimit": s.ratelimit} if s.ratelimit else {}),
+                             **({"sessions": s.sessions} if s.sessions else {})}
                     for s in subs},
         "ratios": {}, "verdicts": {},
     }
@@ -241,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                 subjects.gw_observability_notes(s)
             if s.sink_url:
                 subjects.gw_trace_notes(s)
+            if s.ratelimited or s.session:
+                subjects.gw_feature_notes(s)
         doc, ok = report(subs, args, info)
         if args.json:
             Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")

@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,10 @@ class Subject:
     sink_url: str | None = None
     spans_per_request: float | None = None  # what the sink should receive per request gw served
     trace: dict[str, float] = field(default_factory=dict)  # spans received, exported, dropped (after the runs)
+    session: str = ""  # the row's cookie session name: its creations are counted after the runs
+    ratelimited: bool = False  # the row's route has a rate limit: its decisions are counted after the runs
+    ratelimit: dict[str, float] = field(default_factory=dict)  # decisions by outcome (after the runs)
+    sessions: dict[str, float] = field(default_factory=dict)  # gw_sessions_total by result (after the runs)
 
     def check(self) -> None:
         """One request by hand: a proxy that answers fast with an error would look like a winner."""
@@ -157,7 +162,7 @@ def start_gw(tmp: Path, core: int, upstream_port: int, routes: int, python: str,
     yaml_text, target = configs.gw_config(port, upstream_port, routes)
     tag = f"{routes}" + (f"-{feature.name}" if feature else "")
     if feature is not None:
-        yaml_text += feature.documents
+        yaml_text = features.with_feature(yaml_text, feature)
     cfg = tmp / f"gw-{tag}.yaml"
     cfg.write_text(yaml_text)
     access_log = tmp / f"gw-{tag}-access.log"
@@ -195,6 +200,12 @@ def start_gw(tmp: Path, core: int, upstream_port: int, routes: int, python: str,
     if feature is not None:
         subject.headers, subject.feature = feature.headers, feature.name
         subject.sink, subject.sink_url, subject.spans_per_request = sink, sink_url, feature.spans_per_request
+        subject.ratelimited = feature.ratelimited
+        if feature.session:
+            # The cookie a client's first request is given: every measured request then carries it.
+            subject.session = feature.session
+            cookie = session_cookie(subject.url, subject.host, feature.headers, feature.session)
+            subject.headers = (*feature.headers, f"Cookie: {cookie}")
     if vary:
         script = tmp / f"vary-{routes}.lua"
         script.write_text(configs.vary_script(routes))
@@ -217,6 +228,70 @@ def gw_observability_notes(subject: Subject) -> None:
         subject.notes.append(f"{subject.name}: /metrics {status}, {len(body)} bytes")
     except OSError as exc:
         subject.notes.append(f"{subject.name}: WARNING /metrics failed: {exc}")
+
+
+def session_cookie(url: str, host: str | None, headers: tuple[str, ...], name: str) -> str:
+    """`name=value` of the session cookie a first request to `url` is set (the other cookies ignored)."""
+    fields = dict(line.split(": ", 1) for line in headers)
+    if host:
+        fields["Host"] = host
+    req = urllib.request.Request(url, headers=fields)
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        resp.read()
+        set_cookies = resp.headers.get_all("Set-Cookie") or []
+    for line in set_cookies:
+        pair = line.split(";", 1)[0].strip()
+        if pair.partition("=")[0] == name:
+            return pair
+    raise BenchError(f"GET {url} set no {name} cookie (Set-Cookie: {set_cookies or 'none'})")
+
+
+# A sample of the text exposition: family, {labels}, value.
+_COUNTER = re.compile(r'^(gw_ratelimit_decisions_total|gw_sessions_total)\{([^}]*)\} (\S+)$', re.M)
+
+
+def feature_counters(metrics: str) -> dict[str, dict[str, float]]:
+    """gw_ratelimit_decisions_total by outcome and gw_sessions_total by result, summed over the rest."""
+    out: dict[str, dict[str, float]] = {}
+    for family, labels, value in _COUNTER.findall(metrics):
+        label = "outcome" if family == "gw_ratelimit_decisions_total" else "result"
+        m = re.search(label + r'="([^"]*)"', labels)
+        key = m.group(1) if m else "?"
+        out.setdefault(family, {})
+        out[family][key] = out[family].get(key, 0.0) + float(value)
+    return out
+
+
+def gw_feature_notes(subject: Subject) -> None:
+    """After the runs: the limiter decided every request it served; no session was created.
+
+    Requests served are the access log's lines (warm-ups, the check and the cookie's first request
+    included), as the counters count those too.
+    """
+    assert subject.admin is not None
+    status, body = http_get(subject.admin + "/metrics", timeout=5)
+    if status != 200:
+        subject.notes.append(f"{subject.name}: WARNING /metrics answered {status}")
+        return
+    counters = feature_counters(body.decode())
+    served = _lines(subject.access_log) if subject.access_log else 0
+    if subject.ratelimited:
+        decisions = counters.get("gw_ratelimit_decisions_total", {})
+        admitted = decisions.get("allowed", 0.0) + decisions.get("leased", 0.0)
+        shown = ", ".join(f"{k} {int(v)}" for k, v in sorted(decisions.items()) if v) or "none"
+        subject.ratelimit = {"requests_served": served, **decisions}
+        subject.notes.append(f"{subject.name}: rate-limit decisions {shown} for {served} requests served "
+                             f"(admitted {admitted / served if served else 0:.4f} per request)")
+        if not served or abs(admitted - served) > 0.01 * served or decisions.get("limited", 0.0):
+            subject.notes.append(f"{subject.name}: WARNING the limiter did not admit every request it served")
+    if subject.session:
+        sessions = counters.get("gw_sessions_total", {})
+        subject.sessions = {"requests_served": served, **sessions}
+        shown = ", ".join(f"{k} {int(v)}" for k, v in sorted(sessions.items())) or "none"
+        subject.notes.append(f"{subject.name}: sessions {shown} for {served} requests served "
+                             "(created 1: the cookie's first request; every other request pinned by it)")
+        if sessions.get("created", 0.0) != 1 or sessions.get("invalid", 0.0):
+            subject.notes.append(f"{subject.name}: WARNING requests were not all pinned by the bench's cookie")
 
 
 def sink_counts(url: str) -> dict[str, int]:
