@@ -3,6 +3,8 @@ real upstreams; a session stays on its endpoint whichever replica and worker ser
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
 from tests.conftest import StartGateway
@@ -58,6 +60,25 @@ def test_a_session_whose_endpoint_is_gone_is_re_pinned_with_a_new_cookie(
     new_value = moved.headers["set-cookie"].split(";")[0].split("=", 1)[1]
     assert all(get(url, Cookie=f"cart={new_value}").headers["x-upstream"] == moved.headers["x-upstream"]
                for _ in range(10))  # fmt: skip
+
+
+def test_an_expired_cookie_starts_a_new_session_though_its_head_pinned_before(
+    start_gateway: StartGateway, upstreams: list[Upstream], redis_server: valkey.Server
+) -> None:
+    """A worker remembers the session a whole head pinned to (its next requests split no fields):
+    the cookie's expiry still counts on that path."""
+    session = {"sessionName": "cart", "absoluteTimeout": "1s", "cookieConfig": {"lifetimeType": "Permanent"}}
+    routes = [{"name": "api", "rules": [{"backendRefs": [{"backend": "api"}], "sessionPersistence": session}]}]
+    (gw,) = fleet(start_gateway, upstreams, "", redis_server.url, replicas=1, routes=routes)
+    url = gw.url("/status/200")
+    value = get(url).headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    with httpx.Client(timeout=10) as client:  # one keep-alive connection: the same head each time
+        deadline = time.monotonic() + 15
+        renewed = None
+        while renewed is None and time.monotonic() < deadline:
+            renewed = client.get(url, headers={"Cookie": f"cart={value}"}).headers.get("set-cookie")
+    assert renewed is not None and renewed.startswith("cart="), "the expired cookie kept its session"
+    assert renewed.split(";")[0].split("=", 1)[1] != value
 
 
 def test_a_header_session_is_settled_once_for_the_fleet(

@@ -26,6 +26,8 @@ from gw.policies.session_table import SessionCounts, SessionTable
 
 NEW, PINNED = 1, 2  # what a header session's on_request found, for the response
 READ_CACHE = 10_000  # Cookie headers a worker remembers having read, per rule
+HEADS = 10_000  # whole heads a worker remembers the session of, per rule
+HEAD_SIZE = 8192  # bytes: a longer head is read each time rather than kept
 
 
 class CookieSession(Phase):
@@ -43,9 +45,20 @@ class CookieSession(Phase):
         # cookie, and the endpoint and expiry of the first value that verifies. A client sends the
         # same header on every request, and an HMAC per request would cost more than the proxying.
         self.read: dict[bytes, tuple[bool, str | None, int]] = {}
+        # The session a whole head pinned to (its endpoint's label and the cookie's expiry), under
+        # the head itself (ex.head_id): a client's next requests with the same head split no fields.
+        self.heads: dict[bytes, tuple[str, int]] = {}
         self.counts = counts
 
     def on_request(self, ex: Exchange) -> int:
+        head = ex.head_id
+        if head is not None:
+            known_head = self.heads.get(head)
+            if known_head is not None:
+                label, expires = known_head
+                if (not expires or expires > time.time()) and _pin(ex, self.endpoints, label):
+                    ex.repin = self._repin
+                    return CONTINUE
         verified = invalid = False
         now = time.time()
         for name, value in ex.fields():
@@ -60,6 +73,10 @@ class CookieSession(Phase):
                 continue
             if _pin(ex, self.endpoints, label):
                 ex.repin = self._repin
+                if head is not None and len(head) <= HEAD_SIZE:
+                    if len(self.heads) >= HEADS:
+                        del self.heads[next(iter(self.heads))]
+                    self.heads[head] = (label, expires)
                 return CONTINUE
             verified = True  # a good cookie whose endpoint is gone, or not usable now
         if invalid and not verified:
