@@ -354,6 +354,8 @@ class Supervisor:
         async with self.ops:
             if self.stopping:
                 return
+            if (version.number, version.checksum) == self.publisher.published and version.number == self.version:
+                return  # our own publish, seen by the follower while the reload that made it ran
             snapshot = version.snapshot
             if snapshot.checksum == self.snapshot.checksum:
                 self.version = version.number

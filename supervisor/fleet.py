@@ -112,7 +112,7 @@ class FleetView:
                 number = await store.current()
                 current = None
                 with contextlib.suppress(VersionMissing):  # trimmed, or Redis came back empty
-                    current = await store.view(number) if number else None
+                    current = await store.summary(number) if number else None
                 names = sorted(self.backends())
                 events = await read_events(store.client, self.keys, names)
         except UNREACHABLE as exc:

@@ -63,6 +63,7 @@ class Publisher:
         self.follower: ConfigFollower | None = None
         self.unpublished: Unpublished | None = None  # served, not yet in Redis
         self.superseded: Version | None = None  # at start: the fleet's version to serve instead of the files
+        self.published: tuple[int, str] = (0, "")  # (number, checksum) of this replica's last publish
         self.files_checksum = ""  # the files as last read: a HUP reading them unchanged publishes nothing
         self.last_error = ""
         self.author = local_author()
@@ -156,6 +157,7 @@ class Publisher:
     async def _store(self, snapshot: Snapshot, *, expected: int | None = None, origin: str = FILES) -> PublishResult:
         assert self.store is not None
         result = await self.store.publish(snapshot, author=self.author, expected=expected, origin=origin)
+        self.published = (result.version, snapshot.checksum)
         self.unpublished = None
         self.last_error = ""
         if self.follower is not None:  # ours already: the follower need not hand it back

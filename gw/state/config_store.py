@@ -148,7 +148,9 @@ def encode(
     )
 
 
-def decode(number: int, blob: bytes, keys: SealingKeys | None = None, *, reveal: bool = True) -> Version:
+def decode(
+    number: int, blob: bytes, keys: SealingKeys | None = None, *, reveal: bool = True, files: bool = True
+) -> Version:
     """The version stored as `blob`, opened with `keys` and its checksum verified.
 
     VersionSealed: a sealed value's key is not in `keys`; VersionCorrupt: the blob does not decode,
@@ -166,6 +168,8 @@ def decode(number: int, blob: bytes, keys: SealingKeys | None = None, *, reveal:
         )  # fmt: skip
     except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
         raise VersionCorrupt(f"version {number} cannot be decoded: {exc}") from None
+    if not files:
+        return replace(version, files=())  # what it is, not its files: nothing to verify or open
     if not reveal:
         if not how:
             _verify(version)
@@ -239,6 +243,11 @@ class ConfigStore:
     async def view(self, number: int) -> Version:
         """Version `number` with its secret fields hidden, for showing (no key needed)."""
         return decode(number, await self._blob(number), reveal=False)
+
+    async def summary(self, number: int) -> Version:
+        """Version `number` without its files (number, checksum, author, time, source, origin): what
+        a view refreshed every few seconds shows, with no hash of the files each time."""
+        return decode(number, await self._blob(number), files=False)
 
     async def _blob(self, number: int) -> bytes:
         blob = await self.client.hget(self.keys.versions, str(number))

@@ -158,6 +158,9 @@ class ConfigFollower:
                     self.checks += 1
                     return
                 self.refused = ""
+                if not self.pending and (version.number, version.checksum) == (self.version, self.checksum):
+                    self.checks += 1
+                    return  # the source published it while it was read (it set ours): not the fleet's
                 # Before the callback, which may publish and move us on (or set `pending` again).
                 self.version = version.number
                 self.checksum = version.checksum
