@@ -46,12 +46,15 @@ class Feature:
     ratelimited: bool = False  # the route has a rate limit: count its decisions after the runs
 
 
-API_KEY = """
+KEYS_SECRET = """
 ---
 apiVersion: v1
 kind: Secret
 metadata: {name: bench-keys, namespace: default}
 stringData: {alice: bench-key-alice-0123456789, bob: bench-key-bob-0123456789}
+"""
+
+API_KEY = KEYS_SECRET + """
 ---
 apiVersion: gw.dev/v1alpha1
 kind: SecurityPolicy
@@ -74,12 +77,7 @@ spec:
 """
 
 # Both sections in one policy: two SecurityPolicies on one route conflict (the oldest wins whole).
-API_KEY_JWT = """
----
-apiVersion: v1
-kind: Secret
-metadata: {name: bench-keys, namespace: default}
-stringData: {alice: bench-key-alice-0123456789, bob: bench-key-bob-0123456789}
+API_KEY_JWT = KEYS_SECRET + """
 ---
 apiVersion: gw.dev/v1alpha1
 kind: SecurityPolicy
